@@ -1,0 +1,43 @@
+"""Entry point: ``lmbricks`` with one sub-command group per capability."""
+
+from __future__ import annotations
+
+import typer
+
+from lmbricks import __version__
+from lmbricks.cli import data as data_cli
+from lmbricks.cli import eval as eval_cli
+from lmbricks.cli import models as models_cli
+from lmbricks.cli import tour as tour_cli
+
+app = typer.Typer(
+    name="lmbricks",
+    help="Build language models from bricks: merge, sparsify, route and compose Hugging Face checkpoints.\n\n"
+    "Example: lmbricks models fetch smollm2-135m-instruct && lmbricks eval ppl smollm2-135m-instruct",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(models_cli.app, name="models")
+app.add_typer(data_cli.app, name="data")
+app.add_typer(eval_cli.app, name="eval")
+app.command(name="tour")(tour_cli.tour)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"lmbricks {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Build language models from bricks."""
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,21 @@
+"""Shared fixtures: tiny random Llama and Mixtral checkpoints built on the fly (no network)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lmbricks.testing import save_tiny_model, tiny_llama_config, tiny_mixtral_config
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer random Llama saved as a Hugging Face directory (fp32)."""
+    return save_tiny_model(tmp_path_factory.mktemp("tiny_llama"), tiny_llama_config(), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_mixtral(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer random Mixtral (4 experts, top-2) saved as a Hugging Face directory (fp32)."""
+    return save_tiny_model(tmp_path_factory.mktemp("tiny_mixtral"), tiny_mixtral_config(), seed=0)
