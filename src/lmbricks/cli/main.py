@@ -9,6 +9,7 @@ from lmbricks.cli import data as data_cli
 from lmbricks.cli import eval as eval_cli
 from lmbricks.cli import models as models_cli
 from lmbricks.cli import tour as tour_cli
+from lmbricks.cli import train as train_cli
 
 app = typer.Typer(
     name="lmbricks",
@@ -22,6 +23,8 @@ app.add_typer(models_cli.app, name="models")
 app.add_typer(data_cli.app, name="data")
 app.add_typer(eval_cli.app, name="eval")
 app.command(name="tour")(tour_cli.tour)
+app.command(name="train")(train_cli.train)
+app.command(name="plan")(train_cli.plan)
 
 
 def _version(value: bool) -> None:

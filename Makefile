@@ -1,0 +1,46 @@
+# lmbricks: every set-up step a fresh clone needs lives here (venv, dependencies, model, corpora).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: setup fetch test test-unit demo lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# The constraints file pins torch to the CPU build on this project's machines; the package's own
+	# range stays open (torch>=2.4) for users with GPUs.
+	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	touch $@
+
+setup: $(STAMP)
+
+## fetch: the default model and the corpora (cached in $$LMBRICKS_HOME, default ~/.cache/lmbricks)
+fetch: setup
+	$(BIN)/lmbricks models fetch smollm2-135m-instruct
+	$(BIN)/lmbricks data fetch
+
+## test: the whole suite (unit + integration on the real default model)
+test: fetch
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+## test-unit: the unit suite only (no downloads)
+test-unit: setup
+	$(BIN)/python -m pytest -q -m "not integration" $(PYTEST_ARGS)
+
+## demo: the tour on the default model -> runs/tour/report.html
+demo: fetch
+	$(BIN)/lmbricks tour --out runs/tour
+
+lint: setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy src
+
+bench: setup
+	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) runs build dist src/*.egg-info

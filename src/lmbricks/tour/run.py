@@ -1,0 +1,89 @@
+"""The tour: a list of sections, each measuring something on the default model and reporting it.
+
+Each section function receives the shared :class:`TourContext`, adds its part to the report and
+returns rows for the summary table. Sections compute their interpretation from their own numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lmbricks.report import Report
+
+
+@dataclass
+class TourContext:
+    """What every section can use: the model, where to write, the budget mode and the report."""
+
+    model_ref: str
+    model_path: Path
+    out_dir: Path
+    quick: bool
+    report: Report
+    log: Callable[[str], None] = print
+    results: dict[str, Any] = field(default_factory=dict)
+    _model: Any = None
+    _tokenizer: Any = None
+
+    def model_and_tokenizer(self) -> tuple[Any, Any]:
+        """The default model loaded once for every section (fp32, eval mode)."""
+        if self._model is None:
+            from lmbricks.hub import load_hf_model
+
+            self._model, self._tokenizer = load_hf_model(self.model_path)
+        return self._model, self._tokenizer
+
+
+SummaryRow = tuple[str, str, str]  # (section, headline metric, value)
+Section = Callable[[TourContext], list[SummaryRow]]
+
+
+def default_sections() -> list[tuple[str, Section]]:
+    """The sections in report order."""
+    from lmbricks.tour.sections import domains_section, inventory_section
+
+    return [("inventory", inventory_section), ("domains", domains_section)]
+
+
+def run_tour(
+    out_dir: Path = Path("runs/tour"),
+    quick: bool = False,
+    model_ref: str = "smollm2-135m-instruct",
+    sections: list[tuple[str, Section]] | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Run every section and write ``out_dir/report.html`` (plus ``results.json`` and the PNGs).
+
+    Args:
+        out_dir: where the report, plots and numbers go.
+        quick: trim every budget (CI uses this).
+        model_ref: the model to tour (registry name, directory or GGUF).
+        sections: override the section list (tests).
+        log: one-line progress messages.
+
+    Returns:
+        Path to the HTML report.
+    """
+    from lmbricks.hub import resolve_model
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = Report("lmbricks tour", f"Model: {model_ref}{' (quick mode)' if quick else ''}")
+    ctx = TourContext(model_ref, resolve_model(model_ref), out_dir, quick, report, log)
+    summary: list[SummaryRow] = []
+    timings: dict[str, float] = {}
+    for name, section in sections if sections is not None else default_sections():
+        log(f"tour: {name}")
+        start = time.perf_counter()
+        summary.extend(section(ctx))
+        timings[name] = round(time.perf_counter() - start, 2)
+    report.summary([list(row) for row in summary], ["section", "measure", "value"])
+    report.section("Run", "Seconds spent in each section of this tour.")
+    report.table([[k, v] for k, v in timings.items()], ["section", "seconds"])
+    (out_dir / "results.json").write_text(json.dumps({**ctx.results, "timings_s": timings}, indent=2))
+    return report.save(out_dir / "report.html")

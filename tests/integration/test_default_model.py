@@ -1,0 +1,67 @@
+"""Integration tests on the real default model (fetched once per machine, then cached)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.integration
+
+# Reference bits per byte of SmolLM2-135M-Instruct on 12 KB of each domain's held-out text.
+REFERENCE_BPB = {"en_prose": 1.10, "code": 0.89, "math": 0.95, "zh": 1.72, "dialogue": 0.72}
+
+
+@pytest.fixture(scope="module")
+def default_model() -> tuple[object, object]:
+    from lmbricks.hub import load_hf_model
+
+    return load_hf_model("smollm2-135m-instruct")
+
+
+def test_cached_model_is_a_bf16_safetensors_directory() -> None:
+    from lmbricks.checkpoint import CheckpointReader
+    from lmbricks.hub import resolve_model
+
+    start = time.perf_counter()
+    path = resolve_model("smollm2-135m-instruct", fetch=False)
+    with CheckpointReader(path) as reader:
+        assert reader.config["num_hidden_layers"] == 30 and reader.config["hidden_size"] == 576
+        assert reader.config["vocab_size"] == 49152
+        assert reader.info("model.embed_tokens.weight").dtype == torch.bfloat16
+    assert (path / "tokenizer.json").exists()
+    assert time.perf_counter() - start < 5
+
+
+def test_greedy_answer_names_paris(default_model: tuple[object, object]) -> None:
+    model, tok = default_model
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")  # type: ignore[attr-defined]
+    if not torch.is_tensor(ids):
+        ids = ids["input_ids"]
+    out = model.generate(ids, max_new_tokens=24, do_sample=False)  # type: ignore[attr-defined]
+    answer = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)  # type: ignore[attr-defined]
+    assert "Paris" in answer
+
+
+def test_bits_per_byte_by_domain_near_reference(default_model: tuple[object, object]) -> None:
+    from lmbricks.eval import evaluate_domains
+
+    model, tok = default_model
+    results = evaluate_domains(model, tok, list(REFERENCE_BPB), max_bytes=12_000)
+    measured = {d: round(r.bpb, 3) for d, r in results.items()}
+    for domain, ref in REFERENCE_BPB.items():
+        assert abs(measured[domain] - ref) <= 0.08, f"{domain}: {measured}"
+
+
+def test_inventory_of_default_model() -> None:
+    from lmbricks.hub import resolve_model
+    from lmbricks.tour.inventory import model_inventory
+
+    inv = model_inventory(resolve_model("smollm2-135m-instruct", fetch=False))
+    assert inv["architecture"] == "llama" and inv["tied_embeddings"]
+    assert inv["parameters_by_role"]["embedding"] == 49152 * 576
+    assert inv["parameters_by_role"]["head"] == 0
+    assert inv["ffn_neurons_per_layer"] == [1536] * 30
+    assert abs(inv["total_parameters"] - 134_515_008) < 1_000
