@@ -2,11 +2,25 @@
 
 Merge, sparsify, route and compose ordinary Hugging Face checkpoints. The library API lives in the
 sub-packages (``lmbricks.hub``, ``lmbricks.checkpoint``, ``lmbricks.data``, ``lmbricks.eval``,
-``lmbricks.report``); the ``lmbricks`` console script is a thin layer over it.
+``lmbricks.merge``, ``lmbricks.moe``, ``lmbricks.nn``, ...); the ``lmbricks`` console script is a
+thin layer over it. ``lmbricks.load_model(ref)`` loads any supported model, including directories
+that carry an ``lmbricks`` section in config.json.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "load_model"]
+
+
+def load_model(ref: Any, **kwargs: Any) -> Any:
+    """Load ``(model, tokenizer)`` from a registry name, model directory or GGUF file.
+
+    See :func:`lmbricks.nn.load.load_model` for the options.
+    """
+    from lmbricks.nn.load import load_model as _load
+
+    return _load(ref, **kwargs)

@@ -13,7 +13,7 @@ app = typer.Typer(help="Evaluate models.", no_args_is_help=True)
 @app.command()
 @user_errors
 def ppl(
-    model: str = typer.Argument("smollm2-135m-instruct", help="Registry name, model directory or .gguf file."),
+    model: str = typer.Argument("smollm2-135m-instruct", help="Registry name, model directory or GGUF."),
     domain: list[str] = typer.Option(
         None, "--domain", "-d", help="Domain to score (repeatable); default: the five main domains."
     ),

@@ -27,7 +27,8 @@ def list_models() -> None:
         cached = (paths.models_dir() / spec.name / "config.json").exists()
         source = spec.parts[0].package + (f" (+{len(spec.parts) - 1} parts)" if len(spec.parts) > 1 else "")
         default = " [bold](default)[/]" if spec.required else ""
-        table.add_row(spec.name + default, spec.architecture, "yes" if cached else "no", source, spec.description)
+        row = (spec.name + default, spec.architecture, "yes" if cached else "no", source, spec.description)
+        table.add_row(*row)
     console.print(table)
 
 

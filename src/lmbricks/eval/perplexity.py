@@ -76,12 +76,12 @@ def score_tokens(
     for b in range(0, len(windows), batch_size):
         group = windows[b : b + batch_size]
         width = max(w.numel() for w in group)
+        # Shorter windows are padded on the right: under causal attention padding after a token
+        # cannot change its logits, so no attention mask is needed (any causal LM works).
         batch = torch.full((len(group), width + 1), start_id, dtype=torch.long)
-        mask = torch.zeros((len(group), width + 1), dtype=torch.long)
         for row, w in enumerate(group):
             batch[row, 1 : w.numel() + 1] = w
-            mask[row, : w.numel() + 1] = 1
-        result = model(input_ids=batch, attention_mask=mask)
+        result = model(batch)
         logits = result.logits if hasattr(result, "logits") else result  # (B, T+1, V)
         logp = F.log_softmax(logits[:, :-1].float(), dim=-1)  # predicts tokens 1..T
         nll = -logp.gather(-1, batch[:, 1:, None]).squeeze(-1)  # (B, T)

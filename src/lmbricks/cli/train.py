@@ -1,0 +1,132 @@
+"""``lmbricks train CONFIG.yaml`` and ``lmbricks plan``: train small LMs and size them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from lmbricks.cli.common import console, err_console, print_json, progress_bar, user_errors
+
+
+@user_errors
+def train(
+    config: Path = typer.Argument(..., help="training YAML (see lmbricks.train.config)"),
+    run_dir: Path | None = typer.Option(
+        None, "--run-dir", "-o", help="run directory [default: runs/<config stem>]"
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="continue from the newest checkpoint in the run directory"
+    ),
+    force: bool = typer.Option(False, "--force", help="start afresh, deleting the run's checkpoints"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+) -> None:
+    """Train a small dense or MoE LM; checkpoints, log.jsonl and report.html go to the run directory.
+
+    Runs under torchrun for DDP (gloo on CPU, NCCL on GPU).
+
+    Example: lmbricks train tiny-moe.yaml -o runs/tiny-moe   (after a crash: add --resume)
+    """
+    import os
+
+    from lmbricks.train import load_config
+    from lmbricks.train import train as run
+
+    cfg = load_config(config)
+    out = run_dir or Path("runs") / config.stem
+    main = os.environ.get("RANK", "0") == "0"
+    if quiet or not main:
+        result = run(cfg, out, resume=resume, force=force)
+    else:
+        with progress_bar() as bar:
+            task = bar.add_task("training", total=cfg.steps)
+
+            def on_step(rec: dict[str, Any]) -> None:
+                bar.update(
+                    task,
+                    completed=rec["step"],
+                    description=f"step {rec['step']} loss {rec['loss']:.3f} {rec['tokens_per_s']:.0f} tok/s",
+                )
+
+            result = run(cfg, out, resume=resume, force=force, on_step=on_step)
+    if main:
+        last = result.records[-1] if result.records else {}
+        console.print(
+            f"done: {result.steps} steps, final loss {last.get('loss', float('nan')):.4f}; "
+            f"checkpoint {result.final_checkpoint}; report {out / 'report.html'}",
+            highlight=False,
+        )
+
+
+@user_errors
+def plan(
+    flops: float | None = typer.Option(None, "--flops", help="training FLOP budget, e.g. 1e18"),
+    params: str | None = typer.Option(None, "--params", help="parameter count, e.g. 125M or 1.3e9"),
+    config: str | None = typer.Option(
+        None,
+        "--config",
+        "-c",
+        help="a model: HF directory / registry name, or a YAML (training config or LMConfig fields)",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="print JSON only"),
+) -> None:
+    """Chinchilla compute-optimal sizing (D = 20 N, C = 6 N D) and total vs active parameters of a config.
+
+    Example: lmbricks plan --flops 1e18; lmbricks plan --config mixtral.yaml
+    """
+    from lmbricks.train.plan import plan as compute
+
+    cfg = _model_config(config) if config else None
+    out = compute(cfg, flops=flops, params=_parse_count(params) if params else None)
+    if as_json:
+        print_json(out)
+        return
+    from rich.table import Table
+
+    table = Table("quantity", "value")
+    for section, values in out.items():
+        for k, v in values.items():
+            if isinstance(v, dict):
+                v = ", ".join(f"{a}={b}" for a, b in v.items())
+            elif isinstance(v, float | int):
+                v = f"{v:.4g}" if abs(v) >= 1e4 or isinstance(v, float) else str(v)
+            table.add_row(f"{section}.{k}", str(v))
+    console.print(table)
+
+
+def _parse_count(text: str) -> float:
+    from lmbricks.errors import ConfigError
+
+    mult = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
+    t = text.strip().upper()
+    try:
+        return float(t[:-1]) * mult[t[-1]] if t and t[-1] in mult else float(t)
+    except ValueError:
+        raise ConfigError(f"--params: cannot read {text!r} as a count (e.g. 125M, 1.3B, 7e9)") from None
+
+
+def _model_config(ref: str) -> Any:
+    import yaml
+
+    from lmbricks.errors import ConfigError
+    from lmbricks.nn.config import LMConfig
+
+    path = Path(ref)
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            data = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"{path}: {exc.strerror}") from None
+        if isinstance(data, dict) and isinstance(data.get("model"), dict):
+            data = data["model"]
+        if isinstance(data, dict) and "vocab_size" not in data:
+            raise ConfigError(f"{path}: model.vocab_size is needed to count parameters")
+        return LMConfig.from_dict(data)
+    from lmbricks.hub import resolve_model
+    from lmbricks.nn.load import lm_config_of, read_config
+
+    return lm_config_of(read_config(resolve_model(ref)))
+
+
+__all__ = ["err_console", "plan", "train"]

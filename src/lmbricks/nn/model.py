@@ -1,0 +1,258 @@
+"""A reference decoder-only LM: RMSNorm, rotary embeddings, grouped-query attention, SwiGLU.
+
+Readable in one sitting (nanoGPT is the model). Each layer is pre-norm:
+``x = x + attn(norm(x)); x = x + ffn(norm(x))``, where ``ffn`` is a dense SwiGLU or an MoE layer
+from ``lmbricks.moe``. The numerics follow Hugging Face Llama exactly (RMSNorm in fp32, RoPE with
+``rotate_half``), so weights loaded from Llama / Mistral / Qwen2 / Mixtral / Qwen2-MoE give the same
+logits (see ``lmbricks.nn.hf``). Speed comes from fused q/k/v and gate/up projections and
+``F.scaled_dot_product_attention`` with ``is_causal``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lmbricks.nn.config import LMConfig
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight, computed in fp32 and cast back (as Llama does)."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+
+def rope_cos_sin(positions: Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Rotary tables for absolute ``positions`` (T,) -> cos, sin of shape (T, head_dim)."""
+    inv_freq = 1.0 / (
+        theta ** (torch.arange(0, head_dim, 2, dtype=torch.float, device=positions.device) / head_dim)
+    )
+    freqs = positions.float()[:, None] * inv_freq[None, :]  # (T, hd/2)
+    emb = torch.cat((freqs, freqs), dim=-1)  # (T, hd): HF's "half split" layout, not interleaved
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate (B, h, T, hd) by the tables (T, hd); pairs are (i, i + hd/2)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class KVCache:
+    """Keys and values of past positions, one (B, n_kv, S, hd) pair per layer."""
+
+    def __init__(self, num_layers: int) -> None:
+        self.keys: list[Tensor | None] = [None] * num_layers
+        self.values: list[Tensor | None] = [None] * num_layers
+
+    @property
+    def length(self) -> int:
+        k = self.keys[0]
+        return 0 if k is None else k.shape[2]
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Append this step's k, v (B, n_kv, T, hd) and return the full ones (B, n_kv, S + T, hd)."""
+        pk, pv = self.keys[layer], self.values[layer]
+        if pk is not None and pv is not None:
+            k, v = torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)
+        self.keys[layer], self.values[layer] = k, v
+        return k, v
+
+
+def attention_mask(t: int, past: int, window: int | None, device: torch.device) -> tuple[Tensor | None, bool]:
+    """The mask for T new queries after ``past`` cached positions: (bool mask (T, S) or None, is_causal).
+
+    None + is_causal covers the common case (no cache, no active window) with SDPA's fast path.
+    """
+    s = past + t
+    if (window is None or s <= window) and (past == 0 or t == 1):
+        return None, past == 0 and t > 1
+    q = torch.arange(past, s, device=device)[:, None]  # (T, 1) absolute query positions
+    k = torch.arange(s, device=device)[None, :]  # (1, S)
+    keep = k <= q
+    if window is not None:
+        keep &= k > q - window
+    return keep, False
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention with one fused q/k/v projection."""
+
+    def __init__(self, cfg: LMConfig, layer: int) -> None:
+        super().__init__()
+        assert cfg.head_dim is not None and cfg.num_kv_heads is not None
+        self.layer, self.n_head, self.n_kv, self.hd = layer, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.qkv = nn.Linear(cfg.hidden_size, (self.n_head + 2 * self.n_kv) * self.hd, bias=cfg.qkv_bias)
+        self.o = nn.Linear(self.n_head * self.hd, cfg.hidden_size, bias=False)
+
+    def forward(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor | None,
+        is_causal: bool,
+        cache: KVCache | None = None,
+    ) -> Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).split([self.n_head * self.hd, self.n_kv * self.hd, self.n_kv * self.hd], dim=-1)
+        q = q.view(B, T, self.n_head, self.hd).transpose(1, 2)  # (B, nh, T, hd)
+        k = k.view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, nkv, T, hd)
+        v = v.view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, nkv, T, hd)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)  # (B, nkv, S, hd)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=self.n_kv != self.n_head
+        )  # (B, nh, T, hd)
+        return self.o(y.transpose(1, 2).reshape(B, T, self.n_head * self.hd))
+
+
+class SwiGLU(nn.Module):
+    """down(silu(gate(x)) * up(x)) with gate and up fused into one matrix (rows: gate then up)."""
+
+    def __init__(self, hidden: int, intermediate: int) -> None:
+        super().__init__()
+        self.gate_up = nn.Linear(hidden, 2 * intermediate, bias=False)
+        self.down = nn.Linear(intermediate, hidden, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    """One pre-norm transformer layer; ``ffn`` is a SwiGLU or an ``lmbricks.moe.MoELayer``."""
+
+    def __init__(self, cfg: LMConfig, layer: int, ffn: nn.Module) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.attn = Attention(cfg, layer)
+        self.ffn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.ffn = ffn
+        self.is_moe = not isinstance(ffn, SwiGLU)
+
+    def forward(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor | None,
+        is_causal: bool,
+        cache: KVCache | None,
+    ) -> tuple[Tensor, Any]:
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask, is_causal, cache)
+        if self.is_moe:
+            y, aux = self.ffn(self.ffn_norm(x))
+            return x + y, aux
+        return x + self.ffn(self.ffn_norm(x)), None
+
+
+@dataclass
+class LMOutput:
+    """What :meth:`LM.forward` returns."""
+
+    logits: Tensor  # (B, T, V)
+    aux: list[Any] = field(default_factory=list)  # one lmbricks.moe.MoEAux per MoE layer, in order
+
+
+class LM(nn.Module):
+    """The decoder-only language model. ``LM(cfg)`` builds it with a fresh initialisation."""
+
+    def __init__(self, cfg: LMConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg, i, _make_ffn(cfg, i)) for i in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.reset_parameters()
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+
+    def reset_parameters(self) -> None:
+        """Normal(0, init_std) matrices; residual outputs (o, down) scaled by 1/sqrt(2 L) as in GPT-2."""
+        std, out_std = self.cfg.init_std, self.cfg.init_std / math.sqrt(2 * self.cfg.num_layers)
+        nn.init.normal_(self.embed.weight, std=std)
+        nn.init.normal_(self.lm_head.weight, std=std)
+        for block in self.layers:
+            assert isinstance(block, Block)
+            nn.init.normal_(block.attn.qkv.weight, std=std)
+            if block.attn.qkv.bias is not None:
+                nn.init.zeros_(block.attn.qkv.bias)
+            nn.init.normal_(block.attn.o.weight, std=out_std)
+            if isinstance(block.ffn, SwiGLU):
+                nn.init.normal_(block.ffn.gate_up.weight, std=std)
+                nn.init.normal_(block.ffn.down.weight, std=out_std)
+            else:  # an MoE layer: experts, router and shared expert follow the same rule
+                for name, p in block.ffn.named_parameters():
+                    is_out = name.endswith("experts.down") or name.endswith("down_proj.weight")
+                    if p.dim() >= 2:
+                        nn.init.normal_(p, std=out_std if is_out else std)
+
+    def forward(self, input_ids: Tensor, cache: KVCache | None = None) -> LMOutput:
+        """Logits for ``input_ids`` (B, T), continuing after ``cache`` if given (which is updated).
+
+        Sequences are unpadded (packed training chunks or equal-length prompts).
+        """
+        B, T = input_ids.shape
+        past = cache.length if cache is not None else 0
+        x = self.embed(input_ids)  # (B, T, H)
+        positions = torch.arange(past, past + T, device=input_ids.device)
+        assert self.cfg.head_dim is not None
+        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)  # (T, hd)
+        mask, is_causal = attention_mask(T, past, self.cfg.sliding_window, input_ids.device)
+        aux: list[Any] = []
+        for block in self.layers:
+            x, a = block(x, cos, sin, mask, is_causal, cache)
+            if a is not None:
+                aux.append(a)
+        return LMOutput(logits=self.lm_head(self.norm(x)), aux=aux)
+
+    @torch.no_grad()
+    def generate(self, input_ids: Tensor, max_new_tokens: int, eos_token_id: int | None = None) -> Tensor:
+        """Greedy decoding with a KV cache: (B, T) -> (B, T + n) token ids."""
+        cache = KVCache(self.cfg.num_layers)
+        logits = self(input_ids, cache=cache).logits[:, -1]
+        out = [input_ids]
+        for _ in range(max_new_tokens):
+            nxt = logits.argmax(-1, keepdim=True)  # (B, 1)
+            out.append(nxt)
+            if eos_token_id is not None and bool((nxt == eos_token_id).all()):
+                break
+            logits = self(nxt, cache=cache).logits[:, -1]
+        return torch.cat(out, dim=1)
+
+    def num_parameters(self) -> int:
+        """Unique parameters (a tied head counts once)."""
+        return sum(p.numel() for p in self.parameters())
+
+
+def lm_loss(logits: Tensor, input_ids: Tensor) -> Tensor:
+    """Mean next-token cross-entropy of (B, T, V) logits on (B, T) ids (position t predicts t + 1)."""
+    # Shift the targets, not the logits: a (B, T, V) slice would copy the largest tensor of the step.
+    targets = F.pad(input_ids[:, 1:], (0, 1), value=-100)  # (B, T); the last position predicts nothing
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+
+
+def _make_ffn(cfg: LMConfig, layer: int) -> nn.Module:
+    if cfg.is_moe_layer(layer):
+        from lmbricks.moe import build_moe
+
+        return build_moe(cfg.moe_config())
+    return SwiGLU(cfg.hidden_size, cfg.intermediate_size)

@@ -1,0 +1,142 @@
+"""The training configuration (the YAML given to ``lmbricks train``), validated by pydantic.
+
+Every section forbids unknown keys, so a typo fails before any work naming the field
+(``train.optim.lr: ...``). Example::
+
+    model: {hidden_size: 64, num_layers: 2, num_heads: 4, num_kv_heads: 2,
+            moe: {num_experts: 4, top_k: 2, intermediate_size: 128}}
+    tokenizer: smollm2-135m-instruct          # or init_from: a checkpoint (its tokenizer is used)
+    data: {domains: [en_prose, code], seq_len: 128, max_tokens: 200000}
+    steps: 200
+    batch_size: 16                            # sequences per optimizer step, over all processes
+    optim: {lr: 3.0e-3, weight_decay: 0.1}
+    schedule: {kind: wsd, warmup_steps: 20, decay_fraction: 0.2}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lmbricks.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    """Where the training tokens come from; they are tokenised with the model's tokenizer and packed."""
+
+    domains: list[str] = Field(
+        default_factory=list, description="lmbricks.data domains (en_prose, code, ...)"
+    )
+    text_files: list[Path] = Field(default_factory=list, description="local UTF-8 files, one document each")
+    split: str = "train"
+    seq_len: int = Field(128, gt=1, description="tokens per packed training sequence")
+    max_tokens: int | None = Field(None, gt=0, description="cap on tokens taken per domain / file set")
+
+    @model_validator(mode="after")
+    def _some_source(self) -> DataConfig:
+        if not self.domains and not self.text_files:
+            raise ValueError("give data.domains or data.text_files")
+        return self
+
+
+class OptimConfig(_Strict):
+    """AdamW; weight decay applies to matrices only (not norms, biases or embeddings' gains)."""
+
+    lr: float = Field(3e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0, description="max global gradient norm; null disables")
+
+
+class ScheduleConfig(_Strict):
+    """Learning-rate multiplier over steps: linear warmup, then cosine, WSD or constant."""
+
+    kind: Literal["cosine", "wsd", "constant"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    decay_fraction: float = Field(0.2, gt=0, le=1, description="wsd: share of steps spent decaying")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final lr as a fraction of optim.lr")
+
+
+class AveragingConfig(_Strict):
+    """Weight averaging during training (lmbricks.average): EMA, SWA, and LAWA over checkpoints."""
+
+    ema_decay: float | None = Field(None, gt=0, lt=1, description="keep an EMA of the weights")
+    swa_start: int | None = Field(None, ge=0, description="step from which a uniform SWA average is kept")
+    lawa_k: int | None = Field(None, ge=2, description="at the end, average the last k checkpoints (LAWA)")
+
+
+class MoELossConfig(_Strict):
+    """Coefficients of the MoE auxiliary losses (averaged over MoE layers, added to the LM loss)."""
+
+    aux_loss_coef: float = Field(1e-2, ge=0, description="load-balancing loss (Switch: alpha)")
+    z_loss_coef: float = Field(1e-3, ge=0, description="router z-loss (ST-MoE)")
+
+
+class TrainConfig(_Strict):
+    """A whole training run."""
+
+    model: dict[str, Any] | None = Field(None, description="lmbricks.nn.LMConfig fields (fresh init)")
+    init_from: str | None = Field(None, description="start from this checkpoint (HF dir or registry name)")
+    tokenizer: str | None = Field(None, description="tokenizer reference; default: init_from's")
+    data: DataConfig
+    steps: int = Field(gt=0)
+    batch_size: int = Field(gt=0, description="sequences per optimizer step over all processes")
+    micro_batch_size: int | None = Field(None, gt=0, description="sequences per forward; default batch_size")
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig.model_validate({}))
+    schedule: ScheduleConfig = Field(default_factory=lambda: ScheduleConfig.model_validate({}))
+    moe_loss: MoELossConfig = Field(default_factory=lambda: MoELossConfig.model_validate({}))
+    averaging: AveragingConfig = Field(default_factory=lambda: AveragingConfig.model_validate({}))
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA")
+    checkpoint_every: int = Field(100, gt=0)
+    keep_checkpoints: int = Field(3, ge=1, description="older step-* directories are deleted")
+    log_every: int = Field(1, gt=0)
+    seed: int = 0
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    threads: int | None = Field(None, gt=0, description="torch intra-op threads (CPU)")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if (self.model is None) == (self.init_from is None):
+            raise ValueError("give exactly one of model (fresh init) or init_from (a checkpoint)")
+        if self.init_from is None and self.tokenizer is None:
+            raise ValueError("tokenizer is required when training from scratch")
+        mb = self.micro_batch_size or self.batch_size
+        if self.batch_size % mb:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({mb})")
+        if self.averaging.lawa_k is not None and self.keep_checkpoints < self.averaging.lawa_k:
+            self.keep_checkpoints = self.averaging.lawa_k
+        return self
+
+    @property
+    def micro(self) -> int:
+        return self.micro_batch_size or self.batch_size
+
+
+def parse_config(data: Any, source: str = "config") -> TrainConfig:
+    """Validate a mapping into a TrainConfig; errors become ConfigError naming the field."""
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        raise ConfigError(f"{source}: field {where}: {err['msg']}") from None
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read and validate a training YAML file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({exc})") from None
+    return parse_config(data, str(path))
