@@ -25,7 +25,7 @@ fetch: setup
 
 ## test: the whole suite (unit + integration on the real default model)
 test: fetch
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=25 $(PYTEST_ARGS)
 
 ## test-unit: the unit suite only (no downloads)
 test-unit: setup

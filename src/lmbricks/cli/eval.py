@@ -27,10 +27,10 @@ def ppl(
     Example: lmbricks eval ppl smollm2-135m-instruct --domain code --domain zh --tokens 2000
     """
     from lmbricks.eval import DEFAULT_DOMAINS, evaluate_domains
-    from lmbricks.hub import load_hf_model
+    from lmbricks import load_model
 
     domains = list(domain) if domain else list(DEFAULT_DOMAINS)
-    lm, tokenizer = load_hf_model(model)
+    lm, tokenizer = load_model(model)
     with progress_bar(transient=as_json) as bar:
         task = bar.add_task("scoring", total=None)
 

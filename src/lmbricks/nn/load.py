@@ -65,6 +65,13 @@ def load_model(
 
     path = resolve_model(ref)
     hf = read_config(path)
+    section = hf.get("lmbricks")
+    if isinstance(section, dict) and section.get("kind") == "moefied":
+        # MoEfied directories hold the permuted dense weights plus routers; their own loader
+        # rebuilds the sparse FFNs (loading them as a plain LM would silently give the dense model).
+        from lmbricks.moefy import load_moefied
+
+        return load_moefied(path)  # type: ignore[no-any-return]
     if hf.get("model_type") not in ARCHITECTURES and "lmbricks" not in hf:
         if not hf_fallback:
             raise ConfigError(f"{path}: model_type {hf.get('model_type')!r} is not supported by lmbricks.nn")

@@ -33,9 +33,9 @@ class TourContext:
     def model_and_tokenizer(self) -> tuple[Any, Any]:
         """The default model loaded once for every section (fp32, eval mode)."""
         if self._model is None:
-            from lmbricks.hub import load_hf_model
+            from lmbricks import load_model
 
-            self._model, self._tokenizer = load_hf_model(self.model_path)
+            self._model, self._tokenizer = load_model(self.model_path)
         return self._model, self._tokenizer
 
 

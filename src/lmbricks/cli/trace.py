@@ -1,0 +1,93 @@
+"""``lmbricks trace``: which experts fire, per token, layer and domain; one HTML report and JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from lmbricks.cli.common import console, err_console, print_json, progress_bar, user_errors
+from lmbricks.errors import ConfigError
+
+
+@user_errors
+def trace(
+    model: str = typer.Argument(..., help="Routed model: registry name, model directory or .gguf file."),
+    domain: list[str] = typer.Option(None, "--domain", "-d", help="Stored domain to trace (repeatable)."),
+    texts: list[str] = typer.Option(
+        None,
+        "--texts",
+        help="DOMAIN=PATH: documents from a text file (blank-line paragraphs) or a folder of .txt files (repeatable).",
+    ),
+    layer: int | None = typer.Option(
+        None, "--layer", help="Layer for the token colouring (default: middle routed layer)."
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Output folder (default runs/trace/<model>)."),
+    split: str = typer.Option("test", "--split", help="Split of the stored domains."),
+    docs: int = typer.Option(40, "--docs", help="At most this many documents per domain."),
+    tokens: int = typer.Option(256, "--tokens", help="Tokens kept per document."),
+    folds: int = typer.Option(5, "--folds", help="Cross-validation folds of the topic classifier."),
+    seed: int = typer.Option(0, "--seed", help="Fold shuffling seed."),
+    batch: int = typer.Option(8, "--batch", help="Documents per forward pass."),
+    adapter_router: Path | None = typer.Option(
+        None, "--adapter-router", help="Trace adapter routing: a router JSON (lmbricks adapters) over MODEL."
+    ),
+    adapter_top_k: int = typer.Option(1, "--adapter-top-k", help="Bricks chosen per input (--adapter-router)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print the numbers as JSON."),
+) -> None:
+    """Trace the routing of an MoE model over documents by domain: expert histograms and load,
+    consecutive-token routing against random baselines, coloured tokens, and a linear SVM that
+    guesses the domain from routing alone (beside majority and bag-of-words baselines).
+
+    Example: lmbricks trace ./my-moe --domain code --domain prose --domain zh --layer 1
+    """
+    from lmbricks.trace.run import read_text_documents, trace_model
+    from lmbricks.trace.tracers import AdapterRouterTracer, Tracer
+
+    tracer: Tracer | None = None
+    if adapter_router is not None:
+        from lmbricks.adapters.route import Router
+
+        tracer = AdapterRouterTracer(Router.load(adapter_router), top_k=adapter_top_k)
+
+    text_map: dict[str, list[str]] | None = None
+    if texts:
+        text_map = {}
+        for item in texts:
+            name, sep, path = item.partition("=")
+            if not sep or not name or not path:
+                raise ConfigError(f"--texts {item!r}: expected DOMAIN=PATH")
+            text_map.setdefault(name, []).extend(read_text_documents(path))
+    dest = out or Path("runs") / "trace" / (Path(model).name or model)
+    with progress_bar(transient=True) as bar:
+        task = bar.add_task("tracing", total=None)
+        result = trace_model(
+            model, list(domain or []), text_map, split=split, docs_per_domain=docs, max_tokens=tokens,
+            layer=layer, folds=folds, seed=seed, batch_size=batch, out=dest, tracer=tracer, force=force,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )  # fmt: skip
+    s = result.summary
+    if as_json:
+        print_json(s)
+        return
+    table = Table(title=f"{s['model']}: {s['documents']} documents, {s['num_experts']} experts, top-{s['top_k']}")
+    for col in ("layer", "same top-1", "top-k overlap", "load entropy / log E", "max / mean"):
+        table.add_column(col, justify="right")
+    for c, ld in zip(s["consecutive"], s["load"], strict=True):
+        table.add_row(
+            str(c["layer"]), f"{c['same_top1']:.3f}", f"{c['topk_overlap']:.3f}",
+            f"{ld['normalised_entropy']:.3f}", f"{ld['max_over_mean']:.2f}",
+        )  # fmt: skip
+    rb = s["random_baselines"]
+    table.caption = f"random: same top-1 {rb['same_top1']:.3f}, top-k overlap {rb['topk_overlap']:.3f}"
+    console.print(table)
+    if s["topic"]:
+        for r in s["topic"][:3]:
+            console.print(
+                f"topic from routing, {r['features']}: {100 * r['accuracy']:.1f}% (± {100 * r['stderr']:.1f})"
+            )
+    else:
+        err_console.print("topic classification skipped: needs two domains with two documents each")
+    console.print(f"report: {s['report']}")

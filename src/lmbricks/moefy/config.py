@@ -1,0 +1,84 @@
+"""The MoEfication configuration: validated before any work, each error naming its field."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from lmbricks.errors import ConfigError
+
+Split = Literal["kmeans", "coactivation", "random"]
+RouterKind = Literal["centroid", "mlp"]
+SPLITS: tuple[str, ...] = ("kmeans", "coactivation", "random")
+ROUTERS: tuple[str, ...] = ("centroid", "mlp")
+#: model_type values whose FFN is a gated (SwiGLU / GeGLU) ``gate_proj/up_proj/down_proj`` block.
+DENSE_GLU_TYPES: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
+
+
+class MoefyConfig(BaseModel):
+    """How a dense model is cut into experts.
+
+    Attributes:
+        experts: experts per FFN (E); must divide the intermediate width.
+        top_k: experts used per token (K <= E); the router's default.
+        split: ``kmeans`` (balanced k-means on L2-normalised gate rows), ``coactivation`` (balanced
+            k-means on the neurons' activation patterns over the calibration corpus) or ``random``.
+        router: ``centroid`` (no training) or ``mlp`` (trained per layer on the calibration corpus).
+        router_hidden: hidden width of the MLP router.
+        router_steps: Adam steps per layer for the MLP router.
+        router_lr: its learning rate.
+        label_k: experts labelled positive in the router's BCE targets (None: ``top_k``).
+        dynamic_threshold: if set, per token the fewest experts whose predicted mass share reaches it.
+        kmeans_iters: iterations of balanced k-means.
+        calib_chunks: calibration blocks per domain (train split).
+        calib_seq_len: tokens per calibration block.
+        seed: seed for k-means initialisation, random splits and router training.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    experts: int = Field(32, ge=1)
+    top_k: int = Field(16, ge=1)
+    split: Split = "coactivation"
+    router: RouterKind = "mlp"
+    router_hidden: int = Field(256, ge=1)
+    router_steps: int = Field(400, ge=0)
+    router_lr: float = Field(3e-3, gt=0)
+    label_k: int | None = Field(None, ge=1)
+    dynamic_threshold: float | None = Field(None, gt=0, le=1)
+    kmeans_iters: int = Field(30, ge=1)
+    calib_chunks: int = Field(8, ge=1)
+    calib_seq_len: int = Field(512, ge=2)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _k_le_e(self) -> MoefyConfig:
+        if self.top_k > self.experts:
+            raise ValueError(f"top_k ({self.top_k}) must be <= experts ({self.experts})")
+        if self.label_k is not None and self.label_k > self.experts:
+            raise ValueError(f"label_k ({self.label_k}) must be <= experts ({self.experts})")
+        return self
+
+    def check_width(self, width: int, where: str = "the FFN") -> int:
+        """Neurons per expert for an FFN of ``width`` neurons (ConfigError if E does not divide it)."""
+        if width % self.experts:
+            raise ConfigError(
+                f"experts={self.experts} does not divide the intermediate width {width} of {where}; "
+                f"choose a divisor of {width}"
+            )
+        return width // self.experts
+
+
+def make_config(**fields: object) -> MoefyConfig:
+    """Build a :class:`MoefyConfig`, turning pydantic's errors into one ConfigError naming the field."""
+    from pydantic import ValidationError
+
+    try:
+        return MoefyConfig(**fields)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        parts = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "config"
+            parts.append(f"{loc}: {err['msg']}")
+        raise ConfigError("invalid moefy config: " + "; ".join(parts)) from None

@@ -1,0 +1,67 @@
+"""The HTML report of a MoEfied model's evaluation: perplexity curve and speed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lmbricks.checkpoint import atomic_directory
+from lmbricks.moefy.evaluate import MoefyEval
+
+
+def write_moefy_report(
+    result: MoefyEval, out: Path, title: str, settings: dict[str, Any], force: bool = False
+) -> Path:
+    """Write ``report.html``, ``results.json`` and plots into the directory ``out``.
+
+    Returns:
+        The path of report.html.
+    """
+    from lmbricks.report import Report, line_chart
+
+    with atomic_directory(out, force=force) as tmp:
+        (tmp / "results.json").write_text(json.dumps({"settings": settings, **result.to_dict()}, indent=2))
+        report = Report(title, ", ".join(f"{k}={v}" for k, v in settings.items()))
+        series: dict[str, tuple[list[float], list[float]]] = {}
+        for p in result.points:
+            name = p.mode if p.top_k is not None else "dynamic K (router)"
+            xs, ys = series.setdefault(name, ([], []))
+            xs.append(100 * p.fraction)
+            ys.append(100 * result.change(p))
+        png = line_chart(
+            tmp / "ppl_vs_experts.png",
+            series,
+            "Mean perplexity change versus experts used",
+            "experts used per token (%)",
+            "perplexity change (%)",
+            logy=False,
+        )
+        rows = [
+            [p.mode, p.top_k if p.top_k is not None else "-", f"{p.fraction:.1%}", f"{result.change(p):+.1%}"]
+            for p in result.points
+        ]
+        report.summary(rows, ["selection", "K", "experts used", "mean perplexity change"])
+        report.section(
+            "Perplexity versus experts used",
+            "oracle: the K experts with the most true activation mass (needs the dense FFN: a bound); "
+            "router: the learned or centroid router; dynamic: the fewest experts whose predicted mass "
+            "share reaches the threshold. Selected experts are summed with weight 1.",
+        )
+        report.figure(png, "Relative perplexity change averaged over the domains")
+        domains = list(result.dense_ppl)
+        report.table(
+            [["dense", "-"] + [result.dense_ppl[d] for d in domains]]
+            + [
+                [p.mode, p.top_k if p.top_k is not None else f"{p.fraction:.0%}"]
+                + [p.ppl[d] for d in domains]
+                for p in result.points
+            ],  # fmt: skip
+            ["selection", "K"] + domains,
+            caption="perplexity per domain",
+        )
+        if result.timings:
+            report.section("Speed", "Medians of interleaved rounds on this machine (CPU).")
+            report.table([[k, v] for k, v in result.timings.items()], ["measure", "value"])
+        report.save(tmp / "report.html")
+    return Path(out) / "report.html"

@@ -1,0 +1,67 @@
+"""Routers: the MLP router learns planted structure; the centroid router is what it claims."""
+
+from __future__ import annotations
+
+import torch
+
+from lmbricks.analysis import find_ffns
+from lmbricks.moefy import make_config, moefied_layers, moefy_model
+from lmbricks.moefy.routers import CentroidRouter, expert_mass, topk_mask, train_mlp_router
+
+
+def _recall(pred: torch.Tensor, true: torch.Tensor) -> float:
+    """Share of the oracle's experts that the prediction also picked."""
+    return float((pred & true).sum() / true.sum())
+
+
+def test_mlp_router_learns_planted_mass() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4000, 16, generator=gen)
+    proj = torch.randn(16, 8, generator=gen)
+    mass = torch.nn.functional.softplus(2 * x @ proj)  # each expert's mass is a function of x
+    router = train_mlp_router(x[:3000], mass[:3000], label_k=2, hidden=32, steps=200, seed=0)
+    true = topk_mask(mass[3000:], 2)
+    with torch.no_grad():
+        learned = _recall(topk_mask(router(x[3000:]), 2), true)
+    chance = _recall(topk_mask(torch.randn(1000, 8, generator=gen), 2), true)
+    assert learned > 0.8 and chance < 0.4
+
+
+def test_centroid_router_is_mean_of_normalised_rows() -> None:
+    rows = torch.randn(12, 5, generator=torch.Generator().manual_seed(1))
+    router = CentroidRouter.from_rows(rows, 3)
+    unit = torch.nn.functional.normalize(rows, dim=1)
+    torch.testing.assert_close(router.centroids[1], unit[4:8].mean(0))
+
+
+def test_mlp_router_beats_random_on_tiny_model_with_planted_gates(tiny_model, fake_texts) -> None:
+    model, tok = tiny_model
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # plant 4 groups of neurons sharing a gate direction
+        for block in find_ffns(model):
+            centres = torch.randn(4, 32, generator=gen)
+            groups = torch.randperm(64, generator=gen) % 4
+            block.gate.weight.copy_(3 * centres[groups] + 0.1 * torch.randn(64, 32, generator=gen))
+    cfg = make_config(
+        experts=4, top_k=1, split="kmeans", router="mlp", router_steps=150, calib_chunks=4, calib_seq_len=64
+    )
+    moefy_model(model, tok, cfg, texts_of=fake_texts, domains=("a", "b", "c"))
+    layers = moefied_layers(model)
+    inputs: dict[int, torch.Tensor] = {}
+    handles = [
+        m.register_forward_pre_hook(lambda _mod, args, i=i: inputs.__setitem__(i, args[0]))
+        for i, m in enumerate(layers)
+    ]
+    try:
+        with torch.no_grad():
+            model(input_ids=torch.randint(3, 384, (4, 48), generator=gen))
+    finally:
+        for h in handles:
+            h.remove()
+    for i, ffn in enumerate(layers):
+        x = inputs[i].reshape(-1, 32)
+        with torch.no_grad():
+            true = topk_mask(expert_mass(ffn._dense_a(x), ffn.down_norms, 4), 1)
+            learned = _recall(ffn.select(x), true)
+        chance = _recall(topk_mask(torch.randn(x.shape[0], 4, generator=gen), 1), true)
+        assert learned > chance + 0.2, (i, learned, chance)
