@@ -120,7 +120,7 @@ def save_tiny_model(
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(torch.randn(p.shape, generator=gen) * noise)
-    model = model.to(dtype)
+    model = model.to(dtype)  # type: ignore[arg-type]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)

@@ -123,9 +123,10 @@ def convert_gguf(gguf: Path, out: Path, add_bos: bool = False, progress: Progres
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         progress("converting tokenizer")
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        if add_bos:
-            tokenizer.add_bos_token = True
+        # Gemma needs a BOS token that its GGUF tokenizer does not force; ask for it at load time
+        # so the saved tokenizer_config carries it.
+        extra = {"add_bos_token": True} if add_bos else {}
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, **extra)
         progress("dequantising weights")
         model = AutoModelForCausalLM.from_pretrained(
             gguf.parent,
