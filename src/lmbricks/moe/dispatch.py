@@ -1,0 +1,368 @@
+"""Token dispatch: sort (token, slot) pairs by expert, run each expert on a contiguous slice, undo.
+
+Design (the floor is a dense FFN with the same active FLOPs):
+  1. ``plan_dispatch``: one stable argsort of the T*k flat expert ids groups the pairs by expert
+     (dropped pairs sort after the last expert and are never computed); ``bincount`` gives the
+     slice of each expert.
+  2. ``gather_rows``: one ``index_select`` copies the tokens into expert order, (S, H).
+  3. ``expert_ffn``: per expert, one matmul with the fused (H, 2I) gate_up slice and one with the
+     (I, H) down slice, written with ``out=`` into preallocated buffers. The backward is written
+     by hand: weight gradients go straight into one (E, ...) buffer (no per-expert full-size zero
+     gradients, no stacking copy) and experts with no tokens are skipped. Or ``torch`` grouped
+     matmul (``F.grouped_mm``) where it is available and faster (CUDA bf16).
+  4. ``combine_rows``: rows are weighted by their gate, go back to flat pair order (T*k, H), and
+     the k outputs of a token are summed over the slot axis in fp32: a fixed order, deterministic
+     on every device (no atomics, no index_add_). Its backward gathers dy once in expert order.
+For decoding (few tokens) the loop touches only the experts that received tokens, so only their
+weights are read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd import Function
+
+DispatchImpl = Literal["auto", "loop", "grouped"]
+
+# Below this many routed pairs the loop is used whatever the device: it reads only touched experts.
+GROUPED_MIN_PAIRS = 256
+
+
+@dataclass
+class DispatchPlan:
+    """Where each routed (token, slot) pair goes.
+
+    Attributes:
+        order: (S,) flat pair ids t*k + j of the routed pairs, grouped by expert (stable).
+        tokens: (S,) token of each sorted pair (order // k).
+        counts: per-expert pair counts as Python ints (the slice lengths).
+        tokens_per_expert: (E,) long, the same counts as a tensor.
+        num_tokens: T.
+        top_k: k slots per token.
+    """
+
+    order: Tensor
+    tokens: Tensor
+    counts: list[int]
+    tokens_per_expert: Tensor
+    num_tokens: int
+    top_k: int
+
+    @property
+    def num_pairs(self) -> int:
+        """T * k, routed or not."""
+        return self.num_tokens * self.top_k
+
+    @property
+    def num_routed(self) -> int:
+        """S, the pairs that are computed."""
+        return int(self.order.shape[0])
+
+
+def plan_dispatch(indices: Tensor, keep: Tensor | None, num_experts: int) -> DispatchPlan:
+    """Group the routed pairs by expert.
+
+    Args:
+        indices: (T, k) expert of each pair.
+        keep: (T, k) bool pairs to compute, or None for all.
+        num_experts: E.
+
+    Returns:
+        The DispatchPlan.
+    """
+    t, k = indices.shape
+    flat = indices.reshape(-1)
+    if keep is None:
+        order = torch.argsort(flat, stable=True)
+        tokens_per_expert = torch.bincount(flat, minlength=num_experts)
+    else:
+        key = torch.where(keep.reshape(-1), flat, num_experts)  # not routed -> after the last expert
+        counts_all = torch.bincount(key, minlength=num_experts + 1)
+        tokens_per_expert = counts_all[:num_experts]
+        order = torch.argsort(key, stable=True)[: t * k - int(counts_all[num_experts])]
+    tokens = torch.div(order, k, rounding_mode="floor")
+    return DispatchPlan(order, tokens, tokens_per_expert.tolist(), tokens_per_expert, t, k)
+
+
+class _GatherRows(Function):
+    """xs = x[tokens]; backward scatters back to pair order and sums the k copies (fixed order)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, tokens: Tensor, order: Tensor, top_k: int) -> Tensor:
+        ctx.save_for_backward(order)
+        ctx.shape = (x.shape[0], top_k, x.shape[1])
+        return x.index_select(0, tokens)  # (S, H)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None]:
+        (order,) = ctx.saved_tensors
+        t, k, h = ctx.shape
+        buf = _pair_buffer(t * k, h, order.shape[0], grad)
+        buf.index_copy_(0, order, grad)  # (T*k, H)
+        return buf.view(t, k, h).sum(1), None, None, None
+
+
+class _Combine(Function):
+    """y_t = sum_j w[t, j] * ys[pos(t, j)]: weight in expert order, scatter to pair order, sum the k
+    slots in fp32 (fixed order). Backward works in expert order: one gather of dy, no (T, k, H) temps."""
+
+    @staticmethod
+    def forward(ctx: Any, ys: Tensor, weights: Tensor, order: Tensor, tokens: Tensor, top_k: int) -> Tensor:
+        out, w_sorted = _combine_forward(ys, weights, order, top_k, inplace=False)
+        ctx.save_for_backward(ys, w_sorted, order, tokens)
+        ctx.weights_meta = (weights.shape, weights.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, Tensor | None, None, None, None]:
+        ys, w_sorted, order, tokens = ctx.saved_tensors
+        shape, dtype = ctx.weights_meta
+        g = dy.index_select(0, tokens)  # (S, H): dL/dy of each pair's token
+        d_w = None
+        if ctx.needs_input_grad[1]:
+            acc = w_sorted.dtype
+            d_sorted = torch.linalg.vecdot(g.to(acc), ys.to(acc))  # (S,)
+            d_w = d_sorted.new_zeros(shape.numel()).index_copy_(0, order, d_sorted).view(shape).to(dtype)
+        d_ys = None
+        if ctx.needs_input_grad[0]:
+            d_ys = g.mul_(w_sorted[:, None].to(g.dtype))
+        return d_ys, d_w, None, None, None
+
+
+def _combine_forward(ys: Tensor, weights: Tensor, order: Tensor, top_k: int, inplace: bool) -> tuple[Tensor, Tensor]:
+    """The combine of ``_Combine`` -> (out (T, H), gates in expert order (S,))."""
+    t, s = weights.shape[0], ys.shape[0]
+    acc = torch.promote_types(ys.dtype, torch.float32)  # fp32 accumulation for bf16 / fp16
+    w_sorted = weights.reshape(-1).index_select(0, order).to(acc)  # (S,)
+    inplace = inplace and ys.dtype == acc
+    yw = ys.mul_(w_sorted[:, None]) if inplace else ys.to(acc) * w_sorted[:, None]  # (S, H)
+    buf = _pair_buffer(t * top_k, ys.shape[1], s, yw)
+    buf.index_copy_(0, order, yw)  # (T*k, H), zero rows for pairs that were not routed
+    out = buf.view(t, top_k, -1).sum(1) if top_k > 1 else buf
+    return out.to(ys.dtype), w_sorted
+
+
+def _pair_buffer(num_pairs: int, width: int, num_routed: int, like: Tensor) -> Tensor:
+    if num_routed == num_pairs:  # every row is written
+        return like.new_empty(num_pairs, width)
+    return like.new_zeros(num_pairs, width)
+
+
+def gather_rows(x: Tensor, plan: DispatchPlan) -> Tensor:
+    """(T, H) tokens -> (S, H) rows in expert order (differentiable)."""
+    return _GatherRows.apply(x, plan.tokens, plan.order, plan.top_k)
+
+
+def combine_rows(ys: Tensor, weights: Tensor, plan: DispatchPlan, overwrite: bool = False) -> Tensor:
+    """(S, H) expert outputs -> (T, H): y_t = sum_j w[t, j] * out(t, j), summed in fp32.
+
+    Args:
+        ys: (S, H) outputs in expert order.
+        weights: (T, k) gates; pairs that were not routed contribute zero whatever their gate.
+        plan: the DispatchPlan ys was computed with.
+        overwrite: without autograd, ys may be scaled in place (saves a copy).
+
+    Returns:
+        (T, H) in the dtype of ys.
+    """
+    if torch.is_grad_enabled() and (ys.requires_grad or weights.requires_grad):
+        return _Combine.apply(ys, weights, plan.order, plan.tokens, plan.top_k)
+    return _combine_forward(ys, weights, plan.order, plan.top_k, inplace=overwrite)[0]
+
+
+# ----------------------------------------------------------------------------- activations
+
+
+def _activate(h: Tensor, activation: str) -> tuple[Tensor, Tensor | None]:
+    """h (S, N) -> (a, s): a the expert's hidden activation, s silu(gate) for the gated backward."""
+    if activation == "swiglu":
+        i = h.shape[1] // 2
+        s = F.silu(h[:, :i])
+        return s * h[:, i:], s
+    if activation == "gelu":
+        return F.gelu(h), None
+    if activation == "relu":
+        return F.relu(h), None
+    raise ValueError(f"unknown activation {activation!r}")
+
+
+def _activate_inplace(h: Tensor, activation: str) -> Tensor:
+    """The same as ``_activate(h)[0]`` for inference, reusing h's memory where it can."""
+    if activation == "swiglu":
+        i = h.shape[1] // 2
+        return F.silu(h[:, :i]).mul_(h[:, i:])
+    if activation == "gelu":
+        return F.gelu(h)
+    return h.relu_()
+
+
+def _activation_backward(da: Tensor, h: Tensor, a: Tensor, s: Tensor | None, activation: str) -> Tensor:
+    """dL/dh (S, N) from dL/da (S, I)."""
+    if activation == "swiglu":
+        assert s is not None
+        i = da.shape[1]
+        g, u = h[:, :i], h[:, i:]
+        dh = torch.empty_like(h)
+        torch.ops.aten.silu_backward.grad_input(da * u, g, grad_input=dh[:, :i])
+        torch.mul(da, s, out=dh[:, i:])
+        return dh
+    if activation == "gelu":
+        return torch.ops.aten.gelu_backward(da, h)
+    return torch.ops.aten.threshold_backward(da, a, 0)
+
+
+# ----------------------------------------------------------------------------- loop path
+
+
+def _bounds(counts: list[int]) -> list[tuple[int, int, int]]:
+    """(expert, start, end) of the non-empty slices."""
+    out, start = [], 0
+    for e, c in enumerate(counts):
+        if c:
+            out.append((e, start, start + c))
+        start += c
+    return out
+
+
+def _ffn_forward_loop(
+    xs: Tensor, w_in: Tensor, w_out: Tensor, counts: list[int], activation: str, for_backward: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    bounds = _bounds(counts)
+    h = xs.new_empty(xs.shape[0], w_in.shape[2])  # (S, N)
+    for e, a0, a1 in bounds:
+        torch.mm(xs[a0:a1], w_in[e], out=h[a0:a1])
+    if for_backward:
+        a, s = _activate(h, activation)
+    else:
+        a, s = _activate_inplace(h, activation), None
+    y = xs.new_empty(xs.shape[0], w_out.shape[2])  # (S, H)
+    for e, a0, a1 in bounds:
+        torch.mm(a[a0:a1], w_out[e], out=y[a0:a1])
+    return y, h, a, s
+
+
+class _ExpertFFNLoop(Function):
+    """y_e = act(x_e W_in[e]) W_out[e] for each expert slice; hand-written backward."""
+
+    @staticmethod
+    def forward(ctx: Any, xs: Tensor, w_in: Tensor, w_out: Tensor, counts: list[int], activation: str) -> Tensor:
+        y, h, a, s = _ffn_forward_loop(xs, w_in, w_out, counts, activation, for_backward=True)
+        ctx.save_for_backward(xs, w_in, w_out, h, a, s)
+        ctx.counts, ctx.activation = counts, activation
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
+        xs, w_in, w_out, h, a, s = ctx.saved_tensors
+        need_x, need_win, need_wout = ctx.needs_input_grad[:3]
+        dy = dy.contiguous()
+        bounds = _bounds(ctx.counts)
+        empty = [e for e, c in enumerate(ctx.counts) if c == 0]
+        dw_out = _weight_grad_buffer(w_out, empty) if need_wout else None
+        da = dy.new_empty(dy.shape[0], w_out.shape[1])  # (S, I)
+        for e, a0, a1 in bounds:
+            if dw_out is not None:
+                torch.mm(a[a0:a1].t(), dy[a0:a1], out=dw_out[e])
+            torch.mm(dy[a0:a1], w_out[e].t(), out=da[a0:a1])
+        dh = _activation_backward(da, h, a, s, ctx.activation)  # (S, N)
+        dw_in = _weight_grad_buffer(w_in, empty) if need_win else None
+        dxs = dh.new_empty(dh.shape[0], w_in.shape[1]) if need_x else None  # (S, H)
+        for e, a0, a1 in bounds:
+            if dw_in is not None:
+                torch.mm(xs[a0:a1].t(), dh[a0:a1], out=dw_in[e])
+            if dxs is not None:
+                torch.mm(dh[a0:a1], w_in[e].t(), out=dxs[a0:a1])
+        return dxs, dw_in, dw_out, None, None
+
+
+def _weight_grad_buffer(w: Tensor, empty_experts: list[int]) -> Tensor:
+    buf = torch.empty_like(w, memory_format=torch.contiguous_format)
+    for e in empty_experts:  # experts without tokens get a zero gradient
+        buf[e].zero_()
+    return buf
+
+
+def expert_ffn_loop(xs: Tensor, w_in: Tensor, w_out: Tensor, counts: list[int], activation: str) -> Tensor:
+    """Per-expert matmuls over contiguous slices of the expert-sorted rows.
+
+    Args:
+        xs: (S, H) rows sorted by expert.
+        w_in: (E, H, N) input projection (N = 2I, gate then up, for swiglu; else I).
+        w_out: (E, I, H) output projection.
+        counts: rows of each expert (sum S).
+        activation: "swiglu", "gelu" or "relu".
+
+    Returns:
+        (S, H) expert outputs in the same order.
+    """
+    if torch.is_grad_enabled() and (xs.requires_grad or w_in.requires_grad or w_out.requires_grad):
+        return _ExpertFFNLoop.apply(xs, w_in, w_out, counts, activation)
+    return _ffn_forward_loop(xs, w_in, w_out, counts, activation, for_backward=False)[0]
+
+
+# ----------------------------------------------------------------------------- grouped path
+
+
+def _grouped_mm_fn() -> Any:
+    return getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
+
+
+def grouped_mm_available(x: Tensor) -> bool:
+    """Whether torch offers a grouped matmul for x's device and dtype (CPU: any; CUDA: bf16 on sm80+)."""
+    if _grouped_mm_fn() is None:
+        return False
+    if x.device.type == "cuda":
+        return x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device) >= (8, 0)
+    return x.device.type == "cpu"
+
+
+class _ContiguousGrad(Function):
+    """Identity whose backward makes the gradient contiguous (CPU grouped_mm's backward fails on
+    stride-0 gradients such as those of ``y.sum()``)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        return grad.contiguous()
+
+
+def expert_ffn_grouped(xs: Tensor, w_in: Tensor, w_out: Tensor, counts: Tensor, activation: str) -> Tensor:
+    """The same as ``expert_ffn_loop`` with torch's grouped matmul (autograd through torch).
+
+    Args:
+        xs: (S, H) rows sorted by expert.
+        w_in: (E, H, N); w_out: (E, I, H).
+        counts: (E,) rows of each expert, as a tensor.
+        activation: "swiglu", "gelu" or "relu".
+
+    Returns:
+        (S, H).
+    """
+    gmm = _grouped_mm_fn()
+    offs = torch.cumsum(counts, 0, dtype=torch.int32)
+    h = _ContiguousGrad.apply(gmm(xs, w_in, offs=offs))  # (S, N)
+    a, _ = _activate(h, activation)
+    return _ContiguousGrad.apply(gmm(a, w_out, offs=offs))  # (S, H)
+
+
+def choose_impl(impl: DispatchImpl, x: Tensor, num_routed: int) -> Literal["loop", "grouped"]:
+    """Resolve "auto": the grouped matmul on CUDA bf16 for many pairs, else the loop.
+
+    On CPU the loop with out= matmuls matches or beats ``grouped_mm`` (measured in bench/moe.py);
+    for few pairs (decoding) the loop reads only the touched experts' weights.
+    """
+    if impl == "grouped":
+        return "grouped"
+    if impl == "loop":
+        return "loop"
+    if x.device.type == "cuda" and num_routed >= GROUPED_MIN_PAIRS and grouped_mm_available(x):
+        return "grouped"
+    return "loop"

@@ -1,0 +1,34 @@
+"""Dense soft gating: every expert sees every token, weighted by the softmax (Jacobs et al. 1991)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from lmbricks.moe.routers.base import Router, register_router
+from lmbricks.moe.types import RouterOutput
+
+if TYPE_CHECKING:
+    from lmbricks.moe.config import MoEConfig
+
+
+@register_router("dense", reference="https://doi.org/10.1162/neco.1991.3.1.79")
+class DenseRouter(Router):
+    """y = sum_i softmax(x W^T)_i E_i(x): the full mixture, E slots per token (slot j = expert j).
+
+    Costs E dense FFNs; useful as the soft baseline that sparse routers approximate, and for small
+    expert counts (soft MoE of adapters).
+    """
+
+    @classmethod
+    def from_config(cls, config: MoEConfig) -> DenseRouter:
+        return cls(config.hidden_size, config.num_experts, config.router_jitter)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> RouterOutput:
+        """Args: x (T, H); mask unused. Returns: RouterOutput with E slots."""
+        logits = self.logits(x)  # (T, E)
+        probs = logits.softmax(dim=-1)
+        indices = torch.arange(self.num_experts, device=x.device).expand(x.shape[0], -1)  # (T, E)
+        return RouterOutput(weights=probs, indices=indices, logits=logits, probs=probs)

@@ -1,0 +1,55 @@
+"""MoEConfig validation: bad values fail early with a ConfigError naming the field."""
+
+from __future__ import annotations
+
+import pytest
+
+from lmbricks.errors import ConfigError
+from lmbricks.moe import MoEConfig, build_moe
+
+BASE = dict(hidden_size=16, intermediate_size=32, num_experts=4)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        (dict(top_k=5), "top_k"),
+        (dict(top_k=0), "top_k"),
+        (dict(capacity_factor=0.0), "capacity_factor"),
+        (dict(capacity_factor=-1.0), "capacity_factor"),
+        (dict(router="hash"), "router"),
+        (dict(activation="tanh"), "activation"),
+        (dict(drop_policy="random"), "drop_policy"),
+        (dict(aux_loss="entropy"), "aux_loss"),
+        (dict(num_experts=0), "num_experts"),
+        (dict(hidden_size=-3), "hidden_size"),
+        (dict(router="switch", top_k=2), "top_k"),
+        (dict(router="expert_choice", expert_choice_capacity=0.0), "expert_choice_capacity"),
+        (dict(router="expert_choice", capacity_factor=1.0), "capacity_factor"),
+        (dict(router_jitter=1.5), "router_jitter"),
+        (dict(bias_update_rate=1e-3), "bias_update_rate"),
+        (dict(shared_expert_intermediate_size=-1), "shared_expert_intermediate_size"),
+    ],
+)
+def test_bad_config_names_the_field(overrides: dict, field: str) -> None:
+    with pytest.raises(ConfigError, match=field):
+        MoEConfig(**{**BASE, **overrides})
+
+
+@pytest.mark.parametrize("router", ["softmax_topk", "noisy_topk", "expert_choice", "dense", "sigmoid_topk"])
+def test_every_router_builds(router: str) -> None:
+    layer = build_moe(MoEConfig(**BASE, router=router))  # type: ignore[arg-type]
+    assert layer.router.name == router
+    assert layer.experts.gate_up.shape == (4, 16, 64)  # (E, H, 2I)
+    assert layer.experts.down.shape == (4, 32, 16)  # (E, I, H)
+
+
+def test_switch_builds_with_top1_and_round_trips() -> None:
+    cfg = MoEConfig(**BASE, router="switch", top_k=1, capacity_factor=1.25, drop_policy="position")
+    assert MoEConfig(**cfg.to_dict()) == cfg
+    assert build_moe(cfg).router.name == "switch"
+
+
+def test_unknown_dispatch_impl() -> None:
+    with pytest.raises(ConfigError, match="impl"):
+        build_moe(MoEConfig(**BASE), impl="magic")  # type: ignore[arg-type]
