@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup fetch test test-unit demo lint bench clean
+.PHONY: setup fetch test test-unit demo lint bench clean mergekit-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,13 @@ fetch: setup
 	$(BIN)/lmbricks models fetch smollm2-135m-instruct
 	$(BIN)/lmbricks data fetch
 
-## test: the whole suite (unit + integration on the real default model)
-test: fetch
+## mergekit-venv: mergekit in a virtual environment of its own, for the agreement tests and bench/merge.py
+mergekit-venv:
+	test -x .bench-venvs/mergekit/bin/mergekit-yaml || { $(PYTHON) -m venv .bench-venvs/mergekit && \
+	  .bench-venvs/mergekit/bin/python -m pip install -q -c constraints.txt mergekit; }
+
+## test: the whole suite (unit + integration on the real default model, agreement with mergekit)
+test: fetch mergekit-venv
 	$(BIN)/python -m pytest -q --durations=25 $(PYTEST_ARGS)
 
 ## test-unit: the unit suite only (no downloads)
@@ -39,7 +44,7 @@ lint: setup
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy src
 
-bench: setup
+bench: setup mergekit-venv
 	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 clean:

@@ -1,0 +1,63 @@
+"""Linear averaging: uniform soups, WARM, Model Ratatouille."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from lmbricks.merge.registry import ChunkedForm, Param, register_method
+
+
+def linear(
+    base: torch.Tensor | None,
+    tensors: Sequence[torch.Tensor],
+    *,
+    weight: Sequence[float],
+    normalize: bool = True,
+) -> torch.Tensor:
+    """Weighted mean of the inputs: θ = Σ wi θi / Σ wi (no division when normalize is false).
+
+    Args:
+        base: unused (linear treats every model as a term).
+        tensors: θi, same shape ``S``, any float dtype.
+        weight: wi, one per tensor.
+        normalize: divide by Σ wi.
+
+    Returns:
+        fp32 tensor of shape ``S``.
+    """
+    coeffs = list(weight)
+    if normalize:
+        total = float(sum(coeffs))
+        if total == 0:
+            raise ValueError("linear: weights sum to zero, cannot normalize")
+        coeffs = [w / total for w in coeffs]
+    out = tensors[0].to(torch.float32, copy=True)
+    out.mul_(coeffs[0])
+    for t, w in zip(tensors[1:], coeffs[1:], strict=False):
+        out.add_(t, alpha=w)  # bf16 inputs are upcast inside the kernel, no fp32 copy
+    return out
+
+
+def _prepare(base: torch.Tensor | None, tensors: Sequence[torch.Tensor], **_: object) -> None:
+    return None
+
+
+def _apply(
+    base: torch.Tensor | None, tensors: Sequence[torch.Tensor], *, state: None, offset: int, **kw: object
+) -> torch.Tensor:
+    return linear(base, tensors, **kw)  # type: ignore[arg-type]
+
+
+register_method(
+    name="linear",
+    reference="https://arxiv.org/abs/2203.05482",
+    formula="θ = Σ wi θi / Σ wi",
+    params=(
+        Param("weight", float, per_input=True, help="weight of each model"),
+        Param("normalize", bool, default=True, help="divide by the sum of weights"),
+    ),
+    base="none",
+    chunked=ChunkedForm(_prepare, _apply),
+)(linear)

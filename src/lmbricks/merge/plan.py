@@ -1,0 +1,316 @@
+"""Per-tensor planning of a merge: which inputs feed each output tensor, with which parameters.
+
+Everything here reads configs, tokenizers and safetensors headers only, never tensor data, so
+every mistake in a recipe (unknown method or parameter, missing tensor, mismatched shapes or
+architectures, layer range past the end, adapter for another base, existing output) is reported
+before anything is written. The maths lives in :mod:`lmbricks.merge.methods`; the streaming in
+:mod:`lmbricks.merge.executor`.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmbricks.checkpoint import tensor_role
+from lmbricks.errors import ConfigError
+from lmbricks.merge.inputs import ModelInput, open_input
+from lmbricks.merge.params import resolve
+from lmbricks.merge.recipe import InputSlice, OutputSlice, Parameters, Recipe
+from lmbricks.merge.registry import MethodInfo, get_method
+from lmbricks.merge.vocab import VOCAB_TENSORS, VocabPlan, build_vocab
+
+_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+_ARCH_FIELDS = ("hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim", "intermediate_size")
+
+Scope = tuple[Parameters | None, str]
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    """How to compute one output tensor.
+
+    Attributes:
+        name: output tensor name.
+        shape: output shape.
+        base: ``(model key, tensor name)`` of θ0, or None.
+        terms: ``(model key, tensor name)`` of each term θi (non-base inputs; every input for
+            methods that use no base).
+        kwargs: the method's keyword arguments (per-input lists aligned with ``terms``).
+        seed: per-recipe seed for stochastic methods (None otherwise).
+        vocab: rows follow the vocabulary (re-mapped when ``tokenizer_source`` is set).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    base: tuple[str, str] | None
+    terms: tuple[tuple[str, str], ...]
+    kwargs: dict[str, Any]
+    seed: int | None = None
+    vocab: bool = False
+
+
+@dataclass
+class MergePlan:
+    """A validated merge, ready for :func:`lmbricks.merge.executor.execute`."""
+
+    recipe: Recipe
+    method: MethodInfo
+    inputs: dict[str, ModelInput]
+    tensors: list[TensorPlan]
+    out_config: dict[str, Any]
+    in_dtype: torch.dtype | None
+    out_dtype: torch.dtype
+    vocab: VocabPlan | None
+    tokenizer_from: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def output_bytes(self) -> int:
+        size = torch.empty((), dtype=self.out_dtype).element_size()
+        return sum(int(torch.Size(t.shape).numel()) * size for t in self.tensors)
+
+
+def _dtype(name: str) -> torch.dtype:
+    return getattr(torch, name)
+
+
+def _check_param_names(recipe: Recipe, method: MethodInfo) -> None:
+    known = {p.name for p in method.params}
+    scopes: list[tuple[Parameters | None, str]] = [(recipe.parameters, "parameters")]
+    for i, m in enumerate(recipe.models or []):
+        scopes.append((m.parameters, f"models[{i}].parameters"))
+    for i, s in enumerate(recipe.slices or []):
+        scopes.append((s.parameters, f"slices[{i}].parameters"))
+        for j, src in enumerate(s.sources):
+            scopes.append((src.parameters, f"slices[{i}].sources[{j}].parameters"))
+    for params, where in scopes:
+        for name in params or {}:
+            if name not in known:
+                raise ConfigError(
+                    f"{where}.{name}: unknown parameter for merge_method {method.name!r}; "
+                    f"it accepts: {', '.join(sorted(known)) or 'none'}"
+                )
+
+
+def _open_all(recipe: Recipe) -> dict[str, ModelInput]:
+    inputs = {ref: open_input(ref) for ref in recipe.referenced_models()}
+    first = next(iter(inputs.values()))
+    for m in inputs.values():
+        if m.arch != first.arch:
+            raise ConfigError(f"architectures differ: {first.key} is {first.arch}, {m.key} is {m.arch}")
+        for f in _ARCH_FIELDS:
+            a, b = first.config.get(f), m.config.get(f)
+            if a != b:
+                raise ConfigError(f"models {first.key} and {m.key} differ in {f}: {a} vs {b}")
+    return inputs
+
+
+def _normalised_slices(recipe: Recipe, method: MethodInfo, inputs: dict[str, ModelInput]) -> list[OutputSlice]:
+    if recipe.slices:
+        return list(recipe.slices)
+    assert recipe.models is not None
+    sources = []
+    for m in recipe.models:
+        sources.append(InputSlice(model=m.model, layer_range=(0, inputs[m.model].num_layers), parameters=m.parameters))
+    if recipe.base_model and recipe.base_model not in [m.model for m in recipe.models]:
+        sources.append(InputSlice(model=recipe.base_model, layer_range=(0, inputs[recipe.base_model].num_layers)))
+    lengths = {s.model: s.layer_range[1] for s in sources}
+    if len(set(lengths.values())) > 1:
+        raise ConfigError(
+            "models: all models must have the same number of layers (use slices: for frankenmerges); got "
+            + ", ".join(f"{k}: {v}" for k, v in lengths.items())
+        )
+    return [OutputSlice(sources=sources)]
+
+
+def _where_source(recipe: Recipe, si: int, j: int, key: str) -> str:
+    if recipe.models is not None:
+        return f"models ({key})"
+    return f"slices[{si}].sources[{j}] ({key})"
+
+
+def _resolve_kwargs(
+    method: MethodInfo,
+    recipe: Recipe,
+    si: int,
+    out_slice: OutputSlice,
+    base_idx: int | None,
+    term_idx: list[int],
+    in_names: list[str],
+    out_name: str,
+    t: float,
+) -> tuple[dict[str, Any], int | None]:
+    shared_scopes: list[Scope] = [
+        (out_slice.parameters, f"slices[{si}].parameters"),
+        (recipe.parameters, "parameters"),
+    ]
+    kwargs: dict[str, Any] = {}
+    seed = None
+    for p in method.params:
+        if p.per_input:
+            values = []
+            for j in term_idx:
+                src = out_slice.sources[j]
+                scopes: list[Scope] = [
+                    (src.parameters, _where_source(recipe, si, j, src.model)),
+                    *shared_scopes,
+                ]
+                values.append(resolve(p, scopes, in_names[j], t))
+            kwargs[p.kwarg] = values
+        else:
+            value = resolve(p, shared_scopes, out_name, t)
+            if p.name == "seed":
+                seed = int(value)
+                continue
+            kwargs[p.kwarg] = value
+    for d in kwargs.get("density", []):
+        if not 0 <= d <= 1:
+            raise ConfigError(f"parameter 'density' must lie in [0, 1], got {d} for tensor {out_name!r}")
+    for d, e in zip(kwargs.get("density", []), kwargs.get("epsilon", []), strict=False):
+        if d < 1 and not (d - e > 0 and d + e < 1):
+            raise ConfigError(f"parameter 'epsilon' {e}: density ± epsilon must lie in (0, 1) (density {d})")
+    return kwargs, seed
+
+
+def plan_merge(recipe: Recipe, out: str | Path | None = None, force: bool = False) -> MergePlan:
+    """Validate ``recipe`` against its inputs (configs and headers only) and plan every output tensor.
+
+    Args:
+        recipe: a parsed recipe.
+        out: the output directory, checked not to exist unless ``force``.
+        force: allow replacing an existing output.
+
+    Returns:
+        The :class:`MergePlan`.
+
+    Raises:
+        ConfigError / CheckpointError / UnknownNameError: naming the model, tensor or field at fault.
+    """
+    if out is not None and not force and Path(out).exists():
+        raise ConfigError(f"{out} already exists; pass force=True (CLI: --force) to replace it")
+    method = get_method(recipe.merge_method)
+    _check_param_names(recipe, method)
+    inputs = _open_all(recipe)
+    slices = _normalised_slices(recipe, method, inputs)
+
+    ref_key = recipe.base_model or slices[0].sources[0].model
+    ref = inputs[ref_key]
+    vocab = None
+    if recipe.tokenizer_source is not None:
+        vocab = build_vocab(
+            recipe.tokenizer_source,
+            recipe.base_model,
+            {k: m.path for k, m in inputs.items()},
+            {k: m.vocab_size for k, m in inputs.items()},
+        )
+
+    tensors: list[TensorPlan] = []
+
+    def add(si: int, out_slice: OutputSlice, out_name: str, in_names: list[str], t: float) -> None:
+        base_key = out_slice.base_model or recipe.base_model
+        keys = [s.model for s in out_slice.sources]
+        if method.base == "none":
+            base_idx = None
+            term_idx = list(range(len(keys)))
+        else:
+            base_idx = keys.index(base_key) if base_key in keys else None
+            if base_idx is None and method.base == "required":
+                what = f"base model {base_key!r} is not a source of slices[{si}]" if base_key else "no base_model"
+                raise ConfigError(f"merge_method {method.name!r} needs a base model: {what}")
+            term_idx = [j for j in range(len(keys)) if j != base_idx]
+        n = len(term_idx)
+        if n < method.min_models or (method.max_models is not None and n > method.max_models):
+            bound = f"{method.min_models}..{method.max_models or 'any'}"
+            raise ConfigError(
+                f"merge_method {method.name!r} takes {bound} models besides the base, got {n} in slices[{si}]"
+            )
+        is_vocab = out_name in VOCAB_TENSORS
+        shapes = []
+        for j, key in enumerate(keys):
+            name = in_names[j]
+            m = inputs[key]
+            if name not in m.reader:
+                if name == "lm_head.weight" and "model.embed_tokens.weight" in m.reader:
+                    in_names[j] = name = "model.embed_tokens.weight"  # tied embeddings
+                else:
+                    raise ConfigError(f"model {key}: tensor {name!r} missing (needed for output {out_name!r})")
+            shapes.append(m.shape(name))
+        if is_vocab and vocab is not None:
+            shape = (vocab.size, *shapes[0][1:])
+            bad = [(keys[j], s) for j, s in enumerate(shapes) if s[1:] != shapes[0][1:]]
+        else:
+            shape = shapes[0]
+            bad = [(keys[j], s) for j, s in enumerate(shapes) if s != shapes[0]]
+        if bad:
+            hint = " (vocabulary sizes differ: set tokenizer_source)" if is_vocab else ""
+            raise ConfigError(
+                f"tensor {out_name!r}: shapes differ: {keys[0]} has {shapes[0]}, {bad[0][0]} has {bad[0][1]}{hint}"
+            )
+        kwargs, seed = _resolve_kwargs(method, recipe, si, out_slice, base_idx, term_idx, in_names, out_name, t)
+        tensors.append(
+            TensorPlan(
+                name=out_name,
+                shape=tuple(shape),
+                base=(keys[base_idx], in_names[base_idx]) if base_idx is not None else None,
+                terms=tuple((keys[j], in_names[j]) for j in term_idx),
+                kwargs=kwargs,
+                seed=seed,
+                vocab=is_vocab,
+            )
+        )
+
+    # layer ranges
+    for si, s in enumerate(slices):
+        for j, src in enumerate(s.sources):
+            n_layers = inputs[src.model].num_layers
+            if src.layer_range[1] > n_layers:
+                raise ConfigError(
+                    f"slices[{si}].sources[{j}].layer_range {list(src.layer_range)}: model {src.model} "
+                    f"has only {n_layers} layers"
+                )
+
+    non_layer = [k for k in ref.reader if tensor_role(ref.arch, k).layer is None]
+    pre = [k for k in non_layer if tensor_role(ref.arch, k).kind == "embedding"]
+    post = [k for k in non_layer if k not in pre]
+    for name in pre:
+        add(0, slices[0], name, [name] * len(slices[0].sources), 0.0)
+
+    out_layer = 0
+    for si, s in enumerate(slices):
+        n = s.sources[0].layer_range[1] - s.sources[0].layer_range[0]
+        base_key = s.base_model or recipe.base_model
+        lead = next((src for src in s.sources if src.model == base_key), s.sources[0])
+        lead_model = inputs[lead.model]
+        for idx in range(n):
+            t = idx / (n - 1) if n > 1 else 1.0
+            prefix = f"model.layers.{lead.layer_range[0] + idx}."
+            suffixes = [k[len(prefix) :] for k in lead_model.reader if k.startswith(prefix)]
+            for suffix in suffixes:
+                in_names = [f"model.layers.{src.layer_range[0] + idx}.{suffix}" for src in s.sources]
+                add(si, s, f"model.layers.{out_layer}.{suffix}", in_names, t)
+            out_layer += 1
+    for name in post:
+        add(len(slices) - 1, slices[-1], name, [name] * len(slices[-1].sources), 0.0)
+
+    stored = ref.reader.info(pre[0] if pre else ref.reader.keys()[0]).dtype
+    in_dtype = _dtype(recipe.dtype) if recipe.dtype else None
+    out_name = recipe.out_dtype or recipe.dtype
+    out_dtype = _dtype(out_name) if out_name else stored
+
+    out_config = copy.deepcopy(ref.config)
+    out_config["num_hidden_layers"] = out_layer
+    if vocab is not None:
+        out_config["vocab_size"] = vocab.size
+    dtype_key = "dtype" if "dtype" in out_config or "torch_dtype" not in out_config else "torch_dtype"
+    out_config[dtype_key] = str(out_dtype).removeprefix("torch.")
+    for key in ("layer_types",):  # per-layer lists must follow the new layer count
+        if isinstance(out_config.get(key), list) and len(out_config[key]) != out_layer:
+            out_config[key] = [out_config[key][i % len(out_config[key])] for i in range(out_layer)]
+    tok_from = recipe.tokenizer_source if recipe.tokenizer_source in inputs else ref_key
+    return MergePlan(recipe, method, inputs, tensors, out_config, in_dtype, out_dtype, vocab, tok_from)

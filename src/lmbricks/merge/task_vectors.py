@@ -1,0 +1,241 @@
+"""Generalised task arithmetic: the shared core of task_arithmetic, TIES, DARE, Breadcrumbs, DELLA.
+
+With base ``θ0``, inputs ``θi``, weights ``wi`` and a per-input sparsifier ``S``::
+
+    δi = S(θi - θ0)                       # trim (TIES, Breadcrumbs), drop (DARE, DELLA) or keep
+    ui = wi · δi                          # weighted task vectors
+    with consensus (TIES):  s = sign(Σ ui) (0 counts as +);  mi = [sign(ui) = s]
+    without:                mi = 1
+    Δ = Σ mi ui  /  (Σ mi wi  if normalize, per element; 0 -> 1)     # consensus
+    Δ = Σ ui     /  (Σ wi     if normalize; |Σ wi| < 1e-8 -> 1)     # no consensus
+    θ = θ0 + λ Δ
+
+The sign is elected on the *weighted* deltas, as mergekit does; the TIES paper (and PEFT) elect on
+unweighted ones. The two agree when all weights are positive and equal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from lmbricks.merge.registry import Param
+from lmbricks.merge.sparsify import RankWindow, magnitude_window, outlier_window
+
+
+#: Parameters every task-arithmetic-family method accepts (mergekit's names and defaults).
+def common_params(normalize: bool, rescale: bool) -> tuple[Param, ...]:
+    return (
+        Param("weight", float, per_input=True, help="weight of the input's task vector"),
+        Param("density", float, per_input=True, default=1.0, help="fraction of the task vector kept"),
+        Param("lambda", float, default=1.0, help="scale of the merged task vector", arg="lam"),
+        Param("normalize", bool, default=normalize, help="divide by the sum of (agreeing) weights"),
+        Param("rescale", bool, default=rescale, help="rescale kept entries (see rescale_mode)"),
+        Param("int8_mask", bool, default=False, help="mergekit memory option; accepted, no effect here"),
+    )
+
+
+def combine_deltas(
+    base: torch.Tensor,
+    deltas: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    *,
+    consensus: bool,
+    normalize: bool,
+    lam: float,
+) -> torch.Tensor:
+    """Weight, optionally elect signs, sum, normalise and add to the base (see module docstring).
+
+    Args:
+        base: θ0, any float dtype, shape ``S``.
+        deltas: sparsified task vectors δi (fp32, shape ``S``); overwritten (used as scratch).
+        weights: wi, one per delta.
+        consensus: TIES sign election and disjoint mean.
+        normalize: divide by the summed weights.
+        lam: λ.
+
+    Returns:
+        fp32 tensor of shape ``S``.
+    """
+    if not deltas:
+        return base.float()
+    if consensus:
+        total = torch.mul(deltas[0], weights[0])
+        for d, w in zip(deltas[1:], weights[1:], strict=True):
+            total.add_(d, alpha=w)
+        # elected sign s = ±1; an exact cancellation sums to +0 and counts as + (as in mergekit);
+        # -0 only arises where every term is 0, where nothing can agree anyway
+        sign = torch.ones_like(total).copysign_(total)
+        del total
+        mixed = torch.zeros_like(deltas[0])
+        divisor = torch.zeros_like(deltas[0]) if normalize else None
+        for d, w in zip(deltas, weights, strict=True):
+            if w == 0:
+                continue  # w·d is 0: its sign never agrees
+            # sign(w·d) = s  <=>  w·(d·s) > 0; keep w·(d·s) where positive, i.e. the agreeing entries
+            v = d.mul_(sign)
+            if w > 0:
+                v.clamp_(min=0)
+            else:
+                v.clamp_(max=0)
+            mixed.add_(v, alpha=w)
+            if divisor is not None:
+                divisor.add_(v.sign().abs_(), alpha=w)  # 1 where the entry agrees
+        if divisor is not None:
+            divisor.masked_fill_(divisor == 0, 1)
+            mixed.div_(divisor)
+        mixed.mul_(sign)  # back from |Σ| in the elected direction to signed values
+    else:
+        mixed = torch.zeros_like(deltas[0])
+        for d, w in zip(deltas, weights, strict=False):
+            mixed.add_(d, alpha=w)
+        if normalize:
+            s = float(sum(weights))
+            mixed.div_(s if abs(s) >= 1e-8 else 1.0)
+    if lam != 1:
+        mixed.mul_(lam)
+    return mixed.add_(base)
+
+
+_BLOCK = 1 << 22  # elements per block when streaming over a tensor
+
+
+def row_blocks(shape: torch.Size | tuple[int, ...], block: int = _BLOCK) -> list[tuple[int, int]]:
+    """Row ranges ``[(r0, r1), ...]`` along dim 0 holding about ``block`` elements each (1 for 0-D)."""
+    if len(shape) == 0:
+        return [(0, 1)]
+    rows = shape[0]
+    per_row = max(1, int(torch.Size(shape[1:]).numel()))
+    step = max(1, block // per_row)
+    return [(r, min(rows, r + step)) for r in range(0, rows, step)]
+
+
+def abs_delta(base: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
+    """``|tensor - base|`` as a flat fp32 tensor, computed block by block (scratch: one block)."""
+    out = torch.empty(tensor.numel(), dtype=torch.float32)
+    if tensor.dim() == 0:
+        out[0] = (tensor.float() - base.float()).abs()
+        return out
+    per_row = tensor[0].numel() if tensor.shape[0] else 0
+    for r0, r1 in row_blocks(tensor.shape):
+        blk = out[r0 * per_row : r1 * per_row].view(r1 - r0, *tensor.shape[1:])
+        torch.sub(tensor[r0:r1].float(), base[r0:r1].float(), out=blk)
+        blk.abs_()
+    return out
+
+
+@dataclass(frozen=True)
+class TrimState:
+    """Per-input result of the whole-tensor pass: which ranks are kept and the L1 rescale factor."""
+
+    window: RankWindow | None
+    scale: float = 1.0
+
+
+def prepare_trim(
+    base: torch.Tensor,
+    tensors: Sequence[torch.Tensor],
+    density: Sequence[float],
+    gamma: Sequence[float] | None,
+    rescale: bool,
+) -> list[TrimState]:
+    """Whole-tensor statistics for magnitude trimming (TIES) or outlier trimming (Breadcrumbs).
+
+    Args:
+        base: θ0.
+        tensors: θi.
+        density: kept fraction per input.
+        gamma: per input, fraction of largest entries dropped (Breadcrumbs), or None (TIES).
+        rescale: compute the L1 rescale factor ``|δ|₁ / |trim(δ)|₁``.
+
+    Returns:
+        One :class:`TrimState` per input.
+    """
+    states = []
+    for i, t in enumerate(tensors):
+        mags = abs_delta(base, t)
+        window = magnitude_window(mags, density[i]) if gamma is None else outlier_window(mags, density[i], gamma[i])
+        scale = 1.0
+        if rescale and window is not None:
+            before = float(mags.sum(dtype=torch.float64))
+            after = float((mags * window.mask(mags)).sum(dtype=torch.float64))
+            if before >= 1e-7 and after >= 1e-7:
+                scale = before / after
+        states.append(TrimState(window, scale))
+        del mags
+    return states
+
+
+def apply_trim(
+    base: torch.Tensor,
+    tensors: Sequence[torch.Tensor],
+    states: Sequence[TrimState],
+    weight: Sequence[float],
+    *,
+    offset: int,
+    consensus: bool,
+    normalize: bool,
+    lam: float,
+) -> torch.Tensor:
+    """Trim each delta with its state, then :func:`combine_deltas` (one block at flat ``offset``)."""
+    b = base.float()
+    deltas = []
+    for t, st in zip(tensors, states, strict=False):
+        d = t.float().sub_(b) if t.dtype != torch.float32 else t - b
+        if st.window is not None:
+            d.mul_(st.window.mask(d.abs(), offset))
+        if st.scale != 1.0:
+            d.mul_(st.scale)
+        deltas.append(d)
+    return combine_deltas(b, deltas, weight, consensus=consensus, normalize=normalize, lam=lam)
+
+
+#: lmbricks extension for the random-drop methods: how kept entries are rescaled.
+RESCALE_MODE = Param(
+    "rescale_mode",
+    str,
+    default="l1",
+    choices=("l1", "inverse"),
+    help="l1: match the L1 norm of δ (mergekit); inverse: divide by the keep probability (paper, unbiased)",
+)
+
+
+def random_drop(
+    delta: torch.Tensor,
+    keep_prob: torch.Tensor | float,
+    *,
+    rescale: bool,
+    rescale_mode: str,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """Drop entries of ``delta`` at random (DARE, DELLA) and rescale the survivors.
+
+    Args:
+        delta: fp32 task vector.
+        keep_prob: probability of keeping each entry (scalar, or a tensor broadcastable to ``delta``).
+        rescale: rescale the kept entries.
+        rescale_mode: ``l1`` (mergekit: match ``|δ|₁``) or ``inverse`` (divide by ``keep_prob``;
+            then ``E[result] = δ`` exactly).
+        generator: source of randomness.
+
+    Returns:
+        fp32 tensor shaped like ``delta``.
+    """
+    probs = (
+        torch.full(delta.shape, float(keep_prob), dtype=torch.float32)
+        if not isinstance(keep_prob, torch.Tensor)
+        else keep_prob.expand(delta.shape).contiguous()
+    )
+    mask = torch.bernoulli(probs, generator=generator)
+    kept = delta * mask
+    if not rescale:
+        return kept
+    if rescale_mode == "inverse":
+        return kept.div_(probs)
+    before = float(delta.abs().sum(dtype=torch.float64))
+    after = float(kept.abs().sum(dtype=torch.float64))
+    if before < 1e-7 or after < 1e-7:
+        return kept
+    return kept.mul_(before / after)

@@ -1,0 +1,50 @@
+"""End to end on the real default model: merge it with a derived variant and load the result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.integration
+
+
+def test_merge_default_model_with_a_variant_loads_in_transformers(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lmbricks.checkpoint import CheckpointReader, copy_tokenizer, save_state_dict
+    from lmbricks.hub import resolve_model
+    from lmbricks.merge import merge
+
+    base = resolve_model("smollm2-135m-instruct")
+    variant = tmp_path / "variant"
+    g = torch.Generator().manual_seed(0)
+    with CheckpointReader(base) as r:
+        noisy = {
+            k: (r.get(k).float() + 1e-3 * torch.randn(r.info(k).shape, generator=g)).to(r.info(k).dtype) for k in r
+        }
+        save_state_dict(variant, noisy, config=r.config)
+    copy_tokenizer(base, variant)
+    del noisy
+
+    out = merge(
+        {
+            "merge_method": "ties",
+            "base_model": str(base),
+            "models": [
+                {"model": str(base), "parameters": {"weight": 0.5, "density": 0.5}},
+                {"model": str(variant), "parameters": {"weight": 0.5, "density": 0.5}},
+            ],
+        },
+        tmp_path / "merged",
+    )
+    model = AutoModelForCausalLM.from_pretrained(out)
+    ref = AutoModelForCausalLM.from_pretrained(base)
+    tok = AutoTokenizer.from_pretrained(out)
+    ids = tok("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        a = model(ids).logits[0, -1].float()
+        b = ref(ids).logits[0, -1].float()
+    assert torch.isfinite(a).all()
+    assert int(a.argmax()) == int(b.argmax())  # a small perturbation keeps the prediction

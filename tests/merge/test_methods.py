@@ -1,0 +1,239 @@
+"""Merge methods as pure functions: identities, hand-computed references, chunked == whole."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lmbricks.merge.registry import all_methods, get_method
+from lmbricks.merge.sparsify import kth_smallest, rank_window
+from lmbricks.merge.task_vectors import row_blocks
+
+
+def _call(name: str, base, tensors, **kw):
+    m = get_method(name)
+    params = {p.kwarg: p.default for p in m.params if not p.required and p.name != "seed"}
+    for p in m.params:
+        if p.per_input and p.kwarg in params:
+            params[p.kwarg] = [p.default] * len(tensors)
+    params.update(kw)
+    if m.stochastic:
+        params["generator"] = torch.Generator().manual_seed(0)
+    return m.fn(base if m.base != "none" else None, tensors, **params)
+
+
+def _weights(name: str, n: int) -> dict:
+    m = get_method(name)
+    out: dict = {}
+    if m.param("weight") is not None:
+        out["weight"] = [1.0 / n] * n
+    if m.param("t") is not None:
+        out["t"] = 0.37
+    return out
+
+
+@pytest.mark.parametrize("name", [m.name for m in all_methods()])
+def test_merging_a_model_with_itself_returns_it(name: str) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(16, 24)
+    m = get_method(name)
+    n = max(m.min_models, 1) if m.max_models is None else m.max_models
+    n = min(n, 3) if m.max_models is None else n
+    n = max(n, m.min_models)
+    if m.base == "none" and m.max_models != 1:
+        n = 3
+    kw = _weights(name, n)
+    if m.param("density") is not None:
+        kw["density"] = [0.5] * n
+    out = _call(name, x, [x.clone() for _ in range(n)], **kw)
+    torch.testing.assert_close(out, x, rtol=1e-6, atol=1e-6)
+
+
+def test_slerp_endpoints_and_lerp_fallback() -> None:
+    torch.manual_seed(1)
+    a, b = torch.randn(8, 8), torch.randn(8, 8)
+    torch.testing.assert_close(_call("slerp", a, [b], t=0.0), a)
+    torch.testing.assert_close(_call("slerp", a, [b], t=1.0), b, rtol=1e-5, atol=1e-5)
+    # hand formula at t = 0.3
+    na, nb = a.norm(), b.norm()
+    omega = torch.acos((a * b).sum() / (na * nb))
+    ref = torch.sin(0.7 * omega) / torch.sin(omega) * a + torch.sin(0.3 * omega) / torch.sin(omega) * b
+    torch.testing.assert_close(_call("slerp", a, [b], t=0.3), ref, rtol=1e-5, atol=1e-5)
+    # colinear: linear interpolation
+    torch.testing.assert_close(_call("slerp", a, [2 * a], t=0.5), 1.5 * a)
+
+
+def test_task_arithmetic_lambda_zero_returns_base() -> None:
+    torch.manual_seed(2)
+    base, f1, f2 = torch.randn(3, 5, 7).unbind(0)
+    out = _call("task_arithmetic", base, [f1, f2], weight=[0.7, 0.4], density=[1.0, 1.0], lam=0.0)
+    torch.testing.assert_close(out, base)
+    ref = base + 0.7 * (f1 - base) + 0.4 * (f2 - base)
+    out = _call("task_arithmetic", base, [f1, f2], weight=[0.7, 0.4], density=[1.0, 1.0])
+    torch.testing.assert_close(out, ref)
+
+
+def test_ties_of_identical_finetunes_at_density_one_returns_the_finetune() -> None:
+    torch.manual_seed(3)
+    base, ft = torch.randn(2, 6, 10).unbind(0)
+    out = _call("ties", base, [ft, ft.clone()], weight=[0.5, 0.5], density=[1.0, 1.0])
+    torch.testing.assert_close(out, ft)
+
+
+def test_ties_matches_hand_computation() -> None:
+    base = torch.zeros(6)
+    f1 = torch.tensor([3.0, -1.0, 0.5, -4.0, 2.0, 0.1])
+    f2 = torch.tensor([-2.0, -3.0, 1.0, 1.0, 0.2, -5.0])
+    # density 0.5: keep the 3 largest |δ| of each
+    t1 = torch.tensor([3.0, 0.0, 0.0, -4.0, 2.0, 0.0])
+    t2 = torch.tensor([-2.0, -3.0, 0.0, 0.0, 0.0, -5.0])
+    w = [0.6, 0.4]
+    u1, u2 = w[0] * t1, w[1] * t2
+    sign = torch.where(u1 + u2 >= 0, 1.0, -1.0)
+    m1 = (torch.sign(u1) == sign).float()
+    m2 = (torch.sign(u2) == sign).float()
+    div = w[0] * m1 + w[1] * m2
+    div[div == 0] = 1
+    ref = (u1 * m1 + u2 * m2) / div
+    out = _call("ties", base, [f1, f2], weight=w, density=[0.5, 0.5])
+    torch.testing.assert_close(out, ref)
+    # without normalisation: plain disjoint sum
+    out = _call("ties", base, [f1, f2], weight=w, density=[0.5, 0.5], normalize=False)
+    torch.testing.assert_close(out, u1 * m1 + u2 * m2)
+
+
+def test_breadcrumbs_drops_outliers_and_small_entries() -> None:
+    base = torch.zeros(10)
+    f = torch.arange(1.0, 11.0)  # |δ| = 1..10
+    # density 0.5, gamma 0.2: drop top 2 (9, 10), keep next 5 (4..8), drop the rest
+    out = _call("breadcrumbs", base, [f], weight=[1.0], density=[0.5], gamma=[0.2])
+    ref = torch.tensor([0, 0, 0, 4, 5, 6, 7, 8, 0, 0], dtype=torch.float32)
+    torch.testing.assert_close(out, ref)
+
+
+@pytest.mark.parametrize("mode", ["inverse", "l1"])
+def test_dare_is_unbiased(mode: str) -> None:
+    torch.manual_seed(4)
+    base = torch.zeros(4000)
+    ft = torch.randn(4000)
+    m = get_method("dare_linear")
+    acc = torch.zeros(4000)
+    n = 400
+    for i in range(n):
+        g = torch.Generator().manual_seed(i)
+        acc += m.fn(
+            base,
+            [ft],
+            weight=[1.0],
+            density=[0.3],
+            lam=1.0,
+            normalize=False,
+            rescale=True,
+            rescale_mode=mode,
+            int8_mask=False,
+            generator=g,
+        )
+    mean = acc / n
+    # standard error of each entry: |δ| sqrt((1-p)/(p n)) ~ 0.076 |δ|
+    err = (mean - ft).abs() / (ft.abs() * math.sqrt(0.7 / (0.3 * n)) + 1e-6)
+    assert float(err.mean()) < 1.0  # mean |z| of a standard normal is 0.8
+    sd = math.sqrt(float((ft**2).sum()) * 0.7 / (0.3 * n))
+    assert abs(float(mean.sum() - ft.sum())) < 4 * sd
+
+
+def test_stochastic_methods_are_reproducible() -> None:
+    torch.manual_seed(5)
+    base, f1, f2 = torch.randn(3, 32, 16).unbind(0)
+    for name in ("dare_ties", "dare_linear", "della", "della_linear"):
+        outs = []
+        for _ in range(2):
+            outs.append(_call(name, base, [f1, f2], weight=[0.5, 0.5], density=[0.4, 0.4]))
+        torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+
+
+def test_della_probabilities_span_the_range() -> None:
+    from lmbricks.merge.sparsify import della_probabilities
+
+    p = della_probabilities(torch.tensor([[0.1, -3.0, 2.0, 0.0]]), 0.5, 0.1)
+    torch.testing.assert_close(p, torch.tensor([[0.4 + 0.2 * 1 / 3, 0.6, 0.4 + 0.2 * 2 / 3, 0.4]]))
+
+
+def test_model_stock_formula() -> None:
+    torch.manual_seed(6)
+    base = torch.randn(20)
+    d1, d2 = torch.randn(20), torch.randn(20)
+    cos = float((d1 @ d2) / (d1.norm() * d2.norm()))
+    t = 2 * cos / (1 + cos)
+    ref = t * (base + (d1 + d2) / 2) + (1 - t) * base
+    out = _call("model_stock", base, [base + d1, base + d2])
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_linear_weighted_mean() -> None:
+    a, b, c = torch.ones(3), 2 * torch.ones(3), 4 * torch.ones(3)
+    out = _call("linear", None, [a, b, c], weight=[0.4, 0.3, 0.3])
+    torch.testing.assert_close(out, torch.full((3,), 0.4 + 0.6 + 1.2))
+    out = _call("linear", None, [a.bfloat16(), b.bfloat16()], weight=[1.0, 1.0], normalize=False)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, torch.full((3,), 3.0))
+
+
+def test_multislerp_two_orthogonal_unit_vectors() -> None:
+    a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    out = _call("multislerp", None, [a, b], weight=[0.5, 0.5])
+    torch.testing.assert_close(out, torch.tensor([math.sqrt(0.5), math.sqrt(0.5)]), rtol=1e-5, atol=1e-5)
+
+
+def test_kth_smallest_is_exact_on_large_tied_data() -> None:
+    g = torch.Generator().manual_seed(7)
+    x = (
+        torch.randn(3_000_000, generator=g).bfloat16().float() - torch.randn(3_000_000, generator=g).bfloat16().float()
+    ).abs()
+    for k in (1, 17, 1_500_000, 2_999_999, 3_000_000):
+        assert kth_smallest(x, k) == float(x.kthvalue(k).values)
+
+
+def test_rank_window_keeps_exact_count_with_deterministic_ties() -> None:
+    x = torch.tensor([1.0, 2.0, 2.0, 2.0, 3.0, 2.0, 0.5])
+    w = rank_window(x, 3, 7)  # keep the 4 largest: 3 and three of the four 2s (ties by index)
+    mask = w.mask(x)
+    assert int(mask.sum()) == 4
+    assert mask.tolist() == [False, False, True, True, True, True, False]
+    # block-wise masks agree with the whole
+    parts = torch.cat([w.mask(x[:3], 0), w.mask(x[3:], 3)])
+    assert parts.tolist() == mask.tolist()
+
+
+@pytest.mark.parametrize("name", [m.name for m in all_methods() if m.chunked is not None])
+def test_chunked_form_equals_whole_tensor(name: str) -> None:
+    torch.manual_seed(8)
+    m = get_method(name)
+    base = torch.randn(37, 11).bfloat16()
+    n = 1 if m.max_models == 1 else 2
+    tensors = [(base.float() + 0.1 * torch.randn(37, 11)).bfloat16() for _ in range(n)]
+    kw = _weights(name, n)
+    if m.param("density") is not None:
+        kw["density"] = [0.4] * n
+    params = {p.kwarg: p.default for p in m.params if not p.required}
+    for p in m.params:
+        if p.per_input and p.kwarg in params:
+            params[p.kwarg] = [p.default] * n
+    params.update(kw)
+    b = base if m.base != "none" else None
+    whole = m.fn(b, tensors, **params)
+    assert m.chunked is not None
+    state = m.chunked.prepare(b, tensors, **params)
+    parts = []
+    for r0, r1 in row_blocks(base.shape, 50):
+        parts.append(
+            m.chunked.apply(
+                b[r0:r1] if b is not None else None,
+                [t[r0:r1] for t in tensors],
+                state=state,
+                offset=r0 * 11,
+                **params,
+            )
+        )
+    torch.testing.assert_close(torch.cat(parts), whole, rtol=1e-6, atol=1e-6)
