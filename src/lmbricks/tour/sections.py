@@ -62,4 +62,4 @@ def domains_section(ctx: TourContext) -> list[SummaryRow]:
         f"({bpb[hardest]:.2f}), a ratio of {bpb[hardest] / bpb[easiest]:.1f}x. Domains this far apart are what "
         f"the per-domain analyses of the later sections (neurons, experts, bricks) need."
     )
-    return [(f"bits/byte {d}", "bits per byte", f"{v:.3f}") for d, v in bpb.items()]
+    return [("bits per byte", d, f"{v:.3f}") for d, v in bpb.items()]
