@@ -5,12 +5,14 @@ from __future__ import annotations
 import typer
 
 from lmbricks import __version__
+from lmbricks.cli import adapters as adapters_cli
 from lmbricks.cli import analyze as analyze_cli
 from lmbricks.cli import data as data_cli
 from lmbricks.cli import eval as eval_cli
 from lmbricks.cli import merge as merge_cli
 from lmbricks.cli import models as models_cli
 from lmbricks.cli import moefy as moefy_cli
+from lmbricks.cli import proxy as proxy_cli
 from lmbricks.cli import tour as tour_cli
 from lmbricks.cli import trace as trace_cli
 from lmbricks.cli import train as train_cli
@@ -27,6 +29,8 @@ app.add_typer(models_cli.app, name="models")
 app.add_typer(data_cli.app, name="data")
 app.add_typer(eval_cli.app, name="eval")
 app.command(name="tour")(tour_cli.tour)
+app.add_typer(adapters_cli.app, name="adapters")
+app.add_typer(proxy_cli.app, name="proxy")
 merge_cli.register(app)
 app.command(name="train")(train_cli.train)
 app.command(name="plan")(train_cli.plan)

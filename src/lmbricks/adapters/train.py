@@ -1,0 +1,383 @@
+"""Train a LoRA brick with PEFT on a corpus domain, or continue training one (``update``).
+
+Only the LoRA factors of one brick receive gradients; the base model stays frozen. The run is
+deterministic for a given seed (document order, LoRA init, no dropout by default).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmbricks.adapters.base import BaseModel, base_model, check_brick_base
+from lmbricks.adapters.brick import BrickInfo, LoraPair, brick_record, read_brick, save_factors
+from lmbricks.adapters.config import LoraTrainConfig
+from lmbricks.checkpoint import atomic_directory, write_provenance
+from lmbricks.errors import ConfigError
+
+StepCallback = Callable[[int, float], None]
+
+
+def order_documents(records: Sequence[dict[str, Any]], seed: int, balance_sources: bool) -> list[str]:
+    """Shuffle documents with ``seed``; with ``balance_sources``, interleave the sources by bytes.
+
+    Args:
+        records: ``{"text", "source"?}`` dicts (the domain's JSONL records).
+        seed: shuffling seed.
+        balance_sources: mix the sources (each shuffled) so each contributes about the same bytes,
+            instead of one global shuffle.
+
+    Returns:
+        The document texts in training order.
+    """
+    rng = random.Random(seed)
+    if not balance_sources:
+        texts = [str(r["text"]) for r in records]
+        rng.shuffle(texts)
+        return texts
+    groups: dict[str, list[str]] = {}
+    for r in records:
+        groups.setdefault(str(r.get("source", "")), []).append(str(r["text"]))
+    for name in sorted(groups):
+        rng.shuffle(groups[name])
+    # Next document from the source with the fewest bytes so far: the sources share the tokens
+    # evenly even when one has documents ten times longer than another.
+    used = dict.fromkeys(groups, 0)
+    pos = dict.fromkeys(groups, 0)
+    out: list[str] = []
+    while True:
+        left = [n for n in sorted(groups) if pos[n] < len(groups[n])]
+        if not left:
+            return out
+        name = min(left, key=lambda n: used[n])
+        doc = groups[name][pos[name]]
+        pos[name] += 1
+        used[name] += len(doc.encode("utf-8"))
+        out.append(doc)
+
+
+def training_chunks(tokenizer: Any, texts: Sequence[str], cfg: LoraTrainConfig) -> torch.Tensor:
+    """Pack documents (already in training order) into ``(N, seq_len)`` blocks, enough for the run.
+
+    Raises:
+        ConfigError: the texts give not even one block.
+    """
+    from lmbricks.data import token_chunks
+
+    chunks = token_chunks(tokenizer, list(texts), cfg.seq_len, max_tokens=cfg.train_tokens)
+    if chunks.shape[0] == 0:
+        raise ConfigError(f"the training text gives no block of seq_len={cfg.seq_len} tokens")
+    return chunks  # (N, seq_len)
+
+
+def _lr_at(step: int, cfg: LoraTrainConfig) -> float:
+    warm = max(1, int(cfg.warmup * cfg.steps))
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    progress = (step - warm) / max(1, cfg.steps - warm)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))  # cosine to zero
+
+
+def train_loop(
+    model: Any, chunks: torch.Tensor, cfg: LoraTrainConfig, on_step: StepCallback | None = None
+) -> list[float]:
+    """Train the parameters of ``model`` that require grad, cycling over ``chunks``.
+
+    Args:
+        model: a PEFT model whose trainable parameters are one brick's LoRA factors.
+        chunks: (N, seq_len) token blocks.
+        cfg: steps, batch size, learning rate schedule.
+        on_step: called with ``(step, loss)`` after each step.
+
+    Returns:
+        The loss of each step.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("the model has no trainable parameters")
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    order = torch.randperm(chunks.shape[0], generator=gen)
+    model.train()
+    losses: list[float] = []
+    cursor = 0
+    for step in range(cfg.steps):
+        rows = []
+        for _ in range(cfg.batch_size):
+            rows.append(order[cursor % len(order)])
+            cursor += 1
+        batch = chunks[torch.stack(rows)]  # (B, seq_len)
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, cfg)
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if on_step is not None:
+            on_step(step + 1, losses[-1])
+    model.eval()
+    return losses
+
+
+def peft_pairs(model: Any, adapter: str = "default") -> dict[str, LoraPair]:
+    """The LoRA factors of one adapter of a PEFT model, keyed by module path (fp32 copies)."""
+    pairs: dict[str, LoraPair] = {}
+    prefix = "base_model.model."
+    for name, module in model.named_modules():
+        lora_a = getattr(module, "lora_A", None)
+        if lora_a is None or adapter not in lora_a:
+            continue
+        path = name[len(prefix) :] if name.startswith(prefix) else name
+        pairs[path] = LoraPair(
+            A=module.lora_A[adapter].weight.detach().float().clone(),
+            B=module.lora_B[adapter].weight.detach().float().clone(),
+            scale=float(module.scaling[adapter]),
+        )
+    return pairs
+
+
+def round_trainable(model: Any, dtype: str) -> None:
+    """Round the trainable (LoRA) weights to the storage dtype, so measurements match the saved brick."""
+    target = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(dtype)
+    if target is None:
+        return
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.copy_(p.to(target).float())
+
+
+def _measure(model: Any, tokenizer: Any, domain: str | None, cfg: LoraTrainConfig) -> float | None:
+    if domain is None or cfg.eval_bytes == 0:
+        return None
+    from lmbricks.eval import evaluate_domains
+
+    return evaluate_domains(model, tokenizer, [domain], max_bytes=cfg.eval_bytes)[domain].ppl
+
+
+def _effect(domain: str | None, before: float | None, after: float | None, cfg: LoraTrainConfig) -> dict[str, Any]:
+    return {
+        "domain": domain,
+        "split": "test",
+        "eval_bytes": cfg.eval_bytes,
+        "ppl_before": before,
+        "ppl_after": after,
+        "ppl_change": (after / before - 1.0) if before and after else None,
+    }
+
+
+def _write_brick(
+    out: Path,
+    model: Any,
+    *,
+    name: str,
+    base: BaseModel,
+    cfg: LoraTrainConfig,
+    domain: str | None,
+    effect: dict[str, Any],
+    command: str,
+    losses: list[float],
+    force: bool,
+    extra_inputs: dict[str, Path] | None = None,
+    adapter: str = "default",
+) -> BrickInfo:
+    pairs = peft_pairs(model, adapter)
+    targets = tuple(sorted({m.rsplit(".", 1)[-1] for m in pairs}))
+    with atomic_directory(out, force=force) as tmp:
+        save_factors(tmp, pairs, base_model=base.name, dtype=cfg.save_dtype)
+        write_provenance(
+            tmp,
+            command=command,
+            recipe={"train": cfg.model_dump(mode="json")},
+            inputs={"base": base.path, **(extra_inputs or {})},
+            bricks=brick_record(
+                name=name,
+                base_model=base.name,
+                base_sha256=base.sha256,
+                rank=cfg.rank,
+                alpha=cfg.alpha,
+                targets=targets,
+                domain=domain,
+                effect=effect,
+                data={"domain": domain, "split": "train", "tokens": cfg.train_tokens},
+                steps=cfg.steps,
+                loss_first=losses[0] if losses else None,
+                loss_last=sum(losses[-5:]) / len(losses[-5:]) if losses else None,
+            ),
+        )
+    return read_brick(out)
+
+
+def _train_texts(domain: str | None, texts: Sequence[str] | None, cfg: LoraTrainConfig) -> list[str]:
+    if texts is not None:
+        if not texts:
+            raise ConfigError("no training texts given")
+        return order_documents([{"text": t} for t in texts], cfg.seed, False)
+    if domain is None:
+        raise ConfigError("give a corpus domain or training texts")
+    from lmbricks.data import load_records
+
+    return order_documents(load_records(domain, "train"), cfg.seed, cfg.balance_sources)
+
+
+def train_brick(
+    model_ref: str | Path,
+    out: str | Path,
+    cfg: LoraTrainConfig,
+    *,
+    domain: str | None = None,
+    texts: Sequence[str] | None = None,
+    name: str | None = None,
+    force: bool = False,
+    command: str = "lmbricks.adapters.train_brick",
+    on_step: StepCallback | None = None,
+    on_status: Callable[[str], None] | None = None,
+) -> BrickInfo:
+    """Train one LoRA brick on a domain's train split and save it as a PEFT adapter directory.
+
+    Args:
+        model_ref: base model (registry name, HF directory, GGUF file).
+        out: output brick directory (written atomically; refused if it exists unless ``force``).
+        cfg: training settings.
+        domain: corpus domain (its ``train`` split is the data, its ``test`` split measures the effect).
+        texts: training documents instead of the domain's train split (the domain still names the
+            held-out text, if given).
+        name: brick name (default: the output directory's name).
+        force: replace an existing ``out``.
+        command: recorded in ``lmbricks.json``.
+        on_step: progress, ``(step, loss)``.
+        on_status: one-line status messages (evaluation phases).
+
+    Returns:
+        The saved brick's :class:`BrickInfo` (``effect`` holds held-out perplexity before and after).
+    """
+    from peft import LoraConfig, get_peft_model
+
+    from lmbricks.hub import load_hf_model
+
+    out = Path(out).expanduser()
+    if out.exists() and not force:
+        raise ConfigError(f"{out} already exists; pass force=True (CLI: --force) to replace it")
+    status = on_status or (lambda _msg: None)
+    base = base_model(model_ref)
+    model, tokenizer = load_hf_model(base.path)
+    chunks = training_chunks(tokenizer, _train_texts(domain, texts, cfg), cfg)
+    status(f"held-out perplexity of the base on {domain}")
+    before = _measure(model, tokenizer, domain, cfg)
+    torch.manual_seed(cfg.seed)
+    lora = LoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,  # type: ignore[arg-type]  # PEFT accepts float alphas
+        lora_dropout=cfg.dropout,
+        target_modules=list(cfg.targets),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    peft_model = get_peft_model(model, lora)
+    losses = train_loop(peft_model, chunks, cfg, on_step)
+    round_trainable(peft_model, cfg.save_dtype)
+    status(f"held-out perplexity with the brick on {domain}")
+    after = _measure(peft_model, tokenizer, domain, cfg)
+    return _write_brick(
+        out,
+        peft_model,
+        name=name or out.name,
+        base=base,
+        cfg=cfg,
+        domain=domain,
+        effect=_effect(domain, before, after, cfg),
+        command=command,
+        losses=losses,
+        force=force,
+    )
+
+
+def recorded_base(info: BrickInfo) -> str:
+    """The base model a brick records: its registry name, else the base directory named in ``lmbricks.json``.
+
+    Raises:
+        ConfigError: the brick records neither (pass the model explicitly).
+    """
+    from lmbricks.hub import REGISTRY
+
+    if info.base_model in REGISTRY:
+        return str(info.base_model)
+    for item in info.record.get("inputs", []):
+        if item.get("name") == "base" and Path(item.get("path", "")).is_dir():
+            return str(item["path"])
+    raise ConfigError(f"{info.path}: its base model {info.base_model!r} cannot be found; pass the model explicitly")
+
+
+def update_brick(
+    brick: str | Path,
+    out: str | Path,
+    cfg: LoraTrainConfig,
+    *,
+    model_ref: str | Path | None = None,
+    domain: str | None = None,
+    texts: Sequence[str] | None = None,
+    force: bool = False,
+    command: str = "lmbricks.adapters.update_brick",
+    on_step: StepCallback | None = None,
+    on_status: Callable[[str], None] | None = None,
+) -> BrickInfo:
+    """Continue training one brick on new data; the base and every other brick stay frozen.
+
+    The brick keeps its rank and targets (``cfg.rank``/``targets``/``alpha`` are ignored); the
+    effect is measured on ``domain`` (default: the brick's own domain) before and after.
+
+    Args:
+        brick: the brick directory to continue from (never modified).
+        out: the updated brick directory.
+        cfg: steps, learning rate, data settings.
+        model_ref: its base model (default: the base recorded in the brick).
+        domain: new data's domain (train split) and held-out domain.
+        texts: training documents instead of the domain's train split.
+
+    Returns:
+        The updated brick's :class:`BrickInfo`.
+    """
+    from peft import PeftModel
+
+    from lmbricks.hub import load_hf_model
+
+    out = Path(out).expanduser()
+    if out.exists() and not force:
+        raise ConfigError(f"{out} already exists; pass force=True (CLI: --force) to replace it")
+    info = read_brick(brick)
+    ref = model_ref if model_ref is not None else recorded_base(info)
+    base = base_model(ref)
+    check_brick_base(info.name, info.base_sha256, info.base_model, base)
+    domain = domain or info.domain
+    status = on_status or (lambda _msg: None)
+    model, tokenizer = load_hf_model(base.path)
+    chunks = training_chunks(tokenizer, _train_texts(domain, texts, cfg), cfg)
+    peft_model = PeftModel.from_pretrained(model, str(info.path), is_trainable=True)
+    status(f"held-out perplexity with the brick before the update on {domain}")
+    peft_model.eval()
+    before = _measure(peft_model, tokenizer, domain, cfg)
+    losses = train_loop(peft_model, chunks, cfg, on_step)
+    round_trainable(peft_model, cfg.save_dtype)
+    status(f"held-out perplexity after the update on {domain}")
+    after = _measure(peft_model, tokenizer, domain, cfg)
+    kept = cfg.model_copy(update={"rank": info.rank, "alpha": info.alpha, "targets": info.targets})
+    return _write_brick(
+        out,
+        peft_model,
+        name=info.name,
+        base=base,
+        cfg=kept,
+        domain=domain,
+        effect=_effect(domain, before, after, kept),
+        command=command,
+        losses=losses,
+        force=force,
+        extra_inputs={"parent": info.path},
+    )

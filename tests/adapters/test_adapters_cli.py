@@ -1,0 +1,51 @@
+"""The ``adapters`` and ``proxy`` command groups on tiny models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from lmbricks.adapters import load_factors
+from lmbricks.cli.main import app
+
+# Rich wraps long error lines at the terminal width, so assertions match single words.
+
+runner = CliRunner()
+
+
+def test_plug_list_compose_unplug(tiny_llama: Path, tiny_bricks: list[Path], tmp_path: Path) -> None:
+    res = runner.invoke(app, ["adapters", "plug", str(tiny_bricks[0]), "--model", str(tiny_llama), "--name", "x"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["adapters", "list", "--model", str(tiny_llama), "--json"])
+    rows = json.loads(res.stdout)
+    assert [r["name"] for r in rows] == ["b0"] and rows[0]["source"] == "plugged"
+    out = tmp_path / "cat"
+    head = ["adapters", "compose", "x", str(tiny_bricks[1])]
+    args = [*head, str(out), "--model", str(tiny_llama)]
+    res = runner.invoke(app, [*args, "--method", "cat", "--weights", "1,0.5"])
+    assert res.exit_code == 0, res.output
+    assert load_factors(out)["model.layers.0.mlp.up_proj"].rank == 8
+    res = runner.invoke(app, [*args, "--method", "cat"])
+    assert res.exit_code == 2 and "exists" in res.output
+    merged = tmp_path / "merged"
+    res = runner.invoke(
+        app, [*head, str(merged), "--model", str(tiny_llama), "--method", "svd", "--rank", "4", "--merge"]
+    )
+    assert res.exit_code == 0, res.output
+    assert (merged / "config.json").is_file() and (merged / "lmbricks.json").is_file()
+    res = runner.invoke(app, ["adapters", "unplug", "x", "--model", str(tiny_llama)])
+    assert res.exit_code == 0, res.output
+
+
+def test_proxy_generate_and_errors(tiny_llama: Path) -> None:
+    base = ["proxy", "generate", "--base", str(tiny_llama), "--expert", str(tiny_llama), "--anti-expert",
+            str(tiny_llama), "--max-new-tokens", "4"]  # fmt: skip
+    res = runner.invoke(app, [*base, "hello", "def f():", "--json"])
+    assert res.exit_code == 0, res.output
+    assert len(json.loads(res.stdout)) == 2
+    res = runner.invoke(app, [*base, "hello", "--alpha", "nan"])
+    assert res.exit_code == 2 and "finite" in res.output
+    res = runner.invoke(app, [*base, ""])
+    assert res.exit_code == 2 and "empty" in res.output

@@ -1,0 +1,86 @@
+"""Proxy-tuning identities on tiny models that share one tokenizer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from lmbricks.errors import ConfigError
+from lmbricks.proxy import DecodeConfig, Member, ProxyDecoder, combine_logits, proxy_generate
+from lmbricks.testing import save_tiny_model, tiny_llama_config
+
+PROMPTS = ["The quick brown fox", "def main(): return", "Hello"]
+
+
+@pytest.fixture(scope="module")
+def trio(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Member]:
+    root = tmp_path_factory.mktemp("proxy")
+    out = {}
+    for name, seed in (("base", 0), ("expert", 1), ("anti", 2)):
+        path = save_tiny_model(root / name, tiny_llama_config(), seed=seed)
+        out[name] = Member(AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path))
+    return out
+
+
+def _tokens(base: Member, expert: Member | None = None, anti: Member | None = None, **kw: object) -> list[list[int]]:
+    cfg = DecodeConfig(max_new_tokens=12, stop_at_eos=False, **kw)  # type: ignore[arg-type]
+    return proxy_generate(base, PROMPTS, cfg, expert=expert, anti=anti).tokens
+
+
+def test_expert_equal_to_anti_gives_the_base(trio: dict[str, Member]) -> None:
+    assert _tokens(trio["base"], trio["expert"], trio["expert"], alpha=1.7) == _tokens(trio["base"])
+
+
+def test_alpha_zero_gives_the_base(trio: dict[str, Member]) -> None:
+    assert _tokens(trio["base"], trio["expert"], trio["anti"], alpha=0.0) == _tokens(trio["base"])
+
+
+def test_base_equal_to_anti_gives_the_expert(trio: dict[str, Member]) -> None:
+    steered = _tokens(trio["base"], trio["expert"], trio["base"], alpha=1.0)
+    assert steered == _tokens(trio["expert"])
+    assert steered != _tokens(trio["base"])  # not vacuous: the models disagree
+
+
+def test_kv_cache_equals_recompute(trio: dict[str, Member]) -> None:
+    decoders = [
+        ProxyDecoder(trio["base"], trio["expert"], trio["anti"], DecodeConfig(use_cache=c, stop_at_eos=False))
+        for c in (True, False)
+    ]
+    for d in decoders:
+        d.start(PROMPTS)
+    for _ in range(10):
+        a, b = decoders[0].last_logits, decoders[1].last_logits
+        assert a is not None and b is not None
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+        ta, tb = decoders[0].step(), decoders[1].step()
+        assert torch.equal(ta, tb)
+
+
+def test_batched_left_padding_equals_one_by_one(trio: dict[str, Member]) -> None:
+    cfg = DecodeConfig(max_new_tokens=8, stop_at_eos=False)
+    batched = proxy_generate(trio["base"], PROMPTS, cfg, trio["expert"], trio["anti"]).tokens
+    single = [proxy_generate(trio["base"], [p], cfg, trio["expert"], trio["anti"]).tokens[0] for p in PROMPTS]
+    assert batched == single
+
+
+def test_combine_logits_formula() -> None:
+    b, e, a = torch.randn(2, 5), torch.randn(2, 5), torch.randn(2, 5)
+    torch.testing.assert_close(combine_logits(b, e, a, 0.5), b + 0.5 * (e - a))
+
+
+def test_sampling_is_seeded(trio: dict[str, Member]) -> None:
+    one = _tokens(trio["base"], trio["expert"], trio["anti"], temperature=1.0, top_k=20, top_p=0.9, seed=3)
+    two = _tokens(trio["base"], trio["expert"], trio["anti"], temperature=1.0, top_k=20, top_p=0.9, seed=3)
+    assert one == two
+
+
+def test_bad_input(trio: dict[str, Member]) -> None:
+    with pytest.raises(ConfigError, match="alpha must be a finite"):
+        DecodeConfig(alpha=float("nan"))
+    with pytest.raises(ConfigError, match="alpha must be a finite"):
+        DecodeConfig(alpha=float("inf"))
+    with pytest.raises(ConfigError, match="prompt 1 is empty"):
+        proxy_generate(trio["base"], ["hi", "  "], DecodeConfig(max_new_tokens=2))
+    with pytest.raises(ConfigError, match="both an expert and an anti-expert"):
+        ProxyDecoder(trio["base"], trio["expert"], None, DecodeConfig())
