@@ -26,8 +26,8 @@ def ppl(
 
     Example: lmbricks eval ppl smollm2-135m-instruct --domain code --domain zh --tokens 2000
     """
-    from lmbricks.eval import DEFAULT_DOMAINS, evaluate_domains
     from lmbricks import load_model
+    from lmbricks.eval import DEFAULT_DOMAINS, evaluate_domains
 
     domains = list(domain) if domain else list(DEFAULT_DOMAINS)
     lm, tokenizer = load_model(model)
