@@ -50,3 +50,69 @@ def ppl(
     for name, r in results.items():
         table.add_row(name, f"{r.tokens:,}", f"{r.bytes:,}", f"{r.ppl:.2f}", f"{r.bpb:.3f}")
     console.print(table)
+
+
+@app.command()
+@user_errors
+def fewshot(
+    model: str = typer.Argument("smollm2-135m-instruct", help="Registry name, model directory or GGUF."),
+    task: str = typer.Option("langid", "--task", "-t", help="Task: champ (maths answers) or langid."),
+    shots: list[int] = typer.Option(None, "--shots", "-k", help="Demonstrations (repeatable) [default: 0 1 2 4 8]."),
+    cot: bool = typer.Option(False, "--cot", help="Chain-of-thought prompts only."),
+    both: bool = typer.Option(False, "--both", help="Direct and chain-of-thought prompts."),
+    n: int | None = typer.Option(None, "--n", help="Evaluate the first N items of the task's split."),
+    fmt: str = typer.Option("plain", "--format", help="plain (Question:/Answer:) or chat (chat template)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Prompts per batch (transformers models)."),
+    out: str | None = typer.Option(None, "--out", "-o", help="Write results.json, curve.png, report.html here."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """Few-shot and chain-of-thought accuracy (exact match, Wilson 95% intervals) on a local task.
+
+    Example: lmbricks eval fewshot smollm2-135m-instruct --task langid -k 0 -k 2 -k 8 --both --n 28 -o runs/fs
+    """
+    from pathlib import Path
+
+    from lmbricks.errors import ConfigError
+    from lmbricks.eval.fewshot import DEFAULT_SHOTS, evaluate_fewshot, get_task, write_fewshot_outputs
+    from lmbricks.nn.load import load_model
+
+    if fmt not in ("plain", "chat"):
+        raise ConfigError(f"--format must be plain or chat, got {fmt!r}")
+    if out is not None and Path(out).exists() and not force:
+        raise ConfigError(f"{out} exists; pass --force to replace it")
+    spec = get_task(task)
+    ks = list(shots) if shots else list(DEFAULT_SHOTS)
+    if max(ks) > len(spec.demos) or min(ks) < 0:
+        raise ConfigError(f"--shots must lie in 0..{len(spec.demos)} for task {task}")
+    modes = [False, True] if both else [cot]
+    lm, tokenizer = load_model(model)
+    with progress_bar(transient=as_json) as bar:
+        prog = bar.add_task("few-shot", total=None)
+
+        def on_condition(name: str, count: int) -> None:
+            bar.update(prog, description=name, total=count, completed=0)
+
+        results = evaluate_fewshot(
+            lm, tokenizer, spec, ks, modes, n=n, fmt=fmt, batch_size=batch_size,
+            on_condition=on_condition, on_batch=lambda k: bar.advance(prog, k),
+        )  # fmt: skip
+    results = {"model": model, **results}
+    if out is not None:
+        write_fewshot_outputs(results, Path(out), force=force)
+    if as_json:
+        print_json(results)
+        return
+    table = Table(title=f"{model}: {task} ({results['n_items']} items, {fmt} prompts)")
+    for col in ("condition", "correct", "accuracy", "95% CI"):
+        table.add_column(col, justify="right" if col != "condition" else "left")
+    for c in results["conditions"]:
+        table.add_row(
+            f"{c['shots']}-shot {'CoT' if c['cot'] else 'direct'}",
+            f"{c['correct']}/{c['n']}",
+            f"{c['accuracy']:.3f}",
+            f"[{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}]",
+        )
+    console.print(table)
+    if out is not None:
+        console.print(f"report: {Path(out) / 'report.html'}", highlight=False)

@@ -13,6 +13,7 @@ from lmbricks.cli import merge as merge_cli
 from lmbricks.cli import models as models_cli
 from lmbricks.cli import moefy as moefy_cli
 from lmbricks.cli import proxy as proxy_cli
+from lmbricks.cli import reward as reward_cli
 from lmbricks.cli import tour as tour_cli
 from lmbricks.cli import trace as trace_cli
 from lmbricks.cli import train as train_cli
@@ -37,6 +38,7 @@ app.command(name="plan")(train_cli.plan)
 app.command(name="trace")(trace_cli.trace)
 app.add_typer(analyze_cli.app, name="analyze")
 app.command(name="moefy")(moefy_cli.moefy)
+app.add_typer(reward_cli.app, name="reward")
 
 
 def _version(value: bool) -> None:

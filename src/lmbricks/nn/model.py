@@ -37,17 +37,17 @@ class RMSNorm(nn.Module):
 
 
 def rope_cos_sin(positions: Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """Rotary tables for absolute ``positions`` (T,) -> cos, sin of shape (T, head_dim)."""
+    """Rotary tables for absolute ``positions`` (T,) or (B, T) -> cos, sin of shape (..., T, head_dim)."""
     inv_freq = 1.0 / (
         theta ** (torch.arange(0, head_dim, 2, dtype=torch.float, device=positions.device) / head_dim)
     )
-    freqs = positions.float()[:, None] * inv_freq[None, :]  # (T, hd/2)
-    emb = torch.cat((freqs, freqs), dim=-1)  # (T, hd): HF's "half split" layout, not interleaved
+    freqs = positions.float()[..., None] * inv_freq  # (..., T, hd/2)
+    emb = torch.cat((freqs, freqs), dim=-1)  # (..., T, hd): HF's "half split" layout, not interleaved
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate (B, h, T, hd) by the tables (T, hd); pairs are (i, i + hd/2)."""
+    """Rotate (B, h, T, hd) by the tables (T, hd) or (B, 1, T, hd); pairs are (i, i + hd/2)."""
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
@@ -88,6 +88,36 @@ def attention_mask(t: int, past: int, window: int | None, device: torch.device) 
     if window is not None:
         keep &= k > q - window
     return keep, False
+
+
+def segment_positions(doc_ids: Tensor) -> Tensor:
+    """Position of each token within its segment: (B, T) segment ids -> (B, T) positions from 0.
+
+    A segment is a maximal run of equal ids (packed examples are contiguous), so position t is
+    ``t - start(t)`` where ``start`` is the index of the run's first token.
+    """
+    B, T = doc_ids.shape
+    idx = torch.arange(T, device=doc_ids.device).expand(B, T)
+    starts = torch.ones_like(doc_ids, dtype=torch.bool)
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    start_idx = torch.where(starts, idx, torch.zeros_like(idx)).cummax(dim=1).values  # (B, T)
+    return idx - start_idx
+
+
+def segment_mask(doc_ids: Tensor, window: int | None = None) -> Tensor:
+    """Block-diagonal causal mask of packed sequences: (B, T) ids -> (B, 1, T, T) bool (True = attend).
+
+    Query t sees key s only when s <= t and both carry the same segment id, so packed examples never
+    attend across their boundaries.
+    """
+    T = doc_ids.shape[1]
+    q = torch.arange(T, device=doc_ids.device)[:, None]  # (T, 1)
+    k = torch.arange(T, device=doc_ids.device)[None, :]  # (1, T)
+    keep = k <= q
+    if window is not None:
+        keep = keep & (k > q - window)
+    same = doc_ids[:, :, None] == doc_ids[:, None, :]  # (B, T, T)
+    return (same & keep)[:, None]  # (B, 1, T, T)
 
 
 class Attention(nn.Module):
@@ -205,18 +235,32 @@ class LM(nn.Module):
                     if p.dim() >= 2:
                         nn.init.normal_(p, std=out_std if is_out else std)
 
-    def forward(self, input_ids: Tensor, cache: KVCache | None = None) -> LMOutput:
+    def forward(
+        self, input_ids: Tensor, cache: KVCache | None = None, doc_ids: Tensor | None = None
+    ) -> LMOutput:
         """Logits for ``input_ids`` (B, T), continuing after ``cache`` if given (which is updated).
 
-        Sequences are unpadded (packed training chunks or equal-length prompts).
+        Sequences are unpadded (packed training chunks or equal-length prompts). ``doc_ids`` (B, T)
+        marks packed examples (contiguous runs of one id): attention is then block-diagonal causal
+        and positions restart at 0 in each example, so every example is computed exactly as if it
+        were alone (no cache allowed with ``doc_ids``).
         """
         B, T = input_ids.shape
         past = cache.length if cache is not None else 0
         x = self.embed(input_ids)  # (B, T, H)
-        positions = torch.arange(past, past + T, device=input_ids.device)
         assert self.cfg.head_dim is not None
-        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)  # (T, hd)
-        mask, is_causal = attention_mask(T, past, self.cfg.sliding_window, input_ids.device)
+        if doc_ids is not None:
+            if cache is not None:
+                raise ValueError("doc_ids (packed examples) cannot be combined with a KV cache")
+            positions = segment_positions(doc_ids)  # (B, T)
+            cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
+            cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, hd)
+            mask: Tensor | None = segment_mask(doc_ids, self.cfg.sliding_window)
+            is_causal = False
+        else:
+            positions = torch.arange(past, past + T, device=input_ids.device)
+            cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)  # (T, hd)
+            mask, is_causal = attention_mask(T, past, self.cfg.sliding_window, input_ids.device)
         aux: list[Any] = []
         for block in self.layers:
             x, a = block(x, cos, sin, mask, is_causal, cache)
@@ -243,10 +287,15 @@ class LM(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def lm_loss(logits: Tensor, input_ids: Tensor) -> Tensor:
-    """Mean next-token cross-entropy of (B, T, V) logits on (B, T) ids (position t predicts t + 1)."""
+def lm_loss(logits: Tensor, input_ids: Tensor, labels: Tensor | None = None) -> Tensor:
+    """Mean next-token cross-entropy of (B, T, V) logits on (B, T) ids (position t predicts t + 1).
+
+    ``labels`` (B, T), aligned with ``input_ids``, replaces them as targets; entries of -100 carry no
+    loss (prompt tokens in instruction tuning, padding), and the mean is over the other targets.
+    """
     # Shift the targets, not the logits: a (B, T, V) slice would copy the largest tensor of the step.
-    targets = F.pad(input_ids[:, 1:], (0, 1), value=-100)  # (B, T); the last position predicts nothing
+    source = input_ids if labels is None else labels
+    targets = F.pad(source[:, 1:], (0, 1), value=-100)  # (B, T); the last position predicts nothing
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
 
 

@@ -11,6 +11,9 @@ Every section forbids unknown keys, so a typo fails before any work naming the f
     batch_size: 16                            # sequences per optimizer step, over all processes
     optim: {lr: 3.0e-3, weight_decay: 0.1}
     schedule: {kind: wsd, warmup_steps: 20, decay_fraction: 0.2}
+
+``task: sft`` trains on chats instead (an ``sft:`` section replaces ``data:``; see
+:mod:`lmbricks.sft.config`): response-only loss, packed examples that never attend to each other.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lmbricks.errors import ConfigError
+from lmbricks.sft.config import SFTConfig
 
 
 class _Strict(BaseModel):
@@ -86,7 +90,9 @@ class TrainConfig(_Strict):
     model: dict[str, Any] | None = Field(None, description="lmbricks.nn.LMConfig fields (fresh init)")
     init_from: str | None = Field(None, description="start from this checkpoint (HF dir or registry name)")
     tokenizer: str | None = Field(None, description="tokenizer reference; default: init_from's")
-    data: DataConfig
+    task: Literal["lm", "sft"] = Field("lm", description="lm: next-token on text; sft: instruction tuning")
+    data: DataConfig | None = Field(None, description="task lm: the training text")
+    sft: SFTConfig | None = Field(None, description="task sft: chats, masking, frozen parameters")
     steps: int = Field(gt=0)
     batch_size: int = Field(gt=0, description="sequences per optimizer step over all processes")
     micro_batch_size: int | None = Field(None, gt=0, description="sequences per forward; default batch_size")
@@ -104,6 +110,10 @@ class TrainConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
+        if self.task == "lm" and self.data is None:
+            raise ValueError("task lm needs a data section")
+        if self.task == "sft" and self.sft is None:
+            raise ValueError("task sft needs an sft section")
         if (self.model is None) == (self.init_from is None):
             raise ValueError("give exactly one of model (fresh init) or init_from (a checkpoint)")
         if self.init_from is None and self.tokenizer is None:

@@ -47,7 +47,9 @@ class LossModule(nn.Module):
 
     ``forward(ids)`` returns (total loss, LM loss, stats) where stats is a flat fp32 tensor:
     [sum over MoE layers of each auxiliary loss (in ``aux_names`` order), dropped fraction per layer,
-    tokens per expert per layer (L_moe * E)].
+    tokens per expert per layer (L_moe * E)]. ``ids`` is (B, T) text, or (B, 3, T) packed
+    instruction-tuning blocks (ids, labels, segment ids; see :mod:`lmbricks.sft.pack`): then only
+    response tokens carry loss and packed examples do not attend to each other.
     """
 
     def __init__(self, lm: LM, aux_loss_coef: float, z_loss_coef: float) -> None:
@@ -63,8 +65,13 @@ class LossModule(nn.Module):
             self.aux_names += ["z"] if m.z_loss else []
 
     def forward(self, ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        out = self.lm(ids)
-        loss = lm_loss(out.logits, ids)
+        if ids.dim() == 3:  # (B, 3, T) instruction-tuning blocks
+            ids, labels, docs = ids.unbind(1)
+            out = self.lm(ids, doc_ids=docs)
+            loss = lm_loss(out.logits, ids, labels)
+        else:
+            out = self.lm(ids)
+            loss = lm_loss(out.logits, ids)
         if not out.aux:
             return loss, loss.detach(), loss.new_zeros(0)
         n = len(out.aux)
@@ -131,10 +138,19 @@ def build_model(cfg: TrainConfig, tokenizer: Any) -> LM:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (norm gains and biases are not decayed)."""
+    """AdamW with weight decay on matrices only (norm gains and biases are not decayed).
+
+    With ``task: sft`` the groups are also split by kind (router / expert / non-expert), each with
+    its learning-rate multiplier (``sft.router_lr_scale``, ``sft.expert_lr_scale``).
+    """
+    o = cfg.optim
+    if cfg.task == "sft" and cfg.sft is not None:
+        from lmbricks.sft.params import param_groups
+
+        groups = param_groups(model, o.lr, o.weight_decay, cfg.sft)
+        return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps)
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     other = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    o = cfg.optim
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": o.weight_decay}, {"params": other, "weight_decay": 0.0}],
         lr=o.lr,
@@ -182,7 +198,8 @@ def train(
         run_dir: the run directory (config.yaml, log.jsonl, checkpoints/, report.html).
         resume: continue from the newest checkpoint in ``run_dir``.
         force: start afresh even if ``run_dir`` holds checkpoints (they are deleted).
-        chunks: pre-packed (N, seq_len) training blocks; default: built from ``cfg.data``.
+        chunks: pre-packed (N, seq_len) training blocks, or (N, 3, seq_len) instruction-tuning
+            blocks; default: built from ``cfg.data`` (or ``cfg.sft``).
         tokenizer: the tokenizer; default: ``cfg.tokenizer`` or ``cfg.init_from``'s.
         on_step: called on the main process with each logged record (progress bars).
         report: write report.html at the end.
@@ -222,14 +239,26 @@ def _train(
 
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
             (run_dir / "log.jsonl").unlink(missing_ok=True)
+            (run_dir / "sft_eval.jsonl").unlink(missing_ok=True)
         (run_dir / "config.yaml").write_text(_dump_yaml(cfg))
     barrier(info)
 
     torch.manual_seed(cfg.seed)
     if tokenizer is None:
         tokenizer = load_tokenizer(cfg.tokenizer or str(cfg.init_from))
+    sft_data = None
+    if chunks is None and cfg.task == "sft":
+        from lmbricks.sft.data import build_sft_data
+
+        assert cfg.sft is not None
+        sft_data = build_sft_data(cfg.sft, tokenizer)
+        chunks = sft_data.train
+        if info.is_main:
+            (run_dir / "sft_data.json").write_text(json.dumps(sft_data.stats, indent=2) + "\n")
     if chunks is None:
+        assert cfg.data is not None
         chunks = build_chunks(cfg.data, tokenizer)
+    token_ids = chunks[:, 0] if chunks.dim() == 3 else chunks  # (N, T)
     order = BatchOrder(num_blocks=len(chunks), batch_size=cfg.batch_size, seed=cfg.seed)
     micro_batches(chunks[: cfg.batch_size], cfg.micro, info.rank, info.world)  # fail early on a bad split
 
@@ -242,10 +271,17 @@ def _train(
         model, _ = load_model(resume_from, dtype=torch.float32, hf_fallback=False)
     else:
         model = build_model(cfg, tokenizer)
-    if model.cfg.vocab_size < int(chunks.max()) + 1:
+    if model.cfg.vocab_size < int(token_ids.max()) + 1:
         raise ConfigError(
-            f"the data holds token id {int(chunks.max())} >= model vocab_size {model.cfg.vocab_size}"
+            f"the data holds token id {int(token_ids.max())} >= model vocab_size {model.cfg.vocab_size}"
         )
+    if cfg.task == "sft" and cfg.sft is not None:
+        from lmbricks.sft.params import apply_freeze
+
+        counts = apply_freeze(model, cfg.sft)
+        if info.is_main and sft_data is not None:
+            sft_data.stats.update(counts)
+            (run_dir / "sft_data.json").write_text(json.dumps(sft_data.stats, indent=2) + "\n")
     model.to(info.device).train()
     objective = LossModule(model, cfg.moe_loss.aux_loss_coef, cfg.moe_loss.z_loss_coef)
     optimizer = make_optimizer(model, cfg)
@@ -271,6 +307,12 @@ def _train(
         if info.is_main:
             records = _read_log(log_path, start)
             log_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    if info.is_main and sft_data is not None:
+        if resume_from is None:
+            _sft_eval(run_dir, 0, model, sft_data.held_out)  # the starting point of the curve
+        else:
+            _truncate_jsonl(run_dir / "sft_eval.jsonl", start)
 
     net: nn.Module = objective
     if info.distributed:
@@ -327,7 +369,7 @@ def _train(
                     ffn.update_router_bias(counts)
             if averagers:
                 averagers.update(step + 1)
-            tokens_seen += batch.numel()
+            tokens_seen += batch.shape[0] * batch.shape[-1]
             if info.device.type == "cuda":
                 torch.cuda.synchronize(info.device)
             dt = time.perf_counter() - t0
@@ -341,7 +383,7 @@ def _train(
                     num_experts,
                     lr,
                     grad_norm,
-                    batch.numel() / dt,
+                    batch.shape[0] * batch.shape[-1] / dt,
                     tokens_seen,
                 )
                 records.append(rec)
@@ -350,6 +392,8 @@ def _train(
                 log.flush()
                 if on_step is not None:
                     on_step(rec)
+            if info.is_main and sft_data is not None and _sft_eval_due(cfg, step + 1):
+                _sft_eval(run_dir, step + 1, model, sft_data.held_out)
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
                 last_ckpt = _checkpoint(
                     run_dir,
@@ -369,9 +413,36 @@ def _train(
         if log is not None:
             log.close()
     if info.is_main:
+        if sft_data is not None and sft_data.prompts and cfg.sft is not None:
+            from lmbricks.sft.evaluate import generate_replies
+
+            gens = generate_replies(model, tokenizer, sft_data.prompts, cfg.sft.max_new_tokens)
+            (run_dir / "generations.json").write_text(json.dumps(gens, indent=2, ensure_ascii=False) + "\n")
         _finish(run_dir, cfg, model, tokenizer, averagers, report)
     barrier(info)
     return TrainResult(run_dir=run_dir, steps=cfg.steps, final_checkpoint=last_ckpt, records=records)
+
+
+def _sft_eval_due(cfg: TrainConfig, step: int) -> bool:
+    assert cfg.sft is not None
+    every = cfg.sft.eval_every or cfg.checkpoint_every
+    return cfg.sft.eval_examples > 0 and (step % every == 0 or step == cfg.steps)
+
+
+def _sft_eval(run_dir: Path, step: int, model: LM, held_out: Tensor) -> None:
+    """Append the held-out response-only loss to ``run_dir/sft_eval.jsonl`` (main process only)."""
+    from lmbricks.sft.evaluate import response_loss
+
+    if len(held_out) == 0:
+        return
+    rec = {"step": step, "held_out_response_loss": response_loss(model, held_out)}
+    with open(run_dir / "sft_eval.jsonl", "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+def _truncate_jsonl(path: Path, upto: int) -> None:
+    if path.exists():
+        path.write_text("".join(json.dumps(r) + "\n" for r in _read_log(path, upto)))
 
 
 def _record(

@@ -122,6 +122,10 @@ def write_report(run_dir: Path) -> Path:
                 ),
                 "capacity drops",
             )
+        if (run_dir / "sft_data.json").exists():
+            from lmbricks.sft.report import add_sft_sections
+
+            add_sft_sections(rep, run_dir, t)
         rep.section("Throughput")
         rep.figure(
             line_chart(t / "tps.png", {"tokens/s": (steps, tps)}, "Training throughput", "step", "tokens/s"),

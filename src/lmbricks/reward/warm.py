@@ -1,0 +1,190 @@
+"""Training reward models end to end, and WARM: weight-averaged reward models (arXiv 2401.12187).
+
+WARM fine-tunes M reward models from one shared initialisation (here: the same backbone and the
+same head initialisation) with different data orders and learning rates, then averages their
+weights uniformly (``lmbricks merge`` with the ``linear`` method). The experiment compares the
+average, each member and the members' prediction ensemble (mean score) on held-out pairs of the
+training distribution and on pairs from other distributions.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lmbricks.eval.fewshot.scoring import wilson_interval
+from lmbricks.reward.io import average_heads, load_reward_model, save_reward_model
+from lmbricks.reward.loss import pair_accuracy
+from lmbricks.reward.model import RewardModel
+from lmbricks.reward.pairs import Pair
+from lmbricks.reward.train import (
+    RewardTrainConfig,
+    encode_pairs,
+    precompute,
+    score_features,
+    train_on_features,
+)
+
+Features = tuple[list[Tensor], list[Tensor]]
+Progress = Callable[[str, int | None], None]
+
+
+def _quiet(_: str, __: int | None = None) -> None:
+    pass
+
+
+def base_reward_model(ref: str) -> tuple[RewardModel, Any]:
+    """A reward model on the backbone ``ref`` (HF dir / registry name) with a zero head, and its tokenizer."""
+    from lmbricks.nn.load import load_model
+
+    lm, tokenizer = load_model(ref, dtype=torch.float32, hf_fallback=False)
+    return RewardModel(lm), tokenizer
+
+
+def pair_features(
+    rm: RewardModel, tokenizer: Any, sets: Mapping[str, Sequence[Pair]], cfg: RewardTrainConfig,
+    progress: Progress = _quiet,
+) -> tuple[dict[str, Features], dict[str, int]]:  # fmt: skip
+    """Frozen-trunk features of every set (computed once), and the number of pairs skipped per set."""
+    start = rm.num_layers - cfg.trainable_layers
+    feats, skipped = {}, {}
+    for name, pairs in sets.items():
+        enc = encode_pairs(tokenizer, pairs, cfg.max_len, cfg.format)
+        progress(f"features {name}", 2 * len(enc.chosen))
+        seqs = enc.chosen + enc.rejected
+        f = precompute(rm, seqs, start, on_batch=lambda k: progress("", k))
+        feats[name] = (f[: len(enc.chosen)], f[len(enc.chosen) :])
+        skipped[name] = enc.skipped
+    return feats, skipped
+
+
+def scores_of(rm: RewardModel, feats: Features, start: int) -> tuple[Tensor, Tensor]:
+    """(chosen scores, rejected scores) of a feature set."""
+    return score_features(rm, feats[0], start), score_features(rm, feats[1], start)
+
+
+def _acc(rc: Tensor, rr: Tensor) -> dict[str, Any]:
+    k, n = int((rc > rr).sum()), int(rc.numel())
+    lo, hi = wilson_interval(k, n)
+    return {"accuracy": pair_accuracy(rc, rr), "correct": k, "n": n, "ci95": [lo, hi]}
+
+
+def train_reward_model(
+    ref: str, pairs: Sequence[Pair], cfg: RewardTrainConfig, progress: Progress = _quiet
+) -> tuple[RewardModel, Any, list[dict[str, float]], int]:
+    """Train one reward model on ``pairs`` from the backbone ``ref``.
+
+    Returns:
+        ``(reward model, tokenizer, training history, pairs skipped for length)``.
+    """
+    rm, tokenizer = base_reward_model(ref)
+    feats, skipped = pair_features(rm, tokenizer, {"train": pairs}, cfg, progress)
+    history = train_on_features(rm, *feats["train"], cfg)
+    return rm, tokenizer, history, skipped["train"]
+
+
+def average_states(states: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Uniform average of state dicts with the same keys (in fp32)."""
+    return {k: torch.stack([s[k].float() for s in states]).mean(0) for k in states[0]}
+
+
+def run_warm(
+    ref: str,
+    train_pairs: Sequence[Pair],
+    eval_sets: Mapping[str, Sequence[Pair]],
+    members: Sequence[RewardTrainConfig],
+    out: Path,
+    force: bool = False,
+    use_merge: bool = True,
+    progress: Progress = _quiet,
+) -> dict[str, Any]:
+    """The WARM experiment: M members from one initialisation, their weight average and ensemble.
+
+    Args:
+        ref: backbone reference.
+        train_pairs: training pairs (shared by the members; each sees its own order).
+        eval_sets: named held-out sets (e.g. in-distribution, shifted).
+        members: one config per member (same ``trainable_layers``, ``max_len``, ``format``,
+            ``head_seed``; differing seeds / learning rates).
+        out: output directory: members/, warm/ (the merged reward model), results.json.
+        force: replace ``out``.
+        use_merge: average with ``lmbricks merge`` (linear) on the saved members; otherwise in memory.
+
+    Returns:
+        The results dictionary (also written to ``out/results.json``).
+    """
+    from lmbricks.errors import ConfigError
+
+    first = members[0]
+    for m in members:
+        if (m.trainable_layers, m.max_len, m.format) != (first.trainable_layers, first.max_len, first.format):
+            raise ConfigError("WARM members must share trainable_layers, max_len and format")
+    out = Path(out)
+    if out.exists() and not force:
+        raise ConfigError(f"{out} exists; pass force (--force) to replace it")
+    out.mkdir(parents=True, exist_ok=True)
+    rm, tokenizer = base_reward_model(ref)
+    start = rm.num_layers - first.trainable_layers
+    feats, skipped = pair_features(rm, tokenizer, {"train": train_pairs, **eval_sets}, first, progress)
+    init_state = copy.deepcopy(rm.state_dict())
+    member_states: list[dict[str, Tensor]] = []
+    histories: list[list[dict[str, float]]] = []
+    results: dict[str, Any] = {"members": [], "member_configs": []}
+    scores: dict[str, list[tuple[Tensor, Tensor]]] = {name: [] for name in eval_sets}
+    for i, mcfg in enumerate(members):
+        progress(f"member {i}", None)
+        rm.load_state_dict(init_state)
+        histories.append(train_on_features(rm, *feats["train"], mcfg))
+        member_states.append({k: v.detach().clone() for k, v in rm.state_dict().items()})
+        entry: dict[str, Any] = {"train_final_loss": histories[-1][-1]["loss"]}
+        for name in eval_sets:
+            rc, rr = scores_of(rm, feats[name], start)
+            scores[name].append((rc, rr))
+            entry[name] = _acc(rc, rr)
+        results["members"].append(entry)
+        results["member_configs"].append(mcfg.model_dump())
+        if use_merge:
+            save_reward_model(rm, out / "members" / f"m{i}", tokenizer, force=True, info=mcfg.model_dump())
+    # prediction ensemble: the mean of the members' scores
+    results["ensemble"] = {
+        name: _acc(torch.stack([s[0] for s in ss]).mean(0), torch.stack([s[1] for s in ss]).mean(0))
+        for name, ss in scores.items()
+    }
+    averaged = average_states(member_states)
+    if use_merge:
+        from lmbricks.merge import merge
+
+        progress("lmbricks merge (linear)", None)
+        recipe = {
+            "merge_method": "linear",
+            "models": [{"model": str(out / "members" / f"m{i}"), "parameters": {"weight": 1.0}}
+                       for i in range(len(members))],
+            "dtype": "float32",
+        }  # fmt: skip
+        merge(recipe, out / "warm", force=True, command="lmbricks reward warm")
+        average_heads([out / "members" / f"m{i}" for i in range(len(members))], out / "warm")
+        warm_rm, _ = load_reward_model(out / "warm")
+        merged = warm_rm.state_dict()
+        results["merge_vs_memory_max_abs_diff"] = max(
+            float((merged[k].float() - averaged[k]).abs().max()) for k in averaged if k in merged
+        )
+        rm.load_state_dict(merged)
+    else:
+        rm.load_state_dict(averaged)
+    results["warm"] = {name: _acc(*scores_of(rm, feats[name], start)) for name in eval_sets}
+    results["mean_member"] = {
+        name: sum(m[name]["accuracy"] for m in results["members"]) / len(members) for name in eval_sets
+    }
+    results["skipped_for_length"] = skipped
+    results["n_train_pairs"] = len(feats["train"][0])
+    results["trainable_layers"] = first.trainable_layers
+    results["model"] = ref
+    results["histories"] = [[h["loss"] for h in hist] for hist in histories]
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
