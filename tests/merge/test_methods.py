@@ -237,3 +237,18 @@ def test_chunked_form_equals_whole_tensor(name: str) -> None:
             )
         )
     torch.testing.assert_close(torch.cat(parts), whole, rtol=1e-6, atol=1e-6)
+
+
+def test_zero_cut_drops_only_zeros_and_leaves_the_product_unchanged() -> None:
+    # bf16 fine-tune deltas are mostly exactly 0: the cut of a 50% magnitude window lands on 0
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(3_000_000, generator=g).bfloat16()
+    tuned = (base.float() + 0.002 * torch.randn(3_000_000, generator=g)).bfloat16()
+    delta = tuned.float() - base.float()
+    mags = delta.abs()
+    n = mags.numel()
+    exact = rank_window(mags, n // 2, n).mask(mags)
+    free = rank_window(mags, n // 2, n, zero_is_free=True).mask(mags)
+    assert int(exact.sum()) == n - n // 2
+    assert bool((free <= exact).all()) and bool((mags[exact & ~free] == 0).all())
+    assert torch.equal(delta * exact, delta * free)

@@ -73,10 +73,13 @@ class _ReadAhead(threading.Thread):
                         self.cond.wait()
                     if self.stop:
                         return
-                for path, start, end in rng:
+                for path, start, end in rng:  # ask for every input's range at once: deeper disk queue
                     fd = fds.get(path)
                     if fd is None:
                         fd = fds[path] = os.open(path, os.O_RDONLY)
+                    os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_WILLNEED)
+                for path, start, end in rng:
+                    fd = fds[path]
                     pos = start
                     while pos < end:
                         n = os.preadv(fd, [memoryview(buf)[: min(_READ_CHUNK, end - pos)]], pos)
@@ -257,14 +260,17 @@ def _chunked(
                     _apply_rows(r0, r1)
 
             def _apply_rows(r0: int, r1: int) -> None:
+                extra = {"out": out[r0:r1]} if chunked.takes_out else {}
                 res = chunked.apply(
                     base[r0:r1] if base is not None else None,
                     [t[r0:r1] for t in terms],
                     state=state,
                     offset=r0 * per_row,
                     **kwargs,
+                    **extra,
                 )
-                out[r0:r1].copy_(res)
+                if not chunked.takes_out:
+                    out[r0:r1].copy_(res)
 
             list(pool.map(apply, row_blocks(shape, block)))
     finally:

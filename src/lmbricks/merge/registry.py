@@ -65,6 +65,8 @@ class ChunkedForm:
 
     prepare: Callable[..., Any]
     apply: Callable[..., Any]
+    #: ``apply`` accepts ``out=`` (the output rows, in the output dtype) and writes the result there
+    takes_out: bool = False
 
 
 @dataclass(frozen=True)

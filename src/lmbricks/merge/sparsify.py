@@ -10,6 +10,7 @@ elements whose magnitude equals the cut value exactly.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -19,21 +20,22 @@ _DIRECT_SELECT = 1 << 21
 _SAMPLE = 1 << 18
 
 
-def select_rank(values: torch.Tensor, k: int) -> tuple[float, int, torch.Tensor]:
+def select_rank(values: torch.Tensor, k: int) -> tuple[float, int, int]:
     """The ``k``-th smallest element (1-based) of a flat fp32 tensor, exactly, without sorting it.
 
-    A strided sample brackets the answer; one comparison pass counts the elements below the
-    bracket and gathers those inside it (with their positions), and :func:`torch.kthvalue` finishes
-    on that small set. If the bracket misses (it cannot for realistic data, but it is checked),
-    falls back to ``kthvalue`` on the whole tensor.
+    A strided sample brackets the answer; one pass counts the elements below the bracket and
+    gathers those inside it, and :func:`torch.kthvalue` finishes on that small set. When the
+    bracket collapses to one value (heavily tied data, e.g. bf16 deltas that are mostly exactly 0)
+    the answer is that value and no gather is needed. If the bracket misses (it cannot for
+    realistic data, but it is checked), falls back to ``kthvalue`` on the whole tensor.
 
     Args:
         values: 1-D tensor.
         k: rank, ``1 <= k <= values.numel()``.
 
     Returns:
-        ``(value, below, ties)``: the value, the number of elements strictly below it, and the
-        sorted flat positions of the elements equal to it.
+        ``(value, below, equal)``: the value, the number of elements strictly below it and the
+        number equal to it (their positions: :func:`tie_position`).
     """
     n = values.numel()
     if n > _DIRECT_SELECT:
@@ -45,17 +47,24 @@ def select_rank(values: torch.Tensor, k: int) -> tuple[float, int, torch.Tensor]
         lo_rank = int((q - margin) * m)
         hi_rank = math.ceil((q + margin) * m)
         if lo_rank >= 1 and hi_rank <= m:
-            a, b = sample[lo_rank - 1], sample[hi_rank - 1]
+            a, b = float(sample[lo_rank - 1]), float(sample[hi_rank - 1])
             below_a = int(torch.count_nonzero(values < a))
-            inside = (values >= a) & (values <= b)
-            pos = inside.nonzero().squeeze(1)
-            mid = values[pos]
-            if below_a < k <= below_a + mid.numel():
-                v = mid.kthvalue(k - below_a).values
-                below = below_a + int(torch.count_nonzero(mid < v))
-                return float(v), below, pos[mid == v]
+            if a == b:
+                equal = int(torch.count_nonzero(values == a))
+                if below_a < k <= below_a + equal:
+                    return a, below_a, equal
+            else:
+                mid = values[(values >= a) & (values <= b)]
+                if below_a < k <= below_a + mid.numel():
+                    v = mid.kthvalue(k - below_a).values
+                    return float(v), below_a + int(torch.count_nonzero(mid < v)), int(torch.count_nonzero(mid == v))
     v = values.kthvalue(k).values
-    return float(v), int(torch.count_nonzero(values < v)), (values == v).nonzero().squeeze(1)
+    return float(v), int(torch.count_nonzero(values < v)), int(torch.count_nonzero(values == v))
+
+
+def tie_position(values: torch.Tensor, value: float, j: int) -> int:
+    """Flat index of the ``j``-th (0-based) element of ``values`` equal to ``value``."""
+    return int((values == value).nonzero()[j, 0])
 
 
 def kth_smallest(values: torch.Tensor, k: int) -> float:
@@ -112,55 +121,107 @@ class RankWindow:
         return keep
 
 
-def rank_window(values: torch.Tensor, lo: int, hi: int) -> RankWindow:
+def rank_window(values: torch.Tensor, lo: int, hi: int, zero_is_free: bool = False) -> RankWindow:
     """The :class:`RankWindow` keeping ranks ``[lo, hi)`` of ``values`` (ascending, ties by index).
 
     Args:
         values: the ranked quantity, e.g. ``|delta|`` (any shape, flattened in C order).
         lo: first kept rank (0-based).
         hi: one past the last kept rank.
+        zero_is_free: the values are magnitudes whose zero entries contribute nothing however they
+            are masked; a lower cut at exactly 0 then drops all zeros instead of locating the
+            cut among the (often millions of) tied zeros. The masked product is unchanged.
 
     Returns:
-        The window; ``window.mask(values)`` has exactly ``hi - lo`` True entries.
+        The window; ``window.mask(values)`` has exactly ``hi - lo`` True entries (with
+        ``zero_is_free``, possibly fewer, by zeros only).
     """
     flat = values.reshape(-1)
-    n = flat.numel()
+    return window_of_ranks(
+        flat.numel(),
+        lo,
+        hi,
+        lambda k: select_rank(flat, k),
+        lambda v, j: tie_position(flat, v, j),
+        zero_is_free,
+    )
+
+
+def window_of_ranks(
+    n: int,
+    lo: int,
+    hi: int,
+    select: Callable[[int], tuple[float, int, int]],
+    tie: Callable[[float, int], int],
+    zero_is_free: bool = False,
+) -> RankWindow:
+    """:func:`rank_window` over any ranked quantity of ``n`` elements, given its selection functions.
+
+    Args:
+        n: number of elements.
+        lo: first kept rank (0-based).
+        hi: one past the last kept rank.
+        select: ``k -> (value, below, equal)`` of the ``k``-th smallest (1-based), as :func:`select_rank`.
+        tie: ``(value, j) -> flat index`` of the ``j``-th element equal to ``value``.
+        zero_is_free: see :func:`rank_window`.
+    """
     lo_value, lo_index = float("-inf"), 0
     hi_value, hi_index = float("inf"), n
     if lo > 0:
-        v, below, ties = select_rank(flat, lo + 1)  # value at rank lo
-        # ranks below + j for the j-th tie; drop those with rank < lo
-        lo_value, lo_index = v, int(ties[lo - below]) if lo - below < ties.numel() else n
+        v, below, equal = select(lo + 1)  # value at rank lo
+        # the j-th tie has rank below + j; drop those with rank < lo
+        lo_value = v
+        drop = lo - below
+        if zero_is_free and v == 0:
+            lo_index = n
+        elif drop == 0:
+            lo_index = 0
+        else:
+            lo_index = tie(v, drop) if drop < equal else n
     if hi < n:
-        v, below, ties = select_rank(flat, hi)  # value at rank hi - 1
+        v, below, equal = select(hi)  # value at rank hi - 1
         keep_ties = hi - below  # ties with j < keep_ties have rank < hi
         hi_value = v
-        hi_index = int(ties[keep_ties]) if keep_ties < ties.numel() else n
+        hi_index = tie(v, keep_ties) if keep_ties < equal else n
     return RankWindow(lo_value, lo_index, hi_value, hi_index)
+
+
+def magnitude_ranks(n: int, density: float) -> tuple[int, int] | None:
+    """Ranks ``[lo, hi)`` kept by a top-``density`` magnitude trim of ``n`` elements (None: keep all;
+    ``max(1, int(density * n))`` kept, as mergekit)."""
+    if density >= 1:
+        return None
+    if density <= 0 or n == 0:
+        return (n, n)
+    return (n - max(1, int(density * n)), n)
+
+
+def outlier_ranks(n: int, density: float, gamma: float) -> tuple[int, int] | None:
+    """Ranks kept by Model Breadcrumbs: drop the ``gamma`` fraction of largest entries and the
+    smallest ones, keeping ``int(density * n)`` (None: keep all)."""
+    if density >= 1:
+        return None
+    target = int(density * n)
+    n_bot = max(0, n - target - int(gamma * n))
+    return (n_bot, n_bot + target)
 
 
 def magnitude_window(magnitudes: torch.Tensor, density: float) -> RankWindow | None:
     """The window of the ``max(1, int(density * n))`` largest of ``magnitudes`` (``|delta|``, fp32);
     None means keep all (density >= 1)."""
-    n = magnitudes.numel()
-    if density >= 1:
+    ranks = magnitude_ranks(magnitudes.numel(), density)
+    if ranks is None:
         return None
-    if density <= 0 or n == 0:
+    if ranks[0] == ranks[1]:
         return RankWindow(float("inf"), 0, float("inf"), 0)  # keeps nothing
-    k = max(1, int(density * n))
-    return rank_window(magnitudes, n - k, n)
+    return rank_window(magnitudes, *ranks, zero_is_free=True)
 
 
 def outlier_window(magnitudes: torch.Tensor, density: float, gamma: float) -> RankWindow | None:
     """Model Breadcrumbs on ``magnitudes`` (``|delta|``, fp32): drop the ``gamma`` fraction of largest
     entries and the smallest ones, keeping ``int(density * n)``; None means keep all."""
-    n = magnitudes.numel()
-    if density >= 1:
-        return None
-    target = int(density * n)
-    n_top = int(gamma * n)
-    n_bot = max(0, n - target - n_top)
-    return rank_window(magnitudes, n_bot, n_bot + target)
+    ranks = outlier_ranks(magnitudes.numel(), density, gamma)
+    return None if ranks is None else rank_window(magnitudes, *ranks, zero_is_free=True)
 
 
 def rescale_l1(delta: torch.Tensor, kept: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:

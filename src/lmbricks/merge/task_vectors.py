@@ -16,13 +16,21 @@ unweighted ones. The two agree when all weights are positive and equal.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from lmbricks.merge.registry import Param
-from lmbricks.merge.sparsify import RankWindow, magnitude_window, outlier_window
+from lmbricks.merge.sparsify import (
+    RankWindow,
+    magnitude_ranks,
+    magnitude_window,
+    outlier_ranks,
+    outlier_window,
+    window_of_ranks,
+)
 
 
 #: Parameters every task-arithmetic-family method accepts (mergekit's names and defaults).
@@ -126,6 +134,43 @@ def abs_delta(base: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def fused_ok(*tensors: torch.Tensor | None) -> bool:
+    """Whether the fused kernels (:mod:`lmbricks.merge.kernels`) compute this: CPU, contiguous, fp32
+    or bf16 inputs of one dtype, and ``LMBRICKS_FUSED`` not set to 0."""
+    present = [t for t in tensors if t is not None]
+    return (
+        os.environ.get("LMBRICKS_FUSED", "1") != "0"
+        and bool(present)
+        and len({t.dtype for t in present}) == 1
+        and all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.bfloat16) for t in present)
+        and all(t.is_contiguous() for t in present)
+    )
+
+
+def fused_out_ok(out: torch.Tensor | None) -> bool:
+    """Whether the fused kernels can write into ``out`` (None: they return a new fp32 tensor)."""
+    return out is None or (out.dtype in (torch.float32, torch.bfloat16) and out.is_contiguous())
+
+
+def _fused_window(base: torch.Tensor, tensor: torch.Tensor, density: float, gamma: float | None) -> RankWindow | None:
+    """:func:`magnitude_window` / :func:`outlier_window` of ``|tensor - base|`` by the radix-select kernel."""
+    from lmbricks.merge import kernels
+
+    n = tensor.numel()
+    ranks = magnitude_ranks(n, density) if gamma is None else outlier_ranks(n, density, gamma)
+    if ranks is None:
+        return None
+    if ranks[0] == ranks[1]:
+        return RankWindow(float("inf"), 0, float("inf"), 0)
+    return window_of_ranks(
+        n,
+        *ranks,
+        lambda k: kernels.rank_of_abs_delta(base, tensor, k),
+        lambda v, j: kernels.abs_delta_tie_position(base, tensor, v, j),
+        zero_is_free=True,
+    )
+
+
 @dataclass(frozen=True)
 class TrimState:
     """Per-input result of the whole-tensor pass: which ranks are kept and the L1 rescale factor."""
@@ -155,6 +200,9 @@ def prepare_trim(
     """
     states = []
     for i, t in enumerate(tensors):
+        if not rescale and fused_ok(base, t):
+            states.append(TrimState(_fused_window(base, t, density[i], None if gamma is None else gamma[i])))
+            continue
         mags = abs_delta(base, t)
         window = magnitude_window(mags, density[i]) if gamma is None else outlier_window(mags, density[i], gamma[i])
         scale = 1.0
@@ -178,8 +226,27 @@ def apply_trim(
     consensus: bool,
     normalize: bool,
     lam: float,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Trim each delta with its state, then :func:`combine_deltas` (one block at flat ``offset``)."""
+    """Trim each delta with its state, then :func:`combine_deltas` (one block at flat ``offset``).
+
+    With ``out`` (any float dtype, the block's shape), the result is written there and returned.
+    """
+    if fused_ok(base, *tensors) and fused_out_ok(out):
+        from lmbricks.merge import kernels
+
+        return kernels.combine_block(
+            base,
+            list(tensors),
+            list(weight),
+            windows=[st.window for st in states],
+            scales=[st.scale for st in states],
+            offset=offset,
+            consensus=consensus,
+            normalize=normalize,
+            lam=lam,
+            out=out,
+        )
     b = base.float()
     deltas = []
     for t, st in zip(tensors, states, strict=False):
@@ -189,7 +256,8 @@ def apply_trim(
         if st.scale != 1.0:
             d.mul_(st.scale)
         deltas.append(d)
-    return combine_deltas(b, deltas, weight, consensus=consensus, normalize=normalize, lam=lam)
+    res = combine_deltas(b, deltas, weight, consensus=consensus, normalize=normalize, lam=lam)
+    return res if out is None else out.copy_(res)
 
 
 #: lmbricks extension for the random-drop methods: how kept entries are rescaled.

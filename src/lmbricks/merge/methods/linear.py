@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from lmbricks.merge.registry import ChunkedForm, Param, register_method
+from lmbricks.merge.task_vectors import fused_ok, fused_out_ok
 
 
 def linear(
@@ -15,6 +16,7 @@ def linear(
     *,
     weight: Sequence[float],
     normalize: bool = True,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Weighted mean of the inputs: θ = Σ wi θi / Σ wi (no division when normalize is false).
 
@@ -23,9 +25,10 @@ def linear(
         tensors: θi, same shape ``S``, any float dtype.
         weight: wi, one per tensor.
         normalize: divide by Σ wi.
+        out: optional destination (shape ``S``, any float dtype); the result is written there.
 
     Returns:
-        fp32 tensor of shape ``S``.
+        fp32 tensor of shape ``S`` (or ``out``).
     """
     coeffs = list(weight)
     if normalize:
@@ -33,11 +36,15 @@ def linear(
         if total == 0:
             raise ValueError("linear: weights sum to zero, cannot normalize")
         coeffs = [w / total for w in coeffs]
-    out = tensors[0].to(torch.float32, copy=True)
-    out.mul_(coeffs[0])
+    if fused_ok(*tensors) and fused_out_ok(out):
+        from lmbricks.merge import kernels
+
+        return kernels.combine_block(None, list(tensors), coeffs, out=out)
+    res = tensors[0].to(torch.float32, copy=True)
+    res.mul_(coeffs[0])
     for t, w in zip(tensors[1:], coeffs[1:], strict=False):
-        out.add_(t, alpha=w)  # bf16 inputs are upcast inside the kernel, no fp32 copy
-    return out
+        res.add_(t, alpha=w)  # bf16 inputs are upcast inside the kernel, no fp32 copy
+    return res if out is None else out.copy_(res)
 
 
 def _prepare(base: torch.Tensor | None, tensors: Sequence[torch.Tensor], **_: object) -> None:
@@ -59,5 +66,5 @@ register_method(
         Param("normalize", bool, default=True, help="divide by the sum of weights"),
     ),
     base="none",
-    chunked=ChunkedForm(_prepare, _apply),
+    chunked=ChunkedForm(_prepare, _apply, takes_out=True),
 )(linear)

@@ -62,9 +62,12 @@ def _apply(
     weight: Sequence[float],
     lam: float = 1.0,
     normalize: bool = True,
+    out: torch.Tensor | None = None,
     **_: object,
 ) -> torch.Tensor:
-    return apply_trim(base, tensors, state, weight, offset=offset, consensus=True, normalize=normalize, lam=lam)
+    return apply_trim(
+        base, tensors, state, weight, offset=offset, consensus=True, normalize=normalize, lam=lam, out=out
+    )
 
 
 register_method(
@@ -72,5 +75,5 @@ register_method(
     reference="https://arxiv.org/abs/2306.01708",
     formula="δi = topk_d(θi-θ0); s = sign(Σ wi δi); θ = θ0 + λ Σ[sign(wiδi)=s] wi δi / Σ[..] wi",
     params=common_params(normalize=True, rescale=False),
-    chunked=ChunkedForm(_prepare, _apply),
+    chunked=ChunkedForm(_prepare, _apply, takes_out=True),
 )(ties)
