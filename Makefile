@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup fetch test test-unit demo lint bench clean mergekit-venv
+.PHONY: setup fetch browser test test-unit demo lint bench clean mergekit-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,8 +28,12 @@ mergekit-venv:
 	test -x .bench-venvs/mergekit/bin/mergekit-yaml || { $(PYTHON) -m venv .bench-venvs/mergekit && \
 	  .bench-venvs/mergekit/bin/python -m pip install -q -c constraints.txt mergekit; }
 
+## browser: Debian's chromium for the headless report test (tests/tour/test_browser.py); needs root
+browser:
+	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+
 ## test: the whole suite (unit + integration on the real default model, agreement with mergekit)
-test: fetch mergekit-venv
+test: fetch mergekit-venv browser
 	$(BIN)/python -m pytest -q --durations=25 $(PYTEST_ARGS)
 
 ## test-unit: the unit suite only (no downloads)

@@ -49,3 +49,24 @@ def test_bad_config_names_the_field(tiny_llama: Path, tmp_path: Path) -> None:
     (tmp_path / "exists").mkdir()
     with pytest.raises(ConfigError, match="already exists"):
         train_brick(tiny_llama, tmp_path / "exists", make_config(steps=1), texts=TEXTS)
+
+
+def test_pieces_rejoin_and_spread_training_over_documents() -> None:
+    from lmbricks.adapters.train import cut_pieces, order_documents
+
+    text = "".join(f"line {i} " + "x" * (i % 37) + "\n" for i in range(400))
+    pieces = cut_pieces(text, 500)
+    assert "".join(pieces) == text and len(pieces) > 5
+    assert all(p.endswith("\n") and len(p.encode()) >= 500 for p in pieces[:-1])
+    assert cut_pieces(text, 0) == [text] and cut_pieces("short", 500) == ["short"]
+    # Two long documents and many short ones: cut, each long one becomes many shuffled pieces.
+    records = [{"text": f"doc{d} line\n" * 500, "source": "s"} for d in range(2)]
+    records += [{"text": f"small{d}\n", "source": "s"} for d in range(20)]
+    whole = order_documents(records, seed=0, balance_sources=False)
+    cut = order_documents(records, seed=0, balance_sources=False, piece_bytes=1000)
+    assert sorted(whole) == sorted(r["text"] for r in records)
+    for d in range(2):
+        assert sum(t.startswith(f"doc{d}") for t in cut) >= 5
+    assert sorted("".join(cut)) == sorted("".join(whole))  # the same characters, nothing lost or added
+    with pytest.raises(ConfigError, match="piece_bytes"):
+        make_config(piece_bytes=-1)

@@ -59,3 +59,25 @@ def test_wilson_interval_values() -> None:
         lo2, hi2 = wilson_interval(20 - k, 20)
         assert math.isclose(lo, 1 - hi2, abs_tol=1e-12) and lo <= k / 20 <= hi
     assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_label_of_sentence_answers() -> None:
+    from lmbricks.eval.fewshot import label_of
+
+    labels = ["German", "French", "English"]
+    assert label_of("German.", labels) == "german"
+    assert label_of("The language of the text is German.", labels) == "german"
+    assert is_correct("The language of the text is German.", ("German",), "label", labels)
+    # two languages named: ambiguous, the first word stands (and is wrong)
+    assert label_of("This is English or German", labels) == "this"
+    assert not is_correct("It is Germanic", ("German",), "label", labels)  # whole words only
+    assert not is_correct("The language of the text is German.", ("German",), "label")  # no labels given
+
+
+def test_constant_baseline_counts_the_commonest_answer() -> None:
+    from lmbricks.eval.fewshot import Item, Task, constant_baseline
+
+    items = [Item(str(i), "q", (a,)) for i, a in enumerate(["No", "no.", "Yes", "4", "No"])]
+    base = constant_baseline(Task("t", "", "math", items, []))
+    assert (base["answer"], base["correct"], base["n"]) == ("no", 3, 5)
+    assert base["ci95"][0] < 0.6 < base["ci95"][1]

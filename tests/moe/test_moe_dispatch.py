@@ -174,3 +174,69 @@ def test_apply_capacity_ignores_non_competing_pairs() -> None:
     competing = torch.tensor([[False], [True], [False], [True]])
     kept = apply_capacity(indices, torch.ones(4, 1), competing, 2, 1, "position")
     assert kept[:, 0].tolist() == [False, True, False, False]
+
+
+# ----------------------------------------------------------------------------- fast paths
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5, 8])
+def test_slab_batched_matmul_equals_bmm(rows: int) -> None:
+    """Decode fast path: (B, m, K) @ (B, K, N) as sums over K-slabs equals the plain batched matmul."""
+    from lmbricks.moe.dispatch import K_SLAB, _slab_bmm
+
+    torch.manual_seed(0)
+    x = torch.randn(3, rows, 4 * K_SLAB)
+    w = torch.randn(3, 4 * K_SLAB, 48)
+    assert torch.allclose(_slab_bmm(x, w), torch.bmm(x, w), atol=1e-5, rtol=1e-5)
+    odd = torch.randn(3, 4 * K_SLAB + 1, 48)  # K not a multiple of the slab: plain bmm
+    x_odd = torch.randn(3, rows, 4 * K_SLAB + 1)
+    assert torch.equal(_slab_bmm(x_odd, odd), torch.bmm(x_odd, odd))
+
+
+@pytest.mark.parametrize("tokens", [1, 5, 30])
+@pytest.mark.parametrize("grad", [False, True])
+def test_decode_sized_batch_matches_reference(tokens: int, grad: bool) -> None:
+    """Few tokens per expert (padded path or loop in inference, loop in training) vs the reference."""
+    torch.manual_seed(0)
+    experts = Experts(6, 64, 96)  # K = 64 (gate_up) and 96 (down) split into 32-wide slabs
+    x = torch.randn(tokens, 64)
+    weights, indices = _routing(tokens, 2, 6)
+    with torch.set_grad_enabled(grad):
+        y = experts(x, weights, indices)
+    assert torch.allclose(y, _reference(x, weights, indices, None, experts), atol=1e-5)
+
+
+def test_padded_span_reads_few_untouched_experts() -> None:
+    from lmbricks.moe.dispatch import SMALL_ROWS, _padded_span
+
+    assert _padded_span([2, 1, 0, 3, 2, 1, 2, 1]) == (0, 8)  # one untouched expert inside the range
+    assert _padded_span([0, 2, 2, 2, 0, 0, 0, 0]) == (1, 4)
+    assert _padded_span([0, 1, 0, 4, 0, 4, 3, 4]) is None  # 5 touched, 2 would be read for nothing
+    assert _padded_span([1, 0, 0, 0, 0, 0, 0, 1]) is None  # 1-token decode: loop over 2 experts
+    assert _padded_span([SMALL_ROWS + 1, 1, 1, 1]) is None  # a large slice: the loop
+
+
+def test_cpu_combine_of_two_slots_is_bitwise_the_slot_sum() -> None:
+    """The combine sums a token's two weighted rows in slot order, in fp32."""
+    torch.manual_seed(0)
+    t, k, e, h = 50, 2, 5, 16
+    weights, indices = _routing(t, k, e)
+    plan = plan_dispatch(indices, None, e)
+    ys = torch.randn(plan.num_routed, h)
+    got = combine_rows(ys.clone(), weights, plan)
+    pair = torch.empty(t * k, h).index_copy_(0, plan.order, ys * weights.reshape(-1)[plan.order, None])
+    assert torch.equal(got, pair.view(t, k, h)[:, 0] + pair.view(t, k, h)[:, 1])
+
+
+def test_padded_decode_path_matches_reference() -> None:
+    from lmbricks.moe.dispatch import _padded_span
+
+    torch.manual_seed(0)
+    experts = Experts(6, 64, 96)
+    indices = torch.tensor([[0, 1], [2, 3], [4, 5], [1, 2], [3, 4], [5, 0], [2, 4]])
+    weights = torch.rand(7, 2)
+    assert _padded_span(plan_dispatch(indices, None, 6).counts) == (0, 6)
+    x = torch.randn(7, 64)
+    with torch.no_grad():
+        y = experts(x, weights, indices)
+    assert torch.allclose(y, _reference(x, weights, indices, None, experts), atol=1e-5)

@@ -67,7 +67,10 @@ def test_oracle_and_router_use_k_experts(tiny_model) -> None:
         assert all(abs(m.last_fraction - 2 / 8) < 1e-9 for m in moefied_layers(model))
 
 
-def test_save_load_and_densify_round_trip(tiny_model, tiny_llama: Path, tmp_path: Path, fake_texts) -> None:
+@pytest.mark.parametrize("router", ["mlp", "linear"])
+def test_save_load_and_densify_round_trip(
+    tiny_model, tiny_llama: Path, tmp_path: Path, fake_texts, router: str
+) -> None:
     from transformers import AutoModelForCausalLM
 
     model, tok = tiny_model
@@ -77,7 +80,7 @@ def test_save_load_and_densify_round_trip(tiny_model, tiny_llama: Path, tmp_path
         experts=4,
         top_k=2,
         split="coactivation",
-        router="mlp",
+        router=router,
         router_steps=20,
         calib_chunks=2,
         calib_seq_len=32,

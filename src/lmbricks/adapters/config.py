@@ -45,6 +45,12 @@ class LoraTrainConfig(BaseModel):
         description="give each of the domain's sources about the same share of the training bytes (a "
         "domain whose sources differ in document length is otherwise dominated by the long documents)",
     )
+    piece_bytes: int = Field(
+        0,
+        ge=0,
+        description="cut documents into pieces of about this many bytes (at line ends) before shuffling, "
+        "so a short run sees many documents instead of the first two or three long ones (0: whole documents)",
+    )
     eval_bytes: int = Field(12_000, ge=0, description="held-out bytes scored before and after (0: skip)")
     save_dtype: str = Field("float16", description="storage dtype of the adapter weights")
 

@@ -8,28 +8,68 @@ from typing import Any
 
 import torch
 
+from lmbricks.adapters.centroids import (
+    CentroidSpec,
+    CentroidStats,
+    cached_router,
+    centroid_key,
+    domain_fingerprint,
+)
 from lmbricks.adapters.compose import compose_cat
 from lmbricks.adapters.hub_adapter import AdapterSlot
-from lmbricks.adapters.route import Router, fit_router, mean_hidden, text_ids
+from lmbricks.adapters.route import Router, mean_hidden, text_ids
 from lmbricks.adapters.routing_eval import evaluate_routing
 from lmbricks.adapters.session import BrickSet, load_base, load_bricks
 from lmbricks.errors import ConfigError
 
 
-def brick_router(bset: BrickSet, model: Any, tokenizer: Any, layer: int = -1, max_tokens: int = 2048) -> Router:
-    """Fit a router on each brick's training text (its domain's train split, shuffled with seed 0)."""
+def brick_router(
+    bset: BrickSet,
+    model: Any,
+    tokenizer: Any,
+    layer: int = -1,
+    max_tokens: int = 2048,
+    *,
+    use_cache: bool = True,
+    stats: CentroidStats | None = None,
+) -> Router:
+    """A router over the bricks of ``bset``: one centroid per brick from its domain's train split.
+
+    Centroids are read from the centroid cache (:mod:`lmbricks.adapters.centroids`, keyed by the base
+    and brick content hashes, the domain corpus and the settings) and computed only when missing, so
+    routing a prompt costs one forward pass once each brick's centroid has been computed once.
+
+    Args:
+        bset: base model and bricks.
+        model: the base model (no brick active), tokenizer: its tokenizer.
+        layer: hidden layer; max_tokens: domain tokens per centroid.
+        use_cache: False recomputes every centroid (and refreshes the cache).
+        stats: filled with cache hits and computed centroids.
+    """
     import random
 
+    from lmbricks.checkpoint import content_hash
     from lmbricks.data import load_texts
 
-    texts: dict[str, list[str]] = {}
+    spec = CentroidSpec(layer=layer, max_tokens=max_tokens)
+    keys: dict[str, str] = {}
+    domains: dict[str, str] = {}
+    about: dict[str, dict[str, Any]] = {}
     for name, info in zip(bset.names, bset.infos, strict=False):
         if info.domain is None:
             raise ConfigError(f"brick {info.name!r} records no domain: its centroid cannot be computed")
-        docs = [d for d in load_texts(info.domain, "train") if d.strip()]
-        random.Random(0).shuffle(docs)
-        texts[name] = docs
-    return fit_router(model, tokenizer, texts, layer=layer, max_tokens=max_tokens)
+        brick_sha = content_hash(info.path)
+        key = centroid_key(bset.base.sha256, brick_sha, info.domain, domain_fingerprint(info.domain), spec)
+        keys[name] = key
+        domains[name] = info.domain
+        about[name] = {"domain": info.domain, "base_sha256": bset.base.sha256, "brick_sha256": brick_sha}
+
+    def texts_of(name: str) -> list[str]:
+        docs = [d for d in load_texts(domains[name], "train") if d.strip()]
+        random.Random(spec.seed).shuffle(docs)
+        return docs
+
+    return cached_router(model, tokenizer, keys, texts_of, spec, about=about, stats=stats, refresh=not use_cache)
 
 
 @torch.no_grad()
@@ -56,9 +96,13 @@ def route_command(
     max_new_tokens: int = 0,
     evaluate: bool = False,
     per_domain: int = 8,
+    refresh_centroids: bool = False,
     status: Callable[[str], None] = lambda _m: None,
 ) -> dict[str, Any]:
     """Route prompts (optionally generating with the routed bricks) or evaluate routing on held-out text.
+
+    Each brick's centroid comes from the centroid cache (computed on first use, or again with
+    ``refresh_centroids``); each prompt then costs one forward pass of the base to route.
 
     Returns:
         With ``evaluate``: ``{domain: {...}, "all": {...}}`` (see :func:`evaluate_routing`); otherwise
@@ -70,8 +114,9 @@ def route_command(
         raise ConfigError("empty prompt")
     bset = load_bricks(model_ref, bricks)
     model, tokenizer = load_base(bset)
-    status(f"fitting the router on {len(bset.names)} bricks' training text")
-    router = brick_router(bset, model, tokenizer, layer=layer)
+    stats = CentroidStats()
+    router = brick_router(bset, model, tokenizer, layer=layer, use_cache=not refresh_centroids, stats=stats)
+    status(f"router: {stats.hits} centroids from the cache, {stats.computed} computed from training text")
     slot = AdapterSlot(model, bset.rank * top_k, bset.modules)
     by_name = dict(zip(bset.names, bset.factors, strict=False))
     if evaluate:

@@ -23,7 +23,30 @@ from lmbricks.errors import ConfigError
 StepCallback = Callable[[int, float], None]
 
 
-def order_documents(records: Sequence[dict[str, Any]], seed: int, balance_sources: bool) -> list[str]:
+def cut_pieces(text: str, size: int) -> list[str]:
+    """Cut ``text`` into consecutive pieces of at least ``size`` UTF-8 bytes, each ending at a line end.
+
+    Joining the pieces gives ``text`` back; the last piece may be shorter. ``size`` 0 keeps the text whole.
+    """
+    if size <= 0 or len(text.encode("utf-8")) <= size:
+        return [text]
+    pieces: list[str] = []
+    current: list[str] = []
+    used = 0
+    for line in text.splitlines(keepends=True):
+        current.append(line)
+        used += len(line.encode("utf-8"))
+        if used >= size:
+            pieces.append("".join(current))
+            current, used = [], 0
+    if current:
+        pieces.append("".join(current))
+    return pieces
+
+
+def order_documents(
+    records: Sequence[dict[str, Any]], seed: int, balance_sources: bool, piece_bytes: int = 0
+) -> list[str]:
     """Shuffle documents with ``seed``; with ``balance_sources``, interleave the sources by bytes.
 
     Args:
@@ -31,10 +54,18 @@ def order_documents(records: Sequence[dict[str, Any]], seed: int, balance_source
         seed: shuffling seed.
         balance_sources: mix the sources (each shuffled) so each contributes about the same bytes,
             instead of one global shuffle.
+        piece_bytes: first cut every document into pieces of about this many bytes (see
+            :func:`cut_pieces`), which are then shuffled like documents (0: whole documents).
 
     Returns:
-        The document texts in training order.
+        The document (or piece) texts in training order.
     """
+    if piece_bytes > 0:
+        records = [
+            {"text": piece, "source": r.get("source", "")}
+            for r in records
+            for piece in cut_pieces(str(r["text"]), piece_bytes)
+        ]
     rng = random.Random(seed)
     if not balance_sources:
         texts = [str(r["text"]) for r in records]
@@ -219,12 +250,12 @@ def _train_texts(domain: str | None, texts: Sequence[str] | None, cfg: LoraTrain
     if texts is not None:
         if not texts:
             raise ConfigError("no training texts given")
-        return order_documents([{"text": t} for t in texts], cfg.seed, False)
+        return order_documents([{"text": t} for t in texts], cfg.seed, False, cfg.piece_bytes)
     if domain is None:
         raise ConfigError("give a corpus domain or training texts")
     from lmbricks.data import load_records
 
-    return order_documents(load_records(domain, "train"), cfg.seed, cfg.balance_sources)
+    return order_documents(load_records(domain, "train"), cfg.seed, cfg.balance_sources, cfg.piece_bytes)
 
 
 def train_brick(

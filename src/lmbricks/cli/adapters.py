@@ -45,6 +45,10 @@ def train(
     lr: float = typer.Option(2e-3, help="peak learning rate"),
     seed: int = typer.Option(0, help="seed (document order, LoRA init)"),
     eval_bytes: int = typer.Option(12_000, help="held-out bytes scored before and after (0: skip)"),
+    piece_bytes: int = typer.Option(
+        0, help="cut documents into pieces of about this many bytes before shuffling (0: whole documents)"
+    ),
+    balance_sources: bool = typer.Option(False, help="give each source of the domain the same share of bytes"),
     targets: str = typer.Option(
         ",".join(("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
         help="comma-separated module names",
@@ -66,6 +70,8 @@ def train(
         lr=lr,
         seed=seed,
         eval_bytes=eval_bytes,
+        piece_bytes=piece_bytes,
+        balance_sources=balance_sources,
         targets=tuple(t for t in targets.split(",") if t),
     )
     with progress_bar() as bar:
@@ -221,6 +227,7 @@ def route(
     max_new_tokens: int = typer.Option(0, help="generate this many tokens with the routed bricks"),
     evaluate: bool = typer.Option(False, "--eval", help="measure routing accuracy and ppl on held-out texts"),
     per_domain: int = typer.Option(8, help="--eval: held-out documents per domain"),
+    refresh_centroids: bool = typer.Option(False, help="recompute the cached domain centroids"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
     """Route inputs to bricks by the nearest domain centroid of the base model's hidden states.
@@ -239,6 +246,7 @@ def route(
         max_new_tokens=max_new_tokens,
         evaluate=evaluate,
         per_domain=per_domain,
+        refresh_centroids=refresh_centroids,
         status=lambda m: err_console.print(m, highlight=False),
     )
     if as_json:

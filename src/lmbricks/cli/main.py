@@ -11,6 +11,7 @@ from lmbricks.cli import data as data_cli
 from lmbricks.cli import eval as eval_cli
 from lmbricks.cli import merge as merge_cli
 from lmbricks.cli import models as models_cli
+from lmbricks.cli import moe as moe_cli
 from lmbricks.cli import moefy as moefy_cli
 from lmbricks.cli import proxy as proxy_cli
 from lmbricks.cli import reward as reward_cli
@@ -38,6 +39,7 @@ app.command(name="plan")(train_cli.plan)
 app.command(name="trace")(trace_cli.trace)
 app.add_typer(analyze_cli.app, name="analyze")
 app.command(name="moefy")(moefy_cli.moefy)
+app.add_typer(moe_cli.app, name="moe")
 app.add_typer(reward_cli.app, name="reward")
 
 

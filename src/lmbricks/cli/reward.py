@@ -117,11 +117,16 @@ def warm(
     trainable_layers: int = typer.Option(2, "--trainable-layers"),
     lr: list[float] = typer.Option(None, "--lr", help="Learning rates, cycled over members [default: 1e-4 2e-4]."),
     epochs: int = typer.Option(2, "--epochs"),
+    init: list[str] = typer.Option(
+        None, "--init", help="Baklava: member i starts from the i-th of these SFT checkpoints (repeatable, cycled)."
+    ),
     force: bool = typer.Option(False, "--force", help="Replace OUT."),
 ) -> None:
     """WARM: weight-average M reward models trained from one initialisation; compare members and ensemble.
 
     Members differ in data order and learning rate; the average is made with `lmbricks merge` (linear).
+    With --init (Baklava), members start from successive checkpoints of one SFT run of MODEL that
+    trained only its last --trainable-layers layers.
 
     Example: lmbricks reward warm smollm2-135m-instruct builtin:dialogue runs/warm --shift builtin:chitchat@test
     """
@@ -148,7 +153,9 @@ def warm(
             elif n:
                 bar.advance(task, n)
 
-        res = run_warm(model, _pairs(data, "train", limit), sets, cfgs, out, force=force, progress=progress)
+        res = run_warm(
+            model, _pairs(data, "train", limit), sets, cfgs, out, force=force, progress=progress, inits=init or None
+        )
     write_warm_report(res, out)
     table = Table(title=f"WARM on {model}: pairwise accuracy")
     table.add_column("model")

@@ -7,6 +7,10 @@
   directions agree) or ``coactivation_features`` (each neuron's normalised activation mass over
   calibration tokens: cosine similarity is then a normalised co-activation count, so neurons that
   fire on the same tokens land in one expert).
+* :func:`refine_partition`: starting from any balanced partition, alternately let an oracle pick
+  each token's top-K experts and reassign the neurons (balanced) to the experts whose selected
+  tokens hold their mass. Both steps raise the mass that top-K experts capture, the quantity the
+  oracle and a router can at best keep; cosine k-means only approximates it.
 * :func:`random_partition`, and :func:`partition_permutation` turning labels into the neuron order.
 """
 
@@ -128,6 +132,43 @@ def coactivation_features(mass: Tensor) -> Tensor:
     m = mass.float()
     m = m / m.sum(dim=1, keepdim=True).clamp_min(1e-12)
     return m.T.contiguous()
+
+
+def refine_partition(
+    mass: Tensor, labels: Tensor, n_clusters: int, ks: tuple[int, ...], iters: int = 10
+) -> Tensor:
+    """Improve a balanced partition for top-K selection (alternating maximisation).
+
+    With ``m`` the per-token mass normalised to sum 1 per token (every token counts equally), the
+    objective is ``sum_t sum_{k in ks} sum_{e in top_k(t)} sum_{i in e} m[t, i]``. Step 1 picks each
+    token's top-k experts for the current partition (the best selection for it); step 2 gives every
+    neuron the expert whose selected tokens hold most of its mass, under equal sizes (greedy
+    balanced matching). Stops when the labels no longer change.
+
+    Args:
+        mass: (N, I) per-token neuron mass ``|a_i| * ||W_down[:, i]||`` on calibration tokens.
+        labels: (I,) a balanced starting partition.
+        n_clusters: E.
+        ks: expert counts the partition should serve (e.g. ``(K // 2, K)``).
+        iters: maximum alternations.
+
+    Returns:
+        (I,) long labels, still balanced.
+    """
+    m = mass.float()
+    m = m / m.sum(dim=1, keepdim=True).clamp_min(1e-12)
+    cap = m.shape[1] // n_clusters
+    for _ in range(iters):
+        per_expert = torch.zeros(m.shape[0], n_clusters).index_add_(1, labels, m)  # (N, E)
+        chosen = torch.zeros_like(per_expert)
+        for k in ks:
+            idx = per_expert.topk(k, dim=1).indices
+            chosen.scatter_add_(1, idx, torch.ones_like(idx, dtype=chosen.dtype))
+        new = balanced_assign(m.T @ chosen, cap)  # (I, E) mass of neuron i on tokens that chose e
+        if torch.equal(new, labels):
+            break
+        labels = new
+    return labels
 
 
 def captured_share(mass: Tensor, labels: Tensor, n_clusters: int, k: int) -> float:

@@ -9,9 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from lmbricks.errors import ConfigError
 
 Split = Literal["kmeans", "coactivation", "random"]
-RouterKind = Literal["centroid", "mlp"]
+RouterKind = Literal["centroid", "linear", "mlp"]
 SPLITS: tuple[str, ...] = ("kmeans", "coactivation", "random")
-ROUTERS: tuple[str, ...] = ("centroid", "mlp")
+ROUTERS: tuple[str, ...] = ("centroid", "linear", "mlp")
 #: model_type values whose FFN is a gated (SwiGLU / GeGLU) ``gate_proj/up_proj/down_proj`` block.
 DENSE_GLU_TYPES: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
 
@@ -24,13 +24,19 @@ class MoefyConfig(BaseModel):
         top_k: experts used per token (K <= E); the router's default.
         split: ``kmeans`` (balanced k-means on L2-normalised gate rows), ``coactivation`` (balanced
             k-means on the neurons' activation patterns over the calibration corpus) or ``random``.
-        router: ``centroid`` (no training) or ``mlp`` (trained per layer on the calibration corpus).
+        router: ``centroid`` (no training), ``linear`` (ridge regression of the experts' log output
+            norms, closed form) or ``mlp`` (trained per layer on the calibration corpus).
         router_hidden: hidden width of the MLP router.
         router_steps: Adam steps per layer for the MLP router.
         router_lr: its learning rate.
+        router_ridge: the linear router's ridge penalty (relative to the Gram matrix's mean diagonal).
+        router_objective: ``soft`` (cross-entropy to each token's distribution of expert output
+            norms) or ``bce`` (binary labels: the top ``label_k`` experts, the reference code's).
         label_k: experts labelled positive in the router's BCE targets (None: ``top_k``).
         dynamic_threshold: if set, per token the fewest experts whose predicted mass share reaches it.
         kmeans_iters: iterations of balanced k-means.
+        refine_iters: alternations of :func:`~lmbricks.moefy.cluster.refine_partition` after the
+            co-activation k-means (0: plain k-means).
         calib_chunks: calibration blocks per domain (train split).
         calib_seq_len: tokens per calibration block.
         seed: seed for k-means initialisation, random splits and router training.
@@ -45,9 +51,12 @@ class MoefyConfig(BaseModel):
     router_hidden: int = Field(256, ge=1)
     router_steps: int = Field(400, ge=0)
     router_lr: float = Field(3e-3, gt=0)
+    router_ridge: float = Field(0.1, ge=0)
+    router_objective: Literal["soft", "bce"] = "soft"
     label_k: int | None = Field(None, ge=1)
     dynamic_threshold: float | None = Field(None, gt=0, le=1)
     kmeans_iters: int = Field(30, ge=1)
+    refine_iters: int = Field(10, ge=0)
     calib_chunks: int = Field(8, ge=1)
     calib_seq_len: int = Field(512, ge=2)
     seed: int = 0

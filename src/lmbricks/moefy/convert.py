@@ -4,7 +4,8 @@ Steps per FFN layer: (1) partition the neurons into E equal groups (:mod:`lmbric
 (2) reorder gate rows, up rows and down columns by the same permutation, so expert e is the
 neurons ``[e n, (e + 1) n)``; (3) build its router; (4) swap the block for a
 :class:`~lmbricks.moefy.runtime.MoefiedFFN`. The calibration corpus (train split) gives the FFN
-inputs that the co-activation split and the MLP router learn from.
+inputs that the co-activation split and the MLP router learn from; layers are converted in order
+during one forward pass, so each learns from the inputs its MoEfied predecessors produce.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from torch import Tensor, nn
 
 from lmbricks.analysis.corpus import domain_chunks
 from lmbricks.analysis.ffn import FFNBlock, find_ffns
-from lmbricks.analysis.hooks import tap_activations
 from lmbricks.errors import ConfigError
 from lmbricks.moefy.cluster import (
     balanced_kmeans,
@@ -27,9 +27,16 @@ from lmbricks.moefy.cluster import (
     gate_features,
     partition_permutation,
     random_partition,
+    refine_partition,
 )
 from lmbricks.moefy.config import DENSE_GLU_TYPES, MoefyConfig
-from lmbricks.moefy.routers import CentroidRouter, expert_mass, train_mlp_router
+from lmbricks.moefy.routers import (
+    CentroidRouter,
+    expert_mass,
+    fit_linear_router,
+    topk_mask,
+    train_mlp_router,
+)
 from lmbricks.moefy.runtime import Mode, MoefiedFFN
 
 _MAX_CLUSTER_ROWS = 8192  # calibration tokens used as co-activation features
@@ -42,11 +49,14 @@ class MoefyInfo:
     Attributes:
         permutations: (I,) neuron order per layer (expert e = positions [e n, (e + 1) n)).
         oracle_share: per layer, the mean share of calibration mass in the top-K experts.
+        router_recall: per layer, the share of the oracle's top-K experts that the router picks
+            on the calibration tokens.
         calib_tokens: calibration tokens seen.
     """
 
     permutations: list[Tensor] = field(default_factory=list)
     oracle_share: list[float] = field(default_factory=list)
+    router_recall: list[float] = field(default_factory=list)
     calib_tokens: int = 0
 
 
@@ -72,23 +82,41 @@ def check_moefiable(hf_config: dict[str, Any], config: MoefyConfig) -> None:
     config.check_width(width, f"model_type {model_type!r}")
 
 
+class _StopForward(Exception):
+    """Raised after the last FFN of a calibration pass: the LM head's logits are not needed."""
+
+
 def capture_inputs(
     model: nn.Module, blocks: Sequence[FFNBlock], chunks: dict[str, Tensor], batch_size: int = 2
 ) -> list[Tensor]:
-    """(N, H) fp32 FFN inputs per layer on the calibration blocks (all domains concatenated)."""
-    rows: list[list[Tensor]] = [[] for _ in blocks]
-    with (
-        torch.no_grad(),
-        tap_activations(
-            blocks,
-            lambda _i, _a: None,
-            on_input=lambda i, x: rows[i].append(x.reshape(-1, x.shape[-1]).float()),
-        ),
-    ):
-        for ids in chunks.values():
-            for start in range(0, ids.shape[0], batch_size):
-                model(input_ids=ids[start : start + batch_size])
-    return [torch.cat(r) for r in rows]
+    """(N, H) fp32 FFN inputs of each of ``blocks`` on the calibration blocks (domains concatenated).
+
+    The forward stops after the last requested FFN (the rest of the model is not run).
+    """
+    rows: dict[int, list[Tensor]] = {b.layer: [] for b in blocks}
+    last = max(rows)
+
+    def reader(layer: int) -> Callable[..., None]:
+        def hook(_module: Any, args: tuple[Tensor, ...]) -> None:
+            rows[layer].append(args[0].detach().reshape(-1, args[0].shape[-1]).float())
+            if layer == last:
+                raise _StopForward
+
+        return hook
+
+    handles = [b.module.register_forward_pre_hook(reader(b.layer)) for b in blocks]
+    try:
+        with torch.no_grad():
+            for ids in chunks.values():
+                for start in range(0, ids.shape[0], batch_size):
+                    try:
+                        model(input_ids=ids[start : start + batch_size])
+                    except _StopForward:
+                        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [torch.cat(rows[b.layer]) for b in blocks]
 
 
 def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -137,19 +165,75 @@ def mean_fraction(model: nn.Module) -> float:
     return sum(m.last_fraction for m in layers) / len(layers)
 
 
-def partition_layer(block: FFNBlock, x: Tensor | None, config: MoefyConfig, seed: int) -> Tensor:
-    """(I,) expert labels of one layer's neurons for ``config.split``."""
+def partition_layer(block: FFNBlock, a: Tensor | None, config: MoefyConfig, seed: int) -> Tensor:
+    """(I,) expert labels of one layer's neurons for ``config.split``.
+
+    Args:
+        block: the dense FFN.
+        a: (N, I) its intermediate activations on calibration tokens (needed by ``coactivation``).
+        config: the settings.
+        seed: k-means initialisation / random split seed.
+    """
     if config.split == "random":
         return random_partition(block.width, config.experts, seed)
     if config.split == "kmeans":
         return balanced_kmeans(gate_features(block.routing_rows()), config.experts, config.kmeans_iters, seed)
-    if x is None:
-        raise ConfigError("the co-activation split needs calibration inputs")
-    step = max(1, x.shape[0] // _MAX_CLUSTER_ROWS)
+    if a is None:
+        raise ConfigError("the co-activation split needs calibration activations")
+    mass = a.abs() * block.down_norms()  # (N, I)
+    step = max(1, mass.shape[0] // _MAX_CLUSTER_ROWS)
+    labels = balanced_kmeans(coactivation_features(mass[::step]), config.experts, config.kmeans_iters, seed)
+    if config.refine_iters:
+        ks = tuple(sorted({max(1, config.top_k // 2), config.top_k}))
+        labels = refine_partition(mass, labels, config.experts, ks, config.refine_iters)
+    return labels
+
+
+def _convert_block(block: FFNBlock, x: Tensor | None, config: MoefyConfig, info: MoefyInfo) -> MoefiedFFN:
+    """Partition, permute and route one dense FFN; ``x`` (N, H) are its calibration inputs or None."""
+    seed = config.seed + block.layer
     with torch.no_grad():
-        a = block.intermediate(x[::step])
-    mass = a.abs() * block.down_norms()
-    return balanced_kmeans(coactivation_features(mass), config.experts, config.kmeans_iters, seed)
+        a = block.intermediate(x).float() if x is not None else None  # (N, I)
+    labels = partition_layer(block, a, config, seed)
+    perm = partition_permutation(labels, config.experts)
+    info.permutations.append(perm)
+    assert block.gate is not None
+    with torch.no_grad():
+        gate = block.gate.weight.detach()[perm]
+        up = block.up.weight.detach()[perm]
+        down = block.down.weight.detach()[:, perm]
+    ffn = MoefiedFFN.from_dense(gate, up, down, config.experts, block.act, None, config.top_k)
+    router: nn.Module | None = None
+    if config.router == "centroid":
+        router = CentroidRouter.from_rows(gate, config.experts)
+    if x is not None and a is not None:
+        a = a[:, perm]
+        with torch.no_grad():
+            mass = expert_mass(a, ffn.down_norms, config.experts)  # (N, E)
+            target = ffn.oracle_scores(a)  # (N, E) what the oracle ranks by
+        info.oracle_share.append(captured_share(mass, torch.arange(config.experts), config.experts, config.top_k))
+        if config.router == "linear":
+            router = fit_linear_router(x.float(), target, config.router_ridge)
+        elif config.router == "mlp":
+            router = train_mlp_router(
+                x.float(),
+                target,
+                config.label_k or config.top_k,
+                config.router_hidden,
+                config.router_steps,
+                config.router_lr,
+                seed=seed,
+                objective=config.router_objective,
+            )
+        assert router is not None
+        with torch.no_grad():
+            chosen = topk_mask(router(x.float()), config.top_k)
+            best = topk_mask(target, config.top_k)
+        info.router_recall.append(float((chosen & best).sum() / best.sum()))
+    ffn.router = router
+    ffn.mode = "router"
+    ffn.dynamic_threshold = config.dynamic_threshold
+    return ffn.to(block.down.weight.dtype)
 
 
 def moefy_model(
@@ -162,6 +246,12 @@ def moefy_model(
 ) -> MoefyInfo:
     """Turn every FFN of ``model`` into a :class:`MoefiedFFN` in place.
 
+    When the split or the router needs data, the conversion is *sequential* in one forward pass
+    of the calibration blocks (train split) as a single batch: a hook on each dense FFN converts it
+    from the inputs it receives, then returns the converted FFN's routed output, so layer ``l``
+    is partitioned and its router trained on the inputs that the already MoEfied layers ``< l``
+    produce, the distribution it will see when the model runs. The pass stops after the last FFN.
+
     Args:
         model: a dense Hugging Face causal LM (Llama, Mistral, Qwen2, Gemma3 families), eval mode.
         tokenizer: its tokenizer (for the calibration corpus).
@@ -171,7 +261,7 @@ def moefy_model(
         on_step: progress callback, one description per step.
 
     Returns:
-        A :class:`MoefyInfo` (permutations and oracle mass shares).
+        A :class:`MoefyInfo` (permutations, oracle mass shares, router recall).
 
     Raises:
         ConfigError: unsupported architecture or E not dividing the width (before any work).
@@ -185,47 +275,42 @@ def moefy_model(
             raise ConfigError(f"{block.name}: moefy supports gated FFNs only")
         config.check_width(block.width, block.name)
     info = MoefyInfo()
-    inputs: list[Tensor | None] = [None] * len(blocks)
-    if config.split == "coactivation" or config.router == "mlp":
-        step("calibration forward (train split)")
-        chunks = domain_chunks(
-            tokenizer, domains, "train", config.calib_chunks, config.calib_seq_len, texts_of
-        )
-        inputs = list(capture_inputs(model, blocks, chunks))
-        info.calib_tokens = sum(c.numel() for c in chunks.values())
-    for block, x in zip(blocks, inputs, strict=True):
-        step(f"layer {block.layer}: {config.split} split, {config.router} router")
-        labels = partition_layer(block, x, config, config.seed + block.layer)
-        perm = partition_permutation(labels, config.experts)
-        info.permutations.append(perm)
-        assert block.gate is not None
-        with torch.no_grad():
-            gate = block.gate.weight.detach()[perm]
-            up = block.up.weight.detach()[perm]
-            down = block.down.weight.detach()[:, perm]
-        ffn = MoefiedFFN.from_dense(gate, up, down, config.experts, block.act, None, config.top_k)
-        router: nn.Module
-        if config.router == "centroid":
-            router = CentroidRouter.from_rows(gate, config.experts)
-        if x is not None:
-            with torch.no_grad():
-                mass = expert_mass(ffn._dense_a(x), ffn.down_norms, config.experts)
-            info.oracle_share.append(
-                float(captured_share(mass, torch.arange(config.experts), config.experts, config.top_k))
-            )
-            if config.router == "mlp":
-                router = train_mlp_router(
-                    x,
-                    mass,
-                    config.label_k or config.top_k,
-                    config.router_hidden,
-                    config.router_steps,
-                    config.router_lr,
-                    seed=config.seed + block.layer,
-                )
-        ffn.router = router
-        ffn.mode = "router"
-        ffn.dynamic_threshold = config.dynamic_threshold
+
+    def install(block: FFNBlock, ffn: MoefiedFFN) -> None:
         parent, attr = _parent(model, block.name)
-        setattr(parent, attr, ffn.to(block.down.weight.dtype))
+        setattr(parent, attr, ffn)
+
+    if config.split != "coactivation" and config.router == "centroid":
+        for block in blocks:
+            step(f"layer {block.layer}: {config.split} split, {config.router} router")
+            install(block, _convert_block(block, None, config, info))
+        return info
+
+    chunks = domain_chunks(tokenizer, domains, "train", config.calib_chunks, config.calib_seq_len, texts_of)
+    ids = torch.cat(list(chunks.values()))  # (B, T) every domain in one batch
+    info.calib_tokens = ids.numel()
+    last = blocks[-1].layer
+
+    def converter(block: FFNBlock) -> Callable[..., Tensor]:
+        def hook(_module: Any, args: tuple[Tensor, ...], output: Tensor) -> Tensor:
+            step(f"layer {block.layer}: {config.split} split, {config.router} router")
+            x = args[0]
+            ffn = _convert_block(block, x.reshape(-1, x.shape[-1]), config, info)
+            install(block, ffn)
+            if block.layer == last:
+                raise _StopForward
+            return ffn(x).to(output.dtype)  # downstream layers see the MoEfied output
+
+        return hook
+
+    step(f"calibration pass ({ids.shape[0]} x {ids.shape[1]} tokens, train split)")
+    handles = [b.module.register_forward_hook(converter(b)) for b in blocks]
+    try:
+        with torch.no_grad():
+            model(input_ids=ids)
+    except _StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
     return info

@@ -103,6 +103,38 @@ def ppl_curve(
     return result
 
 
+class DenseFFN(nn.Module):
+    """A dense gated FFN ``down(act(gate(x)) * up(x))``: the reference MoEfied FFNs are timed against.
+
+    Args:
+        gate: (I, H) gate rows.
+        up: (I, H) up rows.
+        down: (H, I) down projection.
+        act: the gate activation.
+    """
+
+    def __init__(self, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor, act: Any) -> None:
+        super().__init__()
+        self.gate = nn.Linear(gate.shape[1], gate.shape[0], bias=False)
+        self.up = nn.Linear(up.shape[1], up.shape[0], bias=False)
+        self.down = nn.Linear(down.shape[1], down.shape[0], bias=False)
+        with torch.no_grad():
+            self.gate.weight.copy_(gate)
+            self.up.weight.copy_(up)
+            self.down.weight.copy_(down)
+        self.act = act
+
+    @classmethod
+    def of(cls, moefied: Any) -> DenseFFN:
+        """The dense FFN holding the same neurons as a :class:`~lmbricks.moefy.runtime.MoefiedFFN`."""
+        gate, up, down = (w.detach().clone() for w in moefied.dense_weights())
+        return cls(gate, up, down, moefied.act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., H) -> (..., H)."""
+        return self.down(self.act(self.gate(x)) * self.up(x))
+
+
 def interleaved_medians(
     fns: Mapping[str, Callable[[], Any]], rounds: int = 15, warmup: int = 2
 ) -> dict[str, float]:

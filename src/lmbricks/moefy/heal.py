@@ -122,7 +122,8 @@ def heal(
             opt.step()
             stats.steps += 1
             stats.tokens += ids.numel()
-            stats.kl.append(float(loss) if math.isfinite(float(loss)) else float("nan"))
+            value = float(loss.detach())
+            stats.kl.append(value if math.isfinite(value) else float("nan"))
             stats.seconds = time.perf_counter() - start
             if on_step is not None:
                 on_step(stats)

@@ -33,7 +33,7 @@ from lmbricks.checkpoint import (
 from lmbricks.errors import CheckpointError
 from lmbricks.moefy.config import MoefyConfig
 from lmbricks.moefy.convert import _parent, moefied_layers
-from lmbricks.moefy.routers import CentroidRouter, MLPRouter
+from lmbricks.moefy.routers import CentroidRouter, LinearRouter, MLPRouter
 from lmbricks.moefy.runtime import MoefiedFFN
 
 ROUTER_FILE = "moefy.safetensors"
@@ -187,6 +187,9 @@ def load_moefied(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[
         state = {k[len(prefix) :]: v for k, v in extra.items() if k.startswith(prefix)}
         if section["router"] == "centroid":
             router = CentroidRouter(state["centroids"])
+        elif section["router"] == "linear":
+            router = LinearRouter(block.hidden, experts)
+            router.load_state_dict(state)
         elif section["router"] == "mlp":
             router = MLPRouter(block.hidden, experts, state["inp.weight"].shape[0])
             router.load_state_dict(state)

@@ -2,16 +2,23 @@
 
 * :class:`CentroidRouter` (no training, MoEfication's similarity router): expert e's score is
   ``x . c_e`` with ``c_e`` the mean of the expert's L2-normalised gate rows.
-* :class:`MLPRouter`: ``Linear(H, h) -> tanh -> Linear(h, E)`` per layer, trained with binary
-  cross-entropy against the experts that hold the most activation mass (the reference code's
-  objective; the hidden width is ours, 256 by default).
-* The oracle is not a module: :func:`expert_mass` of the true activations, used for evaluation.
+* :class:`LinearRouter`: ``x W^T + b`` fitted in closed form (:func:`fit_linear_router`) by ridge
+  regression of the log expert output norms on the FFN input: one (H + 1)-sized solve per layer,
+  so its softmax is also a predicted share of the output norm.
+* :class:`MLPRouter`: ``Linear(H, h) -> tanh -> Linear(h, E)`` per layer (MoEfication's router
+  shape; the hidden width is ours). Two training objectives (:func:`train_mlp_router`): ``soft``
+  (default), cross-entropy between ``softmax(scores)`` and each token's distribution of expert
+  output norms, so the scores rank *all* experts and their softmax is a predicted share (used by
+  dynamic K); ``bce``, the reference code's binary cross-entropy against the top experts.
+* The oracle is not a module: the experts whose true outputs are largest
+  (:func:`expert_output_norms`), used for evaluation and as the MLP router's training target.
 
 Selected experts are summed with weight 1; the scores only choose them.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -43,6 +50,42 @@ class CentroidRouter(nn.Module):
         return x @ self.centroids.T.to(x.dtype)
 
 
+class LinearRouter(nn.Module):
+    """``Linear(H, E)``: scores are predicted log output norms of the experts."""
+
+    def __init__(self, hidden_size: int, n_experts: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(hidden_size, n_experts)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, H) -> (N, E) scores."""
+        return self.proj(x)
+
+
+def fit_linear_router(x: Tensor, target: Tensor, ridge: float = 0.1) -> LinearRouter:
+    """Fit a :class:`LinearRouter` by ridge regression of ``log(target)`` on ``[x, 1]``.
+
+    Args:
+        x: (N, H) FFN inputs on the calibration corpus.
+        target: (N, E) positive expert importances (output norms).
+        ridge: penalty, relative to the mean diagonal of the Gram matrix (scale-free).
+
+    Returns:
+        The router (eval mode, fp32).
+    """
+    n, h = x.shape
+    x1 = torch.cat([x.double(), torch.ones(n, 1, dtype=torch.float64)], dim=1)  # (N, H + 1)
+    gram = x1.T @ x1
+    gram += ridge * gram.diagonal().mean() * torch.eye(h + 1, dtype=torch.float64)
+    y = target.double().clamp_min(1e-8).log()  # (N, E)
+    coef = torch.linalg.solve(gram, x1.T @ y)  # (H + 1, E)
+    router = LinearRouter(h, target.shape[1])
+    with torch.no_grad():
+        router.proj.weight.copy_(coef[:h].T.float())
+        router.proj.bias.copy_(coef[h].float())
+    return router.eval()
+
+
 class MLPRouter(nn.Module):
     """``Linear(H, hidden) -> tanh -> Linear(hidden, E)``; outputs are logits of "expert is needed"."""
 
@@ -71,6 +114,25 @@ def expert_mass(a: Tensor, down_norms: Tensor, n_experts: int) -> Tensor:
     return m.view(*m.shape[:-1], n_experts, -1).sum(-1)
 
 
+def expert_output_norms(a: Tensor, w_out: Tensor) -> Tensor:
+    """Per-token norm of each expert's output ``||sum_{i in e} a_i W_down[:, i]||``.
+
+    This is what dropping an expert removes from the FFN output, so the oracle keeps the experts
+    with the largest values; :func:`expert_mass` is its upper bound by the triangle inequality
+    (equal only when the neurons' output vectors align).
+
+    Args:
+        a: (N, I) intermediate activations in expert order.
+        w_out: (E, n, H) each expert's down columns, transposed.
+
+    Returns:
+        (N, E) fp32.
+    """
+    e, n, _ = w_out.shape
+    parts = torch.bmm(a.float().reshape(-1, e, n).transpose(0, 1), w_out.float())  # (E, N, H)
+    return parts.norm(dim=-1).T.contiguous()
+
+
 def topk_mask(scores: Tensor, k: int) -> Tensor:
     """(N, E) bool mask of the ``k`` highest scores per token."""
     if not 1 <= k <= scores.shape[-1]:
@@ -83,7 +145,7 @@ def dynamic_mask(probs: Tensor, threshold: float, min_k: int = 1) -> Tensor:
     """Per token, the fewest experts whose share of the predicted mass reaches ``threshold``.
 
     Args:
-        probs: (N, E) non-negative predicted mass (e.g. sigmoid of the MLP router's logits).
+        probs: (N, E) non-negative predicted mass (e.g. the softmax of the router's scores).
         threshold: share in (0, 1].
         min_k: at least this many experts.
 
@@ -100,7 +162,7 @@ def dynamic_mask(probs: Tensor, threshold: float, min_k: int = 1) -> Tensor:
 
 def train_mlp_router(
     x: Tensor,
-    mass: Tensor,
+    target: Tensor,
     label_k: int,
     hidden: int = 256,
     steps: int = 400,
@@ -108,45 +170,55 @@ def train_mlp_router(
     batch_size: int = 1024,
     seed: int = 0,
     on_step: Callable[[int, float], None] | None = None,
+    objective: str = "soft",
 ) -> MLPRouter:
-    """Fit an :class:`MLPRouter` so its top scores are the experts with the most mass.
+    """Fit an :class:`MLPRouter` so its top scores are the experts the oracle would keep.
 
     Args:
         x: (N, H) FFN inputs on the calibration corpus.
-        mass: (N, E) the experts' true activation mass for those inputs.
-        label_k: the ``label_k`` heaviest experts of each token are the positives.
+        target: (N, E) each expert's true importance for those inputs (output norms or mass).
+        label_k: for ``bce``, the ``label_k`` most important experts of each token are positives.
         hidden: router hidden width.
         steps: Adam steps.
         lr: learning rate (cosine decay to 10%).
         batch_size: tokens per step.
         seed: initialisation and batch order.
         on_step: called with (step, loss) every 50 steps.
+        objective: ``soft`` (cross-entropy to the normalised target distribution; ranks every
+            expert, so one router serves any K) or ``bce`` (top-``label_k`` labels).
 
     Returns:
         The trained router (eval mode, fp32).
     """
+    if objective not in ("soft", "bce"):
+        raise ConfigError(f"router objective must be 'soft' or 'bce', got {objective!r}")
     torch.manual_seed(seed)
     n, h = x.shape
-    router = MLPRouter(h, mass.shape[1], hidden)
-    labels = topk_mask(mass, label_k).float()
+    router = MLPRouter(h, target.shape[1], hidden)
+    if objective == "bce":
+        labels = topk_mask(target, label_k).float()
+    else:
+        labels = target.float() / target.float().sum(-1, keepdim=True).clamp_min(1e-12)  # (N, E)
     # inputs are RMS-normalised hidden states of a few large dimensions: standardise for Adam, fold back
     mu, sd = x.mean(0), x.std(0).clamp_min(1e-6)
     opt = torch.optim.Adam(router.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(s / max(steps, 1) * torch.pi)).item())
-    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 + 0.45 * (1 + math.cos(math.pi * s / max(steps, 1))))
     gen = torch.Generator().manual_seed(seed)
     xs = (x.float() - mu) / sd
     with torch.enable_grad():
         for step in range(steps):
             idx = torch.randint(0, n, (min(batch_size, n),), generator=gen)
-            loss = F.binary_cross_entropy_with_logits(router(xs[idx]), labels[idx])
+            logits = router(xs[idx])
+            if objective == "bce":
+                loss = F.binary_cross_entropy_with_logits(logits, labels[idx])
+            else:
+                loss = -(labels[idx] * F.log_softmax(logits, dim=-1)).sum(-1).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             if on_step is not None and step % 50 == 0:
-                on_step(step, float(loss))
+                on_step(step, float(loss.detach()))
     with torch.no_grad():  # fold the standardisation into the first layer: router(x) on raw inputs
         w = router.inp.weight / sd[None, :]
         router.inp.bias.sub_(w @ mu)

@@ -7,8 +7,8 @@ neurons are only reordered).
 
 Selection (``mode``):
 * ``router``: the router's top-K (or a dynamic K by mass share) from the FFN input;
-* ``oracle``: the K experts with the most true activation mass (computes the dense FFN first:
-  an evaluation bound, not a speedup);
+* ``oracle``: the K experts whose true outputs are largest (computes every expert first: an
+  evaluation bound, not a speedup);
 * ``dense``: all experts.
 
 Sparse compute (router mode, no gradient): pairs (token, expert) come from the (E, N) mask's
@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from lmbricks.errors import ConfigError
-from lmbricks.moefy.routers import dynamic_mask, expert_mass, topk_mask
+from lmbricks.moefy.routers import dynamic_mask, expert_output_norms, topk_mask
 
 Mode = Literal["router", "oracle", "dense"]
 
@@ -42,7 +42,7 @@ class MoefiedFFN(nn.Module):
         router: a module mapping (N, H) inputs to (N, E) scores, or None (oracle / dense only).
         top_k: experts per token.
         dynamic_threshold: if set (router mode), the fewest experts whose predicted mass share
-            (sigmoid of the router's logits, normalised) reaches it; ``top_k`` is then ignored.
+            (the softmax of the router's scores) reaches it; ``top_k`` is then ignored.
     """
 
     down_norms: Tensor
@@ -109,8 +109,12 @@ class MoefiedFFN(nn.Module):
             raise ConfigError("this MoEfied FFN has no router; use mode 'oracle' or 'dense'")
         scores = self.router(x)
         if self.dynamic_threshold is not None:
-            return dynamic_mask(torch.sigmoid(scores.float()), self.dynamic_threshold)
+            return dynamic_mask(torch.softmax(scores.float(), dim=-1), self.dynamic_threshold)
         return topk_mask(scores, self.top_k)
+
+    def oracle_scores(self, a: Tensor) -> Tensor:
+        """(N, I) activations in expert order -> (N, E) norms of the experts' outputs."""
+        return expert_output_norms(a, self.w_out.detach())
 
     def _dense_a(self, x: Tensor) -> Tensor:
         n, h = self.expert_size, self.w_in.shape[-1]
@@ -160,7 +164,7 @@ class MoefiedFFN(nn.Module):
             return self._down(self._dense_a(flat)).view(shape)
         if self.mode == "oracle":
             a = self._dense_a(flat)
-            mask = topk_mask(expert_mass(a, self.down_norms, self.n_experts), self.top_k)
+            mask = topk_mask(self.oracle_scores(a), self.top_k)
             self.last_fraction = float(mask.float().mean())
             keep = mask.repeat_interleave(self.expert_size, dim=1).to(a.dtype)
             return self._down(a * keep).view(shape)

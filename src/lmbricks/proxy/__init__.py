@@ -2,6 +2,7 @@
 
 - :func:`proxy_generate`, :class:`ProxyDecoder`, :class:`Member`, :class:`DecodeConfig` (``decode.py``).
 - :func:`combine_logits`: ``base + alpha * (expert - anti)``.
+- :func:`proxy_perplexity`, :class:`ProxyScores`: held-out perplexity of the ensemble per alpha (``score.py``).
 - :func:`check_shared_vocab`, :func:`shared_vocab_size`: the vocabulary check (``vocab.py``).
 """
 
@@ -17,6 +18,7 @@ from lmbricks.proxy.decode import (
     left_pad,
     proxy_generate,
 )
+from lmbricks.proxy.score import ProxyScores, proxy_perplexity
 from lmbricks.proxy.vocab import check_shared_vocab, shared_vocab_size, token_list
 
 __all__ = [
@@ -24,11 +26,13 @@ __all__ = [
     "Member",
     "ProxyDecoder",
     "ProxyOutput",
+    "ProxyScores",
     "check_shared_vocab",
     "combine_logits",
     "encode_prompts",
     "left_pad",
     "proxy_generate",
+    "proxy_perplexity",
     "shared_vocab_size",
     "token_list",
 ]

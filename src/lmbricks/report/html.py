@@ -22,6 +22,8 @@ td:first-child,th:first-child{text-align:left}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #dde}
 figcaption{font-size:.9em;color:#555}.meta{color:#667;font-size:.85em}
 pre{background:#f5f6f8;padding:.8em;overflow-x:auto}section{margin-bottom:2em}
+nav.toc{font-size:.92em;margin:1em 0}nav.toc ol{display:flex;flex-wrap:wrap;gap:.2em 1.4em;margin:.3em 0;
+padding-left:1.2em}
 """
 
 
@@ -106,13 +108,16 @@ class Report:
         """The table shown at the top of the page, before the first section."""
         head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
         body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in rows)
-        self._summary = [f"<h2>Summary</h2><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"]
+        self._summary = [
+            f'<h2 id="summary">Summary</h2><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+        ]
         return self
 
     def render(self) -> str:
         """The whole page as a string."""
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        toc = "".join(f'<li><a href="#{s.anchor}">{html.escape(s.title)}</a></li>' for s in self.sections)
+        links = ([("summary", "Summary")] if self._summary else []) + [(s.anchor, s.title) for s in self.sections]
+        toc = "".join(f'<li><a href="#{anchor}">{html.escape(title)}</a></li>' for anchor, title in links)
         body = "".join(
             f'<section id="{s.anchor}"><h2>{html.escape(s.title)}</h2>{"".join(s.parts)}</section>'
             for s in self.sections
@@ -121,8 +126,9 @@ class Report:
         return (
             f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(self.title)}</title>'
             f"<style>{_CSS}</style></head><body><h1>{html.escape(self.title)}</h1>{sub}"
-            f'<p class="meta">Generated {stamp} by lmbricks.</p>{"".join(self._summary)}'
-            f"<nav><ol>{toc}</ol></nav>{body}</body></html>"
+            f'<p class="meta">Generated {stamp} by lmbricks.</p>'
+            f'<nav class="toc" aria-label="Contents"><strong>Contents</strong><ol>{toc}</ol></nav>'
+            f'{"".join(self._summary)}{body}</body></html>'
         )
 
     def save(self, path: Path) -> Path:

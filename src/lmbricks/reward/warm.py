@@ -5,6 +5,12 @@ same head initialisation) with different data orders and learning rates, then av
 weights uniformly (``lmbricks merge`` with the ``linear`` method). The experiment compares the
 average, each member and the members' prediction ensemble (mean score) on held-out pairs of the
 training distribution and on pairs from other distributions.
+
+**Baklava** (the WARM paper's variant) initialises the members from successive checkpoints of one
+SFT run instead of one shared checkpoint (``inits``). With the lower layers frozen here, that needs
+an SFT run that also froze them (``sft.train_last_layers <= trainable_layers``): the checkpoints
+then share the trunk, so the cached trunk features serve every member; :func:`baklava_top_state`
+checks it, tensor by tensor, and refuses checkpoints whose trunk differs.
 """
 
 from __future__ import annotations
@@ -89,6 +95,45 @@ def train_reward_model(
     return rm, tokenizer, history, skipped["train"]
 
 
+def _top_keys(rm: RewardModel, start: int) -> list[str]:
+    """State-dict keys of the trained part: layers from ``start``, the final norm, the head."""
+    tops = tuple(f"backbone.layers.{i}." for i in range(start, rm.num_layers))
+    return [k for k in rm.state_dict() if k.startswith(tops) or k.startswith(("backbone.norm.", "head."))]
+
+
+def baklava_top_state(rm: RewardModel, ckpt: str | Path, start: int) -> dict[str, Tensor]:
+    """The trained part of a reward model initialised from checkpoint ``ckpt`` (Baklava).
+
+    Args:
+        rm: the reward model on the base backbone (whose trunk features are cached).
+        ckpt: a checkpoint of an SFT run of that backbone.
+        start: first trained layer (``num_layers - trainable_layers``).
+
+    Returns:
+        ``{key: tensor}`` for the layers from ``start``, the final norm (and the zero head).
+
+    Raises:
+        ConfigError: the checkpoint's frozen part (embedding, layers below ``start``) differs from the
+        backbone's, so the cached features would not be its features.
+    """
+    from lmbricks.errors import ConfigError
+    from lmbricks.nn.load import load_model
+
+    lm, _ = load_model(str(ckpt), dtype=torch.float32, hf_fallback=False)
+    other = RewardModel(lm).state_dict()
+    top = set(_top_keys(rm, start))
+    for k, v in rm.state_dict().items():
+        if k in top:
+            continue
+        if k not in other or other[k].shape != v.shape or not torch.equal(other[k], v):
+            raise ConfigError(
+                f"{ckpt}: tensor {k} differs from the base model's; Baklava with "
+                f"trainable_layers={rm.num_layers - start} needs an SFT run that trained only the last "
+                f"{rm.num_layers - start} layers (sft.train_last_layers)"
+            )
+    return {k: other[k].clone() for k in top}
+
+
 def average_states(states: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
     """Uniform average of state dicts with the same keys (in fp32)."""
     return {k: torch.stack([s[k].float() for s in states]).mean(0) for k in states[0]}
@@ -103,6 +148,8 @@ def run_warm(
     force: bool = False,
     use_merge: bool = True,
     progress: Progress = _quiet,
+    inits: Sequence[str | Path] | None = None,
+    feature_cache: Path | None = None,
 ) -> dict[str, Any]:
     """The WARM experiment: M members from one initialisation, their weight average and ensemble.
 
@@ -115,6 +162,10 @@ def run_warm(
         out: output directory: members/, warm/ (the merged reward model), results.json.
         force: replace ``out``.
         use_merge: average with ``lmbricks merge`` (linear) on the saved members; otherwise in memory.
+        inits: Baklava: member i starts from checkpoint ``inits[i % len(inits)]`` (successive
+            checkpoints of one SFT run of ``ref`` that shares its frozen trunk); default: ``ref``.
+        feature_cache: a file holding the trunk features (written when missing, read when present:
+            e.g. shared by a WARM and a Baklava run on the same pairs and split).
 
     Returns:
         The results dictionary (also written to ``out/results.json``).
@@ -131,8 +182,20 @@ def run_warm(
     out.mkdir(parents=True, exist_ok=True)
     rm, tokenizer = base_reward_model(ref)
     start = rm.num_layers - first.trainable_layers
-    feats, skipped = pair_features(rm, tokenizer, {"train": train_pairs, **eval_sets}, first, progress)
+    key = {"start": start, "sets": {k: len(v) for k, v in {"train": train_pairs, **eval_sets}.items()}}
+    feats: dict[str, Features]
+    skipped: dict[str, int]
+    if feature_cache is not None and Path(feature_cache).exists():
+        cached = torch.load(feature_cache, map_location="cpu", weights_only=True)
+        if cached["key"] != key:
+            raise ConfigError(f"{feature_cache}: features of another split or set sizes ({cached['key']})")
+        feats, skipped = cached["feats"], cached["skipped"]
+    else:
+        feats, skipped = pair_features(rm, tokenizer, {"train": train_pairs, **eval_sets}, first, progress)
+        if feature_cache is not None:
+            torch.save({"key": key, "feats": feats, "skipped": skipped}, feature_cache)
     init_state = copy.deepcopy(rm.state_dict())
+    tops = [baklava_top_state(rm, c, start) for c in inits] if inits else []
     member_states: list[dict[str, Tensor]] = []
     histories: list[list[dict[str, float]]] = []
     results: dict[str, Any] = {"members": [], "member_configs": []}
@@ -140,6 +203,8 @@ def run_warm(
     for i, mcfg in enumerate(members):
         progress(f"member {i}", None)
         rm.load_state_dict(init_state)
+        if tops:
+            rm.load_state_dict(tops[i % len(tops)], strict=False)
         histories.append(train_on_features(rm, *feats["train"], mcfg))
         member_states.append({k: v.detach().clone() for k, v in rm.state_dict().items()})
         entry: dict[str, Any] = {"train_final_loss": histories[-1][-1]["loss"]}
@@ -148,7 +213,7 @@ def run_warm(
             scores[name].append((rc, rr))
             entry[name] = _acc(rc, rr)
         results["members"].append(entry)
-        results["member_configs"].append(mcfg.model_dump())
+        results["member_configs"].append({**mcfg.model_dump(), "init": str(inits[i % len(inits)]) if inits else ref})
         if use_merge:
             save_reward_model(rm, out / "members" / f"m{i}", tokenizer, force=True, info=mcfg.model_dump())
     # prediction ensemble: the mean of the members' scores

@@ -30,6 +30,18 @@ class TourContext:
     _model: Any = None
     _tokenizer: Any = None
 
+    @property
+    def cache_dir(self) -> Path:
+        """Artefacts that later sections (and later runs of the tour) reuse: built models, bricks, results."""
+        path = self.out_dir / "cache"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def eval_bytes(self) -> int:
+        """Held-out bytes per domain for the per-model evaluations of later sections (kept small: time)."""
+        return 1_000 if self.quick else 3_000
+
     def model_and_tokenizer(self) -> tuple[Any, Any]:
         """The default model loaded once for every section (fp32, eval mode)."""
         if self._model is None:
@@ -44,10 +56,31 @@ Section = Callable[[TourContext], list[SummaryRow]]
 
 
 def default_sections() -> list[tuple[str, Section]]:
-    """The sections in report order."""
+    """The sections in report order (each module is one idea; see its docstring)."""
+    from lmbricks.tour.bricks import bricks_section
+    from lmbricks.tour.grow import grow_section
+    from lmbricks.tour.merge import merge_section
+    from lmbricks.tour.moe import moe_section
+    from lmbricks.tour.moefy import moefy_section
+    from lmbricks.tour.proxy import proxy_section
     from lmbricks.tour.sections import domains_section, inventory_section
+    from lmbricks.tour.sparsity import sparsity_section
+    from lmbricks.tour.trace import trace_section
+    from lmbricks.tour.tuning import tuning_section
 
-    return [("inventory", inventory_section), ("domains", domains_section)]
+    return [
+        ("inventory", inventory_section),
+        ("domains", domains_section),
+        ("sparsity", sparsity_section),
+        ("moefy", moefy_section),
+        ("bricks", bricks_section),
+        ("merge", merge_section),
+        ("grow", grow_section),  # sets results["routed_model"], traced next
+        ("trace", trace_section),
+        ("moe", moe_section),
+        ("proxy", proxy_section),
+        ("tuning", tuning_section),
+    ]
 
 
 def run_tour(

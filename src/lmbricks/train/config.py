@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from lmbricks.errors import ConfigError
 from lmbricks.sft.config import SFTConfig
+from lmbricks.train.lora import LoraSection
 
 
 class _Strict(BaseModel):
@@ -93,12 +94,16 @@ class TrainConfig(_Strict):
     task: Literal["lm", "sft"] = Field("lm", description="lm: next-token on text; sft: instruction tuning")
     data: DataConfig | None = Field(None, description="task lm: the training text")
     sft: SFTConfig | None = Field(None, description="task sft: chats, masking, frozen parameters")
+    lora: LoraSection | None = Field(None, description="train a LoRA brick (PEFT) instead of the weights")
     steps: int = Field(gt=0)
     batch_size: int = Field(gt=0, description="sequences per optimizer step over all processes")
     micro_batch_size: int | None = Field(None, gt=0, description="sequences per forward; default batch_size")
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig.model_validate({}))
     schedule: ScheduleConfig = Field(default_factory=lambda: ScheduleConfig.model_validate({}))
     moe_loss: MoELossConfig = Field(default_factory=lambda: MoELossConfig.model_validate({}))
+    trainable: list[Literal["routers", "experts", "non_expert"]] | None = Field(
+        None, description="task lm: train only these parameter kinds (MoE router training: [routers]); default all"
+    )
     averaging: AveragingConfig = Field(default_factory=lambda: AveragingConfig.model_validate({}))
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA")
     checkpoint_every: int = Field(100, gt=0)
@@ -118,6 +123,17 @@ class TrainConfig(_Strict):
             raise ValueError("give exactly one of model (fresh init) or init_from (a checkpoint)")
         if self.init_from is None and self.tokenizer is None:
             raise ValueError("tokenizer is required when training from scratch")
+        if self.lora is not None and self.init_from is None:
+            raise ValueError("lora trains a brick on a base model: give init_from")
+        if self.lora is not None and (self.averaging.ema_decay or self.averaging.swa_start is not None):
+            raise ValueError("lora: online averaging (ema_decay, swa_start) is not supported with a LoRA brick")
+        if self.trainable is not None:
+            if not self.trainable:
+                raise ValueError("trainable: name at least one of routers, experts, non_expert (or leave it out)")
+            if self.task != "lm":
+                raise ValueError("trainable applies to task lm (task sft uses sft.freeze)")
+            if getattr(self, "lora", None) is not None:
+                raise ValueError("trainable cannot be combined with lora (a LoRA brick trains only its factors)")
         mb = self.micro_batch_size or self.batch_size
         if self.batch_size % mb:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({mb})")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,6 +159,31 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     )
 
 
+def apply_trainable(model: nn.Module, kinds: Sequence[str]) -> dict[str, int]:
+    """Train only the parameter kinds named (``routers``, ``experts``, ``non_expert``); freeze the rest.
+
+    Kinds are those of :func:`lmbricks.sft.params.param_kind` (``.ffn.router.``, ``.ffn.experts.``,
+    everything else).
+
+    Returns:
+        ``{"trainable": n, "frozen": m}`` parameter counts.
+
+    Raises:
+        ConfigError: no parameter of the model is of those kinds (a dense model has no routers).
+    """
+    from lmbricks.sft.params import param_kind
+
+    wanted = {{"routers": "router", "experts": "expert", "non_expert": "non_expert"}[k] for k in kinds}
+    for name, p in model.named_parameters():
+        p.requires_grad_(param_kind(name) in wanted)
+    counts = {"trainable": 0, "frozen": 0}
+    for p in model.parameters():
+        counts["trainable" if p.requires_grad else "frozen"] += p.numel()
+    if counts["trainable"] == 0:
+        raise ConfigError(f"trainable {kinds}: the model has no such parameters (a dense model has no routers)")
+    return counts
+
+
 def _use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
     if cfg.precision == "fp32":
         return False
@@ -266,10 +291,11 @@ def _train(
     resume_from: Path | None = None
     if resume:
         start, resume_from = existing[-1]
+    if resume_from is not None and cfg.lora is None:
         from lmbricks.nn.load import load_model
 
         model, _ = load_model(resume_from, dtype=torch.float32, hf_fallback=False)
-    else:
+    else:  # LoRA: checkpoints hold base + LoRA merged, so resume from the base and the saved factors
         model = build_model(cfg, tokenizer)
     if model.cfg.vocab_size < int(token_ids.max()) + 1:
         raise ConfigError(
@@ -282,6 +308,19 @@ def _train(
         if info.is_main and sft_data is not None:
             sft_data.stats.update(counts)
             (run_dir / "sft_data.json").write_text(json.dumps(sft_data.stats, indent=2) + "\n")
+    if cfg.lora is not None:  # a LoRA brick: only its factors train (lmbricks.train.lora)
+        from lmbricks.train.lora import attach_lora, load_lora_checkpoint
+
+        lora_counts = attach_lora(model, cfg.lora, cfg.seed)
+        if resume_from is not None:
+            load_lora_checkpoint(model, resume_from)
+        if info.is_main and sft_data is not None:
+            sft_data.stats.update(lora_counts)
+            (run_dir / "sft_data.json").write_text(json.dumps(sft_data.stats, indent=2) + "\n")
+    if cfg.trainable is not None:  # e.g. router-only training of an assembled MoE (lmbricks.grow)
+        trainable_counts = apply_trainable(model, cfg.trainable)
+        if info.is_main:
+            (run_dir / "trainable.json").write_text(json.dumps({"kinds": cfg.trainable, **trainable_counts}) + "\n")
     model.to(info.device).train()
     objective = LossModule(model, cfg.moe_loss.aux_loss_coef, cfg.moe_loss.z_loss_coef)
     optimizer = make_optimizer(model, cfg)
@@ -418,6 +457,12 @@ def _train(
 
             gens = generate_replies(model, tokenizer, sft_data.prompts, cfg.sft.max_new_tokens)
             (run_dir / "generations.json").write_text(json.dumps(gens, indent=2, ensure_ascii=False) + "\n")
+        if cfg.lora is not None and cfg.init_from is not None:
+            from lmbricks.train.lora import ADAPTER_DIR, save_lora_brick
+
+            last = records[-1]["loss"] if records else None
+            extra = {"steps": cfg.steps, "loss_last": last}
+            save_lora_brick(model, run_dir / ADAPTER_DIR, cfg.lora, cfg.init_from, extra=extra)
         _finish(run_dir, cfg, model, tokenizer, averagers, report)
     barrier(info)
     return TrainResult(run_dir=run_dir, steps=cfg.steps, final_checkpoint=last_ckpt, records=records)
@@ -495,10 +540,12 @@ def _checkpoint(
     rngs = gather_objects(ckpt_io.rng_state(), info)
     path = ckpt_io.step_dir(run_dir, step)
     if info.is_main:
+        from lmbricks.train.lora import merged_model
+
         path = ckpt_io.save_checkpoint(
             run_dir,
             step,
-            model,
+            model if cfg.lora is None else merged_model(model),  # type: ignore[arg-type]
             tokenizer,
             optimizer,
             scheduler,
@@ -506,6 +553,10 @@ def _checkpoint(
             {"tokens_seen": tokens_seen, "world": info.world, "data": order.state_dict(chunks)},
             averagers.state_dict() if averagers else None,
         )
+        if cfg.lora is not None and cfg.init_from is not None:
+            from lmbricks.train.lora import save_lora_checkpoint
+
+            save_lora_checkpoint(path, model, cfg.lora, cfg.init_from, step)
         ckpt_io.prune_checkpoints(run_dir, cfg.keep_checkpoints)
     barrier(info)
     return path

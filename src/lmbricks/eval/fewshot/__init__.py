@@ -9,10 +9,16 @@ strings (:mod:`.generate`); exact match after normalisation (:mod:`.normalise`);
 from __future__ import annotations
 
 from lmbricks.eval.fewshot.generate import cut_at_stops, generate_batched
-from lmbricks.eval.fewshot.normalise import extract_answer, is_correct, normalise
+from lmbricks.eval.fewshot.normalise import extract_answer, is_correct, label_of, normalise
 from lmbricks.eval.fewshot.prompts import build_prompt, stop_strings
 from lmbricks.eval.fewshot.report import plot_curves, write_fewshot_outputs
-from lmbricks.eval.fewshot.run import DEFAULT_SHOTS, evaluate_condition, evaluate_fewshot
+from lmbricks.eval.fewshot.run import (
+    DEFAULT_SHOTS,
+    answer_budget,
+    constant_baseline,
+    evaluate_condition,
+    evaluate_fewshot,
+)
 from lmbricks.eval.fewshot.scoring import wilson_interval
 from lmbricks.eval.fewshot.tasks import LANGUAGES, TASKS, Item, Task, champ_answers, get_task
 
@@ -22,8 +28,10 @@ __all__ = [
     "TASKS",
     "Item",
     "Task",
+    "answer_budget",
     "build_prompt",
     "champ_answers",
+    "constant_baseline",
     "cut_at_stops",
     "evaluate_condition",
     "evaluate_fewshot",
@@ -31,6 +39,7 @@ __all__ = [
     "generate_batched",
     "get_task",
     "is_correct",
+    "label_of",
     "normalise",
     "plot_curves",
     "stop_strings",

@@ -4,12 +4,14 @@ Exact match compares :func:`normalise` of the extracted prediction with :func:`n
 gold form. Normalisation: lower case; TeX wrappers ``$``, ``\\(``, ``\\)``, ``\\boxed{...}`` and
 ``\\text{...}`` removed; ``\\frac{a}{b}`` becomes ``a/b``; ``\\cdot``, ``\\times`` and ``*`` removed;
 thousands separators in numbers removed; all whitespace removed; trailing ``.``, ``,``, ``;``, ``:``
-removed; ``5.0`` becomes ``5``. Labels (language names) compare their first word after that.
+removed; ``5.0`` becomes ``5``. Labels (language names) compare the first word of the answer, or
+the one known label a sentence names (:func:`label_of`).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 _FRAC = re.compile(r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}")
 _WRAP = re.compile(r"\\(?:boxed|text|mathrm)\{([^{}]*)\}")
@@ -53,10 +55,25 @@ def extract_answer(generation: str, cot: bool) -> str:
     return lines[0].strip() if lines else ""
 
 
-def is_correct(prediction: str, answers: tuple[str, ...] | list[str], kind: str) -> bool:
-    """Exact match after normalisation against any gold form (labels: first word only)."""
-    pred = normalise(prediction)
+def label_of(prediction: str, labels: Sequence[str] = ()) -> str:
+    """The label a free-text answer gives: its first word, lower case.
+
+    When ``labels`` are known and the first word is not one of them (a chat model's sentence such
+    as "The language of the text is German."), the answer's label is the one label it names, if it
+    names exactly one (as a whole word); otherwise the first word is kept (and scores as wrong).
+    """
+    text = prediction.strip().lower()
+    first = re.split(r"[^\w]+", text, maxsplit=1)[0] if text else ""
+    names = {normalise(x) for x in labels}
+    if not names or first in names:
+        return first
+    named = {n for n in names if re.search(rf"\b{re.escape(n)}\b", text)}
+    return named.pop() if len(named) == 1 else first
+
+
+def is_correct(prediction: str, answers: tuple[str, ...] | list[str], kind: str, labels: Sequence[str] = ()) -> bool:
+    """Exact match after normalisation against any gold form (labels: :func:`label_of`)."""
     if kind == "label":
-        first = re.split(r"[^\w]+", prediction.strip().lower(), maxsplit=1)[0] if prediction.strip() else ""
-        return any(first == normalise(a) for a in answers)
+        return any(label_of(prediction, labels) == normalise(a) for a in answers)
+    pred = normalise(prediction)
     return any(pred == normalise(a) for a in answers)

@@ -26,6 +26,9 @@ def plot_curves(results: dict[str, Any], path: Path, title: str = "") -> Path:
         ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
     if results.get("chance"):
         ax.axhline(results["chance"], color="grey", ls="--", lw=1, label="chance")
+    base = results.get("constant_baseline")
+    if base and base["accuracy"] > results.get("chance", 0) + 1e-9:
+        ax.axhline(base["accuracy"], color="tab:red", ls=":", lw=1, label=f"always '{base['answer']}'")
     ax.set_xlabel("shots")
     ax.set_ylabel("exact-match accuracy")
     ax.set_ylim(-0.02, 1.02)

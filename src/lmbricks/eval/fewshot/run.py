@@ -2,17 +2,45 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from lmbricks.eval.fewshot.generate import generate_batched, generate_cached
-from lmbricks.eval.fewshot.normalise import extract_answer, is_correct
+from lmbricks.eval.fewshot.normalise import extract_answer, is_correct, label_of, normalise
 from lmbricks.eval.fewshot.prompts import build_prompt, stop_strings
 from lmbricks.eval.fewshot.scoring import wilson_interval
 from lmbricks.eval.fewshot.tasks import Task
 
 DEFAULT_SHOTS = (0, 1, 2, 4, 8)
-MAX_NEW_TOKENS = {("champ", False): 24, ("champ", True): 160, ("langid", False): 6, ("langid", True): 56}
+# Generation budgets (new tokens) by (task, chain of thought, prompt format). Plain direct answers
+# are one short line; a chat model answers direct questions with a sentence ("The language of the
+# text is German."), which 6 tokens cut before the label, so chat budgets are larger.
+MAX_NEW_TOKENS = {
+    ("champ", False, "plain"): 24, ("champ", True, "plain"): 128,
+    ("langid", False, "plain"): 6, ("langid", True, "plain"): 56,
+    ("champ", False, "chat"): 48, ("champ", True, "chat"): 192,
+    ("langid", False, "chat"): 20, ("langid", True, "chat"): 72,
+}  # fmt: skip
+
+
+def answer_budget(task: str, cot: bool, fmt: str) -> int:
+    """New tokens allowed for an answer of ``task`` in this mode and prompt format."""
+    default = (200 if cot else 24) * (2 if fmt == "chat" and not cot else 1)
+    return MAX_NEW_TOKENS.get((task, cot, fmt), default)
+
+
+def constant_baseline(task: Task, n: int | None = None) -> dict[str, Any]:
+    """The best accuracy of answering every item with one constant (the commonest gold answer).
+
+    On CHAMP six of the 31 gold answers are "No": a model that always says "No" scores 6/31 without
+    solving anything, which is the floor a few-shot score must beat to mean more than format.
+    """
+    items = task.items[:n] if n else task.items
+    counts = Counter(normalise(it.answer) for it in items)
+    answer, k = counts.most_common(1)[0] if counts else ("", 0)
+    lo, hi = wilson_interval(k, len(items))
+    return {"answer": answer, "correct": k, "n": len(items), "accuracy": k / max(len(items), 1), "ci95": [lo, hi]}
 
 
 def evaluate_condition(
@@ -31,17 +59,19 @@ def evaluate_condition(
     """Score one (shots, mode) condition on the first ``n`` items of ``task``.
 
     Returns:
-        ``{"shots", "cot", "format", "n", "correct", "accuracy", "ci95": [lo, hi], "items": [...],
-        "examples": [...]}``; items hold each prediction, examples the first full prompts and outputs.
+        ``{"shots", "cot", "format", "n", "correct", "accuracy", "ci95": [lo, hi], "max_new_tokens",
+        "top_predictions", "distinct_predictions", "correct_by_answer", "items": [...],
+        "examples": [...]}``; items hold each prediction, examples the first full prompts and outputs;
+        ``top_predictions`` are the three commonest normalised answers with their counts.
     """
     items = task.items[:n] if n else task.items
     prompts = [build_prompt(task, it, shots, cot, fmt, tokenizer) for it in items]
-    budget = max_new_tokens or MAX_NEW_TOKENS.get((task.name, cot), 200 if cot else 24)
+    budget = max_new_tokens or answer_budget(task.name, cot, fmt)
     from lmbricks.nn.model import LM
 
     stops = stop_strings(fmt, cot)
     if isinstance(model, LM):  # shared-prefix KV cache: demonstrations are computed once
-        gens = generate_cached(model, tokenizer, prompts, budget, stops, on_item=on_batch)
+        gens = generate_cached(model, tokenizer, prompts, budget, stops, on_item=on_batch, batch_size=batch_size)
     else:
         gens = generate_batched(model, tokenizer, prompts, budget, stops, batch_size=batch_size, on_batch=on_batch)
     records: list[dict[str, Any]] = []
@@ -49,9 +79,12 @@ def evaluate_condition(
         pred = extract_answer(gen, cot)
         records.append(
             {"id": it.id, "answers": list(it.answers), "generation": gen, "prediction": pred,
-             "correct": is_correct(pred, it.answers, task.kind)}
+             "correct": is_correct(pred, it.answers, task.kind, task.labels)}
         )  # fmt: skip
     k = sum(r["correct"] for r in records)
+    canon = [label_of(r["prediction"], task.labels) if task.kind == "label" else normalise(r["prediction"])
+             for r in records]  # fmt: skip
+    counts = Counter(canon)
     lo, hi = wilson_interval(k, len(records))
     return {
         "shots": shots,
@@ -62,6 +95,11 @@ def evaluate_condition(
         "accuracy": k / len(records) if records else 0.0,
         "ci95": [lo, hi],
         "mean_prompt_chars": sum(len(p) for p in prompts) / max(len(prompts), 1),
+        "max_new_tokens": budget,
+        # what the model answers, whatever the question: one answer repeated means format, not skill
+        "top_predictions": [[a, c] for a, c in counts.most_common(3)],
+        "distinct_predictions": len(counts),
+        "correct_by_answer": dict(Counter(c for c, r in zip(canon, records, strict=True) if r["correct"])),
         "items": records,
         "examples": [{"prompt": p, "output": r["generation"], "correct": r["correct"]}
                      for p, r in zip(prompts[:keep_examples], records[:keep_examples], strict=True)],
@@ -86,7 +124,7 @@ def evaluate_fewshot(
         on_condition: called with a description and the number of items before each condition.
 
     Returns:
-        ``{"task", "format", "n_items", "chance", "conditions": [...]}``.
+        ``{"task", "format", "n_items", "chance", "constant_baseline", "conditions": [...]}``.
     """
     conditions = []
     for cot in modes:
@@ -101,5 +139,6 @@ def evaluate_fewshot(
         "format": fmt,
         "n_items": conditions[0]["n"] if conditions else 0,
         "chance": chance,
+        "constant_baseline": constant_baseline(task, n),
         "conditions": conditions,
     }

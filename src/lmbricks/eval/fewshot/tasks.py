@@ -86,13 +86,13 @@ def _shorten(text: str, limit: int = 160) -> str:
     return cut[:space] if space > limit // 2 else cut
 
 
-def _lang_items(split: str, per_language: int) -> list[Item]:
+def _lang_items(split: str, per_language: int, max_chars: int = 160) -> list[Item]:
     from lmbricks.data.parallel import paragraphs_by_key
 
     by_lang = {}
     for code in LANGUAGES:
         paras = paragraphs_by_key(f"multilingual/{code}", split)
-        by_lang[code] = [(k, _shorten(v)) for k, v in sorted(paras.items()) if len(v) >= 80][:per_language]
+        by_lang[code] = [(k, _shorten(v, max_chars)) for k, v in sorted(paras.items()) if len(v) >= 80][:per_language]
     out = []
     for i in range(per_language):  # interleave the languages: item i of each in turn
         for code, name in LANGUAGES.items():
@@ -111,14 +111,20 @@ def _lang_items(split: str, per_language: int) -> list[Item]:
     return out
 
 
-def langid_task(per_language: int = 8) -> Task:
-    """Language identification over the 14 handbook languages (split in the module docstring)."""
+def langid_task(per_language: int = 8, max_chars: int = 160) -> Task:
+    """Language identification over the 14 handbook languages (split in the module docstring).
+
+    Args:
+        per_language: evaluation paragraphs per language.
+        max_chars: paragraphs (questions and demonstrations) are shortened to this many characters
+            at a word boundary (shorter: cheaper prompts, e.g. for the tour).
+    """
     return Task(
         name="langid",
         instruction="Name the language of the text (one word, in English).",
         kind="label",
-        items=_lang_items("test", per_language),
-        demos=_lang_items("train", 2),
+        items=_lang_items("test", per_language, max_chars),
+        demos=_lang_items("train", 2, max_chars),
         labels=list(LANGUAGES.values()),
     )
 

@@ -1,0 +1,378 @@
+"""Assemble a mixture of experts from fine-tunes and bricks of one base (mergekit-moe, Branch-Train-MiX).
+
+Three stages, so that every check happens before anything is written:
+
+1. :func:`plan_assembly` validates the recipe (:mod:`lmbricks.grow.recipe`), resolves the base, opens
+   every expert source (headers, configs, adapters; see :mod:`lmbricks.grow.sources`) and checks
+   domains and the output path. No tensor is read.
+2. :func:`assemble_model` builds the sparse model in memory: non-expert weights from the base or
+   averaged across the experts' sources (BTX), expert FFNs from the sources, router rows by the gate
+   mode (:mod:`lmbricks.grow.gates`), optional shared expert.
+3. :func:`assemble` writes it atomically (Mixtral, or Qwen2-MoE with a shared expert) with
+   ``lmbricks.json`` naming every expert, its source, brick and domain.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lmbricks.errors import ConfigError
+from lmbricks.grow import gates as G
+from lmbricks.grow.build import build_moe_lm, moe_lm_config
+from lmbricks.grow.hidden import cheap_embedding, domain_blocks, mean_router_inputs, prompt_router_inputs
+from lmbricks.grow.recipe import MoERecipe, load_moe_recipe, parse_moe_recipe
+from lmbricks.grow.save import check_destination, save_grown, stored_dtype, torch_dtype
+from lmbricks.grow.sources import DENSE_FAMILIES, ExpertFFN, ExpertSource, open_source
+from lmbricks.nn.model import LM
+
+Log = Callable[[str], None]
+
+
+class GrowWarning(UserWarning):
+    """A recipe that will assemble but probably not route well (e.g. nearly collinear router rows)."""
+
+
+@dataclass
+class AssemblyPlan:
+    """A recipe checked against its inputs; nothing read but headers.
+
+    Attributes:
+        recipe: the validated recipe.
+        base_path: the base model directory.
+        base_config: its config.json.
+        experts: the opened expert sources, in recipe order.
+        shared: the opened shared-expert source, if any.
+        dtype: the output dtype.
+    """
+
+    recipe: MoERecipe
+    base_path: Path
+    base_config: dict[str, Any]
+    experts: list[ExpertSource]
+    shared: ExpertSource | None
+    dtype: torch.dtype
+
+    @property
+    def labels(self) -> list[str]:
+        return [e.label() for e in self.recipe.experts]
+
+    def close(self) -> None:
+        for s in self.experts + ([self.shared] if self.shared else []):
+            s.close()
+
+
+@dataclass
+class Assembly:
+    """What :func:`assemble_model` built, besides the model."""
+
+    model: LM
+    rows: Tensor  # (L_moe, E, H) router rows as written
+    layers: list[int]  # model index of each MoE layer
+    max_cosine: list[float]  # per MoE layer, the largest cosine between two router rows
+    warnings: list[str] = field(default_factory=list)
+
+
+def _check_domain(name: str, where: str) -> None:
+    from lmbricks.data import DOMAINS
+    from lmbricks.data.store import read_manifest
+
+    if name.split("/")[0] in DOMAINS:
+        return
+    if read_manifest(name) is None:
+        raise ConfigError(
+            f"{where}: unknown domain {name!r} (built in: {', '.join(DOMAINS)}; add your own with `lmbricks data add`)"
+        )
+
+
+def _content_key(src: ExpertSource) -> tuple[str, str | None]:
+    """What an expert computes, by content hash (two copies of one fine-tune are the same expert)."""
+    from lmbricks.checkpoint import content_hash
+
+    adapter = src.input.adapter
+    return content_hash(src.path), None if adapter is None else content_hash(adapter.path)
+
+
+def plan_assembly(recipe: MoERecipe, out: str | Path | None = None, force: bool = False) -> AssemblyPlan:
+    """Check a recipe against its inputs without reading any tensor.
+
+    Args:
+        recipe: the parsed recipe.
+        out: the output directory, refused now if it exists (unless ``force``).
+        force: allow replacing ``out``.
+
+    Returns:
+        The :class:`AssemblyPlan` (close it, or let :func:`assemble` do so).
+
+    Raises:
+        ConfigError / CheckpointError / UnknownNameError: naming the recipe field at fault (an expert of
+            another base, an unknown brick or domain, a base that is not dense, an existing output).
+    """
+    from lmbricks.hub import resolve_model
+    from lmbricks.nn.load import read_config
+
+    if out is not None:
+        check_destination(out, force)
+    base_path = resolve_model(recipe.base_model)
+    base_config = read_config(base_path)
+    if base_config.get("model_type") not in DENSE_FAMILIES:
+        raise ConfigError(
+            f"base_model: {recipe.base_model} is a {base_config.get('model_type')!r} model; "
+            f"the base must be dense ({', '.join(DENSE_FAMILIES)})"
+        )
+    for group, specs in (("experts", recipe.experts), ("shared_experts", recipe.shared_experts or [])):
+        for i, e in enumerate(specs):
+            if e.domain:
+                _check_domain(e.domain, f"{group}[{i}].domain")
+    sources: list[ExpertSource] = []
+    try:
+        for group, specs in (("experts", recipe.experts), ("shared_experts", recipe.shared_experts or [])):
+            for i, e in enumerate(specs):
+                sources.append(
+                    open_source(
+                        source_model=e.source_model,
+                        brick=e.brick,
+                        base_ref=recipe.base_model,
+                        base_path=base_path,
+                        base_config=base_config,
+                        where=f"{group}[{i}]",
+                    )
+                )
+    except BaseException:
+        for s in sources:
+            s.close()
+        raise
+    n = len(recipe.experts)
+    if n > 1 and len({_content_key(s) for s in sources[:n]}) == 1:
+        warnings.warn(
+            "every expert has the same content: the MoE computes what one expert does (useful only before training)",
+            GrowWarning,
+            stacklevel=2,
+        )
+    dtype = torch_dtype(recipe.dtype, stored_dtype(base_path))
+    return AssemblyPlan(recipe, base_path, base_config, sources[:n], sources[n] if len(sources) > n else None, dtype)
+
+
+# ------------------------------------------------------------------------------------------- build
+def _non_expert_model(plan: AssemblyPlan, log: Log) -> tuple[LM, Any]:
+    """The base LM (fp32), with attention/embeddings/norms averaged over the experts if asked (BTX)."""
+    from lmbricks.nn.hf import hf_state_dict, load_hf_weights
+    from lmbricks.nn.load import load_model
+
+    log(f"loading base {plan.recipe.base_model}")
+    model, tokenizer = load_model(plan.base_path, dtype=torch.float32)
+    if plan.recipe.non_experts == "average":
+        log(f"averaging non-expert weights over {len(plan.experts)} expert sources")
+        family = str(plan.base_config["model_type"])
+        named = hf_state_dict(model, family)
+        merged: dict[str, Tensor] = {}
+        for name, t in named.items():
+            if ".mlp." in name:
+                merged[name] = t.clone()
+            else:
+                merged[name] = torch.stack([s.read(name) for s in plan.experts]).mean(0)
+        load_hf_weights(model, merged.__getitem__, set(merged), family)
+    if tokenizer is None:
+        raise ConfigError(f"base_model: {plan.base_path} has no tokenizer files")
+    return model, tokenizer
+
+
+def _domain_means(plan: AssemblyPlan, model: LM, tokenizer: Any, layers: list[int], log: Log) -> dict[str, Tensor]:
+    """Mean router input per MoE layer for each distinct domain of the recipe: {domain: (L_moe, H)}."""
+    from lmbricks.data import load_texts
+
+    r = plan.recipe
+    out: dict[str, Tensor] = {}
+    names = [e.domain for e in r.experts] + [e.domain for e in (r.shared_experts or [])]
+    for d in dict.fromkeys(n for n in names if n):
+        log(f"domain {d}: router inputs over {r.domain_tokens} tokens")
+        try:
+            blocks = domain_blocks(tokenizer, load_texts(d, "train"), r.domain_tokens, seed=r.seed)
+        except ValueError as exc:
+            raise ConfigError(f"domain {d!r}: {exc} in its train split") from None
+        out[d] = mean_router_inputs(model, blocks)[layers]
+    return out
+
+
+def _prompt_stat(plan: AssemblyPlan, model: LM, tokenizer: Any, prompts: list[str], layers: list[int]) -> Tensor:
+    """(L_moe, H) statistic of some prompts under the recipe's prompt gate mode."""
+    mode = plan.recipe.gate_mode
+    if mode == "cheap_embed":
+        v = cheap_embedding(model.embed.weight.detach(), tokenizer, prompts)
+        return v.expand(len(layers), -1)
+    return prompt_router_inputs(model, tokenizer, prompts, average=mode == "hidden_avg")[layers]
+
+
+def gate_rows(plan: AssemblyPlan, model: LM, tokenizer: Any, layers: list[int], log: Log) -> tuple[Tensor, Tensor]:
+    """Router rows (L_moe, E, H) of the experts and the shared-expert gate rows (L_moe, 1, H).
+
+    The shared expert's sigmoid gate gets a row only when the gate mode has what it needs (prompts,
+    a domain, or a random mode); otherwise it is zero, i.e. a constant gate of 0.5.
+    """
+    r = plan.recipe
+    e, h, n = len(r.experts), model.cfg.hidden_size, len(layers)
+    gen = torch.Generator().manual_seed(r.seed)
+    shared_spec = r.shared_experts[0] if r.shared_experts else None
+    shared_row = torch.zeros(n, 1, h)
+    if r.gate_mode in ("random", "uniform_random"):
+        rows = G.random_rows(n, e + 1, h, gen, r.gate_mode)
+        return rows[:, :e], (rows[:, e:] if shared_spec is not None else shared_row)
+    if r.gate_mode == "domain":
+        means = _domain_means(plan, model, tokenizer, layers, log)
+        rows = G.domain_rows(torch.stack([means[str(x.domain)] for x in r.experts]), center=r.domain_center)
+        if shared_spec is not None and shared_spec.domain:
+            center = (
+                torch.stack([means[str(x.domain)] for x in r.experts]).mean(0) if r.domain_center and e > 1 else 0.0
+            )
+            shared_row = G.normalise_rows(means[shared_spec.domain] - center)[:, None]
+        return rows, shared_row
+    log(f"gate mode {r.gate_mode}: router inputs of {sum(len(x.positive_prompts or []) for x in r.experts)} prompts")
+    pos = [_prompt_stat(plan, model, tokenizer, list(x.positive_prompts or []), layers) for x in r.experts]
+    neg = [
+        _prompt_stat(plan, model, tokenizer, list(x.negative_prompts), layers) if x.negative_prompts else None
+        for x in r.experts
+    ]
+    rows = G.prompt_rows(pos, neg)
+    if shared_spec is not None and shared_spec.positive_prompts:
+        p = _prompt_stat(plan, model, tokenizer, list(shared_spec.positive_prompts), layers)
+        q = (
+            _prompt_stat(plan, model, tokenizer, list(shared_spec.negative_prompts), layers)
+            if shared_spec.negative_prompts
+            else None
+        )
+        shared_row = G.prompt_rows([p], [q])
+    return rows, shared_row
+
+
+def assemble_model(plan: AssemblyPlan, log: Log | None = None, collinear_threshold: float = 0.9) -> Assembly:
+    """Build the assembled MoE in memory (fp32).
+
+    Args:
+        plan: from :func:`plan_assembly`.
+        log: one-line progress messages.
+        collinear_threshold: cosine above which two router rows of a layer trigger a :class:`GrowWarning`.
+
+    Returns:
+        The :class:`Assembly` (model, router rows, per-layer row similarity, warnings issued).
+    """
+    say: Log = log or (lambda _m: None)
+    r = plan.recipe
+    base, tokenizer = _non_expert_model(plan, say)
+    cfg = moe_lm_config(base.cfg, len(r.experts), r.experts_per_token, shared_expert=plan.shared is not None)
+    layers = [i for i in range(cfg.num_layers) if cfg.is_moe_layer(i)]
+    rows, shared_rows = gate_rows(plan, base, tokenizer, layers, say)
+    found = G.collinear_pairs(rows, layers, collinear_threshold)
+    issued = []
+    if found:
+        msg = G.describe_collinearity(found, plan.labels, len(layers))
+        warnings.warn(msg, GrowWarning, stacklevel=2)
+        issued.append(msg)
+    cos = G.row_cosines(rows).masked_fill(torch.eye(len(r.experts), dtype=torch.bool), -1.0)
+    max_cos = [float(c.max()) if len(r.experts) > 1 else 0.0 for c in cos]
+    say(f"reading {len(r.experts)} experts x {len(layers)} layers")
+    gen = torch.Generator().manual_seed(r.seed + 1)
+    experts: dict[int, list[ExpertFFN]] = {}
+    shared: dict[int, tuple[ExpertFFN, Tensor]] = {}
+    for li, i in enumerate(layers):
+        experts[i] = [
+            src.ffn(i).scaled(spec.residual_scale).noisy(spec.noise_scale, gen)
+            for src, spec in zip(plan.experts, r.experts, strict=True)
+        ]
+        if plan.shared is not None and r.shared_experts:
+            spec = r.shared_experts[0]
+            shared[i] = (plan.shared.ffn(i).scaled(spec.residual_scale).noisy(spec.noise_scale, gen), shared_rows[li])
+    state = base.state_dict()
+    model = build_moe_lm(cfg, state, experts, {i: rows[li] for li, i in enumerate(layers)}, shared or None)
+    return Assembly(model, rows, layers, max_cos, issued)
+
+
+def inventory(plan: AssemblyPlan, assembly: Assembly) -> dict[str, Any]:
+    """The lmbricks.json inventory: each expert's source, brick and domain; the routers."""
+    r = plan.recipe
+    experts = []
+    for e, (spec, src) in enumerate(zip(r.experts, plan.experts, strict=True)):
+        experts.append({"index": e, "label": spec.label(), "domain": spec.domain, **src.describe()})
+    shared = None
+    if plan.shared is not None and r.shared_experts:
+        shared = {"label": r.shared_experts[0].label(), "domain": r.shared_experts[0].domain, **plan.shared.describe()}
+    return {
+        "base_model": str(plan.base_path),
+        "experts": experts,
+        "shared_expert": shared,
+        "non_experts": r.non_experts,
+        "routers": {
+            "gate_mode": r.gate_mode,
+            "top_k": r.experts_per_token,
+            "layers": assembly.layers,
+            "max_row_cosine": [round(c, 4) for c in assembly.max_cosine],
+        },
+    }
+
+
+def assemble(
+    recipe: str | Path | dict[str, Any] | MoERecipe,
+    out: str | Path,
+    *,
+    force: bool = False,
+    log: Log | None = None,
+    command: str | None = None,
+) -> Path:
+    """Validate a recipe, build the MoE and write it (atomically) as a Hugging Face directory.
+
+    Args:
+        recipe: a YAML path, a parsed mapping or a :class:`MoERecipe`.
+        out: the output directory (refused if it exists, unless ``force``).
+        force: replace ``out``.
+        log: one-line progress messages.
+        command: recorded in lmbricks.json (default: the process's command line).
+
+    Returns:
+        ``out``.
+    """
+    if isinstance(recipe, MoERecipe):
+        r = recipe
+    elif isinstance(recipe, dict):
+        r = parse_moe_recipe(recipe)
+    else:
+        r = load_moe_recipe(recipe)
+    plan = plan_assembly(r, out, force)
+    try:
+        built = assemble_model(plan, log)
+        inputs: dict[str, Path] = {"base_model": plan.base_path}
+        for e, src in enumerate(plan.experts):
+            inputs[f"experts[{e}]"] = src.brick_path if src.brick_path is not None else src.path
+        if plan.shared is not None:
+            inputs["shared_experts[0]"] = plan.shared.brick_path or plan.shared.path
+        (log or (lambda _m: None))(f"writing {out}")
+        return save_grown(
+            built.model,
+            out,
+            tokenizer_from=plan.base_path,
+            dtype=plan.dtype,
+            command=command or " ".join(sys.argv),
+            recipe=r.to_dict(),
+            inputs=inputs,
+            bricks=inventory(plan, built),
+            force=force,
+        )
+    finally:
+        plan.close()
+
+
+__all__ = [
+    "Assembly",
+    "AssemblyPlan",
+    "GrowWarning",
+    "assemble",
+    "assemble_model",
+    "gate_rows",
+    "inventory",
+    "plan_assembly",
+]

@@ -1,0 +1,212 @@
+"""MoE assembly recipes: mergekit-moe's YAML schema plus lmbricks' ``domain`` and ``brick`` fields.
+
+Accepted (as mergekit-moe users write it)::
+
+    base_model: smollm2-135m-instruct     # attention, embeddings and norms come from here
+    gate_mode: hidden                     # hidden | hidden_avg | cheap_embed | random | uniform_random
+    dtype: bfloat16                       # output dtype (default: the base's stored dtype)
+    experts_per_token: 2                  # top-k (default 2, as mergekit)
+    experts:
+      - source_model: path/to/finetune    # a model directory, registry name or "path+lora_dir"
+        positive_prompts: ["def f(x):"]
+        negative_prompts: ["Once upon a time"]   # optional
+        noise_scale: 0.01                 # optional: Gaussian noise added to the expert's weights
+        residual_scale: 0.5               # optional: scales the expert's down projection
+    shared_experts:                       # optional, at most one: Qwen2-MoE output
+      - source_model: path/to/base
+    architecture: mixtral                 # optional: mixtral | qwen (checked against the layout)
+
+lmbricks' extensions (documented as such in docs/grow.md):
+
+* ``brick:`` instead of ``source_model:`` -- the expert is the base FFN with that LoRA brick merged
+  in (a brick directory or a catalogue name such as ``zh``);
+* ``domain:`` per expert and ``gate_mode: domain`` -- the router row is the mean router input of the
+  base over that domain's training text (centred on the experts' mean when ``domain_center``);
+* ``non_experts: base | average`` -- attention, embeddings and norms from the base (mergekit) or
+  averaged over the experts' sources (Branch-Train-MiX);
+* ``domain_tokens``, ``domain_center``, ``seed``.
+
+Everything is checked here or in :func:`lmbricks.grow.assemble.plan_assembly` before any output is
+written; an error names the field (``experts[2].positive_prompts``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lmbricks.errors import ConfigError
+
+#: Router initialisations. mergekit-moe's ``hidden`` is the last prompt token (``hidden_last`` alias).
+GATE_MODES: tuple[str, ...] = (
+    "hidden",
+    "hidden_last",
+    "hidden_avg",
+    "cheap_embed",
+    "random",
+    "uniform_random",
+    "domain",
+)
+#: Gate modes that read each expert's prompts.
+PROMPT_MODES: tuple[str, ...] = ("hidden", "hidden_last", "hidden_avg", "cheap_embed")
+DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+}
+ARCHITECTURES = {"mixtral": "mixtral", "qwen": "qwen2_moe", "qwen2_moe": "qwen2_moe"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ExpertSpec(_Strict):
+    """One entry of ``experts:`` or ``shared_experts:``."""
+
+    source_model: str | None = Field(None, description="model directory, registry name or path+lora")
+    brick: str | None = Field(None, description="lmbricks: LoRA brick merged into the base FFN")
+    positive_prompts: list[str] | None = None
+    negative_prompts: list[str] | None = None
+    domain: str | None = Field(None, description="lmbricks: corpus domain for gate_mode domain")
+    noise_scale: float | None = Field(None, ge=0, description="std of Gaussian noise added to the FFN")
+    residual_scale: float | None = Field(None, description="multiplies the expert's down projection")
+
+    def label(self) -> str:
+        """How the expert is named in messages and in lmbricks.json."""
+        return self.brick if self.brick is not None else str(self.source_model)
+
+
+class MoERecipe(_Strict):
+    """A validated assembly recipe (see the module docstring)."""
+
+    base_model: str
+    experts: list[ExpertSpec]
+    gate_mode: str = "hidden"
+    dtype: str | None = None
+    experts_per_token: int = 2
+    shared_experts: list[ExpertSpec] | None = None
+    architecture: str | None = None
+    # lmbricks extensions
+    non_experts: Literal["base", "average"] = "base"
+    domain_tokens: int = Field(4096, gt=0, description="tokens of each domain's train split read")
+    domain_center: bool = True
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+    @property
+    def output_family(self) -> str:
+        """``qwen2_moe`` with a shared expert, else ``mixtral`` (the base may still force Qwen2-MoE)."""
+        return "qwen2_moe" if self.shared_experts else "mixtral"
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for p in loc:
+        if isinstance(p, int):
+            parts.append(f"[{p}]")
+        else:
+            parts.append(("." if parts else "") + str(p))
+    return "".join(parts) or "(top level)"
+
+
+def check_recipe(r: MoERecipe) -> None:
+    """The rules a schema cannot express; each error names the field.
+
+    Raises:
+        ConfigError: unknown gate mode, dtype or architecture; an expert count below
+            ``experts_per_token``; an expert with both or neither of ``source_model``/``brick``; missing
+            prompts for a prompt-based gate mode; a missing ``domain`` for ``gate_mode: domain``; more
+            than one shared expert.
+    """
+    if r.gate_mode not in GATE_MODES:
+        raise ConfigError(f"gate_mode: unknown gate mode {r.gate_mode!r} (choose from {', '.join(GATE_MODES)})")
+    if r.dtype is not None and r.dtype not in DTYPES:
+        raise ConfigError(f"dtype: unknown dtype {r.dtype!r} (choose from {', '.join(DTYPES)})")
+    if r.architecture is not None:
+        if r.architecture not in ARCHITECTURES:
+            raise ConfigError(f"architecture: {r.architecture!r} is not an output lmbricks writes (mixtral, qwen)")
+        if ARCHITECTURES[r.architecture] != r.output_family:
+            raise ConfigError(
+                f"architecture: {r.architecture!r} does not match the recipe: "
+                + ("a shared expert needs qwen" if r.shared_experts else "qwen needs exactly one shared expert")
+            )
+    if not r.experts:
+        raise ConfigError("experts: at least one expert is needed")
+    if r.experts_per_token < 1:
+        raise ConfigError(f"experts_per_token must be >= 1, got {r.experts_per_token}")
+    if len(r.experts) < r.experts_per_token:
+        raise ConfigError(
+            f"experts: {len(r.experts)} expert(s) is fewer than experts_per_token ({r.experts_per_token})"
+        )
+    if r.shared_experts is not None and len(r.shared_experts) > 1:
+        raise ConfigError(f"shared_experts: at most one shared expert (Qwen2-MoE), got {len(r.shared_experts)}")
+    groups = [("experts", r.experts), ("shared_experts", r.shared_experts or [])]
+    for group, specs in groups:
+        for i, e in enumerate(specs):
+            where = f"{group}[{i}]"
+            if (e.source_model is None) == (e.brick is None):
+                raise ConfigError(f"{where}: give exactly one of source_model or brick")
+            if e.brick is not None and "+" in e.brick:
+                raise ConfigError(f"{where}.brick: a brick is a directory or catalogue name, not path+adapter")
+    for i, e in enumerate(r.experts):
+        where = f"experts[{i}]"
+        if r.gate_mode in PROMPT_MODES and not e.positive_prompts:
+            raise ConfigError(f"{where}.positive_prompts: gate_mode {r.gate_mode!r} needs prompts for every expert")
+        if r.gate_mode == "domain" and not e.domain:
+            raise ConfigError(f"{where}.domain: gate_mode 'domain' needs a domain for every expert")
+    if r.gate_mode in PROMPT_MODES and len(r.experts) > 1:
+        first = (tuple(r.experts[0].positive_prompts or ()), tuple(r.experts[0].negative_prompts or ()))
+        if all((tuple(e.positive_prompts or ()), tuple(e.negative_prompts or ())) == first for e in r.experts[1:]):
+            raise ConfigError("experts: every expert has the same prompts, so the router cannot tell them apart")
+
+
+def parse_moe_recipe(data: Any, source: str = "recipe") -> MoERecipe:
+    """Validate an assembly recipe given as a mapping (parsed YAML).
+
+    Raises:
+        ConfigError: naming the field, e.g. ``recipe.yaml: experts[0].source_modle: unknown key``.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a recipe must be a YAML mapping, got {type(data).__name__}")
+    try:
+        recipe = MoERecipe.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors()[:5]:
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            lines.append(f"{_where(tuple(err['loc']))}: {msg}")
+        raise ConfigError(f"{source}: invalid recipe: " + "; ".join(lines)) from None
+    try:
+        check_recipe(recipe)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return recipe
+
+
+def load_moe_recipe(path: str | Path) -> MoERecipe:
+    """Read and validate a YAML assembly recipe.
+
+    Raises:
+        ConfigError: unreadable file, bad YAML, or a rule broken (naming the field).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read recipe ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    return parse_moe_recipe(data, str(path))

@@ -1,0 +1,95 @@
+"""Write a grown model: Hugging Face directory (Mixtral / Qwen2-MoE), tokenizer, lmbricks.json inventory."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmbricks.errors import ConfigError
+from lmbricks.nn.model import LM
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(name: str | None, default: torch.dtype) -> torch.dtype:
+    """``float32`` / ``bfloat16`` / ``float16`` (and mergekit's aliases) -> torch dtype; None -> default."""
+    if name is None:
+        return default
+    from lmbricks.grow.recipe import DTYPES
+
+    key = DTYPES.get(name)
+    if key is None:
+        raise ConfigError(f"dtype: unknown dtype {name!r} (choose from {', '.join(DTYPES)})")
+    return _DTYPES[key]
+
+
+def stored_dtype(model_dir: Path) -> torch.dtype:
+    """The dtype a model directory stores its weights in (config.json ``dtype``/``torch_dtype``, else fp32)."""
+    try:
+        cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return torch.float32
+    name = cfg.get("dtype") or cfg.get("torch_dtype") or "float32"
+    return _DTYPES.get(str(name), torch.float32)
+
+
+def check_destination(out: str | Path, force: bool) -> Path:
+    """Refuse an existing output before any work (the atomic write would refuse it only at the end)."""
+    out = Path(out).expanduser()
+    if (out.exists() or out.is_symlink()) and not force:
+        raise ConfigError(f"{out} already exists; pass force=True (CLI: --force) to replace it")
+    return out
+
+
+def read_provenance(model_dir: Path) -> dict[str, Any]:
+    """A model directory's lmbricks.json, or {} when it has none (or it is unreadable)."""
+    try:
+        data = json.loads((Path(model_dir) / "lmbricks.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def save_grown(
+    model: LM,
+    out: str | Path,
+    *,
+    tokenizer_from: Path,
+    dtype: torch.dtype,
+    command: str,
+    recipe: dict[str, Any] | None,
+    inputs: Mapping[str, str | Path],
+    bricks: dict[str, Any],
+    force: bool = False,
+) -> Path:
+    """Write ``model`` atomically: weights in the family that expresses it, tokenizer, provenance.
+
+    Args:
+        model: the sparse LM.
+        out: the output directory (refused if it exists unless ``force``).
+        tokenizer_from: directory whose tokenizer files are copied.
+        dtype: storage dtype.
+        command: the command line recorded in lmbricks.json.
+        recipe: the validated recipe / options.
+        inputs: name -> model directory or file, hashed into lmbricks.json.
+        bricks: the inventory (experts, routers, shared expert).
+        force: replace an existing ``out``.
+
+    Returns:
+        ``out``.
+    """
+    from lmbricks.checkpoint import atomic_directory, copy_tokenizer, write_provenance
+    from lmbricks.nn.hf import export_family
+    from lmbricks.nn.load import write_model_dir
+
+    family, reason = export_family(model.cfg)
+    bricks = {**bricks, "family": family, "transformers_exact": reason is None}
+    with atomic_directory(Path(out), force=force) as tmp:
+        write_model_dir(model, tmp, tokenizer=None, dtype=dtype, provenance={"command": command, "inputs": {}})
+        copy_tokenizer(tokenizer_from, tmp)
+        write_provenance(tmp, command=command, recipe=recipe, inputs=inputs, bricks=bricks)
+    return Path(out)

@@ -1,0 +1,215 @@
+"""Tour section: grow a mixture of experts from the default model's shipped bricks.
+
+The section assembles an MoE whose experts are the base FFN with each domain brick merged in and
+whose router rows are the domain means of the base's router inputs (``gate_mode: domain``, no
+training), caches it in ``ctx.cache_dir / "assembled-moe"`` (reused by later runs and traced by the
+trace section through ``ctx.results["routed_model"]``), then measures held-out bits per byte of the
+base, of each brick on its own domain and of the MoE, and where the MoE routes each domain's tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+from lmbricks.tour.run import SummaryRow, TourContext
+
+CACHE_NAME = "assembled-moe"
+
+
+def _settings(quick: bool) -> dict[str, int]:
+    """Tokens per domain for the router rows, and experts per token of the tour's MoE."""
+    return {"domain_tokens": 256 if quick else 1024, "top_k": 1}
+
+
+def tour_domains(brick_domains: list[str]) -> list[str]:
+    """The standard domains that are cached (or that a brick needs), then the bricks' other domains."""
+    from lmbricks.data.store import read_manifest
+    from lmbricks.eval import DEFAULT_DOMAINS
+
+    cols = [d for d in DEFAULT_DOMAINS if d in brick_domains or read_manifest(d) is not None]
+    return cols + [d for d in brick_domains if d not in cols]
+
+
+def domain_bricks(model_ref: str) -> dict[str, Path]:
+    """``{domain: brick directory}`` of the catalogued bricks of ``model_ref`` that name a domain."""
+    from lmbricks.adapters.catalogue import list_bricks
+
+    out: dict[str, Path] = {}
+    for entry in list_bricks(model_ref):
+        d = entry.brick.domain
+        if d and d not in out:
+            out[d] = entry.brick.path
+    return out
+
+
+def assembled_moe(ctx: TourContext, bricks: dict[str, Path], s: dict[str, int]) -> tuple[Path, float, bool]:
+    """The cached MoE directory (built if absent): (path, seconds spent building, reused?)."""
+    from lmbricks.grow import assemble
+
+    path = ctx.cache_dir / CACHE_NAME
+    if (path / "config.json").is_file() and (path / "lmbricks.json").is_file():
+        return path, 0.0, True
+    recipe = {
+        "base_model": str(ctx.model_path),
+        "gate_mode": "domain",
+        "experts_per_token": s["top_k"],
+        "domain_tokens": s["domain_tokens"],
+        "dtype": "float16",  # keeps the bricks' updates (bfloat16 would round them) at half fp32's size
+        "experts": [{"brick": str(p), "domain": d} for d, p in bricks.items()],
+    }
+    t0 = time.perf_counter()
+    assemble(recipe, path, force=True, log=ctx.log, command="lmbricks tour (grow section)")
+    return path, time.perf_counter() - t0, False
+
+
+def _bpb(ppl: float, tokens: int, n_bytes: int) -> float:
+    """Bits per byte of a model scored on the same text (same tokens and bytes) with perplexity ``ppl``."""
+    return math.log2(ppl) * tokens / max(n_bytes, 1)
+
+
+def _brick_ppl(ctx: TourContext, bricks: dict[str, Path], domains: list[str]) -> tuple[dict[str, float], str]:
+    """Perplexity of each brick on its own domain: from the bricks section when it measured the same
+    text, else measured here (full mode only). Returns ``({domain: ppl}, where from)``."""
+    prev = ctx.results.get("bricks") or {}
+    effects = prev.get("effects") or {}
+    rows = effects.get("ppl") or {}
+    if effects.get("eval_bytes") == ctx.eval_bytes and all(d in rows and d in rows[d] for d in bricks):
+        return {d: float(rows[d][d]) for d in bricks}, "bricks section"
+    if ctx.quick:
+        return {}, "not measured (quick mode)"
+    from lmbricks.grow import evaluate_routed
+    from lmbricks.grow.sources import load_lm
+
+    _, tokenizer = ctx.model_and_tokenizer()
+    out = {}
+    for d, p in bricks.items():
+        if d in domains:
+            model, _ = load_lm(f"{ctx.model_path}+{p}")
+            out[d] = evaluate_routed(model, tokenizer, [d], ctx.eval_bytes)[d].result.ppl
+    return out, "measured here"
+
+
+def grow_section(ctx: TourContext) -> list[SummaryRow]:
+    """Assemble (or reuse) the bricks' MoE, evaluate it against the base and the bricks, show its routing."""
+    from lmbricks import load_model
+    from lmbricks.grow import evaluate_routed
+    from lmbricks.report import bar_chart, heatmap
+
+    ctx.report.section(
+        "Grow: a mixture of experts from bricks",
+        "Each expert is the base FFN with one domain brick merged in; attention, embeddings and norms are the "
+        "base's; each router row is the mean router input of the base over that domain's training text "
+        "(`lmbricks moe assemble`, gate_mode domain, no training).",
+    )
+    bricks = domain_bricks(ctx.model_ref)
+    if len(bricks) < 2:
+        ctx.report.text(f"Only {len(bricks)} domain brick(s) catalogued for {ctx.model_ref}: nothing to assemble.")
+        ctx.results["grow"] = {"available": False}
+        return [("grow", "experts", str(len(bricks)))]
+    s = _settings(ctx.quick)
+    path, build_s, reused = assembled_moe(ctx, bricks, s)
+    ctx.results["routed_model"] = str(path)
+    experts = list(bricks)
+    domains = tour_domains(experts)
+    t0 = time.perf_counter()
+    moe, tokenizer = load_model(path)
+    k, n_layers = moe.cfg.moe_config().top_k, moe.cfg.num_moe_layers
+    moe_eval = evaluate_routed(moe, tokenizer, domains, ctx.eval_bytes)
+    del moe
+    base_model, _ = ctx.model_and_tokenizer()
+    prev = (ctx.results.get("bricks") or {}).get("effects") or {}
+    if prev.get("eval_bytes") == ctx.eval_bytes and all(d in (prev.get("ppl") or {}).get("base", {}) for d in domains):
+        base_ppl = {d: float(prev["ppl"]["base"][d]) for d in domains}
+    else:
+        base_ppl = {d: r.result.ppl for d, r in evaluate_routed(base_model, tokenizer, domains, ctx.eval_bytes).items()}
+    brick_ppl, brick_from = _brick_ppl(ctx, bricks, domains)
+    eval_s = time.perf_counter() - t0
+
+    def bpb(ppl: float, d: str) -> float:
+        r = moe_eval[d].result
+        return _bpb(ppl, r.tokens, r.bytes)
+
+    table, share_own = [], {}
+    bpb_rows: dict[str, dict[str, float]] = {"base": {}, "own brick": {}, f"MoE top-{k}": {}}
+    for d in domains:
+        shares = moe_eval[d].shares()
+        assert shares is not None
+        own = shares[experts.index(d)].item() if d in experts else None
+        if own is not None:
+            share_own[d] = own
+        b, m = bpb(base_ppl[d], d), moe_eval[d].result.bpb
+        br = bpb(brick_ppl[d], d) if d in brick_ppl else None
+        bpb_rows["base"][d], bpb_rows[f"MoE top-{k}"][d] = b, m
+        if br is not None:
+            bpb_rows["own brick"][d] = br
+        table.append(
+            [
+                d,
+                f"{b:.4f}",
+                "-" if br is None else f"{br:.4f}",
+                f"{m:.4f}",
+                f"{m / b - 1:+.1%}",
+                "-" if own is None else f"{own:.0%}",
+                experts[int(shares.argmax())],
+            ]
+        )
+    if not bpb_rows["own brick"]:
+        del bpb_rows["own brick"]
+    ctx.report.table(
+        table, ["domain", "base bpb", "own brick bpb", "MoE bpb", "MoE vs base", "to own expert", "top expert"]
+    )
+    png = bar_chart(ctx.out_dir / "grow_bpb.png", bpb_rows, "Bits per byte: base, own-domain brick, MoE", "bits/byte")
+    ctx.report.figure(
+        png,
+        f"Held-out test text, first {ctx.eval_bytes:,} bytes per domain (own brick: {brick_from}). Lower is better.",
+    )
+    matrix = [[round(float(x), 3) for x in moe_eval[d].shares_list()] for d in domains]
+    heat = heatmap(
+        ctx.out_dir / "grow_routing.png", matrix, domains, [f"{e}:{n}" for e, n in enumerate(experts)],
+        f"Share of tokens routed to each expert (mean over {n_layers} MoE layers)",
+    )  # fmt: skip
+    ctx.report.figure(heat, "Rows: the domain of the text; columns: the experts (named by their brick's domain).")
+    gains = {d: 1 - bpb_rows[f"MoE top-{k}"][d] / bpb_rows["base"][d] for d in domains}
+    better = [d for d in domains if gains[d] > 0]
+    best = max(gains, key=lambda d: gains[d])
+    mean_own = sum(share_own.values()) / max(len(share_own), 1)
+    recovered = {
+        d: (bpb_rows["base"][d] - bpb_rows[f"MoE top-{k}"][d]) / (bpb_rows["base"][d] - bpb_rows["own brick"][d])
+        for d in bpb_rows.get("own brick", {})
+        if bpb_rows["base"][d] - bpb_rows["own brick"][d] > 1e-6
+    }
+    text = (
+        f"Without any training the assembled top-{k} MoE lowers bits per byte on {len(better)} of {len(domains)} "
+        f"domains (most on {best}: {gains[best]:.1%}); its routers send on average {mean_own:.0%} of a brick "
+        f"domain's tokens to that domain's expert, against {1 / len(experts):.0%} by chance."
+    )
+    if recovered:
+        mean_rec = sum(recovered.values()) / len(recovered)
+        text += (
+            f" On the bricks' own domains it keeps {mean_rec:.0%} of the gain each brick brings alone (the MoE "
+            "takes only the bricks' FFN updates: their attention updates are left out)."
+        )
+    ctx.report.text(text)
+    ctx.results["grow"] = {
+        "available": True,
+        "model": str(path),
+        "reused": reused,
+        "experts": {d: str(p) for d, p in bricks.items()},
+        "top_k": k,
+        "eval_bytes": ctx.eval_bytes,
+        "bits_per_byte": bpb_rows,
+        "expert_share": {d: dict(zip(experts, row, strict=True)) for d, row in zip(domains, matrix, strict=True)},
+        "own_brick_from": brick_from,
+        "seconds": {"assemble": round(build_s, 2), "evaluate": round(eval_s, 2)},
+    }
+    rows: list[SummaryRow] = [
+        (
+            "grow",
+            f"MoE top-{k} vs base (bpb, mean over domains)",
+            f"{sum(-g for g in gains.values()) / len(gains):+.1%}",
+        ),
+        ("grow", "tokens to own-domain expert", f"{mean_own:.0%}"),
+    ]
+    return rows

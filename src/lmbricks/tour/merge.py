@@ -1,0 +1,104 @@
+"""Tour section: merge two brick variants of the default model and compare per-domain bits per byte.
+
+The variants are ``MODEL+bricks/<model>/zh`` and ``MODEL+bricks/<model>/math`` (each LoRA brick
+applied on the fly by the merge executor, nothing materialised but the outputs), merged with TIES
+against the base model. Every model is scored on the same held-out bytes of every domain.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from lmbricks.eval import DEFAULT_DOMAINS, evaluate_domains
+from lmbricks.report import bar_chart
+from lmbricks.tour.run import SummaryRow, TourContext
+
+VARIANTS = ("zh", "math")
+
+
+def _recipe(base: Path, bricks: dict[str, Path], method: str) -> dict[str, Any]:
+    """A lmbricks/mergekit recipe over ``base+brick`` references."""
+    models = [{"model": f"{base}+{path}", "parameters": {"weight": 1.0, "density": 0.5}} for path in bricks.values()]
+    recipe: dict[str, Any] = {"merge_method": method, "models": models, "dtype": "float32", "out_dtype": "bfloat16"}
+    if method != "linear":
+        recipe["base_model"] = str(base)
+    return recipe
+
+
+def _build(recipe: dict[str, Any], out: Path) -> tuple[Path, float]:
+    """Merge ``recipe`` into ``out`` unless a finished output is cached there; returns (path, seconds)."""
+    from lmbricks.merge import merge
+
+    if (out / "lmbricks.json").exists():
+        return out, 0.0
+    start = time.perf_counter()
+    merge(recipe, out, force=True, command="lmbricks tour (merge section)")
+    return out, time.perf_counter() - start
+
+
+def merge_section(ctx: TourContext) -> list[SummaryRow]:
+    """Two brick variants, their TIES merge, and the base, scored per domain."""
+    from lmbricks import load_model
+    from lmbricks.adapters.catalogue import shipped_root
+
+    root = shipped_root()
+    bricks = {name: (root / ctx.model_path.name / name) if root else Path(name) for name in VARIANTS}
+    missing = [str(p) for p in bricks.values() if not (p / "adapter_config.json").exists()]
+    ctx.report.section("Merging bricks", "Two LoRA brick variants of the model merged with TIES, out of core.")
+    if missing:
+        ctx.report.text(f"Skipped: no shipped bricks for {ctx.model_ref} (looked for {', '.join(missing)}).")
+        ctx.results["merge"] = {"available": False}
+        return [("merge", "skipped", "no bricks for this model")]
+    cache = ctx.cache_dir / "merge"
+    built: dict[str, Path] = {}
+    seconds: dict[str, float] = {}
+    for name, path in bricks.items():  # each variant alone: a one-model linear "merge" applies the brick
+        built[f"+{name}"], seconds[f"+{name}"] = _build(
+            {
+                "merge_method": "linear",
+                "models": [{"model": f"{ctx.model_path}+{path}", "parameters": {"weight": 1.0}}],
+                "dtype": "float32",
+                "out_dtype": "bfloat16",
+            },
+            cache / f"variant-{name}",
+        )
+    built["ties(+zh, +math)"], seconds["ties"] = _build(_recipe(ctx.model_path, bricks, "ties"), cache / "ties")
+
+    model, tokenizer = ctx.model_and_tokenizer()
+    scores = {"base": evaluate_domains(model, tokenizer, DEFAULT_DOMAINS, max_bytes=ctx.eval_bytes)}
+    for name, path in built.items():
+        other, _tok = load_model(path)
+        scores[name] = evaluate_domains(other, tokenizer, DEFAULT_DOMAINS, max_bytes=ctx.eval_bytes)
+        del other
+    bpb = {name: {d: r.bpb for d, r in res.items()} for name, res in scores.items()}
+    ctx.results["merge"] = {"bits_per_byte": bpb, "merge_seconds": seconds, "eval_bytes": ctx.eval_bytes}
+
+    ctx.report.table(
+        [[name] + [f"{v[d]:.3f}" for d in DEFAULT_DOMAINS] for name, v in bpb.items()],
+        ["model"] + list(DEFAULT_DOMAINS),
+    )
+    png = bar_chart(
+        ctx.out_dir / "merge_bpb.png", bpb, "Bits per byte: base, brick variants and their merge", "bits/byte"
+    )
+    ctx.report.figure(png, f"Held-out bits per byte, first {ctx.eval_bytes:,} bytes per domain. Lower is better.")
+
+    merged = bpb["ties(+zh, +math)"]
+    gains = {d: 1 - merged[d] / bpb["base"][d] for d in DEFAULT_DOMAINS}
+    kept = {v: (1 - merged[v] / bpb["base"][v]) / max(1e-9, 1 - bpb[f"+{v}"][v] / bpb["base"][v]) for v in VARIANTS}
+    best_domain = max(gains, key=lambda d: gains[d])
+    ctx.report.text(
+        f"The merged model keeps {kept['zh']:.0%} of the zh brick's gain on zh and {kept['math']:.0%} of the math "
+        f"brick's gain on math, in one set of weights; its largest improvement over the base is on {best_domain} "
+        f"({gains[best_domain]:+.1%} bits per byte). "
+        + (
+            f"Building it took {seconds['ties']:.1f} s with the bricks applied on the fly."
+            if seconds["ties"]
+            else "It was reused from the tour's cache."
+        )
+    )
+    return [
+        ("merge", "zh gain kept", f"{kept['zh']:.0%}"),
+        ("merge", "math gain kept", f"{kept['math']:.0%}"),
+    ]

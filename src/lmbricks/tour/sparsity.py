@@ -1,0 +1,95 @@
+"""Tour section: per-token activation sparsity of the default model (the masking curve).
+
+Each FFN keeps only the top ``1 - rho`` of its neurons per token by the output-norm metric
+``|a_i| * ||W_down[:, i]||`` and the section measures the perplexity change per domain, on a
+small evaluation budget (one block per domain). The full protocol, with both metrics, the
+distributions and CETT, is ``lmbricks analyze sparsity`` (docs/emergent-bricks.md).
+"""
+
+from __future__ import annotations
+
+from lmbricks.report import line_chart
+from lmbricks.tour.run import SummaryRow, TourContext
+
+DOMAINS = ("en_prose", "code", "math", "zh", "dialogue")
+FULL_SPARSITIES = (0.0, 0.5, 0.7, 0.8, 0.9)
+QUICK_SPARSITIES = (0.0, 0.5, 0.8)
+
+
+def block_length(ctx: TourContext) -> int:
+    """Tokens per evaluation block: about ``ctx.eval_bytes`` of text at ~4 bytes per token."""
+    return max(64, ctx.eval_bytes // 4 // 64 * 64)
+
+
+def sparsity_section(ctx: TourContext) -> list[SummaryRow]:
+    """The masking curve (norm metric) on one block per domain; plot, table and interpretation."""
+    from lmbricks.analysis import SparsityConfig, analyze_sparsity, find_ffns
+    from lmbricks.hub import load_hf_model
+
+    model, tokenizer = load_hf_model(ctx.model_path)  # analysis hooks need the HF module names
+    rhos = QUICK_SPARSITIES if ctx.quick else FULL_SPARSITIES
+    seq_len = block_length(ctx)
+    cfg = SparsityConfig(
+        domains=DOMAINS,
+        sparsities=rhos,
+        metrics=("norm",),
+        cett_target=None,
+        n_chunks=1,
+        seq_len=seq_len,
+        batch_size=len(DOMAINS),
+    )
+    result = analyze_sparsity(model, tokenizer, cfg, on_step=lambda msg: ctx.log(f"  sparsity: {msg}"))
+    width = find_ffns(model)[0].width
+    del model
+    change = {
+        f"{rho:g}": {d: result.curve["norm"][f"{rho:g}"][d] / result.base_ppl[d] - 1.0 for d in DOMAINS}
+        for rho in rhos
+    }
+    mean = {r: sum(v.values()) / len(v) for r, v in change.items()}
+    share = {f"top {int(f * 100)}%": sum(row[j] for row in result.top_share["norm"]) / len(result.top_share["norm"])
+             for j, f in enumerate((0.1, 0.3, 0.5))}  # fmt: skip
+    ctx.results["sparsity"] = {
+        "tokens_per_domain": seq_len,
+        "base_ppl": result.base_ppl,
+        "ppl_change": change,
+        "mean_change": mean,
+        "top_share_norm": share,
+    }
+    ctx.report.section(
+        "Activation sparsity",
+        f"Every FFN keeps only the top (1 - rho) of its {width:,} neurons per token, ranked by "
+        f"|a_i| * ||W_down[:, i]||; perplexity on one block of {seq_len} tokens per domain (test split).",
+    )
+    ctx.report.table(
+        [[f"{float(r):.0%}", *(f"{change[r][d]:+.1%}" for d in DOMAINS), f"{mean[r]:+.1%}"] for r in change],
+        ["masked", *DOMAINS, "mean"],
+        caption="Relative perplexity change versus the unmasked model",
+    )
+    kept = [1.0 - float(r) for r in change]
+    series = {d: (kept, [100 * change[r][d] for r in change]) for d in DOMAINS}
+    series["mean"] = (kept, [100 * mean[r] for r in change])
+    png = line_chart(
+        ctx.out_dir / "sparsity_masking.png",
+        series,
+        "Per-token neuron masking (norm metric)",
+        "fraction of neurons kept per token",
+        "perplexity change (%)",
+    )
+    ctx.report.figure(png, "Perplexity change per domain as fewer neurons are kept (lower is better).")
+    high = max(r for r in change if r != "0")
+    mid = "0.5"
+    worst = max(DOMAINS, key=lambda d: change[high][d])
+    best = min(DOMAINS, key=lambda d: change[high][d])
+    verdict = "little" if mean[high] < 0.10 else ("a moderate" if mean[high] < 0.5 else "a large")
+    ctx.report.text(
+        f"Masking half the neurons of every token changes mean perplexity by {mean[mid]:+.1%}, masking "
+        f"{float(high):.0%} by {mean[high]:+.1%}: {verdict} cost at this size, with {worst} hit hardest "
+        f"({change[high][worst]:+.1%}) and {best} least ({change[high][best]:+.1%}). On average the top 30% of "
+        f"neurons carry {share['top 30%']:.0%} of a token's output-norm mass, which bounds how much an expert "
+        f"split of the FFN can drop per token."
+    )
+    return [
+        ("sparsity", f"ppl change, {float(mid):.0%} masked", f"{mean[mid]:+.1%}"),
+        ("sparsity", f"ppl change, {float(high):.0%} masked", f"{mean[high]:+.1%}"),
+    ]
+
