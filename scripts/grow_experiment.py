@@ -58,7 +58,7 @@ def summarise(res: dict[str, DomainEval]) -> dict[str, Any]:
         if shares is not None and e.counts is not None:
             row["expert_share"] = [round(x, 4) for x in shares.tolist()]
             c = e.counts.float()
-            row["expert_share_per_layer"] = (c / c.sum(-1, keepdim=True).clamp_min(1)).round(decimals=4).tolist()
+            row["expert_share_per_layer"] = (c / c.sum(-1, keepdim=True).clamp_min(1)).round(decimals=3).tolist()
         out[d] = row
     return out
 
@@ -212,6 +212,11 @@ def targets(results: dict[str, Any], moe_names: list[str]) -> dict[str, Any]:
     return out
 
 
+def slug(name: str) -> str:
+    """A file-name-safe form of a model name: ``MoE top-2 (trained routers)`` -> ``moe-top-2-trained-routers``."""
+    return "-".join("".join(c if c.isalnum() else " " for c in name.lower()).split())
+
+
 def figures(results: dict[str, Any], moe_names: list[str], docs: Path) -> list[str]:
     models = results["models"]
     base = models["base"]
@@ -223,16 +228,16 @@ def figures(results: dict[str, Any], moe_names: list[str], docs: Path) -> list[s
         else:
             change[n] = {d: 100 * (models[n][d]["ppl"] / base[d]["ppl"] - 1) for d in DOMAINS}
     pngs = [str(bar_chart(docs / "ppl_change.png", change, "Perplexity change versus the base", "% (lower is better)"))]
-    for n in moe_names:
+    for n in [m for m in moe_names if "base attn" not in m and m != "MoE top-2 (domain init)"]:
         matrix = [models[n][d]["expert_share"] for d in DOMAINS]
         pngs.append(
             str(
                 heatmap(
-                    docs / f"routing_{n.replace(' ', '_')}.png",
+                    docs / f"routing_{slug(n)}.png",
                     matrix,
                     list(DOMAINS),
                     [f"{e}:{d}" for e, d in enumerate(BRICK_DOMAINS)],
-                    f"Share of routed tokens per expert ({n})",
+                    f"Routing share, {n.removeprefix('MoE ')}",
                     fmt="{:.2f}",
                 )
             )

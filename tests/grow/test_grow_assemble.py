@@ -242,3 +242,26 @@ def test_dense_base_required_and_existing_output_refused(
     )
     with pytest.raises(ConfigError, match="already exists"):
         plan_assembly(ok, tmp_path / "taken")
+
+
+def test_a_loaded_base_is_reused_and_never_aliased(tiny_llama: Path, finetunes: list[Path]) -> None:
+    from lmbricks.grow import assemble_model
+
+    base, tok = load_model(tiny_llama)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    for non_experts in ("base", "average"):
+        recipe = {
+            "base_model": str(tiny_llama),
+            "gate_mode": "random",
+            "non_experts": non_experts,
+            "experts": _experts(finetunes[:2], prompts=False),
+        }
+        plan = plan_assembly(parse_moe_recipe(recipe))
+        moe = assemble_model(plan, base=(base, tok)).model
+        plan.close()
+        with torch.no_grad():
+            moe.embed.weight.add_(1.0)  # the MoE owns its tensors
+            moe.layers[0].attn.qkv.weight.add_(1.0)
+        for k, v in base.state_dict().items():
+            torch.testing.assert_close(v, before[k], atol=0, rtol=0)
+        assert moe.lm_head.weight is moe.embed.weight or not moe.cfg.tie_embeddings

@@ -36,13 +36,11 @@ def write_sparsity_report(result: SparsityResult, out: Path, model_name: str, fo
         rhos = list(cfg.sparsities)
         curve_png = line_chart(
             tmp / "masking_curve.png",
-            {
-                m: ([r * 100 for r in rhos], [100 * result.mean_change(m, r) for r in rhos])
-                for m in cfg.metrics
-            },
-            "Per-token masking: mean perplexity change over domains",
+            {m: ([r * 100 for r in rhos], [1 + result.mean_change(m, r) for r in rhos]) for m in cfg.metrics},
+            "Per-token masking: mean perplexity ratio over domains",
             "masked neurons per token (%)",
-            "perplexity change (%)",
+            "perplexity ratio (masked / unmasked, log scale)",
+            logy=True,
         )
         summary = [[m] + [_pct(result.mean_change(m, r)) for r in rhos] for m in cfg.metrics]
         report.summary(summary, ["metric"] + [f"mask {r:.0%}" for r in rhos])
@@ -51,7 +49,7 @@ def write_sparsity_report(result: SparsityResult, out: Path, model_name: str, fo
             "Each FFN keeps only the top (1 - rho) neurons of every token by the metric; the others are "
             "zeroed before the down projection. 'abs' ranks by |a_i|, 'norm' by |a_i| * ||W_down[:, i]||.",
         )
-        report.figure(curve_png, "Mean relative perplexity change over the domains")
+        report.figure(curve_png, "Mean over the domains of the perplexity ratio (1 = unchanged)")
         for metric in cfg.metrics:
             rows = [
                 [d, result.base_ppl[d]]

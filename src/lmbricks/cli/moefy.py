@@ -19,7 +19,9 @@ def moefy(
     experts: int = typer.Option(32, "--experts", "-e", help="Experts per FFN (must divide its width)."),
     top_k: int = typer.Option(16, "--top-k", "-k", help="Experts used per token."),
     split: str = typer.Option("coactivation", "--split", help="kmeans, coactivation or random."),
-    router: str = typer.Option("mlp", "--router", help="centroid (no training), linear (least squares) or mlp (trained)."),
+    router: str = typer.Option(
+        "linear", "--router", help="centroid (no training), linear (least squares) or mlp (trained)."
+    ),
     dynamic_threshold: float | None = typer.Option(
         None, "--dynamic-threshold", help="Dynamic K: mass share."
     ),
@@ -117,9 +119,11 @@ def moefy(
 
         n, t = QUICK_BUDGET if quick else FULL_BUDGET
         evals = domain_chunks(tokenizer, ("en_prose", "code", "math", "zh", "dialogue"), "test", n, t)
-        ks = sorted({max(1, experts // 8), max(1, experts // 4), max(1, experts // 2), top_k, experts})
+        # K = E is the dense model (the baseline already measures it): the curve stops below it
+        ks = sorted({k for k in (experts // 8, experts // 4, experts // 2, 3 * experts // 4, top_k) if 0 < k < experts})
+        ks = ks or [experts]
         modes = ("oracle", "router")
-        dyn = (0.5, 0.7, 0.9) if router in ("linear", "mlp") else ()
+        dyn = (0.7, 0.9) if router in ("linear", "mlp") else ()
         with err_console.status("evaluating") as status:
             result = ppl_curve(lm, evals, ks, modes, dyn, on_step=lambda msg: status.update(msg))
             status.update("timing")

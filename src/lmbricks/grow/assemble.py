@@ -161,13 +161,26 @@ def plan_assembly(recipe: MoERecipe, out: str | Path | None = None, force: bool 
 
 
 # ------------------------------------------------------------------------------------------- build
-def _non_expert_model(plan: AssemblyPlan, log: Log) -> tuple[LM, Any]:
-    """The base LM (fp32), with attention/embeddings/norms averaged over the experts if asked (BTX)."""
+def _non_expert_model(plan: AssemblyPlan, log: Log, base: tuple[LM, Any] | None = None) -> tuple[LM, Any]:
+    """The base LM (fp32), with attention/embeddings/norms averaged over the experts if asked (BTX).
+
+    ``base`` is an already loaded ``(model, tokenizer)`` of the base: used as is (read only) when the
+    non-expert weights come from the base, copied when they are averaged.
+    """
+    import copy
+
     from lmbricks.nn.hf import hf_state_dict, load_hf_weights
     from lmbricks.nn.load import load_model
 
-    log(f"loading base {plan.recipe.base_model}")
-    model, tokenizer = load_model(plan.base_path, dtype=torch.float32)
+    if base is not None:
+        model, tokenizer = base
+        if not isinstance(model, LM) or model.cfg.hidden_size != plan.base_config.get("hidden_size"):
+            raise ConfigError("the loaded base model given to assemble_model does not match base_model")
+        if plan.recipe.non_experts == "average":
+            model = copy.deepcopy(model)
+    else:
+        log(f"loading base {plan.recipe.base_model}")
+        model, tokenizer = load_model(plan.base_path, dtype=torch.float32)
     if plan.recipe.non_experts == "average":
         log(f"averaging non-expert weights over {len(plan.experts)} expert sources")
         family = str(plan.base_config["model_type"])
@@ -251,23 +264,29 @@ def gate_rows(plan: AssemblyPlan, model: LM, tokenizer: Any, layers: list[int], 
     return rows, shared_row
 
 
-def assemble_model(plan: AssemblyPlan, log: Log | None = None, collinear_threshold: float = 0.9) -> Assembly:
+def assemble_model(
+    plan: AssemblyPlan,
+    log: Log | None = None,
+    collinear_threshold: float = 0.9,
+    base: tuple[LM, Any] | None = None,
+) -> Assembly:
     """Build the assembled MoE in memory (fp32).
 
     Args:
         plan: from :func:`plan_assembly`.
         log: one-line progress messages.
         collinear_threshold: cosine above which two router rows of a layer trigger a :class:`GrowWarning`.
+        base: the base ``(LM in fp32, tokenizer)`` if already loaded (it is not modified).
 
     Returns:
         The :class:`Assembly` (model, router rows, per-layer row similarity, warnings issued).
     """
     say: Log = log or (lambda _m: None)
     r = plan.recipe
-    base, tokenizer = _non_expert_model(plan, say)
-    cfg = moe_lm_config(base.cfg, len(r.experts), r.experts_per_token, shared_expert=plan.shared is not None)
+    base_lm, tokenizer = _non_expert_model(plan, say, base)
+    cfg = moe_lm_config(base_lm.cfg, len(r.experts), r.experts_per_token, shared_expert=plan.shared is not None)
     layers = [i for i in range(cfg.num_layers) if cfg.is_moe_layer(i)]
-    rows, shared_rows = gate_rows(plan, base, tokenizer, layers, say)
+    rows, shared_rows = gate_rows(plan, base_lm, tokenizer, layers, say)
     found = G.collinear_pairs(rows, layers, collinear_threshold)
     issued = []
     if found:
@@ -288,7 +307,7 @@ def assemble_model(plan: AssemblyPlan, log: Log | None = None, collinear_thresho
         if plan.shared is not None and r.shared_experts:
             spec = r.shared_experts[0]
             shared[i] = (plan.shared.ffn(i).scaled(spec.residual_scale).noisy(spec.noise_scale, gen), shared_rows[li])
-    state = base.state_dict()
+    state = base_lm.state_dict()
     model = build_moe_lm(cfg, state, experts, {i: rows[li] for li, i in enumerate(layers)}, shared or None)
     return Assembly(model, rows, layers, max_cos, issued)
 
@@ -323,6 +342,7 @@ def assemble(
     force: bool = False,
     log: Log | None = None,
     command: str | None = None,
+    base: tuple[LM, Any] | None = None,
 ) -> Path:
     """Validate a recipe, build the MoE and write it (atomically) as a Hugging Face directory.
 
@@ -332,6 +352,7 @@ def assemble(
         force: replace ``out``.
         log: one-line progress messages.
         command: recorded in lmbricks.json (default: the process's command line).
+        base: the base ``(LM in fp32, tokenizer)`` if already loaded (saves loading it again).
 
     Returns:
         ``out``.
@@ -344,7 +365,7 @@ def assemble(
         r = load_moe_recipe(recipe)
     plan = plan_assembly(r, out, force)
     try:
-        built = assemble_model(plan, log)
+        built = assemble_model(plan, log, base=base)
         inputs: dict[str, Path] = {"base_model": plan.base_path}
         for e, src in enumerate(plan.experts):
             inputs[f"experts[{e}]"] = src.brick_path if src.brick_path is not None else src.path

@@ -102,8 +102,17 @@ def moe_layers(model: LM) -> dict[int, MoELayer]:
 
 
 def _stack_experts(ffns: Sequence[ExpertFFN]) -> tuple[Tensor, Tensor]:
-    gate_up = torch.stack([torch.cat([f.gate.t(), f.up.t()], dim=1) for f in ffns])  # (E, H, 2I)
-    down = torch.stack([f.down.t() for f in ffns])  # (E, I, H)
+    """Experts in nn.Linear layout -> lmbricks' (E, H, 2I) [gate | up] and (E, I, H), one copy each."""
+    i, h = ffns[0].shape
+    for f in ffns:
+        if f.shape != (i, h) or tuple(f.down.shape) != (h, i):
+            raise ConfigError(f"experts differ in shape: {f.shape} and {(i, h)}")
+    gate_up = torch.empty(len(ffns), h, 2 * i)  # (E, H, 2I)
+    down = torch.empty(len(ffns), i, h)  # (E, I, H)
+    for e, f in enumerate(ffns):
+        gate_up[e, :, :i].copy_(f.gate.t())
+        gate_up[e, :, i:].copy_(f.up.t())
+        down[e].copy_(f.down.t())
     return gate_up, down
 
 
@@ -134,30 +143,28 @@ def build_moe_lm(
     """
     with torch.device("meta"):
         model = LM(cfg)
-    model.to_empty(device="cpu")
-    model.float()
     sd: dict[str, Tensor] = {}
     for name, t in dense_state.items():
         m = _FFN_KEY.match(name)
         if m and cfg.is_moe_layer(int(m.group(1))):
             continue
-        sd[name] = t
+        sd[name] = t.detach().float().clone()  # never alias the dense model's parameters
     for i in range(cfg.num_layers):
         if not cfg.is_moe_layer(i):
             continue
         if i not in experts or i not in routers:
             raise ConfigError(f"layer {i}: no experts or router rows given for an MoE layer")
         p = f"layers.{i}.ffn."
-        sd[p + "router.gate.weight"] = routers[i]
+        sd[p + "router.gate.weight"] = routers[i].detach().clone()
         sd[p + "experts.gate_up"], sd[p + "experts.down"] = _stack_experts(experts[i])
         if shared is not None and i in shared:
             ffn, gate_row = shared[i]
-            sd[p + "shared_expert.gate_proj.weight"] = ffn.gate
-            sd[p + "shared_expert.up_proj.weight"] = ffn.up
-            sd[p + "shared_expert.down_proj.weight"] = ffn.down
-            sd[p + "shared_expert.gate.weight"] = gate_row.reshape(1, -1)
+            sd[p + "shared_expert.gate_proj.weight"] = ffn.gate.clone()
+            sd[p + "shared_expert.up_proj.weight"] = ffn.up.clone()
+            sd[p + "shared_expert.down_proj.weight"] = ffn.down.clone()
+            sd[p + "shared_expert.gate.weight"] = gate_row.reshape(1, -1).clone()
         for name, t in (extra or {}).get(i, {}).items():
-            sd[p + name] = t
+            sd[p + name] = t.detach().clone()
     own = model.state_dict()
     missing = [k for k in own if k not in sd and not (cfg.tie_embeddings and k == "lm_head.weight")]
     if missing:
@@ -167,9 +174,11 @@ def build_moe_lm(
             raise ConfigError(f"unexpected parameter {k}")
         if tuple(own[k].shape) != tuple(v.shape):
             raise ConfigError(f"{k}: shape {tuple(v.shape)}, the config implies {tuple(own[k].shape)}")
-    with torch.no_grad():
-        for k, v in sd.items():
-            own[k].copy_(v)
+    # The parts become the parameters (no second copy of the experts): every tensor is fresh here.
+    sd = {k: v.float().contiguous() for k, v in sd.items()}
+    if cfg.tie_embeddings:
+        sd["lm_head.weight"] = sd["embed.weight"]
+    model.load_state_dict(sd, strict=True, assign=True)
     if cfg.tie_embeddings:
         model.lm_head.weight = model.embed.weight
     return model.eval()

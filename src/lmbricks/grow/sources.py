@@ -88,8 +88,12 @@ class ExpertSource:
         return self.input.path
 
     def read(self, name: str) -> Tensor:
-        """An HF-named tensor in fp32 (LoRA delta included), a copy (it outlives the reader)."""
-        return self.input.read(name).to(torch.float32, copy=True)
+        """An HF-named tensor in fp32 (LoRA delta included), never a view of the file (it outlives the reader)."""
+        t = self.input.read(name)
+        adapter = self.input.adapter
+        if adapter is not None and name in adapter.targets and t.dtype == torch.float32:
+            return t  # W + s B A was computed into a fresh fp32 tensor
+        return t.to(torch.float32, copy=True)
 
     def ffn(self, layer: int) -> ExpertFFN:
         """The FFN of ``layer`` in fp32."""

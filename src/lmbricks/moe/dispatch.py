@@ -103,15 +103,15 @@ class _GatherRows(Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, tokens: Tensor, order: Tensor, top_k: int) -> Tensor:
-        ctx.save_for_backward(order, tokens)
+        ctx.save_for_backward(order)
         ctx.shape = (x.shape[0], top_k, x.shape[1])
         return x.index_select(0, tokens)  # (S, H)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None]:
-        order, tokens = ctx.saved_tensors
-        t, k, h = ctx.shape
-        return _sum_by_token(grad, order, tokens, t, k), None, None, None
+        (order,) = ctx.saved_tensors
+        t, k, _ = ctx.shape
+        return _sum_by_token(grad, order, t, k), None, None, None
 
 
 class _Combine(Function):
@@ -120,7 +120,7 @@ class _Combine(Function):
 
     @staticmethod
     def forward(ctx: Any, ys: Tensor, weights: Tensor, order: Tensor, tokens: Tensor, top_k: int) -> Tensor:
-        out, w_sorted = _combine_forward(ys, weights, order, tokens, top_k, inplace=False)
+        out, w_sorted = _combine_forward(ys, weights, order, top_k, inplace=False)
         ctx.save_for_backward(ys, w_sorted, order, tokens)
         ctx.weights_meta = (weights.shape, weights.dtype)
         return out
@@ -141,24 +141,22 @@ class _Combine(Function):
         return d_ys, d_w, None, None, None
 
 
-def _combine_forward(
-    ys: Tensor, weights: Tensor, order: Tensor, tokens: Tensor, top_k: int, inplace: bool
-) -> tuple[Tensor, Tensor]:
+def _combine_forward(ys: Tensor, weights: Tensor, order: Tensor, top_k: int, inplace: bool) -> tuple[Tensor, Tensor]:
     """The combine of ``_Combine`` -> (out (T, H), gates in expert order (S,))."""
     acc = torch.promote_types(ys.dtype, torch.float32)  # fp32 accumulation for bf16 / fp16
     w_sorted = weights.reshape(-1).index_select(0, order).to(acc)  # (S,)
     inplace = inplace and ys.dtype == acc
     yw = ys.mul_(w_sorted[:, None]) if inplace else ys.to(acc) * w_sorted[:, None]  # (S, H)
-    out = _sum_by_token(yw, order, tokens, weights.shape[0], top_k)
+    out = _sum_by_token(yw, order, weights.shape[0], top_k)
     return out.to(ys.dtype), w_sorted
 
 
-def _sum_by_token(rows: Tensor, order: Tensor, tokens: Tensor, num_tokens: int, top_k: int) -> Tensor:
+def _sum_by_token(rows: Tensor, order: Tensor, num_tokens: int, top_k: int) -> Tensor:
     """(S, H) rows in expert order -> (T, H): each token's rows summed over its k slots, fixed order.
 
     The rows are scattered to (T*k, H) pair order and the k slots summed: no atomics, deterministic
-    on every device. (CPU ``index_add_`` / ``scatter_add_`` were measured: they are as fast with one
-    thread but run one parallel region per index entry with two, 50-1000x slower.)
+    on every device. (CPU ``index_add_`` / ``scatter_add_`` were measured: faster with one thread,
+    but 5-25x slower in wall time with two on a loaded machine.)
     """
     t, h = num_tokens, rows.shape[1]
     buf = _pair_buffer(t * top_k, h, rows.shape[0], rows)
@@ -193,7 +191,7 @@ def combine_rows(ys: Tensor, weights: Tensor, plan: DispatchPlan, overwrite: boo
     """
     if torch.is_grad_enabled() and (ys.requires_grad or weights.requires_grad):
         return _Combine.apply(ys, weights, plan.order, plan.tokens, plan.top_k)
-    return _combine_forward(ys, weights, plan.order, plan.tokens, plan.top_k, inplace=overwrite)[0]
+    return _combine_forward(ys, weights, plan.order, plan.top_k, inplace=overwrite)[0]
 
 
 # ----------------------------------------------------------------------------- activations

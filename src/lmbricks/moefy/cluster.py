@@ -84,9 +84,14 @@ def balanced_kmeans(features: Tensor, n_clusters: int, iters: int = 30, seed: in
         if torch.equal(new, labels):
             break
         labels = new
-        sums = torch.zeros_like(centroids).index_add_(0, labels, x)
+        sums = one_hot(labels, n_clusters).T @ x  # (E, D); a matmul is far faster than index_add_ on CPU
         centroids = torch.nn.functional.normalize(sums, dim=1)
     return labels
+
+
+def one_hot(labels: Tensor, n_clusters: int) -> Tensor:
+    """(I, E) fp32 membership matrix of a partition."""
+    return torch.nn.functional.one_hot(labels, n_clusters).float()
 
 
 def random_partition(width: int, n_clusters: int, seed: int = 0) -> Tensor:
@@ -159,7 +164,7 @@ def refine_partition(
     m = m / m.sum(dim=1, keepdim=True).clamp_min(1e-12)
     cap = m.shape[1] // n_clusters
     for _ in range(iters):
-        per_expert = torch.zeros(m.shape[0], n_clusters).index_add_(1, labels, m)  # (N, E)
+        per_expert = m @ one_hot(labels, n_clusters)  # (N, E)
         chosen = torch.zeros_like(per_expert)
         for k in ks:
             idx = per_expert.topk(k, dim=1).indices
@@ -183,6 +188,6 @@ def captured_share(mass: Tensor, labels: Tensor, n_clusters: int, k: int) -> flo
     Returns:
         Mean over tokens of (mass in the k heaviest experts) / (total mass).
     """
-    per_expert = torch.zeros(mass.shape[0], n_clusters).index_add_(1, labels, mass.float())  # (N, E)
+    per_expert = mass.float() @ one_hot(labels, n_clusters)  # (N, E)
     top = per_expert.topk(k, dim=1).values.sum(1)
     return float((top / per_expert.sum(1).clamp_min(1e-12)).mean())

@@ -47,7 +47,7 @@ class MoefyConfig(BaseModel):
     experts: int = Field(32, ge=1)
     top_k: int = Field(16, ge=1)
     split: Split = "coactivation"
-    router: RouterKind = "mlp"
+    router: RouterKind = "linear"
     router_hidden: int = Field(256, ge=1)
     router_steps: int = Field(400, ge=0)
     router_lr: float = Field(3e-3, gt=0)

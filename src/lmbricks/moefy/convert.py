@@ -10,6 +10,7 @@ during one forward pass, so each learns from the inputs its MoEfied predecessors
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,10 +110,8 @@ def capture_inputs(
         with torch.no_grad():
             for ids in chunks.values():
                 for start in range(0, ids.shape[0], batch_size):
-                    try:
+                    with contextlib.suppress(_StopForward):
                         model(input_ids=ids[start : start + batch_size])
-                    except _StopForward:
-                        pass
     finally:
         for handle in handles:
             handle.remove()

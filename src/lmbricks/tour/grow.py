@@ -1,10 +1,13 @@
 """Tour section: grow a mixture of experts from the default model's shipped bricks.
 
-The section assembles an MoE whose experts are the base FFN with each domain brick merged in and
-whose router rows are the domain means of the base's router inputs (``gate_mode: domain``, no
-training), caches it in ``ctx.cache_dir / "assembled-moe"`` (reused by later runs and traced by the
+The section assembles an MoE whose experts are the base FFN with each domain brick merged in, whose
+attention is the base's plus the mean of the bricks' attention updates (Branch-Train-MiX), and
+whose router rows are the domain means of the router inputs (``gate_mode: domain``, no training).
+It caches the MoE in ``ctx.cache_dir / "assembled-moe"`` (reused by later runs and traced by the
 trace section through ``ctx.results["routed_model"]``), then measures held-out bits per byte of the
-base, of each brick on its own domain and of the MoE, and where the MoE routes each domain's tokens.
+MoE and of the base (taken from the bricks section when it scored the same text, as are the bricks'
+own-domain numbers), and where the MoE routes each domain's tokens. The cached MoE is reused as it
+is whatever the mode (delete the folder to rebuild it).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ CACHE_NAME = "assembled-moe"
 
 def _settings(quick: bool) -> dict[str, int]:
     """Tokens per domain for the router rows, and experts per token of the tour's MoE."""
-    return {"domain_tokens": 256 if quick else 1024, "top_k": 1}
+    return {"domain_tokens": 256 if quick else 512, "top_k": 1}
 
 
 def tour_domains(brick_domains: list[str]) -> list[str]:
@@ -56,11 +59,14 @@ def assembled_moe(ctx: TourContext, bricks: dict[str, Path], s: dict[str, int]) 
         "gate_mode": "domain",
         "experts_per_token": s["top_k"],
         "domain_tokens": s["domain_tokens"],
+        "non_experts": "average",  # Branch-Train-MiX: the bricks' attention updates averaged (docs/grow.md)
         "dtype": "float16",  # keeps the bricks' updates (bfloat16 would round them) at half fp32's size
         "experts": [{"brick": str(p), "domain": d} for d, p in bricks.items()],
     }
     t0 = time.perf_counter()
-    assemble(recipe, path, force=True, log=ctx.log, command="lmbricks tour (grow section)")
+    assemble(
+        recipe, path, force=True, log=ctx.log, command="lmbricks tour (grow section)", base=ctx.model_and_tokenizer()
+    )
     return path, time.perf_counter() - t0, False
 
 
@@ -69,26 +75,17 @@ def _bpb(ppl: float, tokens: int, n_bytes: int) -> float:
     return math.log2(ppl) * tokens / max(n_bytes, 1)
 
 
-def _brick_ppl(ctx: TourContext, bricks: dict[str, Path], domains: list[str]) -> tuple[dict[str, float], str]:
-    """Perplexity of each brick on its own domain: from the bricks section when it measured the same
-    text, else measured here (full mode only). Returns ``({domain: ppl}, where from)``."""
-    prev = ctx.results.get("bricks") or {}
-    effects = prev.get("effects") or {}
+def _brick_ppl(ctx: TourContext, bricks: dict[str, Path]) -> tuple[dict[str, float], str]:
+    """Perplexity of each brick on its own domain, taken from the bricks section when it measured the
+    same text (evaluating four more models here would double the section's time). Returns
+    ``({domain: ppl}, where from)``."""
+    effects = (ctx.results.get("bricks") or {}).get("effects") or {}
     rows = effects.get("ppl") or {}
-    if effects.get("eval_bytes") == ctx.eval_bytes and all(d in rows and d in rows[d] for d in bricks):
-        return {d: float(rows[d][d]) for d in bricks}, "bricks section"
-    if ctx.quick:
-        return {}, "not measured (quick mode)"
-    from lmbricks.grow import evaluate_routed
-    from lmbricks.grow.sources import load_lm
-
-    _, tokenizer = ctx.model_and_tokenizer()
-    out = {}
-    for d, p in bricks.items():
-        if d in domains:
-            model, _ = load_lm(f"{ctx.model_path}+{p}")
-            out[d] = evaluate_routed(model, tokenizer, [d], ctx.eval_bytes)[d].result.ppl
-    return out, "measured here"
+    if effects.get("eval_bytes") == ctx.eval_bytes:
+        found = {d: float(rows[d][d]) for d in bricks if d in rows and d in rows[d]}
+        if found:
+            return found, "the bricks section"
+    return {}, "not measured (run the bricks section before this one)"
 
 
 def grow_section(ctx: TourContext) -> list[SummaryRow]:
@@ -99,9 +96,9 @@ def grow_section(ctx: TourContext) -> list[SummaryRow]:
 
     ctx.report.section(
         "Grow: a mixture of experts from bricks",
-        "Each expert is the base FFN with one domain brick merged in; attention, embeddings and norms are the "
-        "base's; each router row is the mean router input of the base over that domain's training text "
-        "(`lmbricks moe assemble`, gate_mode domain, no training).",
+        "Each expert is the base FFN with one domain brick merged in; attention is the base plus the mean of the "
+        "bricks' attention updates (Branch-Train-MiX); each router row is the mean router input over that "
+        "domain's training text (`lmbricks moe assemble`, gate_mode domain, no training).",
     )
     bricks = domain_bricks(ctx.model_ref)
     if len(bricks) < 2:
@@ -118,13 +115,15 @@ def grow_section(ctx: TourContext) -> list[SummaryRow]:
     k, n_layers = moe.cfg.moe_config().top_k, moe.cfg.num_moe_layers
     moe_eval = evaluate_routed(moe, tokenizer, domains, ctx.eval_bytes)
     del moe
+    moe_s = time.perf_counter() - t0
     base_model, _ = ctx.model_and_tokenizer()
     prev = (ctx.results.get("bricks") or {}).get("effects") or {}
     if prev.get("eval_bytes") == ctx.eval_bytes and all(d in (prev.get("ppl") or {}).get("base", {}) for d in domains):
-        base_ppl = {d: float(prev["ppl"]["base"][d]) for d in domains}
+        base_ppl, base_from = {d: float(prev["ppl"]["base"][d]) for d in domains}, "the bricks section"
     else:
-        base_ppl = {d: r.result.ppl for d, r in evaluate_routed(base_model, tokenizer, domains, ctx.eval_bytes).items()}
-    brick_ppl, brick_from = _brick_ppl(ctx, bricks, domains)
+        base_eval = evaluate_routed(base_model, tokenizer, domains, ctx.eval_bytes)
+        base_ppl, base_from = {d: r.result.ppl for d, r in base_eval.items()}, "measured here"
+    brick_ppl, brick_from = _brick_ppl(ctx, bricks)
     eval_s = time.perf_counter() - t0
 
     def bpb(ppl: float, d: str) -> float:
@@ -160,15 +159,16 @@ def grow_section(ctx: TourContext) -> list[SummaryRow]:
     ctx.report.table(
         table, ["domain", "base bpb", "own brick bpb", "MoE bpb", "MoE vs base", "to own expert", "top expert"]
     )
-    png = bar_chart(ctx.out_dir / "grow_bpb.png", bpb_rows, "Bits per byte: base, own-domain brick, MoE", "bits/byte")
+    png = bar_chart(ctx.out_dir / "grow_bpb.png", bpb_rows, "Held-out bits per byte by domain", "bits/byte")
     ctx.report.figure(
         png,
-        f"Held-out test text, first {ctx.eval_bytes:,} bytes per domain (own brick: {brick_from}). Lower is better.",
+        f"Held-out test text, first {ctx.eval_bytes:,} bytes per domain (base: {base_from}; own brick: "
+        f"{brick_from}). Lower is better.",
     )
     matrix = [[round(float(x), 3) for x in moe_eval[d].shares_list()] for d in domains]
     heat = heatmap(
         ctx.out_dir / "grow_routing.png", matrix, domains, [f"{e}:{n}" for e, n in enumerate(experts)],
-        f"Share of tokens routed to each expert (mean over {n_layers} MoE layers)",
+        f"Routing share (mean of {n_layers} layers)",
     )  # fmt: skip
     ctx.report.figure(heat, "Rows: the domain of the text; columns: the experts (named by their brick's domain).")
     gains = {d: 1 - bpb_rows[f"MoE top-{k}"][d] / bpb_rows["base"][d] for d in domains}
@@ -180,16 +180,17 @@ def grow_section(ctx: TourContext) -> list[SummaryRow]:
         for d in bpb_rows.get("own brick", {})
         if bpb_rows["base"][d] - bpb_rows["own brick"][d] > 1e-6
     }
+    most = f" (most on {best}: {gains[best]:.1%})" if better else ""
     text = (
         f"Without any training the assembled top-{k} MoE lowers bits per byte on {len(better)} of {len(domains)} "
-        f"domains (most on {best}: {gains[best]:.1%}); its routers send on average {mean_own:.0%} of a brick "
-        f"domain's tokens to that domain's expert, against {1 / len(experts):.0%} by chance."
+        f"domains{most}; its routers send on average {mean_own:.0%} of a brick domain's tokens to that domain's "
+        f"expert, against {1 / len(experts):.0%} by chance."
     )
     if recovered:
         mean_rec = sum(recovered.values()) / len(recovered)
         text += (
-            f" On the bricks' own domains it keeps {mean_rec:.0%} of the gain each brick brings alone (the MoE "
-            "takes only the bricks' FFN updates: their attention updates are left out)."
+            f" On the bricks' own domains it keeps {mean_rec:.0%} of the gain each brick brings alone (its experts "
+            "carry each brick's FFN update, its attention only the mean of their attention updates)."
         )
     ctx.report.text(text)
     ctx.results["grow"] = {
@@ -202,7 +203,8 @@ def grow_section(ctx: TourContext) -> list[SummaryRow]:
         "bits_per_byte": bpb_rows,
         "expert_share": {d: dict(zip(experts, row, strict=True)) for d, row in zip(domains, matrix, strict=True)},
         "own_brick_from": brick_from,
-        "seconds": {"assemble": round(build_s, 2), "evaluate": round(eval_s, 2)},
+        "base_from": base_from,
+        "seconds": {"assemble": round(build_s, 2), "evaluate_moe": round(moe_s, 2), "evaluate": round(eval_s, 2)},
     }
     rows: list[SummaryRow] = [
         (

@@ -1,14 +1,16 @@
 """Tour section: MoEfication of the default model at small settings (quality and FFN speed).
 
-The default model's FFNs are cut into 32 experts (co-activation split, MLP routers trained on a
-small calibration set), the result is cached in ``ctx.cache_dir / "moefied"`` and reused by later
-runs with the same settings. The section measures the perplexity change per domain with the
-router at a few K (and the oracle at half the experts), and one FFN's forward time versus the
-dense FFN. The full protocol is ``lmbricks moefy --eval`` and ``bench/moefy.py``.
+The default model's FFNs are cut into 32 experts (co-activation split refined for top-K capture,
+linear routers fitted in closed form on a small calibration set); the result is cached in
+``ctx.cache_dir / "moefied"`` and reused by later runs with the same settings. The section
+measures the perplexity change per domain with the router at a few K (and the oracle at half the
+experts), and one FFN's forward time versus the dense FFN. The full protocol is
+``lmbricks moefy --eval`` and ``bench/moefy.py``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +27,15 @@ def section_config(quick: bool) -> dict[str, Any]:
         "experts": EXPERTS,
         "top_k": EXPERTS // 2,
         "split": "coactivation",
-        "router": "mlp",
+        "router": "linear",
         "calib_chunks": 1,
         "calib_seq_len": 256 if quick else 512,
-        "router_steps": 60 if quick else 150,
-        "router_hidden": 128,
-        "refine_iters": 5,
-        "kmeans_iters": 15,
     }
 
 
-def cached_or_built(ctx: TourContext, settings: dict[str, Any]) -> tuple[Any, Any, bool]:
+def cached_or_built(
+    ctx: TourContext, settings: dict[str, Any], texts_of: Callable[[str, str], list[str]] | None = None
+) -> tuple[Any, Any, bool]:
     """``(model, tokenizer, built)``: the cached MoEfied model if its settings match, else a new one."""
     from lmbricks.moefy import is_moefied, load_moefied, make_config, moefy_model, save_moefied
     from lmbricks.moefy.io import read_section
@@ -48,7 +48,7 @@ def cached_or_built(ctx: TourContext, settings: dict[str, Any]) -> tuple[Any, An
     from lmbricks.hub import load_hf_model
 
     model, tokenizer = load_hf_model(ctx.model_path)
-    info = moefy_model(model, tokenizer, cfg, on_step=lambda msg: ctx.log(f"  moefy: {msg}"))
+    info = moefy_model(model, tokenizer, cfg, texts_of=texts_of, on_step=lambda msg: ctx.log(f"  moefy: {msg}"))
     save_moefied(model, path, cfg, info.permutations, source=ctx.model_path, tokenizer=tokenizer, force=True,
                  command="lmbricks tour (moefy section)")  # fmt: skip
     return model, tokenizer, True
@@ -56,15 +56,20 @@ def cached_or_built(ctx: TourContext, settings: dict[str, Any]) -> tuple[Any, An
 
 def moefy_section(ctx: TourContext) -> list[SummaryRow]:
     """MoEfy (or reuse), then perplexity change at a few K and FFN speed versus dense."""
+    return moefication_section(ctx)
+
+
+def moefication_section(ctx: TourContext, texts_of: Callable[[str, str], list[str]] | None = None) -> list[SummaryRow]:
+    """The body of :func:`moefy_section` (``texts_of`` replaces the corpora, for tests)."""
     from lmbricks.analysis.corpus import domain_chunks
     from lmbricks.moefy import moefied_layers
     from lmbricks.moefy.evaluate import DenseFFN, ppl_curve, time_ffn
     from lmbricks.tour.sparsity import block_length
 
     settings = section_config(ctx.quick)
-    model, tokenizer, built = cached_or_built(ctx, settings)
+    model, tokenizer, built = cached_or_built(ctx, settings, texts_of)
     seq_len = block_length(ctx)
-    evals = domain_chunks(tokenizer, DOMAINS, "test", 1, seq_len)
+    evals = domain_chunks(tokenizer, DOMAINS, "test", 1, seq_len, texts_of)
     ks = [8, 16] if ctx.quick else [4, 8, 16, 24]
     half = EXPERTS // 2
     result = ppl_curve(model, evals, ks, ("router",), on_step=lambda msg: ctx.log(f"  moefy eval: {msg}"))
@@ -92,19 +97,31 @@ def moefy_section(ctx: TourContext) -> list[SummaryRow]:
     ctx.report.section(
         "MoEfication",
         f"Each FFN's {ffn.n_experts * ffn.expert_size:,} neurons are cut into {EXPERTS} experts of "
-        f"{ffn.expert_size} (co-activation split, MLP router per layer, calibrated on "
+        f"{ffn.expert_size} (co-activation split, linear router per layer, calibrated on "
         f"{settings['calib_seq_len']} tokens per domain{'' if built else '; loaded from the tour cache'}). "
         f"Perplexity on one block of {seq_len} tokens per domain; FFN time of layer {len(layers) // 2} "
         f"on 256 tokens versus the dense FFN.",
     )
     ctx.report.table(
         [
-            [k, f"{k / EXPERTS:.0%}", *(f"{change[k][d]:+.1%}" for d in DOMAINS), f"{mean[k]:+.1%}",
-             f"{speed[k]:.2f}x"]  # fmt: skip
+            [
+                k,
+                f"{k / EXPERTS:.0%}",
+                *(f"{change[k][d]:+.1%}" for d in DOMAINS),
+                f"{mean[k]:+.1%}",
+                f"{speed[k]:.2f}x",
+            ]  # fmt: skip
             for k in ks
         ]
-        + [[half, f"{half / EXPERTS:.0%} (oracle)", *(f"{oracle.ppl[d] / result.dense_ppl[d] - 1:+.1%}"
-                                                       for d in DOMAINS), f"{oracle_mean:+.1%}", "-"]],  # fmt: skip
+        + [
+            [
+                half,
+                f"{half / EXPERTS:.0%} (oracle)",
+                *(f"{oracle.ppl[d] / result.dense_ppl[d] - 1:+.1%}" for d in DOMAINS),
+                f"{oracle_mean:+.1%}",
+                "-",
+            ]
+        ],  # fmt: skip
         ["K", "experts used", *DOMAINS, "mean", "FFN speedup"],
         caption="Relative perplexity change versus the dense model; speedup of the sparse FFN runtime",
     )

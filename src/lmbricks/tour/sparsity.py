@@ -8,6 +8,9 @@ distributions and CETT, is ``lmbricks analyze sparsity`` (docs/emergent-bricks.m
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from lmbricks.report import line_chart
 from lmbricks.tour.run import SummaryRow, TourContext
 
@@ -17,16 +20,27 @@ QUICK_SPARSITIES = (0.0, 0.5, 0.8)
 
 
 def block_length(ctx: TourContext) -> int:
-    """Tokens per evaluation block: about ``ctx.eval_bytes`` of text at ~4 bytes per token."""
-    return max(64, ctx.eval_bytes // 4 // 64 * 64)
+    """Tokens per evaluation block: ``ctx.eval_bytes / 8`` rounded up to 64, at least 192 (384 full, 192 quick).
+
+    Every masking level is one forward pass over a block per domain, so the block is kept short.
+    """
+    return max(192, -(-ctx.eval_bytes // 8 // 64) * 64)
 
 
 def sparsity_section(ctx: TourContext) -> list[SummaryRow]:
     """The masking curve (norm metric) on one block per domain; plot, table and interpretation."""
-    from lmbricks.analysis import SparsityConfig, analyze_sparsity, find_ffns
     from lmbricks.hub import load_hf_model
 
     model, tokenizer = load_hf_model(ctx.model_path)  # analysis hooks need the HF module names
+    return masking_section(ctx, model, tokenizer)
+
+
+def masking_section(
+    ctx: TourContext, model: Any, tokenizer: Any, texts_of: Callable[[str, str], list[str]] | None = None
+) -> list[SummaryRow]:
+    """The body of :func:`sparsity_section` for a given HF model (``texts_of`` replaces the corpora)."""
+    from lmbricks.analysis import SparsityConfig, analyze_sparsity, find_ffns
+
     rhos = QUICK_SPARSITIES if ctx.quick else FULL_SPARSITIES
     seq_len = block_length(ctx)
     cfg = SparsityConfig(
@@ -38,12 +52,12 @@ def sparsity_section(ctx: TourContext) -> list[SummaryRow]:
         seq_len=seq_len,
         batch_size=len(DOMAINS),
     )
-    result = analyze_sparsity(model, tokenizer, cfg, on_step=lambda msg: ctx.log(f"  sparsity: {msg}"))
+    result = analyze_sparsity(
+        model, tokenizer, cfg, texts_of=texts_of, on_step=lambda msg: ctx.log(f"  sparsity: {msg}")
+    )
     width = find_ffns(model)[0].width
-    del model
     change = {
-        f"{rho:g}": {d: result.curve["norm"][f"{rho:g}"][d] / result.base_ppl[d] - 1.0 for d in DOMAINS}
-        for rho in rhos
+        f"{rho:g}": {d: result.curve["norm"][f"{rho:g}"][d] / result.base_ppl[d] - 1.0 for d in DOMAINS} for rho in rhos
     }
     mean = {r: sum(v.values()) / len(v) for r, v in change.items()}
     share = {f"top {int(f * 100)}%": sum(row[j] for row in result.top_share["norm"]) / len(result.top_share["norm"])
@@ -92,4 +106,3 @@ def sparsity_section(ctx: TourContext) -> list[SummaryRow]:
         ("sparsity", f"ppl change, {float(mid):.0%} masked", f"{mean[mid]:+.1%}"),
         ("sparsity", f"ppl change, {float(high):.0%} masked", f"{mean[high]:+.1%}"),
     ]
-
