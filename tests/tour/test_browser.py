@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.tour.quick_tour import QuickTour
 
 from lmbricks.report import Report, bar_chart, render_check
 from lmbricks.report.browser import find_chromium, screenshot_colours, section_titles
@@ -80,9 +81,10 @@ def test_broken_image_and_blank_page_are_detected(chromium: str, tmp_path: Path)
 
 
 @pytest.mark.integration
-def test_quick_tour_of_default_model_renders_in_chromium(chromium: str, tmp_path: Path) -> None:
-    page = run_tour(tmp_path / "tour", quick=True)
-    timings = json.loads((tmp_path / "tour" / "results.json").read_text())["timings_s"]
+def test_quick_tour_of_default_model_renders_in_chromium(chromium: str, quick_tour: QuickTour, tmp_path: Path) -> None:
+    assert quick_tour.exit_code == 0, quick_tour.output
+    page = quick_tour.out / "report.html"
+    timings = json.loads((quick_tour.out / "results.json").read_text())["timings_s"]
     declared = section_titles(page.read_text())
     assert len(declared) >= len(timings) + 1  # every tour section wrote at least one, plus "Run"
     _assert_rendered(page, tmp_path / "shot.png", chromium)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from tests.tour.quick_tour import QuickTour
 
 from lmbricks.tour import run_tour
 from lmbricks.tour.sections import inventory_section
@@ -23,12 +23,9 @@ def test_inventory_section_on_tiny_model(tiny_llama: Path, tmp_path: Path) -> No
 
 
 @pytest.mark.integration
-def test_tour_quick_on_default_model(tmp_path: Path) -> None:
-    from lmbricks.cli.main import app
-
-    result = CliRunner().invoke(app, ["tour", "--quick", "--out", str(tmp_path)])
-    assert result.exit_code == 0, result.output
-    page = (tmp_path / "report.html").read_text()
+def test_tour_quick_on_default_model(quick_tour: QuickTour) -> None:
+    assert quick_tour.exit_code == 0, quick_tour.output
+    page = (quick_tour.out / "report.html").read_text()
     assert "Inventory" in page and "Bits per byte by domain" in page
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = json.loads((quick_tour.out / "results.json").read_text())
     assert set(results["bits_per_byte"]) == {"en_prose", "code", "math", "zh", "dialogue"}
