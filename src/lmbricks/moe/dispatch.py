@@ -326,20 +326,38 @@ def _ffn_forward_padded(
     return y[expert, pos]  # (S, H)
 
 
+def _activate_into(h: Tensor, a: Tensor, s: Tensor | None, activation: str) -> None:
+    """Write act(h) into ``a`` (and silu(gate) into ``s`` for swiglu): one expert's slice, in cache."""
+    if activation == "swiglu":
+        assert s is not None
+        i = a.shape[1]
+        torch.ops.aten.silu.out(h[:, :i], out=s)
+        torch.mul(s, h[:, i:], out=a)
+    elif activation == "gelu":
+        torch.ops.aten.gelu.out(h, out=a)
+    else:
+        torch.clamp(h, min=0, out=a)
+
+
 def _ffn_forward_loop(
     xs: Tensor, w_in: Tensor, w_out: Tensor, counts: list[int], activation: str, for_backward: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    bounds = _bounds(counts)
+    """Expert by expert: input matmul, activation, output matmul on the expert's slice.
+
+    Activating each slice right after its matmul keeps it in cache: the whole (S, N) activation
+    at once streams ~30 MB through memory twice (measured ~12 ms of 170 in bench/moe.py's forward).
+    """
+    i = w_out.shape[1]
     h = xs.new_empty(xs.shape[0], w_in.shape[2])  # (S, N)
-    for e, a0, a1 in bounds:
-        torch.mm(xs[a0:a1], w_in[e], out=h[a0:a1])
-    if for_backward:
-        a, s = _activate(h, activation)
-    else:
-        a, s = _activate_inplace(h, activation), None
+    a = xs.new_empty(xs.shape[0], i)  # (S, I)
+    s = xs.new_empty(xs.shape[0], i) if activation == "swiglu" else None  # silu(gate), for the backward
     y = xs.new_empty(xs.shape[0], w_out.shape[2])  # (S, H)
-    for e, a0, a1 in bounds:
+    for e, a0, a1 in _bounds(counts):
+        torch.mm(xs[a0:a1], w_in[e], out=h[a0:a1])
+        _activate_into(h[a0:a1], a[a0:a1], None if s is None else s[a0:a1], activation)
         torch.mm(a[a0:a1], w_out[e], out=y[a0:a1])
+    if not for_backward:
+        s = None
     return y, h, a, s
 
 
@@ -355,25 +373,26 @@ class _ExpertFFNLoop(Function):
 
     @staticmethod
     def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
+        """Expert by expert (cache-local): dW_out, da, dh through the activation, dW_in, dx."""
         xs, w_in, w_out, h, a, s = ctx.saved_tensors
         need_x, need_win, need_wout = ctx.needs_input_grad[:3]
         dy = dy.contiguous()
-        bounds = _bounds(ctx.counts)
         empty = [e for e, c in enumerate(ctx.counts) if c == 0]
         dw_out = _weight_grad_buffer(w_out, empty) if need_wout else None
+        dw_in = _weight_grad_buffer(w_in, empty) if need_win else None
+        dxs = dy.new_empty(dy.shape[0], w_in.shape[1]) if need_x else None  # (S, H)
         da = dy.new_empty(dy.shape[0], w_out.shape[1])  # (S, I)
-        for e, a0, a1 in bounds:
+        for e, a0, a1 in _bounds(ctx.counts):
             if dw_out is not None:
                 torch.mm(a[a0:a1].t(), dy[a0:a1], out=dw_out[e])
             torch.mm(dy[a0:a1], w_out[e].t(), out=da[a0:a1])
-        dh = _activation_backward(da, h, a, s, ctx.activation)  # (S, N)
-        dw_in = _weight_grad_buffer(w_in, empty) if need_win else None
-        dxs = dh.new_empty(dh.shape[0], w_in.shape[1]) if need_x else None  # (S, H)
-        for e, a0, a1 in bounds:
+            dh = _activation_backward(
+                da[a0:a1], h[a0:a1], a[a0:a1], None if s is None else s[a0:a1], ctx.activation
+            )  # (n_e, N)
             if dw_in is not None:
-                torch.mm(xs[a0:a1].t(), dh[a0:a1], out=dw_in[e])
+                torch.mm(xs[a0:a1].t(), dh, out=dw_in[e])
             if dxs is not None:
-                torch.mm(dh[a0:a1], w_in[e].t(), out=dxs[a0:a1])
+                torch.mm(dh, w_in[e].t(), out=dxs[a0:a1])
         return dxs, dw_in, dw_out, None, None
 
 
