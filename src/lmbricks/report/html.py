@@ -23,7 +23,7 @@ figure{margin:1em 0}figure img{max-width:100%;border:1px solid #dde}
 figcaption{font-size:.9em;color:#555}.meta{color:#667;font-size:.85em}
 pre{background:#f5f6f8;padding:.8em;overflow-x:auto}section{margin-bottom:2em}
 nav.toc{font-size:.92em;margin:1em 0}nav.toc ol{display:flex;flex-wrap:wrap;gap:.2em 1.4em;margin:.3em 0;
-padding-left:1.2em}
+padding-left:0;list-style-position:inside}
 """
 
 
