@@ -42,7 +42,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--brick", default=None, help="M3 = M2 + this brick (directory or catalogue name)")
     parser.add_argument("--domain", default=None, help="held-out domain (default: the brick's)")
     parser.add_argument("--train-steps", type=int, default=48, help="train a brick on --domain when --brick is absent")
-    parser.add_argument("--lr", type=float, default=5e-4, help="learning rate of that brick (3e-3 wrecked the 0.5B model)")
+    parser.add_argument("--lr", type=float, default=5e-4, help="that brick's learning rate (3e-3 wrecked the 0.5B)")
     parser.add_argument("--eval-bytes", type=int, default=6000, help="held-out bytes scored")
     parser.add_argument("--alphas", default="0,0.5,1,1.5,2")
     parser.add_argument("--new-tokens", type=int, default=48)
@@ -64,7 +64,8 @@ def main(argv: list[str]) -> int:
             parser.error("give --brick, or --domain to train one")
         out = Path("runs") / f"proxy-brick-{Path(args.small).name}-{args.domain}-lr{args.lr:g}"
         if not out.exists():
-            log(f"training a brick of {args.small} on {args.domain} ({args.train_steps} steps, lr {args.lr:g}) -> {out}")
+            steps = f"{args.train_steps} steps, lr {args.lr:g}"
+            log(f"training a brick of {args.small} on {args.domain} ({steps}) -> {out}")
             cfg = make_config(steps=args.train_steps, lr=args.lr, piece_bytes=2000, balance_sources=True)
             train_brick(args.small, out, cfg, domain=args.domain, on_status=log)
         brick = str(out)
