@@ -49,7 +49,7 @@ def test_sparse_runtime_equals_masked_dense(tiny_model) -> None:
     moefy_model(model, tok, make_config(experts=8, top_k=3, split="random", router="centroid"))
     ffn = moefied_layers(model)[0]
     gen = torch.Generator().manual_seed(1)
-    for n_tokens in (1, 5, 40):  # decoding and prefill
+    for n_tokens in (1, 3, 5, 40):  # decoding (batched few-token path) and prefill (expert loop)
         x = torch.randn(n_tokens, 32, generator=gen)
         mask = torch.rand(n_tokens, 8, generator=gen) < 0.4
         a = ffn._dense_a(x) * mask.repeat_interleave(ffn.expert_size, dim=1)

@@ -92,7 +92,7 @@ def heal(
     for p in student.parameters():
         p.requires_grad_(False)
     router_params = [p for m in layers for p in m.router.parameters()]  # type: ignore[union-attr]
-    expert_params = [p for m in layers for p in (m.w_in, m.w_out)] if config.train_experts else []
+    expert_params = [p for m in layers for p in (m.w_gate, m.w_up, m.w_down)] if config.train_experts else []
     for p in router_params + expert_params:
         p.requires_grad_(True)
     groups = [{"params": router_params, "lr": config.router_lr}]
@@ -132,5 +132,5 @@ def heal(
         for p in student.parameters():
             p.requires_grad_(False)
         for m in layers:
-            m.down_norms = m.w_out.detach().float().norm(dim=-1).reshape(-1)
+            m.down_norms = m.w_down.detach().float().norm(dim=-1).reshape(-1)
     return stats

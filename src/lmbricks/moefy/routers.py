@@ -114,7 +114,7 @@ def expert_mass(a: Tensor, down_norms: Tensor, n_experts: int) -> Tensor:
     return m.view(*m.shape[:-1], n_experts, -1).sum(-1)
 
 
-def expert_output_norms(a: Tensor, w_out: Tensor) -> Tensor:
+def expert_output_norms(a: Tensor, w_down: Tensor) -> Tensor:
     """Per-token norm of each expert's output ``||sum_{i in e} a_i W_down[:, i]||``.
 
     This is what dropping an expert removes from the FFN output, so the oracle keeps the experts
@@ -123,13 +123,13 @@ def expert_output_norms(a: Tensor, w_out: Tensor) -> Tensor:
 
     Args:
         a: (N, I) intermediate activations in expert order.
-        w_out: (E, n, H) each expert's down columns, transposed.
+        w_down: (E, n, H) each expert's down columns, transposed.
 
     Returns:
         (N, E) fp32.
     """
-    e, n, _ = w_out.shape
-    parts = torch.bmm(a.float().reshape(-1, e, n).transpose(0, 1), w_out.float())  # (E, N, H)
+    e, n, _ = w_down.shape
+    parts = torch.bmm(a.float().reshape(-1, e, n).transpose(0, 1), w_down.float())  # (E, N, H)
     return parts.norm(dim=-1).T.contiguous()
 
 

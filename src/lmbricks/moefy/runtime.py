@@ -1,9 +1,8 @@
 """The MoEfied FFN: E experts cut from a gated FFN, the selected ones summed with weight 1.
 
-Weights are stored in expert order: ``w_in`` (E, 2n, H) holds each expert's n gate rows then its n
-up rows (one fused matmul per expert), ``w_out`` (E, n, H) its n down columns transposed, so every
-expert's weights are contiguous. With all experts selected the module computes the dense FFN (the
-neurons are only reordered).
+Weights are stored in expert order, each expert's block contiguous and laid out for the sparse
+product ``x_e @ W``: ``w_gate`` and ``w_up`` (E, H, n), ``w_down`` (E, n, H). With all experts
+selected the module computes the dense FFN (the neurons are only reordered).
 
 Selection (``mode``):
 * ``router``: the router's top-K (or a dynamic K by mass share) from the FFN input;
@@ -12,9 +11,15 @@ Selection (``mode``):
 * ``dense``: all experts.
 
 Sparse compute (router mode, no gradient): pairs (token, expert) come from the (E, N) mask's
-nonzeros, already grouped by expert; tokens are gathered once, each expert runs one fused gate/up
-matmul and one down matmul on its contiguous slice (``out=`` buffers), and rows are summed back with
-``index_add_``. Only the selected experts' weights are read, for prefill and for one-token decoding.
+nonzeros, already grouped by expert. Expert by expert, the expert's tokens are gathered, multiplied
+by its gate and up blocks, activated and multiplied by its down block, and the rows are added back
+with ``index_add_`` (each expert holds a token at most once), so every temporary is a few hundred
+KB and stays in cache; up to ``FEW_TOKENS`` tokens (decoding) the experts any token selected run
+as one batched product instead. Only the selected experts' weights are read, for prefill and for
+one-token decoding. (Measured on the default model's shapes, 1024 tokens, K = 8 of 32: separate contiguous
+(H, n) gate and up blocks 18-19 ms, one fused (2n, H) block with a transposed product 22 ms, one
+gather of all pairs before the loop and one scatter after it 23 ms, and 69 ms at K = 16 where the
+(S, H) pair buffers pass glibc's mmap threshold; the dense FFN 28 ms.)
 For training (healing) the same function is computed densely with a neuron mask whose
 straight-through gate lets the router learn from the loss.
 """
@@ -31,13 +36,19 @@ from lmbricks.moefy.routers import dynamic_mask, expert_output_norms, topk_mask
 
 Mode = Literal["router", "oracle", "dense"]
 
+# Up to this many tokens (decoding) the selected experts run as one batched product: their weights
+# are gathered (a few hundred KB each), where the expert loop issues seven small kernels per expert
+# (measured on the default model's shapes, K = 8 of 32: 4 tokens 0.97 ms vs 1.93 ms).
+FEW_TOKENS = 4
+
 
 class MoefiedFFN(nn.Module):
     """A gated FFN split into ``E`` experts of ``n`` neurons.
 
     Args:
-        w_in: (E, 2n, H) gate rows then up rows of each expert.
-        w_out: (E, n, H) down columns of each expert, transposed.
+        w_gate: (E, H, n) each expert's gate rows, transposed.
+        w_up: (E, H, n) each expert's up rows, transposed.
+        w_down: (E, n, H) each expert's down columns, transposed.
         act: the gate activation (``silu`` for SwiGLU).
         router: a module mapping (N, H) inputs to (N, E) scores, or None (oracle / dense only).
         top_k: experts per token.
@@ -49,36 +60,42 @@ class MoefiedFFN(nn.Module):
 
     def __init__(
         self,
-        w_in: Tensor,
-        w_out: Tensor,
+        w_gate: Tensor,
+        w_up: Tensor,
+        w_down: Tensor,
         act: Any,
         router: nn.Module | None,
         top_k: int,
         dynamic_threshold: float | None = None,
     ) -> None:
         super().__init__()
-        e, two_n, h = w_in.shape
-        if w_out.shape != (e, two_n // 2, h):
-            raise ConfigError(f"w_out shape {tuple(w_out.shape)} does not match w_in {tuple(w_in.shape)}")
-        self.w_in = nn.Parameter(w_in.contiguous())
-        self.w_out = nn.Parameter(w_out.contiguous())
+        e, h, n = w_gate.shape
+        if w_up.shape != (e, h, n) or w_down.shape != (e, n, h):
+            raise ConfigError(
+                f"expert weights disagree: w_gate {tuple(w_gate.shape)}, w_up {tuple(w_up.shape)}, "
+                f"w_down {tuple(w_down.shape)} (expected (E, H, n), (E, H, n), (E, n, H))"
+            )
+        self.w_gate = nn.Parameter(w_gate.contiguous())
+        self.w_up = nn.Parameter(w_up.contiguous())
+        self.w_down = nn.Parameter(w_down.contiguous())
         self.act = act
         self.router = router
         self.n_experts = e
-        self.expert_size = two_n // 2
+        self.expert_size = n
+        self.hidden_size = h
         self.top_k = top_k
         self.dynamic_threshold = dynamic_threshold
         self.mode: Mode = "router" if router is not None else "dense"
-        self.register_buffer("down_norms", w_out.detach().float().norm(dim=-1).reshape(-1), persistent=False)
+        self.register_buffer("down_norms", w_down.detach().float().norm(dim=-1).reshape(-1), persistent=False)
         self.last_fraction: float = 1.0  # experts used / E in the last forward (traceability)
 
     # ------------------------------------------------------------------ weights in HF layout
     def dense_weights(self) -> tuple[Tensor, Tensor, Tensor]:
         """``(W_gate (I, H), W_up (I, H), W_down (H, I))`` in expert order."""
-        n, h = self.expert_size, self.w_in.shape[-1]
-        gate = self.w_in[:, :n].reshape(-1, h)
-        up = self.w_in[:, n:].reshape(-1, h)
-        down = self.w_out.reshape(-1, h).T
+        h = self.hidden_size
+        gate = self.w_gate.transpose(1, 2).reshape(-1, h)
+        up = self.w_up.transpose(1, 2).reshape(-1, h)
+        down = self.w_down.reshape(-1, h).T
         return gate, up, down
 
     @classmethod
@@ -98,9 +115,10 @@ class MoefiedFFN(nn.Module):
         if i % n_experts:
             raise ConfigError(f"experts={n_experts} does not divide the FFN width {i}")
         n = i // n_experts
-        w_in = torch.cat([gate.reshape(n_experts, n, h), up.reshape(n_experts, n, h)], dim=1)
-        w_out = down.T.reshape(n_experts, n, h)
-        return cls(w_in, w_out, act, router, top_k, dynamic_threshold)
+        w_gate = gate.reshape(n_experts, n, h).transpose(1, 2)
+        w_up = up.reshape(n_experts, n, h).transpose(1, 2)
+        w_down = down.T.reshape(n_experts, n, h)
+        return cls(w_gate, w_up, w_down, act, router, top_k, dynamic_threshold)
 
     # ------------------------------------------------------------------ selection
     def select(self, x: Tensor) -> Tensor:
@@ -114,16 +132,16 @@ class MoefiedFFN(nn.Module):
 
     def oracle_scores(self, a: Tensor) -> Tensor:
         """(N, I) activations in expert order -> (N, E) norms of the experts' outputs."""
-        return expert_output_norms(a, self.w_out.detach())
+        return expert_output_norms(a, self.w_down.detach())
 
     def _dense_a(self, x: Tensor) -> Tensor:
-        n, h = self.expert_size, self.w_in.shape[-1]
-        hid = x @ self.w_in.reshape(-1, h).T  # (N, E*2n)
-        hid = hid.view(x.shape[0], self.n_experts, 2, n)
-        return (self.act(hid[:, :, 0]) * hid[:, :, 1]).reshape(x.shape[0], -1)  # (N, I) expert order
+        h = self.hidden_size
+        gate = x @ self.w_gate.transpose(0, 1).reshape(h, -1)  # (N, I): column e*n + j is w_gate[e, :, j]
+        up = x @ self.w_up.transpose(0, 1).reshape(h, -1)  # (N, I)
+        return self.act(gate) * up  # (N, I) expert order
 
     def _down(self, a: Tensor) -> Tensor:
-        return a @ self.w_out.reshape(-1, self.w_out.shape[-1])  # (N, H)
+        return a @ self.w_down.reshape(-1, self.hidden_size)  # (N, H)
 
     def sparse_forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """Compute only the selected experts.
@@ -135,25 +153,31 @@ class MoefiedFFN(nn.Module):
         Returns:
             (N, H) the sum of the selected experts' outputs.
         """
+        if x.shape[0] <= FEW_TOKENS:
+            return self._few_tokens_forward(x, mask)
         pairs = mask.T.nonzero()  # (S, 2) rows (expert, token), grouped by expert
         experts, tokens = pairs[:, 0], pairs[:, 1]
         counts = torch.bincount(experts, minlength=self.n_experts).tolist()
-        n = self.expert_size
-        xs = x.index_select(0, tokens)  # (S, H)
-        hid = x.new_empty(xs.shape[0], 2 * n)
-        rows = x.new_empty(xs.shape)
+        y = torch.zeros_like(x)
         start = 0
         for e, c in enumerate(counts):
-            if c:
-                torch.mm(xs[start : start + c], self.w_in[e].T, out=hid[start : start + c])
-                start += c
-        a = self.act(hid[:, :n]) * hid[:, n:]  # (S, n)
-        start = 0
-        for e, c in enumerate(counts):
-            if c:
-                torch.mm(a[start : start + c], self.w_out[e], out=rows[start : start + c])
-                start += c
-        return torch.zeros_like(x).index_add_(0, tokens, rows)
+            if not c:
+                continue
+            tok = tokens[start : start + c]  # (c,) distinct tokens of expert e
+            start += c
+            xe = x.index_select(0, tok)  # (c, H)
+            a = self.act(torch.mm(xe, self.w_gate[e])).mul_(torch.mm(xe, self.w_up[e]))  # (c, n)
+            y.index_add_(0, tok, torch.mm(a, self.w_down[e]))
+        return y
+
+    def _few_tokens_forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """Decoding: the experts any token selected, as one batched product (zero for the others)."""
+        used = mask.any(0).nonzero().squeeze(1)  # (U,)
+        keep = mask[:, used].T.to(x.dtype)[..., None]  # (U, N, 1)
+        gate = torch.matmul(x, self.w_gate.index_select(0, used))  # (U, N, n)
+        up = torch.matmul(x, self.w_up.index_select(0, used))  # (U, N, n)
+        a = self.act(gate).mul_(up).mul_(keep)
+        return torch.bmm(a, self.w_down.index_select(0, used)).sum(0)  # (N, H)
 
     def forward(self, x: Tensor) -> Tensor:
         """(..., H) -> (..., H)."""

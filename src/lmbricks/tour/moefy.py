@@ -77,7 +77,7 @@ def moefication_section(ctx: TourContext, texts_of: Callable[[str, str], list[st
     assert oracle is not None
     layers = moefied_layers(model)
     ffn = layers[len(layers) // 2]
-    timing = time_ffn(DenseFFN.of(ffn), ffn, int(ffn.w_in.shape[-1]), ks + [EXPERTS], tokens=256,
+    timing = time_ffn(DenseFFN.of(ffn), ffn, ffn.hidden_size, ks + [EXPERTS], tokens=256,
                       rounds=5 if ctx.quick else 10)  # fmt: skip
     change = {p.top_k: {d: p.ppl[d] / result.dense_ppl[d] - 1.0 for d in DOMAINS} for p in result.points}
     mean = {k: result.change(p) for k, p in zip(change, result.points, strict=True)}
