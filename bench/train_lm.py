@@ -23,7 +23,6 @@ from contextlib import nullcontext
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 
 def _configs(quick: bool) -> tuple[dict[str, int], int, int]:
@@ -85,9 +84,7 @@ def train_vs_hf(quick: bool = False, rounds: int = 7, device: str = "auto") -> d
 
     def step_ours(opt: torch.optim.Optimizer) -> None:
         with amp():
-            logits = ours(ids).logits
-            targets = F.pad(ids[:, 1:], (0, 1), value=-100)
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+            loss = ours.loss(ids).loss  # the training API, as labels= is transformers' (fused head + loss)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

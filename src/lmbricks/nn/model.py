@@ -4,8 +4,10 @@ Readable in one sitting (nanoGPT is the model). Each layer is pre-norm:
 ``x = x + attn(norm(x)); x = x + ffn(norm(x))``, where ``ffn`` is a dense SwiGLU or an MoE layer
 from ``lmbricks.moe``. The numerics follow Hugging Face Llama exactly (RMSNorm in fp32, RoPE with
 ``rotate_half``), so weights loaded from Llama / Mistral / Qwen2 / Mixtral / Qwen2-MoE give the same
-logits (see ``lmbricks.nn.hf``). Speed comes from fused q/k/v and gate/up projections and
-``F.scaled_dot_product_attention`` with ``is_causal``.
+logits (see ``lmbricks.nn.hf``). q/k/v and gate/up are stored fused (one matmul at inference; in
+training each part is its own matmul, ``lmbricks.nn.split_linear``), attention is
+``F.scaled_dot_product_attention`` with ``is_causal``, and :meth:`LM.loss` fuses the head with the
+cross-entropy (``lmbricks.nn.loss``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmbricks.nn.config import LMConfig
+from lmbricks.nn.loss import linear_cross_entropy
+from lmbricks.nn.rms_norm import rms_norm
+from lmbricks.nn.split_linear import split_linear
 
 
 class RMSNorm(nn.Module):
@@ -30,10 +35,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        dtype = x.dtype
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(dtype)
+        return rms_norm(x, self.weight, self.eps)
 
 
 def rope_cos_sin(positions: Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -140,7 +142,7 @@ class Attention(nn.Module):
         cache: KVCache | None = None,
     ) -> Tensor:
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).split([self.n_head * self.hd, self.n_kv * self.hd, self.n_kv * self.hd], dim=-1)
+        q, k, v = split_linear(self.qkv, x, (self.n_head * self.hd, self.n_kv * self.hd, self.n_kv * self.hd))
         q = q.view(B, T, self.n_head, self.hd).transpose(1, 2)  # (B, nh, T, hd)
         k = k.view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, nkv, T, hd)
         v = v.view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, nkv, T, hd)
@@ -162,7 +164,8 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(intermediate, hidden, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        half = self.gate_up.out_features // 2
+        gate, up = split_linear(self.gate_up, x, (half, half))
         return self.down(F.silu(gate) * up)
 
 
@@ -198,6 +201,14 @@ class LMOutput:
     """What :meth:`LM.forward` returns."""
 
     logits: Tensor  # (B, T, V)
+    aux: list[Any] = field(default_factory=list)  # one lmbricks.moe.MoEAux per MoE layer, in order
+
+
+@dataclass
+class LMLoss:
+    """What :meth:`LM.loss` returns."""
+
+    loss: Tensor  # () mean next-token cross-entropy
     aux: list[Any] = field(default_factory=list)  # one lmbricks.moe.MoEAux per MoE layer, in order
 
 
@@ -245,6 +256,29 @@ class LM(nn.Module):
         and positions restart at 0 in each example, so every example is computed exactly as if it
         were alone (no cache allowed with ``doc_ids``).
         """
+        x, aux = self.hidden_states(input_ids, cache, doc_ids)
+        return LMOutput(logits=self.lm_head(x), aux=aux)
+
+    def loss(self, input_ids: Tensor, labels: Tensor | None = None, doc_ids: Tensor | None = None) -> LMLoss:
+        """Training loss: :func:`lm_loss` of the logits, computed without materialising them.
+
+        The head and the cross-entropy are fused (:func:`lmbricks.nn.loss.linear_cross_entropy`), so
+        the (B, T, V) logits are never kept; the value and gradients equal
+        ``lm_loss(self(input_ids, doc_ids=doc_ids).logits, input_ids, labels)``.
+        """
+        x, aux = self.hidden_states(input_ids, None, doc_ids)
+        head = self.lm_head
+        if type(head) is not nn.Linear or head.bias is not None or head._forward_hooks or head._forward_pre_hooks:
+            return LMLoss(loss=lm_loss(head(x), input_ids, labels), aux=aux)  # a wrapped head runs as a module
+        source = input_ids if labels is None else labels
+        targets = F.pad(source[:, 1:], (0, 1), value=-100)  # (B, T); the last position predicts nothing
+        loss = linear_cross_entropy(x.flatten(0, 1), head.weight, targets.flatten())
+        return LMLoss(loss=loss, aux=aux)
+
+    def hidden_states(
+        self, input_ids: Tensor, cache: KVCache | None = None, doc_ids: Tensor | None = None
+    ) -> tuple[Tensor, list[Any]]:
+        """The final-norm hidden states (B, T, H) that the head reads, and the MoE layers' aux."""
         B, T = input_ids.shape
         past = cache.length if cache is not None else 0
         x = self.embed(input_ids)  # (B, T, H)
@@ -266,7 +300,7 @@ class LM(nn.Module):
             x, a = block(x, cos, sin, mask, is_causal, cache)
             if a is not None:
                 aux.append(a)
-        return LMOutput(logits=self.lm_head(self.norm(x)), aux=aux)
+        return self.norm(x), aux
 
     @torch.no_grad()
     def generate(self, input_ids: Tensor, max_new_tokens: int, eos_token_id: int | None = None) -> Tensor:

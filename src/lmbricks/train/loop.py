@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from lmbricks.errors import CheckpointError, ConfigError
 from lmbricks.nn.config import LMConfig
-from lmbricks.nn.model import LM, lm_loss
+from lmbricks.nn.model import LM
 from lmbricks.train import checkpoint as ckpt_io
 from lmbricks.train.averaging import Averagers, lawa
 from lmbricks.train.config import TrainConfig
@@ -67,11 +67,10 @@ class LossModule(nn.Module):
     def forward(self, ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if ids.dim() == 3:  # (B, 3, T) instruction-tuning blocks
             ids, labels, docs = ids.unbind(1)
-            out = self.lm(ids, doc_ids=docs)
-            loss = lm_loss(out.logits, ids, labels)
+            out = self.lm.loss(ids, labels, doc_ids=docs)
         else:
-            out = self.lm(ids)
-            loss = lm_loss(out.logits, ids)
+            out = self.lm.loss(ids)
+        loss = out.loss
         if not out.aux:
             return loss, loss.detach(), loss.new_zeros(0)
         n = len(out.aux)
