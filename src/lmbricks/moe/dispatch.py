@@ -339,22 +339,30 @@ def _activate_into(h: Tensor, a: Tensor, s: Tensor | None, activation: str) -> N
         torch.clamp(h, min=0, out=a)
 
 
-def _ffn_forward_loop(
-    xs: Tensor, w_in: Tensor, w_out: Tensor, counts: list[int], activation: str, for_backward: bool
-) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """Expert by expert: input matmul, activation, output matmul on the expert's slice.
+def _ffn_infer_loop(xs: Tensor, w_in: Tensor, w_out: Tensor, counts: list[int], activation: str) -> Tensor:
+    """Inference, expert by expert: input matmul, activation, output matmul on the expert's slice.
 
     Activating each slice right after its matmul keeps it in cache: the whole (S, N) activation
     at once streams ~30 MB through memory twice (measured ~12 ms of 170 in bench/moe.py's forward).
-    Inference allocates per-expert temporaries: one (S, N) buffer (58 MB in the benchmark) is above
-    glibc's largest mmap threshold, so every call would map, fault in and zero it afresh.
+    The temporaries are per expert: one (S, N) buffer (58 MB in the benchmark) is above glibc's
+    largest mmap threshold, so every call would map, fault in and zero it afresh.
     """
     y = xs.new_empty(xs.shape[0], w_out.shape[2])  # (S, H)
-    if not for_backward:  # per-expert temporaries: a few MB each, reused by the allocator across calls
-        for e, a0, a1 in _bounds(counts):
-            a_e = _activate_inplace(torch.mm(xs[a0:a1], w_in[e]), activation)  # (n_e, I)
-            torch.mm(a_e, w_out[e], out=y[a0:a1])
-        return y, y, y, None  # h and a are only kept for the backward
+    for e, a0, a1 in _bounds(counts):  # a few MB each, reused by the allocator across calls
+        a_e = _activate_inplace(torch.mm(xs[a0:a1], w_in[e]), activation)  # (n_e, I)
+        torch.mm(a_e, w_out[e], out=y[a0:a1])
+    return y
+
+
+def _ffn_forward_loop(
+    xs: Tensor, w_in: Tensor, w_out: Tensor, counts: list[int], activation: str
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Training forward, expert by expert -> (y, h, a, s): the output and what the backward reads.
+
+    h (S, N) is the input projection, a (S, I) the activation and s (S, I) silu(gate) for swiglu
+    (None otherwise); each slice is activated right after its matmul, while it is in cache.
+    """
+    y = xs.new_empty(xs.shape[0], w_out.shape[2])  # (S, H)
     i = w_out.shape[1]
     h = xs.new_empty(xs.shape[0], w_in.shape[2])  # (S, N)
     a = xs.new_empty(xs.shape[0], i)  # (S, I)
@@ -371,7 +379,7 @@ class _ExpertFFNLoop(Function):
 
     @staticmethod
     def forward(ctx: Any, xs: Tensor, w_in: Tensor, w_out: Tensor, counts: list[int], activation: str) -> Tensor:
-        y, h, a, s = _ffn_forward_loop(xs, w_in, w_out, counts, activation, for_backward=True)
+        y, h, a, s = _ffn_forward_loop(xs, w_in, w_out, counts, activation)
         ctx.save_for_backward(xs, w_in, w_out, h, a, s)
         ctx.counts, ctx.activation = counts, activation
         return y
@@ -426,7 +434,7 @@ def expert_ffn_loop(xs: Tensor, w_in: Tensor, w_out: Tensor, counts: list[int], 
     span = _padded_span(counts) if _slab_eligible(xs, w_in, w_in.shape[1]) and w_out.is_contiguous() else None
     if span is not None:
         return _ffn_forward_padded(xs, w_in, w_out, counts, span, activation)
-    return _ffn_forward_loop(xs, w_in, w_out, counts, activation, for_backward=False)[0]
+    return _ffn_infer_loop(xs, w_in, w_out, counts, activation)
 
 
 # ----------------------------------------------------------------------------- grouped path
