@@ -240,3 +240,35 @@ def test_padded_decode_path_matches_reference() -> None:
     with torch.no_grad():
         y = experts(x, weights, indices)
     assert torch.allclose(y, _reference(x, weights, indices, None, experts), atol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["swiglu", "relu"])
+def test_concurrent_experts_equal_one_after_another(monkeypatch: pytest.MonkeyPatch, activation: str) -> None:
+    """The CPU path that runs experts on several threads gives the sequential loop's values."""
+    from lmbricks.moe import dispatch
+
+    torch.manual_seed(0)
+    experts = Experts(6, 16, 24, activation)
+    experts.impl = "loop"
+    x = torch.randn(40, 16)
+    weights, indices = _routing(40, 2, 6)
+    indices[indices == 5] = 4  # an expert without tokens
+    upstream = torch.randn(40, 16)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # sequential
+        ref = _grads(experts, x, weights, indices, None, upstream)
+        with torch.inference_mode():
+            ref_infer = experts(x, weights, indices, None)
+        monkeypatch.setattr(dispatch, "PARALLEL_MIN_ROWS", 1)
+        torch.set_num_threads(2)  # concurrent experts, each single-threaded
+        got = _grads(experts, x, weights, indices, None, upstream)
+        with torch.inference_mode():  # the workers must run in inference mode too
+            got_infer = experts(x, weights, indices, None)
+        assert torch.get_num_threads() == 2  # restored after each call
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(ref, got, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ref_infer, got_infer, rtol=1e-6, atol=1e-6)
+    assert got[3][5].abs().sum() == 0 and got[4][5].abs().sum() == 0
