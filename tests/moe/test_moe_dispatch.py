@@ -245,7 +245,7 @@ def test_padded_decode_path_matches_reference() -> None:
 @pytest.mark.parametrize("activation", ["swiglu", "relu"])
 def test_concurrent_experts_equal_one_after_another(monkeypatch: pytest.MonkeyPatch, activation: str) -> None:
     """The CPU path that runs experts on several threads gives the sequential loop's values."""
-    from lmbricks.moe import dispatch
+    from lmbricks.moe import concurrency
 
     torch.manual_seed(0)
     experts = Experts(6, 16, 24, activation)
@@ -260,7 +260,7 @@ def test_concurrent_experts_equal_one_after_another(monkeypatch: pytest.MonkeyPa
         ref = _grads(experts, x, weights, indices, None, upstream)
         with torch.inference_mode():
             ref_infer = experts(x, weights, indices, None)
-        monkeypatch.setattr(dispatch, "PARALLEL_MIN_ROWS", 1)
+        monkeypatch.setattr(concurrency, "PARALLEL_MIN_ROWS", 1)
         torch.set_num_threads(2)  # concurrent experts, each single-threaded
         got = _grads(experts, x, weights, indices, None, upstream)
         with torch.inference_mode():  # the workers must run in inference mode too

@@ -25,9 +25,6 @@ touched experts are few and spread out (one token), the loop touches only their 
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -36,6 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd import Function
 
+from lmbricks.moe.concurrency import for_each_expert
+
 DispatchImpl = Literal["auto", "loop", "grouped"]
 
 # Below this many routed pairs the loop is used whatever the device: it reads only touched experts.
@@ -43,9 +42,6 @@ GROUPED_MIN_PAIRS = 256
 # Inference with at most this many rows per expert takes the padded K-slab path on CPU.
 SMALL_ROWS = 8
 K_SLAB = 32
-# On CPU with several threads, experts run concurrently (each single-threaded) when they average at
-# least this many rows; below it the per-expert work is too small to pay for the hand-off.
-PARALLEL_MIN_ROWS = 64
 
 
 @dataclass
@@ -258,63 +254,6 @@ def _activation_backward(da: Tensor, h: Tensor, a: Tensor, s: Tensor | None, act
 # ----------------------------------------------------------------------------- loop path
 
 
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _pool(workers: int) -> ThreadPoolExecutor:
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None or _POOL._max_workers < workers:
-            _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lmbricks-experts")
-        return _POOL
-
-
-def _balanced_groups(bounds: list[tuple[int, int, int]], n: int) -> list[list[tuple[int, int, int]]]:
-    """Split expert slices into ``n`` groups of about equal rows (largest first, to the lightest)."""
-    groups: list[list[tuple[int, int, int]]] = [[] for _ in range(n)]
-    load = [0] * n
-    for b in sorted(bounds, key=lambda b: b[1] - b[2]):
-        i = load.index(min(load))
-        groups[i].append(b)
-        load[i] += b[2] - b[1]
-    return [g for g in groups if g]
-
-
-def _for_each_expert(bounds: list[tuple[int, int, int]], fn: Callable[[int, int, int], None], x: Tensor) -> None:
-    """Call ``fn(e, start, end)`` for every expert slice; the slices write disjoint outputs.
-
-    On CPU with T > 1 intra-op threads and enough rows per expert, the experts run on T threads at
-    once, each single-threaded: one (512 x 512) x (512 x 3584) GEMM split over two threads pays a
-    fork/join per call, and on a shared VM every join waits for the slowest thread (bench/moe.py's
-    expert shapes, forward, 60 interleaved rounds: median 126 ms concurrently vs 167 ms one expert
-    after another with two-thread GEMMs). The thread count is set to 1 for the duration of the call
-    and restored; grad and inference modes, which are per thread, are carried to the workers.
-    """
-    threads = torch.get_num_threads()
-    rows = sum(b[2] - b[1] for b in bounds)
-    if x.device.type != "cpu" or threads < 2 or len(bounds) < 2 or rows < PARALLEL_MIN_ROWS * len(bounds):
-        for e, a0, a1 in bounds:
-            fn(e, a0, a1)
-        return
-    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
-
-    def run(group: list[tuple[int, int, int]]) -> None:
-        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-            for e, a0, a1 in group:
-                fn(e, a0, a1)
-
-    groups = _balanced_groups(bounds, threads)
-    torch.set_num_threads(1)
-    try:
-        futures = [_pool(threads).submit(run, g) for g in groups[1:]]
-        run(groups[0])  # the calling thread takes one share
-        for f in futures:
-            f.result()
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _bounds(counts: list[int]) -> list[tuple[int, int, int]]:
     """(expert, start, end) of the non-empty slices."""
     out, start = [], 0
@@ -416,7 +355,7 @@ def _ffn_infer_loop(xs: Tensor, w_in: Tensor, w_out: Tensor, counts: list[int], 
         a_e = _activate_inplace(torch.mm(xs[a0:a1], w_in[e]), activation)  # (n_e, I)
         torch.mm(a_e, w_out[e], out=y[a0:a1])
 
-    _for_each_expert(_bounds(counts), expert, xs)
+    for_each_expert(_bounds(counts), expert, xs)
     return y
 
 
@@ -439,7 +378,7 @@ def _ffn_forward_loop(
         _activate_into(h[a0:a1], a[a0:a1], None if s is None else s[a0:a1], activation)
         torch.mm(a[a0:a1], w_out[e], out=y[a0:a1])
 
-    _for_each_expert(_bounds(counts), expert, xs)
+    for_each_expert(_bounds(counts), expert, xs)
     return y, h, a, s
 
 
@@ -477,7 +416,7 @@ class _ExpertFFNLoop(Function):
             if dxs is not None:
                 torch.mm(dh, w_in[e].t(), out=dxs[a0:a1])
 
-        _for_each_expert(_bounds(ctx.counts), expert, dy)
+        for_each_expert(_bounds(ctx.counts), expert, dy)
         return dxs, dw_in, dw_out, None, None
 
 

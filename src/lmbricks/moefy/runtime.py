@@ -14,12 +14,15 @@ Sparse compute (router mode, no gradient): pairs (token, expert) come from the (
 nonzeros, already grouped by expert. Expert by expert, the expert's tokens are gathered, multiplied
 by its gate and up blocks, activated and multiplied by its down block, and the rows are added back
 with ``index_add_`` (each expert holds a token at most once), so every temporary is a few hundred
-KB and stays in cache; up to ``FEW_TOKENS`` tokens (decoding) the experts any token selected run
-as one batched product instead. Only the selected experts' weights are read, for prefill and for
-one-token decoding. (Measured on the default model's shapes, 1024 tokens, K = 8 of 32: separate contiguous
-(H, n) gate and up blocks 18-19 ms, one fused (2n, H) block with a transposed product 22 ms, one
-gather of all pairs before the loop and one scatter after it 23 ms, and 69 ms at K = 16 where the
-(S, H) pair buffers pass glibc's mmap threshold; the dense FFN 28 ms.)
+KB and stays in cache. (Running the experts concurrently, each thread single-threaded with its own
+output as ``lmbricks.moe.concurrency`` does for MoE layers, measured slower here: 1.52x against
+1.62x the dense FFN's speed at K = 8 of 32, 40 interleaved rounds; these experts are too small.) Up to
+``FEW_TOKENS`` tokens (decoding) the experts any token selected run as one batched product instead.
+Only the selected experts' weights are read, for prefill and for one-token decoding. (Measured on
+the default model's shapes, 1024 tokens, K = 8 of 32, before concurrency: separate contiguous (H, n)
+gate and up blocks 18-19 ms, one fused (2n, H) block with a transposed product 22 ms, one gather of
+all pairs before the loop and one scatter after it 23 ms, and 69 ms at K = 16 where the (S, H) pair
+buffers pass glibc's mmap threshold; the dense FFN 28 ms.)
 For training (healing) the same function is computed densely with a neuron mask whose
 straight-through gate lets the router learn from the loss.
 """
