@@ -272,3 +272,34 @@ def test_concurrent_experts_equal_one_after_another(monkeypatch: pytest.MonkeyPa
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(ref_infer, got_infer, rtol=1e-6, atol=1e-6)
     assert got[3][5].abs().sum() == 0 and got[4][5].abs().sum() == 0
+
+
+@pytest.mark.parametrize("concurrent", [False, True])
+@pytest.mark.parametrize("dropped", [False, True])
+def test_combined_inference_equals_gather_loop_combine(
+    monkeypatch: pytest.MonkeyPatch, concurrent: bool, dropped: bool
+) -> None:
+    """Inference's one-pass-per-expert path gives the three-step path's values exactly."""
+    from lmbricks.moe import concurrency
+    from lmbricks.moe.dispatch import expert_ffn_loop_combined
+
+    torch.manual_seed(0)
+    experts = Experts(6, 16, 24, "swiglu")
+    x = torch.randn(64, 16)
+    weights, indices = _routing(64, 2, 6)
+    keep = torch.rand(64, 2) > 0.3 if dropped else None
+    plan = plan_dispatch(indices, keep, 6)
+    with torch.no_grad():
+        ys = expert_ffn_loop(gather_rows(x, plan), experts.w_in, experts.down, plan.counts, "swiglu")
+        ref = combine_rows(ys, weights, plan)
+        threads = torch.get_num_threads()
+        try:
+            if concurrent:
+                monkeypatch.setattr(concurrency, "PARALLEL_MIN_ROWS", 1)
+                torch.set_num_threads(2)
+            got = expert_ffn_loop_combined(x, weights, plan, experts.w_in, experts.down, "swiglu")
+            via_module = experts(x, weights, indices, keep)
+        finally:
+            torch.set_num_threads(threads)
+    assert torch.equal(got, ref)
+    assert torch.equal(via_module, ref)

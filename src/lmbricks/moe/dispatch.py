@@ -448,6 +448,45 @@ def expert_ffn_loop(xs: Tensor, w_in: Tensor, w_out: Tensor, counts: list[int], 
     return _ffn_infer_loop(xs, w_in, w_out, counts, activation)
 
 
+def expert_ffn_loop_combined(
+    x: Tensor, weights: Tensor, plan: DispatchPlan, w_in: Tensor, w_out: Tensor, activation: str
+) -> Tensor:
+    """Inference on the loop path, gather to combine in one pass per expert (no autograd).
+
+    Equal to ``combine_rows(expert_ffn_loop(gather_rows(x, plan), ...), weights, plan)``, value for
+    value: each expert gathers its own tokens, runs its FFN, scales its rows by their gates and
+    writes them to their pair positions, so the (S, H) gathered input, the (S, H) expert output and
+    the separate scaling and scatter passes over them disappear, and every expert's work (disjoint
+    pair rows) can run concurrently. The padded decode path (few rows per expert) is kept as it is.
+
+    Args:
+        x: (T, H) tokens.
+        weights: (T, k) gates.
+        plan: the DispatchPlan.
+        w_in: (E, H, N); w_out: (E, I, H).
+        activation: "swiglu", "gelu" or "relu".
+
+    Returns:
+        (T, H) in x's dtype.
+    """
+    if _slab_eligible(x, w_in, w_in.shape[1]) and w_out.is_contiguous() and _padded_span(plan.counts) is not None:
+        ys = expert_ffn_loop(gather_rows(x, plan), w_in, w_out, plan.counts, activation)
+        return combine_rows(ys, weights, plan, overwrite=True)
+    acc = torch.promote_types(x.dtype, torch.float32)  # fp32 accumulation for bf16 / fp16
+    w_sorted = weights.reshape(-1).index_select(0, plan.order).to(acc)  # (S,)
+    t, k, h = plan.num_tokens, plan.top_k, w_out.shape[2]
+    buf = _pair_buffer(t * k, h, plan.num_routed, x.new_empty(0, dtype=acc))  # (T*k, H) pair order
+
+    def expert(e: int, a0: int, a1: int) -> None:
+        a_e = _activate_inplace(torch.mm(x.index_select(0, plan.tokens[a0:a1]), w_in[e]), activation)
+        y_e = torch.mm(a_e, w_out[e]).to(acc).mul_(w_sorted[a0:a1, None])  # (n_e, H)
+        buf.index_copy_(0, plan.order[a0:a1], y_e)
+
+    for_each_expert(_bounds(plan.counts), expert, x)
+    out = buf.view(t, k, h).sum(1) if k > 1 else buf
+    return out.to(x.dtype)
+
+
 # ----------------------------------------------------------------------------- grouped path
 
 

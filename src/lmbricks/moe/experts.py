@@ -16,6 +16,7 @@ from lmbricks.moe.dispatch import (
     combine_rows,
     expert_ffn_grouped,
     expert_ffn_loop,
+    expert_ffn_loop_combined,
     gather_rows,
     plan_dispatch,
 )
@@ -102,8 +103,12 @@ class Experts(nn.Module):
         """
         if plan is None:
             plan = plan_dispatch(indices, keep, self.num_experts)
+        impl = choose_impl(self.impl, x, plan.num_routed)
+        trains = torch.is_grad_enabled() and (x.requires_grad or weights.requires_grad or self.w_in.requires_grad)
+        if impl == "loop" and not trains:
+            return expert_ffn_loop_combined(x, weights, plan, self.w_in, self.down, self.activation)
         xs = gather_rows(x, plan)  # (S, H) sorted by expert
-        if choose_impl(self.impl, x, plan.num_routed) == "grouped":
+        if impl == "grouped":
             ys = expert_ffn_grouped(xs, self.w_in, self.down, plan.tokens_per_expert, self.activation)
         else:
             ys = expert_ffn_loop(xs, self.w_in, self.down, plan.counts, self.activation)
