@@ -113,3 +113,21 @@ def test_fused_prepare_and_apply_equal_the_reference_path(monkeypatch: pytest.Mo
     monkeypatch.setenv("LMBRICKS_FUSED", "0")
     plain = apply_trim(base, tensors, prepare_trim(base, tensors, [0.5, 0.3], None, False), [0.5, 0.5], offset=0, **kw)
     torch.testing.assert_close(fused, plain, rtol=2e-6, atol=1e-7)
+
+
+def test_kernel_generation_is_safe_from_many_threads(tmp_path, monkeypatch) -> None:
+    """Workers asking for the same new kernel at once all get it (a CI run once lost the race)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lmbricks.merge import kernels
+
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(kernels, "_KERNELS", {})
+    variant = kernels._Variant(
+        m=3, has_base=True, windowed=False, scaled=True, consensus=False, normalize=False, scaled_out=True
+    )
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda _: kernels._combine_kernel(variant), range(16)))
+    assert all(k is got[0] for k in got)
+    assert len(list((tmp_path / "generated").glob("*.py"))) == 1
+    assert not list((tmp_path / "generated").glob("*.tmp"))

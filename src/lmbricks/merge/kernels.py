@@ -21,6 +21,8 @@ import hashlib
 import importlib.util
 import os
 import sys
+import threading
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,28 +182,38 @@ def _source(v: _Variant) -> str:
 def _combine_kernel(v: _Variant) -> Any:
     """The fused kernel for one :class:`_Variant`: generated once (one scalar per input parameter and
     no runtime branches, so the element loop stays in registers), written to the cache directory
-    and imported from there so numba's on-disk cache keeps the compiled code between runs."""
-    if v in _KERNELS:
-        return _KERNELS[v]
-    source = _source(v)
-    directory = Path(os.environ["NUMBA_CACHE_DIR"]) / "generated"
-    directory.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
-    path = directory / f"combine_{digest}.py"
-    if not path.exists():
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(source)
-        os.replace(tmp, path)
-    spec = importlib.util.spec_from_file_location(f"lmbricks_combine_{digest}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # numba's cache finds the function's globals through it
-    spec.loader.exec_module(module)
-    _KERNELS[v] = module.combine
-    return module.combine
+    and imported from there so numba's on-disk cache keeps the compiled code between runs.
+
+    Thread-safe: the merge's workers may ask for the same variant at once (one lock per process),
+    and the source file is written under a name unique to the writer before the atomic rename, so
+    concurrent processes sharing the cache directory cannot rename each other's file away.
+    """
+    kernel = _KERNELS.get(v)
+    if kernel is not None:
+        return kernel
+    with _KERNELS_LOCK:
+        if v in _KERNELS:
+            return _KERNELS[v]
+        source = _source(v)
+        directory = Path(os.environ["NUMBA_CACHE_DIR"]) / "generated"
+        directory.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+        path = directory / f"combine_{digest}.py"
+        if not path.exists():
+            tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.{uuid.uuid4().hex[:8]}.tmp")
+            tmp.write_text(source)
+            os.replace(tmp, path)
+        spec = importlib.util.spec_from_file_location(f"lmbricks_combine_{digest}", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # numba's cache finds the function's globals through it
+        spec.loader.exec_module(module)
+        _KERNELS[v] = module.combine
+        return module.combine
 
 
 _KERNELS: dict[_Variant, Any] = {}
+_KERNELS_LOCK = threading.Lock()
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
