@@ -6,8 +6,8 @@ experts removes the joins (bench/moe.py's expert shapes, forward, 60 interleaved
 126 ms concurrently against 167 ms one expert after another with two-thread GEMMs). The intra-op
 thread count is set to 1 for the duration of a call and restored (PyTorch's setting is
 process-wide: another Python thread running torch during that call also sees one thread); grad and
-inference modes, which are per thread, are carried to the workers. Work items must write disjoint outputs (or one output
-per group, summed afterwards in a fixed order).
+inference modes, which are per thread, are carried to the workers. Work items must write disjoint
+outputs (or one output per group, summed afterwards in a fixed order).
 """
 
 from __future__ import annotations
