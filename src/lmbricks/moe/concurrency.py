@@ -48,16 +48,15 @@ def balanced_groups(slices: Sequence[Slice], n: int) -> list[list[Slice]]:
     return [g for g in groups if g]
 
 
-def concurrent_groups(slices: Sequence[Slice], x: Tensor, min_rows: int | None = None) -> list[list[Slice]] | None:
+def concurrent_groups(slices: Sequence[Slice], x: Tensor) -> list[list[Slice]] | None:
     """The groups to run concurrently, or None to run the slices one after another.
 
     Concurrency applies on CPU with more than one intra-op thread, at least two slices and at least
-    ``min_rows`` (default ``PARALLEL_MIN_ROWS``) rows per slice on average.
+    ``PARALLEL_MIN_ROWS`` rows per slice on average.
     """
     threads = torch.get_num_threads()
     rows = sum(b[2] - b[1] for b in slices)
-    floor = PARALLEL_MIN_ROWS if min_rows is None else min_rows
-    if x.device.type != "cpu" or threads < 2 or len(slices) < 2 or rows < floor * len(slices):
+    if x.device.type != "cpu" or threads < 2 or len(slices) < 2 or rows < PARALLEL_MIN_ROWS * len(slices):
         return None
     return balanced_groups(slices, threads)
 

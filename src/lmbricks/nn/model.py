@@ -270,8 +270,7 @@ class LM(nn.Module):
         head = self.lm_head
         if type(head) is not nn.Linear or head.bias is not None or head._forward_hooks or head._forward_pre_hooks:
             return LMLoss(loss=lm_loss(head(x), input_ids, labels), aux=aux)  # a wrapped head runs as a module
-        source = input_ids if labels is None else labels
-        targets = F.pad(source[:, 1:], (0, 1), value=-100)  # (B, T); the last position predicts nothing
+        targets = next_token_targets(input_ids, labels)
         loss = linear_cross_entropy(x.flatten(0, 1), head.weight, targets.flatten())
         return LMLoss(loss=loss, aux=aux)
 
@@ -328,9 +327,14 @@ def lm_loss(logits: Tensor, input_ids: Tensor, labels: Tensor | None = None) -> 
     loss (prompt tokens in instruction tuning, padding), and the mean is over the other targets.
     """
     # Shift the targets, not the logits: a (B, T, V) slice would copy the largest tensor of the step.
-    source = input_ids if labels is None else labels
-    targets = F.pad(source[:, 1:], (0, 1), value=-100)  # (B, T); the last position predicts nothing
+    targets = next_token_targets(input_ids, labels)
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+
+
+def next_token_targets(input_ids: Tensor, labels: Tensor | None = None) -> Tensor:
+    """(B, T) target of each position: the next token (or label); -100 at the last position."""
+    source = input_ids if labels is None else labels
+    return F.pad(source[:, 1:], (0, 1), value=-100)
 
 
 def _make_ffn(cfg: LMConfig, layer: int) -> nn.Module:
