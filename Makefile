@@ -5,15 +5,19 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup fetch browser test test-unit demo lint bench clean mergekit-venv
+PIP_TOOLS := pip-tools==7.7.0
+COMPILE = .lock-venv/bin/pip-compile -q --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links -c constraints.in
 
+.PHONY: setup fetch browser test test-unit demo lint bench clean mergekit-venv lock lock-upgrade
+
+# constraints.txt is the lock: every direct and transitive dependency of this project's own machines,
+# generated from pyproject.toml and constraints.in by `make lock`. The package's own ranges stay open
+# for users (torch>=2.4 of their choice); only these machines install from the lock.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	# The constraints file pins torch to the CPU build on this project's machines; the package's own
-	# range stays open (torch>=2.4) for users with GPUs.
 	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/python scripts/check_lock.py constraints.txt
 	touch $@
 
 setup: $(STAMP)
@@ -26,7 +30,7 @@ fetch: setup
 ## mergekit-venv: mergekit in a virtual environment of its own, for the agreement tests and bench/merge.py
 mergekit-venv:
 	test -x .bench-venvs/mergekit/bin/mergekit-yaml || { $(PYTHON) -m venv .bench-venvs/mergekit && \
-	  .bench-venvs/mergekit/bin/python -m pip install -q -c constraints.txt mergekit; }
+	  .bench-venvs/mergekit/bin/python -m pip install -q -c constraints-mergekit.txt mergekit; }
 
 ## browser: Debian's chromium for the headless report test (tests/tour/test_browser.py); needs root
 browser:
@@ -50,6 +54,17 @@ lint: setup
 
 bench: setup mergekit-venv
 	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+## lock: regenerate constraints.txt (and the mergekit venv's lock) after changing a dependency in
+## pyproject.toml or constraints.in; existing pins are kept where they still fit. lock-upgrade: move
+## every pin to the newest release the ranges admit (then run `make test` before committing).
+lock:
+	test -x .lock-venv/bin/pip-compile || { $(PYTHON) -m venv .lock-venv && .lock-venv/bin/pip install -q $(PIP_TOOLS); }
+	$(COMPILE) $(LOCK_FLAGS) --extra test -o constraints.txt pyproject.toml
+	$(COMPILE) $(LOCK_FLAGS) -o constraints-mergekit.txt bench/mergekit.in
+
+lock-upgrade:
+	$(MAKE) lock LOCK_FLAGS=--upgrade
 
 clean:
 	rm -rf $(VENV) runs build dist src/*.egg-info

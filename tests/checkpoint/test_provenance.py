@@ -9,9 +9,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from lmbricks import __version__
-from lmbricks.checkpoint import content_hash, copy_tokenizer, provenance, write_provenance
+from lmbricks.checkpoint import content_hash, copy_tokenizer, identity, provenance, write_provenance
 from lmbricks.errors import CheckpointError
 
 
@@ -22,31 +24,29 @@ def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
-def _model(d: Path) -> Path:
+def _model(d: Path, value: float = 1.0) -> Path:
     d.mkdir()
     (d / "config.json").write_text('{"model_type": "llama"}')
-    (d / "model.safetensors").write_bytes(b"weights" * 1000)
+    save_file({"w": torch.full((4, 4), value)}, d / "model.safetensors")
     (d / "tokenizer.json").write_text("{}")
     return d
 
 
-def test_hash_is_of_names_and_contents(tmp_path: Path) -> None:
+def test_hash_is_of_the_content(tmp_path: Path) -> None:
     d = _model(tmp_path / "a")
-    lines = "".join(
-        f"{name}\t{hashlib.sha256((d / name).read_bytes()).hexdigest()}\n"
-        for name in ["config.json", "model.safetensors", "tokenizer.json"]
-    )
-    assert content_hash(d) == hashlib.sha256(lines.encode()).hexdigest()
+    identity = provenance.model_identity(d)
+    assert identity is not None and content_hash(d) == identity.sha256
     # A copy hashes the same, whatever else lies in it; a changed weight changes the hash.
     c = tmp_path / "copy"
     shutil.copytree(d, c)
     (c / "lmbricks.json").write_text("{}")
     (c / "README.md").write_text("hi")
     assert content_hash(c) == content_hash(d)
-    (c / "model.safetensors").write_bytes(b"weights" * 999 + b"WEIGHTS")
+    save_file({"w": torch.full((4, 4), 1.0).index_fill_(0, torch.tensor([3]), 2.0)}, c / "model.safetensors")
     assert content_hash(c) != content_hash(d)
     # A single file hashes as itself (GGUF downloads are checked this way).
-    assert content_hash(d / "model.safetensors") == hashlib.sha256(b"weights" * 1000).hexdigest()
+    raw = (d / "model.safetensors").read_bytes()
+    assert content_hash(d / "model.safetensors") == hashlib.sha256(raw).hexdigest()
 
 
 def test_hash_cache_avoids_rehashing(tmp_path: Path, _home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -54,17 +54,26 @@ def test_hash_cache_avoids_rehashing(tmp_path: Path, _home: Path, monkeypatch: p
     first = content_hash(d)
     assert (_home / "hashes.json").is_file()
     calls: list[Path] = []
-    real = provenance._sha256_file
+    real = identity.safetensors_tensor_hashes
 
-    def counting(path: Path) -> str:
+    def counting(path: Path) -> dict:
         calls.append(path)
         return real(path)
 
-    monkeypatch.setattr(provenance, "_sha256_file", counting)
+    monkeypatch.setattr(identity, "safetensors_tensor_hashes", counting)
     assert content_hash(d) == first and calls == []
-    (d / "tokenizer.json").write_text('{"changed": 1}')  # size and mtime change -> only this file rehashed
-    assert content_hash(d) != first
-    assert [p.name for p in calls] == ["tokenizer.json"]
+    (d / "tokenizer.json").write_text('{"model": {"vocab": {"a": 0}}}')  # the weights are not hashed again
+    assert content_hash(d) != first and calls == []
+    save_file({"w": torch.zeros(4, 4)}, d / "model.safetensors")
+    assert content_hash(d) != first and [p.name for p in calls] == ["model.safetensors"]
+
+
+def test_truncated_weights_are_named(tmp_path: Path) -> None:
+    d = _model(tmp_path / "a")
+    raw = (d / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(raw[:-7])
+    with pytest.raises(CheckpointError, match="model.safetensors: truncated"):
+        content_hash(d)
 
 
 def test_hash_errors(tmp_path: Path) -> None:
@@ -93,10 +102,11 @@ def test_write_provenance(tmp_path: Path) -> None:
     assert record["command"] == "lmbricks merge recipe.yaml" and record["recipe"] == {
         "merge_method": "linear"
     }
-    assert record["inputs"] == [
-        {"name": "base", "path": str(a), "sha256": content_hash(a)},
-        {"name": "tuned", "path": str(b), "sha256": content_hash(b)},
+    assert [(i["name"], i["ref"], i["sha256"]) for i in record["inputs"]] == [
+        ("base", "../a", content_hash(a)),
+        ("tuned", "../b", content_hash(b)),
     ]
+    assert all("path" not in i and i["identity"]["sha256"] == i["sha256"] for i in record["inputs"])
     assert record["bricks"] == {"experts": 0}
     assert sorted(p.name for p in out.iterdir()) == ["lmbricks.json"]
 

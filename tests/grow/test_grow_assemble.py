@@ -103,7 +103,8 @@ def test_finetune_experts_hidden_gates_and_provenance(tiny_llama: Path, finetune
     for i in range(2):
         torch.testing.assert_close(moe.layers[i].ffn.router.gate.weight[0], row[i], atol=1e-6, rtol=0)
     record = json.loads((out / "lmbricks.json").read_text())
-    assert [e["source"] for e in record["bricks"]["experts"]] == [str(f) for f in finetunes]
+    # Sources are recorded relative to the output directory (no machine paths).
+    assert [(out / e["source"]).resolve() for e in record["bricks"]["experts"]] == [f.resolve() for f in finetunes]
     assert record["recipe"]["gate_mode"] == "hidden" and len(record["inputs"]) == 4
 
 
@@ -138,7 +139,7 @@ def test_brick_experts_domain_gates_and_shared_expert(
     assert [e["domain"] for e in bricks_json["experts"]] == domains and bricks_json["shared_expert"][
         "domain"
     ] == domains[0]
-    assert bricks_json["experts"][0]["brick"] == str(bricks[0])
+    assert (out / bricks_json["experts"][0]["brick"]).resolve() == bricks[0].resolve()
 
 
 def test_cheap_embed_rows_are_the_same_in_every_layer(tiny_llama: Path, finetunes: list[Path], tmp_path: Path) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from lmbricks.checkpoint import content_hash
-from lmbricks.errors import ConfigError
+from lmbricks.checkpoint.provenance import check_recorded_base, content_hash, model_identity
 from lmbricks.hub import REGISTRY, resolve_model
 
 
@@ -18,6 +19,7 @@ class BaseModel:
     path: Path
     name: str
     sha256: str
+    identity: dict[str, Any] | None = None  # ModelIdentity.to_record(); None for a single file
 
 
 def base_model(ref: str | Path) -> BaseModel:
@@ -31,19 +33,22 @@ def base_model(ref: str | Path) -> BaseModel:
     """
     path = resolve_model(ref)
     name = str(ref) if str(ref) in REGISTRY else path.name
-    return BaseModel(ref=str(ref), path=path, name=name, sha256=content_hash(path))
+    identity = model_identity(path)
+    record = identity.to_record() if identity is not None else None
+    return BaseModel(ref=str(ref), path=path, name=name, sha256=content_hash(path), identity=record)
 
 
-def check_brick_base(brick_name: str, brick_sha256: str | None, brick_base: str | None, base: BaseModel) -> None:
-    """Refuse a brick trained on another base model.
+def check_brick_base(
+    brick_name: str,
+    brick_sha256: str | None,
+    brick_base: str | None,
+    base: BaseModel,
+    brick_identity: Mapping[str, Any] | None = None,
+) -> None:
+    """Refuse a brick trained on another base model (see :func:`checkpoint.check_recorded_base`).
 
     Raises:
-        ConfigError: the brick records a base hash that differs from ``base``'s.
+        ConfigError: the brick records a base identity that differs from ``base``'s; the message
+            names what differs (weights, a config field, the tokenizer).
     """
-    if brick_sha256 is None:
-        return  # a foreign PEFT adapter without lmbricks.json: shapes are checked when loading
-    if brick_sha256 != base.sha256:
-        raise ConfigError(
-            f"brick {brick_name!r} was trained on {brick_base or 'another model'} "
-            f"(sha256 {brick_sha256[:12]}), not on {base.name} (sha256 {base.sha256[:12]})"
-        )
+    check_recorded_base(f"brick {brick_name!r}", brick_sha256, brick_identity, brick_base, base.path, base.name)

@@ -64,6 +64,7 @@ class BrickInfo:
     targets: tuple[str, ...]
     base_model: str | None = None
     base_sha256: str | None = None
+    base_identity: dict[str, Any] | None = None
     domain: str | None = None
     effect: dict[str, Any] = field(default_factory=dict)
     record: dict[str, Any] = field(default_factory=dict)
@@ -132,6 +133,7 @@ def read_brick(path: str | Path) -> BrickInfo:
         targets=tuple(sorted(targets)),
         base_model=info.get("base_model") or config.get("base_model_name_or_path"),
         base_sha256=info.get("base_sha256"),
+        base_identity=info.get("base_identity"),
         domain=info.get("domain"),
         effect=dict(info.get("effect") or {}),
         record=record,
@@ -241,6 +243,7 @@ def brick_record(
     base_model: str,
     base_sha256: str,
     rank: int,
+    base_identity: dict[str, Any] | None = None,
     alpha: float,
     targets: tuple[str, ...] | list[str],
     domain: str | None = None,
@@ -254,6 +257,7 @@ def brick_record(
             "domain": domain,
             "base_model": base_model,
             "base_sha256": base_sha256,
+            "base_identity": base_identity,
             "rank": rank,
             "alpha": alpha,
             "targets": sorted(targets),

@@ -97,7 +97,7 @@ def plug(brick: str | Path, model_ref: str | Path, name: str | None = None, forc
     """
     info = read_brick(brick)
     base = base_model(model_ref)
-    check_brick_base(info.name, info.base_sha256, info.base_model, base)
+    check_brick_base(info.name, info.base_sha256, info.base_model, base, info.base_identity)
     _check_shapes(info, base)
     entry_name = name or info.name
     if "/" in entry_name or entry_name.startswith("."):

@@ -10,6 +10,7 @@ from lmbricks.adapters.brick import brick_record, save_factors
 from lmbricks.adapters.compose import compose
 from lmbricks.adapters.session import load_base, load_bricks
 from lmbricks.checkpoint import atomic_directory, write_provenance
+from lmbricks.checkpoint.provenance import reference_name
 from lmbricks.errors import ConfigError
 
 
@@ -88,7 +89,7 @@ def compose_bricks(
     recipe = {
         "compose": {
             "method": method,
-            "bricks": [str(i.path) for i in bset.infos],
+            "bricks": [reference_name(i.path, out) for i in bset.infos],
             "weights": used,
             "rank": rank,
             "density": density,
@@ -107,6 +108,7 @@ def compose_bricks(
         name=out.name,
         base_model=bset.base.name,
         base_sha256=bset.base.sha256,
+        base_identity=bset.base.identity,
         rank=next(iter(result.pairs.values())).rank,
         alpha=float(next(iter(result.pairs.values())).rank),
         targets=sorted({m.rsplit(".", 1)[-1] for m in result.pairs}),

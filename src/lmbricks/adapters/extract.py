@@ -121,6 +121,7 @@ def extract_brick(
                 name=name or out.name,
                 base_model=b.name,
                 base_sha256=b.sha256,
+                base_identity=b.identity,
                 rank=rank,
                 alpha=float(rank),
                 targets=sorted({m.rsplit(".", 1)[-1] for m in ext.pairs}),

@@ -47,7 +47,7 @@ def load_bricks(model_ref: str | Path, refs: Sequence[str | Path] | None = None)
         raise ConfigError(f"no bricks given and none catalogued for {base.name}")
     infos = [read_brick(p) for p in paths]
     for info in infos:
-        check_brick_base(info.name, info.base_sha256, info.base_model, base)
+        check_brick_base(info.name, info.base_sha256, info.base_model, base, info.base_identity)
     return BrickSet(base, infos, [load_factors(p) for p in paths])
 
 

@@ -232,6 +232,7 @@ def _write_brick(
                 name=name,
                 base_model=base.name,
                 base_sha256=base.sha256,
+                base_identity=base.identity,
                 rank=cfg.rank,
                 alpha=cfg.alpha,
                 targets=targets,
@@ -336,12 +337,18 @@ def recorded_base(info: BrickInfo) -> str:
     Raises:
         ConfigError: the brick records neither (pass the model explicitly).
     """
+    from lmbricks.checkpoint.provenance import resolve_reference
     from lmbricks.hub import REGISTRY
 
     if info.base_model in REGISTRY:
         return str(info.base_model)
     for item in info.record.get("inputs", []):
-        if item.get("name") == "base" and Path(item.get("path", "")).is_dir():
+        if item.get("name") != "base":
+            continue
+        found = resolve_reference(str(item.get("ref") or ""), info.path) if item.get("ref") else None
+        if isinstance(found, Path):
+            return str(found)
+        if Path(item.get("path", "")).is_dir():  # records written before 0.2 kept the absolute path
             return str(item["path"])
     raise ConfigError(f"{info.path}: its base model {info.base_model!r} cannot be found; pass the model explicitly")
 
@@ -385,7 +392,7 @@ def update_brick(
     info = read_brick(brick)
     ref = model_ref if model_ref is not None else recorded_base(info)
     base = base_model(ref)
-    check_brick_base(info.name, info.base_sha256, info.base_model, base)
+    check_brick_base(info.name, info.base_sha256, info.base_model, base, info.base_identity)
     domain = domain or info.domain
     status = on_status or (lambda _msg: None)
     model, tokenizer = load_hf_model(base.path)

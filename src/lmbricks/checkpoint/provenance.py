@@ -11,13 +11,15 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from lmbricks import __version__, paths
-from lmbricks.errors import CheckpointError
+from lmbricks.checkpoint.identity import ModelIdentity
+from lmbricks.checkpoint.identity import model_identity as identity_of_directory
+from lmbricks.errors import CheckpointError, ConfigError
 
 PROVENANCE_FILE = "lmbricks.json"
 
@@ -67,7 +69,11 @@ def _sha256_file(path: Path) -> str:
 
 
 class _HashCache:
-    """File hashes keyed by (absolute path, size, mtime_ns), kept in ``paths.home()/hashes.json``."""
+    """Per-file hashes keyed by (absolute path, size, mtime_ns), kept in ``paths.home()/hashes.json``.
+
+    An entry holds one value per kind: ``sha256`` (the file's bytes) or ``tensors`` (per-tensor
+    hashes of a safetensors file, see :func:`identity.safetensors_tensor_hashes`).
+    """
 
     def __init__(self) -> None:
         self.path = paths.home() / _CACHE_NAME
@@ -81,59 +87,135 @@ class _HashCache:
         except (OSError, ValueError):
             pass  # missing or corrupt cache: start afresh
 
-    def sha256(self, path: Path) -> str:
+    def get(self, path: Path, kind: str, compute: Callable[[Path], Any]) -> Any:
+        """``compute(path)``, or the value cached for this file's path, size and mtime."""
         st = path.stat()
         key = str(path.resolve())
         hit = self.entries.get(key)
-        if isinstance(hit, dict) and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns:
-            return str(hit["sha256"])
-        value = _sha256_file(path)
-        self.entries[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": value}
-        self.dirty = True
-        return value
+        if not (isinstance(hit, dict) and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns):
+            hit = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+            self.entries[key] = hit
+        if kind not in hit:
+            hit[kind] = compute(path)
+            self.dirty = True
+        return hit[kind]
+
+    def sha256(self, path: Path) -> str:
+        return str(self.get(path, "sha256", _sha256_file))
 
     def save(self) -> None:
         if not self.dirty:
             return
         # Drop entries of files that no longer exist, then replace the cache atomically.
-        self.entries = {k: v for k, v in self.entries.items() if os.path.exists(k)}
-        fd, tmp = tempfile.mkstemp(prefix=f".{_CACHE_NAME}.", dir=self.path.parent)
+        self.entries = {k: v for k, v in self.entries.items() if os.path.exists(k.removeprefix("identity:"))}
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{_CACHE_NAME}.", dir=self.path.parent)
+        except OSError:  # a cache that cannot be written only costs time
+            return
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 json.dump(self.entries, fh)
             os.replace(tmp, self.path)
-        except OSError:  # a cache that cannot be written only costs time
+        except OSError:
             Path(tmp).unlink(missing_ok=True)
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    return [f for f in _hashed_files(directory) if f.name.endswith(_WEIGHT_SUFFIXES)]
+
+
+def model_identity(path: str | Path) -> ModelIdentity | None:
+    """The :class:`~lmbricks.checkpoint.identity.ModelIdentity` of a model directory (None for a file).
+
+    Raises:
+        CheckpointError: ``path`` does not exist, or the directory holds no model files.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: cannot hash, not found")
+    if path.is_file():
+        return None
+    if not _hashed_files(path):
+        raise CheckpointError(f"{path}: cannot hash, no config, weight or tokenizer files in it")
+    files = _hashed_files(path)
+    stamp = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    key = f"identity:{path.resolve()}"
+    cache = _HashCache()
+    try:
+        hit = cache.entries.get(key)
+        if isinstance(hit, dict) and hit.get("stamp") == stamp:
+            return ModelIdentity.from_record(hit["identity"])
+        identity = identity_of_directory(path, _weight_files(path), cache.get)
+        cache.entries[key] = {"stamp": stamp, "identity": identity.to_record()}
+        cache.dirty = True
+        return identity
+    finally:
+        cache.save()
 
 
 def content_hash(path: str | Path) -> str:
     """SHA-256 identifying a model's content.
 
-    For a directory: the SHA-256 of the sorted lines ``<file name>\\t<sha256 of file>\\n`` over
-    config.json, the weight files and their index, and the tokenizer files (``lmbricks.json`` and
-    anything else are left out, so two copies of a model hash the same). For a single file (a GGUF):
-    the file's own SHA-256. File hashes are cached by (path, size, mtime) so hashing a large model
+    For a directory: :attr:`ModelIdentity.sha256`, which covers the tensors (names, shapes, dtypes,
+    bytes), the architecture fields of config.json and the tokenizer's content, and nothing a tool
+    writes about itself (see :mod:`lmbricks.checkpoint.identity`). For a single file (a GGUF): the
+    file's own SHA-256. Hashes are cached per file by (path, size, mtime), so hashing a large model
     again is instant.
 
     Raises:
         CheckpointError: ``path`` does not exist or the directory holds no model files.
     """
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: cannot hash, not found")
+    identity = model_identity(path)
+    if identity is not None:
+        return identity.sha256
     cache = _HashCache()
     try:
-        if path.is_file():
-            return cache.sha256(path)
-        files = _hashed_files(path)
-        if not files:
-            raise CheckpointError(f"{path}: cannot hash, no config, weight or tokenizer files in it")
-        digest = hashlib.sha256()
-        for file in files:
-            digest.update(f"{file.name}\t{cache.sha256(file)}\n".encode())
-        return digest.hexdigest()
+        return cache.sha256(path)
     finally:
         cache.save()
+
+
+def reference_name(path: str | Path, relative_to: str | Path | None = None) -> str:
+    """How a record names an input without a machine path.
+
+    The registry name for a model in the cache (``paths.models_dir()/<name>``); otherwise the path
+    relative to ``relative_to`` (the output directory, so the pair can move together), or the bare
+    name when there is none.
+    """
+    path = Path(path).expanduser().absolute()
+    try:
+        if path.resolve().parent == paths.models_dir().resolve():
+            return path.name
+    except OSError:
+        pass
+    if relative_to is None:
+        return path.name
+    return os.path.relpath(path, Path(relative_to).expanduser().absolute())
+
+
+def resolve_reference(ref: str, record_dir: str | Path) -> Path | str | None:
+    """Inverse of :func:`reference_name`: a registry name as is, else the existing path relative to
+    ``record_dir`` (the directory whose ``lmbricks.json`` holds ``ref``); None when neither exists."""
+    candidate = Path(record_dir) / ref
+    if ref and candidate.is_dir():
+        return candidate.resolve()
+    if os.sep not in ref and not ref.startswith("."):
+        return ref  # a registry name
+    return None
+
+
+def input_record(name: str, path: str | Path, relative_to: str | Path | None = None) -> dict[str, Any]:
+    """One entry of ``lmbricks.json``'s ``inputs``: name, reference (see :func:`reference_name`) and
+    identity hash (with its parts for model directories)."""
+    entry: dict[str, Any] = {"name": name, "ref": reference_name(path, relative_to)}
+    identity = model_identity(path)
+    if identity is None:
+        entry["sha256"] = content_hash(path)
+    else:
+        entry["sha256"] = identity.sha256
+        entry["identity"] = identity.to_record()
+    return entry
 
 
 def write_provenance(
@@ -150,7 +232,8 @@ def write_provenance(
         directory: the output model directory.
         command: the command line or API call that produced it.
         recipe: the (validated) recipe, or None.
-        inputs: input name -> model directory or file; each is hashed with :func:`content_hash`.
+        inputs: input name -> model directory or file; each is recorded by :func:`input_record`
+            (reference name and identity, never a machine path).
         bricks: the brick inventory (experts, adapters, routers), e.g. from ``archmap.inventory``.
 
     Returns:
@@ -162,8 +245,7 @@ def write_provenance(
         "command": command,
         "recipe": recipe,
         "inputs": [
-            {"name": name, "path": str(Path(p).expanduser().absolute()), "sha256": content_hash(p)}
-            for name, p in inputs.items()
+input_record(name, p, relative_to=directory) for name, p in inputs.items()
         ],
         "bricks": bricks or {},
     }
@@ -190,3 +272,60 @@ def copy_tokenizer(src: Path, dst: Path) -> list[str]:
             shutil.copyfile(src / name, dst / name)
             copied.append(name)
     return copied
+
+
+def read_record(directory: str | Path) -> dict[str, Any]:
+    """``directory/lmbricks.json`` as a dict ({} when the directory has none or it is unreadable)."""
+    path = Path(directory) / PROVENANCE_FILE
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def check_recorded_base(
+    subject: str,
+    recorded_sha256: str | None,
+    recorded_identity: Mapping[str, Any] | None,
+    recorded_name: str | None,
+    base_path: str | Path,
+    base_name: str,
+) -> None:
+    """Refuse ``subject`` (a brick, an adapter) on a base other than the one it records.
+
+    The one rule for every command that applies a brick to a model: the base's identity
+    (:func:`content_hash`) must equal the recorded one. The error names what differs: the weights,
+    each differing config field, or the tokenizer.
+
+    Args:
+        subject: how to name the brick in the message (``brick 'smollm2-code'``).
+        recorded_sha256: the base identity the brick records (None: nothing recorded, nothing to check).
+        recorded_identity: the recorded identity's parts (:meth:`ModelIdentity.to_record`), if any.
+        recorded_name: the recorded base's name, for the message.
+        base_path: the model directory the brick is about to be applied to.
+        base_name: its name, for the message.
+
+    Raises:
+        ConfigError: the identities differ.
+    """
+    if recorded_sha256 is None:
+        return
+    identity = model_identity(base_path)
+    actual = identity.sha256 if identity is not None else content_hash(base_path)
+    if actual == recorded_sha256:
+        return
+    what = "its record predates identity parts, so what differs is unknown"
+    if identity is not None and recorded_identity:
+        try:
+            diffs = ModelIdentity.from_record(recorded_identity).differences(identity)
+        except (KeyError, TypeError):
+            diffs = []
+        if diffs:
+            what = "they differ in " + ", ".join(diffs)
+    raise ConfigError(
+        f"{subject} was trained on {recorded_name or 'another model'} (identity {recorded_sha256[:12]}), "
+        f"not on {base_name} (identity {actual[:12]}): {what}; apply it to the model it was trained on, "
+        "or train a brick for this model (lmbricks adapters train)"
+    )

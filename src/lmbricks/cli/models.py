@@ -37,16 +37,26 @@ def list_models() -> None:
 def fetch(
     name: str = typer.Argument("smollm2-135m-instruct", help="Registry name (see `lmbricks models list`)."),
     force: bool = typer.Option(False, "--force", help="Convert again even if cached."),
+    accept_conversion: bool = typer.Option(
+        False, "--accept-conversion", help="Keep a conversion whose tensors differ from the pinned ones."
+    ),
 ) -> None:
-    """Download a registry model, check its hash and convert it to safetensors in the cache.
+    """Download a registry model, check its hash, convert it to safetensors in the cache and check
+    the converted tensors against the pinned conversion.
 
     Example: lmbricks models fetch smollm2-135m-instruct
     """
     from lmbricks.hub import fetch_model, get_spec
 
     spec = get_spec(name)
+
+    def progress(msg: str) -> None:
+        if msg.startswith("note:"):
+            err_console.print(msg, highlight=False)
+        status.update(f"{name}: {msg}")
+
     with err_console.status(f"fetching {name}") as status:
-        path = fetch_model(spec, force=force, progress=lambda msg: status.update(f"{name}: {msg}"))
+        path = fetch_model(spec, force=force, progress=progress, accept_conversion=accept_conversion)
     console.print(f"{name} ready at {path}")
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lmbricks.checkpoint.provenance import reference_name, resolve_reference
 from lmbricks.errors import ConfigError
 from lmbricks.grow import gates as G
 from lmbricks.grow.assemble import GrowWarning, Log, _check_domain
@@ -78,12 +79,13 @@ class _Recorded:
 def _recorded(moe_path: Path) -> _Recorded:
     prov = read_provenance(moe_path)
     bricks = prov.get("bricks") if isinstance(prov.get("bricks"), dict) else {}
-    base = bricks.get("base_model") if isinstance(bricks, dict) else None
-    if base is None:
+    recorded = bricks.get("base_model") if isinstance(bricks, dict) else None
+    if recorded is None:
         for entry in prov.get("inputs") or []:
             if isinstance(entry, dict) and entry.get("name") in ("base_model", "model"):
-                base = entry.get("path")
-    return _Recorded(base, bricks or {})
+                recorded = entry.get("ref") or entry.get("path")  # "path": records written before 0.2
+    base = None if recorded is None else resolve_reference(str(recorded), moe_path)
+    return _Recorded(None if base is None else str(base), bricks or {})
 
 
 def _open_source(expert: str, base: str | None, moe_cfg: LMConfig, where: str) -> tuple[ExpertSource, Path | None]:
@@ -205,8 +207,8 @@ def grow(
         del moe
         inv = dict(recorded.inventory)
         experts = list(inv.get("experts") or [{"index": e} for e in range(cfg.moe_config().num_experts)])
-        experts.append({"index": len(experts), "label": expert, "domain": domain, **src.describe()})
-        inv.update(experts=experts, grown_from=str(moe_path))
+        experts.append({"index": len(experts), "label": expert, "domain": domain, **src.describe(out)})
+        inv.update(experts=experts, grown_from=reference_name(moe_path, out))
         routers = dict(inv.get("routers") or {})
         routers.update(
             top_k=cfg.moe_config().top_k, layers=idx, grown_row="domain mean" + (" (centred)" if use_center else "")

@@ -312,17 +312,20 @@ def assemble_model(
     return Assembly(model, rows, layers, max_cos, issued)
 
 
-def inventory(plan: AssemblyPlan, assembly: Assembly) -> dict[str, Any]:
-    """The lmbricks.json inventory: each expert's source, brick and domain; the routers."""
+def inventory(plan: AssemblyPlan, assembly: Assembly, out: str | Path) -> dict[str, Any]:
+    """The lmbricks.json inventory: each expert's source, brick and domain; the routers (paths relative to ``out``)."""
+    from lmbricks.checkpoint.provenance import reference_name
+
     r = plan.recipe
     experts = []
     for e, (spec, src) in enumerate(zip(r.experts, plan.experts, strict=True)):
-        experts.append({"index": e, "label": spec.label(), "domain": spec.domain, **src.describe()})
+        experts.append({"index": e, "label": spec.label(), "domain": spec.domain, **src.describe(out)})
     shared = None
     if plan.shared is not None and r.shared_experts:
-        shared = {"label": r.shared_experts[0].label(), "domain": r.shared_experts[0].domain, **plan.shared.describe()}
+        first = r.shared_experts[0]
+        shared = {"label": first.label(), "domain": first.domain, **plan.shared.describe(out)}
     return {
-        "base_model": str(plan.base_path),
+        "base_model": reference_name(plan.base_path, out),
         "experts": experts,
         "shared_expert": shared,
         "non_experts": r.non_experts,
@@ -380,7 +383,7 @@ def assemble(
             command=command or " ".join(sys.argv),
             recipe=r.to_dict(),
             inputs=inputs,
-            bricks=inventory(plan, built),
+            bricks=inventory(plan, built, out),
             force=force,
         )
     finally:

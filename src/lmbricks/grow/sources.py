@@ -100,13 +100,19 @@ class ExpertSource:
         g, u, d = ffn_names(layer)
         return ExpertFFN(self.read(g), self.read(u), self.read(d))
 
-    def describe(self) -> dict[str, str | None]:
-        """The inventory entry of lmbricks.json."""
+    def describe(self, out: str | Path) -> dict[str, str | None]:
+        """The inventory entry of lmbricks.json, naming paths as :func:`reference_name` does for ``out``."""
+        from lmbricks.checkpoint.provenance import reference_name
+
+        def ref(path: Path | None) -> str | None:
+            return None if path is None else reference_name(path, out)
+
+        adapter = None if self.input.adapter is None else self.input.adapter.path
         return {
             "kind": self.kind,
-            "source": str(self.input.path),
-            "brick": None if self.brick_path is None else str(self.brick_path),
-            "adapter": None if self.input.adapter is None else str(self.input.adapter.path),
+            "source": ref(self.input.path),
+            "brick": ref(self.brick_path),
+            "adapter": ref(adapter),
         }
 
     def close(self) -> None:
@@ -171,7 +177,7 @@ def open_brick_source(ref: str, base_ref: str, base_path: Path, where: str) -> E
     try:
         path = find_brick(ref, base_ref)
         info = read_brick(path)
-        check_brick_base(info.name, info.base_sha256, info.base_model, base_model(base_path))
+        check_brick_base(info.name, info.base_sha256, info.base_model, base_model(base_path), info.base_identity)
         inp = open_input(f"{base_path}+{path}")
     except LmbricksError as exc:
         raise type(exc)(f"{where}: {exc}") from None

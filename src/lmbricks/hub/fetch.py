@@ -111,17 +111,55 @@ def assemble_gguf(spec: ModelSpec, progress: Progress = _quiet) -> Path:
     return target
 
 
-def convert_gguf(gguf: Path, out: Path, add_bos: bool = False, progress: Progress = _quiet) -> Path:
+def _check_conversion(tmp: Path, expected_weights: str | None, name: str, accept: bool, progress: Progress) -> None:
+    """Compare the converted tensors with the pinned hash; refuse (or, with ``accept``, say) a change."""
+    if expected_weights is None:
+        return
+    import transformers
+
+    from lmbricks.checkpoint.provenance import model_identity
+
+    identity = model_identity(tmp)
+    got = identity.weights if identity is not None else None
+    if got == expected_weights:
+        return
+    what = (
+        f"{name}: this environment's conversion (transformers {transformers.__version__}) gives other weights "
+        f"than the pinned conversion (weights hash {str(got)[:12]}, pinned {expected_weights[:12]})"
+    )
+    if not accept:
+        raise FetchError(
+            f"{what}; bricks and figures recorded for {name} would not apply. Install the locked versions "
+            "(pip install -c constraints.txt -e .) or pass --accept-conversion to keep the new conversion"
+        )
+    progress(f"note: {what}; kept because of --accept-conversion")
+
+
+def convert_gguf(
+    gguf: Path,
+    out: Path,
+    add_bos: bool = False,
+    progress: Progress = _quiet,
+    *,
+    expected_weights: str | None = None,
+    accept_conversion: bool = False,
+) -> Path:
     """Dequantise a GGUF with transformers and save bf16 safetensors plus the tokenizer into ``out``.
 
     ``out`` is written through a temporary sibling directory and renamed into place when complete.
+    With ``expected_weights`` (a pinned :attr:`ModelIdentity.weights`), a conversion that produces
+    other tensors is refused before it replaces anything, unless ``accept_conversion``.
+
+    Raises:
+        FetchError: the converted tensors differ from ``expected_weights``.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
+        os.chmod(tmp, 0o755)  # mkdtemp's 0700 would make the shared cache private
         progress("converting tokenizer")
         # Gemma needs a BOS token that its GGUF tokenizer does not force; ask for it at load time
         # so the saved tokenizer_config carries it.
@@ -138,6 +176,9 @@ def convert_gguf(gguf: Path, out: Path, add_bos: bool = False, progress: Progres
         progress("saving safetensors")
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        del model
+        progress("checking the converted tensors")
+        _check_conversion(tmp, expected_weights, out.name, accept_conversion, progress)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -147,10 +188,23 @@ def convert_gguf(gguf: Path, out: Path, add_bos: bool = False, progress: Progres
     return out
 
 
-def fetch_model(spec: ModelSpec, force: bool = False, progress: Progress = _quiet) -> Path:
-    """Make ``spec`` available as a Hugging Face directory in the cache; returns its path."""
+def fetch_model(
+    spec: ModelSpec, force: bool = False, progress: Progress = _quiet, accept_conversion: bool = False
+) -> Path:
+    """Make ``spec`` available as a Hugging Face directory in the cache; returns its path.
+
+    The GGUF's SHA-256 is checked after download and the converted tensors against
+    ``spec.weights_sha256`` (see :func:`convert_gguf`).
+    """
     out = paths.models_dir() / spec.name
     if (out / "config.json").exists() and not force:
         return out
     gguf = assemble_gguf(spec, progress)
-    return convert_gguf(gguf, out, add_bos=spec.add_bos, progress=progress)
+    return convert_gguf(
+        gguf,
+        out,
+        add_bos=spec.add_bos,
+        progress=progress,
+        expected_weights=spec.weights_sha256,
+        accept_conversion=accept_conversion,
+    )

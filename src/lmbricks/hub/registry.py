@@ -33,6 +33,10 @@ class ModelSpec:
     # Tokens the tokenizer must prepend (Gemma needs a BOS token that its GGUF does not force).
     add_bos: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # The weights part of the converted model's identity (checkpoint.identity): a conversion that
+    # produces other tensors (a new dequantiser) is noticed instead of silently giving another model.
+    # None where no conversion has been pinned yet.
+    weights_sha256: str | None = None
 
     @property
     def size_hint(self) -> str:
@@ -55,6 +59,7 @@ REGISTRY: dict[str, ModelSpec] = {
             licence="Apache-2.0",
             required=True,
             notes=("GGUF Q4_1, dequantised to bf16 on conversion",),
+            weights_sha256="fdacc26b355417c1f2155f84ea512726dd36cf67ac10aa2e97e1b62f7c42d577",
         ),
         ModelSpec(
             name="qwen2.5-coder-0.5b-instruct",

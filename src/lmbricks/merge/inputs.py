@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from lmbricks.checkpoint import CheckpointReader, architecture_of, validate_checkpoint
+from lmbricks.checkpoint.provenance import check_recorded_base, read_record
 from lmbricks.errors import CheckpointError, ConfigError, LmbricksError
 from lmbricks.merge.lora import LoraAdapter
 
@@ -101,6 +102,16 @@ def open_input(ref: str) -> ModelInput:
         if not adapter_dir.is_dir():
             raise ConfigError(f"model {ref!r}: adapter directory {adapter_ref!r} not found")
         adapter = LoraAdapter(adapter_dir)
+        # The same rule as every brick command: an adapter that records its base must meet that base.
+        recorded = (read_record(adapter_dir).get("bricks") or {}).get("adapter") or {}
+        check_recorded_base(
+            f"adapter {adapter_ref!r}",
+            recorded.get("base_sha256"),
+            recorded.get("base_identity"),
+            recorded.get("base_model"),
+            path,
+            model_ref,
+        )
         adapter.check_against(reader.shapes(), model_ref)
     if not reader.keys():
         raise CheckpointError(f"model {model_ref}: no tensors")

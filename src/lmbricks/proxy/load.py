@@ -26,7 +26,7 @@ def load_member(ref: str | Path, chat: bool = False, brick: str | Path | None = 
 
         path = find_brick(brick, ref)
         info = read_brick(path)
-        check_brick_base(info.name, info.base_sha256, info.base_model, base_model(ref))
+        check_brick_base(info.name, info.base_sha256, info.base_model, base_model(ref), info.base_identity)
         model = PeftModel.from_pretrained(model, str(path)).merge_and_unload().eval()
     return Member(model, tokenizer, chat)
 

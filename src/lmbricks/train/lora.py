@@ -215,6 +215,7 @@ def save_lora_brick(
                 name=cfg.name or out.parent.name,
                 base_model=base.name,
                 base_sha256=base.sha256,
+                base_identity=base.identity,
                 rank=cfg.rank,
                 alpha=cfg.alpha,
                 targets=targets,
