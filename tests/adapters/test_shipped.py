@@ -43,3 +43,18 @@ def test_table_was_measured_on_the_shipped_bricks() -> None:
         assert table["ppl"]["base"][domain] == pytest.approx(info.effect["ppl_before"], rel=1e-9)
         assert table["ppl"][domain][domain] / table["ppl"]["base"][domain] - 1 <= -0.05
         assert set(table["ppl"][domain]) == set(table["domains"])
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_shipped_records_carry_no_machine_path(domain: str) -> None:
+    def strings(obj: object) -> list[str]:
+        if isinstance(obj, dict):
+            return [s for v in obj.values() for s in strings(v)]
+        if isinstance(obj, list):
+            return [s for v in obj for s in strings(v)]
+        return [obj] if isinstance(obj, str) else []
+
+    record = json.loads((ROOT / domain / "lmbricks.json").read_text())
+    assert not [s for s in strings(record) if s.startswith(("/", "~")) or "/.cache/" in s]
+    assert [i["ref"] for i in record["inputs"]] == ["smollm2-135m-instruct"]
+    assert record["bricks"]["adapter"]["base_identity"]["sha256"] == record["bricks"]["adapter"]["base_sha256"]

@@ -52,6 +52,7 @@ def make_brick(base: Path, out: Path, seed: int, rank: int = 4, domain: str | No
                 name=out.name,
                 base_model=b.name,
                 base_sha256=b.sha256,
+                base_identity=b.identity,
                 rank=rank,
                 alpha=float(rank),
                 targets=FFN_AND_ATTN,
