@@ -26,7 +26,7 @@ def test_adapter_on_its_own_base_merges(family: dict[str, Path], tmp_path: Path)
     brick = make_brick(family["base"], tmp_path / "brick", seed=3)
     out = merge(_recipe(family["base"], brick), tmp_path / "out")
     with CheckpointReader(out) as merged, CheckpointReader(family["base"]) as base:
-        changed = [k for k in base.keys() if not torch.equal(merged.get(k), base.get(k))]
+        changed = [k for k in base if not torch.equal(merged.get(k), base.get(k))]
     assert changed and all(k.endswith(("proj.weight",)) for k in changed)
 
 
