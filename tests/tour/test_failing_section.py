@@ -136,6 +136,17 @@ def test_cli_runs_only_the_named_sections(tiny_llama: Path, tmp_path: Path, monk
     assert not (tmp_path / "bad").exists()
 
 
+def test_a_section_that_reports_nothing_fails(tiny_llama: Path, tmp_path: Path) -> None:
+    def silent(ctx: TourContext) -> list[SummaryRow]:
+        ctx.report.section("A silent section")
+        return []  # the shape of a silent skip
+
+    with pytest.raises(TourFailed):
+        run_tour(tmp_path, model_ref=str(tiny_llama), sections=[("silent", silent)], log=lambda _: None)
+    (entry,) = json.loads((tmp_path / "results.json").read_text())["sections"]
+    assert entry["status"] == "failed" and "without a summary row" in entry["error"]
+
+
 def test_select_sections_keeps_report_order() -> None:
     assert [n for n, _ in select_sections(SECTIONS, ["after", "crashing"])] == ["crashing", "after"]
     with pytest.raises(ConfigError, match="no tour section 'grwo'"):

@@ -214,7 +214,12 @@ def run_section(ctx: TourContext, name: str, section: Section) -> tuple[SectionO
     before = len(report.sections)
     start = time.perf_counter()
     try:
-        rows = section(ctx)
+        rows = list(section(ctx))
+        if not rows:  # `return []` is the shape of a silent skip: say what was measured, skip or fail
+            raise RuntimeError(
+                f"section {name!r} passed without a summary row: a section reports what it measured, "
+                "raises SkipSection when it has nothing to do, or fails"
+            )
     except SkipSection as exc:
         outcome = SectionOutcome(name, "skipped", _elapsed(start), error=str(exc) or "no reason given")
         if len(report.sections) == before:
@@ -232,7 +237,7 @@ def run_section(ctx: TourContext, name: str, section: Section) -> tuple[SectionO
         report.failure(str(outcome.error), command, tb)
         ctx.log(f"tour: {name} FAILED: {_first_line(str(outcome.error))}")
         return outcome, exc
-    return SectionOutcome(name, "passed", _elapsed(start), rows=list(rows)), None
+    return SectionOutcome(name, "passed", _elapsed(start), rows=rows), None
 
 
 def _elapsed(start: float) -> float:
