@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -58,3 +59,42 @@ def test_multilingual_subdomains_align() -> None:
     assert sum(a != b for a, b in pairs) == len(pairs)  # untranslated paragraphs were dropped
     whole = load_texts("multilingual", "test")
     assert len(whole) == sum(len(load_texts(f"multilingual/{s}", "test")) for s in manifest["subdomains"])
+
+
+def test_real_fetch_records_the_version_and_sha256_of_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One small source (r-cran-janeaustenr, about 1.6 MB) fetched into a fresh, empty home."""
+    from lmbricks.data.download import deb_version, sha256_file
+
+    if not have_apt():
+        pytest.skip("needs apt-get")
+    monkeypatch.setenv("LMBRICKS_HOME", str(tmp_path / "home"))
+    notes: list[str] = []
+    fetch_domain("en_prose", tokenizer=None, note=notes.append)
+    manifest = read_manifest("en_prose")
+    assert manifest is not None
+    (source,) = manifest["sources"]
+    (deb,) = (tmp_path / "home" / "downloads" / "debian").glob("r-cran-janeaustenr_*.deb")
+    assert source["file"] == deb.name and source["sha256"] == sha256_file(deb)
+    assert source["version"] == deb_version(deb) == _control_version(deb)
+    pin = DOMAINS["en_prose"].sources[0].version
+    assert source["pinned_version"] == pin
+    # Either the pin was served, or the archive moved on and the fetch said so in one line.
+    if source["version"] == pin:
+        assert notes == [] and source["note"] is None
+    else:
+        assert notes == [source["note"]] and f"{pin} is no longer served; using {source['version']}" in notes[0]
+
+
+def _control_version(deb: Path) -> str:
+    """The Version field of the .deb's control file (not its file name)."""
+    import shutil
+    import subprocess
+
+    from lmbricks.data.download import deb_version
+
+    if shutil.which("dpkg-deb") is None:
+        return deb_version(deb)
+    proc = subprocess.run(["dpkg-deb", "-f", str(deb), "Version"], capture_output=True, text=True, check=True)
+    return proc.stdout.strip()

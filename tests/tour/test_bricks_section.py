@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from tests.tour.brick_world import ALPHABETS, make_brick_world
 
-from lmbricks.tour import run_tour
+from lmbricks.tour import TourFailed, run_tour
 from lmbricks.tour.bricks import bricks_section
 
 
@@ -50,8 +50,27 @@ def test_bricks_section_on_tiny_model(tiny_llama: Path, tmp_path: Path, monkeypa
 def test_bricks_section_without_bricks(tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LMBRICKS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("LMBRICKS_BRICKS", str(tmp_path / "none"))
-    run_tour(tmp_path, quick=True, model_ref=str(tiny_llama), sections=[("bricks", bricks_section)])
-    assert json.loads((tmp_path / "results.json").read_text())["bricks"] == {"available": False}
+    page = run_tour(tmp_path, quick=True, model_ref=str(tiny_llama), sections=[("bricks", bricks_section)]).read_text()
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["bricks"] == {"available": False}
+    # No bricks for this model is a visible skip, not a pass.
+    assert results["sections"][0]["status"] == "skipped" and "no bricks are catalogued" in page
+
+
+def test_refused_bricks_fail_the_section(tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bricks = make_brick_world(tmp_path / "world", tiny_llama, monkeypatch)
+    record_path = bricks["zh"] / "lmbricks.json"
+    record = json.loads(record_path.read_text())
+    record["bricks"]["adapter"]["base_sha256"] = "0" * 64  # as if trained on another conversion of the base
+    record_path.write_text(json.dumps(record))
+    out = tmp_path / "tour"
+    with pytest.raises(TourFailed, match="bricks"):
+        run_tour(out, quick=True, model_ref=str(tiny_llama), sections=[("bricks", bricks_section)], log=lambda _: None)
+    results = json.loads((out / "results.json").read_text())
+    assert results["sections"][0]["status"] == "failed" and "bricks" not in results  # no effects were passed off
+    assert "brick 'zh' was trained on" in results["sections"][0]["error"]
+    page = (out / "report.html").read_text()
+    assert "Customized bricks" in page and "failed: ConfigError: brick" in page
 
 
 @pytest.mark.integration

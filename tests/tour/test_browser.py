@@ -18,7 +18,8 @@ from tests.tour.quick_tour import QuickTour
 
 from lmbricks.report import Report, bar_chart, render_check
 from lmbricks.report.browser import find_chromium, screenshot_colours, section_titles
-from lmbricks.tour import run_tour
+from lmbricks.tour import TourContext, run_tour
+from lmbricks.tour.run import SummaryRow
 from lmbricks.tour.sections import inventory_section
 
 # A real 1x1 PNG, and bytes that claim to be a PNG but cannot be decoded.
@@ -60,6 +61,23 @@ def test_tiny_tour_renders_in_chromium(chromium: str, tiny_llama: Path, tmp_path
     )
     _assert_rendered(page, tmp_path / "shot.png", chromium)
     assert section_titles(page.read_text()) == ["Inventory", "Run"]
+
+
+def test_tour_with_failed_sections_renders_in_chromium(chromium: str, tiny_llama: Path, tmp_path: Path) -> None:
+    from tests.tour.test_failing_section import SECTIONS
+
+    from lmbricks.tour import TourFailed
+
+    def figure(ctx: TourContext) -> list[SummaryRow]:
+        ctx.report.section("A figure").figure(bar_chart(ctx.out_dir / "bars.png", {"a": 1.0}, "t", "v"), "bars")
+        return [("figure", "bars", "1")]
+
+    with pytest.raises(TourFailed):
+        run_tour(tmp_path / "tour", quick=True, model_ref=str(tiny_llama), sections=[("figure", figure), *SECTIONS],
+                 log=lambda _: None)  # fmt: skip
+    page = tmp_path / "tour" / "report.html"
+    _assert_rendered(page, tmp_path / "shot.png", chromium)  # every section shows, the failed ones included
+    assert "A crashing section failed" in section_titles(page.read_text())
 
 
 def test_broken_image_and_blank_page_are_detected(chromium: str, tmp_path: Path) -> None:

@@ -64,7 +64,7 @@ def test_fallback_moefies_caches_and_reuses(tiny_llama: Path, tmp_path: Path) ->
 def test_traces_the_grow_sections_model(tiny_llama: Path, tiny_mixtral: Path, tmp_path: Path) -> None:
     def grow(ctx: TourContext) -> list[SummaryRow]:
         ctx.results["routed_model"] = str(tiny_mixtral)
-        return []
+        return [("grow", "routed model", "tiny mixtral")]
 
     report = run_tour(tmp_path, quick=True, model_ref=str(tiny_llama), sections=[("grow", grow), ("trace", SECTION)])
     results = json.loads((tmp_path / "results.json").read_text())["trace"]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
 
-from lmbricks.cli.common import console, err_console, progress_bar, user_errors
+from lmbricks.cli.common import console, err_console, print_json, progress_bar, user_errors
 
 app = typer.Typer(
     help="Text corpora by domain (English prose, code, maths, Chinese, dialogue, multilingual): "
@@ -49,6 +50,47 @@ def list_cmd() -> None:
 
 @app.command()
 @user_errors
+def sources(
+    domains: list[str] = typer.Argument(None, help="Domains to show (default: every built-in and added one)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (full SHA-256) instead of a table."),
+) -> None:
+    """Where each domain's text comes from: package, version used and pinned, SHA-256 of the download.
+
+    A cached domain shows what its fetch used (from its manifest); one not yet fetched shows its pins.
+
+    Example: lmbricks data sources code --json
+    """
+    from lmbricks.data import domain_sources, get_domain, list_domains
+    from lmbricks.data.store import read_manifest
+
+    names = list(domains) if domains else [row["name"] for row in list_domains()]
+    for name in names:
+        if read_manifest(name) is None:
+            get_domain(name)  # neither cached nor built in: unknown
+    rows: list[dict[str, Any]] = [
+        {"domain": name, "cached": read_manifest(name) is not None, "sources": domain_sources(name)} for name in names
+    ]
+    if as_json:
+        print_json(rows)
+        return
+    # Plain aligned columns, never truncated or folded (names and versions are what users copy).
+    lines = [["domain", "registry", "package", "version", "pinned", "sha256"]]
+    notes: list[str] = []
+    for row in rows:
+        for src in row["sources"]:
+            lines.append([row["domain"], src["registry"], src["package"], src["version"] or "(not fetched)",
+                          src["pinned_version"] or "-", (src["sha256"] or "-")[:12]])  # fmt: skip
+            if src["note"]:
+                notes.append(f"{row['domain']}: {src['note']}")
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    for line in lines:
+        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+    for text in notes:
+        typer.echo(text)
+
+
+@app.command()
+@user_errors
 def fetch(
     domains: list[str] = typer.Argument(None, help="Domains to fetch (default: all built-in ones)."),
     force: bool = typer.Option(False, "--force", help="Rebuild even if cached (downloads are reused)."),
@@ -72,7 +114,7 @@ def fetch(
             if msg.endswith(" s") and ": done in " in msg:
                 bar.advance(task)
 
-        results = fetch_all(names, force=force, progress=report)
+        results = fetch_all(names, force=force, progress=report, note=lambda msg: bar.console.print(msg, markup=False))
     failed = 0
     for name, result in results.items():
         if isinstance(result, Exception):

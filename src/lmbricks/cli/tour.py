@@ -7,19 +7,36 @@ from pathlib import Path
 import typer
 
 from lmbricks.cli.common import console, err_console, user_errors
+from lmbricks.tour.run import DEFAULT_MODEL, SECTION_NAMES
 
 
 @user_errors
 def tour(
     out: Path = typer.Option(Path("runs/tour"), "--out", "-o", help="Directory for report.html and plots."),
     quick: bool = typer.Option(False, "--quick", help="Trim every budget (used by CI)."),
-    model: str = typer.Option("smollm2-135m-instruct", "--model", help="Model to tour."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", help="Model to tour."),
+    section: list[str] = typer.Option(
+        None,
+        "--section",
+        "-s",
+        help=f"Run only this section (repeatable; kept in report order): {', '.join(SECTION_NAMES)}.",
+    ),
 ) -> None:
     """Show what lmbricks does on the default model and write runs/tour/report.html.
 
-    Example: lmbricks tour --quick --out runs/tour
-    """
-    from lmbricks.tour import run_tour
+    A failing section does not stop the tour: the report shows its error and the command that
+    reproduces it, and the command exits with code 1 after writing the report (2 for a bad argument).
 
-    path = run_tour(out, quick=quick, model_ref=model, log=lambda m: err_console.print(f"[dim]{m}[/]"))
+    Example: lmbricks tour --quick --out runs/tour --section grow
+    """
+    from lmbricks.tour import TourFailed, run_tour
+
+    try:
+        path = run_tour(
+            out, quick=quick, model_ref=model, log=lambda m: err_console.print(f"[dim]{m}[/]"), only=section or None
+        )
+    except TourFailed as exc:
+        console.print(f"report written to {exc.report}")
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
     console.print(f"report written to {path}")

@@ -8,6 +8,7 @@ JSONL files plus a manifest.
 from lmbricks.data.corpus import (
     add_domain,
     default_tokenizer,
+    domain_sources,
     domain_text,
     fetch_all,
     fetch_domain,
@@ -32,6 +33,7 @@ __all__ = [
     "assign_splits",
     "count_tokens",
     "default_tokenizer",
+    "domain_sources",
     "domain_text",
     "fetch_all",
     "fetch_domain",

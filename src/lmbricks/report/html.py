@@ -24,6 +24,12 @@ figcaption{font-size:.9em;color:#555}.meta{color:#667;font-size:.85em}
 pre{background:#f5f6f8;padding:.8em;overflow-x:auto}section{margin-bottom:2em}
 nav.toc{font-size:.92em;margin:1em 0}nav.toc ol{display:flex;flex-wrap:wrap;gap:.2em 1.4em;margin:.3em 0;
 padding-left:0;list-style-position:inside}
+.status{font-size:.6em;vertical-align:middle;padding:.1em .5em;border-radius:.3em;color:#fff}
+.status.failed{background:#b03a2e}.status.skipped{background:#7f8c8d}
+div.failed{border-left:4px solid #b03a2e;background:#fbeeec;padding:.4em 1em;margin:1em 0}
+div.skipped{border-left:4px solid #7f8c8d;background:#f2f3f4;padding:.4em 1em;margin:1em 0}
+div.failed p.error{white-space:pre-wrap;font-weight:600}
+tr.failed td{background:#fbeeec;color:#8e2a20;font-weight:600}tr.skipped td{color:#667}
 """
 
 
@@ -35,11 +41,16 @@ def _cell(value: Any) -> str:
     return html.escape(str(value))
 
 
+def _badge(status: str) -> str:
+    return f' <span class="status {html.escape(status)}">{html.escape(status)}</span>' if status else ""
+
+
 @dataclass
 class _Section:
     title: str
     parts: list[str] = field(default_factory=list)
     anchor: str = ""
+    status: str = ""  # "", "failed" or "skipped": shown beside the title and in the contents
 
 
 class Report:
@@ -104,22 +115,70 @@ class Report:
         )
         return self
 
-    def summary(self, rows: Sequence[Sequence[Any]], columns: Sequence[str]) -> Report:
-        """The table shown at the top of the page, before the first section."""
+    def failure(self, error: str, reproduce: str, traceback: str | None = None) -> Report:
+        """Mark the current section failed: the error, the command that reproduces it, and a traceback.
+
+        Args:
+            error: ``"ExceptionType: message"``.
+            reproduce: the shell command that runs the failing part again.
+            traceback: for unexpected exceptions, a short traceback (shown collapsed).
+        """
+        current = self._current()
+        current.status = "failed"
+        tb = (
+            f"<details><summary>Traceback</summary><pre>{html.escape(traceback)}</pre></details>" if traceback else ""
+        )
+        current.parts.append(
+            f'<div class="failed"><p class="error">failed: {html.escape(error)}</p>'
+            f"<p>Reproduce with:</p><pre>{html.escape(reproduce)}</pre>{tb}</div>"
+        )
+        return self
+
+    def skipped(self, reason: str) -> Report:
+        """Mark the current section skipped, with the reason shown."""
+        current = self._current()
+        current.status = "skipped"
+        current.parts.append(f'<div class="skipped"><p>skipped: {html.escape(reason)}</p></div>')
+        return self
+
+    def summary(
+        self,
+        rows: Sequence[Sequence[Any]],
+        columns: Sequence[str],
+        row_classes: Sequence[str] | None = None,
+        note: str = "",
+    ) -> Report:
+        """The table shown at the top of the page, before the first section.
+
+        Args:
+            rows: the table's rows.
+            columns: its column names.
+            row_classes: a CSS class per row (``"failed"``, ``"skipped"`` or ``""``) that marks it.
+            note: a paragraph shown above the table.
+        """
         head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-        body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+        classes = list(row_classes) if row_classes is not None else [""] * len(rows)
+        body = "".join(
+            (f'<tr class="{html.escape(cls)}">' if cls else "<tr>")
+            + "".join(f"<td>{_cell(v)}</td>" for v in row)
+            + "</tr>"
+            for row, cls in zip(rows, classes, strict=True)
+        )
+        para = f"<p>{html.escape(note)}</p>" if note else ""
         self._summary = [
-            f'<h2 id="summary">Summary</h2><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+            f'<h2 id="summary">Summary</h2>{para}<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
         ]
         return self
 
     def render(self) -> str:
         """The whole page as a string."""
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        links = ([("summary", "Summary")] if self._summary else []) + [(s.anchor, s.title) for s in self.sections]
+        links = ([("summary", "Summary")] if self._summary else []) + [
+            (s.anchor, f"{s.title} ({s.status})" if s.status else s.title) for s in self.sections
+        ]
         toc = "".join(f'<li><a href="#{anchor}">{html.escape(title)}</a></li>' for anchor, title in links)
         body = "".join(
-            f'<section id="{s.anchor}"><h2>{html.escape(s.title)}</h2>{"".join(s.parts)}</section>'
+            f'<section id="{s.anchor}"><h2>{html.escape(s.title)}{_badge(s.status)}</h2>{"".join(s.parts)}</section>'
             for s in self.sections
         )
         sub = f"<p>{html.escape(self.subtitle)}</p>" if self.subtitle else ""

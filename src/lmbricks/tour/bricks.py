@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lmbricks.tour.run import SummaryRow, TourContext
+from lmbricks.tour.run import SkipSection, SummaryRow, TourContext
 
 #: The domain whose few-shot examples drive the LoraHub search (the first one present among the bricks).
 LORAHUB_DOMAINS = ("math", "dialogue", "zh", "code")
@@ -110,13 +110,13 @@ def bricks_section(ctx: TourContext) -> list[SummaryRow]:
     """Effect table of the shipped bricks, routing accuracy between them, and one LoraHub composition."""
     import time
 
+    from lmbricks.adapters.catalogue import list_bricks
     from lmbricks.adapters.centroids import CentroidStats
     from lmbricks.adapters.hub_adapter import AdapterSlot
     from lmbricks.adapters.routing_cli import brick_router
     from lmbricks.adapters.routing_eval import evaluate_routing
     from lmbricks.adapters.session import BrickSet, load_bricks
     from lmbricks.data import load_texts
-    from lmbricks.errors import ConfigError
     from lmbricks.hub import load_hf_model
 
     ctx.report.section(
@@ -124,17 +124,19 @@ def bricks_section(ctx: TourContext) -> list[SummaryRow]:
         "LoRA bricks trained per domain (scripts/train_bricks.py) and plugged into the base model: what each "
         "does to every domain, whether a router finds the right one, and a LoraHub mix of all of them.",
     )
-    try:
-        bset = load_bricks(ctx.model_ref)
-        # Routing and the effect table need each brick's domain: keep the bricks that record one.
-        kept = [i for i, info in enumerate(bset.infos) if info.domain]
-        if not kept:
-            raise ConfigError("no catalogued brick records its domain")
-        bset = BrickSet(bset.base, [bset.infos[i] for i in kept], [bset.factors[i] for i in kept])
-    except ConfigError as exc:
-        ctx.report.text(f"No bricks to show: {exc}. Train one with `lmbricks adapters train MODEL OUT --domain D`.")
+    train = "train one with `lmbricks adapters train MODEL OUT --domain D` and plug it in"
+    if not list_bricks(ctx.model_ref):  # a model without bricks: nothing to show, and nothing wrong
         ctx.results["bricks"] = {"available": False}
-        return [("bricks", "bricks", "none")]
+        raise SkipSection(f"no bricks are catalogued for {ctx.model_ref}; {train}")
+    # Bricks that are catalogued but refused (trained on another base: the hash differs) are a failure:
+    # load_bricks raises, and the tour reports the refusal instead of an effect table.
+    bset = load_bricks(ctx.model_ref)
+    # Routing and the effect table need each brick's domain: keep the bricks that record one.
+    kept = [i for i, info in enumerate(bset.infos) if info.domain]
+    if not kept:
+        ctx.results["bricks"] = {"available": False}
+        raise SkipSection(f"none of the bricks catalogued for {ctx.model_ref} records its domain; {train}")
+    bset = BrickSet(bset.base, [bset.infos[i] for i in kept], [bset.factors[i] for i in kept])
     s = _settings(ctx.quick)
     names = bset.names
     domain_of = {n: str(i.domain) for n, i in zip(names, bset.infos, strict=True)}

@@ -16,7 +16,7 @@ import math
 import time
 from pathlib import Path
 
-from lmbricks.tour.run import SummaryRow, TourContext
+from lmbricks.tour.run import SkipSection, SummaryRow, TourContext
 
 CACHE_NAME = "assembled-moe"
 
@@ -85,7 +85,7 @@ def _brick_ppl(ctx: TourContext, bricks: dict[str, Path]) -> tuple[dict[str, flo
         found = {d: float(rows[d][d]) for d in bricks if d in rows and d in rows[d]}
         if found:
             return found, "the bricks section"
-    return {}, "not measured (run the bricks section before this one)"
+    return {}, "not measured here (the bricks section measures them when it runs first and passes)"
 
 
 def grow_section(ctx: TourContext) -> list[SummaryRow]:
@@ -101,10 +101,11 @@ def grow_section(ctx: TourContext) -> list[SummaryRow]:
         "domain's training text (`lmbricks moe assemble`, gate_mode domain, no training).",
     )
     bricks = domain_bricks(ctx.model_ref)
-    if len(bricks) < 2:
-        ctx.report.text(f"Only {len(bricks)} domain brick(s) catalogued for {ctx.model_ref}: nothing to assemble.")
+    if len(bricks) < 2:  # a model without (enough) bricks; bricks that are refused fail in assemble()
         ctx.results["grow"] = {"available": False}
-        return [("grow", "experts", str(len(bricks)))]
+        raise SkipSection(
+            f"{len(bricks)} domain brick(s) catalogued for {ctx.model_ref}; an MoE needs at least two experts"
+        )
     s = _settings(ctx.quick)
     path, build_s, reused = assembled_moe(ctx, bricks, s)
     ctx.results["routed_model"] = str(path)

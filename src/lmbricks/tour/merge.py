@@ -13,7 +13,7 @@ from typing import Any
 
 from lmbricks.eval import DEFAULT_DOMAINS, evaluate_domains
 from lmbricks.report import bar_chart
-from lmbricks.tour.run import SummaryRow, TourContext
+from lmbricks.tour.run import SkipSection, SummaryRow, TourContext
 
 VARIANTS = ("zh", "math")
 
@@ -47,10 +47,9 @@ def merge_section(ctx: TourContext) -> list[SummaryRow]:
     bricks = {name: (root / ctx.model_path.name / name) if root else Path(name) for name in VARIANTS}
     missing = [str(p) for p in bricks.values() if not (p / "adapter_config.json").exists()]
     ctx.report.section("Merging bricks", "Two LoRA brick variants of the model merged with TIES, out of core.")
-    if missing:
-        ctx.report.text(f"Skipped: no shipped bricks for {ctx.model_ref} (looked for {', '.join(missing)}).")
+    if missing:  # not a source checkout, or a model without shipped bricks
         ctx.results["merge"] = {"available": False}
-        return [("merge", "skipped", "no bricks for this model")]
+        raise SkipSection(f"no shipped bricks for {ctx.model_ref} (looked for {', '.join(missing)})")
     cache = ctx.cache_dir / "merge"
     built: dict[str, Path] = {}
     seconds: dict[str, float] = {}

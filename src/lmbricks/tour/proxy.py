@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from lmbricks.tour.run import SummaryRow, TourContext
+from lmbricks.tour.run import SkipSection, SummaryRow, TourContext
 
 QWEN_BASE = "qwen2.5-coder-1.5b-instruct"
 QWEN_SMALL = "qwen2.5-coder-0.5b-instruct"
@@ -41,14 +41,14 @@ def _cached(name: str) -> bool:
 
 
 def _pick_brick(model_ref: str) -> Any:
-    """The first catalogued brick of ``model_ref`` in :data:`BRICK_ORDER` (then any), or None."""
-    from lmbricks.adapters.catalogue import list_bricks
-    from lmbricks.errors import LmbricksError
+    """The first catalogued brick of ``model_ref`` in :data:`BRICK_ORDER` (then any), or None.
 
-    try:
-        entries = [e.brick for e in list_bricks(model_ref)]
-    except LmbricksError:
-        return None
+    A catalogue that cannot be read (an unreadable brick, a model that does not resolve) raises: the
+    section fails and says why, rather than passing without its demo.
+    """
+    from lmbricks.adapters.catalogue import list_bricks
+
+    entries = [e.brick for e in list_bricks(model_ref)]
     rank = {d: i for i, d in enumerate(BRICK_ORDER)}
     entries.sort(key=lambda b: rank.get(b.domain or "", len(rank)))
     return entries[0] if entries else None
@@ -85,9 +85,8 @@ def proxy_section(ctx: TourContext) -> list[SummaryRow]:
     if demo is None:
         brick = _pick_brick(ctx.model_ref)
         if brick is None:
-            ctx.report.text("No brick is catalogued for the default model, so there is no expert to steer with.")
             ctx.results["proxy"] = out
-            return [("proxy", "demo", "no brick")]
+            raise SkipSection(f"no brick is catalogued for {ctx.model_ref}, so there is no expert to steer with")
         base = load_member(ctx.model_path)
         expert = load_member(ctx.model_ref, brick=brick.path)
         demo = _demo(ctx, base, expert, base, brick, same_base_anti=True, label="default")

@@ -104,6 +104,8 @@ def routed_model(ctx: TourContext) -> tuple[Any, Any, Path, str, bool]:
     model, tok, path, description, reused = build_fallback(ctx)
     if ref is not None:
         description += f"; the grow section's model {ref} was not found"
+    else:  # say why the fallback is traced, so a failed grow section is not mistaken for the plan
+        description += "; the grow section left no assembled MoE in this run (it did not run, or it failed)"
     return model, tok, path, description, reused
 
 

@@ -17,6 +17,8 @@ from lmbricks.data.document import Document
 from lmbricks.errors import FetchError
 
 PACKAGE = "r-cran-janeaustenr"
+#: The Debian version the corpus figures were measured on (tried first; see data.download.choose_deb_version).
+VERSION = "1.0.0-1"
 _DATA = Path("usr/lib/R/site-library/janeaustenr/data")
 _CHAPTER = re.compile(r"^\s*(CHAPTER|Chapter)\s+([IVXLC]+|\d+)\b")
 

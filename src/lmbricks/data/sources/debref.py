@@ -13,6 +13,8 @@ from lmbricks.data.document import Document
 from lmbricks.data.html import cjk_share, html_blocks
 
 PACKAGE = "debian-reference-zh-cn"
+#: The Debian version the corpus figures were measured on (tried first; see data.download.choose_deb_version).
+VERSION = "2.100"
 _DIR = Path("usr/share/debian-reference")
 MIN_CJK = 0.3
 

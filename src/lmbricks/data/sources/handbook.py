@@ -20,6 +20,8 @@ from lmbricks.data.document import Document
 from lmbricks.data.html import Block, cjk_share, html_blocks
 
 PACKAGE = "debian-handbook"
+#: The Debian version the corpus figures were measured on (tried first; see data.download.choose_deb_version).
+VERSION = "11.20220922"
 _HTML = Path("usr/share/doc/debian-handbook/html")
 PIVOT = "en-US"
 # Languages translated for the most part (under half of the paragraphs left in English in 11.20220922).

@@ -14,6 +14,8 @@ from pathlib import Path
 from lmbricks.data.document import Document
 
 PACKAGE = "pari-doc"
+#: The Debian version the corpus figures were measured on (tried first; see data.download.choose_deb_version).
+VERSION = "2.15.2-1"
 _DOC = Path("usr/share/pari/doc")
 _SKIP = frozenset({"parimacro.tex", "pdfmacs.tex", "paricfg.tex", "users.tex"})
 _SECTION = re.compile(r"^\\(chapter|section)\b")

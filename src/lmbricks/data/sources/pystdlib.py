@@ -13,6 +13,8 @@ from pathlib import Path
 from lmbricks.data.document import Document
 
 PACKAGE = "libpython3.11-stdlib"
+#: The Debian version the corpus figures were measured on (tried first; see data.download.choose_deb_version).
+VERSION = "3.11.2-6+deb12u9"
 _ROOT = Path("usr/lib/python3.11")
 _SKIP = ("pydoc_data/", "_sysconfigdata")
 
