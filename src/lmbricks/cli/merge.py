@@ -133,10 +133,12 @@ def soup(
     Example: lmbricks soup ft1 ft2 ft3 out/soup --eval prose --greedy
     """
     from lmbricks.average import perplexity_evaluator, soup_models
+    from lmbricks.checkpoint import check_output
 
     if len(inputs) < 2:
         raise typer.BadParameter("give at least one candidate and OUT")
     *cands, out = inputs
+    check_output(out, cands, force)  # before the evaluation data are read
     evaluate = perplexity_evaluator(domain, split=split, max_tokens=max_tokens)
     result = soup_models(cands, out, evaluate=evaluate, greedy=greedy, force=force)
     print_json(result.to_dict())
