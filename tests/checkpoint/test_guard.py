@@ -140,10 +140,10 @@ def test_atomic_directory_replaces_its_own_output_and_marker_is_configurable(tmp
 
 def test_disk_full_is_a_checkpoint_error_naming_the_output(tmp_path: Path) -> None:
     dest = tmp_path / "out"
-    with pytest.raises(CheckpointError, match=rf"^{dest}: writing failed: No space left on device \(disk full\)"):
-        with atomic_directory(dest) as tmp:
-            (tmp / "part").write_text("x")
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp / "part"))
+    full = rf"^{dest}: writing failed: No space left on device \(disk full\)"
+    with pytest.raises(CheckpointError, match=full), atomic_directory(dest) as tmp:
+        (tmp / "part").write_text("x")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp / "part"))
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(OSError, match="not a storage error"), atomic_directory(dest):
         raise OSError("not a storage error")  # a plain OSError (no errno) is not rewritten

@@ -145,10 +145,12 @@ def atomic_directory(
     dest = check_output(dest, inputs, force, marker=marker)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_temps(dest.parent, dest.name)
+        tmp = _hidden_sibling(dest, "tmp")
     except OSError as exc:
-        raise write_failure(dest, exc) from exc
-    clean_stale_temps(dest.parent, dest.name)
-    tmp = _hidden_sibling(dest, "tmp")
+        if exc.errno in _STORAGE_ERRNOS:
+            raise write_failure(dest, exc) from exc
+        raise
     try:
         yield tmp
         fsync_tree(tmp)
