@@ -52,6 +52,7 @@ def test_force_replaces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exchang
     dest = tmp_path / "out"
     dest.mkdir()
     (dest / "old.txt").write_text("old")
+    (dest / "lmbricks.json").write_text("{}")  # force replaces only what lmbricks wrote
     with atomic_directory(dest, force=True) as tmp:
         (tmp / "new.txt").write_text("new")
         assert (dest / "old.txt").exists()  # the old output stays readable while we write
@@ -71,10 +72,11 @@ def test_exception_with_force_keeps_the_old_output(tmp_path: Path) -> None:
     dest = tmp_path / "out"
     dest.mkdir()
     (dest / "old.txt").write_text("old")
+    (dest / "lmbricks.json").write_text("{}")
     with pytest.raises(KeyboardInterrupt), atomic_directory(dest, force=True) as tmp:
         (tmp / "new.txt").write_text("new")
         raise KeyboardInterrupt
-    assert _listing(tmp_path) == ["out"] and _listing(dest) == ["old.txt"]
+    assert _listing(tmp_path) == ["out"] and _listing(dest) == ["lmbricks.json", "old.txt"]
 
 
 def test_dest_appearing_during_the_write_is_not_clobbered(tmp_path: Path) -> None:

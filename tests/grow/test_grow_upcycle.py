@@ -88,8 +88,11 @@ def test_moe_input_and_existing_output_refused(tiny_llama: Path, tiny_mixtral: P
     (tmp_path / "taken").mkdir()
     with pytest.raises(ConfigError, match="already exists"):
         upcycle(tiny_llama, tmp_path / "taken", experts=2, top_k=1)
-    out = upcycle(tiny_llama, tmp_path / "taken", experts=2, top_k=1, force=True)
-    assert (out / "config.json").exists()
+    with pytest.raises(ConfigError, match="not written by lmbricks"):  # a folder of the user's
+        upcycle(tiny_llama, tmp_path / "taken", experts=2, top_k=1, force=True)
+    first = upcycle(tiny_llama, tmp_path / "ours", experts=2, top_k=1)
+    out = upcycle(tiny_llama, first, experts=4, top_k=1, force=True)  # an earlier output is replaced
+    assert json.loads((out / "config.json").read_text())["num_local_experts"] == 4
 
 
 def test_interrupted_write_leaves_nothing(tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

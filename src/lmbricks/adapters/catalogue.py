@@ -103,7 +103,8 @@ def plug(brick: str | Path, model_ref: str | Path, name: str | None = None, forc
     if "/" in entry_name or entry_name.startswith("."):
         raise ConfigError(f"brick name {entry_name!r}: use a plain name without '/' or a leading dot")
     dest = catalogue_dir(base.name) / entry_name
-    with atomic_directory(dest, force=force) as tmp:
+    # catalogue entries are lmbricks' own copies: marked by their adapter config, never the brick itself
+    with atomic_directory(dest, force=force, inputs={"brick": info.path}, marker=ADAPTER_CONFIG) as tmp:
         for item in sorted(info.path.iterdir()):
             if item.is_file():
                 shutil.copyfile(item, tmp / item.name)

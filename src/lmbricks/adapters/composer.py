@@ -9,9 +9,10 @@ from typing import Any
 from lmbricks.adapters.brick import brick_record, save_factors
 from lmbricks.adapters.compose import compose
 from lmbricks.adapters.session import load_base, load_bricks
-from lmbricks.checkpoint import atomic_directory, write_provenance
+from lmbricks.checkpoint import atomic_directory, check_output, write_provenance
 from lmbricks.checkpoint.provenance import reference_name
 from lmbricks.errors import ConfigError
+from lmbricks.hub import reference_paths
 
 
 def search_lorahub_weights(
@@ -70,10 +71,9 @@ def compose_bricks(
     Returns:
         ``{"weights", "rel_error", "lorahub"}`` (the LoraHub search result when one ran).
     """
-    out = Path(out).expanduser()
-    if out.exists() and not force:
-        raise ConfigError(f"{out} already exists; pass force=True (CLI: --force) to replace it")
+    out = check_output(out, [*reference_paths(model_ref), *(Path(b) for b in bricks)], force)
     bset = load_bricks(model_ref, list(bricks))
+    check_output(out, [bset.base.path, *(i.path for i in bset.infos)], force)  # catalogue names resolved
     search = None
     if method == "lorahub" and weights is None:
         if domain is None:
@@ -131,7 +131,7 @@ def compose_bricks(
             force=force,
         )
     else:
-        with atomic_directory(out, force=force) as tmp:
+        with atomic_directory(out, force=force, inputs=inputs) as tmp:
             save_factors(tmp, result.pairs, base_model=bset.base.name)
             write_provenance(tmp, command=command, recipe=recipe, inputs=inputs, bricks=record)
     return {"weights": used, "rel_error": result.rel_error, "lorahub": search}

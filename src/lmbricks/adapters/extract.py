@@ -18,7 +18,7 @@ from lmbricks.adapters.base import base_model
 from lmbricks.adapters.brick import BrickInfo, LoraPair, brick_record, read_brick, save_factors
 from lmbricks.adapters.compose import svd_compress
 from lmbricks.adapters.config import DEFAULT_TARGETS
-from lmbricks.checkpoint import CheckpointReader, atomic_directory, write_provenance
+from lmbricks.checkpoint import CheckpointReader, atomic_directory, check_output, write_provenance
 from lmbricks.errors import CheckpointError, ConfigError
 
 
@@ -104,13 +104,13 @@ def extract_brick(
     Returns:
         The saved brick and the :class:`Extraction` (errors).
     """
-    from lmbricks.hub import resolve_model
+    from lmbricks.hub import reference_paths, resolve_model
 
+    out = check_output(out, [*reference_paths(finetuned), *reference_paths(base)], force)  # before any work
     b = base_model(base)
     ft_path = resolve_model(finetuned)
     ext = extract_pairs(CheckpointReader(b.path), CheckpointReader(ft_path), rank, targets)
-    out = Path(out).expanduser()
-    with atomic_directory(out, force=force) as tmp:
+    with atomic_directory(out, force=force, inputs={"base": b.path, "finetuned": ft_path}) as tmp:
         save_factors(tmp, ext.pairs, base_model=b.name, dtype=dtype)
         write_provenance(
             tmp,

@@ -62,4 +62,4 @@ def save_merged(
         write_provenance(Path(side), command=command, recipe=recipe, inputs=inputs, bricks=bricks)
         extra = {name: base_path / name for name in TOKENIZER_FILES if (base_path / name).is_file()}
         extra[PROVENANCE_FILE] = Path(side) / PROVENANCE_FILE
-        return save_state_dict(out, tensors, config=config, force=force, extra_files=extra)
+        return save_state_dict(out, tensors, config=config, force=force, extra_files=extra, inputs=inputs)

@@ -17,8 +17,9 @@ import torch
 from lmbricks.adapters.base import BaseModel, base_model, check_brick_base
 from lmbricks.adapters.brick import BrickInfo, LoraPair, brick_record, read_brick, save_factors
 from lmbricks.adapters.config import LoraTrainConfig
-from lmbricks.checkpoint import atomic_directory, write_provenance
+from lmbricks.checkpoint import atomic_directory, check_output, write_provenance
 from lmbricks.errors import ConfigError
+from lmbricks.hub import reference_paths
 
 StepCallback = Callable[[int, float], None]
 
@@ -221,7 +222,8 @@ def _write_brick(
 ) -> BrickInfo:
     pairs = peft_pairs(model, adapter)
     targets = tuple(sorted({m.rsplit(".", 1)[-1] for m in pairs}))
-    with atomic_directory(out, force=force) as tmp:
+    guarded: dict[str, Path] = {"base": base.path, **(extra_inputs or {})}
+    with atomic_directory(out, force=force, inputs=guarded) as tmp:
         save_factors(tmp, pairs, base_model=base.name, dtype=cfg.save_dtype)
         write_provenance(
             tmp,
@@ -294,9 +296,7 @@ def train_brick(
 
     from lmbricks.hub import load_hf_model
 
-    out = Path(out).expanduser()
-    if out.exists() and not force:
-        raise ConfigError(f"{out} already exists; pass force=True (CLI: --force) to replace it")
+    out = check_output(out, reference_paths(model_ref), force)  # before any fetch or training
     status = on_status or (lambda _msg: None)
     base = base_model(model_ref)
     model, tokenizer = load_hf_model(base.path)
@@ -386,11 +386,10 @@ def update_brick(
 
     from lmbricks.hub import load_hf_model
 
-    out = Path(out).expanduser()
-    if out.exists() and not force:
-        raise ConfigError(f"{out} already exists; pass force=True (CLI: --force) to replace it")
+    out = check_output(out, [Path(brick), *reference_paths(model_ref)], force)
     info = read_brick(brick)
     ref = model_ref if model_ref is not None else recorded_base(info)
+    check_output(out, [info.path, *reference_paths(ref)], force)  # before any fetch or training
     base = base_model(ref)
     check_brick_base(info.name, info.base_sha256, info.base_model, base, info.base_identity)
     domain = domain or info.domain

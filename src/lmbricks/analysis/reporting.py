@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lmbricks.checkpoint import atomic_directory
+from lmbricks.checkpoint import atomic_directory, write_provenance
 
 if TYPE_CHECKING:
     from lmbricks.analysis.neurons import NeuronResult
@@ -17,8 +18,17 @@ def _pct(x: float) -> str:
     return f"{x:+.1%}"
 
 
-def write_sparsity_report(result: SparsityResult, out: Path, model_name: str, force: bool = False) -> Path:
-    """Write ``report.html``, ``results.json`` and the plots of a sparsity analysis into ``out``.
+def write_sparsity_report(
+    result: SparsityResult, out: Path, model_name: str, force: bool = False, inputs: Sequence[str | Path] = ()
+) -> Path:
+    """Write ``report.html``, ``results.json``, the plots and ``lmbricks.json`` of a sparsity analysis.
+
+    Args:
+        result: the analysis.
+        out: the report directory (refused if it exists unless ``force`` and lmbricks wrote it).
+        model_name: shown in the title.
+        force: replace an earlier report.
+        inputs: the model analysed (``out`` must keep apart from it).
 
     Returns:
         The path of report.html.
@@ -27,7 +37,8 @@ def write_sparsity_report(result: SparsityResult, out: Path, model_name: str, fo
     from lmbricks.report import Report, line_chart
 
     cfg = result.config
-    with atomic_directory(out, force=force) as tmp:
+    with atomic_directory(out, force=force, inputs=inputs) as tmp:
+        write_provenance(tmp, command="lmbricks analyze sparsity", recipe={"report": model_name}, inputs={})
         (tmp / "results.json").write_text(json.dumps(result.to_dict(), indent=2))
         report = Report(
             f"Activation sparsity of {model_name}",
@@ -140,13 +151,19 @@ def write_sparsity_report(result: SparsityResult, out: Path, model_name: str, fo
     return Path(out) / "report.html"
 
 
-def write_neuron_report(result: NeuronResult, out: Path, model_name: str, force: bool = False) -> Path:
-    """Write ``report.html``, ``results.json`` and the plots of a capability-neuron analysis."""
+def write_neuron_report(
+    result: NeuronResult, out: Path, model_name: str, force: bool = False, inputs: Sequence[str | Path] = ()
+) -> Path:
+    """Write ``report.html``, ``results.json``, the plots and ``lmbricks.json`` of a capability-neuron analysis.
+
+    Args and return value as for :func:`write_sparsity_report`.
+    """
     from lmbricks.report import Report, heatmap
 
     cfg = result.config
     domains = list(cfg.domains)
-    with atomic_directory(out, force=force) as tmp:
+    with atomic_directory(out, force=force, inputs=inputs) as tmp:
+        write_provenance(tmp, command="lmbricks analyze neurons", recipe={"report": model_name}, inputs={})
         (tmp / "results.json").write_text(json.dumps(result.to_dict(), indent=2))
         report = Report(
             f"Capability neurons of {model_name}",

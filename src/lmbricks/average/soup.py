@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lmbricks.average.offline import average_checkpoints
+from lmbricks.checkpoint import check_output
 from lmbricks.errors import ConfigError
 
 EvalFn = Callable[[Path], float]
@@ -61,8 +62,7 @@ def soup_models(
     if greedy and evaluate is None:
         raise ConfigError("soup: --greedy needs an evaluation (--eval DOMAIN)")
     out = Path(out)
-    if out.exists() and not force:
-        raise ConfigError(f"{out} already exists; pass force=True (CLI: --force) to replace it")
+    check_output(out, cands, force)  # before any evaluation
     scores = {str(c): evaluate(c) for c in cands} if evaluate is not None else {}
     if not greedy:
         average_checkpoints(cands, out, force=force)

@@ -4,6 +4,9 @@
   are zero-copy views of memory-mapped files, read only when used.
 - :func:`atomic_directory`, :class:`ShardedWriter`, :func:`save_state_dict`: outputs appear whole or
   not at all, in shards of bounded size, loadable by ``transformers``.
+- :func:`check_output`: the input guard every writer runs first (no input is ever modified, replaced
+  or deleted; ``force`` replaces only what lmbricks wrote); :func:`find_stale_temps` /
+  :func:`remove_stale_temps`: the leftovers of killed writers (``lmbricks clean``).
 - :func:`content_hash`, :func:`write_provenance`, :func:`copy_tokenizer`: ``lmbricks.json`` and friends.
 - :func:`architecture_of`, :func:`tensor_role`, :func:`expected_tensors`, :func:`validate_checkpoint`,
   :func:`inventory`: what each tensor of llama, mistral, qwen2, gemma3, mixtral and qwen2_moe is.
@@ -24,6 +27,8 @@ from lmbricks.checkpoint.archmap import (
     validate_checkpoint,
 )
 from lmbricks.checkpoint.atomic import atomic_directory, clean_stale_temps, fsync_tree
+from lmbricks.checkpoint.cleanup import StaleTemp, find_stale_temps, remove_stale_temps
+from lmbricks.checkpoint.guard import check_apart, check_output, check_replaceable, owned_by_lmbricks
 from lmbricks.checkpoint.provenance import (
     PROVENANCE_FILE,
     TOKENIZER_FILES,
@@ -52,19 +57,26 @@ __all__ = [
     "CheckpointReader",
     "SafetensorsFile",
     "ShardedWriter",
+    "StaleTemp",
     "TensorInfo",
     "TensorRole",
     "architecture_of",
     "atomic_directory",
+    "check_apart",
+    "check_output",
+    "check_replaceable",
     "clean_stale_temps",
     "content_hash",
     "copy_tokenizer",
     "dtype_size",
     "expected_tensors",
+    "find_stale_temps",
     "fsync_tree",
     "inventory",
     "is_moe_layer",
+    "owned_by_lmbricks",
     "parse_size",
+    "remove_stale_temps",
     "save_state_dict",
     "tensor_role",
     "validate_checkpoint",

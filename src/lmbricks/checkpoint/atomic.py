@@ -21,7 +21,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from lmbricks.errors import ConfigError
+from lmbricks.checkpoint.guard import Inputs, check_output
+from lmbricks.checkpoint.provenance import PROVENANCE_FILE
+from lmbricks.errors import CheckpointError, ConfigError
 
 _TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)-[0-9a-f]{8}$")
 _AT_FDCWD = -100
@@ -94,41 +96,74 @@ def _refuse(dest: Path) -> ConfigError:
     return ConfigError(f"{dest} already exists; pass force=True (CLI: --force) to replace it")
 
 
+#: errno values that mean the storage itself failed (not a bug): reported as one line naming the output.
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM}
+
+
+def write_failure(dest: Path, exc: OSError) -> CheckpointError:
+    """A :class:`CheckpointError` naming ``dest`` and the system's reason (disk full, read-only...)."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        reason += " (disk full)"
+    where = f" at {exc.filename}" if exc.filename else ""
+    return CheckpointError(
+        f"{dest}: writing failed: {reason}{where}; no partial output was left and any previous output is unchanged"
+    )
+
+
 @contextmanager
-def atomic_directory(dest: str | Path, force: bool = False) -> Iterator[Path]:
+def atomic_directory(
+    dest: str | Path, force: bool = False, *, inputs: Inputs = (), marker: str = PROVENANCE_FILE
+) -> Iterator[Path]:
     """Build a directory in a hidden temp dir beside ``dest``, then rename it into place.
 
-    On normal exit every file and directory is fsynced and the temp dir is renamed to ``dest``;
-    with ``force`` an existing ``dest`` is swapped out (atomically with Linux ``renameat2``
-    ``RENAME_EXCHANGE``, otherwise moved aside first) and then deleted. If the block raises, the
-    temp dir is deleted. If the process is killed, ``dest`` is unchanged and a hidden
-    ``.<name>.tmp-<pid>-<hex>`` directory may remain: see :func:`clean_stale_temps`.
+    Before anything is created, ``dest`` goes through the input guard
+    (:func:`~lmbricks.checkpoint.guard.check_output`: never an input, never inside or around one;
+    with ``force`` only a directory lmbricks wrote is replaced), and stale temporaries of earlier
+    killed writes to the same ``dest`` are removed. On normal exit every file and directory is
+    fsynced, the guard runs again, and the temp dir is renamed to ``dest``; with ``force`` an
+    existing ``dest`` is swapped out (atomically with Linux ``renameat2`` ``RENAME_EXCHANGE``,
+    otherwise moved aside first) and then deleted. If the block raises, the temp dir is deleted; a
+    system error (disk full, read-only file system...) becomes a :class:`CheckpointError` naming
+    ``dest``. If the process is killed, ``dest`` is unchanged and a hidden
+    ``.<name>.tmp-<pid>-<hex>`` directory may remain: the next write to ``dest``, or
+    ``lmbricks clean``, removes it.
 
     Args:
         dest: the directory to create.
-        force: replace ``dest`` if it exists.
+        force: replace ``dest`` if it exists (and lmbricks wrote it).
+        inputs: paths the writer reads (or label -> path); ``dest`` must keep apart from them.
+        marker: the file that marks a replaceable output (default ``lmbricks.json``).
 
     Yields:
         The temporary directory to write into.
 
     Raises:
-        ConfigError: ``dest`` exists and ``force`` is false (raised before anything is created).
+        ConfigError: ``dest`` is refused by the guard (raised before anything is created).
+        CheckpointError: the storage failed while writing.
     """
-    dest = Path(dest).expanduser().absolute()
-    if not force and (dest.exists() or dest.is_symlink()):
-        raise _refuse(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _hidden_sibling(dest, "tmp")
+    dest = check_output(dest, inputs, force, marker=marker)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_temps(dest.parent, dest.name)
+        tmp = _hidden_sibling(dest, "tmp")
+    except OSError as exc:
+        if exc.errno in _STORAGE_ERRNOS:
+            raise write_failure(dest, exc) from exc
+        raise
     try:
         yield tmp
         fsync_tree(tmp)
+        check_output(dest, inputs, force, marker=marker)  # it may have appeared, or changed, meanwhile
         if not (dest.exists() or dest.is_symlink()):
-            if not _renameat2(tmp, dest, _RENAME_NOREPLACE):
+            try:
+                renamed = _renameat2(tmp, dest, _RENAME_NOREPLACE)
+            except FileExistsError:  # pragma: no cover - appeared in the last microseconds
+                raise _refuse(dest) from None
+            if not renamed:
                 if dest.exists():  # pragma: no cover - appeared in the last microseconds
                     raise _refuse(dest)
                 os.rename(tmp, dest)
-        elif not force:
-            raise _refuse(dest)  # appeared while we were writing
         elif _renameat2(tmp, dest, _RENAME_EXCHANGE):
             _remove(tmp)  # now holds the old content
         else:
@@ -137,6 +172,11 @@ def atomic_directory(dest: str | Path, force: bool = False) -> Iterator[Path]:
             os.rename(tmp, dest)
             _remove(old)
         _fsync_path(dest.parent, directory=True)
+    except OSError as exc:
+        _remove(tmp)
+        if exc.errno in _STORAGE_ERRNOS:
+            raise write_failure(dest, exc) from exc
+        raise
     except BaseException:
         _remove(tmp)
         raise
@@ -152,15 +192,28 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def clean_stale_temps(parent: str | Path) -> list[Path]:
+def stale_temp_pid(path: Path) -> int | None:
+    """The writer pid of an :func:`atomic_directory` temporary (``.<name>.tmp-<pid>-<hex>``), else None."""
+    m = _TEMP_RE.match(path.name)
+    return int(m["pid"]) if m else None
+
+
+def is_stale_temp(path: Path) -> bool:
+    """True for a real directory named like an :func:`atomic_directory` temporary whose writer is gone."""
+    pid = stale_temp_pid(path)
+    return pid is not None and path.is_dir() and not path.is_symlink() and not _pid_alive(pid)
+
+
+def clean_stale_temps(parent: str | Path, name: str | None = None) -> list[Path]:
     """Delete the hidden temp dirs that :func:`atomic_directory` left behind in ``parent``.
 
-    Only ``.<name>.tmp-<pid>-<hex>`` / ``.<name>.old-<pid>-<hex>`` entries whose pid is not a live
-    process on this machine are removed (do not run it on a directory that another machine writes
-    to over a network file system: its pids mean nothing here).
+    Only ``.<name>.tmp-<pid>-<hex>`` / ``.<name>.old-<pid>-<hex>`` directories whose pid is not a
+    live process on this machine are removed (do not run it on a directory that another machine
+    writes to over a network file system: its pids mean nothing here).
 
     Args:
         parent: the directory that holds the destinations.
+        name: only the temporaries of this destination name (default: all of them).
 
     Returns:
         The paths removed.
@@ -171,7 +224,7 @@ def clean_stale_temps(parent: str | Path) -> list[Path]:
         return removed
     for entry in sorted(parent.iterdir()):
         m = _TEMP_RE.match(entry.name)
-        if m and not _pid_alive(int(m["pid"])):
+        if m and (name is None or m["name"] == name) and is_stale_temp(entry):
             _remove(entry)
             removed.append(entry)
     return removed

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from lmbricks.checkpoint.atomic import atomic_directory, clean_stale_temps
+from lmbricks.checkpoint.guard import Inputs
 from lmbricks.checkpoint.reader import SAFE_INDEX, SAFE_SINGLE
 from lmbricks.checkpoint.safetensors_file import TORCH_TO_SAFETENSORS, dtype_size
 from lmbricks.errors import CheckpointError, ConfigError
@@ -344,6 +345,7 @@ def save_state_dict(
     force: bool = False,
     max_shard_bytes: int | str = "2GB",
     extra_files: Mapping[str, Path] | None = None,
+    inputs: Inputs = (),
 ) -> Path:
     """Save tensors (and optionally config.json and other files) as a model directory, atomically.
 
@@ -354,14 +356,16 @@ def save_state_dict(
         force: replace an existing ``dest``.
         max_shard_bytes: largest shard (see :func:`parse_size`).
         extra_files: file name in ``dest`` -> source file to copy (tokenizer files, ...).
+        inputs: what the tensors were read from; ``dest`` must keep apart from them (see
+            :func:`~lmbricks.checkpoint.guard.check_output`).
 
     Returns:
         ``dest`` as an absolute path.
 
     Raises:
-        ConfigError: ``dest`` exists and ``force`` is false.
+        ConfigError: ``dest`` is refused (exists without ``force``, is or holds an input...).
     """
-    with atomic_directory(dest, force=force) as tmp:
+    with atomic_directory(dest, force=force, inputs=inputs) as tmp:
         writer = ShardedWriter(tmp, max_shard_bytes)
         for name in tensors:
             writer.add(name, tensors[name])

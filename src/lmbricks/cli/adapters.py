@@ -13,6 +13,9 @@ from lmbricks.cli.common import console, err_console, print_json, progress_bar, 
 app = typer.Typer(help="LoRA bricks: train, plug/unplug/list, compose, route, update, extract.", no_args_is_help=True)
 
 
+_FORCE = "replace OUT if lmbricks wrote it (never an input, a file or a folder of yours)"
+
+
 def _command() -> str:
     return "lmbricks " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
@@ -53,7 +56,7 @@ def train(
         ",".join(("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
         help="comma-separated module names",
     ),  # noqa: E501
-    force: bool = typer.Option(False, "--force", help="replace OUT if it exists"),
+    force: bool = typer.Option(False, "--force", help=_FORCE),
 ) -> None:
     """Train a LoRA brick on a corpus domain (PEFT), measuring held-out perplexity before and after.
 
@@ -184,7 +187,7 @@ def compose(
     budget: int = typer.Option(40, help="lorahub: nevergrad evaluations"),
     seed: int = typer.Option(42, help="lorahub search / dare drop seed"),
     merge: bool = typer.Option(False, "--merge", help="write base + composed update as a full model"),
-    force: bool = typer.Option(False, "--force", help="replace OUT if it exists"),
+    force: bool = typer.Option(False, "--force", help=_FORCE),
 ) -> None:
     """Combine bricks into one adapter (or, with --merge, into a model's weights).
 
@@ -289,7 +292,7 @@ def update(
     seq_len: int = typer.Option(256, help="tokens per sequence"),
     seed: int = typer.Option(1, help="seed of the data order"),
     eval_bytes: int = typer.Option(12_000, help="held-out bytes scored before and after (0: skip)"),
-    force: bool = typer.Option(False, "--force", help="replace OUT if it exists"),
+    force: bool = typer.Option(False, "--force", help=_FORCE),
 ) -> None:
     """Continue training one brick on new data while the base stays frozen.
 
@@ -326,7 +329,7 @@ def extract(
     out: Path = typer.Argument(..., help="output brick directory"),
     base: str = typer.Option(..., "--base", help="the model it was fine-tuned from"),
     rank: int = typer.Option(8, "--rank", "-r", help="LoRA rank"),
-    force: bool = typer.Option(False, "--force", help="replace OUT if it exists"),
+    force: bool = typer.Option(False, "--force", help=_FORCE),
 ) -> None:
     """Extract a LoRA brick from a full fine-tune by SVD of the weight deltas; reports the error.
 

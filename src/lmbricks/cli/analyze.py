@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from lmbricks.cli.common import console, err_console, user_errors
+from lmbricks.cli.common import FORCE_HELP, console, err_console, user_errors
 
 app = typer.Typer(
     help="Find emergent bricks in dense models: sparsity, capability neurons.", no_args_is_help=True
@@ -38,18 +38,18 @@ def sparsity(
     quick: bool = typer.Option(False, "--quick", help="4 x 256 tokens per domain instead of 4 x 1024."),
     chunks: int | None = typer.Option(None, "--chunks", help="Blocks per domain (overrides the budget)."),
     seq_len: int | None = typer.Option(None, "--seq-len", help="Tokens per block (overrides the budget)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing report directory."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Neuron metric distributions, the per-token masking curve and CETT sparsity, as an HTML report.
 
     Example: lmbricks analyze sparsity smollm2-135m-instruct --quick --out runs/sparsity
     """
     from lmbricks.analysis import SparsityConfig, analyze_sparsity, write_sparsity_report
+    from lmbricks.checkpoint import check_output
     from lmbricks.errors import ConfigError
-    from lmbricks.hub import load_hf_model
+    from lmbricks.hub import load_hf_model, reference_paths
 
-    if out.exists() and not force:
-        raise ConfigError(f"{out} already exists; pass --force to replace it")
+    check_output(out, reference_paths(model), force)  # before any fetch or load
     try:
         rhos = tuple(float(s) for s in sparsities.split(",") if s.strip())
     except ValueError:
@@ -65,7 +65,7 @@ def sparsity(
     lm, tokenizer = load_hf_model(model)
     with err_console.status("analysing") as status:
         result = analyze_sparsity(lm, tokenizer, cfg, on_step=lambda msg: status.update(msg))
-    path = write_sparsity_report(result, out, str(model), force=force)
+    path = write_sparsity_report(result, out, str(model), force=force, inputs=reference_paths(model))
     table = Table(title=f"{model}: mean perplexity change over {len(cfg.domains)} domains")
     table.add_column("metric")
     for rho in rhos:
@@ -98,18 +98,17 @@ def neurons(
     quick: bool = typer.Option(False, "--quick", help="4 x 256 tokens per domain instead of 4 x 1024."),
     chunks: int | None = typer.Option(None, "--chunks", help="Blocks per domain (overrides the budget)."),
     seq_len: int | None = typer.Option(None, "--seq-len", help="Tokens per block (overrides the budget)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing report directory."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Capability neurons per domain: prune them (and random controls), report the perplexity matrix.
 
     Example: lmbricks analyze neurons smollm2-135m-instruct -d code -d math -d zh -d en_prose --quick
     """
     from lmbricks.analysis import NeuronConfig, analyze_neurons, write_neuron_report
-    from lmbricks.errors import ConfigError
-    from lmbricks.hub import load_hf_model
+    from lmbricks.checkpoint import check_output
+    from lmbricks.hub import load_hf_model, reference_paths
 
-    if out.exists() and not force:
-        raise ConfigError(f"{out} already exists; pass --force to replace it")
+    check_output(out, reference_paths(model), force)  # before any fetch or load
     n, t = _budget(quick, chunks, seq_len)
     cfg = NeuronConfig(
         domains=tuple(domains or _DOMAINS), fraction=fraction, statistic=statistic, n_chunks=n, seq_len=t
@@ -117,7 +116,7 @@ def neurons(
     lm, tokenizer = load_hf_model(model)
     with err_console.status("analysing") as status:
         result = analyze_neurons(lm, tokenizer, cfg, on_step=lambda msg: status.update(msg))
-    path = write_neuron_report(result, out, str(model), force=force)
+    path = write_neuron_report(result, out, str(model), force=force, inputs=reference_paths(model))
     table = Table(title=f"{model}: perplexity change, pruned domain (rows) x evaluated domain")
     table.add_column("pruned")
     for d in cfg.domains:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from lmbricks.cli.common import console, print_json, progress_bar, user_errors
+from lmbricks.cli.common import FORCE_HELP, console, print_json, progress_bar, user_errors
 
 app = typer.Typer(help="Evaluate models.", no_args_is_help=True)
 
@@ -64,7 +64,7 @@ def fewshot(
     fmt: str = typer.Option("plain", "--format", help="plain (Question:/Answer:) or chat (chat template)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Prompts per batch (transformers models)."),
     out: str | None = typer.Option(None, "--out", "-o", help="Write results.json, curve.png, report.html here."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing --out directory."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
     """Few-shot and chain-of-thought accuracy (exact match, Wilson 95% intervals) on a local task.
@@ -73,14 +73,16 @@ def fewshot(
     """
     from pathlib import Path
 
+    from lmbricks.checkpoint import check_output
     from lmbricks.errors import ConfigError
     from lmbricks.eval.fewshot import DEFAULT_SHOTS, evaluate_fewshot, get_task, write_fewshot_outputs
+    from lmbricks.hub import reference_paths
     from lmbricks.nn.load import load_model
 
     if fmt not in ("plain", "chat"):
         raise ConfigError(f"--format must be plain or chat, got {fmt!r}")
-    if out is not None and Path(out).exists() and not force:
-        raise ConfigError(f"{out} exists; pass --force to replace it")
+    if out is not None:
+        check_output(out, reference_paths(model), force)  # before any load
     spec = get_task(task)
     ks = list(shots) if shots else list(DEFAULT_SHOTS)
     if max(ks) > len(spec.demos) or min(ks) < 0:
@@ -99,7 +101,7 @@ def fewshot(
         )  # fmt: skip
     results = {"model": model, **results}
     if out is not None:
-        write_fewshot_outputs(results, Path(out), force=force)
+        write_fewshot_outputs(results, Path(out), force=force, inputs=reference_paths(model))
     if as_json:
         print_json(results)
         return

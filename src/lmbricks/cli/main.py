@@ -7,6 +7,7 @@ import typer
 from lmbricks import __version__
 from lmbricks.cli import adapters as adapters_cli
 from lmbricks.cli import analyze as analyze_cli
+from lmbricks.cli import clean as clean_cli
 from lmbricks.cli import data as data_cli
 from lmbricks.cli import eval as eval_cli
 from lmbricks.cli import merge as merge_cli
@@ -41,6 +42,7 @@ app.add_typer(analyze_cli.app, name="analyze")
 app.command(name="moefy")(moefy_cli.moefy)
 app.add_typer(moe_cli.app, name="moe")
 app.add_typer(reward_cli.app, name="reward")
+app.command(name="clean")(clean_cli.clean)
 
 
 def _version(value: bool) -> None:

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import typer
 
-from lmbricks.cli.common import console, print_json, progress_bar, user_errors
+from lmbricks.cli.common import FORCE_HELP, console, print_json, progress_bar, user_errors
 
 
 def merge(
     recipe: str = typer.Argument(..., help="mergekit-style YAML recipe, or the word 'methods' to list methods."),
     out: Path | None = typer.Argument(None, help="Output model directory (must not exist)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     max_memory: str = typer.Option("1GB", "--max-memory", help="Read-ahead and write-queue budget."),
     max_shard: str = typer.Option("2GB", "--max-shard", help="Largest output shard."),
     validate_only: bool = typer.Option(False, "--validate", help="Check the recipe and inputs, write nothing."),
@@ -36,7 +36,7 @@ def merge(
 def _merge(recipe: str, out: Path, force: bool, max_memory: str, max_shard: str, validate_only: bool) -> None:
     from lmbricks.merge import execute, load_recipe, plan_merge
 
-    plan = plan_merge(load_recipe(recipe), out, force=force)
+    plan = plan_merge(load_recipe(recipe), out, force=force, inputs=[recipe])
     if validate_only:
         console.print(f"ok: {plan.method.name}, {len(plan.inputs)} inputs, {len(plan.tensors)} tensors")
         return
@@ -89,7 +89,7 @@ def average(
     weights: list[float] | None = typer.Option(None, "--weights", help="One weight per checkpoint."),
     ema: float | None = typer.Option(None, "--ema", help="EMA decay over the checkpoints in the given order."),
     last_k: int | None = typer.Option(None, "--last-k", help="LAWA: average the last K checkpoints of a run dir."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     max_memory: str = typer.Option("1GB", "--max-memory", help="Read-ahead and write-queue budget."),
 ) -> None:
     """Average checkpoints of one model: uniform, weighted, EMA-ordered, or the last K of a run (LAWA).
@@ -126,17 +126,19 @@ def soup(
     greedy: bool = typer.Option(False, "--greedy", help="Greedy soup instead of the uniform soup."),
     split: str = typer.Option("validation", "--split", help="Data split used for evaluation."),
     max_tokens: int = typer.Option(20000, "--max-tokens", help="Tokens evaluated per model."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Model soup: the uniform average of the candidates, or a greedy soup (held-out perplexity).
 
     Example: lmbricks soup ft1 ft2 ft3 out/soup --eval prose --greedy
     """
     from lmbricks.average import perplexity_evaluator, soup_models
+    from lmbricks.checkpoint import check_output
 
     if len(inputs) < 2:
         raise typer.BadParameter("give at least one candidate and OUT")
     *cands, out = inputs
+    check_output(out, cands, force)  # before the evaluation data are read
     evaluate = perplexity_evaluator(domain, split=split, max_tokens=max_tokens)
     result = soup_models(cands, out, evaluate=evaluate, greedy=greedy, force=force)
     print_json(result.to_dict())

@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from lmbricks.cli.common import console, err_console, user_errors
+from lmbricks.cli.common import FORCE_HELP, console, err_console, user_errors
 
 app = typer.Typer(
     help="Grow mixture-of-experts models from dense checkpoints, fine-tunes and LoRA bricks.\n\n"
@@ -55,7 +55,7 @@ def upcycle(
     shared_expert: bool = typer.Option(False, "--shared-expert", help="Add a shared expert (Qwen2-MoE)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the router init and the noise."),
     dtype: str | None = typer.Option(None, "--dtype", help="float32, bfloat16 or float16 (default: input's)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Sparse upcycling: copy each FFN into E experts with a new router; equals the dense model at init.
 
@@ -85,7 +85,7 @@ def upcycle(
 def assemble(
     recipe: Path = typer.Argument(..., help="mergekit-moe YAML recipe (plus lmbricks' brick/domain fields)."),
     out: Path = typer.Argument(..., help="Output directory (must not exist)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     validate_only: bool = typer.Option(False, "--validate", help="Check the recipe and inputs, write nothing."),
 ) -> None:
     """Assemble an MoE from fine-tunes and bricks of one base (mergekit-moe, Branch-Train-MiX).
@@ -98,13 +98,13 @@ def assemble(
     r = load_moe_recipe(recipe)
     if validate_only:
         with _shown_warnings():
-            plan = plan_assembly(r, out, force)
+            plan = plan_assembly(r, out, force, inputs=[recipe])
         plan.close()
         console.print(f"ok: {len(r.experts)} experts, top-{r.experts_per_token}, gate_mode {r.gate_mode}")
         return
     status, log = _status()
     with _shown_warnings(), status:
-        path = run(r, out, force=force, log=log, command=_command())
+        path = run(recipe, out, force=force, log=log, command=_command())
     console.print(f"wrote {path}")
 
 
@@ -118,7 +118,7 @@ def grow(
     base: str | None = typer.Option(None, "--base", help="Dense base (default: recorded in lmbricks.json)."),
     domain_tokens: int = typer.Option(2048, "--domain-tokens", help="Training tokens read from the domain."),
     dtype: str | None = typer.Option(None, "--dtype", help="float32, bfloat16 or float16 (default: the MoE's)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Add an expert to an MoE (FFN from a fine-tune or brick, router row from a domain); keep the rest.
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from lmbricks.cli.common import console, err_console, progress_bar, user_errors
+from lmbricks.cli.common import FORCE_HELP, console, err_console, progress_bar, user_errors
 
 
 @user_errors
@@ -43,7 +43,7 @@ def moefy(
     densify_: bool = typer.Option(
         False, "--densify", help="Restore the dense model of a MoEfied MODEL into OUT."
     ),
-    force: bool = typer.Option(False, "--force", help="Replace existing outputs."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """MoEfy a dense model: experts from a neuron partition, a router per layer, a sparse runtime.
 
@@ -51,11 +51,13 @@ def moefy(
     """
     import torch
 
+    from lmbricks.checkpoint import check_output
     from lmbricks.errors import ConfigError
-    from lmbricks.hub import load_hf_model, resolve_model
+    from lmbricks.hub import load_hf_model, reference_paths, resolve_model
     from lmbricks.moefy import check_moefiable, densify, make_config, moefy_model, save_moefied
     from lmbricks.nn.load import read_config
 
+    check_output(out, reference_paths(model), force)  # before any fetch or load
     if densify_:
         path = densify(resolve_model(model), out, force=force)
         console.print(f"dense model: {path}")
@@ -70,12 +72,14 @@ def moefy(
         calib_chunks=calib_chunks,
         calib_seq_len=calib_seq_len,
     )
+    report_dir = report or out.with_name(out.name + "-report")
+    if evaluate:
+        o, r = out.expanduser().absolute(), report_dir.expanduser().absolute()
+        if o == r or o in r.parents or r in o.parents:
+            raise ConfigError(f"--report {report_dir}: the report directory must lie apart from OUT {out}")
+        check_output(report_dir, reference_paths(model), force)
     src = resolve_model(model)
     check_moefiable(read_config(src), cfg)  # before any work
-    report_dir = report or out.with_name(out.name + "-report")
-    for target in [out] + ([report_dir] if evaluate else []):
-        if target.exists() and not force:
-            raise ConfigError(f"{target} already exists; pass --force to replace it")
     lm, tokenizer = load_hf_model(src)
     with err_console.status("moefying") as status:
         info = moefy_model(lm, tokenizer, cfg, on_step=lambda msg: status.update(msg))
@@ -140,7 +144,9 @@ def moefy(
                     result.timings[f"{name}_{key}"] = value
             result.timings.update(time_model(dense, lm, timing_ks, rounds=3))
         settings = {"experts": experts, "top_k": top_k, "split": split, "router": router}
-        path = write_moefy_report(result, report_dir, f"MoEfication of {model}", settings, force=force)
+        path = write_moefy_report(
+            result, report_dir, f"MoEfication of {model}", settings, force=force, inputs=[src, out]
+        )
         for p in result.points:
             console.print(
                 f"{p.mode:>14} K={p.top_k}  experts {p.fraction:5.1%}  ppl change {result.change(p):+.1%}"

@@ -7,11 +7,22 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from lmbricks.cli.common import console, print_json, progress_bar, user_errors
+from lmbricks.cli.common import FORCE_HELP, console, print_json, progress_bar, user_errors
 
 app = typer.Typer(help="Reward models: Bradley-Terry training on preference pairs, WARM.", no_args_is_help=True)
 
 _DATA_HELP = "Preference pairs: a JSONL file (prompt, chosen, rejected) or builtin:dialogue|chitchat|champ."
+
+
+def _data_files(*specs: str) -> list[Path]:
+    """The JSONL files that pair specs name (``builtin:`` sets are not files)."""
+    files = []
+    for spec in specs:
+        for part in spec.split("+"):
+            name = part.partition("@")[0]
+            if name and not name.startswith("builtin:"):
+                files.append(Path(name))
+    return files
 
 
 def _pairs(spec: str, split: str, limit: int | None, seed: int = 0) -> list:
@@ -37,17 +48,18 @@ def train(
     batch_size: int = typer.Option(8, "--batch-size"),
     seed: int = typer.Option(0, "--seed"),
     max_len: int = typer.Option(256, "--max-len", help="Skip pairs with a side longer than this."),
-    force: bool = typer.Option(False, "--force", help="Replace OUT."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Train a scalar reward head (last-token score) with the Bradley-Terry loss.
 
     Example: lmbricks reward train smollm2-135m-instruct builtin:dialogue runs/rm --limit 200
     """
-    from lmbricks.errors import ConfigError
+    from lmbricks.checkpoint import check_output
+    from lmbricks.hub import reference_paths
     from lmbricks.reward import RewardTrainConfig, save_reward_model, train_reward_model
 
-    if out.exists() and not force:
-        raise ConfigError(f"{out} exists; pass --force to replace it")
+    inputs = [*reference_paths(model), *_data_files(data)]
+    check_output(out, inputs, force)  # before any work
     cfg = RewardTrainConfig.model_validate(
         dict(lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, trainable_layers=trainable_layers, max_len=max_len)
     )
@@ -62,7 +74,7 @@ def train(
                 bar.advance(task, n)
 
         rm, tok, history, skipped = train_reward_model(model, pairs, cfg, progress)
-    save_reward_model(rm, out, tok, force=force, info={"data": data, **cfg.model_dump()})
+    save_reward_model(rm, out, tok, force=force, info={"data": data, **cfg.model_dump()}, inputs=inputs)
     last = history[-10:]
     console.print(
         f"trained on {len(pairs) - skipped} pairs ({skipped} skipped for length); "
@@ -120,7 +132,7 @@ def warm(
     init: list[str] = typer.Option(
         None, "--init", help="Baklava: member i starts from the i-th of these SFT checkpoints (repeatable, cycled)."
     ),
-    force: bool = typer.Option(False, "--force", help="Replace OUT."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """WARM: weight-average M reward models trained from one initialisation; compare members and ensemble.
 
@@ -154,8 +166,9 @@ def warm(
                 bar.advance(task, n)
 
         res = run_warm(
-            model, _pairs(data, "train", limit), sets, cfgs, out, force=force, progress=progress, inits=init or None
-        )
+            model, _pairs(data, "train", limit), sets, cfgs, out, force=force, progress=progress, inits=init or None,
+            inputs=_data_files(data, held_out, *(shift or [])),
+        )  # fmt: skip
     write_warm_report(res, out)
     table = Table(title=f"WARM on {model}: pairwise accuracy")
     table.add_column("model")

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from lmbricks.cli.common import console, err_console, print_json, progress_bar, user_errors
+from lmbricks.cli.common import FORCE_HELP, console, err_console, print_json, progress_bar, user_errors
 from lmbricks.errors import ConfigError
 
 
@@ -34,7 +34,7 @@ def trace(
         None, "--adapter-router", help="Trace adapter routing: a router JSON (lmbricks adapters) over MODEL."
     ),
     adapter_top_k: int = typer.Option(1, "--adapter-top-k", help="Bricks chosen per input (--adapter-router)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the numbers as JSON."),
 ) -> None:
     """Trace the routing of an MoE model over documents by domain: expert histograms and load,
@@ -53,6 +53,7 @@ def trace(
         tracer = AdapterRouterTracer(Router.load(adapter_router), top_k=adapter_top_k)
 
     text_map: dict[str, list[str]] | None = None
+    read: list[str | Path] = [adapter_router] if adapter_router is not None else []
     if texts:
         text_map = {}
         for item in texts:
@@ -60,13 +61,14 @@ def trace(
             if not sep or not name or not path:
                 raise ConfigError(f"--texts {item!r}: expected DOMAIN=PATH")
             text_map.setdefault(name, []).extend(read_text_documents(path))
+            read.append(path)
     dest = out or Path("runs") / "trace" / (Path(model).name or model)
     with progress_bar(transient=True) as bar:
         task = bar.add_task("tracing", total=None)
         result = trace_model(
             model, list(domain or []), text_map, split=split, docs_per_domain=docs, max_tokens=tokens,
             layer=layer, folds=folds, seed=seed, batch_size=batch, out=dest, tracer=tracer, force=force,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
+            progress=lambda done, total: bar.update(task, completed=done, total=total), inputs=read,
         )  # fmt: skip
     s = result.summary
     if as_json:

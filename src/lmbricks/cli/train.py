@@ -37,7 +37,7 @@ def train(
     out = run_dir or Path("runs") / config.stem
     main = os.environ.get("RANK", "0") == "0"
     if quiet or not main:
-        result = run(cfg, out, resume=resume, force=force)
+        result = run(cfg, out, resume=resume, force=force, inputs=[config])
     else:
         with progress_bar() as bar:
             task = bar.add_task("training", total=cfg.steps)
@@ -49,7 +49,7 @@ def train(
                     description=f"step {rec['step']} loss {rec['loss']:.3f} {rec['tokens_per_s']:.0f} tok/s",
                 )
 
-            result = run(cfg, out, resume=resume, force=force, on_step=on_step)
+            result = run(cfg, out, resume=resume, force=force, on_step=on_step, inputs=[config])
     if main:
         last = result.records[-1] if result.records else {}
         console.print(

@@ -143,6 +143,7 @@ def _write(
     tokenizer_name: str | None,
     force: bool,
     progress: Progress,
+    inputs: Sequence[Path] = (),
 ) -> Path:
     if not docs:
         raise ConfigError(f"domain {name!r} has no documents (no non-empty text was found)")
@@ -168,7 +169,7 @@ def _write(
             parts[sub] = (sub_splits, sub_manifest)
         manifest["subdomains"] = {sub: {"splits": stats} for sub, stats in sub_stats.items()}
         manifest["splits"] = _sum_splits(sub_stats.values())
-    return store.write_domain(name, parts, manifest, force=force)
+    return store.write_domain(name, parts, manifest, force=force, inputs=inputs)
 
 
 def fetch_domain(
@@ -307,6 +308,9 @@ def add_domain(
     if store.domain_dir(name).exists() and not force:
         raise ConfigError(f"domain {name!r} is already cached; pass force=True (--force) to replace it")
     paths = [Path(f) for f in files]
+    from lmbricks.checkpoint import check_output  # (imports torch: only when a domain is added)
+
+    check_output(store.domain_dir(name), paths, force, marker=store.MANIFEST)  # before reading any file
     docs = _user_documents(paths)
     sources = [
         {
@@ -329,6 +333,7 @@ def add_domain(
         tokenizer_name,
         force=force,
         progress=progress or _quiet,
+        inputs=paths,
     )
 
 

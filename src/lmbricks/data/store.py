@@ -9,10 +9,7 @@ place only when complete.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -92,8 +89,9 @@ def write_domain(
     parts: Mapping[str, tuple[Mapping[str, list[Document]], Mapping[str, Any]]],
     manifest: Mapping[str, Any],
     force: bool = False,
+    inputs: Iterable[str | Path] = (),
 ) -> Path:
-    """Write a domain atomically: every part into a scratch folder, then one rename.
+    """Write a domain atomically: every part into a hidden temporary folder, then one rename.
 
     Args:
         name: the domain name (no ``/``).
@@ -101,41 +99,29 @@ def write_domain(
             sub-name -> (splits, manifest) for each, written to ``<domain>/<sub>/``.
         manifest: the top-level manifest (written to ``<domain>/manifest.json``); for a plain domain
             it is the manifest of ``parts[""]``.
-        force: replace an existing cached domain.
+        force: replace an existing cached domain (one lmbricks wrote: it has ``manifest.json``).
+        inputs: the files the text came from (the domain folder must keep apart from them).
 
     Returns:
         The domain folder.
 
     Raises:
-        ConfigError: the domain is cached and ``force`` is false.
+        ConfigError: the domain is cached and ``force`` is false, or the guard refuses the folder.
     """
+    from lmbricks.checkpoint import atomic_directory
+
     dest = domain_dir(name)
     if dest.exists() and not force:
         raise ConfigError(
             f"domain {name!r} is already cached in {dest}; pass force=True (--force) to replace it"
         )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{name}-"))
-    _umask = os.umask(0)
-    os.umask(_umask)
-    os.chmod(tmp, 0o777 & ~_umask)  # mkdtemp makes 0700; the renamed folder should look like any other
-    try:
+    with atomic_directory(dest, force=force, inputs=inputs, marker=MANIFEST) as tmp:
         for sub, (splits, sub_manifest) in parts.items():
             folder = tmp / sub if sub else tmp
             _write_split_files(folder, splits)
             if sub:
                 write_manifest(folder, sub_manifest)
         write_manifest(tmp, manifest)
-        if dest.exists():
-            old = dest.with_name(f".{name}-old-{os.getpid()}")
-            os.replace(dest, old)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest
 
 

@@ -159,7 +159,7 @@ def grow(
     from lmbricks.nn.load import lm_config_of, load_model, read_config
 
     say: Log = log or (lambda _m: None)
-    out = check_destination(out, force)
+    out = check_destination(out, force, [moe_ref, expert, base])
     moe_path = resolve_model(moe_ref)
     cfg = lm_config_of(read_config(moe_path))
     if cfg.moe is None:

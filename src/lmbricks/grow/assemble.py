@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,13 +100,17 @@ def _content_key(src: ExpertSource) -> tuple[str, str | None]:
     return content_hash(src.path), None if adapter is None else content_hash(adapter.path)
 
 
-def plan_assembly(recipe: MoERecipe, out: str | Path | None = None, force: bool = False) -> AssemblyPlan:
+def plan_assembly(
+    recipe: MoERecipe, out: str | Path | None = None, force: bool = False, inputs: Sequence[str | Path] = ()
+) -> AssemblyPlan:
     """Check a recipe against its inputs without reading any tensor.
 
     Args:
         recipe: the parsed recipe.
-        out: the output directory, refused now if it exists (unless ``force``).
+        out: the output directory, refused now by the input guard (an input, inside or around one,
+            or existing unless ``force`` and lmbricks wrote it).
         force: allow replacing ``out``.
+        inputs: more paths ``out`` must keep apart from (the recipe file).
 
     Returns:
         The :class:`AssemblyPlan` (close it, or let :func:`assemble` do so).
@@ -119,7 +123,9 @@ def plan_assembly(recipe: MoERecipe, out: str | Path | None = None, force: bool 
     from lmbricks.nn.load import read_config
 
     if out is not None:
-        check_destination(out, force)
+        specs = [*recipe.experts, *(recipe.shared_experts or [])]
+        refs = [recipe.base_model, *(e.source_model for e in specs), *(e.brick for e in specs)]
+        check_destination(out, force, [*inputs, *refs])
     base_path = resolve_model(recipe.base_model)
     base_config = read_config(base_path)
     if base_config.get("model_type") not in DENSE_FAMILIES:
@@ -351,7 +357,8 @@ def assemble(
 
     Args:
         recipe: a YAML path, a parsed mapping or a :class:`MoERecipe`.
-        out: the output directory (refused if it exists, unless ``force``).
+        out: the output directory (refused if it exists, unless ``force``; never an input, inside
+            or around one, nor the recipe file).
         force: replace ``out``.
         log: one-line progress messages.
         command: recorded in lmbricks.json (default: the process's command line).
@@ -360,13 +367,15 @@ def assemble(
     Returns:
         ``out``.
     """
+    files: list[str | Path] = []
     if isinstance(recipe, MoERecipe):
         r = recipe
     elif isinstance(recipe, dict):
         r = parse_moe_recipe(recipe)
     else:
         r = load_moe_recipe(recipe)
-    plan = plan_assembly(r, out, force)
+        files.append(recipe)
+    plan = plan_assembly(r, out, force, inputs=files)
     try:
         built = assemble_model(plan, log, base=base)
         inputs: dict[str, Path] = {"base_model": plan.base_path}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +37,26 @@ def stored_dtype(model_dir: Path) -> torch.dtype:
     return _DTYPES.get(str(name), torch.float32)
 
 
-def check_destination(out: str | Path, force: bool) -> Path:
-    """Refuse an existing output before any work (the atomic write would refuse it only at the end)."""
+def check_destination(out: str | Path, force: bool, refs: Iterable[str | Path | None] = ()) -> Path:
+    """Run the input guard on ``out`` before any work (the atomic write checks again at the end).
+
+    Args:
+        out: the output directory.
+        force: replace an existing output that lmbricks wrote.
+        refs: the model references and files the command reads (registry names are their cache
+            directories; nothing is fetched).
+
+    Returns:
+        ``out`` (user home expanded).
+
+    Raises:
+        ConfigError: ``out`` is, contains or lies inside an input, or may not be replaced.
+    """
+    from lmbricks.checkpoint import check_output
+    from lmbricks.hub import reference_paths
+
     out = Path(out).expanduser()
-    if (out.exists() or out.is_symlink()) and not force:
-        raise ConfigError(f"{out} already exists; pass force=True (CLI: --force) to replace it")
+    check_output(out, [p for ref in refs for p in reference_paths(ref)], force)
     return out
 
 
@@ -88,7 +103,7 @@ def save_grown(
 
     family, reason = export_family(model.cfg)
     bricks = {**bricks, "family": family, "transformers_exact": reason is None}
-    with atomic_directory(Path(out), force=force) as tmp:
+    with atomic_directory(Path(out), force=force, inputs=inputs) as tmp:
         write_model_dir(model, tmp, tokenizer=None, dtype=dtype, provenance={"command": command, "inputs": {}})
         copy_tokenizer(tokenizer_from, tmp)
         write_provenance(tmp, command=command, recipe=recipe, inputs=inputs, bricks=bricks)

@@ -132,7 +132,7 @@ def upcycle(
     from lmbricks.hub import resolve_model
     from lmbricks.nn.load import lm_config_of, load_model, read_config
 
-    out = check_destination(out, force)
+    out = check_destination(out, force, [model_ref])
     path = resolve_model(model_ref)
     options = UpcycleOptions(experts, top_k, every, noise, shared_expert, seed=seed)
     options.check(lm_config_of(read_config(path)))  # fail before loading any weight

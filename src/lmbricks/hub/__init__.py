@@ -2,7 +2,7 @@
 
 from lmbricks.hub.fetch import fetch_model, sha256_file
 from lmbricks.hub.registry import REGISTRY, ModelSpec, get_spec
-from lmbricks.hub.resolve import DEFAULT_MODEL, load_hf_model, load_tokenizer, resolve_model
+from lmbricks.hub.resolve import DEFAULT_MODEL, load_hf_model, load_tokenizer, reference_paths, resolve_model
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -12,6 +12,7 @@ __all__ = [
     "get_spec",
     "load_hf_model",
     "load_tokenizer",
+    "reference_paths",
     "resolve_model",
     "sha256_file",
 ]

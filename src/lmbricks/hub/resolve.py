@@ -55,6 +55,34 @@ def resolve_model(ref: str | Path = DEFAULT_MODEL, fetch: bool = True, progress:
     raise AssertionError("unreachable")
 
 
+def reference_paths(ref: str | Path | None) -> list[Path]:
+    """The paths on disk that a model reference names, without fetching or converting anything.
+
+    Used by the input guard (:func:`lmbricks.checkpoint.check_output`) before any work: a directory
+    or file is itself; a registry name is its cache directory; a ``path+adapter`` reference (merge
+    and grow recipes) names both parts. Paths that do not exist are returned too (the guard skips
+    them).
+
+    Args:
+        ref: a model reference, or None (no paths).
+
+    Returns:
+        The paths, most specific first.
+    """
+    if ref is None or str(ref) == "":
+        return []
+    text = str(ref)
+    path = Path(text).expanduser()
+    if path.exists() or path.is_symlink():
+        return [path]
+    if text in REGISTRY:
+        return [paths.models_dir() / text]
+    if "+" in text:
+        model, adapter = text.rsplit("+", 1)
+        return [*reference_paths(model), Path(adapter).expanduser()]
+    return [path]
+
+
 def load_tokenizer(ref: str | Path = DEFAULT_MODEL) -> Any:
     """Load the tokenizer of a model reference (fetching the model if needed)."""
     from transformers import AutoTokenizer

@@ -46,8 +46,9 @@ def merge(
 
     Args:
         recipe: a YAML file path, a dict, or a :class:`Recipe`.
-        out: output directory (refused if it exists, unless ``force``).
-        force: replace an existing output.
+        out: output directory (refused if it exists, unless ``force``; never an input, inside or
+            around one, nor the recipe file).
+        force: replace an existing output that lmbricks wrote.
         max_memory: read-ahead and output-queue budget.
         max_shard: largest output shard.
         on_tensor: progress callback ``(tensor name, bytes)``.
@@ -56,13 +57,15 @@ def merge(
     Returns:
         The output directory.
     """
+    files: list[str | Path] = []
     if isinstance(recipe, Recipe):
         parsed = recipe
     elif isinstance(recipe, dict):
         parsed = parse_recipe(recipe)
     else:
         parsed = load_recipe(recipe)
-    plan = plan_merge(parsed, out, force=force)
+        files.append(recipe)
+    plan = plan_merge(parsed, out, force=force, inputs=files)
     return execute(
         plan,
         out,

@@ -293,8 +293,8 @@ def execute(
 
     Args:
         plan: from :func:`lmbricks.merge.plan.plan_merge`.
-        out: output directory (must not exist unless ``force``).
-        force: replace an existing output.
+        out: output directory (must not exist unless ``force``; never an input, inside or around one).
+        force: replace an existing output that lmbricks wrote.
         max_memory: budget for read-ahead and queued output (``"1GB"``); fp32 scratch of one tensor
             comes on top (bounded by row blocks for chunked methods).
         max_shard: largest output shard.
@@ -311,7 +311,7 @@ def execute(
     budget = parse_size(max_memory)
     out = Path(out).expanduser().absolute()
     try:
-        with atomic_directory(out, force=force) as tmp:
+        with atomic_directory(out, force=force, inputs=plan.input_paths()) as tmp:
             writer = ShardedWriter(tmp, max_shard, metadata={"producer": "lmbricks merge"})
             writer.declare([(tp.name, tp.shape, plan.out_dtype) for tp in plan.tensors])
             _stream(plan, writer, budget, on_tensor, block)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,18 @@ class MergePlan:
     vocab: VocabPlan | None
     tokenizer_from: str
     notes: list[str] = field(default_factory=list)
+    extra_inputs: list[Path] = field(default_factory=list)
+
+    def input_paths(self) -> dict[str, Path]:
+        """Every path the merge reads (models, adapters, the recipe file): the output keeps apart."""
+        found: dict[str, Path] = {}
+        for key, m in self.inputs.items():
+            found[f"model {key}"] = m.path
+            if m.adapter is not None:
+                found[f"adapter of {key}"] = m.adapter.path
+        for p in self.extra_inputs:
+            found[str(p)] = p
+        return found
 
     @property
     def output_bytes(self) -> int:
@@ -178,13 +191,17 @@ def _resolve_kwargs(
     return kwargs, seed
 
 
-def plan_merge(recipe: Recipe, out: str | Path | None = None, force: bool = False) -> MergePlan:
+def plan_merge(
+    recipe: Recipe, out: str | Path | None = None, force: bool = False, inputs: Sequence[str | Path] = ()
+) -> MergePlan:
     """Validate ``recipe`` against its inputs (configs and headers only) and plan every output tensor.
 
     Args:
         recipe: a parsed recipe.
-        out: the output directory, checked not to exist unless ``force``.
+        out: the output directory, checked first by the input guard: refused if it is, contains or
+            lies inside an input, or exists (unless ``force`` and lmbricks wrote it).
         force: allow replacing an existing output.
+        inputs: more paths the output must keep apart from (the recipe file).
 
     Returns:
         The :class:`MergePlan`.
@@ -192,22 +209,27 @@ def plan_merge(recipe: Recipe, out: str | Path | None = None, force: bool = Fals
     Raises:
         ConfigError / CheckpointError / UnknownNameError: naming the model, tensor or field at fault.
     """
-    if out is not None and not force and Path(out).exists():
-        raise ConfigError(f"{out} already exists; pass force=True (CLI: --force) to replace it")
+    from lmbricks.checkpoint import check_output
+    from lmbricks.hub import reference_paths
+
+    extra = [Path(p) for p in inputs]
+    if out is not None:
+        refs = [p for ref in recipe.referenced_models() for p in reference_paths(ref)]
+        check_output(out, [*extra, *refs], force)
     method = get_method(recipe.merge_method)
     _check_param_names(recipe, method)
-    inputs = _open_all(recipe)
-    slices = _normalised_slices(recipe, method, inputs)
+    opened = _open_all(recipe)
+    slices = _normalised_slices(recipe, method, opened)
 
     ref_key = recipe.base_model or slices[0].sources[0].model
-    ref = inputs[ref_key]
+    ref = opened[ref_key]
     vocab = None
     if recipe.tokenizer_source is not None:
         vocab = build_vocab(
             recipe.tokenizer_source,
             recipe.base_model,
-            {k: m.path for k, m in inputs.items()},
-            {k: m.vocab_size for k, m in inputs.items()},
+            {k: m.path for k, m in opened.items()},
+            {k: m.vocab_size for k, m in opened.items()},
         )
 
     tensors: list[TensorPlan] = []
@@ -234,7 +256,7 @@ def plan_merge(recipe: Recipe, out: str | Path | None = None, force: bool = Fals
         shapes = []
         for j, key in enumerate(keys):
             name = in_names[j]
-            m = inputs[key]
+            m = opened[key]
             if name not in m.reader:
                 if name == "lm_head.weight" and "model.embed_tokens.weight" in m.reader:
                     in_names[j] = name = "model.embed_tokens.weight"  # tied embeddings
@@ -268,7 +290,7 @@ def plan_merge(recipe: Recipe, out: str | Path | None = None, force: bool = Fals
     # layer ranges
     for si, s in enumerate(slices):
         for j, src in enumerate(s.sources):
-            n_layers = inputs[src.model].num_layers
+            n_layers = opened[src.model].num_layers
             if src.layer_range[1] > n_layers:
                 raise ConfigError(
                     f"slices[{si}].sources[{j}].layer_range {list(src.layer_range)}: model {src.model} "
@@ -286,7 +308,7 @@ def plan_merge(recipe: Recipe, out: str | Path | None = None, force: bool = Fals
         n = s.sources[0].layer_range[1] - s.sources[0].layer_range[0]
         base_key = s.base_model or recipe.base_model
         lead = next((src for src in s.sources if src.model == base_key), s.sources[0])
-        lead_model = inputs[lead.model]
+        lead_model = opened[lead.model]
         for idx in range(n):
             t = idx / (n - 1) if n > 1 else 1.0
             prefix = f"model.layers.{lead.layer_range[0] + idx}."
@@ -312,5 +334,7 @@ def plan_merge(recipe: Recipe, out: str | Path | None = None, force: bool = Fals
     for key in ("layer_types",):  # per-layer lists must follow the new layer count
         if isinstance(out_config.get(key), list) and len(out_config[key]) != out_layer:
             out_config[key] = [out_config[key][i % len(out_config[key])] for i in range(out_layer)]
-    tok_from = recipe.tokenizer_source if recipe.tokenizer_source in inputs else ref_key
-    return MergePlan(recipe, method, inputs, tensors, out_config, in_dtype, out_dtype, vocab, tok_from)
+    tok_from = recipe.tokenizer_source if recipe.tokenizer_source in opened else ref_key
+    return MergePlan(
+        recipe, method, opened, tensors, out_config, in_dtype, out_dtype, vocab, tok_from, extra_inputs=extra
+    )

@@ -27,6 +27,7 @@ from lmbricks.checkpoint import (
     CheckpointReader,
     ShardedWriter,
     atomic_directory,
+    check_output,
     copy_tokenizer,
     write_provenance,
 )
@@ -106,7 +107,7 @@ def save_moefied(
         "layers": _names(model),
         "moefy": config.model_dump(),
     }
-    with atomic_directory(out, force=force) as tmp:
+    with atomic_directory(out, force=force, inputs=[source]) as tmp:
         writer = ShardedWriter(tmp)
         for key, value in dense_state_dict(model).items():
             writer.add(key, value)
@@ -229,12 +230,13 @@ def densify(src: str | Path, out: str | Path, force: bool = False) -> Path:
     from safetensors.torch import load_file
 
     src = Path(src)
+    check_output(out, [src], force)  # before reading any tensor
     section = read_section(src)
     extra = load_file(str(src / ROUTER_FILE))
     inverse = {name: torch.argsort(extra[f"layers.{i}.perm"]) for i, name in enumerate(section["layers"])}
     hf = json.loads((src / "config.json").read_text())
     hf.pop(SECTION, None)
-    with atomic_directory(out, force=force) as tmp, CheckpointReader(src) as reader:
+    with atomic_directory(out, force=force, inputs=[src]) as tmp, CheckpointReader(src) as reader:
         writer = ShardedWriter(tmp)
         names = list(reader.keys())
         for key in names:

@@ -3,24 +3,39 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lmbricks.checkpoint import atomic_directory
+from lmbricks.checkpoint import atomic_directory, write_provenance
 from lmbricks.moefy.evaluate import MoefyEval
 
 
 def write_moefy_report(
-    result: MoefyEval, out: Path, title: str, settings: dict[str, Any], force: bool = False
+    result: MoefyEval,
+    out: Path,
+    title: str,
+    settings: dict[str, Any],
+    force: bool = False,
+    inputs: Sequence[str | Path] = (),
 ) -> Path:
-    """Write ``report.html``, ``results.json`` and plots into the directory ``out``.
+    """Write ``report.html``, ``results.json``, plots and ``lmbricks.json`` into the directory ``out``.
+
+    Args:
+        result: the evaluation.
+        out: the report directory (refused if it exists unless ``force`` and lmbricks wrote it).
+        title: the report's title.
+        settings: the MoEfication settings, shown and recorded.
+        force: replace an earlier report.
+        inputs: the models evaluated (``out`` must keep apart from them).
 
     Returns:
         The path of report.html.
     """
     from lmbricks.report import Report, line_chart
 
-    with atomic_directory(out, force=force) as tmp:
+    with atomic_directory(out, force=force, inputs=inputs) as tmp:
+        write_provenance(tmp, command="lmbricks moefy --eval", recipe={"report": settings}, inputs={})
         (tmp / "results.json").write_text(json.dumps({"settings": settings, **result.to_dict()}, indent=2))
         report = Report(title, ", ".join(f"{k}={v}" for k, v in settings.items()))
         series: dict[str, tuple[list[float], list[float]]] = {}

@@ -30,8 +30,17 @@ def save_reward_model(
     tokenizer: Any = None,
     force: bool = False,
     info: dict[str, Any] | None = None,
+    inputs: Sequence[str | Path] = (),
 ) -> Path:
     """Write ``rm`` atomically (fp32); ``info`` goes to reward.json.
+
+    Args:
+        rm: the reward model.
+        dest: the output directory (refused if it exists unless ``force`` and lmbricks wrote it).
+        tokenizer: saved beside the weights when given.
+        force: replace an earlier output.
+        info: training settings recorded in reward.json.
+        inputs: the backbone and data files (``dest`` must keep apart from them).
 
     Returns:
         ``dest``.
@@ -42,7 +51,7 @@ def save_reward_model(
     from lmbricks.nn.load import write_model_dir
 
     dest = Path(dest)
-    with atomic_directory(dest, force=force) as tmp_dir:
+    with atomic_directory(dest, force=force, inputs=inputs) as tmp_dir:
         tmp = Path(tmp_dir)
         write_model_dir(
             rm.backbone, tmp, tokenizer, dtype=torch.float32,

@@ -150,6 +150,7 @@ def run_warm(
     progress: Progress = _quiet,
     inits: Sequence[str | Path] | None = None,
     feature_cache: Path | None = None,
+    inputs: Sequence[str | Path] = (),
 ) -> dict[str, Any]:
     """The WARM experiment: M members from one initialisation, their weight average and ensemble.
 
@@ -166,6 +167,8 @@ def run_warm(
             checkpoints of one SFT run of ``ref`` that shares its frozen trunk); default: ``ref``.
         feature_cache: a file holding the trunk features (written when missing, read when present:
             e.g. shared by a WARM and a Baklava run on the same pairs and split).
+        inputs: more paths ``out`` must keep apart from (the data files); ``ref`` and ``inits`` are
+            added here.
 
     Returns:
         The results dictionary (also written to ``out/results.json``).
@@ -176,10 +179,16 @@ def run_warm(
     for m in members:
         if (m.trainable_layers, m.max_len, m.format) != (first.trainable_layers, first.max_len, first.format):
             raise ConfigError("WARM members must share trainable_layers, max_len and format")
-    out = Path(out)
-    if out.exists() and not force:
-        raise ConfigError(f"{out} exists; pass force (--force) to replace it")
+    from lmbricks.checkpoint import check_output, write_provenance
+    from lmbricks.hub import reference_paths
+
+    refs = [ref, *(inits or [])]
+    out = check_output(out, [*inputs, *(p for r in refs for p in reference_paths(r))], force)
     out.mkdir(parents=True, exist_ok=True)
+    # marks the folder as lmbricks' own, so that a later --force may replace what is in it
+    write_provenance(
+        out, command="lmbricks reward warm", recipe={"warm": {"members": len(members), "model": str(ref)}}, inputs={}
+    )
     rm, tokenizer = base_reward_model(ref)
     start = rm.num_layers - first.trainable_layers
     key = {"start": start, "sets": {k: len(v) for k, v in {"train": train_pairs, **eval_sets}.items()}}

@@ -292,13 +292,16 @@ def run_tour(
         TourFailed: after writing the report, when a section failed.
         ConfigError: ``only`` names no section.
     """
-    from lmbricks.hub import resolve_model
+    from lmbricks.checkpoint import check_apart
+    from lmbricks.hub import reference_paths, resolve_model
     from lmbricks.report import Report
 
     chosen = sections if sections is not None else default_sections()
     if only:
         chosen = select_sections(chosen, only)
-    out_dir = Path(out_dir)
+    out_dir = check_apart(out_dir, reference_paths(model_ref))  # never into (or around) the model
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"{out_dir} is a file; the tour writes a directory")
     out_dir.mkdir(parents=True, exist_ok=True)
     report = Report("lmbricks tour", f"Model: {model_ref}{' (quick mode)' if quick else ''}")
     ctx = TourContext(model_ref, resolve_model(model_ref), out_dir, quick, report, log)

@@ -92,6 +92,7 @@ def trace_model(
     out: str | Path | None = None,
     force: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    inputs: Sequence[str | Path] = (),
 ) -> TraceResult:
     """Trace a routed model over documents by domain; optionally write the HTML report and JSON.
 
@@ -112,16 +113,24 @@ def trace_model(
         batch_size: documents per forward pass.
         out: folder for report.html, trace.json, trace.pt and figures/ (written atomically);
             None writes nothing.
-        force: replace an existing ``out``.
+        force: replace an existing ``out`` (one lmbricks wrote).
         progress: called with ``(done, total)`` documents.
+        inputs: more paths ``out`` must keep apart from (text files, a router file); the model
+            reference is added here.
 
     Returns:
         The :class:`TraceResult`.
     """
     if not domains and not texts:
         raise ConfigError("give at least one domain (--domain) or texts")
-    if out is not None and Path(out).exists() and not force:
-        raise ConfigError(f"{out} exists; pass force=True (--force) to replace it")
+    guarded = [*inputs]
+    if out is not None:
+        from lmbricks.checkpoint import check_output
+        from lmbricks.hub import reference_paths
+
+        if isinstance(model, (str, Path)):
+            guarded += reference_paths(model)
+        check_output(out, guarded, force)  # before any load
     texts = {**domain_texts(domains, split), **(texts or {})}
     if isinstance(model, (str, Path)):
         name = Path(str(model)).name or str(model)
@@ -144,12 +153,13 @@ def trace_model(
     }
     if out is None:
         return TraceResult(trace, summary, None)
-    from lmbricks.checkpoint import atomic_directory
+    from lmbricks.checkpoint import atomic_directory, write_provenance
 
     dest = Path(out)
-    with atomic_directory(dest, force=force) as tmp:
+    with atomic_directory(dest, force=force, inputs=guarded) as tmp:
         tmp = Path(tmp)
         tmp.mkdir(parents=True, exist_ok=True)
+        write_provenance(tmp, command="lmbricks trace", recipe={"report": name}, inputs={})
         report = build_report(trace, summary, tmp / "figures", name, tokenizer, colour_layer)
         summary["report"] = str(dest / "report.html")
         report.save(tmp / "report.html")

@@ -214,6 +214,7 @@ def train(
     tokenizer: Any = None,
     on_step: Callable[[dict[str, Any]], None] | None = None,
     report: bool = True,
+    inputs: Sequence[str | Path] = (),
 ) -> TrainResult:
     """Train (or continue training) a model as ``cfg`` says, in ``run_dir``.
 
@@ -227,15 +228,44 @@ def train(
         tokenizer: the tokenizer; default: ``cfg.tokenizer`` or ``cfg.init_from``'s.
         on_step: called on the main process with each logged record (progress bars).
         report: write report.html at the end.
+        inputs: more paths ``run_dir`` must keep apart from (the config file); ``init_from``, the
+            tokenizer and the data files are added from ``cfg``.
 
     Returns:
         A :class:`TrainResult`; under DDP only the main process's ``records`` are filled.
+
+    Raises:
+        ConfigError: ``run_dir`` is a file, is or lies inside an input, or holds one (it would be
+            overwritten or deleted); checkpoints exist without ``resume`` or ``force``.
     """
+    check_run_dir(cfg, Path(run_dir), inputs)  # before any work, on every process
     info = init_distributed(cfg.device)
     try:
         return _train(cfg, Path(run_dir), resume, force, chunks, tokenizer, on_step, report, info)
     finally:
         shutdown(info)
+
+
+def check_run_dir(cfg: TrainConfig, run_dir: Path, inputs: Sequence[str | Path] = ()) -> None:
+    """The input guard for a run directory: apart from every input the run reads.
+
+    A run directory is lmbricks' own and is written in place (``config.yaml``, ``log.jsonl``,
+    ``checkpoints/``, ``report.html``; ``force`` deletes the checkpoints and logs), so it must not be
+    an input, lie inside one (``init_from``) or hold one (the config file, data files).
+
+    Raises:
+        ConfigError: naming the run directory and the input.
+    """
+    from lmbricks.checkpoint import check_apart
+    from lmbricks.hub import reference_paths
+
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} is a file; the run directory must be a directory")
+    refs: list[str | Path | None] = [cfg.init_from, cfg.tokenizer if cfg.tokenizer != TINY_TOKENIZER else None]
+    found = [*inputs, *(p for ref in refs for p in reference_paths(ref))]
+    found += list(cfg.data.text_files) if cfg.data is not None else []
+    found += list(cfg.sft.jsonl) if cfg.sft is not None else []
+    check_apart(run_dir, found)
 
 
 def _train(
@@ -257,7 +287,11 @@ def _train(
     if existing and not resume and not force:
         raise ConfigError(f"{run_dir} already holds checkpoints; pass resume (--resume) or force (--force)")
     if info.is_main:
+        from lmbricks.checkpoint import clean_stale_temps
+
         run_dir.mkdir(parents=True, exist_ok=True)
+        for folder in (run_dir, run_dir / "checkpoints"):
+            clean_stale_temps(folder)  # what a killed run left half-written (its pid is gone)
         if not resume:
             import shutil
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,18 +44,27 @@ def plot_curves(results: dict[str, Any], path: Path, title: str = "") -> Path:
     return path
 
 
-def write_fewshot_outputs(results: dict[str, Any], out: Path, force: bool = False) -> Path:
-    """Write ``results.json``, ``curve.png`` and ``report.html`` into ``out`` (atomically).
+def write_fewshot_outputs(
+    results: dict[str, Any], out: Path, force: bool = False, inputs: Sequence[str | Path] = ()
+) -> Path:
+    """Write ``results.json``, ``curve.png``, ``report.html`` and ``lmbricks.json`` into ``out`` (atomically).
+
+    Args:
+        results: from :func:`~lmbricks.eval.fewshot.evaluate_fewshot` (plus ``model``).
+        out: the directory (refused if it exists unless ``force`` and lmbricks wrote it).
+        force: replace an earlier output.
+        inputs: the model evaluated (``out`` must keep apart from it).
 
     Returns:
         ``out``.
     """
-    from lmbricks.checkpoint import atomic_directory
+    from lmbricks.checkpoint import atomic_directory, write_provenance
     from lmbricks.report import Report
 
     out = Path(out)
-    with atomic_directory(out, force=force) as tmp_dir:
+    with atomic_directory(out, force=force, inputs=inputs) as tmp_dir:
         tmp = Path(tmp_dir)
+        write_provenance(tmp, command="lmbricks eval fewshot", recipe={"report": results.get("task")}, inputs={})
         (tmp / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
         png = plot_curves(results, tmp / "curve.png", f"{results.get('model', '')} {results['task']}")
         rep = Report(f"Few-shot evaluation: {results['task']}", subtitle=str(results.get("model", "")))
