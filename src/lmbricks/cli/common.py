@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -28,14 +29,22 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def user_errors(fn: F) -> F:
-    """Turn :class:`LmbricksError` into one red line on stderr and exit code 2 (no traceback)."""
+    """Turn :class:`LmbricksError` into one red line on stderr and exit code 2 (no traceback).
+
+    The line is never wrapped at the terminal width (paths in it stay copyable); a message with
+    several lines is joined into one.
+    """
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except LmbricksError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            text = ""
+            for part in (p.strip() for p in str(exc).splitlines()):
+                if part:
+                    text += (" " if not text or text.endswith(":") else "; ") + part if text else part
+            err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
