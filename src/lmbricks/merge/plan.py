@@ -131,8 +131,8 @@ def _normalised_slices(recipe: Recipe, method: MethodInfo, inputs: dict[str, Mod
 
 def _where_source(recipe: Recipe, si: int, j: int, key: str) -> str:
     if recipe.models is not None:
-        return f"models ({key})"
-    return f"slices[{si}].sources[{j}] ({key})"
+        return f"models[{j}].parameters" if j < len(recipe.models) else "base_model"
+    return f"slices[{si}].sources[{j}].parameters"
 
 
 def _resolve_kwargs(
@@ -146,10 +146,9 @@ def _resolve_kwargs(
     out_name: str,
     t: float,
 ) -> tuple[dict[str, Any], int | None]:
-    shared_scopes: list[Scope] = [
-        (out_slice.parameters, f"slices[{si}].parameters"),
-        (recipe.parameters, "parameters"),
-    ]
+    shared_scopes: list[Scope] = [(recipe.parameters, "parameters")]
+    if recipe.slices is not None:
+        shared_scopes.insert(0, (out_slice.parameters, f"slices[{si}].parameters"))
     kwargs: dict[str, Any] = {}
     seed = None
     for p in method.params:
@@ -169,12 +168,8 @@ def _resolve_kwargs(
                 seed = int(value)
                 continue
             kwargs[p.kwarg] = value
-    for d in kwargs.get("density", []):
-        if not 0 <= d <= 1:
-            raise ConfigError(f"parameter 'density' must lie in [0, 1], got {d} for tensor {out_name!r}")
-    for d, e in zip(kwargs.get("density", []), kwargs.get("epsilon", []), strict=False):
-        if d < 1 and not (d - e > 0 and d + e < 1):
-            raise ConfigError(f"parameter 'epsilon' {e}: density ± epsilon must lie in (0, 1) (density {d})")
+    if method.check is not None and (problem := method.check(kwargs)) is not None:
+        raise ConfigError(f"merge_method {method.name!r}, tensor {out_name!r}: {problem}")
     return kwargs, seed
 
 

@@ -251,7 +251,7 @@ def della_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> 
     Returns:
         fp32 probabilities shaped ``(rows, cols)`` (1-D input: ``(1, n)``).
     """
-    if not density - epsilon > 0 and density + epsilon < 1:
+    if not (density - epsilon > 0 and density + epsilon < 1):
         raise ValueError(f"della: density ± epsilon must lie in (0, 1), got {density} ± {epsilon}")
     mags = delta.float().abs()
     if mags.dim() < 2:
