@@ -153,6 +153,21 @@ def test_stochastic_methods_are_reproducible() -> None:
         torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize(
+    ("name", "density"),
+    [("dare_linear", 0.0), ("dare_ties", 0.0), ("dare_ties", 1e-300), ("della", 1e-300), ("della_linear", 1e-300)],
+)
+def test_inverse_rescale_with_zero_keep_probability_keeps_nothing(name: str, density: float) -> None:
+    # found by tests/reliability/test_merge_fuzz.py: density 0 (or one that rounds to 0 in fp32) with
+    # rescale_mode inverse divided the dropped entries by their keep probability 0: NaN everywhere
+    fn = get_method(name).fn
+    base, tensors = torch.zeros(4, 6), [torch.ones(4, 6), -torch.ones(4, 6)]
+    kw = {"epsilon": [0.0, 0.0]} if name.startswith("della") else {}
+    out = fn(base, tensors, weight=[1.0, 0.5], density=[density, density], rescale=True, rescale_mode="inverse",
+             generator=torch.Generator().manual_seed(0), **kw)  # fmt: skip
+    assert torch.equal(out, base)
+
+
 def test_della_probabilities_span_the_range() -> None:
     from lmbricks.merge.sparsify import della_probabilities
 
