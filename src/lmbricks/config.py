@@ -59,7 +59,7 @@ def load_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
 
 
-def validate(model: type[M], data: Any, source: str, *, what: str = "config") -> M:
+def validate(model: type[M], data: Any, source: str, *, what: str = "config", finite: bool = True) -> M:
     """Validate ``data`` (parsed YAML or keyword arguments) into ``model``.
 
     Args:
@@ -67,6 +67,8 @@ def validate(model: type[M], data: Any, source: str, *, what: str = "config") ->
         data: a mapping.
         source: where the data came from, first in every message (a file name, ``moefy options``).
         what: what the data is, for the "must be a mapping" message (``recipe``, ``training config``).
+        finite: refuse NaN and infinite numbers anywhere in ``data`` (YAML's ``.nan``, ``.inf``),
+            which pass range checks such as ``ge=0`` and would silently poison a run.
 
     Raises:
         ConfigError: one line naming the source, key path and value (see the module docstring).
@@ -74,6 +76,11 @@ def validate(model: type[M], data: Any, source: str, *, what: str = "config") ->
     if not isinstance(data, Mapping):
         got = "nothing (an empty file?)" if data is None else type(data).__name__
         raise ConfigError(f"{source}: a {what} must be a YAML mapping of keys to values, got {got}")
+    if finite:
+        try:
+            require_finite(data, "")
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
     try:
         return model.model_validate(dict(data))
     except ValidationError as exc:

@@ -43,14 +43,18 @@ def train(
 
     Example: lmbricks reward train smollm2-135m-instruct builtin:dialogue runs/rm --limit 200
     """
+    from lmbricks.config import validate
     from lmbricks.errors import ConfigError
     from lmbricks.reward import RewardTrainConfig, save_reward_model, train_reward_model
 
     if out.exists() and not force:
         raise ConfigError(f"{out} exists; pass --force to replace it")
-    cfg = RewardTrainConfig.model_validate(
-        dict(lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, trainable_layers=trainable_layers, max_len=max_len)
-    )
+    cfg = validate(
+        RewardTrainConfig,
+        {"lr": lr, "epochs": epochs, "batch_size": batch_size, "seed": seed,
+         "trainable_layers": trainable_layers, "max_len": max_len},
+        "reward train options",
+    )  # fmt: skip
     pairs = _pairs(data, "train", limit, seed)
     with progress_bar() as bar:
         task = bar.add_task("features", total=None)
@@ -130,13 +134,16 @@ def warm(
 
     Example: lmbricks reward warm smollm2-135m-instruct builtin:dialogue runs/warm --shift builtin:chitchat@test
     """
+    from lmbricks.config import validate
     from lmbricks.reward import RewardTrainConfig, run_warm
     from lmbricks.reward.report import write_warm_report
 
     lrs = list(lr) if lr else [1e-4, 2e-4]
     cfgs = [
-        RewardTrainConfig.model_validate(
-            dict(lr=lrs[i % len(lrs)], seed=i, head_seed=0, epochs=epochs, trainable_layers=trainable_layers)
+        validate(
+            RewardTrainConfig,
+            dict(lr=lrs[i % len(lrs)], seed=i, head_seed=0, epochs=epochs, trainable_layers=trainable_layers),
+            f"reward warm options (member {i})",
         )
         for i in range(members)
     ]

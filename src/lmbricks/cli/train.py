@@ -107,17 +107,13 @@ def _parse_count(text: str) -> float:
 
 
 def _model_config(ref: str) -> Any:
-    import yaml
-
+    from lmbricks.config import load_yaml
     from lmbricks.errors import ConfigError
     from lmbricks.nn.config import LMConfig
 
     path = Path(ref)
     if path.suffix in (".yaml", ".yml"):
-        try:
-            data = yaml.safe_load(path.read_text())
-        except OSError as exc:
-            raise ConfigError(f"{path}: {exc.strerror}") from None
+        data = load_yaml(path)
         if isinstance(data, dict) and isinstance(data.get("model"), dict):
             data = data["model"]
         if isinstance(data, dict) and "vocab_size" not in data:

@@ -28,7 +28,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from lmbricks.config import load_yaml, require_finite, show_value, validate
+from lmbricks.config import load_yaml, show_value, validate
 from lmbricks.errors import ConfigError
 
 Scalar = bool | int | float | str
@@ -195,7 +195,7 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
     """Validate a recipe given as a dict (already parsed YAML).
 
     Every number in it must be finite (``weight: .inf`` and ``.nan`` are refused here, naming the key);
-    unknown keys are refused with the nearest valid one.
+    unknown keys are refused with the nearest valid one (:func:`lmbricks.config.validate`).
 
     Raises:
         ConfigError: naming the field at fault, e.g. ``recipe.yaml: unknown key 'models[0].paramters'
@@ -203,7 +203,6 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
     """
     if isinstance(data, dict):
         try:
-            require_finite(data, "")
             for key, reason in UNSUPPORTED.items():
                 if key in data:
                     raise ConfigError(f"{key}: {reason}")
