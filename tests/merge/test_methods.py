@@ -168,6 +168,20 @@ def test_inverse_rescale_with_zero_keep_probability_keeps_nothing(name: str, den
     assert torch.equal(out, base)
 
 
+@pytest.mark.parametrize("name", ["breadcrumbs", "breadcrumbs_ties", "ties"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_density_zero_keeps_nothing(name: str, dtype: torch.dtype) -> None:
+    # found by the fuzz: breadcrumbs with density 0 (and gamma 1) on fp16 inputs, which take the
+    # unfused path, asked torch.kthvalue for rank 0 of an empty window
+    fn = get_method(name).fn
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(8, 8, generator=gen).to(dtype)
+    tensors = [base + torch.randn(8, 8, generator=gen).to(dtype) for _ in range(2)]
+    kw = {"gamma": [1.0, 0.5]} if name.startswith("breadcrumbs") else {}
+    out = fn(base, tensors, weight=[1.0, 1.0], density=[0.0, 0.0], **kw)
+    assert torch.equal(out, base.float())
+
+
 def test_della_probabilities_span_the_range() -> None:
     from lmbricks.merge.sparsify import della_probabilities
 

@@ -165,6 +165,8 @@ def window_of_ranks(
         tie: ``(value, j) -> flat index`` of the ``j``-th element equal to ``value``.
         zero_is_free: see :func:`rank_window`.
     """
+    if lo >= hi:  # an empty window (density 0): keep nothing, select nothing
+        return RankWindow(float("inf"), 0, float("inf"), 0)
     lo_value, lo_index = float("-inf"), 0
     hi_value, hi_index = float("inf"), n
     if lo > 0:
