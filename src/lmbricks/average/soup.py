@@ -97,11 +97,9 @@ def perplexity_evaluator(domain: str, split: str = "validation", max_tokens: int
     texts = load_texts(domain, split)
 
     def evaluate(path: Path) -> float:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from lmbricks.hub import load_hf_model
 
-        model = AutoModelForCausalLM.from_pretrained(path)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model.eval()
+        model, tokenizer = load_hf_model(path)  # checked by lmbricks' reader first
         return float(perplexity(model, tokenizer, texts, max_tokens))
 
     return evaluate

@@ -22,6 +22,7 @@ from lmbricks.checkpoint.archmap import (
     is_moe_layer,
     tensor_role,
     validate_checkpoint,
+    verify_checkpoint,
 )
 from lmbricks.checkpoint.atomic import atomic_directory, clean_stale_temps, fsync_tree
 from lmbricks.checkpoint.provenance import (
@@ -31,7 +32,7 @@ from lmbricks.checkpoint.provenance import (
     copy_tokenizer,
     write_provenance,
 )
-from lmbricks.checkpoint.reader import CheckpointReader
+from lmbricks.checkpoint.reader import CheckpointReader, allow_pickles, pickles_allowed
 from lmbricks.checkpoint.safetensors_file import (
     SAFETENSORS_DTYPES,
     TORCH_TO_SAFETENSORS,
@@ -50,6 +51,8 @@ __all__ = [
     "TOKENIZER_FILES",
     "TORCH_TO_SAFETENSORS",
     "CheckpointReader",
+    "allow_pickles",
+    "pickles_allowed",
     "SafetensorsFile",
     "ShardedWriter",
     "TensorInfo",
@@ -68,5 +71,6 @@ __all__ = [
     "save_state_dict",
     "tensor_role",
     "validate_checkpoint",
+    "verify_checkpoint",
     "write_provenance",
 ]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from lmbricks.cli.common import console, err_console, print_json, progress_bar, user_errors
+from lmbricks.cli.common import console, err_console, print_json, progress_bar, reads_checkpoints, user_errors
 
 app = typer.Typer(help="LoRA bricks: train, plug/unplug/list, compose, route, update, extract.", no_args_is_help=True)
 
@@ -33,6 +33,7 @@ def _weights(text: str | None, n: int) -> list[float] | None:
 
 @app.command()
 @user_errors
+@reads_checkpoints
 def train(
     model: str = typer.Argument(..., help="base model: registry name, HF directory or .gguf"),
     out: Path = typer.Argument(..., help="output brick directory"),
@@ -98,6 +99,7 @@ def train(
 
 @app.command()
 @user_errors
+@reads_checkpoints
 def plug(
     brick: Path = typer.Argument(..., help="brick directory"),
     model: str = typer.Option(..., "--model", "-m", help="the base model to plug it into"),
@@ -171,6 +173,7 @@ def list_(
 
 @app.command()
 @user_errors
+@reads_checkpoints
 def compose(
     bricks: list[str] = typer.Argument(..., help="bricks (directories or catalogue names), then OUT"),
     out: Path = typer.Argument(..., help="output directory"),
@@ -217,6 +220,7 @@ def compose(
 
 @app.command()
 @user_errors
+@reads_checkpoints
 def route(
     prompts: list[str] = typer.Argument(None, help="prompts to route (omit with --eval)"),
     model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help="the base model"),
@@ -279,6 +283,7 @@ def route(
 
 @app.command()
 @user_errors
+@reads_checkpoints
 def update(
     brick: str = typer.Argument(..., help="brick to continue training (directory or catalogue name)"),
     out: Path = typer.Argument(..., help="output brick directory"),
@@ -321,6 +326,7 @@ def update(
 
 @app.command()
 @user_errors
+@reads_checkpoints
 def extract(
     finetuned: str = typer.Argument(..., help="the fully fine-tuned model"),
     out: Path = typer.Argument(..., help="output brick directory"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -47,6 +48,38 @@ def user_errors(fn: F) -> F:
             err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
+    return wrapper  # type: ignore[return-value]
+
+
+ALLOW_PICKLE_HELP = (
+    "Also read .bin/.pt pickle checkpoints (torch.load with weights_only=True, which runs no code); "
+    "by default only safetensors are read."
+)
+
+
+def reads_checkpoints(fn: F) -> F:
+    """Give a command ``--allow-pickle``: every checkpoint reader the command opens follows it.
+
+    The option is added to the command's signature (so ``--help`` shows it) and the command runs
+    inside :func:`lmbricks.checkpoint.allow_pickles` with its value.
+    """
+    from lmbricks.checkpoint import allow_pickles
+
+    sig = inspect.signature(fn, eval_str=True)
+    option = inspect.Parameter(
+        "allow_pickle",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=typer.Option(False, "--allow-pickle", help=ALLOW_PICKLE_HELP),
+        annotation=bool,
+    )
+
+    @wraps(fn)
+    def wrapper(*args: Any, allow_pickle: bool = False, **kwargs: Any) -> Any:
+        with allow_pickles(allow_pickle):
+            return fn(*args, **kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), option])  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {**getattr(fn, "__annotations__", {}), "allow_pickle": bool}
     return wrapper  # type: ignore[return-value]
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from lmbricks.cli.common import console, print_json, progress_bar, user_errors
+from lmbricks.cli.common import console, print_json, progress_bar, reads_checkpoints, user_errors
 
 app = typer.Typer(help="Evaluate models.", no_args_is_help=True)
 
 
 @app.command()
 @user_errors
+@reads_checkpoints
 def ppl(
     model: str = typer.Argument("smollm2-135m-instruct", help="Registry name, model directory or GGUF."),
     domain: list[str] = typer.Option(
@@ -54,6 +55,7 @@ def ppl(
 
 @app.command()
 @user_errors
+@reads_checkpoints
 def fewshot(
     model: str = typer.Argument("smollm2-135m-instruct", help="Registry name, model directory or GGUF."),
     task: str = typer.Option("langid", "--task", "-t", help="Task: champ (maths answers) or langid."),

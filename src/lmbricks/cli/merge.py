@@ -8,9 +8,10 @@ from pathlib import Path
 
 import typer
 
-from lmbricks.cli.common import console, print_json, progress_bar, user_errors
+from lmbricks.cli.common import console, print_json, progress_bar, reads_checkpoints, user_errors
 
 
+@reads_checkpoints
 def merge(
     recipe: str = typer.Argument(..., help="mergekit-style YAML recipe, or the word 'methods' to list methods."),
     out: Path | None = typer.Argument(None, help="Output model directory (must not exist)."),
@@ -84,6 +85,7 @@ def _methods(as_json: bool) -> None:
 
 
 @user_errors
+@reads_checkpoints
 def average(
     inputs: list[Path] = typer.Argument(..., help="Checkpoints to average, then the output directory last."),
     weights: list[float] | None = typer.Option(None, "--weights", help="One weight per checkpoint."),
@@ -120,6 +122,7 @@ def average(
 
 
 @user_errors
+@reads_checkpoints
 def soup(
     inputs: list[Path] = typer.Argument(..., help="Candidate models, then the output directory last."),
     domain: str = typer.Option(..., "--eval", help="Held-out domain for perplexity (lmbricks data)."),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from lmbricks.cli.common import console, err_console, print_json, user_errors
+from lmbricks.cli.common import console, err_console, print_json, reads_checkpoints, user_errors
 
 app = typer.Typer(help="Registry models: list, fetch and inspect.", no_args_is_help=True)
 
@@ -52,6 +52,7 @@ def fetch(
 
 @app.command()
 @user_errors
+@reads_checkpoints
 def info(
     ref: str = typer.Argument("smollm2-135m-instruct", help="Registry name, model directory or .gguf file."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from lmbricks.cli.common import console, print_json, progress_bar, user_errors
+from lmbricks.cli.common import console, print_json, progress_bar, reads_checkpoints, user_errors
 
 app = typer.Typer(help="Reward models: Bradley-Terry training on preference pairs, WARM.", no_args_is_help=True)
 
@@ -26,6 +26,7 @@ def _pairs(spec: str, split: str, limit: int | None, seed: int = 0) -> list:
 
 @app.command()
 @user_errors
+@reads_checkpoints
 def train(
     model: str = typer.Argument(..., help="Backbone: registry name or model directory."),
     data: str = typer.Argument(..., help=_DATA_HELP),
@@ -77,6 +78,7 @@ def train(
 
 @app.command(name="eval")
 @user_errors
+@reads_checkpoints
 def evaluate(
     reward_model: Path = typer.Argument(..., help="A directory written by `lmbricks reward train`."),
     data: str = typer.Argument(..., help=_DATA_HELP),
@@ -109,6 +111,7 @@ def evaluate(
 
 @app.command()
 @user_errors
+@reads_checkpoints
 def warm(
     model: str = typer.Argument(..., help="Backbone: registry name or model directory."),
     data: str = typer.Argument(..., help=_DATA_HELP + " (training pairs)"),

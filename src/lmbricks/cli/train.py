@@ -7,10 +7,11 @@ from typing import Any
 
 import typer
 
-from lmbricks.cli.common import console, err_console, print_json, progress_bar, user_errors
+from lmbricks.cli.common import console, err_console, print_json, progress_bar, reads_checkpoints, user_errors
 
 
 @user_errors
+@reads_checkpoints
 def train(
     config: Path = typer.Argument(..., help="training YAML (see lmbricks.train.config)"),
     run_dir: Path | None = typer.Option(
@@ -60,6 +61,7 @@ def train(
 
 
 @user_errors
+@reads_checkpoints
 def plan(
     flops: float | None = typer.Option(None, "--flops", help="training FLOP budget, e.g. 1e18"),
     params: str | None = typer.Option(None, "--params", help="parameter count, e.g. 125M or 1.3e9"),

@@ -41,6 +41,7 @@ def merge(
     max_shard: str | int = DEFAULT_SHARD,
     on_tensor: ProgressFn | None = None,
     command: str = "lmbricks.merge.merge",
+    allow_pickle: bool | None = None,
 ) -> Path:
     """Validate a recipe against its inputs, then stream the merge into ``out``.
 
@@ -52,6 +53,8 @@ def merge(
         max_shard: largest output shard.
         on_tensor: progress callback ``(tensor name, bytes)``.
         command: recorded in ``lmbricks.json``.
+        allow_pickle: read ``.bin`` pickle inputs (weights only); None follows
+            :func:`lmbricks.checkpoint.allow_pickles` (default: refuse).
 
     Returns:
         The output directory.
@@ -62,7 +65,7 @@ def merge(
         parsed = parse_recipe(recipe)
     else:
         parsed = load_recipe(recipe)
-    plan = plan_merge(parsed, out, force=force)
+    plan = plan_merge(parsed, out, force=force, allow_pickle=allow_pickle)
     return execute(
         plan,
         out,

@@ -98,8 +98,8 @@ def _check_param_names(recipe: Recipe, method: MethodInfo) -> None:
                 )
 
 
-def _open_all(recipe: Recipe) -> dict[str, ModelInput]:
-    inputs = {ref: open_input(ref) for ref in recipe.referenced_models()}
+def _open_all(recipe: Recipe, allow_pickle: bool | None) -> dict[str, ModelInput]:
+    inputs = {ref: open_input(ref, allow_pickle) for ref in recipe.referenced_models()}
     first = next(iter(inputs.values()))
     for m in inputs.values():
         if m.arch != first.arch:
@@ -173,13 +173,17 @@ def _resolve_kwargs(
     return kwargs, seed
 
 
-def plan_merge(recipe: Recipe, out: str | Path | None = None, force: bool = False) -> MergePlan:
+def plan_merge(
+    recipe: Recipe, out: str | Path | None = None, force: bool = False, allow_pickle: bool | None = None
+) -> MergePlan:
     """Validate ``recipe`` against its inputs (configs and headers only) and plan every output tensor.
 
     Args:
         recipe: a parsed recipe.
         out: the output directory, checked not to exist unless ``force``.
         force: allow replacing an existing output.
+        allow_pickle: read ``.bin`` pickle inputs (weights only); None follows
+            :func:`lmbricks.checkpoint.allow_pickles` (default: refuse).
 
     Returns:
         The :class:`MergePlan`.
@@ -191,7 +195,7 @@ def plan_merge(recipe: Recipe, out: str | Path | None = None, force: bool = Fals
         raise ConfigError(f"{out} already exists; pass force=True (CLI: --force) to replace it")
     method = get_method(recipe.merge_method)
     _check_param_names(recipe, method)
-    inputs = _open_all(recipe)
+    inputs = _open_all(recipe, allow_pickle)
     slices = _normalised_slices(recipe, method, inputs)
 
     ref_key = recipe.base_model or slices[0].sources[0].model
