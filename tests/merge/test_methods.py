@@ -182,6 +182,17 @@ def test_density_zero_keeps_nothing(name: str, dtype: torch.dtype) -> None:
     assert torch.equal(out, base.float())
 
 
+def test_multislerp_normalises_weights_too_small_for_float32() -> None:
+    # found by the fuzz: weights of 2e-313 (finite, non-zero) became 0 in float32 before being
+    # divided by their sum, and every output entry was NaN
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(6, 5, generator=gen)
+    a, b = base + torch.randn(6, 5, generator=gen), base + torch.randn(6, 5, generator=gen)
+    fn = get_method("multislerp").fn
+    tiny = fn(base, [a, b], weight=[2.2250738585e-313, 2.2250738585e-313])
+    assert torch.allclose(tiny, fn(base, [a, b], weight=[1.0, 1.0]))
+
+
 def test_della_probabilities_span_the_range() -> None:
     from lmbricks.merge.sparsify import della_probabilities
 

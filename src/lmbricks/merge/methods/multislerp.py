@@ -42,9 +42,11 @@ def multislerp(
     x = torch.stack([t.float().reshape(-1) for t in tensors])  # (k, n)
     if base is not None:
         x -= base.float().reshape(1, -1)
-    w = torch.tensor(list(weight), dtype=torch.float32)
-    if normalize_weights:
-        w = w / w.sum()  # a zero sum is refused when the recipe is planned (check_weights)
+    coeffs = [float(x) for x in weight]
+    if normalize_weights:  # in float64: weights tiny enough to vanish in float32 still normalise
+        total = sum(coeffs)  # a zero sum is refused when the recipe is planned (check_weights)
+        coeffs = [x / total for x in coeffs]
+    w = torch.tensor(coeffs, dtype=torch.float32)
     norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)  # (k, 1)
     if bool((norms <= eps).all()):
         # every input equals the centre (the base, or zero): the mean on the sphere is the centre
