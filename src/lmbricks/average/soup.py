@@ -95,6 +95,11 @@ def perplexity_evaluator(domain: str, split: str = "validation", max_tokens: int
     from lmbricks.eval import perplexity
 
     texts = load_texts(domain, split)
+    if not any(t.strip() for t in texts):
+        raise ConfigError(
+            f"domain {domain!r}: the {split} split is empty, so a soup cannot be scored on it; "
+            "choose another split (--split) or domain (--eval)"
+        )
 
     def evaluate(path: Path) -> float:
         from lmbricks.hub import load_hf_model
