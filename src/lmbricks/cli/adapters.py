@@ -8,7 +8,15 @@ from pathlib import Path
 
 import typer
 
-from lmbricks.cli.common import console, err_console, print_json, progress_bar, reads_checkpoints, user_errors
+from lmbricks.cli.common import (
+    console,
+    err_console,
+    print_json,
+    print_list,
+    progress_bar,
+    reads_checkpoints,
+    user_errors,
+)
 
 app = typer.Typer(help="LoRA bricks: train, plug/unplug/list, compose, route, update, extract.", no_args_is_help=True)
 
@@ -141,17 +149,13 @@ def list_(
 
     Example: lmbricks adapters list --model smollm2-135m-instruct
     """
-    from rich.table import Table
-
     from lmbricks.adapters.catalogue import list_bricks
 
     rows = [e.row() for e in list_bricks(model)]
     if as_json:
         print_json(rows)
         return
-    table = Table(title="bricks")
-    for col in ("name", "source", "domain", "rank", "targets", "ppl before -> after", "base (sha256)"):
-        table.add_column(col)
+    table = []
     for r in rows:
         effect = (
             f"{r['ppl_before']:.3f} -> {r['ppl_after']:.3f} ({100 * r['ppl_change']:+.1f}%)"
@@ -159,16 +163,19 @@ def list_(
             else "-"
         )
         sha = (r["base_sha256"] or "?")[:12]
-        table.add_row(
-            r["name"],
-            r["source"],
-            r["domain"] or "-",
-            str(r["rank"]),
-            ",".join(t.removesuffix("_proj") for t in r["targets"]),
-            effect,
-            f"{r['base_model']} ({sha})",
+        table.append(
+            (
+                r["name"],
+                r["source"],
+                r["domain"] or "-",
+                str(r["rank"]),
+                ",".join(t.removesuffix("_proj") for t in r["targets"]),
+                effect,
+                f"{r['base_model']} ({sha})",
+            )
         )
-    console.print(table)
+    columns = ("name", "source", "domain", "rank", "targets", "ppl before -> after", "base (sha256)")
+    print_list("bricks", columns, table)
 
 
 @app.command()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import wraps
 from typing import Any, TypeVar
@@ -81,6 +81,42 @@ def reads_checkpoints(fn: F) -> F:
     wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), option])  # type: ignore[attr-defined]
     wrapper.__annotations__ = {**getattr(fn, "__annotations__", {}), "allow_pickle": bool}
     return wrapper  # type: ignore[return-value]
+
+
+def print_list(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], key: str = "name") -> None:
+    """Print a list as a table whose ``key`` column (the names users type) is never cut or wrapped.
+
+    Piped output gets the table at its natural width. A terminal too narrow for the names plus a
+    few characters per other column gets one block per row instead (``name`` then ``column: value``
+    lines), so no value is cut either.
+    """
+    from rich.measure import Measurement
+    from rich.table import Table
+
+    key_width = max([len(key), *(len(str(r[columns.index(key)])) for r in rows)])
+    table = Table(title=title)
+    for col in columns:
+        if col == key:
+            table.add_column(col, no_wrap=True, min_width=key_width)
+        else:
+            table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(*(escape(str(v)) for v in r))
+    if not console.is_terminal:  # piped: a console as wide as the table (COLUMNS does not apply)
+        natural = Measurement.get(console, console.options.update_width(1 << 16), table).maximum
+        Console(file=console.file, width=max(natural, console.width), color_system=None).print(table)
+        return
+    needed = key_width + 7 + 10 * (len(columns) - 1)  # borders, padding, ~8 characters per column
+    if needed <= console.width:
+        console.print(table)
+        return
+    console.print(title, style="bold", highlight=False)
+    for r in rows:
+        values = dict(zip(columns, (str(v) for v in r), strict=True))
+        console.print(values[key], style="bold", highlight=False, soft_wrap=True, markup=False)
+        for col in columns:
+            if col != key:
+                console.print(f"  {col}: {values[col]}", highlight=False, soft_wrap=True, markup=False)
 
 
 def print_json(obj: Any) -> None:

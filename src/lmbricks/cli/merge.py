@@ -5,10 +5,11 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from lmbricks.cli.common import console, print_json, progress_bar, reads_checkpoints, user_errors
+from lmbricks.cli.common import console, print_json, print_list, progress_bar, reads_checkpoints, user_errors
 
 
 @reads_checkpoints
@@ -56,8 +57,6 @@ def _merge(recipe: str, out: Path, force: bool, max_memory: str, max_shard: str,
 
 
 def _methods(as_json: bool) -> None:
-    from rich.table import Table
-
     from lmbricks.merge import all_methods
 
     methods = all_methods()
@@ -71,17 +70,19 @@ def _methods(as_json: bool) -> None:
                     "summary": m.summary,
                     "base": m.base,
                     "parameters": [p.name for p in m.params],
+                    "parameter_bounds": {p.name: p.bounds for p in m.params if p.bounds},
                 }
                 for m in methods
             ]
         )
         return
-    table = Table(title="merge methods")
-    for col in ("method", "base", "parameters", "formula", "reference"):
-        table.add_column(col)
-    for m in methods:
-        table.add_row(m.name, m.base, ", ".join(p.name for p in m.params), m.formula, m.reference)
-    console.print(table)
+    rows = [(m.name, m.base, ", ".join(_param_text(p) for p in m.params), m.formula, m.reference) for m in methods]
+    print_list("merge methods", ("method", "base", "parameters", "formula", "reference"), rows, key="method")
+
+
+def _param_text(p: Any) -> str:
+    """``density in [0, 1]`` for the table."""
+    return f"{p.name} in {p.bounds}" if p.bounds else p.name
 
 
 @user_errors
