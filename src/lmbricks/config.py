@@ -243,7 +243,8 @@ def format_errors(exc: ValidationError, model: type[BaseModel], data: Any, limit
             group = unions.setdefault(key_path(parts[:branch]), {})
             group.setdefault(where, (len(parts), [], value))[1].append(msg)
         else:
-            shown = f" (got {show_value(value)})" if parts and _scalar(value) else ""
+            said = repr(value) in msg or str(value) in msg  # the validator's message names it already
+            shown = f" (got {show_value(value)})" if parts and _scalar(value) and not said else ""
             others.append(f"{where}: {msg}{shown}" if where else msg)
     for root, group in unions.items():
         if root in in_union:

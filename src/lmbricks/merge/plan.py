@@ -225,9 +225,17 @@ def plan_merge(
             term_idx = [j for j in range(len(keys)) if j != base_idx]
         n = len(term_idx)
         if n < method.min_models or (method.max_models is not None and n > method.max_models):
-            bound = f"{method.min_models}..{method.max_models or 'any'}"
+            if method.max_models is None:
+                bound = f"at least {method.min_models}"
+            elif method.max_models == method.min_models:
+                bound = f"exactly {method.min_models}"
+            else:
+                bound = f"{method.min_models} to {method.max_models}"
+            where = f" in slices[{si}]" if recipe.slices else ""
+            besides = " besides the base model" if method.base != "none" else ""
+            note = f" (an entry that is the base model {base_key} counts as the base)" if base_idx is not None else ""
             raise ConfigError(
-                f"merge_method {method.name!r} takes {bound} models besides the base, got {n} in slices[{si}]"
+                f"merge_method {method.name!r} takes {bound} model(s){besides}, got {n}{where}{note}"
             )
         is_vocab = out_name in VOCAB_TENSORS
         shapes = []

@@ -28,7 +28,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from lmbricks.config import load_yaml, show_value, validate
+from lmbricks.config import load_yaml, show_value, suggest, validate
 from lmbricks.errors import ConfigError
 
 Scalar = bool | int | float | str
@@ -171,7 +171,16 @@ def _check_settings(params: Any, where: str) -> None:
         entries = setting if isinstance(setting, list) else [setting]
         for i, entry in enumerate(entries):
             at = f"{where}.{name}" + (f"[{i}]" if isinstance(setting, list) else "")
-            value = entry.get("value", 0) if isinstance(entry, dict) else entry
+            if isinstance(entry, dict):
+                for key in entry:
+                    if key not in ("filter", "value"):
+                        raise ConfigError(
+                            f"{at}: unknown key {key!r} in a filter entry{suggest(str(key), ['filter', 'value'])}; "
+                            "an entry is {filter: substring, value: ...}"
+                        )
+                if "value" not in entry:
+                    raise ConfigError(f"{at}: a filter entry needs a value ({{filter: substring, value: ...}})")
+            value = entry.get("value") if isinstance(entry, dict) else entry
             if value is None or isinstance(value, dict):
                 raise ConfigError(f"{at}: must be {allowed}, got {show_value(entry)}")
 
