@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,9 @@ def _with_tensors(src: Path, dst: Path, edit: Any) -> Path:
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Tiny fp32 Llama models: a base, two fine-tunes, and broken copies of the first fine-tune."""
+def models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+    """Tiny fp32 Llama models: a base, two fine-tunes, and broken copies of the first fine-tune; every
+    file is hashed before the tests and compared after them (no command may modify an input)."""
     root = tmp_path_factory.mktemp("bad_input_models")
     cfg = tiny_llama_config(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_key_value_heads=1)
     base = save_tiny_model(root / "base", cfg, seed=0)
@@ -75,7 +77,16 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     m["plus"] = _with_tensors(base, root / "plus", shift(1.0))
     m["minus"] = _with_tensors(base, root / "minus", shift(-1.0))
     m["same"] = _with_tensors(base, root / "same", lambda sd: None)  # the base under another name
-    return m
+    before = _hashes(root)
+    yield m
+    assert _hashes(root) == before, "a failed command modified its inputs"
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    import hashlib
+
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 @pytest.fixture()
