@@ -95,6 +95,7 @@ def test_lmbricks_extensions_parse() -> None:
         ({"shared_experts": [{"source_model": "a"}, {"source_model": "b"}]}, "shared_experts"),
         ({"experts": [{"brick": "a+b", "positive_prompts": ["x"]}]}, "experts[0].brick"),
         ({"domain_tokens": 0}, "domain_tokens"),
+        ({"experts": [{"source_model": "m", "positive_prompts": ["x", " "]}]}, "positive_prompts[1]: an empty"),
     ],
 )
 def test_bad_recipe_names_the_field(change: dict, field: str) -> None:

@@ -149,6 +149,12 @@ def check_recipe(r: MoERecipe) -> None:
                 raise ConfigError(f"{where}: give exactly one of source_model or brick")
             if e.brick is not None and "+" in e.brick:
                 raise ConfigError(f"{where}.brick: a brick is a directory or catalogue name, not path+adapter")
+    for group, specs in groups:
+        for i, e in enumerate(specs):
+            for key in ("positive_prompts", "negative_prompts"):
+                for j, prompt in enumerate(getattr(e, key) or []):
+                    if not prompt.strip():
+                        raise ConfigError(f"{group}[{i}].{key}[{j}]: an empty prompt has nothing to route on")
     for i, e in enumerate(r.experts):
         where = f"experts[{i}]"
         if r.gate_mode in PROMPT_MODES and not e.positive_prompts:
