@@ -100,6 +100,8 @@ def average_checkpoints(
         if len(weights) != len(paths):
             raise ConfigError(f"average: {len(weights)} weights for {len(paths)} checkpoints")
         w = [float(x) for x in weights]
+        if sum(w) == 0:
+            raise ConfigError(f"average: the weights {w} sum to zero, so they cannot be normalised")
     else:
         w = [1.0] * len(paths)
     recipe: dict = {
