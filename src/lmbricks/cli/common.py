@@ -83,7 +83,7 @@ def reads_checkpoints(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def print_list(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], key: str = "name") -> None:
+def print_list(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], key: str = "name") -> None:
     """Print a list as a table whose ``key`` column (the names users type) is never cut or wrapped.
 
     Piped output gets the table at its natural width. A terminal too narrow for the names plus a

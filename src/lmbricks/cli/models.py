@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 from rich.table import Table
 
@@ -22,7 +24,7 @@ def list_models(
     from lmbricks import paths
     from lmbricks.hub import REGISTRY
 
-    records = [
+    records: list[dict[str, Any]] = [
         {
             "name": spec.name,
             "default": spec.required,
