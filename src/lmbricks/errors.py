@@ -21,3 +21,8 @@ class FetchError(LmbricksError):
 
 class UnknownNameError(LmbricksError):
     """A registry name (model, domain, method) is not known."""
+
+
+class MergeError(LmbricksError):
+    """A merge cannot be computed from these inputs (non-finite weights, a degenerate tensor); names the
+    tensor. Raised while streaming; the output directory is then never created."""

@@ -78,7 +78,14 @@ def test_lmbricks_extensions_parse() -> None:
             {"experts": [{"source_model": "m1", "positive_prompts": ["x"]}, {"source_model": "m2"}]},
             "experts[1].positive_prompts",
         ),
-        ({"experts": [{"source_modle": "m1"}]}, "experts[0].source_modle: unknown key"),
+        (
+            {"experts": [{"source_modle": "m1"}]},
+            "unknown key 'experts[0].source_modle' (did you mean 'experts[0].source_model'?)",
+        ),
+        (
+            {"experts": [{"source_model": "m1", "noise_scale": float("nan")}]},
+            "experts[0].noise_scale: must be a finite number, got .nan",
+        ),
         ({"experts": [{"source_model": "m", "brick": "b", "positive_prompts": ["x"]}]}, "experts[0]"),
         ({"experts": [{"positive_prompts": ["x"]}]}, "experts[0]"),
         ({"gate_mode": "domain"}, "experts[0].domain"),
@@ -88,6 +95,7 @@ def test_lmbricks_extensions_parse() -> None:
         ({"shared_experts": [{"source_model": "a"}, {"source_model": "b"}]}, "shared_experts"),
         ({"experts": [{"brick": "a+b", "positive_prompts": ["x"]}]}, "experts[0].brick"),
         ({"domain_tokens": 0}, "domain_tokens"),
+        ({"experts": [{"source_model": "m", "positive_prompts": ["x", " "]}]}, "positive_prompts[1]: an empty"),
     ],
 )
 def test_bad_recipe_names_the_field(change: dict, field: str) -> None:
@@ -109,5 +117,5 @@ def test_random_gates_need_no_prompts_and_bad_yaml_is_an_error(tmp_path: Path) -
     bad.write_text("base_model: [unclosed\n")
     with pytest.raises(ConfigError, match="invalid YAML"):
         load_moe_recipe(bad)
-    with pytest.raises(ConfigError, match="cannot read"):
+    with pytest.raises(ConfigError, match="missing.yaml: no such file"):
         load_moe_recipe(tmp_path / "missing.yaml")

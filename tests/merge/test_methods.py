@@ -153,6 +153,46 @@ def test_stochastic_methods_are_reproducible() -> None:
         torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize(
+    ("name", "density"),
+    [("dare_linear", 0.0), ("dare_ties", 0.0), ("dare_ties", 1e-300), ("della", 1e-300), ("della_linear", 1e-300)],
+)
+def test_inverse_rescale_with_zero_keep_probability_keeps_nothing(name: str, density: float) -> None:
+    # found by tests/reliability/test_merge_fuzz.py: density 0 (or one that rounds to 0 in fp32) with
+    # rescale_mode inverse divided the dropped entries by their keep probability 0: NaN everywhere
+    fn = get_method(name).fn
+    base, tensors = torch.zeros(4, 6), [torch.ones(4, 6), -torch.ones(4, 6)]
+    kw = {"epsilon": [0.0, 0.0]} if name.startswith("della") else {}
+    out = fn(base, tensors, weight=[1.0, 0.5], density=[density, density], rescale=True, rescale_mode="inverse",
+             generator=torch.Generator().manual_seed(0), **kw)  # fmt: skip
+    assert torch.equal(out, base)
+
+
+@pytest.mark.parametrize("name", ["breadcrumbs", "breadcrumbs_ties", "ties"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_density_zero_keeps_nothing(name: str, dtype: torch.dtype) -> None:
+    # found by the fuzz: breadcrumbs with density 0 (and gamma 1) on fp16 inputs, which take the
+    # unfused path, asked torch.kthvalue for rank 0 of an empty window
+    fn = get_method(name).fn
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(8, 8, generator=gen).to(dtype)
+    tensors = [base + torch.randn(8, 8, generator=gen).to(dtype) for _ in range(2)]
+    kw = {"gamma": [1.0, 0.5]} if name.startswith("breadcrumbs") else {}
+    out = fn(base, tensors, weight=[1.0, 1.0], density=[0.0, 0.0], **kw)
+    assert torch.equal(out, base.float())
+
+
+def test_multislerp_normalises_weights_too_small_for_float32() -> None:
+    # found by the fuzz: weights of 2e-313 (finite, non-zero) became 0 in float32 before being
+    # divided by their sum, and every output entry was NaN
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(6, 5, generator=gen)
+    a, b = base + torch.randn(6, 5, generator=gen), base + torch.randn(6, 5, generator=gen)
+    fn = get_method("multislerp").fn
+    tiny = fn(base, [a, b], weight=[2.2250738585e-313, 2.2250738585e-313])
+    assert torch.allclose(tiny, fn(base, [a, b], weight=[1.0, 1.0]))
+
+
 def test_della_probabilities_span_the_range() -> None:
     from lmbricks.merge.sparsify import della_probabilities
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
-from lmbricks.errors import ConfigError
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 #: Attention and MLP projections of Llama-family models. The MLP ones are included so that a brick
 #: can later become an expert (BTX-style MoE assembly needs a per-brick FFN delta).
@@ -76,9 +74,6 @@ class LoraTrainConfig(BaseModel):
 
 def make_config(**fields: object) -> LoraTrainConfig:
     """Build a :class:`LoraTrainConfig`; validation errors become :class:`ConfigError` naming the field."""
-    try:
-        return LoraTrainConfig(**fields)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "config"
-        raise ConfigError(f"LoRA training config: {where}: {first['msg']}") from None
+    from lmbricks.config import validate
+
+    return validate(LoraTrainConfig, fields, "LoRA training config")

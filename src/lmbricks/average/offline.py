@@ -65,6 +65,7 @@ def average_checkpoints(
     max_memory: str | int = DEFAULT_MAX_MEMORY,
     out_dtype: str | None = None,
     on_tensor: ProgressFn | None = None,
+    allow_pickle: bool | None = None,
 ) -> Path:
     """Average checkpoints of one model into ``out``, tensor by tensor (fp32 accumulation).
 
@@ -77,6 +78,8 @@ def average_checkpoints(
         max_memory: streaming budget.
         out_dtype: stored dtype (default: the inputs').
         on_tensor: progress callback.
+        allow_pickle: read ``.bin`` pickle checkpoints (weights only); None follows
+            :func:`lmbricks.checkpoint.allow_pickles` (default: refuse).
 
     Returns:
         The output directory.
@@ -97,6 +100,8 @@ def average_checkpoints(
         if len(weights) != len(paths):
             raise ConfigError(f"average: {len(weights)} weights for {len(paths)} checkpoints")
         w = [float(x) for x in weights]
+        if sum(w) == 0:
+            raise ConfigError(f"average: the weights {w} sum to zero, so they cannot be normalised")
     else:
         w = [1.0] * len(paths)
     recipe: dict = {
@@ -105,5 +110,5 @@ def average_checkpoints(
     }
     if out_dtype:
         recipe["out_dtype"] = out_dtype
-    plan = plan_merge(parse_recipe(recipe, "average"), out, force=force)
+    plan = plan_merge(parse_recipe(recipe, "average"), out, force=force, allow_pickle=allow_pickle)
     return execute(plan, out, force=force, max_memory=max_memory, on_tensor=on_tensor, command="lmbricks average")

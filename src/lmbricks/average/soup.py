@@ -95,13 +95,16 @@ def perplexity_evaluator(domain: str, split: str = "validation", max_tokens: int
     from lmbricks.eval import perplexity
 
     texts = load_texts(domain, split)
+    if not any(t.strip() for t in texts):
+        raise ConfigError(
+            f"domain {domain!r}: the {split} split is empty, so a soup cannot be scored on it; "
+            "choose another split (--split) or domain (--eval)"
+        )
 
     def evaluate(path: Path) -> float:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from lmbricks.hub import load_hf_model
 
-        model = AutoModelForCausalLM.from_pretrained(path)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model.eval()
+        model, tokenizer = load_hf_model(path)  # checked by lmbricks' reader first
         return float(perplexity(model, tokenizer, texts, max_tokens))
 
     return evaluate

@@ -25,6 +25,7 @@ from lmbricks.checkpoint.archmap import (
     is_moe_layer,
     tensor_role,
     validate_checkpoint,
+    verify_checkpoint,
 )
 from lmbricks.checkpoint.atomic import atomic_directory, clean_stale_temps, fsync_tree
 from lmbricks.checkpoint.cleanup import StaleTemp, find_stale_temps, remove_stale_temps
@@ -36,7 +37,7 @@ from lmbricks.checkpoint.provenance import (
     copy_tokenizer,
     write_provenance,
 )
-from lmbricks.checkpoint.reader import CheckpointReader
+from lmbricks.checkpoint.reader import CheckpointReader, allow_pickles, pickles_allowed
 from lmbricks.checkpoint.safetensors_file import (
     SAFETENSORS_DTYPES,
     TORCH_TO_SAFETENSORS,
@@ -55,6 +56,8 @@ __all__ = [
     "TOKENIZER_FILES",
     "TORCH_TO_SAFETENSORS",
     "CheckpointReader",
+    "allow_pickles",
+    "pickles_allowed",
     "SafetensorsFile",
     "ShardedWriter",
     "StaleTemp",
@@ -80,5 +83,6 @@ __all__ = [
     "save_state_dict",
     "tensor_role",
     "validate_checkpoint",
+    "verify_checkpoint",
     "write_provenance",
 ]

@@ -351,6 +351,27 @@ def validate_checkpoint(reader: CheckpointReader) -> None:
         raise CheckpointError(f"{reader.path}: checkpoint does not match config.json:\n  {shown}{more}")
 
 
+def verify_checkpoint(path: Any, allow_pickle: bool | None = None) -> None:
+    """Open a model directory with the validated reader and check it against its config, then close it.
+
+    For code that hands a directory to ``transformers`` (which would fail deep inside with a
+    ``SafetensorError``, or read a pickle nobody allowed): the same checks as every lmbricks reader,
+    before any weight is loaded. Architectures lmbricks does not map get the file checks only.
+
+    Raises:
+        CheckpointError: a truncated or malformed file, pickles without ``allow_pickle``, tensors
+            that do not match config.json (naming the file and tensor).
+    """
+    from lmbricks.checkpoint.reader import CheckpointReader
+
+    with CheckpointReader(path, allow_pickle=allow_pickle) as reader:
+        try:
+            architecture_of(reader.config)
+        except CheckpointError:
+            return  # unmapped architecture: transformers will check the names and shapes
+        validate_checkpoint(reader)
+
+
 def inventory(config: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
     """Parameter counts by role and the FFN/expert layout, from tensor shapes.
 

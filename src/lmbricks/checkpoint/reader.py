@@ -6,10 +6,16 @@ Layouts understood, in the order Hugging Face's loader tries them:
 3. only with ``allow_pickle=True``: ``pytorch_model.bin``, ``pytorch_model.bin.index.json`` plus shards,
    or a single ``*.pt`` / ``*.pth`` / ``*.bin`` file. Pickles are loaded with ``torch.load(weights_only=True,
    mmap=True)``, which refuses to run code, but they are still opt-in.
+
+Whether pickles may be read is the reader's ``allow_pickle`` argument, or, when it is left out, the
+setting of the innermost :func:`allow_pickles` block (off by default). The CLI's ``--allow-pickle``
+opens such a block around the command, so every reader the command opens, however deep, follows it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
 import json
 from collections.abc import Iterator
@@ -27,6 +33,28 @@ SAFE_INDEX = "model.safetensors.index.json"
 PICKLE_SINGLE = "pytorch_model.bin"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
+
+_ALLOW_PICKLE: contextvars.ContextVar[bool] = contextvars.ContextVar("lmbricks_allow_pickle", default=False)
+
+
+@contextlib.contextmanager
+def allow_pickles(enabled: bool = True) -> Iterator[None]:
+    """Within the block, readers opened without an explicit ``allow_pickle`` accept pickles.
+
+    Example:
+        >>> with allow_pickles():  # doctest: +SKIP
+        ...     merge("recipe.yaml", "out")  # inputs may be pytorch_model.bin directories
+    """
+    token = _ALLOW_PICKLE.set(enabled)
+    try:
+        yield
+    finally:
+        _ALLOW_PICKLE.reset(token)
+
+
+def pickles_allowed() -> bool:
+    """The setting of the innermost :func:`allow_pickles` block (False outside any)."""
+    return _ALLOW_PICKLE.get()
 
 
 def read_json(path: Path, what: str) -> Any:
@@ -106,7 +134,8 @@ class CheckpointReader:
 
     Args:
         path: the model directory.
-        allow_pickle: accept ``.bin``/``.pt`` pickles (loaded weights-only) when no safetensors exist.
+        allow_pickle: accept ``.bin``/``.pt`` pickles (loaded weights-only) when no safetensors exist;
+            None follows :func:`allow_pickles` (default: refuse).
 
     Raises:
         CheckpointError: missing or malformed config, index or shard; the message names the file
@@ -117,7 +146,7 @@ class CheckpointReader:
         ...     w = ckpt.get("model.layers.0.mlp.up_proj.weight")  # (intermediate, hidden)
     """
 
-    def __init__(self, path: str | Path, allow_pickle: bool = False) -> None:
+    def __init__(self, path: str | Path, allow_pickle: bool | None = None) -> None:
         self.path = Path(path)
         if not self.path.is_dir():
             what = "is not a directory" if self.path.exists() else "not found"
@@ -126,7 +155,7 @@ class CheckpointReader:
         if not isinstance(config, dict):
             raise CheckpointError(f"{self.path / 'config.json'}: expected a JSON object")
         self.config: dict[str, Any] = config
-        self.allow_pickle = allow_pickle
+        self.allow_pickle = pickles_allowed() if allow_pickle is None else allow_pickle
         self._files: dict[str, SafetensorsFile | _PickleFile] = {}  # file name -> opened file
         self._where: dict[str, str] = {}  # tensor name -> file name
         try:
@@ -151,9 +180,9 @@ class CheckpointReader:
             if not self.allow_pickle:
                 found = PICKLE_INDEX if (d / PICKLE_INDEX).is_file() else pickles[0]
                 raise CheckpointError(
-                    f"{d / found}: weights are a pickle, which is not loaded by default; pass "
-                    "allow_pickle=True (CLI: --allow-pickle) to load it with torch.load(weights_only=True), "
-                    "or convert the model to safetensors"
+                    f"{d / found}: weights are a pickle, which is not loaded by default; pass --allow-pickle "
+                    "(Python: allow_pickle=True or lmbricks.checkpoint.allow_pickles()) to load it with "
+                    "torch.load(weights_only=True), or convert the model to safetensors"
                 )
             if (d / PICKLE_SINGLE).is_file():
                 self._add_single(_PickleFile(d / PICKLE_SINGLE))

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import typer
 
-from lmbricks.cli.common import console, err_console, print_json, progress_bar, user_errors
+from lmbricks.cli.common import (
+    console,
+    err_console,
+    print_json,
+    print_list,
+    progress_bar,
+    reads_checkpoints,
+    user_errors,
+)
 
 app = typer.Typer(help="LoRA bricks: train, plug/unplug/list, compose, route, update, extract.", no_args_is_help=True)
 
@@ -36,6 +44,7 @@ def _weights(text: str | None, n: int) -> list[float] | None:
 
 @app.command()
 @user_errors
+@reads_checkpoints
 def train(
     model: str = typer.Argument(..., help="base model: registry name, HF directory or .gguf"),
     out: Path = typer.Argument(..., help="output brick directory"),
@@ -101,6 +110,7 @@ def train(
 
 @app.command()
 @user_errors
+@reads_checkpoints
 def plug(
     brick: Path = typer.Argument(..., help="brick directory"),
     model: str = typer.Option(..., "--model", "-m", help="the base model to plug it into"),
@@ -142,17 +152,13 @@ def list_(
 
     Example: lmbricks adapters list --model smollm2-135m-instruct
     """
-    from rich.table import Table
-
     from lmbricks.adapters.catalogue import list_bricks
 
     rows = [e.row() for e in list_bricks(model)]
     if as_json:
         print_json(rows)
         return
-    table = Table(title="bricks")
-    for col in ("name", "source", "domain", "rank", "targets", "ppl before -> after", "base (sha256)"):
-        table.add_column(col)
+    table = []
     for r in rows:
         effect = (
             f"{r['ppl_before']:.3f} -> {r['ppl_after']:.3f} ({100 * r['ppl_change']:+.1f}%)"
@@ -160,20 +166,24 @@ def list_(
             else "-"
         )
         sha = (r["base_sha256"] or "?")[:12]
-        table.add_row(
-            r["name"],
-            r["source"],
-            r["domain"] or "-",
-            str(r["rank"]),
-            ",".join(t.removesuffix("_proj") for t in r["targets"]),
-            effect,
-            f"{r['base_model']} ({sha})",
+        table.append(
+            (
+                r["name"],
+                r["source"],
+                r["domain"] or "-",
+                str(r["rank"]),
+                ",".join(t.removesuffix("_proj") for t in r["targets"]),
+                effect,
+                f"{r['base_model']} ({sha})",
+            )
         )
-    console.print(table)
+    columns = ("name", "source", "domain", "rank", "targets", "ppl before -> after", "base (sha256)")
+    print_list("bricks", columns, table)
 
 
 @app.command()
 @user_errors
+@reads_checkpoints
 def compose(
     bricks: list[str] = typer.Argument(..., help="bricks (directories or catalogue names), then OUT"),
     out: Path = typer.Argument(..., help="output directory"),
@@ -220,6 +230,7 @@ def compose(
 
 @app.command()
 @user_errors
+@reads_checkpoints
 def route(
     prompts: list[str] = typer.Argument(None, help="prompts to route (omit with --eval)"),
     model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help="the base model"),
@@ -282,6 +293,7 @@ def route(
 
 @app.command()
 @user_errors
+@reads_checkpoints
 def update(
     brick: str = typer.Argument(..., help="brick to continue training (directory or catalogue name)"),
     out: Path = typer.Argument(..., help="output brick directory"),
@@ -324,6 +336,7 @@ def update(
 
 @app.command()
 @user_errors
+@reads_checkpoints
 def extract(
     finetuned: str = typer.Argument(..., help="the fully fine-tuned model"),
     out: Path = typer.Argument(..., help="output brick directory"),

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from lmbricks.cli.common import FORCE_HELP, console, err_console, user_errors
+from lmbricks.cli.common import FORCE_HELP, console, err_console, reads_checkpoints, user_errors
 
 app = typer.Typer(
     help="Find emergent bricks in dense models: sparsity, capability neurons.", no_args_is_help=True
@@ -25,6 +25,7 @@ def _budget(quick: bool, chunks: int | None, seq_len: int | None) -> tuple[int, 
 
 @app.command()
 @user_errors
+@reads_checkpoints
 def sparsity(
     model: str = typer.Argument(
         "smollm2-135m-instruct", help="Registry name, model directory or .gguf file."
@@ -83,6 +84,7 @@ def sparsity(
 
 @app.command()
 @user_errors
+@reads_checkpoints
 def neurons(
     model: str = typer.Argument(
         "smollm2-135m-instruct", help="Registry name, model directory or .gguf file."

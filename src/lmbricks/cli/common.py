@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import errno
+import inspect
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import wraps
 from typing import Any, TypeVar
@@ -41,14 +42,23 @@ def print_error(message: str) -> None:
 
 
 def user_errors(fn: F) -> F:
-    """Turn :class:`LmbricksError` (and a full or read-only disk) into one red line and exit code 2."""
+    """Turn :class:`LmbricksError` (and a full or read-only disk) into one red line on stderr and exit
+    code 2 (no traceback).
+
+    The line is never wrapped at the terminal width (paths in it stay copyable); a message with
+    several lines is joined into one.
+    """
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except LmbricksError as exc:
-            print_error(str(exc))
+            text = ""
+            for part in (p.strip() for p in str(exc).splitlines()):
+                if part:
+                    text += (" " if not text or text.endswith(":") else "; ") + part if text else part
+            print_error(text)
             raise typer.Exit(2) from None
         except OSError as exc:
             if exc.errno not in _STORAGE_ERRNOS:
@@ -58,6 +68,74 @@ def user_errors(fn: F) -> F:
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+ALLOW_PICKLE_HELP = (
+    "Also read .bin/.pt pickle checkpoints (torch.load with weights_only=True, which runs no code); "
+    "by default only safetensors are read."
+)
+
+
+def reads_checkpoints(fn: F) -> F:
+    """Give a command ``--allow-pickle``: every checkpoint reader the command opens follows it.
+
+    The option is added to the command's signature (so ``--help`` shows it) and the command runs
+    inside :func:`lmbricks.checkpoint.allow_pickles` with its value.
+    """
+    from lmbricks.checkpoint import allow_pickles
+
+    sig = inspect.signature(fn, eval_str=True)
+    option = inspect.Parameter(
+        "allow_pickle",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=typer.Option(False, "--allow-pickle", help=ALLOW_PICKLE_HELP),
+        annotation=bool,
+    )
+
+    @wraps(fn)
+    def wrapper(*args: Any, allow_pickle: bool = False, **kwargs: Any) -> Any:
+        with allow_pickles(allow_pickle):
+            return fn(*args, **kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), option])  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {**getattr(fn, "__annotations__", {}), "allow_pickle": bool}
+    return wrapper  # type: ignore[return-value]
+
+
+def print_list(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], key: str = "name") -> None:
+    """Print a list as a table whose ``key`` column (the names users type) is never cut or wrapped.
+
+    Piped output gets the table at its natural width. A terminal too narrow for the names plus a
+    few characters per other column gets one block per row instead (``name`` then ``column: value``
+    lines), so no value is cut either.
+    """
+    from rich.measure import Measurement
+    from rich.table import Table
+
+    key_width = max([len(key), *(len(str(r[columns.index(key)])) for r in rows)])
+    table = Table(title=title)
+    for col in columns:
+        if col == key:
+            table.add_column(col, no_wrap=True, min_width=key_width)
+        else:
+            table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(*(escape(str(v)) for v in r))
+    if not console.is_terminal:  # piped: a console as wide as the table (COLUMNS does not apply)
+        natural = Measurement.get(console, console.options.update_width(1 << 16), table).maximum
+        Console(file=console.file, width=max(natural, console.width), color_system=None).print(table)
+        return
+    needed = key_width + 7 + 10 * (len(columns) - 1)  # borders, padding, ~8 characters per column
+    if needed <= console.width:
+        console.print(table)
+        return
+    console.print(title, style="bold", highlight=False)
+    for r in rows:
+        values = dict(zip(columns, (str(v) for v in r), strict=True))
+        console.print(values[key], style="bold", highlight=False, soft_wrap=True, markup=False)
+        for col in columns:
+            if col != key:
+                console.print(f"  {col}: {values[col]}", highlight=False, soft_wrap=True, markup=False)
 
 
 def print_json(obj: Any) -> None:

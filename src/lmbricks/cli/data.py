@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import typer
-from rich.table import Table
 
-from lmbricks.cli.common import console, err_console, print_json, progress_bar, user_errors
+from lmbricks.cli.common import console, err_console, print_json, print_list, progress_bar, user_errors
 
 app = typer.Typer(
     help="Text corpora by domain (English prose, code, maths, Chinese, dialogue, multilingual): "
@@ -26,26 +26,42 @@ def _size(n: int | None, unit: str = "") -> str:
     return f"{n}{unit}"
 
 
+def _note_or(update: Callable[[str], None]) -> Callable[[str], None]:
+    """A progress callback: ``note:`` messages become lines on stderr, the rest go to ``update``."""
+
+    def progress(msg: str) -> None:
+        if msg.startswith("note:"):
+            err_console.print(msg, highlight=False, soft_wrap=True, markup=False)
+        else:
+            update(msg)
+
+    return progress
+
+
 @app.command("list")
 @user_errors
-def list_cmd() -> None:
-    """List the built-in domains and the ones you added, with their cached sizes.
+def list_cmd(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List the built-in domains and the ones you added, with their cached sizes (names never shortened).
 
-    Example: lmbricks data list
+    Example: lmbricks data list --json
     """
     from lmbricks.data import list_domains
     from lmbricks.data.download import have_apt
 
-    table = Table(title="Domains")
-    for col in ("name", "cached", "bytes", "tokens", "source", "description"):
-        table.add_column(col)
+    domains = list_domains()
+    if as_json:
+        print_json(domains)
+        return
     apt = have_apt()
-    for row in list_domains():
+    rows = []
+    for row in domains:
         cached = "yes" if row["cached"] else ("no" if apt or not row["needs_apt"] else "no (needs apt-get)")
         name = row["name"] + (f" ({len(row['subdomains'])} sub-domains)" if row["subdomains"] else "")
         sizes = (_size(row["bytes"], "B"), _size(row["tokens"]))
-        table.add_row(name, cached, *sizes, row["source"], row["description"])
-    console.print(table)
+        rows.append((name, cached, *sizes, row["source"], row["description"]))
+    print_list("Domains", ("name", "cached", "bytes", "tokens", "source", "description"), rows)
 
 
 @app.command()
@@ -109,12 +125,14 @@ def fetch(
     with progress_bar() as bar:
         task = bar.add_task("data", total=len(names))
 
-        def report(msg: str) -> None:
+        def update(msg: str) -> None:
             bar.update(task, description=msg[:60])
             if msg.endswith(" s") and ": done in " in msg:
                 bar.advance(task)
 
-        results = fetch_all(names, force=force, progress=report, note=lambda msg: bar.console.print(msg, markup=False))
+        results = fetch_all(
+            names, force=force, progress=_note_or(update), note=lambda msg: bar.console.print(msg, markup=False)
+        )
     failed = 0
     for name, result in results.items():
         if isinstance(result, Exception):
@@ -141,7 +159,7 @@ def add(
     from lmbricks.data.store import read_manifest
 
     with err_console.status(f"adding {name}") as status:
-        path = add_domain(name, files, force=force, progress=lambda msg: status.update(msg))
+        path = add_domain(name, files, force=force, progress=_note_or(status.update))
     manifest = read_manifest(name) or {}
     splits = manifest.get("splits", {})
     sizes = ", ".join(f"{s} {v['documents']} docs {_size(v['bytes'], 'B')}" for s, v in splits.items())

@@ -5,13 +5,14 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from lmbricks.cli.common import FORCE_HELP, console, print_json, progress_bar, user_errors
+from lmbricks.cli.common import FORCE_HELP, console, print_json, progress_bar, reads_checkpoints, user_errors
 
 app = typer.Typer(help="Evaluate models.", no_args_is_help=True)
 
 
 @app.command()
 @user_errors
+@reads_checkpoints
 def ppl(
     model: str = typer.Argument("smollm2-135m-instruct", help="Registry name, model directory or GGUF."),
     domain: list[str] = typer.Option(
@@ -27,9 +28,10 @@ def ppl(
     Example: lmbricks eval ppl smollm2-135m-instruct --domain code --domain zh --tokens 2000
     """
     from lmbricks import load_model
-    from lmbricks.eval import DEFAULT_DOMAINS, evaluate_domains
+    from lmbricks.eval import DEFAULT_DOMAINS, evaluate_domains, held_out_texts
 
     domains = list(domain) if domain else list(DEFAULT_DOMAINS)
+    texts = held_out_texts(domains, split, n_bytes, tokens)  # before the model: an empty split fails fast
     lm, tokenizer = load_model(model)
     with progress_bar(transient=as_json) as bar:
         task = bar.add_task("scoring", total=None)
@@ -39,7 +41,7 @@ def ppl(
 
         results = evaluate_domains(
             lm, tokenizer, domains, max_bytes=n_bytes, max_tokens=tokens, split=split,
-            on_domain=on_domain, on_batch=lambda n: bar.advance(task, n),
+            on_domain=on_domain, on_batch=lambda n: bar.advance(task, n), texts=texts,
         )  # fmt: skip
     if as_json:
         print_json({"model": model, "split": split, "domains": {d: r.to_dict() for d, r in results.items()}})
@@ -54,6 +56,7 @@ def ppl(
 
 @app.command()
 @user_errors
+@reads_checkpoints
 def fewshot(
     model: str = typer.Argument("smollm2-135m-instruct", help="Registry name, model directory or GGUF."),
     task: str = typer.Option("langid", "--task", "-t", help="Task: champ (maths answers) or langid."),

@@ -5,12 +5,22 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from lmbricks.cli.common import FORCE_HELP, console, print_json, progress_bar, user_errors
+from lmbricks.cli.common import (
+    FORCE_HELP,
+    console,
+    print_json,
+    print_list,
+    progress_bar,
+    reads_checkpoints,
+    user_errors,
+)
 
 
+@reads_checkpoints
 def merge(
     recipe: str = typer.Argument(..., help="mergekit-style YAML recipe, or the word 'methods' to list methods."),
     out: Path | None = typer.Argument(None, help="Output model directory (must not exist)."),
@@ -55,8 +65,6 @@ def _merge(recipe: str, out: Path, force: bool, max_memory: str, max_shard: str,
 
 
 def _methods(as_json: bool) -> None:
-    from rich.table import Table
-
     from lmbricks.merge import all_methods
 
     methods = all_methods()
@@ -70,20 +78,23 @@ def _methods(as_json: bool) -> None:
                     "summary": m.summary,
                     "base": m.base,
                     "parameters": [p.name for p in m.params],
+                    "parameter_bounds": {p.name: p.bounds for p in m.params if p.bounds},
                 }
                 for m in methods
             ]
         )
         return
-    table = Table(title="merge methods")
-    for col in ("method", "base", "parameters", "formula", "reference"):
-        table.add_column(col)
-    for m in methods:
-        table.add_row(m.name, m.base, ", ".join(p.name for p in m.params), m.formula, m.reference)
-    console.print(table)
+    rows = [(m.name, m.base, ", ".join(_param_text(p) for p in m.params), m.formula, m.reference) for m in methods]
+    print_list("merge methods", ("method", "base", "parameters", "formula", "reference"), rows, key="method")
+
+
+def _param_text(p: Any) -> str:
+    """``density in [0, 1]`` for the table."""
+    return f"{p.name} in {p.bounds}" if p.bounds else p.name
 
 
 @user_errors
+@reads_checkpoints
 def average(
     inputs: list[Path] = typer.Argument(..., help="Checkpoints to average, then the output directory last."),
     weights: list[float] | None = typer.Option(None, "--weights", help="One weight per checkpoint."),
@@ -120,6 +131,7 @@ def average(
 
 
 @user_errors
+@reads_checkpoints
 def soup(
     inputs: list[Path] = typer.Argument(..., help="Candidate models, then the output directory last."),
     domain: str = typer.Option(..., "--eval", help="Held-out domain for perplexity (lmbricks data)."),

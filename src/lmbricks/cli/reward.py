@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from lmbricks.cli.common import FORCE_HELP, console, print_json, progress_bar, user_errors
+from lmbricks.cli.common import FORCE_HELP, console, print_json, progress_bar, reads_checkpoints, user_errors
 
 app = typer.Typer(help="Reward models: Bradley-Terry training on preference pairs, WARM.", no_args_is_help=True)
 
@@ -37,6 +37,7 @@ def _pairs(spec: str, split: str, limit: int | None, seed: int = 0) -> list:
 
 @app.command()
 @user_errors
+@reads_checkpoints
 def train(
     model: str = typer.Argument(..., help="Backbone: registry name or model directory."),
     data: str = typer.Argument(..., help=_DATA_HELP),
@@ -55,14 +56,18 @@ def train(
     Example: lmbricks reward train smollm2-135m-instruct builtin:dialogue runs/rm --limit 200
     """
     from lmbricks.checkpoint import check_output
+    from lmbricks.config import validate
     from lmbricks.hub import reference_paths
     from lmbricks.reward import RewardTrainConfig, save_reward_model, train_reward_model
 
     inputs = [*reference_paths(model), *_data_files(data)]
     check_output(out, inputs, force)  # before any work
-    cfg = RewardTrainConfig.model_validate(
-        dict(lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, trainable_layers=trainable_layers, max_len=max_len)
-    )
+    cfg = validate(
+        RewardTrainConfig,
+        {"lr": lr, "epochs": epochs, "batch_size": batch_size, "seed": seed,
+         "trainable_layers": trainable_layers, "max_len": max_len},
+        "reward train options",
+    )  # fmt: skip
     pairs = _pairs(data, "train", limit, seed)
     with progress_bar() as bar:
         task = bar.add_task("features", total=None)
@@ -85,6 +90,7 @@ def train(
 
 @app.command(name="eval")
 @user_errors
+@reads_checkpoints
 def evaluate(
     reward_model: Path = typer.Argument(..., help="A directory written by `lmbricks reward train`."),
     data: str = typer.Argument(..., help=_DATA_HELP),
@@ -117,6 +123,7 @@ def evaluate(
 
 @app.command()
 @user_errors
+@reads_checkpoints
 def warm(
     model: str = typer.Argument(..., help="Backbone: registry name or model directory."),
     data: str = typer.Argument(..., help=_DATA_HELP + " (training pairs)"),
@@ -142,13 +149,16 @@ def warm(
 
     Example: lmbricks reward warm smollm2-135m-instruct builtin:dialogue runs/warm --shift builtin:chitchat@test
     """
+    from lmbricks.config import validate
     from lmbricks.reward import RewardTrainConfig, run_warm
     from lmbricks.reward.report import write_warm_report
 
     lrs = list(lr) if lr else [1e-4, 2e-4]
     cfgs = [
-        RewardTrainConfig.model_validate(
-            dict(lr=lrs[i % len(lrs)], seed=i, head_seed=0, epochs=epochs, trainable_layers=trainable_layers)
+        validate(
+            RewardTrainConfig,
+            dict(lr=lrs[i % len(lrs)], seed=i, head_seed=0, epochs=epochs, trainable_layers=trainable_layers),
+            f"reward warm options (member {i})",
         )
         for i in range(members)
     ]

@@ -7,11 +7,20 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from lmbricks.cli.common import FORCE_HELP, console, err_console, print_json, progress_bar, user_errors
+from lmbricks.cli.common import (
+    FORCE_HELP,
+    console,
+    err_console,
+    print_json,
+    progress_bar,
+    reads_checkpoints,
+    user_errors,
+)
 from lmbricks.errors import ConfigError
 
 
 @user_errors
+@reads_checkpoints
 def trace(
     model: str = typer.Argument(..., help="Routed model: registry name, model directory or .gguf file."),
     domain: list[str] = typer.Option(None, "--domain", "-d", help="Stored domain to trace (repeatable)."),

@@ -7,10 +7,11 @@ from typing import Any
 
 import typer
 
-from lmbricks.cli.common import console, err_console, print_json, progress_bar, user_errors
+from lmbricks.cli.common import console, err_console, print_json, progress_bar, reads_checkpoints, user_errors
 
 
 @user_errors
+@reads_checkpoints
 def train(
     config: Path = typer.Argument(..., help="training YAML (see lmbricks.train.config)"),
     run_dir: Path | None = typer.Option(
@@ -60,6 +61,7 @@ def train(
 
 
 @user_errors
+@reads_checkpoints
 def plan(
     flops: float | None = typer.Option(None, "--flops", help="training FLOP budget, e.g. 1e18"),
     params: str | None = typer.Option(None, "--params", help="parameter count, e.g. 125M or 1.3e9"),
@@ -107,17 +109,13 @@ def _parse_count(text: str) -> float:
 
 
 def _model_config(ref: str) -> Any:
-    import yaml
-
+    from lmbricks.config import load_yaml
     from lmbricks.errors import ConfigError
     from lmbricks.nn.config import LMConfig
 
     path = Path(ref)
     if path.suffix in (".yaml", ".yml"):
-        try:
-            data = yaml.safe_load(path.read_text())
-        except OSError as exc:
-            raise ConfigError(f"{path}: {exc.strerror}") from None
+        data = load_yaml(path)
         if isinstance(data, dict) and isinstance(data.get("model"), dict):
             data = data["model"]
         if isinstance(data, dict) and "vocab_size" not in data:

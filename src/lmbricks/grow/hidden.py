@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lmbricks.errors import ConfigError
 from lmbricks.nn.model import LM, Block
 
 
@@ -77,7 +78,7 @@ def prompt_ids(tokenizer: Any, prompt: str) -> Tensor:
     if bos is not None:
         ids = [int(bos)] + list(ids)
     if not ids:
-        raise ValueError(f"prompt {prompt!r} has no tokens")
+        raise ConfigError(f"prompt {prompt!r} has no tokens (and the tokenizer has no BOS token)")
     return torch.tensor([ids], dtype=torch.long)
 
 

@@ -35,9 +35,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from lmbricks.config import load_yaml, validate
 from lmbricks.errors import ConfigError
 
 #: Router initialisations. mergekit-moe's ``hidden`` is the last prompt token (``hidden_last`` alias).
@@ -110,16 +110,6 @@ class MoERecipe(_Strict):
         return "qwen2_moe" if self.shared_experts else "mixtral"
 
 
-def _where(loc: tuple[Any, ...]) -> str:
-    parts: list[str] = []
-    for p in loc:
-        if isinstance(p, int):
-            parts.append(f"[{p}]")
-        else:
-            parts.append(("." if parts else "") + str(p))
-    return "".join(parts) or "(top level)"
-
-
 def check_recipe(r: MoERecipe) -> None:
     """The rules a schema cannot express; each error names the field.
 
@@ -159,6 +149,12 @@ def check_recipe(r: MoERecipe) -> None:
                 raise ConfigError(f"{where}: give exactly one of source_model or brick")
             if e.brick is not None and "+" in e.brick:
                 raise ConfigError(f"{where}.brick: a brick is a directory or catalogue name, not path+adapter")
+    for group, specs in groups:
+        for i, e in enumerate(specs):
+            for key in ("positive_prompts", "negative_prompts"):
+                for j, prompt in enumerate(getattr(e, key) or []):
+                    if not prompt.strip():
+                        raise ConfigError(f"{group}[{i}].{key}[{j}]: an empty prompt has nothing to route on")
     for i, e in enumerate(r.experts):
         where = f"experts[{i}]"
         if r.gate_mode in PROMPT_MODES and not e.positive_prompts:
@@ -175,18 +171,10 @@ def parse_moe_recipe(data: Any, source: str = "recipe") -> MoERecipe:
     """Validate an assembly recipe given as a mapping (parsed YAML).
 
     Raises:
-        ConfigError: naming the field, e.g. ``recipe.yaml: experts[0].source_modle: unknown key``.
+        ConfigError: naming the field, e.g. ``recipe.yaml: unknown key 'experts[0].source_modle' (did you
+            mean 'experts[0].source_model'?)``.
     """
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: a recipe must be a YAML mapping, got {type(data).__name__}")
-    try:
-        recipe = MoERecipe.model_validate(data)
-    except ValidationError as exc:
-        lines = []
-        for err in exc.errors()[:5]:
-            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-            lines.append(f"{_where(tuple(err['loc']))}: {msg}")
-        raise ConfigError(f"{source}: invalid recipe: " + "; ".join(lines)) from None
+    recipe = validate(MoERecipe, data, source, what="recipe")
     try:
         check_recipe(recipe)
     except ConfigError as exc:
@@ -200,13 +188,4 @@ def load_moe_recipe(path: str | Path) -> MoERecipe:
     Raises:
         ConfigError: unreadable file, bad YAML, or a rule broken (naming the field).
     """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read recipe ({exc.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
-    return parse_moe_recipe(data, str(path))
+    return parse_moe_recipe(load_yaml(path), str(path))

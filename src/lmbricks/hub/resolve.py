@@ -90,12 +90,22 @@ def load_tokenizer(ref: str | Path = DEFAULT_MODEL) -> Any:
     return AutoTokenizer.from_pretrained(resolve_model(ref))
 
 
-def load_hf_model(ref: str | Path = DEFAULT_MODEL, dtype: Any = None) -> tuple[Any, Any]:
-    """Load ``(model, tokenizer)`` with transformers from any model reference (eval mode, fp32 default)."""
+def load_hf_model(
+    ref: str | Path = DEFAULT_MODEL, dtype: Any = None, allow_pickle: bool | None = None
+) -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)`` with transformers from any model reference (eval mode, fp32 default).
+
+    The weights are checked by lmbricks' reader first (:func:`lmbricks.checkpoint.verify_checkpoint`):
+    a truncated file or a pickle without ``allow_pickle`` (None: :func:`~lmbricks.checkpoint.allow_pickles`)
+    is a :class:`~lmbricks.errors.CheckpointError` naming the file, not a traceback from transformers.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from lmbricks.checkpoint import verify_checkpoint
+
     path = resolve_model(ref)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+    verify_checkpoint(path, allow_pickle)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, weights_only=True)
     model.eval()
     return model, AutoTokenizer.from_pretrained(path)

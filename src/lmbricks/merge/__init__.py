@@ -41,6 +41,7 @@ def merge(
     max_shard: str | int = DEFAULT_SHARD,
     on_tensor: ProgressFn | None = None,
     command: str = "lmbricks.merge.merge",
+    allow_pickle: bool | None = None,
 ) -> Path:
     """Validate a recipe against its inputs, then stream the merge into ``out``.
 
@@ -53,6 +54,8 @@ def merge(
         max_shard: largest output shard.
         on_tensor: progress callback ``(tensor name, bytes)``.
         command: recorded in ``lmbricks.json``.
+        allow_pickle: read ``.bin`` pickle inputs (weights only); None follows
+            :func:`lmbricks.checkpoint.allow_pickles` (default: refuse).
 
     Returns:
         The output directory.
@@ -65,7 +68,7 @@ def merge(
     else:
         parsed = load_recipe(recipe)
         files.append(recipe)
-    plan = plan_merge(parsed, out, force=force, inputs=files)
+    plan = plan_merge(parsed, out, force=force, inputs=files, allow_pickle=allow_pickle)
     return execute(
         plan,
         out,

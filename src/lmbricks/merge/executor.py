@@ -19,6 +19,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import math
 import os
 import queue
 import threading
@@ -30,7 +31,7 @@ from typing import Any
 import torch
 
 from lmbricks.checkpoint import ShardedWriter, atomic_directory, copy_tokenizer, parse_size, write_provenance
-from lmbricks.errors import CheckpointError, LmbricksError
+from lmbricks.errors import CheckpointError, LmbricksError, MergeError
 from lmbricks.merge.plan import MergePlan, TensorPlan
 from lmbricks.merge.task_vectors import row_blocks
 from lmbricks.merge.vocab import align_rows
@@ -184,8 +185,46 @@ def _input_ranges(plan: MergePlan, tp: TensorPlan) -> list[tuple[Path, int, int]
     return [plan.inputs[key].byte_range(name) for key, name in dict.fromkeys(refs)]
 
 
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether every entry of ``t`` is finite, in one pass and without a temporary.
+
+    ``aminmax`` propagates NaN and returns the infinities themselves, so both ends are finite
+    exactly when every entry is; single-threaded it runs at about memory bandwidth, where
+    ``isfinite(t).all()`` first writes a bool per entry. Call it under :func:`_one_thread`: a
+    reduction split over torch's threads pays a barrier that costs more than the pass itself on a
+    busy machine (measured: 4.6 ms instead of 0.09 ms for a 512 x 512 bf16 tensor).
+    """
+    if not t.is_floating_point() or t.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(t)
+    return math.isfinite(float(lo)) and math.isfinite(float(hi))
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    prev = torch.get_num_threads()
+    if prev != 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if prev != 1:
+            torch.set_num_threads(prev)
+
+
+def _non_finite(t: torch.Tensor) -> str:
+    """``3 of 512 entries are not finite (nan, inf)`` for a tensor that failed :func:`all_finite`."""
+    bad = ~torch.isfinite(t)
+    kinds = [k for k, present in (("nan", t.isnan().any()), ("inf", t.isposinf().any()),
+                                  ("-inf", t.isneginf().any())) if present]  # fmt: skip
+    return f"{int(bad.sum())} of {t.numel()} entries are not finite ({', '.join(kinds)})"
+
+
 def compute_tensor(plan: MergePlan, tp: TensorPlan, block: int = BLOCK_ELEMENTS) -> torch.Tensor:
     """Compute one output tensor (in fp32, cast to the plan's output dtype).
+
+    Every input tensor read and the result are checked to be finite (one reduction each; see
+    :func:`all_finite`): a NaN or infinity in an input never reaches the output.
 
     Args:
         plan: the merge plan.
@@ -194,10 +233,40 @@ def compute_tensor(plan: MergePlan, tp: TensorPlan, block: int = BLOCK_ELEMENTS)
 
     Returns:
         The output tensor, shape ``tp.shape``, dtype ``plan.out_dtype``.
+
+    Raises:
+        CheckpointError: an input tensor holds NaN or infinite values (naming the model and tensor).
+        MergeError: the method cannot merge these inputs, or its result is not finite (overflow).
     """
     method = plan.method
     refs = ([tp.base] if tp.base else []) + list(tp.terms)
     loaded = [plan.inputs[key].read(name) for key, name in refs]
+    with _one_thread():
+        bad = [(ref, t) for ref, t in dict(zip(refs, loaded, strict=True)).items() if not all_finite(t)]
+    if bad:
+        (key, name), t = bad[0]
+        raise CheckpointError(f"model {key}: tensor {name!r}: {_non_finite(t)}; a merge would spread them")
+    try:
+        res = _compute(plan, tp, refs, loaded, block)
+    except MergeError as exc:
+        raise MergeError(f"tensor {tp.name!r}: {exc}") from None
+    with _one_thread():
+        finite = all_finite(res)
+    if not finite:
+        dtype = str(plan.out_dtype).removeprefix("torch.")
+        limit = f" (float16 holds at most {torch.finfo(torch.float16).max:g})" if dtype == "float16" else ""
+        raise MergeError(
+            f"merge_method {method.name!r} gives non-finite values for tensor {tp.name!r}: {_non_finite(res)} "
+            f"in {dtype}{limit}; the inputs are finite, so the parameters (weights, lambda, scale, t) or dtype "
+            "push the result out of range"
+        )
+    return res
+
+
+def _compute(
+    plan: MergePlan, tp: TensorPlan, refs: list[tuple[str, str]], loaded: list[torch.Tensor], block: int
+) -> torch.Tensor:
+    method = plan.method
     if plan.in_dtype is not None:
         loaded = [t.to(plan.in_dtype) if t.dtype != plan.in_dtype else t for t in loaded]
     if tp.vocab and plan.vocab is not None:

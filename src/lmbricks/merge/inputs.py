@@ -82,8 +82,11 @@ def _resolve_dir(ref: str) -> Path:
     raise ConfigError(f"model {ref!r}: is a file, expected a Hugging Face model directory")
 
 
-def open_input(ref: str) -> ModelInput:
+def open_input(ref: str, allow_pickle: bool | None = None) -> ModelInput:
     """Open and validate one input: config, shard index, headers, names and shapes per the architecture.
+
+    ``allow_pickle``: read ``.bin`` pickles (weights only); None follows
+    :func:`lmbricks.checkpoint.allow_pickles` (default: refuse).
 
     Raises:
         ConfigError / CheckpointError: naming the model (and the tensor or file at fault).
@@ -91,7 +94,7 @@ def open_input(ref: str) -> ModelInput:
     model_ref, adapter_ref = split_reference(ref)
     path = _resolve_dir(model_ref)
     try:
-        reader = CheckpointReader(path)
+        reader = CheckpointReader(path, allow_pickle=allow_pickle)
         arch = architecture_of(reader.config)
         validate_checkpoint(reader)
     except LmbricksError as exc:

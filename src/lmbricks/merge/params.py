@@ -9,22 +9,33 @@ name (no filter, or ``*``, matches all); a list of numbers is a gradient, interp
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from lmbricks.config import show_value
 from lmbricks.errors import ConfigError
 from lmbricks.merge.recipe import Conditional, Setting
-from lmbricks.merge.registry import Param
+from lmbricks.merge.registry import Param, within
 
 _MISSING = object()
+_FP32_MAX = 3.4028234663852886e38
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
 def convert(param: Param, value: Any, where: str) -> Any:
     """Check and convert one recipe value to the parameter's kind.
 
+    Args:
+        param: the parameter.
+        value: the recipe's value.
+        where: the key path of the ``parameters`` mapping it came from (``models[0].parameters``).
+
     Raises:
-        ConfigError: wrong type or a value outside ``choices``, naming ``where``.
+        ConfigError: wrong type, a value outside ``choices`` or ``bounds``, or a non-finite number,
+            naming ``where.name``.
     """
+    at = f"{where}.{param.name}"
     if value is None and param.default is None:
         return None
     kind = param.kind
@@ -43,10 +54,17 @@ def convert(param: Param, value: Any, where: str) -> Any:
     else:
         ok = isinstance(value, str)
     if not ok:
-        raise ConfigError(f"{where}: parameter {param.name!r} must be {kind.__name__}, got {value!r}")
+        raise ConfigError(f"{at}: must be {_KINDS[kind]}, got {show_value(value)}")
     if param.choices and value not in param.choices:
-        raise ConfigError(f"{where}: parameter {param.name!r} must be one of {list(param.choices)}, got {value!r}")
-    return float(value) if kind is float else value
+        raise ConfigError(f"{at}: must be one of {list(param.choices)}, got {show_value(value)}")
+    if kind is float:
+        value = float(value)
+        if not math.isfinite(value) or abs(value) > _FP32_MAX:
+            what = "a finite number" if not math.isfinite(value) else "a number within float32 range (|x| < 3.4e38)"
+            raise ConfigError(f"{at}: must be {what}, got {show_value(value)}")
+    if param.bounds and not within(value, param.bounds):
+        raise ConfigError(f"{at}: must lie in {param.bounds}, got {show_value(value)}")
+    return value
 
 
 def evaluate(setting: Setting, tensor_name: str, t: float, param: Param, where: str) -> Any:
@@ -65,7 +83,7 @@ def evaluate(setting: Setting, tensor_name: str, t: float, param: Param, where: 
                     return evaluate(cond.value, tensor_name, t, param, where)
             return _MISSING
         if any(isinstance(e, Conditional) for e in setting):
-            raise ConfigError(f"{where}: parameter {param.name!r} mixes filter entries and plain values")
+            raise ConfigError(f"{where}.{param.name}: mixes {{filter, value}} entries and plain values")
         values = [convert(param, e, where) for e in setting]
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
         if not numeric:
@@ -95,13 +113,16 @@ def resolve(
     Raises:
         ConfigError: a required parameter is set nowhere (naming the tensor), or a bad value.
     """
-    last_where = "recipe"
+    looked = []
     for scope, where in scopes:
-        last_where = where
+        looked.append(where)
         if scope is not None and param.name in scope:
             value = evaluate(scope[param.name], tensor_name, t, param, where)
             if value is not _MISSING:
                 return value
     if param.required:
-        raise ConfigError(f"{last_where}: required parameter {param.name!r} not set for tensor {tensor_name!r}")
+        raise ConfigError(
+            f"required parameter {param.name!r} is not set for tensor {tensor_name!r}; set it in "
+            + " or ".join(dict.fromkeys(looked))
+        )
     return param.default

@@ -111,8 +111,8 @@ def _check_param_names(recipe: Recipe, method: MethodInfo) -> None:
                 )
 
 
-def _open_all(recipe: Recipe) -> dict[str, ModelInput]:
-    inputs = {ref: open_input(ref) for ref in recipe.referenced_models()}
+def _open_all(recipe: Recipe, allow_pickle: bool | None) -> dict[str, ModelInput]:
+    inputs = {ref: open_input(ref, allow_pickle) for ref in recipe.referenced_models()}
     first = next(iter(inputs.values()))
     for m in inputs.values():
         if m.arch != first.arch:
@@ -144,8 +144,8 @@ def _normalised_slices(recipe: Recipe, method: MethodInfo, inputs: dict[str, Mod
 
 def _where_source(recipe: Recipe, si: int, j: int, key: str) -> str:
     if recipe.models is not None:
-        return f"models ({key})"
-    return f"slices[{si}].sources[{j}] ({key})"
+        return f"models[{j}].parameters" if j < len(recipe.models) else "base_model"
+    return f"slices[{si}].sources[{j}].parameters"
 
 
 def _resolve_kwargs(
@@ -159,10 +159,9 @@ def _resolve_kwargs(
     out_name: str,
     t: float,
 ) -> tuple[dict[str, Any], int | None]:
-    shared_scopes: list[Scope] = [
-        (out_slice.parameters, f"slices[{si}].parameters"),
-        (recipe.parameters, "parameters"),
-    ]
+    shared_scopes: list[Scope] = [(recipe.parameters, "parameters")]
+    if recipe.slices is not None:
+        shared_scopes.insert(0, (out_slice.parameters, f"slices[{si}].parameters"))
     kwargs: dict[str, Any] = {}
     seed = None
     for p in method.params:
@@ -182,17 +181,17 @@ def _resolve_kwargs(
                 seed = int(value)
                 continue
             kwargs[p.kwarg] = value
-    for d in kwargs.get("density", []):
-        if not 0 <= d <= 1:
-            raise ConfigError(f"parameter 'density' must lie in [0, 1], got {d} for tensor {out_name!r}")
-    for d, e in zip(kwargs.get("density", []), kwargs.get("epsilon", []), strict=False):
-        if d < 1 and not (d - e > 0 and d + e < 1):
-            raise ConfigError(f"parameter 'epsilon' {e}: density ± epsilon must lie in (0, 1) (density {d})")
+    if method.check is not None and (problem := method.check(kwargs)) is not None:
+        raise ConfigError(f"merge_method {method.name!r}, tensor {out_name!r}: {problem}")
     return kwargs, seed
 
 
 def plan_merge(
-    recipe: Recipe, out: str | Path | None = None, force: bool = False, inputs: Sequence[str | Path] = ()
+    recipe: Recipe,
+    out: str | Path | None = None,
+    force: bool = False,
+    inputs: Sequence[str | Path] = (),
+    allow_pickle: bool | None = None,
 ) -> MergePlan:
     """Validate ``recipe`` against its inputs (configs and headers only) and plan every output tensor.
 
@@ -202,6 +201,8 @@ def plan_merge(
             lies inside an input, or exists (unless ``force`` and lmbricks wrote it).
         force: allow replacing an existing output.
         inputs: more paths the output must keep apart from (the recipe file).
+        allow_pickle: read ``.bin`` pickle inputs (weights only); None follows
+            :func:`lmbricks.checkpoint.allow_pickles` (default: refuse).
 
     Returns:
         The :class:`MergePlan`.
@@ -218,7 +219,7 @@ def plan_merge(
         check_output(out, [*extra, *refs], force)
     method = get_method(recipe.merge_method)
     _check_param_names(recipe, method)
-    opened = _open_all(recipe)
+    opened = _open_all(recipe, allow_pickle)
     slices = _normalised_slices(recipe, method, opened)
 
     ref_key = recipe.base_model or slices[0].sources[0].model
@@ -248,9 +249,17 @@ def plan_merge(
             term_idx = [j for j in range(len(keys)) if j != base_idx]
         n = len(term_idx)
         if n < method.min_models or (method.max_models is not None and n > method.max_models):
-            bound = f"{method.min_models}..{method.max_models or 'any'}"
+            if method.max_models is None:
+                bound = f"at least {method.min_models}"
+            elif method.max_models == method.min_models:
+                bound = f"exactly {method.min_models}"
+            else:
+                bound = f"{method.min_models} to {method.max_models}"
+            where = f" in slices[{si}]" if recipe.slices else ""
+            besides = " besides the base model" if method.base != "none" else ""
+            note = f" (an entry that is the base model {base_key} counts as the base)" if base_idx is not None else ""
             raise ConfigError(
-                f"merge_method {method.name!r} takes {bound} models besides the base, got {n} in slices[{si}]"
+                f"merge_method {method.name!r} takes {bound} model(s){besides}, got {n}{where}{note}"
             )
         is_vocab = out_name in VOCAB_TENSORS
         shapes = []

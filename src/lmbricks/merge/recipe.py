@@ -26,9 +26,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
+from lmbricks.config import load_yaml, show_value, suggest, validate
 from lmbricks.errors import ConfigError
 
 Scalar = bool | int | float | str
@@ -152,41 +152,74 @@ class Recipe(_Strict):
         return self.model_dump(mode="json", exclude_none=True)
 
 
-def _where(loc: tuple[Any, ...]) -> str:
-    parts = []
-    for p in loc:
-        if isinstance(p, int):
-            parts.append(f"[{p}]")
-        elif p in ("Conditional", "list[Conditional]") or str(p).startswith(
-            ("union[", "list[", "bool", "int", "float", "str")
-        ):
-            continue  # pydantic's union-branch labels
-        else:
-            parts.append(("." if parts else "") + str(p))
-    return "".join(parts) or "(top level)"
+#: mergekit keys lmbricks knows but does not implement (refused with this reason, not as typos).
+UNSUPPORTED = {
+    "tokenizer": "mergekit's tokenizer section is not supported by lmbricks; use tokenizer_source (base, union "
+    "or a model)",
+    "modules": "mergekit's per-module recipes are not supported by lmbricks; use slices",
+}
+
+
+def _check_settings(params: Any, where: str) -> None:
+    """Shape of a ``parameters`` mapping, checked before pydantic so the message says what is allowed."""
+    if params is None:
+        return
+    if not isinstance(params, dict):
+        raise ConfigError(f"{where}: must be a mapping of parameter names to values, got {show_value(params)}")
+    allowed = "a number, boolean or string, a list of numbers (a gradient) or a list of {filter, value} entries"
+    for name, setting in params.items():
+        entries = setting if isinstance(setting, list) else [setting]
+        for i, entry in enumerate(entries):
+            at = f"{where}.{name}" + (f"[{i}]" if isinstance(setting, list) else "")
+            if isinstance(entry, dict):
+                for key in entry:
+                    if key not in ("filter", "value"):
+                        raise ConfigError(
+                            f"{at}: unknown key {key!r} in a filter entry{suggest(str(key), ['filter', 'value'])}; "
+                            "an entry is {filter: substring, value: ...}"
+                        )
+                if "value" not in entry:
+                    raise ConfigError(f"{at}: a filter entry needs a value ({{filter: substring, value: ...}})")
+            value = entry.get("value") if isinstance(entry, dict) else entry
+            if value is None or isinstance(value, dict):
+                raise ConfigError(f"{at}: must be {allowed}, got {show_value(entry)}")
+
+
+def _scopes(data: dict[str, Any]) -> list[tuple[Any, str]]:
+    """Every ``parameters`` mapping of a raw recipe with its key path."""
+    scopes: list[tuple[Any, str]] = [(data.get("parameters"), "parameters")]
+    for i, m in enumerate(data.get("models") or []) if isinstance(data.get("models"), list) else []:
+        if isinstance(m, dict):
+            scopes.append((m.get("parameters"), f"models[{i}].parameters"))
+    for i, sl in enumerate(data.get("slices") or []) if isinstance(data.get("slices"), list) else []:
+        if isinstance(sl, dict):
+            scopes.append((sl.get("parameters"), f"slices[{i}].parameters"))
+            for j, src in enumerate(sl.get("sources") or []) if isinstance(sl.get("sources"), list) else []:
+                if isinstance(src, dict):
+                    scopes.append((src.get("parameters"), f"slices[{i}].sources[{j}].parameters"))
+    return scopes
 
 
 def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
     """Validate a recipe given as a dict (already parsed YAML).
 
+    Every number in it must be finite (``weight: .inf`` and ``.nan`` are refused here, naming the key);
+    unknown keys are refused with the nearest valid one (:func:`lmbricks.config.validate`).
+
     Raises:
-        ConfigError: naming the field at fault, e.g. ``recipe.yaml: models[0].paramters: unknown key``.
+        ConfigError: naming the field at fault, e.g. ``recipe.yaml: unknown key 'models[0].paramters'
+            (did you mean 'models[0].parameters'?)``.
     """
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: a recipe must be a YAML mapping, got {type(data).__name__}")
-    try:
-        return Recipe.model_validate(data)
-    except ValidationError as exc:
-        lines = []
-        seen = set()
-        for err in exc.errors():
-            where = _where(tuple(err["loc"]))
-            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-            if (where, msg) in seen:
-                continue
-            seen.add((where, msg))
-            lines.append(f"{where}: {msg}")
-        raise ConfigError(f"{source}: invalid recipe: " + "; ".join(lines[:5])) from None
+    if isinstance(data, dict):
+        try:
+            for key, reason in UNSUPPORTED.items():
+                if key in data:
+                    raise ConfigError(f"{key}: {reason}")
+            for params, where in _scopes(data):
+                _check_settings(params, where)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+    return validate(Recipe, data, source, what="recipe")
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -195,13 +228,4 @@ def load_recipe(path: str | Path) -> Recipe:
     Raises:
         ConfigError: unreadable file, bad YAML, or a schema error naming the field.
     """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read recipe ({exc.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
-    return parse_recipe(data, str(path))
+    return parse_recipe(load_yaml(path), str(path))

@@ -40,6 +40,8 @@ class Param:
         default: value when the recipe omits it, or :data:`REQUIRED`.
         help: one line for ``lmbricks merge methods`` and the docs.
         choices: allowed values for ``str`` parameters.
+        bounds: allowed interval of a number in interval notation, ``"[0, 1]"``, ``"(0, 0.01)"``,
+            ``"[0, inf)"`` (checked for every value a recipe gives, gradients and filters included).
     """
 
     name: str
@@ -49,6 +51,11 @@ class Param:
     help: str = ""
     choices: tuple[str, ...] = ()
     arg: str = ""  # keyword name in the Python call when it differs (``lambda`` -> ``lam``)
+    bounds: str = ""
+
+    def __post_init__(self) -> None:
+        if self.bounds:
+            parse_bounds(self.bounds)  # a malformed interval fails at registration, not in a recipe
 
     @property
     def kwarg(self) -> str:
@@ -57,6 +64,21 @@ class Param:
     @property
     def required(self) -> bool:
         return self.default is REQUIRED
+
+
+def parse_bounds(text: str) -> tuple[float, float, bool, bool]:
+    """``"(0, 1]"`` -> ``(0.0, 1.0, lower included, upper included)``."""
+    text = text.strip()
+    lo, hi = (float(x) for x in text[1:-1].split(","))
+    if text[0] not in "[(" or text[-1] not in ")]" or lo > hi:
+        raise ValueError(f"bad interval {text!r}")
+    return lo, hi, text[0] == "[", text[-1] == "]"
+
+
+def within(value: float, bounds: str) -> bool:
+    """Whether ``value`` lies in the interval ``bounds`` (see :class:`Param`)."""
+    lo, hi, lo_in, hi_in = parse_bounds(bounds)
+    return (value > lo or (lo_in and value == lo)) and (value < hi or (hi_in and value == hi))
 
 
 @dataclass(frozen=True)
@@ -84,6 +106,8 @@ class MethodInfo:
     max_models: int | None = None
     stochastic: bool = False
     chunked: ChunkedForm | None = None
+    #: checks that span parameters (``kwargs`` of one tensor -> error message or None)
+    check: Callable[[dict[str, Any]], str | None] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def param(self, name: str) -> Param | None:
@@ -107,6 +131,7 @@ def register_method(
     max_models: int | None = None,
     stochastic: bool = False,
     chunked: ChunkedForm | None = None,
+    check: Callable[[dict[str, Any]], str | None] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: register ``fn`` as merge method ``name``.
 
@@ -120,6 +145,8 @@ def register_method(
             when ``base == "none"``).
         stochastic: the method draws random numbers (it takes a ``seed`` parameter).
         chunked: optional prepare/apply form used for large tensors.
+        check: validates the keyword arguments of one tensor together (``weights sum to zero``);
+            returns the problem in words, or None. Runs at planning time, before anything is read.
 
     Returns:
         The decorator (it returns ``fn`` unchanged).
@@ -144,6 +171,7 @@ def register_method(
             max_models=max_models,
             stochastic=stochastic,
             chunked=chunked,
+            check=check,
         )
         return fn
 

@@ -165,6 +165,8 @@ def window_of_ranks(
         tie: ``(value, j) -> flat index`` of the ``j``-th element equal to ``value``.
         zero_is_free: see :func:`rank_window`.
     """
+    if lo >= hi:  # an empty window (density 0): keep nothing, select nothing
+        return RankWindow(float("inf"), 0, float("inf"), 0)
     lo_value, lo_index = float("-inf"), 0
     hi_value, hi_index = float("inf"), n
     if lo > 0:
@@ -251,7 +253,7 @@ def della_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> 
     Returns:
         fp32 probabilities shaped ``(rows, cols)`` (1-D input: ``(1, n)``).
     """
-    if not density - epsilon > 0 and density + epsilon < 1:
+    if not (density - epsilon > 0 and density + epsilon < 1):
         raise ValueError(f"della: density ± epsilon must lie in (0, 1), got {density} ± {epsilon}")
     mags = delta.float().abs()
     if mags.dim() < 2:

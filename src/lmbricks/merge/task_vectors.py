@@ -37,7 +37,7 @@ from lmbricks.merge.sparsify import (
 def common_params(normalize: bool, rescale: bool) -> tuple[Param, ...]:
     return (
         Param("weight", float, per_input=True, help="weight of the input's task vector"),
-        Param("density", float, per_input=True, default=1.0, help="fraction of the task vector kept"),
+        Param("density", float, per_input=True, default=1.0, help="fraction of the task vector kept", bounds="[0, 1]"),
         Param("lambda", float, default=1.0, help="scale of the merged task vector", arg="lam"),
         Param("normalize", bool, default=normalize, help="divide by the sum of (agreeing) weights"),
         Param("rescale", bool, default=rescale, help="rescale kept entries (see rescale_mode)"),
@@ -301,7 +301,8 @@ def random_drop(
     if not rescale:
         return kept
     if rescale_mode == "inverse":
-        return kept.div_(probs)
+        # an entry with keep probability 0 is never kept: 0 / 0 would make it NaN (density 0)
+        return kept.div_(probs.clamp_(min=torch.finfo(torch.float32).tiny))
     before = float(delta.abs().sum(dtype=torch.float64))
     after = float(kept.abs().sum(dtype=torch.float64))
     if before < 1e-7 or after < 1e-7:

@@ -80,14 +80,7 @@ class MoefyConfig(BaseModel):
 
 
 def make_config(**fields: object) -> MoefyConfig:
-    """Build a :class:`MoefyConfig`, turning pydantic's errors into one ConfigError naming the field."""
-    from pydantic import ValidationError
+    """Build a :class:`MoefyConfig`; errors become one ConfigError naming the field and value."""
+    from lmbricks.config import validate
 
-    try:
-        return MoefyConfig(**fields)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        parts = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "config"
-            parts.append(f"{loc}: {err['msg']}")
-        raise ConfigError("invalid moefy config: " + "; ".join(parts)) from None
+    return validate(MoefyConfig, fields, "moefy settings", what="moefy config")

@@ -112,9 +112,12 @@ class LMConfig:
             {f.name for f in dataclasses.fields(MoEConfig)} if dataclasses.is_dataclass(MoEConfig) else None
         )
         if known is not None:
+            from lmbricks.config import suggest
+
             for key in self.moe:
                 if key not in known:
-                    raise ConfigError(f"unknown field moe.{key} (known: {', '.join(sorted(known))})")
+                    hint = suggest(str(key), known) or f" (known: {', '.join(sorted(known))})"
+                    raise ConfigError(f"unknown key moe.{key}{hint}")
         try:
             return MoEConfig(**self.moe)
         except ConfigError as exc:
@@ -133,10 +136,12 @@ class LMConfig:
         """Build from a dictionary; unknown keys raise ConfigError naming them."""
         if not isinstance(d, dict):
             raise ConfigError(f"model config must be a mapping, got {type(d).__name__}")
+        from lmbricks.config import suggest
+
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(set(d) - known, key=str)
         if unknown:
-            raise ConfigError(f"unknown model config field(s): {', '.join(unknown)}")
+            raise ConfigError(f"unknown model config key {unknown[0]!r}{suggest(str(unknown[0]), known)}")
         missing = [n for n in ("vocab_size", "hidden_size", "num_layers", "num_heads") if n not in d]
         if missing:
             raise ConfigError(f"model config is missing field(s): {', '.join(missing)}")

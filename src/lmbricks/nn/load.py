@@ -45,6 +45,7 @@ def load_model(
     dtype: torch.dtype | None = torch.float32,
     device: str | torch.device = "cpu",
     hf_fallback: bool = True,
+    allow_pickle: bool | None = None,
 ) -> tuple[Any, Any]:
     """Load a model directory (or any ``lmbricks.hub`` reference) and its tokenizer.
 
@@ -57,6 +58,8 @@ def load_model(
         dtype: parameter dtype; None keeps the stored dtype.
         device: where the parameters live.
         hf_fallback: load unsupported architectures with transformers instead of raising.
+        allow_pickle: read ``.bin`` pickles (weights only); None follows
+            :func:`lmbricks.checkpoint.allow_pickles` (default: refuse).
 
     Returns:
         ``(model, tokenizer)`` in eval mode; tokenizer is None when the directory has none.
@@ -77,7 +80,10 @@ def load_model(
             raise ConfigError(f"{path}: model_type {hf.get('model_type')!r} is not supported by lmbricks.nn")
         from transformers import AutoModelForCausalLM
 
-        hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto")
+        from lmbricks.checkpoint import verify_checkpoint
+
+        verify_checkpoint(path, allow_pickle)
+        hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto", weights_only=True)
         hf_model = hf_model.to(torch.device(device)).eval()  # type: ignore[arg-type]
         return hf_model, _tokenizer(path)
     cfg = lm_config_of(hf)
@@ -86,7 +92,7 @@ def load_model(
     with torch.device("meta"):
         model = LM(cfg)
     model.to_empty(device=device)
-    with CheckpointReader(path) as reader:
+    with CheckpointReader(path, allow_pickle=allow_pickle) as reader:
         stored = next((reader.info(k).dtype for k in reader), torch.float32)
         model.to(dtype or stored)
         load_hf_weights(model, reader.get, set(reader.keys()), str(hf.get("model_type")))

@@ -21,10 +21,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from lmbricks.errors import ConfigError
+from lmbricks.config import load, validate
 from lmbricks.sft.config import SFTConfig
 from lmbricks.train.lora import LoraSection
 
@@ -113,6 +112,22 @@ class TrainConfig(_Strict):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     threads: int | None = Field(None, gt=0, description="torch intra-op threads (CPU)")
 
+    @field_validator("model")
+    @classmethod
+    def _model_keys(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Unknown LMConfig keys fail with the file, before the tokenizer is even loaded."""
+        if v is not None:
+            import dataclasses
+
+            from lmbricks.config import suggest
+            from lmbricks.nn.config import LMConfig
+
+            known = {f.name for f in dataclasses.fields(LMConfig)}
+            for key in v:
+                if key not in known:
+                    raise ValueError(f"unknown model config key {key!r}{suggest(str(key), known)}")
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         if self.task == "lm" and self.data is None:
@@ -147,22 +162,14 @@ class TrainConfig(_Strict):
 
 
 def parse_config(data: Any, source: str = "config") -> TrainConfig:
-    """Validate a mapping into a TrainConfig; errors become ConfigError naming the field."""
-    try:
-        return TrainConfig.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        raise ConfigError(f"{source}: field {where}: {err['msg']}") from None
+    """Validate a mapping into a TrainConfig.
+
+    Raises:
+        ConfigError: naming the key, e.g. ``train.yaml: unknown key 'stepz' (did you mean 'steps'?)``.
+    """
+    return validate(TrainConfig, data, source, what="training config")
 
 
 def load_config(path: str | Path) -> TrainConfig:
-    """Read and validate a training YAML file."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML ({exc})") from None
-    return parse_config(data, str(path))
+    """Read and validate a training YAML file (see :func:`parse_config`)."""
+    return load(TrainConfig, path, what="training config")

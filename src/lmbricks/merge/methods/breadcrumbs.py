@@ -9,7 +9,7 @@ import torch
 from lmbricks.merge.registry import ChunkedForm, Param, register_method
 from lmbricks.merge.task_vectors import TrimState, apply_trim, common_params, prepare_trim
 
-GAMMA = Param("gamma", float, per_input=True, default=0.01, help="fraction of largest |δ| dropped")
+GAMMA = Param("gamma", float, per_input=True, default=0.01, help="fraction of largest |δ| dropped", bounds="[0, 1]")
 
 
 def breadcrumbs(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -10,7 +11,17 @@ from lmbricks.merge.registry import Param, register_method
 from lmbricks.merge.sparsify import della_probabilities
 from lmbricks.merge.task_vectors import RESCALE_MODE, combine_deltas, common_params, random_drop
 
-EPSILON = Param("epsilon", float, per_input=True, default=0.15, help="half-width of the keep-probability range")
+EPSILON = Param(
+    "epsilon", float, per_input=True, default=0.15, help="half-width of the keep-probability range", bounds="[0, 1)"
+)
+
+
+def check_epsilon(kwargs: dict[str, Any]) -> str | None:
+    """Keep probabilities ``density ± epsilon`` must be probabilities (for inputs with density < 1)."""
+    for d, e in zip(kwargs.get("density", []), kwargs.get("epsilon", []), strict=False):
+        if d < 1 and not (d - e > 0 and d + e < 1):
+            return f"density ± epsilon must lie in (0, 1), got density {d} and epsilon {e}"
+    return None
 
 
 def della_merge(
@@ -67,4 +78,5 @@ register_method(
     formula="pij = d-ε+2ε·rank(|δij|)/(n-1); δi = m⊙δ·r, m~Bernoulli(p); TIES sign election; θ0 + λΔ",
     params=(*common_params(normalize=True, rescale=True), EPSILON, RESCALE_MODE),
     stochastic=True,
+    check=check_epsilon,
 )(della)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from lmbricks.merge.methods.della import EPSILON, della_merge
+from lmbricks.merge.methods.della import EPSILON, check_epsilon, della_merge
 from lmbricks.merge.registry import register_method
 from lmbricks.merge.task_vectors import RESCALE_MODE, common_params
 
@@ -23,4 +23,5 @@ register_method(
     formula="δi = MagPrune_{d,ε}(θi-θ0); θ = θ0 + λ Σ wi δi",
     params=(*common_params(normalize=False, rescale=True), EPSILON, RESCALE_MODE),
     stochastic=True,
+    check=check_epsilon,
 )(della_linear)

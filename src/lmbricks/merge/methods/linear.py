@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -33,7 +34,7 @@ def linear(
     coeffs = list(weight)
     if normalize:
         total = float(sum(coeffs))
-        if total == 0:
+        if total == 0:  # refused when the recipe is planned (check_weights); kept for direct calls
             raise ValueError("linear: weights sum to zero, cannot normalize")
         coeffs = [w / total for w in coeffs]
     if fused_ok(*tensors) and fused_out_ok(out):
@@ -45,6 +46,16 @@ def linear(
     for t, w in zip(tensors[1:], coeffs[1:], strict=False):
         res.add_(t, alpha=w)  # bf16 inputs are upcast inside the kernel, no fp32 copy
     return res if out is None else out.copy_(res)
+
+
+def check_weights(kwargs: dict[str, Any], normalize_key: str = "normalize") -> str | None:
+    """Normalising divides by the sum of the weights: it must not be zero."""
+    if kwargs.get(normalize_key) and float(sum(kwargs["weight"])) == 0:
+        return (
+            f"the weights {kwargs['weight']} sum to zero, so {normalize_key} cannot divide by them; "
+            f"change the weights or set {normalize_key}: false"
+        )
+    return None
 
 
 def _prepare(base: torch.Tensor | None, tensors: Sequence[torch.Tensor], **_: object) -> None:
@@ -67,4 +78,5 @@ register_method(
     ),
     base="none",
     chunked=ChunkedForm(_prepare, _apply, takes_out=True),
+    check=check_weights,
 )(linear)

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
+from lmbricks.errors import MergeError
+from lmbricks.merge.methods.linear import check_weights
 from lmbricks.merge.registry import Param, register_method
 
 
@@ -31,7 +33,8 @@ def multislerp(
         fp32 tensor.
 
     Raises:
-        ValueError: the weighted mean direction is zero (antipodal inputs with balancing weights).
+        MergeError: the weighted mean direction is zero (three or more inputs that cancel out, e.g.
+            antipodal ones with balancing weights); with two inputs the linear mean is returned.
     """
     if len(tensors) == 1:
         return tensors[0].float()
@@ -39,10 +42,15 @@ def multislerp(
     x = torch.stack([t.float().reshape(-1) for t in tensors])  # (k, n)
     if base is not None:
         x -= base.float().reshape(1, -1)
-    w = torch.tensor(list(weight), dtype=torch.float32)
-    if normalize_weights:
-        w = w / w.sum()
+    coeffs = [float(x) for x in weight]
+    if normalize_weights:  # in float64: weights tiny enough to vanish in float32 still normalise
+        total = sum(coeffs)  # a zero sum is refused when the recipe is planned (check_weights)
+        coeffs = [x / total for x in coeffs]
+    w = torch.tensor(coeffs, dtype=torch.float32)
     norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)  # (k, 1)
+    if bool((norms <= eps).all()):
+        # every input equals the centre (the base, or zero): the mean on the sphere is the centre
+        return base.float().clone() if base is not None else torch.zeros(shape)
     unit = x / (norms + eps)
     mean = (unit * w[:, None]).sum(0)
     mean_norm = torch.linalg.vector_norm(mean)
@@ -51,7 +59,10 @@ def multislerp(
             res = x[0] * w[0] + x[1] * w[1]
             out = res.reshape(shape)
             return out + base.float() if base is not None else out
-        raise ValueError("multislerp: the weighted mean direction is zero (antipodal inputs?)")
+        raise MergeError(
+            "multislerp: the weighted mean direction of the inputs is zero (they cancel out), so no point on "
+            "the sphere is their mean; change the weights or use linear"
+        )
     mean = mean / mean_norm
     dots = unit @ mean  # (k,)
     tangent = unit - dots[:, None] * mean[None, :]
@@ -70,7 +81,8 @@ register_method(
     params=(
         Param("weight", float, per_input=True, help="weight of each model"),
         Param("normalize_weights", bool, default=True, help="divide weights by their sum"),
-        Param("eps", float, default=1e-8, help="numerical floor"),
+        Param("eps", float, default=1e-8, help="numerical floor (a small positive number)", bounds="(0, 0.001]"),
     ),
     base="optional",
+    check=lambda kwargs: check_weights(kwargs, "normalize_weights"),
 )(multislerp)
