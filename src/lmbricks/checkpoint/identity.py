@@ -155,7 +155,7 @@ def tokenizer_content(directory: Path) -> dict[str, Any]:
             "unk_token": None,
         }
     if (directory / "tokenizer.model").is_file():
-        content["sentencepiece"] = _file_sha256(directory / "tokenizer.model")
+        content["sentencepiece"] = file_sha256(directory / "tokenizer.model")
     template = None
     if tok_config.is_file():
         cfg = _read_json(tok_config)
@@ -171,7 +171,8 @@ def tokenizer_content(directory: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------- weights
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 hex digest of a file's bytes."""
     digest = hashlib.sha256()
     buf = bytearray(_BUF)
     view = memoryview(buf)
@@ -244,7 +245,7 @@ def weights_digest(files: list[Path], cached: FileHasher = _plain_file_hasher) -
                     raise CheckpointError(f"{file}: tensor {name} also stands in another shard")
                 tensors[name] = entry
         else:
-            tensors[f"file:{file.name}"] = cached(file, "sha256", _file_sha256)
+            tensors[f"file:{file.name}"] = cached(file, "sha256", file_sha256)
     return _digest(sorted(tensors.items()))
 
 

@@ -6,7 +6,6 @@ its inputs with their content hashes, the library version and the brick inventor
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lmbricks import __version__, paths
-from lmbricks.checkpoint.identity import ModelIdentity
+from lmbricks.checkpoint.identity import ModelIdentity, file_sha256
 from lmbricks.checkpoint.identity import model_identity as identity_of_directory
 from lmbricks.errors import CheckpointError, ConfigError
 
@@ -38,7 +37,6 @@ TOKENIZER_FILES = (
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 _WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 _CACHE_NAME = "hashes.json"
-_CHUNK = 8 << 20
 
 
 def _hashed_files(directory: Path) -> list[Path]:
@@ -56,16 +54,6 @@ def _hashed_files(directory: Path) -> list[Path]:
         ):
             chosen.append(entry)
     return sorted(chosen, key=lambda p: p.name)
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    buf = bytearray(_CHUNK)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as fh:
-        while n := fh.readinto(buf):
-            digest.update(view[:n])
-    return digest.hexdigest()
 
 
 class _HashCache:
@@ -101,7 +89,7 @@ class _HashCache:
         return hit[kind]
 
     def sha256(self, path: Path) -> str:
-        return str(self.get(path, "sha256", _sha256_file))
+        return str(self.get(path, "sha256", file_sha256))
 
     def save(self) -> None:
         if not self.dirty:
