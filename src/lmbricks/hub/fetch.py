@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 from lmbricks import paths
+from lmbricks.checkpoint.atomic import clean_stale_temps
 from lmbricks.errors import FetchError
 from lmbricks.hub.registry import ModelSpec, WheelPart
 
@@ -157,9 +158,12 @@ def convert_gguf(
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+    # Named as atomic_directory names its temporaries, so a killed conversion is removed by
+    # `lmbricks clean` (and by the next fetch into the cache).
+    clean_stale_temps(out.parent)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
     try:
-        os.chmod(tmp, 0o755)  # mkdtemp's 0700 would make the shared cache private
         progress("converting tokenizer")
         # Gemma needs a BOS token that its GGUF tokenizer does not force; ask for it at load time
         # so the saved tokenizer_config carries it.
