@@ -33,7 +33,9 @@ from typing import Any
 
 import torch
 
-DOMAINS = ("en_prose", "code", "math", "zh", "dialogue")
+from lmbricks.data.registry import DEFAULT_DOMAINS
+
+DOMAINS = DEFAULT_DOMAINS
 
 
 class Clock:

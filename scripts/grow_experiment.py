@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from lmbricks.checkpoint import content_hash
+from lmbricks.data.registry import DEFAULT_DOMAINS
 from lmbricks.grow import assemble, evaluate_routed, with_top_k
 from lmbricks.grow.routing import DomainEval
 from lmbricks.grow.sources import load_lm
@@ -41,7 +42,7 @@ from lmbricks.report import bar_chart, heatmap, line_chart
 ROOT = Path(__file__).resolve().parents[1]
 BRICKS = ROOT / "bricks" / DEFAULT_MODEL
 BRICK_DOMAINS = ("code", "math", "zh", "dialogue")
-DOMAINS = ("en_prose", "code", "math", "zh", "dialogue")
+DOMAINS = DEFAULT_DOMAINS
 START = time.perf_counter()
 
 

@@ -22,11 +22,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lmbricks.adapters import make_config, read_brick, train_brick
+from lmbricks.data.registry import DEFAULT_DOMAINS
 from lmbricks.hub import DEFAULT_MODEL
 
 ROOT = Path(__file__).resolve().parents[1] / "bricks" / DEFAULT_MODEL
 BRICK_DOMAINS = ("dialogue", "zh", "math", "code")
-TABLE_DOMAINS = ("en_prose", "code", "math", "zh", "dialogue")
+TABLE_DOMAINS = DEFAULT_DOMAINS
 SETTINGS: dict[str, object] = dict(
     rank=8,
     alpha=16.0,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmbricks import paths
+import lmbricks.paths as paths
 from lmbricks.adapters.base import BaseModel, base_model, check_brick_base
 from lmbricks.adapters.brick import ADAPTER_CONFIG, BrickInfo, read_brick
 from lmbricks.checkpoint import atomic_directory

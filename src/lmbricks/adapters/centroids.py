@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from lmbricks import paths
+import lmbricks.paths as paths
 from lmbricks.adapters.route import Router, fit_router
 from lmbricks.errors import ConfigError
 

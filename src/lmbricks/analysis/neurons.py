@@ -24,6 +24,7 @@ import torch
 from lmbricks.analysis.corpus import domain_chunks, perplexities
 from lmbricks.analysis.ffn import find_ffns
 from lmbricks.analysis.hooks import edit_activations, tap_activations
+from lmbricks.data.registry import DEFAULT_DOMAINS
 from lmbricks.errors import ConfigError
 
 Statistic = Literal["corr", "ratio"]
@@ -43,7 +44,7 @@ class NeuronConfig:
         seed: seed of the random control sets.
     """
 
-    domains: tuple[str, ...] = ("en_prose", "code", "math", "zh", "dialogue")
+    domains: tuple[str, ...] = DEFAULT_DOMAINS
     fraction: float = 0.02
     statistic: str = "corr"
     n_chunks: int = 4

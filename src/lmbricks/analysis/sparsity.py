@@ -25,6 +25,7 @@ from lmbricks.analysis.corpus import domain_chunks, perplexities
 from lmbricks.analysis.ffn import FFNBlock, find_ffns
 from lmbricks.analysis.hooks import edit_activations, tap_activations
 from lmbricks.analysis.masking import METRICS, cett_threshold, mask_threshold, mask_topk, neuron_scores
+from lmbricks.data.registry import DEFAULT_DOMAINS
 from lmbricks.errors import ConfigError
 
 DEFAULT_SPARSITIES = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
@@ -48,7 +49,7 @@ class SparsityConfig:
         batch_size: blocks per forward pass.
     """
 
-    domains: tuple[str, ...] = ("en_prose", "code", "math", "zh", "dialogue")
+    domains: tuple[str, ...] = DEFAULT_DOMAINS
     sparsities: tuple[float, ...] = DEFAULT_SPARSITIES
     metrics: tuple[str, ...] = METRICS
     cett_target: float | None = 0.2

@@ -15,10 +15,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from lmbricks import __version__, paths
+import lmbricks.paths as paths
 from lmbricks.checkpoint.identity import ModelIdentity, file_sha256
 from lmbricks.checkpoint.identity import model_identity as identity_of_directory
 from lmbricks.errors import CheckpointError, ConfigError
+from lmbricks.version import __version__
 
 PROVENANCE_FILE = "lmbricks.json"
 

@@ -8,12 +8,13 @@ import typer
 from rich.table import Table
 
 from lmbricks.cli.common import FORCE_HELP, console, err_console, reads_checkpoints, user_errors
+from lmbricks.data.registry import DEFAULT_DOMAINS
 
 app = typer.Typer(
     help="Find emergent bricks in dense models: sparsity, capability neurons.", no_args_is_help=True
 )
 
-_DOMAINS = ["en_prose", "code", "math", "zh", "dialogue"]
+_DOMAINS = list(DEFAULT_DOMAINS)
 
 
 def _budget(quick: bool, chunks: int | None, seq_len: int | None) -> tuple[int, int]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import typer
 
-from lmbricks import __version__
 from lmbricks.cli import adapters as adapters_cli
 from lmbricks.cli import analyze as analyze_cli
 from lmbricks.cli import clean as clean_cli
@@ -19,6 +18,7 @@ from lmbricks.cli import reward as reward_cli
 from lmbricks.cli import tour as tour_cli
 from lmbricks.cli import trace as trace_cli
 from lmbricks.cli import train as train_cli
+from lmbricks.version import __version__
 
 app = typer.Typer(
     name="lmbricks",

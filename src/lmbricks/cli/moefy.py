@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from lmbricks.cli.common import FORCE_HELP, console, err_console, progress_bar, reads_checkpoints, user_errors
+from lmbricks.data.registry import DEFAULT_DOMAINS
 
 
 @user_errors
@@ -97,7 +98,7 @@ def moefy(
         hcfg = HealConfig(
             max_tokens=heal_tokens, max_minutes=heal_minutes or None, train_experts=not heal_routers_only
         )
-        chunks = domain_chunks(tokenizer, ("en_prose", "code", "math", "zh", "dialogue"), "train", 64, 256)
+        chunks = domain_chunks(tokenizer, DEFAULT_DOMAINS, "train", 64, 256)
         blocks = torch.cat(list(chunks.values()))[torch.randperm(sum(c.shape[0] for c in chunks.values()))]
         with progress_bar() as bar:
             task = bar.add_task("healing", total=heal_tokens or None)
@@ -123,7 +124,7 @@ def moefy(
         from lmbricks.moefy.reporting import write_moefy_report
 
         n, t = QUICK_BUDGET if quick else FULL_BUDGET
-        evals = domain_chunks(tokenizer, ("en_prose", "code", "math", "zh", "dialogue"), "test", n, t)
+        evals = domain_chunks(tokenizer, DEFAULT_DOMAINS, "test", n, t)
         # K = E is the dense model (the baseline already measures it): the curve stops below it
         ks = sorted({k for k in (experts // 8, experts // 4, experts // 2, 3 * experts // 4, top_k) if 0 < k < experts})
         ks = ks or [experts]

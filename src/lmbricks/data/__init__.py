@@ -18,11 +18,12 @@ from lmbricks.data.corpus import (
 )
 from lmbricks.data.document import Document, Package
 from lmbricks.data.parallel import parallel_paragraphs
-from lmbricks.data.registry import DOMAINS, DomainSpec, get_domain
+from lmbricks.data.registry import DEFAULT_DOMAINS, DOMAINS, DomainSpec, get_domain
 from lmbricks.data.split import SPLITS, SplitRule, assign_splits
 from lmbricks.data.tokens import count_tokens, token_chunks
 
 __all__ = [
+    "DEFAULT_DOMAINS",
     "DOMAINS",
     "SPLITS",
     "Document",

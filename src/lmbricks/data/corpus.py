@@ -11,7 +11,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from lmbricks import __version__
 from lmbricks.data import store
 from lmbricks.data.document import Document
 from lmbricks.data.download import fetch_package, have_apt, sha256_file
@@ -19,6 +18,7 @@ from lmbricks.data.registry import DOMAINS, DomainSpec, get_domain
 from lmbricks.data.split import SPLITS, SplitRule, assign_splits
 from lmbricks.data.tokens import count_tokens
 from lmbricks.errors import ConfigError, FetchError, LmbricksError, UnknownNameError
+from lmbricks.version import __version__
 
 Progress = Callable[[str], None]
 DEFAULT_TOKENIZER = "smollm2-135m-instruct"
@@ -56,7 +56,7 @@ class NoTokenizer:
 
 def default_model_notice() -> str | None:
     """A ``note: ...`` line saying that the token counts will fetch the default model, or None if cached."""
-    from lmbricks import paths
+    import lmbricks.paths as paths
     from lmbricks.hub import get_spec
 
     if (paths.models_dir() / DEFAULT_TOKENIZER / "config.json").exists():

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmbricks import paths
+import lmbricks.paths as paths
 from lmbricks.errors import FetchError
 
 

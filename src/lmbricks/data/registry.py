@@ -45,6 +45,9 @@ class DomainSpec:
         return any(p.registry == "debian" for p in self.sources)
 
 
+#: The five text domains every per-domain analysis, evaluation and tour section uses by default.
+DEFAULT_DOMAINS: tuple[str, ...] = ("en_prose", "code", "math", "zh", "dialogue")
+
 _EN_RULE = SplitRule(fraction=0.05, min_test_bytes=150_000, min_validation_bytes=100_000)
 
 DOMAINS: dict[str, DomainSpec] = {

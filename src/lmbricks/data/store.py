@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from lmbricks import paths
+import lmbricks.paths as paths
 from lmbricks.data.document import Document
 from lmbricks.data.split import SPLITS
 from lmbricks.errors import CheckpointError, ConfigError

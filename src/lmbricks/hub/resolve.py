@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lmbricks import paths
+import lmbricks.paths as paths
 from lmbricks.errors import ConfigError
 from lmbricks.hub.fetch import Progress, _quiet, convert_gguf, fetch_model, sha256_file
 from lmbricks.hub.registry import REGISTRY, get_spec

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from lmbricks.analysis.corpus import domain_chunks
 from lmbricks.analysis.ffn import FFNBlock, find_ffns
+from lmbricks.data.registry import DEFAULT_DOMAINS
 from lmbricks.errors import ConfigError
 from lmbricks.moefy.cluster import (
     balanced_kmeans,
@@ -240,7 +241,7 @@ def moefy_model(
     tokenizer: Any,
     config: MoefyConfig,
     texts_of: Callable[[str, str], list[str]] | None = None,
-    domains: Sequence[str] = ("en_prose", "code", "math", "zh", "dialogue"),
+    domains: Sequence[str] = DEFAULT_DOMAINS,
     on_step: Callable[[str], None] | None = None,
 ) -> MoefyInfo:
     """Turn every FFN of ``model`` into a :class:`MoefiedFFN` in place.

@@ -20,6 +20,27 @@ from lmbricks.nn.hf import (
 )
 from lmbricks.nn.model import LM
 
+LOADER_GROUP = "lmbricks.loaders"
+
+
+def section_loader(kind: str, path: Path) -> Any:
+    """The loader registered for an ``lmbricks`` section ``kind`` (entry point group ``lmbricks.loaders``).
+
+    Higher rooms register their directory kinds in ``pyproject.toml`` (``moefied`` ->
+    ``lmbricks.moefy.io:load_moefied``), so this module never imports them. ConfigError names the kind
+    when nothing is registered for it.
+    """
+    from importlib.metadata import entry_points
+
+    found = [ep for ep in entry_points(group=LOADER_GROUP) if ep.name == kind]
+    if not found:
+        known = sorted(ep.name for ep in entry_points(group=LOADER_GROUP))
+        raise ConfigError(
+            f"{path}/config.json: lmbricks section kind {kind!r} has no loader "
+            f"(registered kinds: {', '.join(known) or 'none'}; entry point group {LOADER_GROUP!r})"
+        )
+    return found[0].load()
+
 
 def read_config(path: Path) -> dict[str, Any]:
     """config.json of a model directory as a dictionary (CheckpointError if absent or not JSON)."""
@@ -69,12 +90,10 @@ def load_model(
     path = resolve_model(ref)
     hf = read_config(path)
     section = hf.get("lmbricks")
-    if isinstance(section, dict) and section.get("kind") == "moefied":
-        # MoEfied directories hold the permuted dense weights plus routers; their own loader
-        # rebuilds the sparse FFNs (loading them as a plain LM would silently give the dense model).
-        from lmbricks.moefy import load_moefied
-
-        return load_moefied(path)  # type: ignore[no-any-return]
+    if isinstance(section, dict) and section.get("kind") not in (None, "lm"):
+        # Other kinds (a MoEfied directory holds the permuted dense weights plus routers) have their own
+        # loader: loading them as a plain LM would silently give the wrong model.
+        return section_loader(str(section["kind"]), path)(path)  # type: ignore[no-any-return]
     if hf.get("model_type") not in ARCHITECTURES and "lmbricks" not in hf:
         if not hf_fallback:
             raise ConfigError(f"{path}: model_type {hf.get('model_type')!r} is not supported by lmbricks.nn")
@@ -154,9 +173,7 @@ def write_model_dir(
     for name, t in hf_state_dict(model, family).items():
         writer.add(name, t.to("cpu", dtype) if t.is_floating_point() else t.cpu())
     writer.finish()
-    (directory / "config.json").write_text(
-        json.dumps(config_to_hf(model.cfg, family, dtype), indent=2) + "\n"
-    )
+    (directory / "config.json").write_text(json.dumps(config_to_hf(model.cfg, family, dtype), indent=2) + "\n")
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
     prov = provenance or {}

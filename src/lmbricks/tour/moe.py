@@ -26,11 +26,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lmbricks.data.registry import DEFAULT_DOMAINS
 from lmbricks.tour.run import SummaryRow, TourContext
 
 ARMS: tuple[str, ...] = ("dense", "top2", "switch")
 ARM_LABELS = {"dense": "dense SwiGLU", "top2": "8 experts, top-2", "switch": "8 experts, Switch top-1"}
-DOMAINS: tuple[str, ...] = ("en_prose", "code", "math", "zh", "dialogue")
+DOMAINS: tuple[str, ...] = DEFAULT_DOMAINS
 # Differences in final validation loss below this are reported as no difference (single seed, tiny budgets).
 NOISE_NATS = 0.02
 

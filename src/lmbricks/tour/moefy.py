@@ -14,10 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lmbricks.data.registry import DEFAULT_DOMAINS
 from lmbricks.report import line_chart
 from lmbricks.tour.run import SummaryRow, TourContext
 
-DOMAINS = ("en_prose", "code", "math", "zh", "dialogue")
+DOMAINS = DEFAULT_DOMAINS
 EXPERTS = 32
 
 

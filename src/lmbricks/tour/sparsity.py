@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from lmbricks.data.registry import DEFAULT_DOMAINS
 from lmbricks.report import line_chart
 from lmbricks.tour.run import SummaryRow, TourContext
 
-DOMAINS = ("en_prose", "code", "math", "zh", "dialogue")
+DOMAINS = DEFAULT_DOMAINS
 FULL_SPARSITIES = (0.0, 0.5, 0.7, 0.8, 0.9)
 QUICK_SPARSITIES = (0.0, 0.5, 0.8)
 
