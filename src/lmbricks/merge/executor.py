@@ -59,9 +59,9 @@ def all_finite(t: torch.Tensor) -> bool:
     ``aminmax`` propagates NaN and returns the infinities themselves, so both ends are finite
     exactly when every entry is; single-threaded it runs at about memory bandwidth, where
     ``isfinite(t).all()`` first writes a bool per entry. Call it under
-    :func:`lmbricks.threads.single_threaded`: a
-    reduction split over torch's threads pays a barrier that costs more than the pass itself on a
-    busy machine (measured: 4.6 ms instead of 0.09 ms for a 512 x 512 bf16 tensor).
+    :func:`lmbricks.threads.single_threaded`: a reduction split over torch's threads pays a barrier
+    that costs more than the pass itself on a busy machine (measured: 4.6 ms instead of 0.09 ms for
+    a 512 x 512 bf16 tensor).
     """
     if not t.is_floating_point() or t.numel() == 0:
         return True
