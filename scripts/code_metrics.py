@@ -26,6 +26,7 @@ ROOMS: tuple[str, ...] = (
     "version",
     "paths",
     "config",
+    "threads",
     "report",
     "checkpoint",
     "hub",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmbricks.merge import kernels
+from lmbricks.merge import kernels, task_vectors
 from lmbricks.merge.sparsify import magnitude_window, rank_window, select_rank
 from lmbricks.merge.task_vectors import TrimState, apply_trim, combine_deltas, prepare_trim
 
@@ -110,7 +110,7 @@ def test_fused_prepare_and_apply_equal_the_reference_path(monkeypatch: pytest.Mo
     base, tensors = _inputs(torch.bfloat16, 2, n=80_000, seed=5)
     kw = dict(consensus=True, normalize=True, lam=1.0)
     fused = apply_trim(base, tensors, prepare_trim(base, tensors, [0.5, 0.3], None, False), [0.5, 0.5], offset=0, **kw)
-    monkeypatch.setenv("LMBRICKS_FUSED", "0")
+    monkeypatch.setattr(task_vectors, "USE_FUSED", False)  # what LMBRICKS_FUSED=0 at import sets
     plain = apply_trim(base, tensors, prepare_trim(base, tensors, [0.5, 0.3], None, False), [0.5, 0.5], offset=0, **kw)
     torch.testing.assert_close(fused, plain, rtol=2e-6, atol=1e-7)
 
@@ -121,7 +121,7 @@ def test_kernel_generation_is_safe_from_many_threads(tmp_path, monkeypatch) -> N
 
     from lmbricks.merge import kernels
 
-    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(kernels, "CACHE_DIR", tmp_path)
     monkeypatch.setattr(kernels, "_KERNELS", {})
     variant = kernels._Variant(
         m=3, has_base=True, windowed=False, scaled=True, consensus=False, normalize=False, scaled_out=True

@@ -144,11 +144,11 @@ def compose_ties(
     bricks: Sequence[Factors], weights: Sequence[float], density: float = 0.2, rank: int | None = None
 ) -> Composition:
     """TIES on the dense updates (trim to top ``density`` by magnitude, elect sign, disjoint mean); SVD."""
-    from lmbricks.merge.methods.ties import ties
+    from lmbricks.merge.methods.task_arithmetic import FAMILY
 
     def combine(ds: list[torch.Tensor]) -> torch.Tensor:
         zero = torch.zeros_like(ds[0])
-        return ties(zero, ds, weight=list(weights), density=[density] * len(ds))
+        return FAMILY["ties"].merge(zero, ds, weight=list(weights), density=[density] * len(ds))
 
     return _compose_dense(bricks, weights, rank, combine)
 
@@ -161,12 +161,13 @@ def compose_dare(
     seed: int = 0,
 ) -> Composition:
     """DARE on the dense updates (drop with keep probability ``density``, rescale, add); SVD."""
-    from lmbricks.merge.methods.dare_linear import dare
+    from lmbricks.merge.methods.task_arithmetic import FAMILY
 
     gen = torch.Generator().manual_seed(seed)
 
     def combine(ds: list[torch.Tensor]) -> torch.Tensor:
         zero = torch.zeros_like(ds[0])
+        dare = FAMILY["dare_linear"].merge
         return dare(zero, ds, weight=list(weights), density=[density] * len(ds), rescale_mode="inverse", generator=gen)
 
     return _compose_dense(bricks, weights, rank, combine)

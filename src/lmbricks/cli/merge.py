@@ -5,7 +5,6 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -69,28 +68,10 @@ def _methods(as_json: bool) -> None:
 
     methods = all_methods()
     if as_json:
-        print_json(
-            [
-                {
-                    "name": m.name,
-                    "reference": m.reference,
-                    "formula": m.formula,
-                    "summary": m.summary,
-                    "base": m.base,
-                    "parameters": [p.name for p in m.params],
-                    "parameter_bounds": {p.name: p.bounds for p in m.params if p.bounds},
-                }
-                for m in methods
-            ]
-        )
+        print_json([m.to_dict() for m in methods])
         return
-    rows = [(m.name, m.base, ", ".join(_param_text(p) for p in m.params), m.formula, m.reference) for m in methods]
+    rows = [(m.name, m.base, ", ".join(p.label for p in m.params), m.formula, m.reference) for m in methods]
     print_list("merge methods", ("method", "base", "parameters", "formula", "reference"), rows, key="method")
-
-
-def _param_text(p: Any) -> str:
-    """``density in [0, 1]`` for the table."""
-    return f"{p.name} in {p.bounds}" if p.bounds else p.name
 
 
 @user_errors

@@ -60,14 +60,7 @@ def merge(
     Returns:
         The output directory.
     """
-    files: list[str | Path] = []
-    if isinstance(recipe, Recipe):
-        parsed = recipe
-    elif isinstance(recipe, dict):
-        parsed = parse_recipe(recipe)
-    else:
-        parsed = load_recipe(recipe)
-        files.append(recipe)
+    parsed, files = _read(recipe)
     plan = plan_merge(parsed, out, force=force, inputs=files, allow_pickle=allow_pickle)
     return execute(
         plan,
@@ -78,3 +71,12 @@ def merge(
         on_tensor=on_tensor,
         command=command,
     )
+
+
+def _read(recipe: str | Path | dict | Recipe) -> tuple[Recipe, list[str | Path]]:
+    """The parsed recipe, and the file it came from (the output keeps apart from it)."""
+    if isinstance(recipe, Recipe):
+        return recipe, []
+    if isinstance(recipe, dict):
+        return parse_recipe(recipe), []
+    return load_recipe(recipe), [recipe]

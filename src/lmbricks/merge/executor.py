@@ -1,16 +1,17 @@
 """Streaming merge executor: read ahead, compute, write, on three threads, under a memory budget.
 
-* A **read-ahead thread** pulls the bytes of upcoming input tensors into the page cache with large
-  sequential ``pread`` calls (at most ``max_memory / 2`` bytes ahead of the computation). Tensors are
-  then used as zero-copy views of the memory-mapped files: input data never counts as anonymous
-  memory.
-* The **main thread** computes one output tensor at a time in fp32 with torch (which uses every
-  core). Methods with a chunked form (linear, task_arithmetic, ties, breadcrumbs*, passthrough) make
-  one pass over the whole tensor for global statistics and then work in row blocks, so their fp32
-  scratch is a few blocks; the other methods hold the tensor's inputs in fp32.
-* A **writer thread** writes finished tensors straight into place in pre-declared safetensors
-  shards (at most ``max_memory / 4`` bytes queued), inside a temporary directory that is renamed
-  into place only when everything (config, tokenizer, ``lmbricks.json``) is written.
+* A **read-ahead thread** (:class:`~lmbricks.merge.streams.ReadAhead`) pulls the bytes of upcoming
+  input tensors into the page cache (at most ``max_memory / 2`` bytes ahead of the computation).
+  Tensors are then used as zero-copy views of the memory-mapped files: input data never counts as
+  anonymous memory.
+* The **main thread** computes one output tensor at a time in fp32. Methods with a chunked form
+  (linear, task_arithmetic, ties, breadcrumbs*, passthrough) make one pass over the whole tensor
+  for global statistics and then work in row blocks on :func:`lmbricks.threads.torch_workers`, so
+  their fp32 scratch is a few blocks; the other methods hold the tensor's inputs in fp32.
+* A **writer thread** (:class:`~lmbricks.merge.streams.TensorWriter`) writes finished tensors
+  straight into place in pre-declared safetensors shards (at most ``max_memory / 4`` bytes queued),
+  inside a temporary directory that is renamed into place only when everything (config, tokenizer,
+  ``lmbricks.json``) is written.
 """
 
 from __future__ import annotations
@@ -21,10 +22,7 @@ import hashlib
 import json
 import math
 import os
-import queue
-import threading
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +31,13 @@ import torch
 from lmbricks.checkpoint import ShardedWriter, atomic_directory, copy_tokenizer, parse_size, write_provenance
 from lmbricks.errors import CheckpointError, LmbricksError, MergeError
 from lmbricks.merge.plan import MergePlan, TensorPlan
-from lmbricks.merge.task_vectors import row_blocks
+from lmbricks.merge.streams import ReadAhead, TensorWriter
+from lmbricks.merge.task_vectors import ROW_BLOCK, row_blocks
 from lmbricks.merge.vocab import align_rows
+from lmbricks.threads import single_threaded, torch_workers
 
 DEFAULT_MAX_MEMORY = "1GB"
 DEFAULT_SHARD = "2GB"
-BLOCK_ELEMENTS = 1 << 21  # row-block size of chunked methods (fp32: 8 MB per temporary)
-_READ_CHUNK = 8 << 20
 
 ProgressFn = Callable[[str, int], None]
 
@@ -48,136 +46,6 @@ def derive_seed(seed: int, name: str) -> int:
     """A per-tensor seed from the recipe seed and the tensor name (independent of execution order)."""
     digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-class _ReadAhead(threading.Thread):
-    """Reads the inputs of tensors ``0..n`` in order into the page cache, staying ``limit`` bytes ahead."""
-
-    def __init__(self, ranges: list[list[tuple[Path, int, int]]], limit: int) -> None:
-        super().__init__(name="lmbricks-readahead", daemon=True)
-        self.ranges = ranges
-        self.limit = limit
-        self.cond = threading.Condition()
-        self.done = 0  # tensors fully read
-        self.consumed = 0  # tensors the computation has started
-        self.stop = False
-        self.error: BaseException | None = None
-        self._sizes = [sum(e - s for _p, s, e in r) for r in ranges]
-
-    def run(self) -> None:
-        buf = bytearray(_READ_CHUNK)
-        fds: dict[Path, int] = {}
-        try:
-            for i, rng in enumerate(self.ranges):
-                with self.cond:
-                    while not self.stop and i > self.consumed and sum(self._sizes[self.consumed : i]) > self.limit:
-                        self.cond.wait()
-                    if self.stop:
-                        return
-                for path, start, end in rng:  # ask for every input's range at once: deeper disk queue
-                    fd = fds.get(path)
-                    if fd is None:
-                        fd = fds[path] = os.open(path, os.O_RDONLY)
-                    os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_WILLNEED)
-                for path, start, end in rng:
-                    fd = fds[path]
-                    pos = start
-                    while pos < end:
-                        n = os.preadv(fd, [memoryview(buf)[: min(_READ_CHUNK, end - pos)]], pos)
-                        if n <= 0:
-                            break
-                        pos += n
-                with self.cond:
-                    self.done = i + 1
-                    self.cond.notify_all()
-        except BaseException as exc:  # reported to the main thread
-            with self.cond:
-                self.error = exc
-                self.done = len(self.ranges)
-                self.cond.notify_all()
-        finally:
-            for fd in fds.values():
-                os.close(fd)
-
-    def wait_for(self, i: int) -> None:
-        with self.cond:
-            self.consumed = i
-            self.cond.notify_all()
-            while self.done <= i and not self.stop:
-                self.cond.wait()
-
-    def close(self) -> None:
-        with self.cond:
-            self.stop = True
-            self.cond.notify_all()
-        self.join()
-
-
-_FLUSH_EVERY = 256 << 20
-
-
-def _flush_dir(directory: Path) -> None:
-    """Push written shard bytes to disk now (overlapping the final fsync with the computation)."""
-    for path in directory.glob("*.safetensors"):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fdatasync(fd)
-        finally:
-            os.close(fd)
-
-
-class _Writer(threading.Thread):
-    """Adds finished tensors to the :class:`ShardedWriter`; at most ``limit`` bytes queued.
-
-    Every 256 MB it also flushes the shards to disk, so dirty pages never pile up and the fsync
-    that makes the output durable at the end has little left to do.
-    """
-
-    def __init__(self, writer: ShardedWriter, limit: int) -> None:
-        super().__init__(name="lmbricks-writer", daemon=True)
-        self.writer = writer
-        self.limit = limit
-        self.q: queue.Queue[tuple[str, torch.Tensor] | None] = queue.Queue()
-        self.cond = threading.Condition()
-        self.queued = 0
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        unflushed = 0
-        while True:
-            item = self.q.get()
-            if item is None:
-                return
-            name, tensor = item
-            try:
-                if self.error is None:
-                    self.writer.add(name, tensor)
-                    unflushed += tensor.numel() * tensor.element_size()
-                    if unflushed >= _FLUSH_EVERY:
-                        _flush_dir(self.writer.directory)
-                        unflushed = 0
-            except BaseException as exc:
-                self.error = exc
-            with self.cond:
-                self.queued -= tensor.numel() * tensor.element_size()
-                self.cond.notify_all()
-            del tensor, item
-
-    def put(self, name: str, tensor: torch.Tensor) -> None:
-        n = tensor.numel() * tensor.element_size()
-        with self.cond:
-            while self.queued > 0 and self.queued + n > self.limit and self.error is None:
-                self.cond.wait()
-            self.queued += n
-        if self.error is not None:
-            raise self.error
-        self.q.put((name, tensor))
-
-    def close(self) -> None:
-        self.q.put(None)
-        self.join()
-        if self.error is not None:
-            raise self.error
 
 
 def _input_ranges(plan: MergePlan, tp: TensorPlan) -> list[tuple[Path, int, int]]:
@@ -190,26 +58,15 @@ def all_finite(t: torch.Tensor) -> bool:
 
     ``aminmax`` propagates NaN and returns the infinities themselves, so both ends are finite
     exactly when every entry is; single-threaded it runs at about memory bandwidth, where
-    ``isfinite(t).all()`` first writes a bool per entry. Call it under :func:`_one_thread`: a
-    reduction split over torch's threads pays a barrier that costs more than the pass itself on a
-    busy machine (measured: 4.6 ms instead of 0.09 ms for a 512 x 512 bf16 tensor).
+    ``isfinite(t).all()`` first writes a bool per entry. Call it under
+    :func:`lmbricks.threads.single_threaded`: a reduction split over torch's threads pays a barrier
+    that costs more than the pass itself on a busy machine (measured: 4.6 ms instead of 0.09 ms for
+    a 512 x 512 bf16 tensor).
     """
     if not t.is_floating_point() or t.numel() == 0:
         return True
     lo, hi = torch.aminmax(t)
     return math.isfinite(float(lo)) and math.isfinite(float(hi))
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    prev = torch.get_num_threads()
-    if prev != 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if prev != 1:
-            torch.set_num_threads(prev)
 
 
 def _non_finite(t: torch.Tensor) -> str:
@@ -220,7 +77,7 @@ def _non_finite(t: torch.Tensor) -> str:
     return f"{int(bad.sum())} of {t.numel()} entries are not finite ({', '.join(kinds)})"
 
 
-def compute_tensor(plan: MergePlan, tp: TensorPlan, block: int = BLOCK_ELEMENTS) -> torch.Tensor:
+def compute_tensor(plan: MergePlan, tp: TensorPlan, block: int = ROW_BLOCK) -> torch.Tensor:
     """Compute one output tensor (in fp32, cast to the plan's output dtype).
 
     Every input tensor read and the result are checked to be finite (one reduction each; see
@@ -241,7 +98,7 @@ def compute_tensor(plan: MergePlan, tp: TensorPlan, block: int = BLOCK_ELEMENTS)
     method = plan.method
     refs = ([tp.base] if tp.base else []) + list(tp.terms)
     loaded = [plan.inputs[key].read(name) for key, name in refs]
-    with _one_thread():
+    with single_threaded():
         bad = [(ref, t) for ref, t in dict(zip(refs, loaded, strict=True)).items() if not all_finite(t)]
     if bad:
         (key, name), t = bad[0]
@@ -250,7 +107,7 @@ def compute_tensor(plan: MergePlan, tp: TensorPlan, block: int = BLOCK_ELEMENTS)
         res = _compute(plan, tp, refs, loaded, block)
     except MergeError as exc:
         raise MergeError(f"tensor {tp.name!r}: {exc}") from None
-    with _one_thread():
+    with single_threaded():
         finite = all_finite(res)
     if not finite:
         dtype = str(plan.out_dtype).removeprefix("torch.")
@@ -294,56 +151,33 @@ def _chunked(
 ) -> torch.Tensor:
     """Prepare (one job per input) then apply row blocks, on ``torch.get_num_threads()`` workers.
 
-    Each job runs single-threaded torch kernels: many mid-sized ops parallelised inside torch pay a
-    thread barrier each, which costs far more than the op on a busy machine; independent blocks on
-    separate threads need no barrier and use the cores just as well.
+    Each job runs single-threaded torch kernels (see :mod:`lmbricks.threads`): independent jobs on
+    separate threads need no barrier and use the cores as well as torch's own threads would.
     """
-    method = plan.method
-    assert method.chunked is not None
-    chunked = method.chunked
-    workers = max(1, torch.get_num_threads())
-    per_input = [p.kwarg for p in method.params if p.per_input]
-
-    inference = torch.is_inference_mode_enabled()  # thread-local: carry it into the workers
-
-    def prepare_one(i: int) -> Any:
-        kw = {k: ([v[i]] if k in per_input else v) for k, v in kwargs.items()}
-        with torch.inference_mode(inference):
-            return chunked.prepare(base, [terms[i]], **kw)
-
+    chunked = plan.method.chunked
+    assert chunked is not None
+    per_input = {p.kwarg for p in plan.method.params if p.per_input}
     out = torch.empty(shape, dtype=plan.out_dtype)
     per_row = int(torch.Size(shape[1:]).numel()) if len(shape) > 1 else 1
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(workers) as pool:
-            states = list(pool.map(prepare_one, range(len(terms))))
-            if all(isinstance(st, list) for st in states):
-                state: Any = [x for st in states for x in st]
-            else:
-                state = chunked.prepare(base, terms, **kwargs)
 
-            def apply(rows: tuple[int, int]) -> None:
-                r0, r1 = rows
-                with torch.inference_mode(inference):
-                    _apply_rows(r0, r1)
+    def prepare_one(i: int) -> Any:
+        return chunked.prepare(base, [terms[i]], **{k: ([v[i]] if k in per_input else v) for k, v in kwargs.items()})
 
-            def _apply_rows(r0: int, r1: int) -> None:
-                extra = {"out": out[r0:r1]} if chunked.takes_out else {}
-                res = chunked.apply(
-                    base[r0:r1] if base is not None else None,
-                    [t[r0:r1] for t in terms],
-                    state=state,
-                    offset=r0 * per_row,
-                    **kwargs,
-                    **extra,
-                )
-                if not chunked.takes_out:
-                    out[r0:r1].copy_(res)
+    def apply(rows: tuple[int, int]) -> None:
+        r0, r1 = rows
+        b = base[r0:r1] if base is not None else None
+        kw = {**kwargs, "out": out[r0:r1]} if chunked.takes_out else kwargs
+        res = chunked.apply(b, [t[r0:r1] for t in terms], state=state, offset=r0 * per_row, **kw)
+        if not chunked.takes_out:
+            out[r0:r1].copy_(res)
 
-            list(pool.map(apply, row_blocks(shape, block)))
-    finally:
-        torch.set_num_threads(prev)
+    with torch_workers() as workers:
+        states = workers.map(prepare_one, range(len(terms)))
+        if all(isinstance(st, list) for st in states):
+            state: Any = [x for st in states for x in st]
+        else:
+            state = chunked.prepare(base, terms, **kwargs)
+        workers.map(apply, row_blocks(shape, block))
     return out
 
 
@@ -356,7 +190,7 @@ def execute(
     max_shard: str | int = DEFAULT_SHARD,
     on_tensor: ProgressFn | None = None,
     command: str = "lmbricks.merge",
-    block: int = BLOCK_ELEMENTS,
+    block: int = ROW_BLOCK,
 ) -> Path:
     """Run a planned merge and write the output directory atomically.
 
@@ -396,8 +230,8 @@ def execute(
 
 
 def _stream(plan: MergePlan, writer: ShardedWriter, budget: int, on_tensor: ProgressFn | None, block: int) -> None:
-    reader = _ReadAhead([_input_ranges(plan, tp) for tp in plan.tensors], limit=max(budget // 2, 1))
-    wthread = _Writer(writer, limit=max(budget // 4, 1))
+    reader = ReadAhead([_input_ranges(plan, tp) for tp in plan.tensors], limit=max(budget // 2, 1))
+    wthread = TensorWriter(writer, limit=max(budget // 4, 1))
     reader.start()
     wthread.start()
     try:
@@ -440,10 +274,3 @@ def _write_metadata(plan: MergePlan, tmp: Path, command: str) -> None:
         inputs=inputs,
         bricks={"merge_method": plan.method.name, "tensors": len(plan.tensors)},
     )
-
-
-def iter_plan_bytes(plan: MergePlan) -> Iterator[int]:
-    """Output bytes per tensor, in plan order (for progress totals)."""
-    size = torch.empty((), dtype=plan.out_dtype).element_size()
-    for tp in plan.tensors:
-        yield int(torch.Size(tp.shape).numel()) * size

@@ -27,31 +27,37 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numba
 import numpy as np
 import torch
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic, overload
 
 from lmbricks.paths import home
 
-os.environ.setdefault("NUMBA_CACHE_DIR", str(home() / "numba"))
-
-import numba  # noqa: E402  (NUMBA_CACHE_DIR must be set first)
-from llvmlite import ir  # noqa: E402
-from numba import types  # noqa: E402
-from numba.extending import intrinsic, overload  # noqa: E402
+#: Where numba caches compiled kernels and where the generated kernel sources live: the user's
+#: ``NUMBA_CACHE_DIR`` if set, else ``$LMBRICKS_HOME/numba``. Read once, at import; numba's own
+#: setting is given the directory explicitly, so compiled code outlives the process.
+_numba_config: Any = numba.config
+CACHE_DIR = Path(_numba_config.CACHE_DIR or home() / "numba")
+_numba_config.CACHE_DIR = str(CACHE_DIR)  # before the @_jit functions below: their caches locate it
 
 _JIT: dict[str, Any] = {"nogil": True, "cache": True, "fastmath": False, "boundscheck": False}
 _jit: Any = numba.njit(**_JIT)
 
 
-def _u32_as_f32_typing(typingctx: Any, x: Any) -> Any:
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+# numba intrinsics: ``(typing context, argument types) -> (signature, codegen)``; the codegen gets
+# ``(context, builder, signature, args)``. Only the argument values are used here.
+def _u32_as_f32_typing(_typingctx: Any, _x: Any) -> Any:
+    def codegen(_context: Any, builder: Any, _signature: Any, args: Any) -> Any:
         return builder.bitcast(args[0], ir.FloatType())
 
     return types.float32(types.uint32), codegen
 
 
-def _f32_as_u32_typing(typingctx: Any, x: Any) -> Any:
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+def _f32_as_u32_typing(_typingctx: Any, _x: Any) -> Any:
+    def codegen(_context: Any, builder: Any, _signature: Any, args: Any) -> Any:
         return builder.bitcast(args[0], ir.IntType(32))
 
     return types.uint32(types.float32), codegen
@@ -68,6 +74,7 @@ def _load(a: Any, i: int) -> float:  # pragma: no cover - replaced by the overlo
 @overload(_load, inline="always")
 def _load_impl(a: Any, i: Any) -> Any:
     """Element ``i`` of an fp32 array, or of a bf16 array given as its uint16 bit patterns, as fp32."""
+    del i  # the index's type does not choose the implementation
     if a.dtype == types.uint16:
 
         def bf16(a: Any, i: Any) -> Any:
@@ -88,6 +95,7 @@ def _store(a: Any, i: int, v: float) -> None:  # pragma: no cover - replaced by 
 @overload(_store, inline="always")
 def _store_impl(a: Any, i: Any, v: Any) -> Any:
     """Write fp32 ``v`` into an fp32 array, or round it to nearest even into a bf16 (uint16) array."""
+    del i, v  # only the array's type chooses the implementation
     if a.dtype == types.uint16:
 
         def bf16(a: Any, i: Any, v: Any) -> None:
@@ -195,7 +203,7 @@ def _combine_kernel(v: _Variant) -> Any:
         if v in _KERNELS:
             return _KERNELS[v]
         source = _source(v)
-        directory = Path(os.environ["NUMBA_CACHE_DIR"]) / "generated"
+        directory = CACHE_DIR / "generated"
         directory.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256(source.encode()).hexdigest()[:16]
         path = directory / f"combine_{digest}.py"
@@ -224,15 +232,6 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return flat.numpy()
 
 
-SUPPORTED = (torch.float32, torch.bfloat16)
-
-
-def supports(*tensors: torch.Tensor | None) -> bool:
-    """Whether the kernels take these tensors (CPU, contiguous, fp32 or bf16, one input dtype)."""
-    present = [t for t in tensors if t is not None]
-    return all(t.device.type == "cpu" and t.dtype in SUPPORTED and t.is_contiguous() for t in present)
-
-
 def combine_block(
     base: torch.Tensor | None,
     inputs: list[torch.Tensor],
@@ -258,43 +257,50 @@ def combine_block(
         consensus: TIES sign election and disjoint mean.
         normalize: divide by the (agreeing) weights' sum.
         lam: λ.
-        out: destination (fp32 or bf16, contiguous, the block's shape); default a new fp32 tensor.
+        out: destination (the block's shape, any float dtype); default a new fp32 tensor. The kernel
+            writes fp32 and bf16 (contiguous) directly, others through an fp32 block cast into it
+            (as the whole-tensor path casts its result).
 
     Returns:
         ``out``.
     """
-    shape = inputs[0].shape
-    if out is None:
-        out = torch.empty(shape, dtype=torch.float32)
-    m = len(inputs)
-    arrays = tuple(_np(t.contiguous()) for t in inputs)
-    if len({a.dtype for a in arrays}) != 1:
-        arrays = tuple(_np(t.float().contiguous()) for t in inputs)
-    lo_v = np.full(m, -np.inf, dtype=np.float32)
-    hi_v = np.full(m, np.inf, dtype=np.float32)
-    lo_i = np.zeros(m, dtype=np.int64)
-    hi_i = np.zeros(m, dtype=np.int64)
-    windowed = False
-    for j, w in enumerate(windows or []):
-        if w is not None:
-            windowed = True
-            lo_v[j], lo_i[j], hi_v[j], hi_i[j] = w.lo_value, w.lo_index, w.hi_value, w.hi_index
-    base_arr = _np(base.contiguous()) if base is not None else arrays[0]
-    f32 = np.float32
-    scale_list = [float(x) for x in (scales if scales is not None else [1.0] * m)]
+    direct = out is not None and out.dtype in (torch.float32, torch.bfloat16) and out.is_contiguous()
+    dest = out if out is not None and direct else torch.empty(inputs[0].shape, dtype=torch.float32)
     variant = _Variant(
-        m=m,
+        m=len(inputs),
         has_base=base is not None,
-        windowed=windowed,
-        scaled=any(x != 1.0 for x in scale_list),
+        windowed=any(w is not None for w in windows or []),
+        scaled=any(x != 1.0 for x in scales or []),
         consensus=consensus,
         normalize=normalize,
         scaled_out=lam != 1,
     )
-    kernel = _combine_kernel(variant)
-    kernel(
+    _run(variant, dest, base, inputs, weights, windows, scales, offset, lam)
+    return out.copy_(dest) if out is not None and not direct else dest
+
+
+def _run(
+    variant: _Variant,
+    out: torch.Tensor,
+    base: torch.Tensor | None,
+    inputs: list[torch.Tensor],
+    weights: list[float],
+    windows: list[Any] | None,
+    scales: list[float] | None,
+    offset: int,
+    lam: float,
+) -> None:
+    """Call the :class:`_Variant`'s kernel: every per-input value becomes one scalar argument."""
+    arrays = tuple(_np(t.contiguous()) for t in inputs)
+    if len({a.dtype for a in arrays}) != 1:
+        arrays = tuple(_np(t.float().contiguous()) for t in inputs)
+    lo_v, lo_i, hi_v, hi_i = _cuts(windows, len(inputs))
+    scale_list = [float(x) for x in (scales if scales is not None else [1.0] * len(inputs))]
+    f32 = np.float32
+    wsum = sum(weights)
+    _combine_kernel(variant)(
         _np(out),
-        base_arr,
+        _np(base.contiguous()) if base is not None else arrays[0],
         *arrays,
         *(f32(w) for w in weights),
         *(f32(v) for v in lo_v),
@@ -303,10 +309,21 @@ def combine_block(
         *(int(v) for v in hi_i),
         *(f32(x) for x in scale_list),
         offset,
-        f32(sum(weights) if abs(sum(weights)) >= 1e-8 else 1.0),
+        f32(wsum if abs(wsum) >= 1e-8 else 1.0),
         f32(lam),
     )
-    return out
+
+
+def _cuts(windows: list[Any] | None, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per input ``(lo value, lo index, hi value, hi index)`` of its rank window (keep-all for None)."""
+    lo_v = np.full(m, -np.inf, dtype=np.float32)
+    hi_v = np.full(m, np.inf, dtype=np.float32)
+    lo_i = np.zeros(m, dtype=np.int64)
+    hi_i = np.zeros(m, dtype=np.int64)
+    for j, w in enumerate(windows or []):
+        if w is not None:
+            lo_v[j], lo_i[j], hi_v[j], hi_i[j] = w.lo_value, w.lo_index, w.hi_value, w.hi_index
+    return lo_v, lo_i, hi_v, hi_i
 
 
 @_jit

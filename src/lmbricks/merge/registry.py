@@ -12,16 +12,17 @@ as scalars. Stochastic methods draw only from ``generator``.
 A method may also give a *chunked form* (``prepare``/``apply``): ``prepare`` reads the whole tensor
 once for global statistics (a magnitude threshold, say) and ``apply`` maps row blocks given those
 statistics, so the executor can bound fp32 scratch memory for large tensors. ``fn`` must equal
-``apply(prepare(...))`` on the whole tensor; tests check it.
+``apply(prepare(...))`` on the whole tensor; tests check it. ``prepare`` and ``apply`` receive every
+parameter of the method and reject any other keyword argument, naming it (:func:`bind`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from lmbricks.errors import UnknownNameError
+from lmbricks.errors import MergeError, UnknownNameError
 
 #: Marks a parameter without default: a recipe must set it.
 REQUIRED: Any = object()
@@ -59,7 +60,13 @@ class Param:
 
     @property
     def kwarg(self) -> str:
+        """The keyword in the Python call."""
         return self.arg or self.name
+
+    @property
+    def label(self) -> str:
+        """The name with its interval, as ``lmbricks merge methods`` lists it: ``density in [0, 1]``."""
+        return f"{self.name} in {self.bounds}" if self.bounds else self.name
 
     @property
     def required(self) -> bool:
@@ -91,6 +98,30 @@ class ChunkedForm:
     takes_out: bool = False
 
 
+def blockwise(name: str, fn: Callable[..., Any], params: tuple[Param, ...], takes_out: bool = False) -> ChunkedForm:
+    """The chunked form of an elementwise method, one without whole-tensor statistics: ``fn`` per row block.
+
+    Args:
+        name: the method's name (for errors).
+        fn: the method's function; with ``takes_out`` it accepts ``out=``.
+        params: its parameters: the arguments of both halves are checked against them (:func:`bind`).
+        takes_out: pass each block's output rows to ``fn``.
+
+    Returns:
+        The :class:`ChunkedForm` (``prepare`` returns None).
+    """
+
+    def prepare(_base: Any, tensors: Sequence[Any], **given: Any) -> None:
+        bind(name, params, given, len(tensors))
+
+    def apply(base: Any, tensors: Sequence[Any], *, state: None, offset: int, out: Any = None, **given: Any) -> Any:
+        del state, offset  # no statistics, and the result does not depend on the block's position
+        kwargs = bind(name, params, given, len(tensors))
+        return fn(base, tensors, **kwargs, out=out) if takes_out else fn(base, tensors, **kwargs)
+
+    return ChunkedForm(prepare, apply, takes_out)
+
+
 @dataclass(frozen=True)
 class MethodInfo:
     """A registered merge method: its function, reference, formula and parameters."""
@@ -111,10 +142,51 @@ class MethodInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def param(self, name: str) -> Param | None:
+        """The parameter called ``name`` in recipes, or None."""
         for p in self.params:
             if p.name == name:
                 return p
         return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The method as ``lmbricks merge methods --json`` prints it."""
+        return {
+            "name": self.name,
+            "reference": self.reference,
+            "formula": self.formula,
+            "summary": self.summary,
+            "base": self.base,
+            "parameters": [p.name for p in self.params],
+            "parameter_bounds": {p.name: p.bounds for p in self.params if p.bounds},
+        }
+
+
+def bind(method: str, params: Sequence[Param], given: Mapping[str, Any], n_inputs: int) -> dict[str, Any]:
+    """Check the keyword arguments of a call to a method's function against its parameters.
+
+    Args:
+        method: the method's name (for the error).
+        params: its parameters (``seed`` is the executor's and never passed).
+        given: the keyword arguments, by :attr:`Param.kwarg`.
+        n_inputs: number of input tensors: an omitted per-input parameter gets its default per input.
+
+    Returns:
+        Every parameter's value by ``kwarg``, defaults filled in.
+
+    Raises:
+        MergeError: an argument the method does not take, or a required one missing, naming them.
+    """
+    known = {p.kwarg: p for p in params if p.name != "seed"}
+    unknown = [k for k in given if k not in known]
+    if unknown:
+        raise MergeError(
+            f"merge_method {method!r} takes no argument {', '.join(map(repr, unknown))}; it takes {', '.join(known)}"
+        )
+    missing = [k for k, p in known.items() if p.required and k not in given]
+    if missing:
+        raise MergeError(f"merge_method {method!r} needs {', '.join(map(repr, missing))}")
+    defaults = {k: [p.default] * n_inputs if p.per_input else p.default for k, p in known.items()}
+    return {**defaults, **given}
 
 
 _METHODS: dict[str, MethodInfo] = {}
@@ -132,6 +204,7 @@ def register_method(
     stochastic: bool = False,
     chunked: ChunkedForm | None = None,
     check: Callable[[dict[str, Any]], str | None] | None = None,
+    summary: str = "",
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: register ``fn`` as merge method ``name``.
 
@@ -147,6 +220,8 @@ def register_method(
         chunked: optional prepare/apply form used for large tensors.
         check: validates the keyword arguments of one tensor together (``weights sum to zero``);
             returns the problem in words, or None. Runs at planning time, before anything is read.
+        summary: one line for ``lmbricks merge methods --json`` (default: the first line of
+            ``fn``'s docstring).
 
     Returns:
         The decorator (it returns ``fn`` unchanged).
@@ -164,7 +239,7 @@ def register_method(
             fn=fn,
             reference=reference,
             formula=formula,
-            summary=doc[0] if doc else "",
+            summary=summary or (doc[0] if doc else ""),
             base=base,
             params=all_params,
             min_models=min_models,
@@ -193,9 +268,9 @@ def get_method(name: str) -> MethodInfo:
 
 
 def all_methods() -> list[MethodInfo]:
-    """Every registered method, in registration order."""
+    """Every registered method, by name."""
     _load_all()
-    return list(_METHODS.values())
+    return [_METHODS[name] for name in sorted(_METHODS)]
 
 
 def _load_all() -> None:

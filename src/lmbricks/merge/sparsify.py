@@ -226,21 +226,6 @@ def outlier_window(magnitudes: torch.Tensor, density: float, gamma: float) -> Ra
     return None if ranks is None else rank_window(magnitudes, *ranks, zero_is_free=True)
 
 
-def rescale_l1(delta: torch.Tensor, kept: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """Scale ``kept`` so its L1 norm equals ``delta``'s (mergekit's ``rescale``); unchanged if either is 0."""
-    before = delta.abs().sum()
-    after = kept.abs().sum()
-    if before < eps or after < eps:
-        return kept
-    return kept * (before / after)
-
-
-def bernoulli_mask(shape: torch.Size, density: float, generator: torch.Generator | None) -> torch.Tensor:
-    """A 0/1 fp32 mask, each entry 1 with probability ``density`` (DARE's random drop)."""
-    probs = torch.full(shape, float(density), dtype=torch.float32)
-    return torch.bernoulli(probs, generator=generator)
-
-
 def della_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
     """DELLA MagPrune keep-probabilities: rank by magnitude within each row, map ranks linearly
     onto ``[density - epsilon, density + epsilon]`` (smallest to largest).

@@ -12,6 +12,12 @@ With base ``θ0``, inputs ``θi``, weights ``wi`` and a per-input sparsifier ``S
 
 The sign is elected on the *weighted* deltas, as mergekit does; the TIES paper (and PEFT) elect on
 unweighted ones. The two agree when all weights are positive and equal.
+
+The primitives, PEFT-style: sparsifiers (:func:`prepare_trim` with :func:`apply_trim` for the
+magnitude and outlier windows of TIES and Breadcrumbs, streamed in row blocks; :func:`random_drop`
+for DARE; :func:`magprune` for DELLA), :func:`elect_sign`, :func:`disjoint_merge`, and
+:func:`combine_deltas` around them. The named methods are rows of one table in
+:mod:`lmbricks.merge.methods.task_arithmetic`.
 """
 
 from __future__ import annotations
@@ -22,9 +28,9 @@ from dataclasses import dataclass
 
 import torch
 
-from lmbricks.merge.registry import Param
 from lmbricks.merge.sparsify import (
     RankWindow,
+    della_probabilities,
     magnitude_ranks,
     magnitude_window,
     outlier_ranks,
@@ -32,17 +38,63 @@ from lmbricks.merge.sparsify import (
     window_of_ranks,
 )
 
+#: Elements per row block when a tensor is processed in pieces: the executor's chunked methods (one
+#: work item per block) and the unfused ``|δ|`` pass. Measured 2026-12-06 on this project's 2-core
+#: machine (loaded), fused TIES apply over an 8192 x 4096 bf16 tensor, two inputs, two workers: best
+#: of 5, 61-65 ms for blocks of 2^19 to 2^22 elements alike, 143 ms at 2^23 (too few blocks to share
+#: out). 2^21 keeps the eager path's fp32 temporaries at 8 MB each; bench/merge.py ran with it.
+ROW_BLOCK = 1 << 21
 
-#: Parameters every task-arithmetic-family method accepts (mergekit's names and defaults).
-def common_params(normalize: bool, rescale: bool) -> tuple[Param, ...]:
-    return (
-        Param("weight", float, per_input=True, help="weight of the input's task vector"),
-        Param("density", float, per_input=True, default=1.0, help="fraction of the task vector kept", bounds="[0, 1]"),
-        Param("lambda", float, default=1.0, help="scale of the merged task vector", arg="lam"),
-        Param("normalize", bool, default=normalize, help="divide by the sum of (agreeing) weights"),
-        Param("rescale", bool, default=rescale, help="rescale kept entries (see rescale_mode)"),
-        Param("int8_mask", bool, default=False, help="mergekit memory option; accepted, no effect here"),
-    )
+#: The fused kernels (:mod:`lmbricks.merge.kernels`) are used where they apply unless the environment
+#: sets ``LMBRICKS_FUSED=0`` when lmbricks is imported (read once, here).
+USE_FUSED = os.environ.get("LMBRICKS_FUSED", "1") != "0"
+
+
+def elect_sign(deltas: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+    """TIES sign election: ``s = sign(Σ wi δi)`` as ±1 (fp32, shaped like the deltas).
+
+    An exact cancellation sums to +0 and counts as + (as in mergekit); -0 only arises where every
+    term is 0, where nothing can agree anyway.
+    """
+    total = torch.mul(deltas[0], weights[0])
+    for d, w in zip(deltas[1:], weights[1:], strict=True):
+        total.add_(d, alpha=w)
+    return torch.ones_like(total).copysign_(total)
+
+
+def disjoint_merge(
+    deltas: Sequence[torch.Tensor], weights: Sequence[float], sign: torch.Tensor, *, normalize: bool
+) -> torch.Tensor:
+    """TIES disjoint merge: ``Σ mi wi δi`` over the entries that agree with ``sign`` (``mi = [sign(wi δi) = s]``),
+    divided per entry by ``Σ mi wi`` when ``normalize`` (0 -> 1).
+
+    Args:
+        deltas: δi (fp32, shape ``S``); overwritten (used as scratch).
+        weights: wi.
+        sign: the elected sign (:func:`elect_sign`), shape ``S``.
+        normalize: divide by the summed weights of the agreeing inputs.
+
+    Returns:
+        fp32 tensor of shape ``S``.
+    """
+    mixed = torch.zeros_like(deltas[0])
+    divisor = torch.zeros_like(deltas[0]) if normalize else None
+    for d, w in zip(deltas, weights, strict=True):
+        if w == 0:
+            continue  # w·d is 0: its sign never agrees
+        # sign(w·d) = s  <=>  w·(d·s) > 0; keep w·(d·s) where positive, i.e. the agreeing entries
+        v = d.mul_(sign)
+        if w > 0:
+            v.clamp_(min=0)
+        else:
+            v.clamp_(max=0)
+        mixed.add_(v, alpha=w)
+        if divisor is not None:
+            divisor.add_(v.sign().abs_(), alpha=w)  # 1 where the entry agrees
+    if divisor is not None:
+        divisor.masked_fill_(divisor == 0, 1)
+        mixed.div_(divisor)
+    return mixed.mul_(sign)  # back from |Σ| in the elected direction to signed values
 
 
 def combine_deltas(
@@ -70,31 +122,7 @@ def combine_deltas(
     if not deltas:
         return base.float()
     if consensus:
-        total = torch.mul(deltas[0], weights[0])
-        for d, w in zip(deltas[1:], weights[1:], strict=True):
-            total.add_(d, alpha=w)
-        # elected sign s = ±1; an exact cancellation sums to +0 and counts as + (as in mergekit);
-        # -0 only arises where every term is 0, where nothing can agree anyway
-        sign = torch.ones_like(total).copysign_(total)
-        del total
-        mixed = torch.zeros_like(deltas[0])
-        divisor = torch.zeros_like(deltas[0]) if normalize else None
-        for d, w in zip(deltas, weights, strict=True):
-            if w == 0:
-                continue  # w·d is 0: its sign never agrees
-            # sign(w·d) = s  <=>  w·(d·s) > 0; keep w·(d·s) where positive, i.e. the agreeing entries
-            v = d.mul_(sign)
-            if w > 0:
-                v.clamp_(min=0)
-            else:
-                v.clamp_(max=0)
-            mixed.add_(v, alpha=w)
-            if divisor is not None:
-                divisor.add_(v.sign().abs_(), alpha=w)  # 1 where the entry agrees
-        if divisor is not None:
-            divisor.masked_fill_(divisor == 0, 1)
-            mixed.div_(divisor)
-        mixed.mul_(sign)  # back from |Σ| in the elected direction to signed values
+        mixed = disjoint_merge(deltas, weights, elect_sign(deltas, weights), normalize=normalize)
     else:
         mixed = torch.zeros_like(deltas[0])
         for d, w in zip(deltas, weights, strict=False):
@@ -107,10 +135,7 @@ def combine_deltas(
     return mixed.add_(base)
 
 
-_BLOCK = 1 << 22  # elements per block when streaming over a tensor
-
-
-def row_blocks(shape: torch.Size | tuple[int, ...], block: int = _BLOCK) -> list[tuple[int, int]]:
+def row_blocks(shape: torch.Size | tuple[int, ...], block: int = ROW_BLOCK) -> list[tuple[int, int]]:
     """Row ranges ``[(r0, r1), ...]`` along dim 0 holding about ``block`` elements each (1 for 0-D)."""
     if len(shape) == 0:
         return [(0, 1)]
@@ -136,20 +161,15 @@ def abs_delta(base: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
 
 def fused_ok(*tensors: torch.Tensor | None) -> bool:
     """Whether the fused kernels (:mod:`lmbricks.merge.kernels`) compute this: CPU, contiguous, fp32
-    or bf16 inputs of one dtype, and ``LMBRICKS_FUSED`` not set to 0."""
+    or bf16 inputs of one dtype, and :data:`USE_FUSED`."""
     present = [t for t in tensors if t is not None]
     return (
-        os.environ.get("LMBRICKS_FUSED", "1") != "0"
+        USE_FUSED
         and bool(present)
         and len({t.dtype for t in present}) == 1
         and all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.bfloat16) for t in present)
         and all(t.is_contiguous() for t in present)
     )
-
-
-def fused_out_ok(out: torch.Tensor | None) -> bool:
-    """Whether the fused kernels can write into ``out`` (None: they return a new fp32 tensor)."""
-    return out is None or (out.dtype in (torch.float32, torch.bfloat16) and out.is_contiguous())
 
 
 def _fused_window(base: torch.Tensor, tensor: torch.Tensor, density: float, gamma: float | None) -> RankWindow | None:
@@ -227,12 +247,14 @@ def apply_trim(
     normalize: bool,
     lam: float,
     out: torch.Tensor | None = None,
+    fused: bool = True,
 ) -> torch.Tensor:
     """Trim each delta with its state, then :func:`combine_deltas` (one block at flat ``offset``).
 
     With ``out`` (any float dtype, the block's shape), the result is written there and returned.
+    ``fused=False`` keeps to the eager functions even where the kernels apply.
     """
-    if fused_ok(base, *tensors) and fused_out_ok(out):
+    if fused and fused_ok(base, *tensors):
         from lmbricks.merge import kernels
 
         return kernels.combine_block(
@@ -258,16 +280,6 @@ def apply_trim(
         deltas.append(d)
     res = combine_deltas(b, deltas, weight, consensus=consensus, normalize=normalize, lam=lam)
     return res if out is None else out.copy_(res)
-
-
-#: lmbricks extension for the random-drop methods: how kept entries are rescaled.
-RESCALE_MODE = Param(
-    "rescale_mode",
-    str,
-    default="l1",
-    choices=("l1", "inverse"),
-    help="l1: match the L1 norm of δ (mergekit); inverse: divide by the keep probability (paper, unbiased)",
-)
 
 
 def random_drop(
@@ -308,3 +320,23 @@ def random_drop(
     if before < 1e-7 or after < 1e-7:
         return kept
     return kept.mul_(before / after)
+
+
+def magprune(
+    delta: torch.Tensor,
+    density: float,
+    epsilon: float,
+    *,
+    rescale: bool,
+    rescale_mode: str,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """DELLA's MagPrune: :func:`random_drop` with keep probabilities rising with the ``|δ|`` rank
+    in each row from ``density - epsilon`` to ``density + epsilon``
+    (:func:`~lmbricks.merge.sparsify.della_probabilities`).
+
+    Returns:
+        fp32 tensor shaped like ``delta``.
+    """
+    probs = della_probabilities(delta, density, epsilon).reshape(delta.shape)
+    return random_drop(delta, probs, rescale=rescale, rescale_mode=rescale_mode, generator=generator)

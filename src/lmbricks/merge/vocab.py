@@ -70,29 +70,9 @@ def build_vocab(
             raise ConfigError(f"tokenizer_source: cannot load the tokenizer of {key}: {exc}") from None
 
     keys = list(paths)
-    ref = base_key or keys[0]
     toks = {k: load(k) for k in keys}
     vocabs = {k: _vocab(toks[k], vocab_sizes.get(k)) for k in keys}
-    if source == "base":
-        out_tok = toks[ref]
-    elif source == "union":
-        out_tok = toks[ref]
-        have = set(out_tok.get_vocab())
-        extra: list[str] = []
-        for k in keys:
-            for t, _i in sorted(vocabs[k].items(), key=lambda kv: kv[1]):
-                if t not in have:
-                    have.add(t)
-                    extra.append(t)
-        if extra:
-            out_tok.add_tokens(extra)
-    elif source in toks:
-        out_tok = toks[source]
-    else:
-        raise ConfigError(
-            f"tokenizer_source: {source!r} is neither 'base', 'union' nor one of the recipe's models "
-            f"({', '.join(keys)})"
-        )
+    out_tok = _output_tokenizer(source, base_key or keys[0], toks, vocabs)
     out_vocab = out_tok.get_vocab()
     size = len(out_vocab)
     index = {}
@@ -104,6 +84,29 @@ def build_vocab(
                 idx[j] = v[t]
         index[k] = idx
     return VocabPlan(out_tok, size, index, base_key)
+
+
+def _output_tokenizer(source: str, ref: str, toks: dict[str, Any], vocabs: dict[str, dict[str, int]]) -> Any:
+    """The output tokenizer for ``tokenizer_source`` ``source`` (``ref``: the base or first model)."""
+    if source == "base":
+        return toks[ref]
+    if source == "union":
+        out_tok = toks[ref]
+        have = set(out_tok.get_vocab())
+        extra: list[str] = []
+        for k in toks:
+            for t, _i in sorted(vocabs[k].items(), key=lambda kv: kv[1]):
+                if t not in have:
+                    have.add(t)
+                    extra.append(t)
+        if extra:
+            out_tok.add_tokens(extra)
+        return out_tok
+    if source in toks:
+        return toks[source]
+    raise ConfigError(
+        f"tokenizer_source: {source!r} is neither 'base', 'union' nor one of the recipe's models ({', '.join(toks)})"
+    )
 
 
 def align_rows(plan: VocabPlan, keys: Sequence[str], tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:

@@ -3,38 +3,26 @@
 An expert's matmuls are small (a few hundred rows). Split over two intra-op threads each one pays a
 fork/join, and on a shared VM every join waits for the slower thread; giving each thread whole
 experts removes the joins (bench/moe.py's expert shapes, forward, 60 interleaved rounds: median
-126 ms concurrently against 167 ms one expert after another with two-thread GEMMs). The intra-op
-thread count is set to 1 for the duration of a call and restored (PyTorch's setting is
-process-wide: another Python thread running torch during that call also sees one thread); grad and
-inference modes, which are per thread, are carried to the workers. Work items must write disjoint
-outputs (or one output per group, summed afterwards in a fixed order).
+126 ms concurrently against 167 ms one expert after another with two-thread GEMMs). The threads come
+from :func:`lmbricks.threads.torch_workers` (intra-op threads set to 1 for the call and restored;
+grad and inference modes carried to the workers). Work items must write disjoint outputs (or one
+output per group, summed afterwards in a fixed order).
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor
+
+from lmbricks.threads import torch_workers
 
 Slice = tuple[int, int, int]  # (expert, start row, end row)
 
 # Experts run concurrently when they average at least this many rows; below it the per-expert work
 # is too small to pay for the hand-off.
 PARALLEL_MIN_ROWS = 64
-
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _pool(workers: int) -> ThreadPoolExecutor:
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None or _POOL._max_workers < workers:
-            _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lmbricks-experts")
-        return _POOL
 
 
 def balanced_groups(slices: Sequence[Slice], n: int) -> list[list[Slice]]:
@@ -63,21 +51,15 @@ def concurrent_groups(slices: Sequence[Slice], x: Tensor) -> list[list[Slice]] |
 
 def run_groups(groups: list[list[Slice]], work: Callable[[int, list[Slice]], None]) -> None:
     """Call ``work(i, groups[i])`` for every group, concurrently, each worker single-threaded."""
-    threads = torch.get_num_threads()
-    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
 
     def run(i: int) -> None:
-        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-            work(i, groups[i])
+        work(i, groups[i])
 
-    torch.set_num_threads(1)
-    try:
-        futures = [_pool(threads).submit(run, i) for i in range(1, len(groups))]
-        run(0)  # the calling thread takes one share
+    with torch_workers() as workers:
+        futures = [workers.submit(run, i) for i in range(1, len(groups))]
+        workers.call(run, 0)  # the calling thread takes one share
         for f in futures:
             f.result()
-    finally:
-        torch.set_num_threads(threads)
 
 
 def for_each_expert(slices: Sequence[Slice], fn: Callable[[int, int, int], None], x: Tensor) -> None:

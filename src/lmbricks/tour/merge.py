@@ -83,21 +83,27 @@ def merge_section(ctx: TourContext) -> list[SummaryRow]:
     )
     ctx.report.figure(png, f"Held-out bits per byte, first {ctx.eval_bytes:,} bytes per domain. Lower is better.")
 
-    merged = bpb["ties(+zh, +math)"]
-    gains = {d: 1 - merged[d] / bpb["base"][d] for d in DEFAULT_DOMAINS}
-    kept = {v: (1 - merged[v] / bpb["base"][v]) / max(1e-9, 1 - bpb[f"+{v}"][v] / bpb["base"][v]) for v in VARIANTS}
-    best_domain = max(gains, key=lambda d: gains[d])
-    ctx.report.text(
-        f"The merged model keeps {kept['zh']:.0%} of the zh brick's gain on zh and {kept['math']:.0%} of the math "
-        f"brick's gain on math, in one set of weights; its largest improvement over the base is on {best_domain} "
-        f"({gains[best_domain]:+.1%} bits per byte). "
-        + (
-            f"Building it took {seconds['ties']:.1f} s with the bricks applied on the fly."
-            if seconds["ties"]
-            else "It was reused from the tour's cache."
-        )
-    )
+    merged, base = bpb["ties(+zh, +math)"], bpb["base"]
+    kept = {v: (1 - merged[v] / base[v]) / max(1e-9, 1 - bpb[f"+{v}"][v] / base[v]) for v in VARIANTS}
+    ctx.report.text(_findings(bpb, kept, seconds["ties"]))
     return [
         ("merge", "zh gain kept", f"{kept['zh']:.0%}"),
         ("merge", "math gain kept", f"{kept['math']:.0%}"),
     ]
+
+
+def _findings(bpb: dict[str, dict[str, float]], kept: dict[str, float], seconds: float) -> str:
+    """The section's sentences: the share of each brick's gain kept, the best domain, the build time."""
+    merged, base = bpb["ties(+zh, +math)"], bpb["base"]
+    gains = {d: 1 - merged[d] / base[d] for d in DEFAULT_DOMAINS}
+    best_domain = max(gains, key=lambda d: gains[d])
+    return (
+        f"The merged model keeps {kept['zh']:.0%} of the zh brick's gain on zh and {kept['math']:.0%} of the math "
+        f"brick's gain on math, in one set of weights; its largest improvement over the base is on {best_domain} "
+        f"({gains[best_domain]:+.1%} bits per byte). "
+        + (
+            f"Building it took {seconds:.1f} s with the bricks applied on the fly."
+            if seconds
+            else "It was reused from the tour's cache."
+        )
+    )

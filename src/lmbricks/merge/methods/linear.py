@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from lmbricks.merge.registry import ChunkedForm, Param, register_method
-from lmbricks.merge.task_vectors import fused_ok, fused_out_ok
+from lmbricks.merge.registry import Param, blockwise, register_method
+from lmbricks.merge.task_vectors import fused_ok
 
 
 def linear(
@@ -31,13 +31,14 @@ def linear(
     Returns:
         fp32 tensor of shape ``S`` (or ``out``).
     """
+    del base  # every model is a term
     coeffs = list(weight)
     if normalize:
         total = float(sum(coeffs))
         if total == 0:  # refused when the recipe is planned (check_weights); kept for direct calls
             raise ValueError("linear: weights sum to zero, cannot normalize")
         coeffs = [w / total for w in coeffs]
-    if fused_ok(*tensors) and fused_out_ok(out):
+    if fused_ok(*tensors):
         from lmbricks.merge import kernels
 
         return kernels.combine_block(None, list(tensors), coeffs, out=out)
@@ -58,25 +59,17 @@ def check_weights(kwargs: dict[str, Any], normalize_key: str = "normalize") -> s
     return None
 
 
-def _prepare(base: torch.Tensor | None, tensors: Sequence[torch.Tensor], **_: object) -> None:
-    return None
-
-
-def _apply(
-    base: torch.Tensor | None, tensors: Sequence[torch.Tensor], *, state: None, offset: int, **kw: object
-) -> torch.Tensor:
-    return linear(base, tensors, **kw)  # type: ignore[arg-type]
+#: The per-input weight of the methods that average models (linear, multislerp).
+WEIGHT = Param("weight", float, per_input=True, help="weight of each model")
+_PARAMS = (WEIGHT, Param("normalize", bool, default=True, help="divide by the sum of weights"))
 
 
 register_method(
     name="linear",
     reference="https://arxiv.org/abs/2203.05482",
     formula="θ = Σ wi θi / Σ wi",
-    params=(
-        Param("weight", float, per_input=True, help="weight of each model"),
-        Param("normalize", bool, default=True, help="divide by the sum of weights"),
-    ),
+    params=_PARAMS,
     base="none",
-    chunked=ChunkedForm(_prepare, _apply, takes_out=True),
+    chunked=blockwise("linear", linear, _PARAMS, takes_out=True),
     check=check_weights,
 )(linear)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from lmbricks.errors import MergeError
-from lmbricks.merge.methods.linear import check_weights
+from lmbricks.merge.methods.linear import WEIGHT, check_weights
 from lmbricks.merge.registry import Param, register_method
 
 
@@ -42,11 +42,7 @@ def multislerp(
     x = torch.stack([t.float().reshape(-1) for t in tensors])  # (k, n)
     if base is not None:
         x -= base.float().reshape(1, -1)
-    coeffs = [float(x) for x in weight]
-    if normalize_weights:  # in float64: weights tiny enough to vanish in float32 still normalise
-        total = sum(coeffs)  # a zero sum is refused when the recipe is planned (check_weights)
-        coeffs = [x / total for x in coeffs]
-    w = torch.tensor(coeffs, dtype=torch.float32)
+    w = _coefficients(weight, normalize_weights)
     norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)  # (k, 1)
     if bool((norms <= eps).all()):
         # every input equals the centre (the base, or zero): the mean on the sphere is the centre
@@ -63,15 +59,29 @@ def multislerp(
             "multislerp: the weighted mean direction of the inputs is zero (they cancel out), so no point on "
             "the sphere is their mean; change the weights or use linear"
         )
-    mean = mean / mean_norm
+    result = _exp_map(unit, mean / mean_norm, w, eps) * (norms.squeeze(1) * w).sum()
+    out = result.reshape(shape)
+    return out + base.float() if base is not None else out
+
+
+def _coefficients(weight: Sequence[float], normalize: bool) -> torch.Tensor:
+    """The weights as fp32, divided by their sum in float64 first (weights tiny enough to vanish in
+    float32 still normalise; a zero sum is refused when the recipe is planned, by check_weights)."""
+    coeffs = [float(x) for x in weight]
+    if normalize:
+        total = sum(coeffs)
+        coeffs = [x / total for x in coeffs]
+    return torch.tensor(coeffs, dtype=torch.float32)
+
+
+def _exp_map(unit: torch.Tensor, mean: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """The weighted mean of the unit rows ``unit`` ``(k, n)`` in the tangent space at the unit vector
+    ``mean`` ``(n,)``, mapped back onto the sphere."""
     dots = unit @ mean  # (k,)
     tangent = unit - dots[:, None] * mean[None, :]
     tangent_mean = (tangent * w[:, None]).sum(0)
     tnorm = torch.linalg.vector_norm(tangent_mean) + eps
-    result = mean * torch.cos(tnorm) + tangent_mean * (torch.sin(tnorm) / tnorm)
-    result = result * (norms.squeeze(1) * w).sum()
-    out = result.reshape(shape)
-    return out + base.float() if base is not None else out
+    return mean * torch.cos(tnorm) + tangent_mean * (torch.sin(tnorm) / tnorm)
 
 
 register_method(
@@ -79,7 +89,7 @@ register_method(
     reference="https://goddard.blog/posts/multislerp-wow-what-a-cool-idea",
     formula="ui = (θi-θ0)/|θi-θ0|; m = normalize(Σ wi ui); θ = θ0 + Σwi|θi-θ0| · exp_m(Σ wi (ui - <ui,m> m))",
     params=(
-        Param("weight", float, per_input=True, help="weight of each model"),
+        WEIGHT,
         Param("normalize_weights", bool, default=True, help="divide weights by their sum"),
         Param("eps", float, default=1e-8, help="numerical floor (a small positive number)", bounds="(0, 0.001]"),
     ),

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from lmbricks.merge.registry import ChunkedForm, Param, register_method
+from lmbricks.merge.registry import Param, blockwise, register_method
 
 
 def passthrough(
@@ -22,21 +22,21 @@ def passthrough(
     Returns:
         fp32 tensor.
     """
+    del base  # the one input is the term
     out = tensors[0].float()
     s = scale[0] if scale else None
     return out * s if s is not None else out
 
 
-def _apply(base: torch.Tensor | None, tensors: Sequence[torch.Tensor], *, state: None, offset: int, **kw: object):
-    return passthrough(base, tensors, **kw)  # type: ignore[arg-type]
+_PARAMS = (Param("scale", float, per_input=True, default=None, help="optional multiplier"),)
 
 
 register_method(
     name="passthrough",
     reference="https://github.com/arcee-ai/mergekit#passthrough",
     formula="θ = θ1 (· scale)",
-    params=(Param("scale", float, per_input=True, default=None, help="optional multiplier"),),
+    params=_PARAMS,
     base="none",
     max_models=1,
-    chunked=ChunkedForm(lambda *a, **k: None, _apply),
+    chunked=blockwise("passthrough", passthrough, _PARAMS),
 )(passthrough)
