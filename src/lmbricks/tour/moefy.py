@@ -11,7 +11,6 @@ experts), and one FFN's forward time versus the dense FFN. The full protocol is
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from lmbricks.data.registry import DEFAULT_DOMAINS
@@ -34,27 +33,6 @@ def section_config(quick: bool) -> dict[str, Any]:
     }
 
 
-def cached_or_built(
-    ctx: TourContext, settings: dict[str, Any], texts_of: Callable[[str, str], list[str]] | None = None
-) -> tuple[Any, Any, bool]:
-    """``(model, tokenizer, built)``: the cached MoEfied model if its settings match, else a new one."""
-    from lmbricks.moefy import is_moefied, load_moefied, make_config, moefy_model, save_moefied
-    from lmbricks.moefy.io import read_section
-
-    cfg = make_config(**settings)
-    path: Path = ctx.cache_dir / "moefied"
-    if is_moefied(path) and read_section(path).get("moefy") == cfg.model_dump():
-        model, tokenizer = load_moefied(path)
-        return model, tokenizer, False
-    from lmbricks.hub import load_hf_model
-
-    model, tokenizer = load_hf_model(ctx.model_path)
-    info = moefy_model(model, tokenizer, cfg, texts_of=texts_of, on_step=lambda msg: ctx.log(f"  moefy: {msg}"))
-    save_moefied(model, path, cfg, info.permutations, source=ctx.model_path, tokenizer=tokenizer, force=True,
-                 command="lmbricks tour (moefy section)")  # fmt: skip
-    return model, tokenizer, True
-
-
 def moefy_section(ctx: TourContext) -> list[SummaryRow]:
     """MoEfy (or reuse), then perplexity change at a few K and FFN speed versus dense."""
     return moefication_section(ctx)
@@ -63,44 +41,39 @@ def moefy_section(ctx: TourContext) -> list[SummaryRow]:
 def moefication_section(ctx: TourContext, texts_of: Callable[[str, str], list[str]] | None = None) -> list[SummaryRow]:
     """The body of :func:`moefy_section` (``texts_of`` replaces the corpora, for tests)."""
     from lmbricks.analysis.corpus import domain_chunks
-    from lmbricks.moefy import moefied_layers
-    from lmbricks.moefy.evaluate import DenseFFN, ppl_curve, time_ffn
+    from lmbricks.moefy import make_config
+    from lmbricks.moefy.pipeline import cached_moefied, measure_moefied
     from lmbricks.tour.sparsity import block_length
 
     settings = section_config(ctx.quick)
-    model, tokenizer, built = cached_or_built(ctx, settings, texts_of)
+    model, tokenizer, built = cached_moefied(
+        ctx.model_path, ctx.cache_dir / "moefied", make_config(**settings), texts_of,
+        on_step=lambda msg: ctx.log(f"  moefy: {msg}"), command="lmbricks tour (moefy section)",
+    )  # fmt: skip
     seq_len = block_length(ctx)
     evals = domain_chunks(tokenizer, DOMAINS, "test", 1, seq_len, texts_of)
     ks = [8, 16] if ctx.quick else [4, 8, 16, 24]
     half = EXPERTS // 2
-    result = ppl_curve(model, evals, ks, ("router",), on_step=lambda msg: ctx.log(f"  moefy eval: {msg}"))
-    oracle = ppl_curve(model, evals, [half], ("oracle",)).find("oracle", half)
-    assert oracle is not None
-    layers = moefied_layers(model)
-    ffn = layers[len(layers) // 2]
-    timing = time_ffn(DenseFFN.of(ffn), ffn, ffn.hidden_size, ks + [EXPERTS], tokens=256,
-                      rounds=5 if ctx.quick else 10)  # fmt: skip
-    change = {p.top_k: {d: p.ppl[d] / result.dense_ppl[d] - 1.0 for d in DOMAINS} for p in result.points}
-    mean = {k: result.change(p) for k, p in zip(change, result.points, strict=True)}
-    oracle_mean = result.change(oracle)
-    speed = {k: timing[f"K={k}_speedup"] for k in ks + [EXPERTS]}
+    m = measure_moefied(model, evals, ks, half, rounds=5 if ctx.quick else 10,
+                        on_step=lambda msg: ctx.log(f"  moefy eval: {msg}"))  # fmt: skip
+    change, mean, speed, oracle_mean = m.router_change, m.router_mean, m.ffn_speedup, m.oracle_mean
     ctx.results["moefy"] = {
         "settings": settings,
         "built_this_run": built,
         "eval_tokens_per_domain": seq_len,
-        "dense_ppl": result.dense_ppl,
+        "dense_ppl": m.dense_ppl,
         "router_ppl_change": {str(k): v for k, v in change.items()},
         "router_mean_change": {str(k): v for k, v in mean.items()},
         f"oracle_mean_change_K{half}": oracle_mean,
         "ffn_speedup": {str(k): v for k, v in speed.items()},
-        "ffn_dense_ms": timing["dense_ms"],
+        "ffn_dense_ms": m.ffn_dense_ms,
     }
     ctx.report.section(
         "MoEfication",
-        f"Each FFN's {ffn.n_experts * ffn.expert_size:,} neurons are cut into {EXPERTS} experts of "
-        f"{ffn.expert_size} (co-activation split, linear router per layer, calibrated on "
+        f"Each FFN's {m.neurons:,} neurons are cut into {EXPERTS} experts of "
+        f"{m.expert_size} (co-activation split, linear router per layer, calibrated on "
         f"{settings['calib_seq_len']} tokens per domain{'' if built else '; loaded from the tour cache'}). "
-        f"Perplexity on one block of {seq_len} tokens per domain; FFN time of layer {len(layers) // 2} "
+        f"Perplexity on one block of {seq_len} tokens per domain; FFN time of layer {m.timed_layer} "
         f"on 256 tokens versus the dense FFN.",
     )
     ctx.report.table(
@@ -118,7 +91,7 @@ def moefication_section(ctx: TourContext, texts_of: Callable[[str, str], list[st
             [
                 half,
                 f"{half / EXPERTS:.0%} (oracle)",
-                *(f"{oracle.ppl[d] / result.dense_ppl[d] - 1:+.1%}" for d in DOMAINS),
+                *(f"{m.oracle_change[d]:+.1%}" for d in DOMAINS),
                 f"{oracle_mean:+.1%}",
                 "-",
             ]
