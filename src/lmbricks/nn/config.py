@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmbricks.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lmbricks.moe import MoEConfig
 
 FAMILIES = ("llama", "mistral", "qwen2", "mixtral", "qwen2_moe")
 
@@ -55,9 +58,7 @@ class LMConfig:
             self.num_kv_heads = self.num_heads
         _positive_int("num_kv_heads", self.num_kv_heads)
         if self.num_heads % self.num_kv_heads:
-            raise ConfigError(
-                f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})"
-            )
+            raise ConfigError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
         if self.head_dim is None:
             if self.hidden_size % self.num_heads:
                 raise ConfigError(
@@ -102,27 +103,20 @@ class LMConfig:
     def num_moe_layers(self) -> int:
         return sum(self.is_moe_layer(i) for i in range(self.num_layers))
 
-    def moe_config(self) -> Any:
+    def moe_config(self) -> MoEConfig:
         """The ``lmbricks.moe.MoEConfig`` for the MoE layers (ConfigError naming ``moe.<field>``)."""
         if self.moe is None:
             raise ConfigError("this model has no moe section")
+        from lmbricks.config import suggest
         from lmbricks.moe import MoEConfig
 
-        known = (
-            {f.name for f in dataclasses.fields(MoEConfig)} if dataclasses.is_dataclass(MoEConfig) else None
-        )
-        if known is not None:
-            from lmbricks.config import suggest
-
-            for key in self.moe:
-                if key not in known:
-                    hint = suggest(str(key), known) or f" (known: {', '.join(sorted(known))})"
-                    raise ConfigError(f"unknown key moe.{key}{hint}")
+        known = set(MoEConfig.model_fields)
+        for key in self.moe:
+            if key not in known:
+                raise ConfigError(f"unknown key 'moe.{key}'{suggest(str(key), known)}")
         try:
             return MoEConfig(**self.moe)
         except ConfigError as exc:
-            raise ConfigError(f"moe: {exc}") from None
-        except (TypeError, ValueError) as exc:
             raise ConfigError(f"moe: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
