@@ -48,13 +48,10 @@ def config_from_hf(hf: Mapping[str, Any]) -> LMConfig:
     family = hf.get("model_type")
     if family not in ARCHITECTURES:
         raise ConfigError(
-            f"config.json model_type {family!r} is not supported by lmbricks.nn "
-            f"(supported: {', '.join(ARCHITECTURES)})"
+            f"config.json model_type {family!r} is not supported by lmbricks.nn (supported: {', '.join(ARCHITECTURES)})"
         )
     if hf.get("hidden_act", "silu") != "silu":
-        raise ConfigError(
-            f"config.json hidden_act {hf.get('hidden_act')!r}: only 'silu' (SwiGLU) is supported"
-        )
+        raise ConfigError(f"config.json hidden_act {hf.get('hidden_act')!r}: only 'silu' (SwiGLU) is supported")
     if hf.get("mlp_bias"):
         raise ConfigError("config.json mlp_bias=true is not supported")
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
@@ -145,9 +142,7 @@ def export_family(cfg: LMConfig) -> tuple[str, str | None]:
         reasons.append(f"activation {m.activation!r}")
     if getattr(m, "capacity_factor", None) is not None:
         reasons.append("capacity_factor")
-    mixtral_ok = (
-        m.renormalize and not shared and cfg.moe_every == 1 and not cfg.dense_layers and not cfg.qkv_bias
-    )
+    mixtral_ok = m.renormalize and not shared and cfg.moe_every == 1 and not cfg.dense_layers and not cfg.qkv_bias
     if mixtral_ok and (cfg.family != "qwen2_moe"):
         family = "mixtral"
     else:
@@ -255,16 +250,12 @@ def load_hf_weights(model: LM, get: Callable[[str], Tensor], keys: set[str], fam
         sd[q + "attn.o.weight"] = take(a + "o_proj.weight")
         if isinstance(block.ffn, SwiGLU):
             m = p + "mlp."
-            sd[q + "ffn.gate_up.weight"] = torch.cat(
-                [take(m + "gate_proj.weight"), take(m + "up_proj.weight")]
-            )
+            sd[q + "ffn.gate_up.weight"] = torch.cat([take(m + "gate_proj.weight"), take(m + "up_proj.weight")])
             sd[q + "ffn.down.weight"] = take(m + "down_proj.weight")
         else:
             from lmbricks.nn.moe_io import moe_state_from_hf
 
-            sd.update(
-                {q + "ffn." + k: v for k, v in moe_state_from_hf(block.ffn, p, family, take, keys).items()}
-            )
+            sd.update({q + "ffn." + k: v for k, v in moe_state_from_hf(block.ffn, p, family, take, keys).items()})
     unexpected = sorted(k for k in keys - used if not k.endswith("rotary_emb.inv_freq"))
     if unexpected:
         raise CheckpointError(f"unexpected tensor(s) in the checkpoint: {', '.join(unexpected[:5])}")

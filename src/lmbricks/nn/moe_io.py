@@ -56,9 +56,7 @@ def moe_state_from_hf(
         ups.append(take(p + f"{u}.weight").t())  # (H, I)
         downs.append(take(p + f"{d}.weight").t())  # (I, H)
     if ex.gated:
-        out["experts.gate_up"] = torch.stack(
-            [torch.cat([gt, up], dim=1) for gt, up in zip(gates, ups, strict=True)]
-        )
+        out["experts.gate_up"] = torch.stack([torch.cat([gt, up], dim=1) for gt, up in zip(gates, ups, strict=True)])
     else:
         out["experts.up"] = torch.stack(ups)  # (E, H, I)
     out["experts.down"] = torch.stack(downs)  # (E, I, H)
