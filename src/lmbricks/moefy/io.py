@@ -112,15 +112,9 @@ def save_moefied(
         for key, value in dense_state_dict(model).items():
             writer.add(key, value)
         writer.finish()
-        extra: dict[str, Tensor] = {}
-        for i, (layer, perm) in enumerate(zip(layers, permutations, strict=True)):
-            extra[f"layers.{i}.perm"] = perm.to(torch.int64)
-            if layer.router is not None:
-                for k, v in layer.router.state_dict().items():
-                    extra[f"layers.{i}.router.{k}"] = v.detach().float().contiguous()
         from safetensors.torch import save_file
 
-        save_file(extra, str(tmp / ROUTER_FILE), metadata={"format": "pt"})
+        save_file(_router_tensors(layers, permutations), str(tmp / ROUTER_FILE), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True, default=str) + "\n")
         copied = copy_tokenizer(Path(source), tmp) if source is not None and Path(source).is_dir() else []
         if not any(c.startswith("tokenizer") for c in copied) and tokenizer is not None:
@@ -133,6 +127,17 @@ def save_moefied(
             bricks={"experts_per_layer": layers[0].n_experts, "layers": len(layers), "router": config.router},
         )
     return Path(out).expanduser().absolute()
+
+
+def _router_tensors(layers: list[MoefiedFFN], permutations: list[Tensor]) -> dict[str, Tensor]:
+    """``layers.{i}.perm`` (the neuron order, int64) and ``layers.{i}.router.*`` (fp32) of every layer."""
+    extra: dict[str, Tensor] = {}
+    for i, (layer, perm) in enumerate(zip(layers, permutations, strict=True)):
+        extra[f"layers.{i}.perm"] = perm.to(torch.int64)
+        if layer.router is not None:
+            for k, v in layer.router.state_dict().items():
+                extra[f"layers.{i}.router.{k}"] = v.detach().float().contiguous()
+    return extra
 
 
 def read_section(path: str | Path) -> dict[str, Any]:
@@ -177,9 +182,7 @@ def load_moefied(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[
     extra = load_file(str(path / ROUTER_FILE))
     blocks = find_ffns(model)
     if len(blocks) != len(section["layers"]):
-        raise CheckpointError(
-            f"{path}: {len(section['layers'])} MoEfied layers declared, {len(blocks)} FFNs found"
-        )
+        raise CheckpointError(f"{path}: {len(section['layers'])} MoEfied layers declared, {len(blocks)} FFNs found")
     for i, block in enumerate(blocks):
         assert block.gate is not None
         experts = int(section["experts"])
