@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from lmbricks.cli.common import FORCE_HELP, console, err_console, reads_checkpoints, user_errors
+
+if TYPE_CHECKING:
+    from lmbricks.moefy.pipeline import MoefyOutcome, MoefyRun
 
 
 @user_errors
@@ -40,16 +44,8 @@ def moefy(
     """
     from lmbricks.moefy.pipeline import MoefyRun, run_moefy
 
-    settings = {
-        "experts": experts,
-        "top_k": top_k,
-        "split": split,
-        "router": router,
-        "dynamic_threshold": dynamic_threshold,
-        "router_steps": router_steps,
-        "calib_chunks": calib_chunks,
-        "calib_seq_len": calib_seq_len,
-    }
+    settings = dict(experts=experts, top_k=top_k, split=split, router=router, dynamic_threshold=dynamic_threshold,
+                    router_steps=router_steps, calib_chunks=calib_chunks, calib_seq_len=calib_seq_len)  # fmt: skip
     run = MoefyRun.of(
         model=model,
         out=out,
@@ -70,13 +66,16 @@ def moefy(
             on_step=status.update,
             on_heal=lambda s: status.update(f"healing: {s.tokens} tokens, KL {s.kl[-1]:.3f}"),
         )
+    _print_outcome(run, outcome)
+
+
+def _print_outcome(run: MoefyRun, outcome: MoefyOutcome) -> None:
     if run.densify:
         console.print(f"dense model: {outcome.path}")
         return
     if outcome.oracle_share is not None:
-        console.print(
-            f"calibration: top-{top_k} of {experts} experts hold {outcome.oracle_share:.1%} of the activation mass"
-        )
+        k, e = run.moefy.top_k, run.moefy.experts
+        console.print(f"calibration: top-{k} of {e} experts hold {outcome.oracle_share:.1%} of the activation mass")
     if outcome.healed is not None:
         h = outcome.healed
         console.print(f"healed {h.steps} steps, {h.tokens} tokens, KL {h.kl[0]:.3f} -> {h.kl[-1]:.3f}")

@@ -66,6 +66,13 @@ def kl_to_teacher(student_logits: torch.Tensor, teacher_logits: torch.Tensor) ->
     return (t.exp() * (t - s)).sum(-1).mean()
 
 
+def _budget_left(config: HealConfig, stats: HealStats, elapsed: float) -> bool:
+    """Whether neither the minutes nor the tokens of the budget are spent."""
+    if config.max_minutes is not None and elapsed >= 60 * config.max_minutes:
+        return False
+    return config.max_tokens is None or stats.tokens < config.max_tokens
+
+
 def _optimiser(
     student: nn.Module, layers: list[MoefiedFFN], config: HealConfig
 ) -> tuple[list[nn.Parameter], torch.optim.Optimizer]:
@@ -113,12 +120,7 @@ def heal(
     student.train()
     try:
         i = 0
-        while True:
-            elapsed = time.perf_counter() - start
-            if config.max_minutes is not None and elapsed >= 60 * config.max_minutes:
-                break
-            if config.max_tokens is not None and stats.tokens >= config.max_tokens:
-                break
+        while _budget_left(config, stats, time.perf_counter() - start):
             ids = blocks[i : i + config.batch_size]
             i = (i + config.batch_size) % max(blocks.shape[0], 1)
             with torch.no_grad():

@@ -96,17 +96,7 @@ def save_moefied(
     model_config: Any = getattr(model, "config", None)
     if model_config is None:
         raise CheckpointError("save_moefied: the model has no Hugging Face config")
-    hf: dict[str, Any] = model_config.to_dict()
-    hf[SECTION] = {
-        "kind": KIND,
-        "experts": layers[0].n_experts,
-        "expert_size": layers[0].expert_size,
-        "top_k": layers[0].top_k,
-        "router": config.router,
-        "dynamic_threshold": layers[0].dynamic_threshold,
-        "layers": _names(model),
-        "moefy": config.model_dump(),
-    }
+    hf: dict[str, Any] = {**model_config.to_dict(), SECTION: _section(model, layers, config)}
     with atomic_directory(out, force=force, inputs=[source]) as tmp:
         writer = ShardedWriter(tmp)
         for key, value in dense_state_dict(model).items():
@@ -127,6 +117,20 @@ def save_moefied(
             bricks={"experts_per_layer": layers[0].n_experts, "layers": len(layers), "router": config.router},
         )
     return Path(out).expanduser().absolute()
+
+
+def _section(model: nn.Module, layers: list[MoefiedFFN], config: MoefyConfig) -> dict[str, Any]:
+    """config.json's ``lmbricks`` section: kind, experts, routing defaults, layer names, the settings."""
+    return {
+        "kind": KIND,
+        "experts": layers[0].n_experts,
+        "expert_size": layers[0].expert_size,
+        "top_k": layers[0].top_k,
+        "router": config.router,
+        "dynamic_threshold": layers[0].dynamic_threshold,
+        "layers": _names(model),
+        "moefy": config.model_dump(),
+    }
 
 
 def _router_tensors(layers: list[MoefiedFFN], permutations: list[Tensor]) -> dict[str, Tensor]:

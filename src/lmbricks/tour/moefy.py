@@ -11,11 +11,14 @@ experts), and one FFN's forward time versus the dense FFN. The full protocol is
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmbricks.data.registry import DEFAULT_DOMAINS
 from lmbricks.report import line_chart
 from lmbricks.tour.run import SummaryRow, TourContext
+
+if TYPE_CHECKING:
+    from lmbricks.moefy.pipeline import MoefyMeasures
 
 DOMAINS = DEFAULT_DOMAINS
 EXPERTS = 32
@@ -56,18 +59,8 @@ def moefication_section(ctx: TourContext, texts_of: Callable[[str, str], list[st
     half = EXPERTS // 2
     m = measure_moefied(model, evals, ks, half, rounds=5 if ctx.quick else 10,
                         on_step=lambda msg: ctx.log(f"  moefy eval: {msg}"))  # fmt: skip
-    change, mean, speed, oracle_mean = m.router_change, m.router_mean, m.ffn_speedup, m.oracle_mean
-    ctx.results["moefy"] = {
-        "settings": settings,
-        "built_this_run": built,
-        "eval_tokens_per_domain": seq_len,
-        "dense_ppl": m.dense_ppl,
-        "router_ppl_change": {str(k): v for k, v in change.items()},
-        "router_mean_change": {str(k): v for k, v in mean.items()},
-        f"oracle_mean_change_K{half}": oracle_mean,
-        "ffn_speedup": {str(k): v for k, v in speed.items()},
-        "ffn_dense_ms": m.ffn_dense_ms,
-    }
+    mean, speed = m.router_mean, m.ffn_speedup
+    ctx.results["moefy"] = _results(m, settings, built, seq_len)
     ctx.report.section(
         "MoEfication",
         f"Each FFN's {m.neurons:,} neurons are cut into {EXPERTS} experts of "
@@ -77,25 +70,7 @@ def moefication_section(ctx: TourContext, texts_of: Callable[[str, str], list[st
         f"on 256 tokens versus the dense FFN.",
     )
     ctx.report.table(
-        [
-            [
-                k,
-                f"{k / EXPERTS:.0%}",
-                *(f"{change[k][d]:+.1%}" for d in DOMAINS),
-                f"{mean[k]:+.1%}",
-                f"{speed[k]:.2f}x",
-            ]  # fmt: skip
-            for k in ks
-        ]
-        + [
-            [
-                half,
-                f"{half / EXPERTS:.0%} (oracle)",
-                *(f"{m.oracle_change[d]:+.1%}" for d in DOMAINS),
-                f"{oracle_mean:+.1%}",
-                "-",
-            ]
-        ],  # fmt: skip
+        _table_rows(m, ks),
         ["K", "experts used", *DOMAINS, "mean", "FFN speedup"],
         caption="Relative perplexity change versus the dense model; speedup of the sparse FFN runtime",
     )
@@ -104,7 +79,7 @@ def moefication_section(ctx: TourContext, texts_of: Callable[[str, str], list[st
         ctx.out_dir / "moefy_quality.png",
         {
             "router: ppl change (%)": (fractions, [100 * mean[k] for k in ks]),
-            "oracle: ppl change (%)": ([half / EXPERTS], [100 * oracle_mean]),
+            "oracle: ppl change (%)": ([half / EXPERTS], [100 * m.oracle_mean]),
             "FFN speedup x100": (fractions, [100 * speed[k] for k in ks]),
         },
         "MoEfied default model: quality and FFN speed versus experts used",
@@ -112,20 +87,57 @@ def moefication_section(ctx: TourContext, texts_of: Callable[[str, str], list[st
         "percent",
     )
     ctx.report.figure(png, "Mean perplexity change over five domains (router and oracle) and FFN speedup.")
-    lo, hi = ks[0], ks[-1]
-    ctx.report.text(
-        f"With the learned routers, using {hi} of {EXPERTS} experts costs {mean[hi]:+.1%} mean perplexity and "
-        f"{lo} of {EXPERTS} costs {mean[lo]:+.1%}, while the sparse FFN runs {speed[lo]:.2f}x faster than the "
-        f"dense one at K={lo} ({speed[hi]:.2f}x at K={hi}). The oracle at {half} experts changes perplexity by "
-        f"{oracle_mean:+.1%} against {mean[half]:+.1%} for the router, so "
-        + (
-            "the router, not the partition, is the larger loss"
-            if mean[half] - oracle_mean > oracle_mean
-            else "the partition itself, not the router, is the larger loss"
-        )
-        + " at this calibration budget."
-    )
+    lo = ks[0]
+    ctx.report.text(_conclusion(m, ks))
     return [
         ("moefy", f"ppl change, K={half}/{EXPERTS} (router)", f"{mean[half]:+.1%}"),
         ("moefy", f"FFN speedup, K={lo}/{EXPERTS}", f"{speed[lo]:.2f}x"),
     ]
+
+
+def _results(m: MoefyMeasures, settings: dict[str, Any], built: bool, seq_len: int) -> dict[str, Any]:
+    """The section's entry in results.json (keys by K as strings)."""
+    return {
+        "settings": settings,
+        "built_this_run": built,
+        "eval_tokens_per_domain": seq_len,
+        "dense_ppl": m.dense_ppl,
+        "router_ppl_change": {str(k): v for k, v in m.router_change.items()},
+        "router_mean_change": {str(k): v for k, v in m.router_mean.items()},
+        f"oracle_mean_change_K{m.oracle_k}": m.oracle_mean,
+        "ffn_speedup": {str(k): v for k, v in m.ffn_speedup.items()},
+        "ffn_dense_ms": m.ffn_dense_ms,
+    }
+
+
+def _table_rows(m: MoefyMeasures, ks: list[int]) -> list[list[Any]]:
+    """One row per router K, then the oracle's: K, experts used, change per domain, mean, FFN speedup."""
+    rows: list[list[Any]] = [
+        [
+            k,
+            f"{k / EXPERTS:.0%}",
+            *(f"{m.router_change[k][d]:+.1%}" for d in DOMAINS),
+            f"{m.router_mean[k]:+.1%}",
+            f"{m.ffn_speedup[k]:.2f}x",
+        ]  # fmt: skip
+        for k in ks
+    ]
+    oracle = [f"{m.oracle_change[d]:+.1%}" for d in DOMAINS]
+    return rows + [[m.oracle_k, f"{m.oracle_k / EXPERTS:.0%} (oracle)", *oracle, f"{m.oracle_mean:+.1%}", "-"]]
+
+
+def _conclusion(m: MoefyMeasures, ks: list[int]) -> str:
+    """The section's closing sentences: cost and speed at the smallest and largest K, router versus oracle."""
+    lo, hi, half = ks[0], ks[-1], m.oracle_k
+    mean, speed = m.router_mean, m.ffn_speedup
+    larger = (
+        "the router, not the partition, is the larger loss"
+        if mean[half] - m.oracle_mean > m.oracle_mean
+        else "the partition itself, not the router, is the larger loss"
+    )
+    return (
+        f"With the learned routers, using {hi} of {EXPERTS} experts costs {mean[hi]:+.1%} mean perplexity and "
+        f"{lo} of {EXPERTS} costs {mean[lo]:+.1%}, while the sparse FFN runs {speed[lo]:.2f}x faster than the "
+        f"dense one at K={lo} ({speed[hi]:.2f}x at K={hi}). The oracle at {half} experts changes perplexity by "
+        f"{m.oracle_mean:+.1%} against {mean[half]:+.1%} for the router, so {larger} at this calibration budget."
+    )
