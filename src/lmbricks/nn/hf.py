@@ -20,16 +20,9 @@ import torch
 from torch import Tensor
 
 from lmbricks.errors import CheckpointError, ConfigError
-from lmbricks.nn.config import LMConfig
+from lmbricks.nn.config import ARCHITECTURES, LMConfig
 from lmbricks.nn.model import LM, Block, SwiGLU
 
-ARCHITECTURES = {
-    "llama": "LlamaForCausalLM",
-    "mistral": "MistralForCausalLM",
-    "qwen2": "Qwen2ForCausalLM",
-    "mixtral": "MixtralForCausalLM",
-    "qwen2_moe": "Qwen2MoeForCausalLM",
-}
 # Where each family keeps the feed-forward block of layer i, and its expert projections' names.
 _FFN_PREFIX = {"mixtral": "block_sparse_moe", "qwen2_moe": "mlp"}
 _EXPERT_NAMES = {"mixtral": ("w1", "w3", "w2"), "qwen2_moe": ("gate_proj", "up_proj", "down_proj")}
@@ -268,7 +261,7 @@ def load_hf_weights(model: LM, get: Callable[[str], Tensor], keys: set[str], fam
         else:
             from lmbricks.nn.moe_io import moe_state_from_hf
 
-            sd.update({q + "ffn." + k: v for k, v in moe_state_from_hf(block.ffn, p, family, take, keys).items()})
+            sd.update({q + "ffn." + k: v for k, v in moe_state_from_hf(block.ffn, p, family, take).items()})
     unexpected = sorted(k for k in keys - used if not k.endswith("rotary_emb.inv_freq"))
     if unexpected:
         raise CheckpointError(f"unexpected tensor(s) in the checkpoint: {', '.join(unexpected[:5])}")
