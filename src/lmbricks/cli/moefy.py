@@ -76,7 +76,7 @@ def _print_outcome(run: MoefyRun, outcome: MoefyOutcome) -> None:
     if outcome.oracle_share is not None:
         k, e = run.moefy.top_k, run.moefy.experts
         console.print(f"calibration: top-{k} of {e} experts hold {outcome.oracle_share:.1%} of the activation mass")
-    if outcome.healed is not None:
+    if outcome.healed is not None and outcome.healed.kl:
         h = outcome.healed
         console.print(f"healed {h.steps} steps, {h.tokens} tokens, KL {h.kl[0]:.3f} -> {h.kl[-1]:.3f}")
     console.print(f"MoEfied model: {outcome.path}")

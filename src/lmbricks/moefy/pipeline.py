@@ -49,7 +49,7 @@ class MoefyRun(BaseModel):
         out: the output directory.
         moefy: experts, top-K, split, router and calibration (:class:`MoefyConfig`).
         heal_minutes: healing budget in minutes (0: none).
-        heal_tokens: healing budget in tokens (None: none).
+        heal_tokens: healing budget in tokens (None or 0: none).
         heal_routers_only: heal the routers and freeze the experts.
         evaluate: evaluate the result and write a report.
         quick: evaluate on 4 x 256 tokens per domain (else 4 x 1024).
@@ -65,7 +65,7 @@ class MoefyRun(BaseModel):
     out: Path
     moefy: MoefyConfig = Field(default_factory=lambda: MoefyConfig.model_validate({}))
     heal_minutes: float = Field(0.0, ge=0)
-    heal_tokens: int | None = Field(None, gt=0)
+    heal_tokens: int | None = Field(None, ge=0)
     heal_routers_only: bool = False
     evaluate: bool = False
     quick: bool = False
@@ -184,7 +184,9 @@ def _heal(
     """Distil ``lm`` towards a fresh copy of the dense source on shuffled train blocks of every domain."""
     teacher, _ = load_hf_model(src)
     config = HealConfig(
-        max_tokens=run.heal_tokens, max_minutes=run.heal_minutes or None, train_experts=not run.heal_routers_only
+        max_tokens=run.heal_tokens or None,
+        max_minutes=run.heal_minutes or None,
+        train_experts=not run.heal_routers_only,
     )
     chunks = domain_chunks(tokenizer, DEFAULT_DOMAINS, "train", *HEAL_BLOCKS, texts_of)
     blocks = torch.cat(list(chunks.values()))  # (N, T)
