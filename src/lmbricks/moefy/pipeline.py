@@ -33,6 +33,7 @@ from lmbricks.moefy.evaluate import DenseFFN, MoefyEval, ppl_curve, time_ffn, ti
 from lmbricks.moefy.heal import HealConfig, HealStats, heal
 from lmbricks.moefy.io import densify, is_moefied, load_moefied, read_section, save_moefied
 from lmbricks.moefy.reporting import write_moefy_report
+from lmbricks.nn.load import read_config
 
 Texts = Callable[[str, str], list[str]]
 #: Healing blocks per domain and their length in tokens (train split).
@@ -156,8 +157,6 @@ def run_moefy(
     if run.evaluate:
         check_output(run.report_dir, reference_paths(run.model), run.force)
     src = resolve_model(run.model)
-    from lmbricks.nn.load import read_config
-
     check_moefiable(read_config(src), run.moefy)  # before any work
     lm, tokenizer = load_hf_model(src)
     info = moefy_model(lm, tokenizer, run.moefy, texts_of=texts_of, on_step=step)
