@@ -53,3 +53,28 @@ def test_switch_builds_with_top1_and_round_trips() -> None:
 def test_unknown_dispatch_impl() -> None:
     with pytest.raises(ConfigError, match="impl"):
         build_moe(MoEConfig(**BASE), impl="magic")  # type: ignore[arg-type]
+
+
+def test_a_registered_router_is_selectable_from_a_config() -> None:
+    """The router registry is the only list of router names: a new router needs no config change."""
+    from lmbricks.moe.routers import ROUTERS, SoftmaxTopKRouter, register_router
+
+    with pytest.raises(ConfigError, match="unknown router 'greedy_first'"):
+        MoEConfig(**BASE, router="greedy_first")
+    try:
+
+        @register_router("greedy_first", reference="https://example.org/a-test-router")
+        class GreedyFirst(SoftmaxTopKRouter):
+            fixed_top_k = 1
+
+        layer = build_moe(MoEConfig(**BASE, router="greedy_first", top_k=1))
+        assert isinstance(layer.router, GreedyFirst) and layer.router.name == "greedy_first"
+        with pytest.raises(ConfigError, match="top_k must be 1"):  # the router's own rule applies
+            MoEConfig(**BASE, router="greedy_first", top_k=2)
+    finally:
+        ROUTERS.pop("greedy_first", None)
+
+
+def test_unknown_key_suggests_the_field() -> None:
+    with pytest.raises(ConfigError, match=r"unknown key 'num_expert' \(did you mean 'num_experts'\?\)"):
+        MoEConfig(hidden_size=16, intermediate_size=32, num_expert=4)

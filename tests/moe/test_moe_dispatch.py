@@ -9,7 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from lmbricks.moe import Experts, apply_capacity, expert_capacity, plan_dispatch
-from lmbricks.moe.dispatch import combine_rows, expert_ffn_loop, gather_rows, grouped_mm_available
+from lmbricks.moe.activations import ACTIVATIONS
+from lmbricks.moe.dispatch import grouped_mm_available
+from lmbricks.moe.expert_ffn import expert_ffn_loop
+from lmbricks.moe.rows import combine_rows, gather_rows
 
 
 def _reference(x, weights, indices, keep, experts: Experts) -> torch.Tensor:
@@ -25,7 +28,7 @@ def _reference(x, weights, indices, keep, experts: Experts) -> torch.Tensor:
                 g, u = h.chunk(2)
                 a = F.silu(g) * u
             else:
-                a = F.gelu(h) if experts.activation == "gelu" else F.relu(h)
+                a = F.gelu(h) if experts.activation.name == "gelu" else F.relu(h)
             out[t] += weights[t, j] * (a @ experts.down[e])
     return out
 
@@ -63,7 +66,8 @@ def test_gradcheck_dispatch_path(activation: str) -> None:
         plan = plan_dispatch(indices, keep, e)
 
         def f(x, w, w_in, w_out, plan=plan):
-            return combine_rows(expert_ffn_loop(gather_rows(x, plan), w_in, w_out, plan.counts, activation), w, plan)
+            ys = expert_ffn_loop(gather_rows(x, plan), w_in, w_out, plan.counts, ACTIVATIONS[activation])
+            return combine_rows(ys, w, plan)
 
         assert torch.autograd.gradcheck(f, (x, w, w_in, w_out))
 
@@ -182,15 +186,15 @@ def test_apply_capacity_ignores_non_competing_pairs() -> None:
 @pytest.mark.parametrize("rows", [1, 2, 5, 8])
 def test_slab_batched_matmul_equals_bmm(rows: int) -> None:
     """Decode fast path: (B, m, K) @ (B, K, N) as sums over K-slabs equals the plain batched matmul."""
-    from lmbricks.moe.dispatch import K_SLAB, _slab_bmm
+    from lmbricks.moe.decode import K_SLAB, slab_bmm
 
     torch.manual_seed(0)
     x = torch.randn(3, rows, 4 * K_SLAB)
     w = torch.randn(3, 4 * K_SLAB, 48)
-    assert torch.allclose(_slab_bmm(x, w), torch.bmm(x, w), atol=1e-5, rtol=1e-5)
+    assert torch.allclose(slab_bmm(x, w), torch.bmm(x, w), atol=1e-5, rtol=1e-5)
     odd = torch.randn(3, 4 * K_SLAB + 1, 48)  # K not a multiple of the slab: plain bmm
     x_odd = torch.randn(3, rows, 4 * K_SLAB + 1)
-    assert torch.equal(_slab_bmm(x_odd, odd), torch.bmm(x_odd, odd))
+    assert torch.equal(slab_bmm(x_odd, odd), torch.bmm(x_odd, odd))
 
 
 @pytest.mark.parametrize("tokens", [1, 5, 30])
@@ -207,13 +211,13 @@ def test_decode_sized_batch_matches_reference(tokens: int, grad: bool) -> None:
 
 
 def test_padded_span_reads_few_untouched_experts() -> None:
-    from lmbricks.moe.dispatch import SMALL_ROWS, _padded_span
+    from lmbricks.moe.decode import SMALL_ROWS, padded_span
 
-    assert _padded_span([2, 1, 0, 3, 2, 1, 2, 1]) == (0, 8)  # one untouched expert inside the range
-    assert _padded_span([0, 2, 2, 2, 0, 0, 0, 0]) == (1, 4)
-    assert _padded_span([0, 1, 0, 4, 0, 4, 3, 4]) is None  # 5 touched, 2 would be read for nothing
-    assert _padded_span([1, 0, 0, 0, 0, 0, 0, 1]) is None  # 1-token decode: loop over 2 experts
-    assert _padded_span([SMALL_ROWS + 1, 1, 1, 1]) is None  # a large slice: the loop
+    assert padded_span([2, 1, 0, 3, 2, 1, 2, 1]) == (0, 8)  # one untouched expert inside the range
+    assert padded_span([0, 2, 2, 2, 0, 0, 0, 0]) == (1, 4)
+    assert padded_span([0, 1, 0, 4, 0, 4, 3, 4]) is None  # 5 touched, 2 would be read for nothing
+    assert padded_span([1, 0, 0, 0, 0, 0, 0, 1]) is None  # 1-token decode: loop over 2 experts
+    assert padded_span([SMALL_ROWS + 1, 1, 1, 1]) is None  # a large slice: the loop
 
 
 def test_cpu_combine_of_two_slots_is_bitwise_the_slot_sum() -> None:
@@ -229,13 +233,13 @@ def test_cpu_combine_of_two_slots_is_bitwise_the_slot_sum() -> None:
 
 
 def test_padded_decode_path_matches_reference() -> None:
-    from lmbricks.moe.dispatch import _padded_span
+    from lmbricks.moe.decode import padded_span
 
     torch.manual_seed(0)
     experts = Experts(6, 64, 96)
     indices = torch.tensor([[0, 1], [2, 3], [4, 5], [1, 2], [3, 4], [5, 0], [2, 4]])
     weights = torch.rand(7, 2)
-    assert _padded_span(plan_dispatch(indices, None, 6).counts) == (0, 6)
+    assert padded_span(plan_dispatch(indices, None, 6).counts) == (0, 6)
     x = torch.randn(7, 64)
     with torch.no_grad():
         y = experts(x, weights, indices)
@@ -281,7 +285,7 @@ def test_combined_inference_equals_gather_loop_combine(
 ) -> None:
     """Inference's one-pass-per-expert path gives the three-step path's values exactly."""
     from lmbricks.moe import concurrency
-    from lmbricks.moe.dispatch import expert_ffn_loop_combined
+    from lmbricks.moe.expert_ffn import expert_ffn_loop_combined
 
     torch.manual_seed(0)
     experts = Experts(6, 16, 24, "swiglu")
@@ -290,14 +294,14 @@ def test_combined_inference_equals_gather_loop_combine(
     keep = torch.rand(64, 2) > 0.3 if dropped else None
     plan = plan_dispatch(indices, keep, 6)
     with torch.no_grad():
-        ys = expert_ffn_loop(gather_rows(x, plan), experts.w_in, experts.down, plan.counts, "swiglu")
+        ys = expert_ffn_loop(gather_rows(x, plan), experts.w_in, experts.down, plan.counts, ACTIVATIONS["swiglu"])
         ref = combine_rows(ys, weights, plan)
         threads = torch.get_num_threads()
         try:
             if concurrent:
                 monkeypatch.setattr(concurrency, "PARALLEL_MIN_ROWS", 1)
                 torch.set_num_threads(2)
-            got = expert_ffn_loop_combined(x, weights, plan, experts.w_in, experts.down, "swiglu")
+            got = expert_ffn_loop_combined(x, weights, plan, experts.w_in, experts.down, ACTIVATIONS["swiglu"])
             via_module = experts(x, weights, indices, keep)
         finally:
             torch.set_num_threads(threads)

@@ -9,17 +9,10 @@ import torch
 from torch import Tensor, nn
 
 from lmbricks.errors import ConfigError
-from lmbricks.moe.dispatch import (
-    DispatchImpl,
-    DispatchPlan,
-    choose_impl,
-    combine_rows,
-    expert_ffn_grouped,
-    expert_ffn_loop,
-    expert_ffn_loop_combined,
-    gather_rows,
-    plan_dispatch,
-)
+from lmbricks.moe.activations import ACTIVATIONS
+from lmbricks.moe.dispatch import DispatchImpl, DispatchPlan, choose_impl, plan_dispatch
+from lmbricks.moe.expert_ffn import expert_ffn_grouped, expert_ffn_loop, expert_ffn_loop_combined
+from lmbricks.moe.rows import combine_rows, gather_rows
 
 
 class Experts(nn.Module):
@@ -35,7 +28,7 @@ class Experts(nn.Module):
         num_experts: E.
         hidden_size: H.
         intermediate_size: I.
-        activation: "swiglu", "gelu" or "relu".
+        activation: a name in :data:`~lmbricks.moe.activations.ACTIVATIONS` ("swiglu", "gelu", "relu").
         impl: dispatch implementation, "auto" (by device, dtype and token count), "loop" or "grouped".
     """
 
@@ -48,16 +41,15 @@ class Experts(nn.Module):
         impl: DispatchImpl = "auto",
     ) -> None:
         super().__init__()
-        if activation not in ("swiglu", "gelu", "relu"):
-            raise ConfigError(f"unknown activation {activation!r} (choose from swiglu, gelu, relu)")
+        if activation not in ACTIVATIONS:
+            raise ConfigError(f"unknown activation {activation!r} (choose from {', '.join(ACTIVATIONS)})")
         self.num_experts = num_experts
         self.hidden_size = hidden_size
         self.intermediate_size = intermediate_size
-        self.activation = activation
+        self.activation = ACTIVATIONS[activation]
         self.impl: DispatchImpl = impl
-        width_in = 2 * intermediate_size if activation == "swiglu" else intermediate_size
-        w_in = nn.Parameter(torch.empty(num_experts, hidden_size, width_in))
-        if activation == "swiglu":
+        w_in = nn.Parameter(torch.empty(num_experts, hidden_size, self.activation.width_in(intermediate_size)))
+        if self.activation.gated:
             self.gate_up = w_in
         else:
             self.up = w_in
@@ -66,7 +58,7 @@ class Experts(nn.Module):
 
     @property
     def gated(self) -> bool:
-        return self.activation == "swiglu"
+        return self.activation.gated
 
     @property
     def w_in(self) -> nn.Parameter:

@@ -125,6 +125,17 @@ class MoELayer(nn.Module):
             weights=weights,
         )
 
+    @torch.no_grad()
+    def reset_parameters(self, std: float, out_std: float) -> None:
+        """Normal(0, std) for every matrix (router, experts, shared expert); Normal(0, out_std) for the
+        projections that write into the residual (the experts' and the shared expert's down)."""
+        outputs = {id(self.experts.down)}
+        if isinstance(self.shared_expert, SharedExpert):
+            outputs.add(id(self.shared_expert.down_proj.weight))
+        for p in self.parameters():
+            if p.dim() >= 2:
+                nn.init.normal_(p, std=out_std if id(p) in outputs else std)
+
     def update_router_bias(self, tokens_per_expert: Tensor) -> None:
         """Aux-loss-free balancing step (sigmoid_topk router); a no-op for other routers."""
         if isinstance(self.router, SigmoidTopKRouter) and self.config.bias_update_rate > 0:

@@ -139,9 +139,7 @@ def coactivation_features(mass: Tensor) -> Tensor:
     return m.T.contiguous()
 
 
-def refine_partition(
-    mass: Tensor, labels: Tensor, n_clusters: int, ks: tuple[int, ...], iters: int = 10
-) -> Tensor:
+def refine_partition(mass: Tensor, labels: Tensor, n_clusters: int, ks: tuple[int, ...], iters: int = 10) -> Tensor:
     """Improve a balanced partition for top-K selection (alternating maximisation).
 
     With ``m`` the per-token mass normalised to sum 1 per token (every token counts equally), the

@@ -267,6 +267,30 @@ def moefy_model(
         ConfigError: unsupported architecture or E not dividing the width (before any work).
     """
     step = on_step or (lambda _msg: None)
+    blocks = _moefiable_blocks(model, config)
+    info = MoefyInfo()
+
+    def convert(block: FFNBlock, x: Tensor | None) -> MoefiedFFN:
+        step(f"layer {block.layer}: {config.split} split, {config.router} router")
+        ffn = _convert_block(block, x, config, info)
+        parent, attr = _parent(model, block.name)
+        setattr(parent, attr, ffn)
+        return ffn
+
+    if config.split != "coactivation" and config.router == "centroid":  # no data needed
+        for block in blocks:
+            convert(block, None)
+        return info
+    chunks = domain_chunks(tokenizer, domains, "train", config.calib_chunks, config.calib_seq_len, texts_of)
+    ids = torch.cat(list(chunks.values()))  # (B, T) every domain in one batch
+    info.calib_tokens = ids.numel()
+    step(f"calibration pass ({ids.shape[0]} x {ids.shape[1]} tokens, train split)")
+    _sequential_pass(model, blocks, ids, convert)
+    return info
+
+
+def _moefiable_blocks(model: nn.Module, config: MoefyConfig) -> list[FFNBlock]:
+    """The model's FFN blocks, after checking the architecture and that E divides every width."""
     hf_config: Any = getattr(model, "config", None)
     check_moefiable(hf_config.to_dict() if hf_config is not None else {}, config)
     blocks = find_ffns(model)
@@ -274,36 +298,29 @@ def moefy_model(
         if block.kind != "glu":
             raise ConfigError(f"{block.name}: moefy supports gated FFNs only")
         config.check_width(block.width, block.name)
-    info = MoefyInfo()
+    return blocks
 
-    def install(block: FFNBlock, ffn: MoefiedFFN) -> None:
-        parent, attr = _parent(model, block.name)
-        setattr(parent, attr, ffn)
 
-    if config.split != "coactivation" and config.router == "centroid":
-        for block in blocks:
-            step(f"layer {block.layer}: {config.split} split, {config.router} router")
-            install(block, _convert_block(block, None, config, info))
-        return info
+def _sequential_pass(
+    model: nn.Module, blocks: Sequence[FFNBlock], ids: Tensor, convert: Callable[[FFNBlock, Tensor], MoefiedFFN]
+) -> None:
+    """One forward of ``ids`` (B, T) in which each dense FFN is converted from the inputs it receives.
 
-    chunks = domain_chunks(tokenizer, domains, "train", config.calib_chunks, config.calib_seq_len, texts_of)
-    ids = torch.cat(list(chunks.values()))  # (B, T) every domain in one batch
-    info.calib_tokens = ids.numel()
+    A hook on each block converts it, then returns the converted FFN's output, so later layers see
+    the MoEfied model's activations; the pass stops after the last FFN (no LM head).
+    """
     last = blocks[-1].layer
 
     def converter(block: FFNBlock) -> Callable[..., Tensor]:
         def hook(_module: Any, args: tuple[Tensor, ...], output: Tensor) -> Tensor:
-            step(f"layer {block.layer}: {config.split} split, {config.router} router")
             x = args[0]
-            ffn = _convert_block(block, x.reshape(-1, x.shape[-1]), config, info)
-            install(block, ffn)
+            ffn = convert(block, x.reshape(-1, x.shape[-1]))
             if block.layer == last:
                 raise _StopForward
             return ffn(x).to(output.dtype)  # downstream layers see the MoEfied output
 
         return hook
 
-    step(f"calibration pass ({ids.shape[0]} x {ids.shape[1]} tokens, train split)")
     handles = [b.module.register_forward_hook(converter(b)) for b in blocks]
     try:
         with torch.no_grad():
@@ -313,4 +330,3 @@ def moefy_model(
     finally:
         for handle in handles:
             handle.remove()
-    return info

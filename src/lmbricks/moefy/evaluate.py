@@ -47,8 +47,7 @@ class MoefyEval:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["mean_change"] = [
-            {"mode": p.mode, "top_k": p.top_k, "fraction": p.fraction, "change": self.change(p)}
-            for p in self.points
+            {"mode": p.mode, "top_k": p.top_k, "fraction": p.fraction, "change": self.change(p)} for p in self.points
         ]
         return d
 
@@ -135,9 +134,7 @@ class DenseFFN(nn.Module):
         return self.down(self.act(self.gate(x)) * self.up(x))
 
 
-def interleaved_medians(
-    fns: Mapping[str, Callable[[], Any]], rounds: int = 15, warmup: int = 2
-) -> dict[str, float]:
+def interleaved_medians(fns: Mapping[str, Callable[[], Any]], rounds: int = 15, warmup: int = 2) -> dict[str, float]:
     """Median wall time (seconds) of each function, measured round-robin."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     with torch.no_grad():

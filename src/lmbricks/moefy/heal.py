@@ -19,6 +19,7 @@ from torch import nn
 
 from lmbricks.errors import ConfigError
 from lmbricks.moefy.convert import moefied_layers
+from lmbricks.moefy.runtime import MoefiedFFN
 
 
 @dataclass
@@ -65,6 +66,29 @@ def kl_to_teacher(student_logits: torch.Tensor, teacher_logits: torch.Tensor) ->
     return (t.exp() * (t - s)).sum(-1).mean()
 
 
+def _budget_left(config: HealConfig, stats: HealStats, elapsed: float) -> bool:
+    """Whether neither the minutes nor the tokens of the budget are spent."""
+    if config.max_minutes is not None and elapsed >= 60 * config.max_minutes:
+        return False
+    return config.max_tokens is None or stats.tokens < config.max_tokens
+
+
+def _optimiser(
+    student: nn.Module, layers: list[MoefiedFFN], config: HealConfig
+) -> tuple[list[nn.Parameter], torch.optim.Optimizer]:
+    """Freeze ``student`` but the routers (and the experts if ``config.train_experts``): (those, AdamW)."""
+    for p in student.parameters():
+        p.requires_grad_(False)
+    router_params = [p for m in layers if m.router is not None for p in m.router.parameters()]
+    expert_params = [p for m in layers for p in (m.w_gate, m.w_up, m.w_down)] if config.train_experts else []
+    for p in router_params + expert_params:
+        p.requires_grad_(True)
+    groups = [{"params": router_params, "lr": config.router_lr}]
+    if expert_params:
+        groups.append({"params": expert_params, "lr": config.lr})
+    return router_params + expert_params, torch.optim.AdamW(groups, weight_decay=0.0)
+
+
 def heal(
     student: nn.Module,
     teacher: nn.Module,
@@ -89,28 +113,14 @@ def heal(
         raise ConfigError("heal: the student has no MoEfied FFN")
     if any(m.mode != "router" or m.router is None for m in layers):
         raise ConfigError("heal: every MoEfied FFN must route with a router (mode 'router')")
-    for p in student.parameters():
-        p.requires_grad_(False)
-    router_params = [p for m in layers for p in m.router.parameters()]  # type: ignore[union-attr]
-    expert_params = [p for m in layers for p in (m.w_gate, m.w_up, m.w_down)] if config.train_experts else []
-    for p in router_params + expert_params:
-        p.requires_grad_(True)
-    groups = [{"params": router_params, "lr": config.router_lr}]
-    if expert_params:
-        groups.append({"params": expert_params, "lr": config.lr})
-    opt = torch.optim.AdamW(groups, weight_decay=0.0)
+    params, opt = _optimiser(student, layers, config)
     stats = HealStats()
     start = time.perf_counter()
     teacher.eval()
     student.train()
     try:
         i = 0
-        while True:
-            elapsed = time.perf_counter() - start
-            if config.max_minutes is not None and elapsed >= 60 * config.max_minutes:
-                break
-            if config.max_tokens is not None and stats.tokens >= config.max_tokens:
-                break
+        while _budget_left(config, stats, time.perf_counter() - start):
             ids = blocks[i : i + config.batch_size]
             i = (i + config.batch_size) % max(blocks.shape[0], 1)
             with torch.no_grad():
@@ -118,7 +128,7 @@ def heal(
             loss = kl_to_teacher(student(input_ids=ids).logits, target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(router_params + expert_params, 1.0)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             stats.steps += 1
             stats.tokens += ids.numel()

@@ -96,31 +96,15 @@ def save_moefied(
     model_config: Any = getattr(model, "config", None)
     if model_config is None:
         raise CheckpointError("save_moefied: the model has no Hugging Face config")
-    hf: dict[str, Any] = model_config.to_dict()
-    hf[SECTION] = {
-        "kind": KIND,
-        "experts": layers[0].n_experts,
-        "expert_size": layers[0].expert_size,
-        "top_k": layers[0].top_k,
-        "router": config.router,
-        "dynamic_threshold": layers[0].dynamic_threshold,
-        "layers": _names(model),
-        "moefy": config.model_dump(),
-    }
+    hf: dict[str, Any] = {**model_config.to_dict(), SECTION: _section(model, layers, config)}
     with atomic_directory(out, force=force, inputs=[source]) as tmp:
         writer = ShardedWriter(tmp)
         for key, value in dense_state_dict(model).items():
             writer.add(key, value)
         writer.finish()
-        extra: dict[str, Tensor] = {}
-        for i, (layer, perm) in enumerate(zip(layers, permutations, strict=True)):
-            extra[f"layers.{i}.perm"] = perm.to(torch.int64)
-            if layer.router is not None:
-                for k, v in layer.router.state_dict().items():
-                    extra[f"layers.{i}.router.{k}"] = v.detach().float().contiguous()
         from safetensors.torch import save_file
 
-        save_file(extra, str(tmp / ROUTER_FILE), metadata={"format": "pt"})
+        save_file(_router_tensors(layers, permutations), str(tmp / ROUTER_FILE), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True, default=str) + "\n")
         copied = copy_tokenizer(Path(source), tmp) if source is not None and Path(source).is_dir() else []
         if not any(c.startswith("tokenizer") for c in copied) and tokenizer is not None:
@@ -133,6 +117,31 @@ def save_moefied(
             bricks={"experts_per_layer": layers[0].n_experts, "layers": len(layers), "router": config.router},
         )
     return Path(out).expanduser().absolute()
+
+
+def _section(model: nn.Module, layers: list[MoefiedFFN], config: MoefyConfig) -> dict[str, Any]:
+    """config.json's ``lmbricks`` section: kind, experts, routing defaults, layer names, the settings."""
+    return {
+        "kind": KIND,
+        "experts": layers[0].n_experts,
+        "expert_size": layers[0].expert_size,
+        "top_k": layers[0].top_k,
+        "router": config.router,
+        "dynamic_threshold": layers[0].dynamic_threshold,
+        "layers": _names(model),
+        "moefy": config.model_dump(),
+    }
+
+
+def _router_tensors(layers: list[MoefiedFFN], permutations: list[Tensor]) -> dict[str, Tensor]:
+    """``layers.{i}.perm`` (the neuron order, int64) and ``layers.{i}.router.*`` (fp32) of every layer."""
+    extra: dict[str, Tensor] = {}
+    for i, (layer, perm) in enumerate(zip(layers, permutations, strict=True)):
+        extra[f"layers.{i}.perm"] = perm.to(torch.int64)
+        if layer.router is not None:
+            for k, v in layer.router.state_dict().items():
+                extra[f"layers.{i}.router.{k}"] = v.detach().float().contiguous()
+    return extra
 
 
 def read_section(path: str | Path) -> dict[str, Any]:
@@ -177,9 +186,7 @@ def load_moefied(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[
     extra = load_file(str(path / ROUTER_FILE))
     blocks = find_ffns(model)
     if len(blocks) != len(section["layers"]):
-        raise CheckpointError(
-            f"{path}: {len(section['layers'])} MoEfied layers declared, {len(blocks)} FFNs found"
-        )
+        raise CheckpointError(f"{path}: {len(section['layers'])} MoEfied layers declared, {len(blocks)} FFNs found")
     for i, block in enumerate(blocks):
         assert block.gate is not None
         experts = int(section["experts"])

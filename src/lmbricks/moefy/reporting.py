@@ -38,15 +38,9 @@ def write_moefy_report(
         write_provenance(tmp, command="lmbricks moefy --eval", recipe={"report": settings}, inputs={})
         (tmp / "results.json").write_text(json.dumps({"settings": settings, **result.to_dict()}, indent=2))
         report = Report(title, ", ".join(f"{k}={v}" for k, v in settings.items()))
-        series: dict[str, tuple[list[float], list[float]]] = {}
-        for p in result.points:
-            name = p.mode if p.top_k is not None else "dynamic K (router)"
-            xs, ys = series.setdefault(name, ([], []))
-            xs.append(100 * p.fraction)
-            ys.append(100 * result.change(p))
         png = line_chart(
             tmp / "ppl_vs_experts.png",
-            series,
+            _curves(result),
             "Mean perplexity change versus experts used",
             "experts used per token (%)",
             "perplexity change (%)",
@@ -65,18 +59,29 @@ def write_moefy_report(
         )
         report.figure(png, "Relative perplexity change averaged over the domains")
         domains = list(result.dense_ppl)
-        report.table(
-            [["dense", "-"] + [result.dense_ppl[d] for d in domains]]
-            + [
-                [p.mode, p.top_k if p.top_k is not None else f"{p.fraction:.0%}"]
-                + [p.ppl[d] for d in domains]
-                for p in result.points
-            ],  # fmt: skip
-            ["selection", "K"] + domains,
-            caption="perplexity per domain",
-        )
+        report.table(_per_domain_rows(result), ["selection", "K"] + domains, caption="perplexity per domain")
         if result.timings:
             report.section("Speed", "Medians of interleaved rounds on this machine (CPU).")
             report.table([[k, v] for k, v in result.timings.items()], ["measure", "value"])
         report.save(tmp / "report.html")
     return Path(out) / "report.html"
+
+
+def _curves(result: MoefyEval) -> dict[str, tuple[list[float], list[float]]]:
+    """``{selection: (experts used %, mean perplexity change %)}``; dynamic-K points form one curve."""
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for p in result.points:
+        name = p.mode if p.top_k is not None else "dynamic K (router)"
+        xs, ys = series.setdefault(name, ([], []))
+        xs.append(100 * p.fraction)
+        ys.append(100 * result.change(p))
+    return series
+
+
+def _per_domain_rows(result: MoefyEval) -> list[list[Any]]:
+    """The dense baseline, then one row per point: selection, K (or experts used), perplexity per domain."""
+    domains = list(result.dense_ppl)
+    rows: list[list[Any]] = [["dense", "-"] + [result.dense_ppl[d] for d in domains]]
+    for p in result.points:
+        rows.append([p.mode, p.top_k if p.top_k is not None else f"{p.fraction:.0%}"] + [p.ppl[d] for d in domains])
+    return rows

@@ -195,10 +195,7 @@ def train_mlp_router(
     torch.manual_seed(seed)
     n, h = x.shape
     router = MLPRouter(h, target.shape[1], hidden)
-    if objective == "bce":
-        labels = topk_mask(target, label_k).float()
-    else:
-        labels = target.float() / target.float().sum(-1, keepdim=True).clamp_min(1e-12)  # (N, E)
+    labels = _router_labels(target, objective, label_k)  # (N, E)
     # inputs are RMS-normalised hidden states of a few large dimensions: standardise for Adam, fold back
     mu, sd = x.mean(0), x.std(0).clamp_min(1e-6)
     opt = torch.optim.Adam(router.parameters(), lr=lr)
@@ -219,8 +216,20 @@ def train_mlp_router(
             sched.step()
             if on_step is not None and step % 50 == 0:
                 on_step(step, float(loss.detach()))
-    with torch.no_grad():  # fold the standardisation into the first layer: router(x) on raw inputs
-        w = router.inp.weight / sd[None, :]
-        router.inp.bias.sub_(w @ mu)
-        router.inp.weight.copy_(w)
+    _fold_standardisation(router.inp, mu, sd)
     return router.eval()
+
+
+def _router_labels(target: Tensor, objective: str, label_k: int) -> Tensor:
+    """(N, E) training targets: top-``label_k`` indicators (bce) or the normalised importances (soft)."""
+    if objective == "bce":
+        return topk_mask(target, label_k).float()
+    return target.float() / target.float().sum(-1, keepdim=True).clamp_min(1e-12)
+
+
+@torch.no_grad()
+def _fold_standardisation(layer: nn.Linear, mu: Tensor, sd: Tensor) -> None:
+    """Make ``layer((x - mu) / sd) == layer'(x)`` in place, so the router reads raw inputs."""
+    w = layer.weight / sd[None, :]
+    layer.bias.sub_(w @ mu)
+    layer.weight.copy_(w)

@@ -20,16 +20,9 @@ import torch
 from torch import Tensor
 
 from lmbricks.errors import CheckpointError, ConfigError
-from lmbricks.nn.config import LMConfig
+from lmbricks.nn.config import ARCHITECTURES, LMConfig
 from lmbricks.nn.model import LM, Block, SwiGLU
 
-ARCHITECTURES = {
-    "llama": "LlamaForCausalLM",
-    "mistral": "MistralForCausalLM",
-    "qwen2": "Qwen2ForCausalLM",
-    "mixtral": "MixtralForCausalLM",
-    "qwen2_moe": "Qwen2MoeForCausalLM",
-}
 # Where each family keeps the feed-forward block of layer i, and its expert projections' names.
 _FFN_PREFIX = {"mixtral": "block_sparse_moe", "qwen2_moe": "mlp"}
 _EXPERT_NAMES = {"mixtral": ("w1", "w3", "w2"), "qwen2_moe": ("gate_proj", "up_proj", "down_proj")}
@@ -45,56 +38,9 @@ def config_from_hf(hf: Mapping[str, Any]) -> LMConfig:
     Returns:
         The equivalent LMConfig, with ``family`` set to the source ``model_type``.
     """
-    family = hf.get("model_type")
-    if family not in ARCHITECTURES:
-        raise ConfigError(
-            f"config.json model_type {family!r} is not supported by lmbricks.nn "
-            f"(supported: {', '.join(ARCHITECTURES)})"
-        )
-    if hf.get("hidden_act", "silu") != "silu":
-        raise ConfigError(
-            f"config.json hidden_act {hf.get('hidden_act')!r}: only 'silu' (SwiGLU) is supported"
-        )
-    if hf.get("mlp_bias"):
-        raise ConfigError("config.json mlp_bias=true is not supported")
-    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type != "default":
-        raise ConfigError(f"config.json rope_parameters.rope_type {rope_type!r}: only 'default' is supported")
-    theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
-    qkv_bias = False
-    if family == "llama" and hf.get("attention_bias"):
-        raise ConfigError("config.json attention_bias=true (a bias on o_proj too) is not supported")
-    if family == "qwen2":
-        qkv_bias = True
-    if family == "qwen2_moe":
-        qkv_bias = bool(hf.get("qkv_bias", True))
-    window = hf.get("sliding_window") if family in ("mistral", "mixtral") else None
-    if family in ("qwen2", "qwen2_moe") and hf.get("use_sliding_window"):
-        raise ConfigError("config.json use_sliding_window=true (Qwen2 per-layer windows) is not supported")
-    moe: dict[str, Any] | None = None
-    moe_every, dense_layers, intermediate = 1, (), hf["intermediate_size"]
-    if family == "mixtral":
-        moe = dict(
-            num_experts=hf["num_local_experts"],
-            top_k=hf["num_experts_per_tok"],
-            intermediate_size=hf["intermediate_size"],
-            router="softmax_topk",
-            renormalize=True,
-        )
-    elif family == "qwen2_moe":
-        moe = dict(
-            num_experts=hf["num_experts"],
-            top_k=hf["num_experts_per_tok"],
-            intermediate_size=hf["moe_intermediate_size"],
-            router="softmax_topk",
-            renormalize=bool(hf.get("norm_topk_prob", False)),
-            shared_expert_intermediate_size=hf.get("shared_expert_intermediate_size", 0),
-        )
-        moe_every = hf.get("decoder_sparse_step", 1)
-        dense_layers = tuple(hf.get("mlp_only_layers") or ())
-    consumed = {"model_type", "architectures", "transformers_version", "dtype", "torch_dtype", "lmbricks"}
-    extra = {k: v for k, v in hf.items() if k not in consumed and not k.startswith("_")}
+    family = _supported_family(hf)
+    qkv_bias, window = _attention_options(hf, family)
+    moe, moe_every, dense_layers = _moe_options(hf, family)
     return LMConfig(
         vocab_size=hf["vocab_size"],
         hidden_size=hf["hidden_size"],
@@ -102,9 +48,9 @@ def config_from_hf(hf: Mapping[str, Any]) -> LMConfig:
         num_heads=hf["num_attention_heads"],
         num_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
         head_dim=hf.get("head_dim") or None,
-        intermediate_size=intermediate,
+        intermediate_size=hf["intermediate_size"],
         max_position_embeddings=hf.get("max_position_embeddings", 2048),
-        rope_theta=float(theta),
+        rope_theta=float(_rope(hf).get("rope_theta", hf.get("rope_theta", 10000.0))),
         rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
         qkv_bias=qkv_bias,
         sliding_window=window,
@@ -116,8 +62,65 @@ def config_from_hf(hf: Mapping[str, Any]) -> LMConfig:
         bos_token_id=hf.get("bos_token_id"),
         eos_token_id=hf.get("eos_token_id"),
         pad_token_id=hf.get("pad_token_id"),
-        extra={k: v for k, v in extra.items() if k in _KEPT_EXTRA},
+        extra={k: v for k, v in hf.items() if k in _KEPT_EXTRA},
     )
+
+
+def _rope(hf: Mapping[str, Any]) -> Mapping[str, Any]:
+    return hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+
+
+def _supported_family(hf: Mapping[str, Any]) -> str:
+    """The model_type; ConfigError for what lmbricks.nn cannot compute (families, activations, biases, RoPE)."""
+    family = hf.get("model_type")
+    if not isinstance(family, str) or family not in ARCHITECTURES:
+        raise ConfigError(
+            f"config.json model_type {family!r} is not supported by lmbricks.nn (supported: {', '.join(ARCHITECTURES)})"
+        )
+    if hf.get("hidden_act", "silu") != "silu":
+        raise ConfigError(f"config.json hidden_act {hf.get('hidden_act')!r}: only 'silu' (SwiGLU) is supported")
+    if hf.get("mlp_bias"):
+        raise ConfigError("config.json mlp_bias=true is not supported")
+    rope = _rope(hf)
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type != "default":
+        raise ConfigError(f"config.json rope_parameters.rope_type {rope_type!r}: only 'default' is supported")
+    if family == "llama" and hf.get("attention_bias"):
+        raise ConfigError("config.json attention_bias=true (a bias on o_proj too) is not supported")
+    if family in ("qwen2", "qwen2_moe") and hf.get("use_sliding_window"):
+        raise ConfigError("config.json use_sliding_window=true (Qwen2 per-layer windows) is not supported")
+    return family
+
+
+def _attention_options(hf: Mapping[str, Any], family: str) -> tuple[bool, int | None]:
+    """(q/k/v biases, sliding window): Qwen2 has the biases, Mistral and Mixtral the window."""
+    qkv_bias = family == "qwen2" or (family == "qwen2_moe" and bool(hf.get("qkv_bias", True)))
+    window = hf.get("sliding_window") if family in ("mistral", "mixtral") else None
+    return qkv_bias, window
+
+
+def _moe_options(hf: Mapping[str, Any], family: str) -> tuple[dict[str, Any] | None, int, tuple[int, ...]]:
+    """(LMConfig.moe, moe_every, dense_layers) of a Mixtral or Qwen2-MoE config; (None, 1, ()) if dense."""
+    if family == "mixtral":
+        moe = dict(
+            num_experts=hf["num_local_experts"],
+            top_k=hf["num_experts_per_tok"],
+            intermediate_size=hf["intermediate_size"],
+            router="softmax_topk",
+            renormalize=True,
+        )
+        return moe, 1, ()
+    if family == "qwen2_moe":
+        moe = dict(
+            num_experts=hf["num_experts"],
+            top_k=hf["num_experts_per_tok"],
+            intermediate_size=hf["moe_intermediate_size"],
+            router="softmax_topk",
+            renormalize=bool(hf.get("norm_topk_prob", False)),
+            shared_expert_intermediate_size=hf.get("shared_expert_intermediate_size", 0),
+        )
+        return moe, hf.get("decoder_sparse_step", 1), tuple(hf.get("mlp_only_layers") or ())
+    return None, 1, ()
 
 
 # HF keys we carry through a round trip untouched (they do not change the maths).
@@ -145,9 +148,7 @@ def export_family(cfg: LMConfig) -> tuple[str, str | None]:
         reasons.append(f"activation {m.activation!r}")
     if getattr(m, "capacity_factor", None) is not None:
         reasons.append("capacity_factor")
-    mixtral_ok = (
-        m.renormalize and not shared and cfg.moe_every == 1 and not cfg.dense_layers and not cfg.qkv_bias
-    )
+    mixtral_ok = m.renormalize and not shared and cfg.moe_every == 1 and not cfg.dense_layers and not cfg.qkv_bias
     if mixtral_ok and (cfg.family != "qwen2_moe"):
         family = "mixtral"
     else:
@@ -255,16 +256,12 @@ def load_hf_weights(model: LM, get: Callable[[str], Tensor], keys: set[str], fam
         sd[q + "attn.o.weight"] = take(a + "o_proj.weight")
         if isinstance(block.ffn, SwiGLU):
             m = p + "mlp."
-            sd[q + "ffn.gate_up.weight"] = torch.cat(
-                [take(m + "gate_proj.weight"), take(m + "up_proj.weight")]
-            )
+            sd[q + "ffn.gate_up.weight"] = torch.cat([take(m + "gate_proj.weight"), take(m + "up_proj.weight")])
             sd[q + "ffn.down.weight"] = take(m + "down_proj.weight")
         else:
             from lmbricks.nn.moe_io import moe_state_from_hf
 
-            sd.update(
-                {q + "ffn." + k: v for k, v in moe_state_from_hf(block.ffn, p, family, take, keys).items()}
-            )
+            sd.update({q + "ffn." + k: v for k, v in moe_state_from_hf(block.ffn, p, family, take).items()})
     unexpected = sorted(k for k in keys - used if not k.endswith("rotary_emb.inv_freq"))
     if unexpected:
         raise CheckpointError(f"unexpected tensor(s) in the checkpoint: {', '.join(unexpected[:5])}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -40,9 +40,7 @@ class RMSNorm(nn.Module):
 
 def rope_cos_sin(positions: Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """Rotary tables for absolute ``positions`` (T,) or (B, T) -> cos, sin of shape (..., T, head_dim)."""
-    inv_freq = 1.0 / (
-        theta ** (torch.arange(0, head_dim, 2, dtype=torch.float, device=positions.device) / head_dim)
-    )
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float, device=positions.device) / head_dim))
     freqs = positions.float()[..., None] * inv_freq  # (..., T, hd/2)
     emb = torch.cat((freqs, freqs), dim=-1)  # (..., T, hd): HF's "half split" layout, not interleaved
     return emb.cos().to(dtype), emb.sin().to(dtype)
@@ -155,6 +153,23 @@ class Attention(nn.Module):
         return self.o(y.transpose(1, 2).reshape(B, T, self.n_head * self.hd))
 
 
+class FFN(Protocol):
+    """What a layer's feed-forward block offers the model: the dense SwiGLU below, or an MoE layer.
+
+    ``forward`` returns the output and the block's auxiliary outputs (an ``lmbricks.moe.MoEAux`` for
+    an MoE layer, None for a dense FFN); ``reset_parameters`` draws the model's initialisation:
+    Normal(0, std) matrices, Normal(0, out_std) for the projections that write into the residual.
+    """
+
+    def __call__(self, x: Tensor) -> tuple[Tensor, Any | None]:
+        """(..., H) -> ((..., H), aux or None)."""
+        ...
+
+    def reset_parameters(self, std: float, out_std: float) -> None:
+        """Re-initialise every matrix in place."""
+        ...
+
+
 class SwiGLU(nn.Module):
     """down(silu(gate(x)) * up(x)) with gate and up fused into one matrix (rows: gate then up)."""
 
@@ -163,22 +178,28 @@ class SwiGLU(nn.Module):
         self.gate_up = nn.Linear(hidden, 2 * intermediate, bias=False)
         self.down = nn.Linear(intermediate, hidden, bias=False)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> tuple[Tensor, None]:
+        """(..., H) -> ((..., H), None): a dense FFN has no auxiliary output."""
         half = self.gate_up.out_features // 2
         gate, up = split_linear(self.gate_up, x, (half, half))
-        return self.down(F.silu(gate) * up)
+        return self.down(F.silu(gate) * up), None
+
+    def reset_parameters(self, std: float, out_std: float) -> None:
+        """Normal(0, std) gate_up; Normal(0, out_std) down (it writes into the residual)."""
+        nn.init.normal_(self.gate_up.weight, std=std)
+        nn.init.normal_(self.down.weight, std=out_std)
 
 
 class Block(nn.Module):
-    """One pre-norm transformer layer; ``ffn`` is a SwiGLU or an ``lmbricks.moe.MoELayer``."""
+    """One pre-norm transformer layer; ``ffn`` is an :class:`FFN` (SwiGLU, or MoE where ``cfg`` says)."""
 
-    def __init__(self, cfg: LMConfig, layer: int, ffn: nn.Module) -> None:
+    def __init__(self, cfg: LMConfig, layer: int, ffn: FFN) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.attn = Attention(cfg, layer)
         self.ffn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.ffn = ffn
-        self.is_moe = not isinstance(ffn, SwiGLU)
+        self.is_moe = cfg.is_moe_layer(layer)  # its FFN routes tokens (and returns an MoEAux)
 
     def forward(
         self,
@@ -190,10 +211,8 @@ class Block(nn.Module):
         cache: KVCache | None,
     ) -> tuple[Tensor, Any]:
         x = x + self.attn(self.attn_norm(x), cos, sin, mask, is_causal, cache)
-        if self.is_moe:
-            y, aux = self.ffn(self.ffn_norm(x))
-            return x + y, aux
-        return x + self.ffn(self.ffn_norm(x)), None
+        y, aux = self.ffn(self.ffn_norm(x))
+        return x + y, aux
 
 
 @dataclass
@@ -237,18 +256,9 @@ class LM(nn.Module):
             if block.attn.qkv.bias is not None:
                 nn.init.zeros_(block.attn.qkv.bias)
             nn.init.normal_(block.attn.o.weight, std=out_std)
-            if isinstance(block.ffn, SwiGLU):
-                nn.init.normal_(block.ffn.gate_up.weight, std=std)
-                nn.init.normal_(block.ffn.down.weight, std=out_std)
-            else:  # an MoE layer: experts, router and shared expert follow the same rule
-                for name, p in block.ffn.named_parameters():
-                    is_out = name.endswith("experts.down") or name.endswith("down_proj.weight")
-                    if p.dim() >= 2:
-                        nn.init.normal_(p, std=out_std if is_out else std)
+            block.ffn.reset_parameters(std, out_std)
 
-    def forward(
-        self, input_ids: Tensor, cache: KVCache | None = None, doc_ids: Tensor | None = None
-    ) -> LMOutput:
+    def forward(self, input_ids: Tensor, cache: KVCache | None = None, doc_ids: Tensor | None = None) -> LMOutput:
         """Logits for ``input_ids`` (B, T), continuing after ``cache`` if given (which is updated).
 
         Sequences are unpadded (packed training chunks or equal-length prompts). ``doc_ids`` (B, T)
@@ -337,7 +347,7 @@ def next_token_targets(input_ids: Tensor, labels: Tensor | None = None) -> Tenso
     return F.pad(source[:, 1:], (0, 1), value=-100)
 
 
-def _make_ffn(cfg: LMConfig, layer: int) -> nn.Module:
+def _make_ffn(cfg: LMConfig, layer: int) -> FFN:
     if cfg.is_moe_layer(layer):
         from lmbricks.moe import build_moe
 

@@ -29,9 +29,7 @@ def _block(family: str) -> str:
     return _BLOCK[family]
 
 
-def moe_state_from_hf(
-    layer: Any, prefix: str, family: str, take: Callable[[str], Tensor], keys: set[str]
-) -> dict[str, Tensor]:
+def moe_state_from_hf(layer: Any, prefix: str, family: str, take: Callable[[str], Tensor]) -> dict[str, Tensor]:
     """The state dict of ``layer`` (an ``lmbricks.moe.MoELayer``) from HF-named tensors.
 
     Args:
@@ -39,7 +37,6 @@ def moe_state_from_hf(
         prefix: ``"model.layers.{i}."``.
         family: ``mixtral`` or ``qwen2_moe`` (the checkpoint's model_type).
         take: returns a tensor by name and records it as used.
-        keys: all names in the checkpoint.
 
     Returns:
         ``{name in layer.state_dict(): tensor}``.
@@ -56,9 +53,7 @@ def moe_state_from_hf(
         ups.append(take(p + f"{u}.weight").t())  # (H, I)
         downs.append(take(p + f"{d}.weight").t())  # (I, H)
     if ex.gated:
-        out["experts.gate_up"] = torch.stack(
-            [torch.cat([gt, up], dim=1) for gt, up in zip(gates, ups, strict=True)]
-        )
+        out["experts.gate_up"] = torch.stack([torch.cat([gt, up], dim=1) for gt, up in zip(gates, ups, strict=True)])
     else:
         out["experts.up"] = torch.stack(ups)  # (E, H, I)
     out["experts.down"] = torch.stack(downs)  # (E, I, H)

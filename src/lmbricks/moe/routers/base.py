@@ -28,7 +28,12 @@ ROUTERS: dict[str, RouterEntry] = {}
 
 
 def register_router(name: str, reference: str) -> Callable[[type[Router]], type[Router]]:
-    """Class decorator: make a router buildable by name from ``MoEConfig.router``."""
+    """Class decorator: make a router buildable, and selectable, by name from ``MoEConfig.router``.
+
+    Args:
+        name: the name configs select it by.
+        reference: the paper or code it follows (listed in docs and ``--help``).
+    """
 
     def wrap(cls: type[Router]) -> type[Router]:
         ROUTERS[name] = RouterEntry(name, cls, reference)
@@ -46,6 +51,12 @@ class Router(nn.Module):
     """
 
     name = "router"
+    # What MoEConfig checks for this router: token-choice routers pick top_k experts per token (and
+    # a capacity can drop pairs); a router may require one top_k; bias-balanced routers take
+    # bias_update_rate (aux-loss-free balancing).
+    token_choice = True
+    fixed_top_k: int | None = None
+    balances_by_bias = False
 
     def __init__(self, hidden_size: int, num_experts: int, jitter: float = 0.0) -> None:
         super().__init__()

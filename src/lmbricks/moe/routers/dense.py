@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+from typing_extensions import override
 
 from lmbricks.moe.routers.base import Router, register_router
 from lmbricks.moe.types import RouterOutput
@@ -22,10 +23,13 @@ class DenseRouter(Router):
     expert counts (soft MoE of adapters).
     """
 
+    token_choice = False
+
     @classmethod
     def from_config(cls, config: MoEConfig) -> DenseRouter:
         return cls(config.hidden_size, config.num_experts, config.router_jitter)
 
+    @override
     def forward(self, x: Tensor, mask: Tensor | None = None) -> RouterOutput:
         """Args: x (T, H); mask unused. Returns: RouterOutput with E slots."""
         logits = self.logits(x)  # (T, E)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+from typing_extensions import override
 
 from lmbricks.moe.routers.base import Router, register_router
 from lmbricks.moe.types import RouterOutput
@@ -37,6 +38,8 @@ class ExpertChoiceRouter(Router):
     Use it for encoders, or for decoders only with a token-choice router at inference.
     """
 
+    token_choice = False
+
     def __init__(self, hidden_size: int, num_experts: int, capacity: float = 1.0, jitter: float = 0.0) -> None:
         super().__init__(hidden_size, num_experts, jitter)
         self.capacity = capacity
@@ -45,6 +48,7 @@ class ExpertChoiceRouter(Router):
     def from_config(cls, config: MoEConfig) -> ExpertChoiceRouter:
         return cls(config.hidden_size, config.num_experts, config.expert_choice_capacity, config.router_jitter)
 
+    @override
     def forward(self, x: Tensor, mask: Tensor | None = None) -> RouterOutput:
         """Args: x (T, H); mask (T,) True for real tokens (padding is never chosen).
 

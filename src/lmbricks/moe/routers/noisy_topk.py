@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import override
 
 from lmbricks.moe.routers.base import Router, register_router, topk_gates
 from lmbricks.moe.types import RouterOutput
@@ -39,6 +40,7 @@ class NoisyTopKRouter(Router):
     def from_config(cls, config: MoEConfig) -> NoisyTopKRouter:
         return cls(config.hidden_size, config.num_experts, config.top_k, config.renormalize, config.router_jitter)
 
+    @override
     def forward(self, x: Tensor, mask: Tensor | None = None) -> RouterOutput:
         """Args: x (T, H); mask unused. Returns: RouterOutput; noise_std is None in eval mode."""
         clean = self.logits(x)  # (T, E) fp32

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+from typing_extensions import override
 
 from lmbricks.moe.routers.base import Router, register_router
 from lmbricks.moe.types import RouterOutput
@@ -24,6 +25,8 @@ class SigmoidTopKRouter(Router):
     al. 2024, "Auxiliary-loss-free load balancing"; DeepSeek-V3). ``probs`` are the affinities
     normalised to sum to 1 per token (DeepSeek-V3's sequence-wise balance loss uses them).
     """
+
+    balances_by_bias = True
 
     bias: Tensor
 
@@ -55,6 +58,7 @@ class SigmoidTopKRouter(Router):
             jitter=config.router_jitter,
         )
 
+    @override
     def forward(self, x: Tensor, mask: Tensor | None = None) -> RouterOutput:
         """Args: x (T, H); mask unused. Returns: RouterOutput with k slots."""
         logits = self.logits(x)  # (T, E)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from torch import Tensor
+from typing_extensions import override
 
 from lmbricks.moe.routers.base import Router, register_router, topk_gates
 from lmbricks.moe.types import RouterOutput
@@ -32,6 +33,7 @@ class SoftmaxTopKRouter(Router):
     def from_config(cls, config: MoEConfig) -> SoftmaxTopKRouter:
         return cls(config.hidden_size, config.num_experts, config.top_k, config.renormalize, config.router_jitter)
 
+    @override
     def forward(self, x: Tensor, mask: Tensor | None = None) -> RouterOutput:
         """Args: x (T, H); mask unused (token choice is per token). Returns: RouterOutput with k slots."""
         logits = self.logits(x)  # (T, E) fp32

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from torch import Tensor
+from typing_extensions import override
 
 from lmbricks.moe.routers.base import Router, register_router
 from lmbricks.moe.types import RouterOutput
@@ -21,12 +22,15 @@ class SwitchRouter(Router):
     task loss). Pair with the Switch balancing loss and, with a capacity factor, token dropping.
     """
 
+    fixed_top_k = 1
+
     top_k = 1
 
     @classmethod
     def from_config(cls, config: MoEConfig) -> SwitchRouter:
         return cls(config.hidden_size, config.num_experts, config.router_jitter)
 
+    @override
     def forward(self, x: Tensor, mask: Tensor | None = None) -> RouterOutput:
         """Args: x (T, H); mask unused. Returns: RouterOutput with one slot."""
         logits = self.logits(x)  # (T, E)
