@@ -26,6 +26,7 @@ ROOMS: tuple[str, ...] = (
     "version",
     "paths",
     "config",
+    "runtime",
     "report",
     "checkpoint",
     "hub",
