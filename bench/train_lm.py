@@ -241,7 +241,7 @@ def train_vs_hf(
         "flops_per_step": flops,
         "flops_note": "6 N T (N: matmul parameters, head included, embedding excluded) + 12 L d S T attention "
         "(PaLM, non-causal); MFU against the measured GEMM rate of the run's precision",
-        "machine": machine,
+        "machine_limits": machine,
         "model": shape,
         "batch": [batch, seq],
         "rounds": {"tuned": rounds, "default_alloc": default_rounds, "steps_per_process": steps},
