@@ -11,6 +11,10 @@ writing (and fsyncing) an output of the same size. Prints one JSON object.
 Input hashes for lmbricks.json are cached by (path, size, mtime); the set-up hashes the inputs
 once, as any earlier use of the same inputs would.
 
+Utilisation: the bytes a merge moves (inputs read + output written) per second, beside the same
+for the disk floor (``lmbricks_gbs``, ``floor_gbs``) and the memory bandwidth of bench/machine.py
+measured at the start (``machine_limits``); each tool runs in its own fresh process, alternating.
+
 Usage: python bench/merge.py [--quick] [--repeat N]
 """
 
@@ -236,6 +240,9 @@ def recipes(paths: dict[str, Path]) -> dict[str, dict]:
 
 
 def main() -> None:
+    import lmbricks
+
+    lmbricks.tune_process()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small models, for a fast check")
     ap.add_argument("--repeat", type=int, default=1, help="runs per tool and method (alternating)")
@@ -261,6 +268,11 @@ def main() -> None:
     base_bytes = sum(f.stat().st_size for f in paths["base"].iterdir() if f.suffix == ".safetensors")
     floors = [disk_floor(files, base_bytes, work) for _ in range(2)]
     floor = min(floors)
+    moved = sum(f.stat().st_size for f in files if f.suffix == ".safetensors") + base_bytes  # read + written
+    sys.path.insert(0, str(ROOT / "bench"))
+    from machine import measure_machine
+
+    machine = measure_machine(min_seconds=0.2)
     log(f"disk floor {floor:.1f}s (reads {sum(f.stat().st_size for f in files) / 1e9:.1f} GB)")
 
     result: dict = {}
@@ -302,7 +314,12 @@ def main() -> None:
             "lmbricks_rss_gb": round(max(r["peak_rss_gb"] for r in runs["lmbricks"]), 3),
             "mergekit_rss_gb": round(max(r["peak_rss_gb"] for r in runs["mergekit"]), 3),
             "cache": runs["lmbricks"][0]["cache"],
+            "bytes_moved": moved,
+            "lmbricks_gbs": round(moved / lb / 1e9, 3),
+            "mergekit_gbs": round(moved / mkt / 1e9, 3),
+            "floor_gbs": round(moved / floor / 1e9, 3),
         }
+    result["machine_limits"] = machine
     print(json.dumps(result, indent=2))
 
 

@@ -26,6 +26,9 @@ from merge import CACHE, FULL, QUICK, build_models, recipes  # noqa: E402  (benc
 
 
 def main() -> None:
+    import lmbricks
+
+    lmbricks.tune_process()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="~45M-parameter models instead of ~1B")
     ap.add_argument("--repeat", type=int, default=5, help="runs per method and setting (alternating)")
@@ -51,7 +54,7 @@ def main() -> None:
         merge(recipe, out)  # warm-up: page cache, numba kernels
         for _ in range(args.repeat):
             for setting in ("on", "off"):
-                ex.all_finite = counting if setting == "on" else (lambda t: True)
+                ex.all_finite = counting if setting == "on" else (lambda _t: True)
                 checked_bytes = 0
                 shutil.rmtree(out, ignore_errors=True)
                 wall, cpu = time.perf_counter(), time.process_time()

@@ -1,14 +1,21 @@
 """Benchmark: lmbricks MoELayer against transformers' Mixtral block and a dense FFN of equal FLOPs.
 
-One process, same weights, round-robin after warm-up (the order rotates every round), medians.
-Layer: 8 experts, top-2, hidden 512, expert intermediate 1792, 8 x 256 tokens, fp32.
+Same weights; each (module, phase) runs in its own fresh process per round (bench/harness.py: the
+order rotates every round, every process tunes the allocator alike), medians. Layer: 8 experts,
+top-2, hidden 512, expert intermediate 1792, 8 x 256 tokens. ``--precision auto`` (the default):
+bf16 where the CPU multiplies bf16 natively (inference phases with bf16 weights and inputs,
+forward + backward under bf16 autocast over fp32 weights), fp32 elsewhere.
 Anchors: ``MixtralSparseMoeBlock`` with experts implementation ``grouped_mm`` and ``eager``;
 a dense SwiGLU FFN with intermediate 3584 (the same active FLOPs): transformers' LlamaMLP
 (separate gate/up) and a fused gate_up variant; the faster of the two is the dense anchor.
 Measures: forward (no grad), forward + backward (parameter and input gradients), and one decode
-step of 8 tokens (no grad). Prints one JSON object.
+step of 8 tokens (no grad). Limits (bench/machine.py, measured at the start): ``fwd_mfu`` and
+``fwdbwd_mfu`` against the GEMM rate of the run's precision (active FLOPs 2 T x 3 H I_dense
+forward, three times that with backward), ``decode_vs_floor``: decode time over the time to read
+the touched experts' weights at the measured bandwidth. ``train_vs_hf`` and its keys come from
+bench/train_lm.py. Prints one JSON object.
 
-Usage: python bench/moe.py [--quick] [--rounds N]
+Usage: python bench/moe.py [--quick] [--rounds N] [--precision auto|bf16|fp32] [--threads N]
 """
 
 from __future__ import annotations
@@ -100,22 +107,15 @@ def step_fwdbwd(module: nn.Module, x: Tensor, g: Tensor) -> None:
     loss.backward()
 
 
-def timed(fn: Callable[[], None]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
-
-
-def run_round_robin(cases: dict[str, Callable[[], None]], rounds: int, warmup: int = 2) -> dict[str, list[float]]:
-    names = list(cases)
+def timed_calls(fn: Callable[[], None], reps: int, warmup: int) -> list[float]:
+    """Milliseconds of each of ``reps`` calls of ``fn`` after ``warmup`` untimed ones."""
     for _ in range(warmup):
-        for n in names:
-            cases[n]()
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]  # rotate who goes first
-        for n in order:
-            times[n].append(timed(cases[n]))
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
     return times
 
 
@@ -127,45 +127,91 @@ def check_agreement(models: dict[str, nn.Module], x: Tensor) -> float:
     return float((a - b).abs().max())
 
 
-def bench_layer(quick: bool, rounds: int | None) -> dict[str, Any]:
+def layer_case(name: str, phase: str, precision: str, reps: int, threads: int | None) -> dict[str, Any]:
+    """Time one module in one phase, in this (fresh) process: the median of ``reps`` calls in ms.
+
+    Args:
+        name: ``"ours"``, ``"hf_grouped_mm"``, ``"hf_eager"``, ``"dense"`` or ``"dense_fused"``.
+        phase: ``"fwd"`` (no grad), ``"fwdbwd"`` (parameter and input gradients) or ``"decode"``
+            (one step of ``DECODE_TOKENS`` tokens, no grad).
+        precision: ``"bf16"`` (inference phases: bf16 weights and inputs; fwd+bwd: bf16 autocast over
+            fp32 weights) or ``"fp32"``.
+        reps: timed calls after two warm-up calls (five for decode).
+        threads: torch threads (None: torch's choice).
+
+    Returns:
+        ``{"ms": median milliseconds, "touched_experts": experts the decode tokens route to}``.
+    """
+    from lmbricks.runtime import autocast
+
+    if threads:
+        torch.set_num_threads(threads)
     models = build()
+    module = models[name]
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(BATCH, SEQ, H, generator=gen)
     g = torch.randn(BATCH, SEQ, H, generator=gen)
     xd = torch.randn(DECODE_TOKENS, 1, H, generator=gen)
-    n_train = rounds or (5 if quick else 25)
-    n_decode = 8 * n_train
+    logits = xd.reshape(-1, H) @ models["ours"].router.gate.weight.T  # (tokens, E): top-k of softmax = of logits
+    touched = int(logits.topk(K, dim=-1).indices.unique().numel())
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    if phase == "fwdbwd":
+        with autocast("bf16" if precision == "bf16" else "fp32", "cpu"):
+            times = timed_calls(lambda: step_fwdbwd(module, x, g), reps, warmup=2)
+    else:
+        module = module.to(dtype)
+        inp = (x if phase == "fwd" else xd).to(dtype)
+        times = timed_calls(lambda: step_fwd(module, inp), reps, warmup=2 if phase == "fwd" else 5)
+    return {"ms": statistics.median(times), "touched_experts": touched}
+
+
+def bench_layer(
+    quick: bool, rounds: int | None, precision: str, machine: dict[str, Any], threads: int | None
+) -> dict[str, Any]:
+    """Each (module, phase) in its own fresh process per round (bench/harness.py), medians."""
+    from harness import Workload, alternate, medians
+
+    n_rounds = rounds or (2 if quick else 3)
+    reps = {"fwd": 3 if quick else 10, "fwdbwd": 3 if quick else 10, "decode": 20 if quick else 80}
     names = ["ours", "hf_grouped_mm", "hf_eager", "dense", "dense_fused"]
-
-    fwd = run_round_robin({n: (lambda m=models[n]: step_fwd(m, x)) for n in names}, n_train)
-    fwdbwd = run_round_robin({n: (lambda m=models[n]: step_fwdbwd(m, x, g)) for n in names}, n_train)
-    decode = run_round_robin({n: (lambda m=models[n]: step_fwd(m, xd)) for n in names}, n_decode, warmup=5)
-
-    med = {
-        phase: {n: statistics.median(v) for n, v in t.items()}
-        for phase, t in (("fwd", fwd), ("fwdbwd", fwdbwd), ("decode", decode))
-    }
+    med: dict[str, dict[str, float]] = {}
+    touched = 0
+    for phase, n in reps.items():
+        args = {"phase": phase, "precision": precision, "reps": n, "threads": threads}
+        runs = alternate({m: Workload(__file__, "layer_case", {**args, "name": m}) for m in names}, n_rounds)
+        med[phase] = medians(runs, "ms")
+        touched = runs["ours"][0]["touched_experts"]
 
     def dense_anchor(phase: str) -> float:
         return min(med[phase]["dense"], med[phase]["dense_fused"])
 
+    # the decode floor: reading the touched experts' weights (gate, up, down) and the router once
+    width = 2 if precision == "bf16" else 4
+    floor_bytes = (touched * 3 * H * I_EXPERT + E * H) * width
+    floor_ms = floor_bytes / (machine["bandwidth_gbs"] * 1e9) * 1e3
+    fwd_flops = 2 * BATCH * SEQ * 3 * H * I_DENSE  # the active FLOPs of the layer (= the dense FFN's)
+    peak = machine[f"gemm_gflops_{precision}"] * 1e9
     out: dict[str, Any] = {
         "fwd_vs_dense": med["fwd"]["ours"] / dense_anchor("fwd"),
         "fwdbwd_vs_dense": med["fwdbwd"]["ours"] / dense_anchor("fwdbwd"),
+        "decode_vs_floor": med["decode"]["ours"] / floor_ms,
         "decode_vs_hf_grouped": med["decode"]["ours"] / med["decode"]["hf_grouped_mm"],
         "fwdbwd_vs_hf_grouped": med["fwdbwd"]["ours"] / med["fwdbwd"]["hf_grouped_mm"],
         "fwd_vs_hf_grouped": med["fwd"]["ours"] / med["fwd"]["hf_grouped_mm"],
         "decode_vs_dense": med["decode"]["ours"] / dense_anchor("decode"),
         "hf_grouped_fwdbwd_vs_dense": med["fwdbwd"]["hf_grouped_mm"] / dense_anchor("fwdbwd"),
         "hf_eager_fwdbwd_vs_dense": med["fwdbwd"]["hf_eager"] / dense_anchor("fwdbwd"),
+        "fwd_mfu": fwd_flops / (med["fwd"]["ours"] / 1e3) / peak,
+        "fwdbwd_mfu": 3 * fwd_flops / (med["fwdbwd"]["ours"] / 1e3) / peak,
+        "decode_bandwidth_share": floor_ms / med["decode"]["ours"],
+        "decode_floor": {"touched_experts": touched, "bytes": floor_bytes, "ms": round(floor_ms, 4)},
         "median_ms": {p: {n: round(v, 3) for n, v in d.items()} for p, d in med.items()},
-        "rounds": {"fwd": n_train, "fwdbwd": n_train, "decode": n_decode},
-        "max_abs_diff_vs_hf": check_agreement(models, x),
+        "rounds": {"processes_per_case": n_rounds, "calls_per_process": reps},
     }
     return out
 
 
-def bench_train(quick: bool) -> dict[str, Any]:
+def bench_train(quick: bool, precision: str, threads: int | None) -> dict[str, Any]:
     """Training-step tokens/s of the reference LM versus ``LlamaForCausalLM`` (``train_vs_hf``).
 
     The measurement lives in ``bench/train_lm.py`` (one script per claim); this merges its keys.
@@ -176,17 +222,30 @@ def bench_train(quick: bool) -> dict[str, Any]:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return dict(module.train_vs_hf(quick=quick))
+    return dict(module.train_vs_hf(quick=quick, precision=precision, device="cpu", threads=threads))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from machine import measure_machine
+
+    import lmbricks
+    from lmbricks.runtime import resolve_precision
+
+    lmbricks.tune_process()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="few rounds (a smoke run, noisy ratios)")
-    ap.add_argument("--rounds", type=int, default=None, help="timed rounds for fwd and fwd+bwd")
-    args = ap.parse_args()
+    ap.add_argument("--rounds", type=int, default=None, help="fresh processes per case and phase (default 3)")
+    ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    precision = resolve_precision(args.precision, "cpu")
     torch.manual_seed(0)
+    machine = measure_machine([(BATCH * SEQ, H, 2 * I_DENSE), (BATCH * SEQ * K // E, H, 2 * I_EXPERT)])
     result: dict[str, Any] = {
         "bench": "moe_layer",
+        "precision": precision,
         "config": {
             "experts": E,
             "top_k": K,
@@ -195,15 +254,22 @@ def main() -> None:
             "dense_intermediate": I_DENSE,
             "tokens": BATCH * SEQ,
             "decode_tokens": DECODE_TOKENS,
-            "dtype": "float32",
+            "dtype": "bfloat16" if precision == "bf16" else "float32",
         },
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
+        "machine_limits": machine,
     }
-    result.update(bench_layer(args.quick, args.rounds))
-    result.update(bench_train(args.quick))
+    models = build()
+    result["max_abs_diff_vs_hf"] = check_agreement(models, torch.randn(BATCH, SEQ, H))
+    del models
+    result.update(bench_layer(args.quick, args.rounds, precision, machine, args.threads))
+    train = bench_train(args.quick, args.precision, args.threads)
+    train["train_rounds"] = train.pop("rounds")  # the layer's own "rounds" stay
+    result.update({k: v for k, v in train.items() if k not in ("precision", "machine_limits")})
     print(json.dumps(result, indent=1))
+    return result
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ fitted to the experts' output norms (``linear``: closed-form ridge regression, t
 ``mlp``: trained), layers converted in order in one calibration pass. Healing trains the routers
 and the experts (everything else frozen) for ``--heal-minutes``.
 
-Prints JSON with ``ffn_speedup_25pct``, ``ffn_speedup_50pct``, ``model_speedup_25pct``,
+Prints JSON with ``heal_tokens`` (tokens seen while healing), ``ffn_speedup_25pct``,
+``ffn_speedup_50pct``, ``model_speedup_25pct``,
 ``ppl_change_50pct_oracle``, ``ppl_change_50pct_router``, ``ppl_change_50pct_healed`` and
 ``ppl_change_25pct_healed`` (changes as fractions, 0.10 = +10%), plus the details (including the
 wall and CPU seconds of every stage, since the 2 cores may be shared).
@@ -29,6 +30,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -77,6 +79,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--eval-seq-len", type=int, default=256, help="tokens per eval block")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
+    import lmbricks
+
+    lmbricks.tune_process()
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -155,7 +160,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             return None
         return {d: point.ppl[d] / result.dense_ppl[d] - 1.0 for d in point.ppl}
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from machine import measure_machine
+
     out = {
+        "heal_tokens": healed_info.get("tokens"),
         "ffn_speedup_25pct": prefill[f"K={k25}_speedup"],
         "ffn_speedup_50pct": prefill[f"K={k50}_speedup"],
         "model_speedup_25pct": whole[f"prefill_K={k25}_speedup"],
@@ -186,6 +195,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "healing": healed_info,
             "threads": torch.get_num_threads(),
             "stages": clock.stages,
+            "machine_limits": measure_machine(((4 * 256, 576, 2 * 1536),), min_seconds=0.2),
         },
     }
     print(json.dumps(out, indent=2))

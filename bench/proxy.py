@@ -13,6 +13,8 @@ M2 = M3 = Qwen2.5-Coder-0.5B with noise.
 After a warm-up, the three are measured in rounds (the order rotates); per-token times are medians.
 Prints one JSON object: ``{"vs_limit": limit / proxy, "vs_nocache": nocache / proxy, ...}``.
 ``vs_limit`` near 1 means the proxy adds nothing beyond its three forward passes (target >= 0.85).
+Utilisation: ``decode_bandwidth_share``, the three models' weight bytes read per decoded token over
+the proxy's time per token, against the memory bandwidth bench/machine.py measures at the start.
 
 Usage: python bench/proxy.py [--new-tokens 64] [--batch 4] [--rounds 3] [--threads 1] [--qwen]
 """
@@ -101,9 +103,18 @@ def main() -> None:
     parser.add_argument("--qwen", action="store_true", help="use the Qwen2.5-Coder 1.5B / 0.5B pair")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1 on a shared, busy CPU)")
     args = parser.parse_args()
+    import lmbricks
+
+    lmbricks.tune_process()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from machine import measure_machine
+
+    machine = measure_machine(min_seconds=0.2)
     from lmbricks.hub import DEFAULT_MODEL, load_hf_model
 
     big_ref, small_ref = (
@@ -133,12 +144,17 @@ def main() -> None:
             else:
                 nocache_t.append(proxy_steps(base, expert, anti, prompts, n_nocache, False))
     proxy, limit, nocache = (statistics.median(x) for x in (proxy_t, limit_t, nocache_t))
+    weight_bytes = sum(p.numel() * p.element_size() for m in (m1, m2, m3) for p in m.parameters())
+    bandwidth_share = weight_bytes / proxy / (machine["bandwidth_gbs"] * 1e9)
     print(json.dumps({
         "vs_limit": round(limit / proxy, 4),
         "vs_nocache": round(nocache / proxy, 4),
         "proxy_s_per_token": proxy,
         "limit_s_per_token": limit,
         "nocache_s_per_token": nocache,
+        "decode_bandwidth_share": round(bandwidth_share, 4),
+        "weight_bytes_per_token": weight_bytes,
+        "machine_limits": machine,
         "models": {"base": big_ref, "anti": f"{small_ref}[:{layers} layers]" if not args.qwen else small_ref,
                    "expert": "anti + noise 0.02"},
         "batch": args.batch,

@@ -27,6 +27,7 @@ ROOMS: tuple[str, ...] = (
     "paths",
     "config",
     "threads",
+    "runtime",
     "report",
     "checkpoint",
     "hub",

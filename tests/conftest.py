@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
+import lmbricks
 from lmbricks.testing import save_tiny_model, tiny_llama_config, tiny_mixtral_config
+
+lmbricks.tune_process()  # the test process keeps large buffers in the heap, as every lmbricks process does
 
 
 @pytest.fixture(scope="session")

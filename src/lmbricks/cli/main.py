@@ -18,6 +18,7 @@ from lmbricks.cli import reward as reward_cli
 from lmbricks.cli import tour as tour_cli
 from lmbricks.cli import trace as trace_cli
 from lmbricks.cli import train as train_cli
+from lmbricks.runtime.allocator import ENV_VAR, tune_process
 from lmbricks.version import __version__
 
 app = typer.Typer(
@@ -27,6 +28,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    epilog=f"Every command first keeps large tensor buffers in the heap (glibc mallopt; see docs/performance.md). "
+    f"Set {ENV_VAR}=0 to keep the C library's defaults.",
 )
 app.add_typer(models_cli.app, name="models")
 app.add_typer(data_cli.app, name="data")
@@ -53,11 +56,12 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: bool = typer.Option(
+    version: bool = typer.Option(  # noqa: ARG001 (typer declares the option by it; _version acts on it)
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
     """Build language models from bricks."""
+    tune_process()  # before any work: large buffers stay in the heap (LMBRICKS_TUNE_ALLOCATOR=0 opts out)
 
 
 if __name__ == "__main__":
