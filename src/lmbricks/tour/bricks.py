@@ -113,7 +113,7 @@ def bricks_section(ctx: TourContext) -> list[SummaryRow]:
     from lmbricks.adapters.catalogue import list_bricks
     from lmbricks.adapters.centroids import CentroidStats
     from lmbricks.adapters.hub_adapter import AdapterSlot
-    from lmbricks.adapters.routing_cli import brick_router
+    from lmbricks.adapters.centroids import brick_router
     from lmbricks.adapters.routing_eval import evaluate_routing
     from lmbricks.adapters.session import BrickSet, load_bricks
     from lmbricks.data import load_texts
