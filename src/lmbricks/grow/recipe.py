@@ -110,6 +110,18 @@ class MoERecipe(_Strict):
         return "qwen2_moe" if self.shared_experts else "mixtral"
 
 
+class GrowConfig(_Strict):
+    """How an MoE grows by one expert (:func:`lmbricks.grow.grow`; recorded as the ``grow`` recipe)."""
+
+    expert: str = Field(description="a fine-tune (directory, registry name, path+lora) or a brick")
+    domain: str = Field(description="the corpus domain that initialises the new router row")
+    base: str | None = Field(None, description="the dense base (default: recorded in the MoE's lmbricks.json)")
+    domain_tokens: int = Field(2048, description="training tokens of the domain read for its mean")
+    center: bool = Field(True, description="subtract the mean over the existing experts' recorded domains")
+    dtype: str | None = Field(None, description="storage dtype (default: the MoE's)")
+    seed: int = Field(0, description="document shuffle seed")
+
+
 def check_recipe(r: MoERecipe) -> None:
     """The rules a schema cannot express; each error names the field.
 
