@@ -281,9 +281,16 @@ class _Run:
         )
         recipe = {"train": cfg.model_dump(mode="json")}
         save_brick(
-            self.out, pairs, self.base, record=record, command=self.command, recipe=recipe, inputs=inputs,
-            force=force, dtype=cfg.save_dtype,
-        )  # fmt: skip
+            self.out,
+            pairs,
+            self.base,
+            record=record,
+            command=self.command,
+            recipe=recipe,
+            inputs=inputs,
+            force=force,
+            dtype=cfg.save_dtype,
+        )
         return read_brick(self.out)
 
 

@@ -83,9 +83,14 @@ def generate(
     if any(not p.strip() for p in prompts):
         raise ConfigError("empty prompt")
     b, e, a = load_trio(
-        base, expert, anti_expert, expert_brick=expert_brick, chat_base=chat_base, chat_expert=chat_expert,
+        base,
+        expert,
+        anti_expert,
+        expert_brick=expert_brick,
+        chat_base=chat_base,
+        chat_expert=chat_expert,
         chat_anti=chat_anti,
-    )  # fmt: skip
+    )
     if len(prompts) == 1 and not as_json:  # one prompt streams to the terminal
         console.print(prompts[0], end="", style="bold", highlight=False, markup=False)
         proxy_generate(b, prompts, cfg, expert=e, anti=a, on_token=_Stream(b.tokenizer))
