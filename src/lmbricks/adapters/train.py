@@ -7,7 +7,6 @@ deterministic for a given seed (document order, LoRA init, no dropout by default
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 from lmbricks.adapters.base import BaseModel, base_model, check_brick_base, recorded_base
 from lmbricks.adapters.brick import BrickInfo, LoraPair, pairs_record, read_brick, save_brick
 from lmbricks.adapters.config import LoraTrainConfig
+from lmbricks.adapters.train_data import train_texts, training_chunks
 from lmbricks.checkpoint import check_output
 from lmbricks.errors import ConfigError
 from lmbricks.hub import reference_paths
@@ -27,89 +27,6 @@ StepCallback = Callable[[int, float], None]
 
 def _quiet(_message: str) -> None:
     """A status callback that says nothing."""
-
-
-def cut_pieces(text: str, size: int) -> list[str]:
-    """Cut ``text`` into consecutive pieces of at least ``size`` UTF-8 bytes, each ending at a line end.
-
-    Joining the pieces gives ``text`` back; the last piece may be shorter. ``size`` 0 keeps the text whole.
-    """
-    if size <= 0 or len(text.encode("utf-8")) <= size:
-        return [text]
-    pieces: list[str] = []
-    current: list[str] = []
-    used = 0
-    for line in text.splitlines(keepends=True):
-        current.append(line)
-        used += len(line.encode("utf-8"))
-        if used >= size:
-            pieces.append("".join(current))
-            current, used = [], 0
-    if current:
-        pieces.append("".join(current))
-    return pieces
-
-
-def order_documents(
-    records: Sequence[dict[str, Any]], seed: int, balance_sources: bool, piece_bytes: int = 0
-) -> list[str]:
-    """Shuffle documents with ``seed``; with ``balance_sources``, interleave the sources by bytes.
-
-    Args:
-        records: ``{"text", "source"?}`` dicts (the domain's JSONL records).
-        seed: shuffling seed.
-        balance_sources: mix the sources (each shuffled) so each contributes about the same bytes,
-            instead of one global shuffle.
-        piece_bytes: first cut every document into pieces of about this many bytes (see
-            :func:`cut_pieces`), which are then shuffled like documents (0: whole documents).
-
-    Returns:
-        The document (or piece) texts in training order.
-    """
-    if piece_bytes > 0:
-        records = [
-            {"text": piece, "source": r.get("source", "")}
-            for r in records
-            for piece in cut_pieces(str(r["text"]), piece_bytes)
-        ]
-    rng = random.Random(seed)
-    if not balance_sources:
-        texts = [str(r["text"]) for r in records]
-        rng.shuffle(texts)
-        return texts
-    groups: dict[str, list[str]] = {}
-    for r in records:
-        groups.setdefault(str(r.get("source", "")), []).append(str(r["text"]))
-    for name in sorted(groups):
-        rng.shuffle(groups[name])
-    # Next document from the source with the fewest bytes so far: the sources share the tokens
-    # evenly even when one has documents ten times longer than another.
-    used = dict.fromkeys(groups, 0)
-    pos = dict.fromkeys(groups, 0)
-    out: list[str] = []
-    while True:
-        left = [n for n in sorted(groups) if pos[n] < len(groups[n])]
-        if not left:
-            return out
-        name = min(left, key=lambda n: used[n])
-        doc = groups[name][pos[name]]
-        pos[name] += 1
-        used[name] += len(doc.encode("utf-8"))
-        out.append(doc)
-
-
-def training_chunks(tokenizer: Any, texts: Sequence[str], cfg: LoraTrainConfig) -> torch.Tensor:
-    """Pack documents (already in training order) into ``(N, seq_len)`` blocks, enough for the run.
-
-    Raises:
-        ConfigError: the texts give not even one block.
-    """
-    from lmbricks.data import token_chunks
-
-    chunks = token_chunks(tokenizer, list(texts), cfg.seq_len, max_tokens=cfg.train_tokens)
-    if chunks.shape[0] == 0:
-        raise ConfigError(f"the training text gives no block of seq_len={cfg.seq_len} tokens")
-    return chunks  # (N, seq_len)
 
 
 def _lr_at(step: int, cfg: LoraTrainConfig) -> float:
@@ -210,18 +127,6 @@ def _effect(domain: str | None, before: float | None, after: float | None, cfg: 
     }
 
 
-def _train_texts(domain: str | None, texts: Sequence[str] | None, cfg: LoraTrainConfig) -> list[str]:
-    if texts is not None:
-        if not texts:
-            raise ConfigError("no training texts given")
-        return order_documents([{"text": t} for t in texts], cfg.seed, False, cfg.piece_bytes)
-    if domain is None:
-        raise ConfigError("give a corpus domain or training texts")
-    from lmbricks.data import load_records
-
-    return order_documents(load_records(domain, "train"), cfg.seed, cfg.balance_sources, cfg.piece_bytes)
-
-
 @dataclass
 class _Run:
     """One brick's training run: the base, the data, where it is written and how it reports."""
@@ -239,7 +144,7 @@ class _Run:
         from lmbricks.hub import load_hf_model
 
         model, tokenizer = load_hf_model(self.base.path)
-        return model, tokenizer, training_chunks(tokenizer, _train_texts(self.domain, texts, self.cfg), self.cfg)
+        return model, tokenizer, training_chunks(tokenizer, train_texts(self.domain, texts, self.cfg), self.cfg)
 
     def measure(self, model: Any, tokenizer: Any, what: str) -> float | None:
         """Held-out perplexity of ``model`` on the run's domain (None without a domain or eval bytes)."""
