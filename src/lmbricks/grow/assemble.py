@@ -27,7 +27,7 @@ from lmbricks.errors import ConfigError
 from lmbricks.grow import gates as G
 from lmbricks.grow.build import build_moe_lm, moe_lm_config
 from lmbricks.grow.hidden import cheap_embedding, domain_blocks, mean_router_inputs, prompt_router_inputs
-from lmbricks.grow.recipe import MoERecipe
+from lmbricks.grow.recipe import ExpertSpec, MoERecipe
 from lmbricks.grow.save import check_destination, stored_dtype, torch_dtype
 from lmbricks.grow.sources import DENSE_FAMILIES, ExpertFFN, ExpertSource, open_source
 from lmbricks.nn.model import LM
@@ -100,6 +100,34 @@ def _content_key(src: ExpertSource) -> tuple[str, str | None]:
     return content_hash(src.path), None if adapter is None else content_hash(adapter.path)
 
 
+def _groups(recipe: MoERecipe) -> tuple[tuple[str, list[ExpertSpec]], ...]:
+    """The recipe's expert lists by field name: ``experts``, then ``shared_experts``."""
+    return ("experts", list(recipe.experts)), ("shared_experts", list(recipe.shared_experts or []))
+
+
+def _open_sources(recipe: MoERecipe, base_path: Path, base_config: dict[str, Any]) -> list[ExpertSource]:
+    """Open every expert source in recipe order (experts, then the shared expert); all closed if one fails."""
+    sources: list[ExpertSource] = []
+    try:
+        for group, specs in _groups(recipe):
+            for i, e in enumerate(specs):
+                sources.append(
+                    open_source(
+                        source_model=e.source_model,
+                        brick=e.brick,
+                        base_ref=recipe.base_model,
+                        base_path=base_path,
+                        base_config=base_config,
+                        where=f"{group}[{i}]",
+                    )
+                )
+    except BaseException:
+        for s in sources:
+            s.close()
+        raise
+    return sources
+
+
 def plan_assembly(
     recipe: MoERecipe, out: str | Path | None = None, force: bool = False, inputs: Sequence[str | Path] = ()
 ) -> AssemblyPlan:
@@ -133,28 +161,11 @@ def plan_assembly(
             f"base_model: {recipe.base_model} is a {base_config.get('model_type')!r} model; "
             f"the base must be dense ({', '.join(DENSE_FAMILIES)})"
         )
-    for group, specs in (("experts", recipe.experts), ("shared_experts", recipe.shared_experts or [])):
+    for group, specs in _groups(recipe):
         for i, e in enumerate(specs):
             if e.domain:
                 check_domain(e.domain, f"{group}[{i}].domain")
-    sources: list[ExpertSource] = []
-    try:
-        for group, specs in (("experts", recipe.experts), ("shared_experts", recipe.shared_experts or [])):
-            for i, e in enumerate(specs):
-                sources.append(
-                    open_source(
-                        source_model=e.source_model,
-                        brick=e.brick,
-                        base_ref=recipe.base_model,
-                        base_path=base_path,
-                        base_config=base_config,
-                        where=f"{group}[{i}]",
-                    )
-                )
-    except BaseException:
-        for s in sources:
-            s.close()
-        raise
+    sources = _open_sources(recipe, base_path, base_config)
     n = len(recipe.experts)
     if n > 1 and len({_content_key(s) for s in sources[:n]}) == 1:
         warnings.warn(
