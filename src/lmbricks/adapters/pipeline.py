@@ -5,8 +5,8 @@ wrong field is named) and returns a typed result; ``lmbricks adapters``, the tou
 them. Training and updating are :func:`train_brick` / :func:`update_brick` (config
 :class:`LoraTrainConfig`, result :class:`BrickInfo`, in ``train.py``), re-exported here::
 
-    from lmbricks.adapters.pipeline import ComposeConfig, compose_bricks, compose_config
-    result = compose_bricks(compose_config(bricks=["zh", "math"], method="lorahub", domain="math"), "out/mix")
+    from lmbricks.adapters.pipeline import ComposeConfig, compose_bricks, configure
+    result = compose_bricks(configure(ComposeConfig, bricks=["zh", "math"], method="lorahub", domain="math"), "out/mix")
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -34,11 +34,23 @@ from lmbricks.errors import ConfigError
 from lmbricks.hub import reference_paths
 
 Status = Callable[[str], None]
+Options = TypeVar("Options", bound=BaseModel)
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
 def _quiet(_message: str) -> None:
     """A status callback that says nothing."""
+
+
+def configure(cls: type[Options], /, **fields: object) -> Options:
+    """Build a pipeline config (:class:`ComposeConfig`, :class:`RouteConfig`) from keyword arguments.
+
+    Raises:
+        ConfigError: naming the field and value at fault (see :func:`lmbricks.config.validate`).
+    """
+    from lmbricks.config import validate
+
+    return validate(cls, fields, f"{cls.__name__.removesuffix('Config').lower()} options")
 
 
 # ------------------------------------------------------------------------------------------ compose
@@ -58,13 +70,6 @@ class ComposeConfig(BaseModel):
     budget: int = Field(40, description="lorahub: nevergrad evaluations")
     seed: int = Field(42, description="lorahub search / dare drop seed")
     merge: bool = Field(False, description="write base + composed update as a full model, not an adapter")
-
-
-def compose_config(**fields: object) -> ComposeConfig:
-    """Build a :class:`ComposeConfig`; validation errors become :class:`ConfigError` naming the field."""
-    from lmbricks.config import validate
-
-    return validate(ComposeConfig, fields, "compose options")
 
 
 @dataclass
@@ -210,13 +215,6 @@ class RouteConfig(BaseModel):
     refresh_centroids: bool = Field(False, description="recompute the cached domain centroids")
 
 
-def route_config(**fields: object) -> RouteConfig:
-    """Build a :class:`RouteConfig`; validation errors become :class:`ConfigError` naming the field."""
-    from lmbricks.config import validate
-
-    return validate(RouteConfig, fields, "route options")
-
-
 @dataclass
 class RoutedPrompt:
     """One prompt, the bricks chosen for it (best first, weights summing to 1) and the completion."""
@@ -333,9 +331,8 @@ __all__ = [
     "RouteResult",
     "RoutedPrompt",
     "compose_bricks",
-    "compose_config",
+    "configure",
     "route_bricks",
-    "route_config",
     "search_lorahub_weights",
     "train_brick",
     "update_brick",

@@ -12,7 +12,15 @@ import typer
 
 from lmbricks.cli.adapters_catalogue import list_, plug, unplug
 from lmbricks.cli.adapters_compose import compose
-from lmbricks.cli.adapters_options import EVAL_BYTES, FORCE, OUT_BRICK, SEQ_LEN, command_line, training_progress
+from lmbricks.cli.adapters_options import (
+    EVAL_BYTES,
+    FORCE,
+    OUT_BRICK,
+    SEQ_LEN,
+    command_line,
+    print_effect,
+    training_progress,
+)
 from lmbricks.cli.adapters_route import route
 from lmbricks.cli.common import console, reads_checkpoints, user_errors
 
@@ -64,12 +72,7 @@ def train(
     with training_progress("training", cfg.steps) as (on_step, on_status):
         info = train_brick(model, out, cfg, domain=domain, force=force, command=command_line(), on_step=on_step,
                            on_status=on_status)  # fmt: skip
-    e = info.effect
-    if e.get("ppl_before") and e.get("ppl_after"):
-        change = f"{e['ppl_before']:.3f} -> {e['ppl_after']:.3f} ({100 * e['ppl_change']:+.1f}%)"
-        console.print(f"{info.path}: {domain} held-out ppl {change}")
-    else:
-        console.print(f"{info.path}: written")
+    print_effect(info, change=True)
 
 
 @user_errors
@@ -97,11 +100,7 @@ def update(
     with training_progress("updating", cfg.steps) as (on_step, on_status):
         info = update_brick(find_brick(brick, model), out, cfg, model_ref=model, domain=domain, force=force,
                             command=command_line(), on_step=on_step, on_status=on_status)  # fmt: skip
-    e = info.effect
-    if e.get("ppl_change") is not None:
-        console.print(f"{info.path}: {e['domain']} held-out ppl {e['ppl_before']:.3f} -> {e['ppl_after']:.3f}")
-    else:
-        console.print(f"{info.path}: written")
+    print_effect(info, change=False)
 
 
 @user_errors

@@ -31,9 +31,10 @@ def compose(
 
     Example: lmbricks adapters compose zh math out/zh+math --method lorahub --domain math
     """
-    from lmbricks.adapters.pipeline import compose_bricks, compose_config
+    from lmbricks.adapters.pipeline import ComposeConfig, compose_bricks, configure
 
-    cfg = compose_config(
+    cfg = configure(
+        ComposeConfig,
         model=model,
         bricks=bricks,
         method=method,

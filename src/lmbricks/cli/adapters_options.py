@@ -6,10 +6,14 @@ import shlex
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import typer
 
-from lmbricks.cli.common import progress_bar
+from lmbricks.cli.common import console, progress_bar
+
+if TYPE_CHECKING:
+    from lmbricks.adapters.brick import BrickInfo
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -41,6 +45,18 @@ def parse_weights(text: str | None, n: int) -> list[float] | None:
     if len(values) != n:
         raise ConfigError(f"--weights: {len(values)} values for {n} bricks")
     return values
+
+
+def print_effect(info: BrickInfo, change: bool) -> None:
+    """The written brick and its held-out perplexity before -> after (with the relative ``change``)."""
+    e = info.effect
+    if e.get("ppl_change") is None:
+        console.print(f"{info.path}: written")
+        return
+    text = f"{e['ppl_before']:.3f} -> {e['ppl_after']:.3f}"
+    console.print(
+        f"{info.path}: {e['domain']} held-out ppl {text}" + (f" ({100 * e['ppl_change']:+.1f}%)" if change else "")
+    )
 
 
 @contextmanager

@@ -43,9 +43,10 @@ def route(
 
     Example: lmbricks adapters route "def add(a, b):" "你好" --max-new-tokens 20
     """
-    from lmbricks.adapters.pipeline import route_bricks, route_config
+    from lmbricks.adapters.pipeline import RouteConfig, configure, route_bricks
 
-    cfg = route_config(
+    cfg = configure(
+        RouteConfig,
         model=model,
         bricks=bricks.split(",") if bricks else None,
         top_k=top_k,

@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lmbricks.config import load_yaml, validate
 from lmbricks.errors import ConfigError
+from lmbricks.merge.recipe import DTYPES  # mergekit's dtype names and aliases, as merge recipes take them
 
 #: Router initialisations. mergekit-moe's ``hidden`` is the last prompt token (``hidden_last`` alias).
 GATE_MODES: tuple[str, ...] = (
@@ -52,16 +53,6 @@ GATE_MODES: tuple[str, ...] = (
 )
 #: Gate modes that read each expert's prompts.
 PROMPT_MODES: tuple[str, ...] = ("hidden", "hidden_last", "hidden_avg", "cheap_embed")
-DTYPES = {
-    "float32": "float32",
-    "fp32": "float32",
-    "float": "float32",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-    "float16": "float16",
-    "fp16": "float16",
-    "half": "float16",
-}
 ARCHITECTURES = {"mixtral": "mixtral", "qwen": "qwen2_moe", "qwen2_moe": "qwen2_moe"}
 
 
