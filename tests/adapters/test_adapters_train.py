@@ -52,7 +52,7 @@ def test_bad_config_names_the_field(tiny_llama: Path, tmp_path: Path) -> None:
 
 
 def test_pieces_rejoin_and_spread_training_over_documents() -> None:
-    from lmbricks.adapters.train import cut_pieces, order_documents
+    from lmbricks.adapters.train_data import cut_pieces, order_documents
 
     text = "".join(f"line {i} " + "x" * (i % 37) + "\n" for i in range(400))
     pieces = cut_pieces(text, 500)

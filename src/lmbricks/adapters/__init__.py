@@ -1,6 +1,9 @@
 """Customized bricks: LoRA adapters that are trained, catalogued, composed, routed, updated and extracted.
 
-- :func:`train_brick` / :func:`update_brick`: PEFT LoRA training on a corpus domain (``train.py``).
+- ``pipeline.py``: the commands' pipelines (train, update, compose, route, evaluate routing), each a
+  typed config in and a typed result out; ``survey.py``: effect table, routing and a LoraHub mix.
+- :func:`train_brick` / :func:`update_brick`: PEFT LoRA training on a corpus domain (``train.py``,
+  data order in ``train_data.py``).
 - :func:`read_brick`, :func:`load_factors`, :func:`save_factors`: the on-disk brick (``brick.py``).
 - :class:`Catalogue`: bricks registered per base model, with their measured effect (``catalogue.py``).
 - ``compose.py``: cat (exact), svd, linear, ties, dare, and LoraHub weights (``lorahub.py``).

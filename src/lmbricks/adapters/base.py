@@ -5,10 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmbricks.checkpoint.provenance import check_recorded_base, content_hash, model_identity
+from lmbricks.errors import ConfigError
 from lmbricks.hub import REGISTRY, resolve_model
+
+if TYPE_CHECKING:
+    from lmbricks.adapters.brick import BrickInfo
 
 
 @dataclass(frozen=True)
@@ -52,3 +56,24 @@ def check_brick_base(
             names what differs (weights, a config field, the tokenizer).
     """
     check_recorded_base(f"brick {brick_name!r}", brick_sha256, brick_identity, brick_base, base.path, base.name)
+
+
+def recorded_base(info: BrickInfo) -> str:
+    """The base model a brick records: its registry name, else the base directory named in ``lmbricks.json``.
+
+    Raises:
+        ConfigError: the brick records neither (pass the model explicitly).
+    """
+    from lmbricks.checkpoint.provenance import resolve_reference
+
+    if info.base_model in REGISTRY:
+        return str(info.base_model)
+    for item in info.record.get("inputs", []):
+        if item.get("name") != "base":
+            continue
+        found = resolve_reference(str(item.get("ref") or ""), info.path) if item.get("ref") else None
+        if isinstance(found, Path):
+            return str(found)
+        if Path(item.get("path", "")).is_dir():  # records written before 0.2 kept the absolute path
+            return str(item["path"])
+    raise ConfigError(f"{info.path}: its base model {info.base_model!r} cannot be found; pass the model explicitly")

@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,6 +27,9 @@ from lmbricks.errors import CheckpointError, ConfigError
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 _KEY_RE = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<which>[AB])(?:\.[^.]+)?\.weight$")
+if TYPE_CHECKING:
+    from lmbricks.adapters.base import BaseModel
+
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -265,3 +268,49 @@ def brick_record(
             **extra,
         }
     }
+
+
+def save_brick(
+    out: Path,
+    pairs: Mapping[str, LoraPair],
+    base: BaseModel,
+    *,
+    record: dict[str, Any],
+    command: str,
+    recipe: dict[str, Any],
+    inputs: Mapping[str, Path],
+    force: bool = False,
+    dtype: str = "float32",
+) -> None:
+    """Write ``pairs`` atomically as a brick directory: the PEFT adapter plus ``lmbricks.json``.
+
+    Args:
+        out: the brick directory (guarded against every path of ``inputs``; replaced only with ``force``).
+        pairs: ``{module_path: LoraPair}`` of one rank.
+        base: the base model the brick belongs to (its name goes into ``adapter_config.json``).
+        record: the ``bricks`` section (see :func:`pairs_record`).
+        command, recipe, inputs: the provenance (``inputs`` by label, hashed into ``lmbricks.json``).
+        force: replace an existing ``out`` that lmbricks wrote.
+        dtype: storage dtype of the factors.
+    """
+    from lmbricks.checkpoint import atomic_directory, write_provenance
+
+    with atomic_directory(out, force=force, inputs=inputs) as tmp:
+        save_factors(tmp, pairs, base_model=base.name, dtype=dtype)
+        write_provenance(tmp, command=command, recipe=recipe, inputs=inputs, bricks=record)
+
+
+def pairs_record(
+    pairs: Mapping[str, LoraPair], base: BaseModel, *, name: str, rank: int, alpha: float, **fields: Any
+) -> dict[str, Any]:
+    """:func:`brick_record` of ``pairs`` on ``base`` (targets: the module names the pairs adapt)."""
+    return brick_record(
+        name=name,
+        base_model=base.name,
+        base_sha256=base.sha256,
+        base_identity=base.identity,
+        rank=rank,
+        alpha=alpha,
+        targets=sorted({m.rsplit(".", 1)[-1] for m in pairs}),
+        **fields,
+    )

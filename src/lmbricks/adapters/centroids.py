@@ -24,6 +24,7 @@ import torch
 
 import lmbricks.paths as paths
 from lmbricks.adapters.route import Router, fit_router
+from lmbricks.adapters.session import BrickSet
 from lmbricks.errors import ConfigError
 
 #: Bump when the way centroids are computed changes (old entries are then ignored).
@@ -176,3 +177,51 @@ def cached_router(
             stats.computed += 1
     names = list(keys)
     return Router(names, torch.stack([vecs[n] for n in names]), spec.layer)
+
+
+def brick_router(
+    bset: BrickSet,
+    model: Any,
+    tokenizer: Any,
+    layer: int = -1,
+    max_tokens: int = 2048,
+    *,
+    use_cache: bool = True,
+    stats: CentroidStats | None = None,
+) -> Router:
+    """A router over the bricks of ``bset``: one centroid per brick from its domain's train split.
+
+    Centroids are read from the centroid cache (keyed by the base and brick content hashes, the
+    domain corpus and the settings) and computed only when missing, so routing a prompt costs one
+    forward pass once each brick's centroid has been computed once.
+
+    Args:
+        bset: base model and bricks.
+        model: the base model (no brick active), tokenizer: its tokenizer.
+        layer: hidden layer; max_tokens: domain tokens per centroid.
+        use_cache: False recomputes every centroid (and refreshes the cache).
+        stats: filled with cache hits and computed centroids.
+    """
+    import random
+
+    from lmbricks.checkpoint import content_hash
+    from lmbricks.data import load_texts
+
+    spec = CentroidSpec(layer=layer, max_tokens=max_tokens)
+    keys: dict[str, str] = {}
+    domains: dict[str, str] = {}
+    about: dict[str, dict[str, Any]] = {}
+    for name, info in zip(bset.names, bset.infos, strict=False):
+        if info.domain is None:
+            raise ConfigError(f"brick {info.name!r} records no domain: its centroid cannot be computed")
+        brick_sha = content_hash(info.path)
+        keys[name] = centroid_key(bset.base.sha256, brick_sha, info.domain, domain_fingerprint(info.domain), spec)
+        domains[name] = info.domain
+        about[name] = {"domain": info.domain, "base_sha256": bset.base.sha256, "brick_sha256": brick_sha}
+
+    def texts_of(name: str) -> list[str]:
+        docs = [d for d in load_texts(domains[name], "train") if d.strip()]
+        random.Random(spec.seed).shuffle(docs)
+        return docs
+
+    return cached_router(model, tokenizer, keys, texts_of, spec, about=about, stats=stats, refresh=not use_cache)

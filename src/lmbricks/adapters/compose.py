@@ -180,24 +180,47 @@ def _same_rank(bricks: Sequence[Factors], method: str) -> int:
     return ranks.pop()
 
 
+def _weighted_factors(
+    bricks: Sequence[Factors],
+    weights: Sequence[float],
+    modules: Sequence[str],
+    rank: int,
+    coefs: Callable[[float, float], tuple[float, float]],
+) -> Factors:
+    """Per module ``A = sum a_i A_i`` and ``B = sum b_i B_i`` with ``(a_i, b_i) = coefs(w_i, s_i)``, scale 1.
+
+    ``s_i`` is brick i's LoRA scale on the module; a brick without the module, or whose coefficients
+    are both 0, adds nothing.
+    """
+    out: Factors = {}
+    for m in modules:
+        shape = _shape(bricks, m)
+        A = torch.zeros(rank, shape[1])  # (r, in)
+        B = torch.zeros(shape[0], rank)  # (out, r)
+        for b, w in zip(bricks, weights, strict=False):
+            if m not in b:
+                continue
+            ca, cb = coefs(w, b[m].scale)
+            if ca == 0.0 and cb == 0.0:
+                continue
+            A += ca * b[m].A.float()
+            B += cb * b[m].B.float()
+        out[m] = LoraPair(A=A, B=B, scale=1.0)
+    return out
+
+
+def _linear_coefs(w: float, scale: float) -> tuple[float, float]:
+    """PEFT's ``linear``: ``sqrt|w s|`` on both factors, the sign on A."""
+    ws = w * scale
+    root = abs(ws) ** 0.5
+    return (root if ws >= 0 else -root), root
+
+
 def compose_linear(bricks: Sequence[Factors], weights: Sequence[float]) -> Composition:
     """PEFT's ``linear`` combination (approximate: it adds cross terms between bricks)."""
     modules = _check(bricks, weights)
     r = _same_rank(bricks, "linear")
-    out: Factors = {}
-    for m in modules:
-        shape = _shape(bricks, m)
-        A = torch.zeros(r, shape[1])
-        B = torch.zeros(shape[0], r)
-        for b, w in zip(bricks, weights, strict=False):
-            if m not in b:
-                continue
-            ws = w * b[m].scale
-            sign = 1.0 if ws >= 0 else -1.0
-            A += sign * abs(ws) ** 0.5 * b[m].A.float()
-            B += abs(ws) ** 0.5 * b[m].B.float()
-        out[m] = LoraPair(A=A, B=B, scale=1.0)
-    return Composition(out)
+    return Composition(_weighted_factors(bricks, weights, modules, r, _linear_coefs))
 
 
 def lorahub_factors(bricks: Sequence[Factors], weights: Sequence[float] | torch.Tensor) -> Factors:
@@ -213,17 +236,7 @@ def lorahub_factors(bricks: Sequence[Factors], weights: Sequence[float] | torch.
     w = [float(x) for x in weights]
     modules = _check(bricks, w)
     r = _same_rank(bricks, "lorahub")
-    out: Factors = {}
-    for m in modules:
-        shape = _shape(bricks, m)
-        A = torch.zeros(r, shape[1])
-        B = torch.zeros(shape[0], r)
-        for b, wi in zip(bricks, w, strict=False):
-            if m in b and wi != 0.0:
-                A += wi * b[m].A.float()
-                B += (wi * b[m].scale) * b[m].B.float()
-        out[m] = LoraPair(A=A, B=B, scale=1.0)
-    return out
+    return _weighted_factors(bricks, w, modules, r, lambda wi, scale: (wi, wi * scale))
 
 
 def compose(

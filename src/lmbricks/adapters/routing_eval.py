@@ -27,7 +27,18 @@ class DomainRouting:
     nll_routed: float = 0.0
     chosen: dict[str, int] = field(default_factory=dict)
 
+    def add(self, choice: str, correct: bool, tokens: int, nll: tuple[float, float, float]) -> None:
+        """Count one document: the first chosen brick, whether it is the domain's, its NLLs (none, oracle, routed)."""
+        self.docs += 1
+        self.correct += int(correct)
+        self.tokens += tokens
+        self.nll_none += nll[0]
+        self.nll_oracle += nll[1]
+        self.nll_routed += nll[2]
+        self.chosen[choice] = self.chosen.get(choice, 0) + 1
+
     def row(self) -> dict[str, Any]:
+        """Accuracy, perplexity with no, the oracle and the routed bricks, and how often each brick was chosen."""
         t = max(self.tokens, 1)
         return {
             "docs": self.docs,
@@ -51,6 +62,47 @@ def _nll_and_hidden(model: Any, ids: torch.Tensor, layer: int) -> tuple[float, t
 def _nll(model: Any, ids: torch.Tensor) -> float:
     logits = model(input_ids=ids[None]).logits[0, :-1].float()
     return float(F.cross_entropy(logits, ids[1:], reduction="sum"))
+
+
+@torch.no_grad()
+def greedy_completion(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int) -> str:
+    """``max_new_tokens`` greedy tokens after ``prompt`` (no special tokens added), decoded."""
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.eos_token_id,
+    )
+    return str(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
+
+
+def _score_document(
+    slot: AdapterSlot,
+    ids: torch.Tensor,
+    router: Router,
+    bricks: Mapping[str, Factors],
+    oracle: str | None,
+    top_k: int,
+    temperature: float,
+) -> tuple[str, tuple[float, float, float]]:
+    """Route one document and score it: (first chosen brick, NLL with no brick, the oracle, the routed bricks).
+
+    The routing embedding comes from the same base pass that scores "no brick"; the routed NLL is
+    the oracle's when top-1 routing picks the oracle (the same model, computed once).
+    """
+    slot.clear()
+    none, h = _nll_and_hidden(slot.model, ids, router.layer)
+    choice = router.route(h, top_k=top_k, temperature=temperature)[0]
+    nll_oracle = none
+    if oracle is not None:
+        slot.set(bricks[oracle])
+        nll_oracle = _nll(slot.model, ids)
+    if top_k == 1 and choice[0][0] == oracle:
+        return choice[0][0], (none, nll_oracle, nll_oracle)
+    slot.set(compose_cat([bricks[n] for n, _ in choice], [w for _, w in choice]).pairs)
+    return choice[0][0], (none, nll_oracle, _nll(slot.model, ids))
 
 
 def evaluate_routing(
@@ -99,28 +151,9 @@ def evaluate_routing(
             ids = text_ids(tokenizer, doc, doc_tokens)
             if ids.numel() < 16:
                 continue
-            slot.clear()
-            none, h = _nll_and_hidden(slot.model, ids, router.layer)
-            choice = router.route(h, top_k=top_k, temperature=temperature)[0]
-            oracle = oracle_of.get(domain)
-            nll_oracle = none
-            if oracle is not None:
-                slot.set(bricks[oracle])
-                nll_oracle = _nll(slot.model, ids)
-            if top_k == 1 and choice[0][0] == oracle:
-                nll_routed = nll_oracle
-            else:
-                slot.set(compose_cat([bricks[n] for n, _ in choice], [w for _, w in choice]).pairs)
-                nll_routed = _nll(slot.model, ids)
-            n_tok = ids.numel() - 1
+            first, nll = _score_document(slot, ids, router, bricks, oracle_of.get(domain), top_k, temperature)
             for r in (res, total):
-                r.docs += 1
-                r.correct += int(domain_of.get(choice[0][0]) == domain)
-                r.tokens += n_tok
-                r.nll_none += none
-                r.nll_oracle += nll_oracle
-                r.nll_routed += nll_routed
-                r.chosen[choice[0][0]] = r.chosen.get(choice[0][0], 0) + 1
+                r.add(first, domain_of.get(first) == domain, ids.numel() - 1, nll)
             if on_doc is not None:
                 on_doc(domain)
     slot.clear()

@@ -7,104 +7,26 @@ deterministic for a given seed (document order, LoRA init, no dropout by default
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lmbricks.adapters.base import BaseModel, base_model, check_brick_base
-from lmbricks.adapters.brick import BrickInfo, LoraPair, brick_record, read_brick, save_factors
+from lmbricks.adapters.base import BaseModel, base_model, check_brick_base, recorded_base
+from lmbricks.adapters.brick import BrickInfo, LoraPair, pairs_record, read_brick, save_brick
 from lmbricks.adapters.config import LoraTrainConfig
-from lmbricks.checkpoint import atomic_directory, check_output, write_provenance
+from lmbricks.adapters.train_data import train_texts, training_chunks
+from lmbricks.checkpoint import check_output
 from lmbricks.errors import ConfigError
 from lmbricks.hub import reference_paths
 
 StepCallback = Callable[[int, float], None]
 
 
-def cut_pieces(text: str, size: int) -> list[str]:
-    """Cut ``text`` into consecutive pieces of at least ``size`` UTF-8 bytes, each ending at a line end.
-
-    Joining the pieces gives ``text`` back; the last piece may be shorter. ``size`` 0 keeps the text whole.
-    """
-    if size <= 0 or len(text.encode("utf-8")) <= size:
-        return [text]
-    pieces: list[str] = []
-    current: list[str] = []
-    used = 0
-    for line in text.splitlines(keepends=True):
-        current.append(line)
-        used += len(line.encode("utf-8"))
-        if used >= size:
-            pieces.append("".join(current))
-            current, used = [], 0
-    if current:
-        pieces.append("".join(current))
-    return pieces
-
-
-def order_documents(
-    records: Sequence[dict[str, Any]], seed: int, balance_sources: bool, piece_bytes: int = 0
-) -> list[str]:
-    """Shuffle documents with ``seed``; with ``balance_sources``, interleave the sources by bytes.
-
-    Args:
-        records: ``{"text", "source"?}`` dicts (the domain's JSONL records).
-        seed: shuffling seed.
-        balance_sources: mix the sources (each shuffled) so each contributes about the same bytes,
-            instead of one global shuffle.
-        piece_bytes: first cut every document into pieces of about this many bytes (see
-            :func:`cut_pieces`), which are then shuffled like documents (0: whole documents).
-
-    Returns:
-        The document (or piece) texts in training order.
-    """
-    if piece_bytes > 0:
-        records = [
-            {"text": piece, "source": r.get("source", "")}
-            for r in records
-            for piece in cut_pieces(str(r["text"]), piece_bytes)
-        ]
-    rng = random.Random(seed)
-    if not balance_sources:
-        texts = [str(r["text"]) for r in records]
-        rng.shuffle(texts)
-        return texts
-    groups: dict[str, list[str]] = {}
-    for r in records:
-        groups.setdefault(str(r.get("source", "")), []).append(str(r["text"]))
-    for name in sorted(groups):
-        rng.shuffle(groups[name])
-    # Next document from the source with the fewest bytes so far: the sources share the tokens
-    # evenly even when one has documents ten times longer than another.
-    used = dict.fromkeys(groups, 0)
-    pos = dict.fromkeys(groups, 0)
-    out: list[str] = []
-    while True:
-        left = [n for n in sorted(groups) if pos[n] < len(groups[n])]
-        if not left:
-            return out
-        name = min(left, key=lambda n: used[n])
-        doc = groups[name][pos[name]]
-        pos[name] += 1
-        used[name] += len(doc.encode("utf-8"))
-        out.append(doc)
-
-
-def training_chunks(tokenizer: Any, texts: Sequence[str], cfg: LoraTrainConfig) -> torch.Tensor:
-    """Pack documents (already in training order) into ``(N, seq_len)`` blocks, enough for the run.
-
-    Raises:
-        ConfigError: the texts give not even one block.
-    """
-    from lmbricks.data import token_chunks
-
-    chunks = token_chunks(tokenizer, list(texts), cfg.seq_len, max_tokens=cfg.train_tokens)
-    if chunks.shape[0] == 0:
-        raise ConfigError(f"the training text gives no block of seq_len={cfg.seq_len} tokens")
-    return chunks  # (N, seq_len)
+def _quiet(_message: str) -> None:
+    """A status callback that says nothing."""
 
 
 def _lr_at(step: int, cfg: LoraTrainConfig) -> float:
@@ -205,60 +127,89 @@ def _effect(domain: str | None, before: float | None, after: float | None, cfg: 
     }
 
 
-def _write_brick(
-    out: Path,
-    model: Any,
-    *,
-    name: str,
-    base: BaseModel,
-    cfg: LoraTrainConfig,
-    domain: str | None,
-    effect: dict[str, Any],
-    command: str,
-    losses: list[float],
-    force: bool,
-    extra_inputs: dict[str, Path] | None = None,
-    adapter: str = "default",
-) -> BrickInfo:
-    pairs = peft_pairs(model, adapter)
-    targets = tuple(sorted({m.rsplit(".", 1)[-1] for m in pairs}))
-    guarded: dict[str, Path] = {"base": base.path, **(extra_inputs or {})}
-    with atomic_directory(out, force=force, inputs=guarded) as tmp:
-        save_factors(tmp, pairs, base_model=base.name, dtype=cfg.save_dtype)
-        write_provenance(
-            tmp,
-            command=command,
-            recipe={"train": cfg.model_dump(mode="json")},
-            inputs={"base": base.path, **(extra_inputs or {})},
-            bricks=brick_record(
-                name=name,
-                base_model=base.name,
-                base_sha256=base.sha256,
-                base_identity=base.identity,
-                rank=cfg.rank,
-                alpha=cfg.alpha,
-                targets=targets,
-                domain=domain,
-                effect=effect,
-                data={"domain": domain, "split": "train", "tokens": cfg.train_tokens},
-                steps=cfg.steps,
-                loss_first=losses[0] if losses else None,
-                loss_last=sum(losses[-5:]) / len(losses[-5:]) if losses else None,
-            ),
+@dataclass
+class _Run:
+    """One brick's training run: the base, the data, where it is written and how it reports."""
+
+    base: BaseModel
+    cfg: LoraTrainConfig
+    domain: str | None
+    out: Path
+    command: str
+    on_step: StepCallback | None
+    status: Callable[[str], None]
+
+    def data(self, texts: Sequence[str] | None) -> tuple[Any, Any, torch.Tensor]:
+        """The base model, its tokenizer and the (N, seq_len) training blocks."""
+        from lmbricks.hub import load_hf_model
+
+        model, tokenizer = load_hf_model(self.base.path)
+        return model, tokenizer, training_chunks(tokenizer, train_texts(self.domain, texts, self.cfg), self.cfg)
+
+    def measure(self, model: Any, tokenizer: Any, what: str) -> float | None:
+        """Held-out perplexity of ``model`` on the run's domain (None without a domain or eval bytes)."""
+        self.status(f"held-out perplexity {what} on {self.domain}")
+        return _measure(model, tokenizer, self.domain, self.cfg)
+
+    def fit(self, peft_model: Any, chunks: torch.Tensor) -> list[float]:
+        """Train the brick, then round its factors to the storage dtype (measurements match the file)."""
+        losses = train_loop(peft_model, chunks, self.cfg, self.on_step)
+        round_trainable(peft_model, self.cfg.save_dtype)
+        return losses
+
+    def save(
+        self,
+        peft_model: Any,
+        *,
+        name: str,
+        cfg: LoraTrainConfig,
+        effect: dict[str, Any],
+        losses: list[float],
+        force: bool,
+        parent: Path | None = None,
+    ) -> BrickInfo:
+        """Write the trained brick (``cfg`` as recorded; ``parent``: the brick an update started from)."""
+        pairs = peft_pairs(peft_model)
+        inputs: dict[str, Path] = {"base": self.base.path, **({} if parent is None else {"parent": parent})}
+        record = pairs_record(
+            pairs,
+            self.base,
+            name=name,
+            rank=cfg.rank,
+            alpha=cfg.alpha,
+            domain=self.domain,
+            effect=effect,
+            data={"domain": self.domain, "split": "train", "tokens": cfg.train_tokens},
+            steps=cfg.steps,
+            loss_first=losses[0] if losses else None,
+            loss_last=sum(losses[-5:]) / len(losses[-5:]) if losses else None,
         )
-    return read_brick(out)
+        recipe = {"train": cfg.model_dump(mode="json")}
+        save_brick(
+            self.out,
+            pairs,
+            self.base,
+            record=record,
+            command=self.command,
+            recipe=recipe,
+            inputs=inputs,
+            force=force,
+            dtype=cfg.save_dtype,
+        )
+        return read_brick(self.out)
 
 
-def _train_texts(domain: str | None, texts: Sequence[str] | None, cfg: LoraTrainConfig) -> list[str]:
-    if texts is not None:
-        if not texts:
-            raise ConfigError("no training texts given")
-        return order_documents([{"text": t} for t in texts], cfg.seed, False, cfg.piece_bytes)
-    if domain is None:
-        raise ConfigError("give a corpus domain or training texts")
-    from lmbricks.data import load_records
+def _lora_config(cfg: LoraTrainConfig) -> Any:
+    from peft import LoraConfig
 
-    return order_documents(load_records(domain, "train"), cfg.seed, cfg.balance_sources, cfg.piece_bytes)
+    return LoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,  # type: ignore[arg-type]  # PEFT accepts float alphas
+        lora_dropout=cfg.dropout,
+        target_modules=list(cfg.targets),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
 
 
 def train_brick(
@@ -292,65 +243,18 @@ def train_brick(
     Returns:
         The saved brick's :class:`BrickInfo` (``effect`` holds held-out perplexity before and after).
     """
-    from peft import LoraConfig, get_peft_model
-
-    from lmbricks.hub import load_hf_model
+    from peft import get_peft_model
 
     out = check_output(out, reference_paths(model_ref), force)  # before any fetch or training
-    status = on_status or (lambda _msg: None)
-    base = base_model(model_ref)
-    model, tokenizer = load_hf_model(base.path)
-    chunks = training_chunks(tokenizer, _train_texts(domain, texts, cfg), cfg)
-    status(f"held-out perplexity of the base on {domain}")
-    before = _measure(model, tokenizer, domain, cfg)
+    run = _Run(base_model(model_ref), cfg, domain, out, command, on_step, on_status or _quiet)
+    model, tokenizer, chunks = run.data(texts)
+    before = run.measure(model, tokenizer, "of the base")
     torch.manual_seed(cfg.seed)
-    lora = LoraConfig(
-        r=cfg.rank,
-        lora_alpha=cfg.alpha,  # type: ignore[arg-type]  # PEFT accepts float alphas
-        lora_dropout=cfg.dropout,
-        target_modules=list(cfg.targets),
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-    peft_model = get_peft_model(model, lora)
-    losses = train_loop(peft_model, chunks, cfg, on_step)
-    round_trainable(peft_model, cfg.save_dtype)
-    status(f"held-out perplexity with the brick on {domain}")
-    after = _measure(peft_model, tokenizer, domain, cfg)
-    return _write_brick(
-        out,
-        peft_model,
-        name=name or out.name,
-        base=base,
-        cfg=cfg,
-        domain=domain,
-        effect=_effect(domain, before, after, cfg),
-        command=command,
-        losses=losses,
-        force=force,
-    )
-
-
-def recorded_base(info: BrickInfo) -> str:
-    """The base model a brick records: its registry name, else the base directory named in ``lmbricks.json``.
-
-    Raises:
-        ConfigError: the brick records neither (pass the model explicitly).
-    """
-    from lmbricks.checkpoint.provenance import resolve_reference
-    from lmbricks.hub import REGISTRY
-
-    if info.base_model in REGISTRY:
-        return str(info.base_model)
-    for item in info.record.get("inputs", []):
-        if item.get("name") != "base":
-            continue
-        found = resolve_reference(str(item.get("ref") or ""), info.path) if item.get("ref") else None
-        if isinstance(found, Path):
-            return str(found)
-        if Path(item.get("path", "")).is_dir():  # records written before 0.2 kept the absolute path
-            return str(item["path"])
-    raise ConfigError(f"{info.path}: its base model {info.base_model!r} cannot be found; pass the model explicitly")
+    peft_model = get_peft_model(model, _lora_config(cfg))
+    losses = run.fit(peft_model, chunks)
+    after = run.measure(peft_model, tokenizer, "with the brick")
+    effect = _effect(domain, before, after, cfg)
+    return run.save(peft_model, name=name or out.name, cfg=cfg, effect=effect, losses=losses, force=force)
 
 
 def update_brick(
@@ -384,37 +288,19 @@ def update_brick(
     """
     from peft import PeftModel
 
-    from lmbricks.hub import load_hf_model
-
     out = check_output(out, [Path(brick), *reference_paths(model_ref)], force)
     info = read_brick(brick)
     ref = model_ref if model_ref is not None else recorded_base(info)
     check_output(out, [info.path, *reference_paths(ref)], force)  # before any fetch or training
     base = base_model(ref)
     check_brick_base(info.name, info.base_sha256, info.base_model, base, info.base_identity)
-    domain = domain or info.domain
-    status = on_status or (lambda _msg: None)
-    model, tokenizer = load_hf_model(base.path)
-    chunks = training_chunks(tokenizer, _train_texts(domain, texts, cfg), cfg)
+    run = _Run(base, cfg, domain or info.domain, out, command, on_step, on_status or _quiet)
+    model, tokenizer, chunks = run.data(texts)
     peft_model = PeftModel.from_pretrained(model, str(info.path), is_trainable=True)
-    status(f"held-out perplexity with the brick before the update on {domain}")
     peft_model.eval()
-    before = _measure(peft_model, tokenizer, domain, cfg)
-    losses = train_loop(peft_model, chunks, cfg, on_step)
-    round_trainable(peft_model, cfg.save_dtype)
-    status(f"held-out perplexity after the update on {domain}")
-    after = _measure(peft_model, tokenizer, domain, cfg)
+    before = run.measure(peft_model, tokenizer, "with the brick before the update")
+    losses = run.fit(peft_model, chunks)
+    after = run.measure(peft_model, tokenizer, "after the update")
     kept = cfg.model_copy(update={"rank": info.rank, "alpha": info.alpha, "targets": info.targets})
-    return _write_brick(
-        out,
-        peft_model,
-        name=info.name,
-        base=base,
-        cfg=kept,
-        domain=domain,
-        effect=_effect(domain, before, after, kept),
-        command=command,
-        losses=losses,
-        force=force,
-        extra_inputs={"parent": info.path},
-    )
+    effect = _effect(run.domain, before, after, kept)
+    return run.save(peft_model, name=info.name, cfg=kept, effect=effect, losses=losses, force=force, parent=info.path)

@@ -2,11 +2,42 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import typer
 
 from lmbricks.cli.common import console, print_json, reads_checkpoints, user_errors
 
+if TYPE_CHECKING:
+    import torch
+
 app = typer.Typer(help="Proxy-tuning: logits = base + alpha * (expert - anti-expert).", no_args_is_help=True)
+
+
+class _Stream:
+    """Print the first sequence's tokens as they are decoded, whole characters only."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.shown: list[int] = []
+        self.printed = ""
+
+    def __call__(self, tokens: torch.Tensor) -> None:
+        self.shown.append(int(tokens[0]))
+        text = self.tokenizer.decode(self.shown, skip_special_tokens=True)
+        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+            console.print(text[len(self.printed) :], end="", highlight=False, markup=False)
+            self.printed = text
+
+
+def _print_outputs(prompts: list[str], texts: list[str], tokens: list[list[int]], as_json: bool) -> None:
+    if as_json:
+        print_json(
+            [{"prompt": p, "completion": t, "tokens": ids} for p, t, ids in zip(prompts, texts, tokens, strict=False)]
+        )
+        return
+    for p, t in zip(prompts, texts, strict=False):
+        console.print(f"[bold]{p}[/]{t}", highlight=False)
 
 
 @app.command()
@@ -35,6 +66,7 @@ def generate(
 
     Example: lmbricks proxy generate "def fib(n):" --base qwen2.5-coder-1.5b-instruct --anti-expert qwen2.5-coder-0.5b-instruct --expert-brick out/py-brick
     """  # noqa: E501
+    from lmbricks.errors import ConfigError
     from lmbricks.proxy.decode import DecodeConfig, proxy_generate
     from lmbricks.proxy.load import load_trio
 
@@ -49,8 +81,6 @@ def generate(
         use_cache=not no_cache,
     )
     if any(not p.strip() for p in prompts):
-        from lmbricks.errors import ConfigError
-
         raise ConfigError("empty prompt")
     b, e, a = load_trio(
         base,
@@ -61,30 +91,10 @@ def generate(
         chat_expert=chat_expert,
         chat_anti=chat_anti,
     )
-    stream = len(prompts) == 1 and not as_json
-    shown: list[int] = []
-    printed = ""
-
-    def on_token(tokens: object) -> None:
-        nonlocal printed
-        shown.append(int(tokens[0]))  # type: ignore[index]
-        text = b.tokenizer.decode(shown, skip_special_tokens=True)
-        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-            console.print(text[len(printed) :], end="", highlight=False, markup=False)
-            printed = text
-
-    if stream:
+    if len(prompts) == 1 and not as_json:  # one prompt streams to the terminal
         console.print(prompts[0], end="", style="bold", highlight=False, markup=False)
-    out = proxy_generate(b, prompts, cfg, expert=e, anti=a, on_token=on_token if stream else None)
-    if stream:
+        proxy_generate(b, prompts, cfg, expert=e, anti=a, on_token=_Stream(b.tokenizer))
         console.print()
-    elif as_json:
-        print_json(
-            [
-                {"prompt": p, "completion": t, "tokens": ids}
-                for p, t, ids in zip(prompts, out.texts, out.tokens, strict=False)
-            ]
-        )
-    else:
-        for p, t in zip(prompts, out.texts, strict=False):
-            console.print(f"[bold]{p}[/]{t}", highlight=False)
+        return
+    out = proxy_generate(b, prompts, cfg, expert=e, anti=a)
+    _print_outputs(prompts, out.texts, out.tokens, as_json)

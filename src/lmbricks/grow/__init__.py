@@ -4,8 +4,10 @@
   equal to the dense model at initialisation (``upcycle.py``).
 - :func:`assemble`: a mergekit-moe recipe (plus lmbricks' ``brick`` and ``domain`` fields) -> a
   Mixtral / Qwen2-MoE directory whose experts are fine-tunes' FFNs or the base FFN with a LoRA brick
-  merged in; routers from prompts, embeddings, domains or at random (``assemble.py``, ``gates.py``).
-- :func:`grow`: add one expert to an existing MoE, every other weight kept (``add_expert.py``).
+  merged in; routers from prompts, embeddings, domains or at random (``pipeline.py`` over
+  ``assemble.py`` and ``gates.py``).
+- :func:`grow`: add one expert to an existing MoE, every other weight kept (``pipeline.py`` over
+  ``add_expert.py``; config :class:`GrowConfig`).
 - :func:`evaluate_routed`: per-domain perplexity with the routing histogram (``routing.py``).
 
 Routers are then trained with ``lmbricks train`` (``trainable: [routers]``); see docs/grow.md.
@@ -13,10 +15,11 @@ Routers are then trained with ``lmbricks train`` (``trainable: [routers]``); see
 
 from __future__ import annotations
 
-from lmbricks.grow.add_expert import grow, grow_model
-from lmbricks.grow.assemble import Assembly, AssemblyPlan, GrowWarning, assemble, assemble_model, plan_assembly
+from lmbricks.grow.add_expert import grow_model
+from lmbricks.grow.assemble import Assembly, AssemblyPlan, GrowWarning, assemble_model, plan_assembly
 from lmbricks.grow.build import build_moe_lm, moe_lm_config
-from lmbricks.grow.recipe import GATE_MODES, ExpertSpec, MoERecipe, load_moe_recipe, parse_moe_recipe
+from lmbricks.grow.pipeline import assemble, grow, grow_expert
+from lmbricks.grow.recipe import GATE_MODES, ExpertSpec, GrowConfig, MoERecipe, load_moe_recipe, parse_moe_recipe
 from lmbricks.grow.routing import DomainEval, RoutingCounter, evaluate_routed, with_top_k
 from lmbricks.grow.sources import ExpertFFN, ExpertSource
 from lmbricks.grow.upcycle import UpcycleOptions, upcycle, upcycle_model
@@ -29,6 +32,7 @@ __all__ = [
     "ExpertFFN",
     "ExpertSource",
     "ExpertSpec",
+    "GrowConfig",
     "GrowWarning",
     "MoERecipe",
     "RoutingCounter",
@@ -38,6 +42,7 @@ __all__ = [
     "build_moe_lm",
     "evaluate_routed",
     "grow",
+    "grow_expert",
     "grow_model",
     "load_moe_recipe",
     "moe_lm_config",

@@ -13,7 +13,6 @@ are no longer unit vectors).
 
 from __future__ import annotations
 
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +24,11 @@ from torch import Tensor
 from lmbricks.checkpoint.provenance import reference_name, resolve_reference
 from lmbricks.errors import ConfigError
 from lmbricks.grow import gates as G
-from lmbricks.grow.assemble import GrowWarning, Log, _check_domain
+from lmbricks.grow.assemble import GrowWarning, Log
 from lmbricks.grow.build import build_moe_lm, layer_experts, moe_layers
 from lmbricks.grow.hidden import domain_blocks, mean_router_inputs
-from lmbricks.grow.save import check_destination, read_provenance, save_grown, stored_dtype, torch_dtype
+from lmbricks.grow.recipe import GrowConfig
+from lmbricks.grow.save import read_provenance
 from lmbricks.grow.sources import ExpertFFN, ExpertSource, guess_source
 from lmbricks.moe.shared import SharedExpert
 from lmbricks.nn.config import LMConfig
@@ -71,12 +71,19 @@ def grow_model(moe: LM, new_experts: dict[int, ExpertFFN], new_rows: dict[int, T
 
 
 @dataclass
-class _Recorded:
+class Recorded:
+    """What an MoE's ``lmbricks.json`` says: its dense base (resolved) and its brick inventory."""
+
     base: str | None
     inventory: dict[str, Any]
 
+    def expert_domains(self) -> list[Any]:
+        """The recorded domain of each existing expert (None where one records none)."""
+        return [e.get("domain") for e in self.inventory.get("experts") or [] if isinstance(e, dict)]
 
-def _recorded(moe_path: Path) -> _Recorded:
+
+def recorded_inventory(moe_path: Path) -> Recorded:
+    """The base and inventory an MoE directory records (records written before 0.2 kept absolute paths)."""
     prov = read_provenance(moe_path)
     bricks = prov.get("bricks") if isinstance(prov.get("bricks"), dict) else {}
     recorded = bricks.get("base_model") if isinstance(bricks, dict) else None
@@ -85,10 +92,15 @@ def _recorded(moe_path: Path) -> _Recorded:
             if isinstance(entry, dict) and entry.get("name") in ("base_model", "model"):
                 recorded = entry.get("ref") or entry.get("path")  # "path": records written before 0.2
     base = None if recorded is None else resolve_reference(str(recorded), moe_path)
-    return _Recorded(None if base is None else str(base), bricks or {})
+    return Recorded(None if base is None else str(base), bricks or {})
 
 
-def _open_source(expert: str, base: str | None, moe_cfg: LMConfig, where: str) -> tuple[ExpertSource, Path | None]:
+def open_expert(expert: str, base: str | None, moe_cfg: LMConfig, where: str) -> tuple[ExpertSource, Path | None]:
+    """Open the new expert's source, checked against the base (or, without one, the MoE's own shape).
+
+    Returns:
+        The source and the base directory (None without a base).
+    """
     from lmbricks.hub import resolve_model
     from lmbricks.nn.load import read_config
 
@@ -118,124 +130,66 @@ def _open_source(expert: str, base: str | None, moe_cfg: LMConfig, where: str) -
     return src, base_path
 
 
-def grow(
-    moe_ref: str | Path,
-    expert: str,
-    out: str | Path,
-    *,
-    domain: str,
-    base: str | None = None,
-    domain_tokens: int = 2048,
-    center: bool = True,
-    dtype: str | None = None,
-    seed: int = 0,
-    force: bool = False,
-    log: Log | None = None,
-    command: str | None = None,
-) -> Path:
-    """Add one expert to an MoE directory and write the grown model.
+@dataclass
+class NewRows:
+    """The new expert's router row per MoE layer."""
 
-    Args:
-        moe_ref: the MoE (Mixtral / Qwen2-MoE / lmbricks directory).
-        expert: a fine-tune (directory, registry name, ``path+lora``) or a brick (directory or
-            catalogue name, merged into the base's FFN).
-        out: the output directory (refused if it exists, unless ``force``).
-        domain: the corpus domain that initialises the new router row.
-        base: the dense base model (default: the one recorded in the MoE's lmbricks.json); needed
-            for bricks.
-        domain_tokens: training tokens of the domain read for its mean.
-        center: subtract the mean over the existing experts' recorded domains.
-        dtype: storage dtype (default: the MoE's).
-        seed: document shuffle seed.
-        force: replace ``out``.
-        log: one-line progress messages.
-        command: recorded in lmbricks.json.
+    layers: list[int]  # model index of each MoE layer
+    rows: Tensor  # (L_moe, H)
+    centred: bool  # centred on the mean over the existing experts' recorded domains
 
-    Returns:
-        ``out``.
-    """
+
+def _domain_means(
+    moe: LM, tokenizer: Any, domains: list[str], cfg: GrowConfig, idx: list[int], log: Log
+) -> dict[str, Tensor]:
+    """Mean router input per MoE layer of each domain's training text: ``{domain: (L_moe, H)}``."""
     from lmbricks.data import load_texts
-    from lmbricks.hub import resolve_model
-    from lmbricks.nn.load import lm_config_of, load_model, read_config
 
-    say: Log = log or (lambda _m: None)
-    out = check_destination(out, force, [moe_ref, expert, base])
-    moe_path = resolve_model(moe_ref)
-    cfg = lm_config_of(read_config(moe_path))
-    if cfg.moe is None:
-        raise ConfigError(f"{moe_path} is a dense model; upcycle or assemble an MoE first")
-    if cfg.moe_config().router != "softmax_topk":
-        raise ConfigError(f"grow supports softmax_topk routers, {moe_path} uses {cfg.moe_config().router!r}")
-    _check_domain(domain, "domain")
-    recorded = _recorded(moe_path)
-    base_ref = base or recorded.base
-    src, base_path = _open_source(expert, base_ref, cfg, "expert")
-    try:
-        say(f"loading {moe_path}")
-        moe, tokenizer = load_model(moe_path, dtype=torch.float32)
-        if tokenizer is None:
-            raise ConfigError(f"{moe_path} has no tokenizer files")
-        if not cfg.moe_config().renormalize:
-            warnings.warn(
-                "the model does not renormalise its top-k gates: adding an expert changes every token's gates",
-                GrowWarning,
-                stacklevel=2,
-            )
-        layers = moe_layers(moe)
-        idx = sorted(layers)
-        old_domains = [e.get("domain") for e in recorded.inventory.get("experts") or [] if isinstance(e, dict)]
-        use_center = center and len(old_domains) == cfg.moe_config().num_experts and all(old_domains)
-        wanted = [domain] + ([str(d) for d in old_domains] if use_center else [])
-        means: dict[str, Tensor] = {}
-        for d in dict.fromkeys(wanted):
-            say(f"domain {d}: router inputs over {domain_tokens} tokens")
-            blocks = domain_blocks(tokenizer, load_texts(d, "train"), domain_tokens, seed=seed)
-            means[d] = mean_router_inputs(moe, blocks)[idx]  # (L_moe, H)
-        m = means[domain]
-        if use_center:
-            m = m - torch.stack([means[d] for d in wanted]).mean(0)
-        existing = torch.stack([layers[i].router.gate.weight.detach().float() for i in idx])  # (L, E, H)
-        new = G.scale_to(m[:, None], existing)[:, 0]  # (L, H)
-        rows = torch.cat([existing, new[:, None]], dim=1)
-        labels = [str(e.get("label", e.get("index"))) for e in recorded.inventory.get("experts") or []]
-        labels = (labels if len(labels) == existing.shape[1] else [str(e) for e in range(existing.shape[1])]) + [expert]
-        found = G.collinear_pairs(rows, idx)
-        if found:
-            warnings.warn(G.describe_collinearity(found, labels, len(idx)), GrowWarning, stacklevel=2)
-        say(f"reading the new expert from {src.label}")
-        grown = grow_model(moe, {i: src.ffn(i) for i in idx}, {i: new[li] for li, i in enumerate(idx)})
-        del moe
-        inv = dict(recorded.inventory)
-        experts = list(inv.get("experts") or [{"index": e} for e in range(cfg.moe_config().num_experts)])
-        experts.append({"index": len(experts), "label": expert, "domain": domain, **src.describe(out)})
-        inv.update(experts=experts, grown_from=reference_name(moe_path, out))
-        routers = dict(inv.get("routers") or {})
-        routers.update(
-            top_k=cfg.moe_config().top_k, layers=idx, grown_row="domain mean" + (" (centred)" if use_center else "")
-        )
-        inv["routers"] = routers
-        inputs: dict[str, Path] = {"moe_model": moe_path, "expert": src.brick_path or src.path}
-        if base_path is not None:
-            inputs["base_model"] = base_path
-        say(f"writing {out}")
-        return save_grown(
-            grown,
-            out,
-            tokenizer_from=moe_path,
-            dtype=torch_dtype(dtype, stored_dtype(moe_path)),
-            command=command or " ".join(sys.argv),
-            recipe={
-                "grow": {
-                    "expert": expert,
-                    "domain": domain,
-                    "base": base_ref,
-                    "domain_tokens": domain_tokens,
-                    "center": use_center,
-                }
-            },
-            inputs=inputs,
-            bricks=inv,
-            force=force,
-        )
-    finally:
-        src.close()
+    means: dict[str, Tensor] = {}
+    for d in dict.fromkeys(domains):
+        log(f"domain {d}: router inputs over {cfg.domain_tokens} tokens")
+        blocks = domain_blocks(tokenizer, load_texts(d, "train"), cfg.domain_tokens, seed=cfg.seed)
+        means[d] = mean_router_inputs(moe, blocks)[idx]  # (L_moe, H)
+    return means
+
+
+def new_router_rows(moe: LM, tokenizer: Any, cfg: GrowConfig, recorded: Recorded, log: Log) -> NewRows:
+    """The new expert's router rows: the domain's mean router input, optionally centred, at the existing rows' scale.
+
+    Warns (:class:`GrowWarning`) when the new row is nearly collinear with an existing one.
+    """
+    layers = moe_layers(moe)
+    idx = sorted(layers)
+    old_domains = recorded.expert_domains()
+    centred = cfg.center and len(old_domains) == moe.cfg.moe_config().num_experts and all(old_domains)
+    wanted = [cfg.domain] + ([str(d) for d in old_domains] if centred else [])
+    means = _domain_means(moe, tokenizer, wanted, cfg, idx, log)
+    m = means[cfg.domain]
+    if centred:
+        m = m - torch.stack([means[d] for d in wanted]).mean(0)
+    existing = torch.stack([layers[i].router.gate.weight.detach().float() for i in idx])  # (L, E, H)
+    new = G.scale_to(m[:, None], existing)[:, 0]  # (L, H)
+    rows = torch.cat([existing, new[:, None]], dim=1)
+    labels = [str(e.get("label", e.get("index"))) for e in recorded.inventory.get("experts") or []]
+    labels = (labels if len(labels) == existing.shape[1] else [str(e) for e in range(existing.shape[1])]) + [cfg.expert]
+    found = G.collinear_pairs(rows, idx)
+    if found:
+        warnings.warn(G.describe_collinearity(found, labels, len(idx)), GrowWarning, stacklevel=3)
+    return NewRows(idx, new, centred)
+
+
+def grown_inventory(
+    recorded: Recorded, cfg: GrowConfig, src: ExpertSource, moe: tuple[Path, LMConfig], out: Path, new: NewRows
+) -> dict[str, Any]:
+    """The grown model's ``lmbricks.json`` inventory: the MoE's, plus the new expert and its router row."""
+    moe_path, moe_cfg = moe
+    mcfg = moe_cfg.moe_config()
+    inv = dict(recorded.inventory)
+    experts = list(inv.get("experts") or [{"index": e} for e in range(mcfg.num_experts)])
+    experts.append({"index": len(experts), "label": cfg.expert, "domain": cfg.domain, **src.describe(out)})
+    inv.update(experts=experts, grown_from=reference_name(moe_path, out))
+    routers = dict(inv.get("routers") or {})
+    row = "domain mean" + (" (centred)" if new.centred else "")
+    routers.update(top_k=mcfg.top_k, layers=new.layers, grown_row=row)
+    inv["routers"] = routers
+    return inv

@@ -8,13 +8,12 @@ Three stages, so that every check happens before anything is written:
 2. :func:`assemble_model` builds the sparse model in memory: non-expert weights from the base or
    averaged across the experts' sources (BTX), expert FFNs from the sources, router rows by the gate
    mode (:mod:`lmbricks.grow.gates`), optional shared expert.
-3. :func:`assemble` writes it atomically (Mixtral, or Qwen2-MoE with a shared expert) with
+3. :func:`lmbricks.grow.pipeline.assemble` writes it atomically (Mixtral, or Qwen2-MoE with a shared expert) with
    ``lmbricks.json`` naming every expert, its source, brick and domain.
 """
 
 from __future__ import annotations
 
-import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,8 +27,8 @@ from lmbricks.errors import ConfigError
 from lmbricks.grow import gates as G
 from lmbricks.grow.build import build_moe_lm, moe_lm_config
 from lmbricks.grow.hidden import cheap_embedding, domain_blocks, mean_router_inputs, prompt_router_inputs
-from lmbricks.grow.recipe import MoERecipe, load_moe_recipe, parse_moe_recipe
-from lmbricks.grow.save import check_destination, save_grown, stored_dtype, torch_dtype
+from lmbricks.grow.recipe import ExpertSpec, MoERecipe
+from lmbricks.grow.save import check_destination, stored_dtype, torch_dtype
 from lmbricks.grow.sources import DENSE_FAMILIES, ExpertFFN, ExpertSource, open_source
 from lmbricks.nn.model import LM
 
@@ -80,7 +79,8 @@ class Assembly:
     warnings: list[str] = field(default_factory=list)
 
 
-def _check_domain(name: str, where: str) -> None:
+def check_domain(name: str, where: str) -> None:
+    """Refuse a domain that is neither built in nor added with ``lmbricks data add`` (``where`` names the field)."""
     from lmbricks.data import DOMAINS
     from lmbricks.data.store import read_manifest
 
@@ -100,6 +100,34 @@ def _content_key(src: ExpertSource) -> tuple[str, str | None]:
     return content_hash(src.path), None if adapter is None else content_hash(adapter.path)
 
 
+def _groups(recipe: MoERecipe) -> tuple[tuple[str, list[ExpertSpec]], ...]:
+    """The recipe's expert lists by field name: ``experts``, then ``shared_experts``."""
+    return ("experts", list(recipe.experts)), ("shared_experts", list(recipe.shared_experts or []))
+
+
+def _open_sources(recipe: MoERecipe, base_path: Path, base_config: dict[str, Any]) -> list[ExpertSource]:
+    """Open every expert source in recipe order (experts, then the shared expert); all closed if one fails."""
+    sources: list[ExpertSource] = []
+    try:
+        for group, specs in _groups(recipe):
+            for i, e in enumerate(specs):
+                sources.append(
+                    open_source(
+                        source_model=e.source_model,
+                        brick=e.brick,
+                        base_ref=recipe.base_model,
+                        base_path=base_path,
+                        base_config=base_config,
+                        where=f"{group}[{i}]",
+                    )
+                )
+    except BaseException:
+        for s in sources:
+            s.close()
+        raise
+    return sources
+
+
 def plan_assembly(
     recipe: MoERecipe, out: str | Path | None = None, force: bool = False, inputs: Sequence[str | Path] = ()
 ) -> AssemblyPlan:
@@ -113,7 +141,7 @@ def plan_assembly(
         inputs: more paths ``out`` must keep apart from (the recipe file).
 
     Returns:
-        The :class:`AssemblyPlan` (close it, or let :func:`assemble` do so).
+        The :class:`AssemblyPlan` (close it, or let :func:`~lmbricks.grow.pipeline.assemble` do so).
 
     Raises:
         ConfigError / CheckpointError / UnknownNameError: naming the recipe field at fault (an expert of
@@ -133,28 +161,11 @@ def plan_assembly(
             f"base_model: {recipe.base_model} is a {base_config.get('model_type')!r} model; "
             f"the base must be dense ({', '.join(DENSE_FAMILIES)})"
         )
-    for group, specs in (("experts", recipe.experts), ("shared_experts", recipe.shared_experts or [])):
+    for group, specs in _groups(recipe):
         for i, e in enumerate(specs):
             if e.domain:
-                _check_domain(e.domain, f"{group}[{i}].domain")
-    sources: list[ExpertSource] = []
-    try:
-        for group, specs in (("experts", recipe.experts), ("shared_experts", recipe.shared_experts or [])):
-            for i, e in enumerate(specs):
-                sources.append(
-                    open_source(
-                        source_model=e.source_model,
-                        brick=e.brick,
-                        base_ref=recipe.base_model,
-                        base_path=base_path,
-                        base_config=base_config,
-                        where=f"{group}[{i}]",
-                    )
-                )
-    except BaseException:
-        for s in sources:
-            s.close()
-        raise
+                check_domain(e.domain, f"{group}[{i}].domain")
+    sources = _open_sources(recipe, base_path, base_config)
     n = len(recipe.experts)
     if n > 1 and len({_content_key(s) for s in sources[:n]}) == 1:
         warnings.warn(
@@ -344,67 +355,12 @@ def inventory(plan: AssemblyPlan, assembly: Assembly, out: str | Path) -> dict[s
     }
 
 
-def assemble(
-    recipe: str | Path | dict[str, Any] | MoERecipe,
-    out: str | Path,
-    *,
-    force: bool = False,
-    log: Log | None = None,
-    command: str | None = None,
-    base: tuple[LM, Any] | None = None,
-) -> Path:
-    """Validate a recipe, build the MoE and write it (atomically) as a Hugging Face directory.
-
-    Args:
-        recipe: a YAML path, a parsed mapping or a :class:`MoERecipe`.
-        out: the output directory (refused if it exists, unless ``force``; never an input, inside
-            or around one, nor the recipe file).
-        force: replace ``out``.
-        log: one-line progress messages.
-        command: recorded in lmbricks.json (default: the process's command line).
-        base: the base ``(LM in fp32, tokenizer)`` if already loaded (saves loading it again).
-
-    Returns:
-        ``out``.
-    """
-    files: list[str | Path] = []
-    if isinstance(recipe, MoERecipe):
-        r = recipe
-    elif isinstance(recipe, dict):
-        r = parse_moe_recipe(recipe)
-    else:
-        r = load_moe_recipe(recipe)
-        files.append(recipe)
-    plan = plan_assembly(r, out, force, inputs=files)
-    try:
-        built = assemble_model(plan, log, base=base)
-        inputs: dict[str, Path] = {"base_model": plan.base_path}
-        for e, src in enumerate(plan.experts):
-            inputs[f"experts[{e}]"] = src.brick_path if src.brick_path is not None else src.path
-        if plan.shared is not None:
-            inputs["shared_experts[0]"] = plan.shared.brick_path or plan.shared.path
-        (log or (lambda _m: None))(f"writing {out}")
-        return save_grown(
-            built.model,
-            out,
-            tokenizer_from=plan.base_path,
-            dtype=plan.dtype,
-            command=command or " ".join(sys.argv),
-            recipe=r.to_dict(),
-            inputs=inputs,
-            bricks=inventory(plan, built, out),
-            force=force,
-        )
-    finally:
-        plan.close()
-
-
 __all__ = [
     "Assembly",
     "AssemblyPlan",
     "GrowWarning",
-    "assemble",
     "assemble_model",
+    "check_domain",
     "gate_rows",
     "inventory",
     "plan_assembly",

@@ -150,30 +150,9 @@ def build_moe_lm(
             continue
         sd[name] = t.detach().float().clone()  # never alias the dense model's parameters
     for i in range(cfg.num_layers):
-        if not cfg.is_moe_layer(i):
-            continue
-        if i not in experts or i not in routers:
-            raise ConfigError(f"layer {i}: no experts or router rows given for an MoE layer")
-        p = f"layers.{i}.ffn."
-        sd[p + "router.gate.weight"] = routers[i].detach().clone()
-        sd[p + "experts.gate_up"], sd[p + "experts.down"] = _stack_experts(experts[i])
-        if shared is not None and i in shared:
-            ffn, gate_row = shared[i]
-            sd[p + "shared_expert.gate_proj.weight"] = ffn.gate.clone()
-            sd[p + "shared_expert.up_proj.weight"] = ffn.up.clone()
-            sd[p + "shared_expert.down_proj.weight"] = ffn.down.clone()
-            sd[p + "shared_expert.gate.weight"] = gate_row.reshape(1, -1).clone()
-        for name, t in (extra or {}).get(i, {}).items():
-            sd[p + name] = t.detach().clone()
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd and not (cfg.tie_embeddings and k == "lm_head.weight")]
-    if missing:
-        raise ConfigError(f"no weights for parameter(s) {', '.join(missing[:5])}")
-    for k, v in sd.items():
-        if k not in own:
-            raise ConfigError(f"unexpected parameter {k}")
-        if tuple(own[k].shape) != tuple(v.shape):
-            raise ConfigError(f"{k}: shape {tuple(v.shape)}, the config implies {tuple(own[k].shape)}")
+        if cfg.is_moe_layer(i):
+            sd.update(_moe_layer_state(i, experts, routers, shared, extra))
+    _check_state(model.state_dict(), sd, cfg)
     # The parts become the parameters (no second copy of the experts): every tensor is fresh here.
     sd = {k: v.float().contiguous() for k, v in sd.items()}
     if cfg.tie_embeddings:
@@ -182,6 +161,42 @@ def build_moe_lm(
     if cfg.tie_embeddings:
         model.lm_head.weight = model.embed.weight
     return model.eval()
+
+
+def _moe_layer_state(
+    i: int,
+    experts: Mapping[int, Sequence[ExpertFFN]],
+    routers: Mapping[int, Tensor],
+    shared: Mapping[int, tuple[ExpertFFN, Tensor]] | None,
+    extra: Mapping[int, Mapping[str, Tensor]] | None,
+) -> dict[str, Tensor]:
+    """The state-dict entries of MoE layer ``i`` (router, stacked experts, shared expert, extras)."""
+    if i not in experts or i not in routers:
+        raise ConfigError(f"layer {i}: no experts or router rows given for an MoE layer")
+    p = f"layers.{i}.ffn."
+    sd: dict[str, Tensor] = {p + "router.gate.weight": routers[i].detach().clone()}
+    sd[p + "experts.gate_up"], sd[p + "experts.down"] = _stack_experts(experts[i])
+    if shared is not None and i in shared:
+        ffn, gate_row = shared[i]
+        sd[p + "shared_expert.gate_proj.weight"] = ffn.gate.clone()
+        sd[p + "shared_expert.up_proj.weight"] = ffn.up.clone()
+        sd[p + "shared_expert.down_proj.weight"] = ffn.down.clone()
+        sd[p + "shared_expert.gate.weight"] = gate_row.reshape(1, -1).clone()
+    for name, t in (extra or {}).get(i, {}).items():
+        sd[p + name] = t.detach().clone()
+    return sd
+
+
+def _check_state(own: Mapping[str, Tensor], sd: Mapping[str, Tensor], cfg: LMConfig) -> None:
+    """Refuse a missing, unexpected or mis-shaped parameter (the message names the first ones)."""
+    missing = [k for k in own if k not in sd and not (cfg.tie_embeddings and k == "lm_head.weight")]
+    if missing:
+        raise ConfigError(f"no weights for parameter(s) {', '.join(missing[:5])}")
+    for k, v in sd.items():
+        if k not in own:
+            raise ConfigError(f"unexpected parameter {k}")
+        if tuple(own[k].shape) != tuple(v.shape):
+            raise ConfigError(f"{k}: shape {tuple(v.shape)}, the config implies {tuple(own[k].shape)}")
 
 
 def is_dense(model: Any) -> bool:

@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lmbricks.config import load_yaml, validate
 from lmbricks.errors import ConfigError
+from lmbricks.merge.recipe import DTYPES  # mergekit's dtype names and aliases, as merge recipes take them
 
 #: Router initialisations. mergekit-moe's ``hidden`` is the last prompt token (``hidden_last`` alias).
 GATE_MODES: tuple[str, ...] = (
@@ -52,16 +53,6 @@ GATE_MODES: tuple[str, ...] = (
 )
 #: Gate modes that read each expert's prompts.
 PROMPT_MODES: tuple[str, ...] = ("hidden", "hidden_last", "hidden_avg", "cheap_embed")
-DTYPES = {
-    "float32": "float32",
-    "fp32": "float32",
-    "float": "float32",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-    "float16": "float16",
-    "fp16": "float16",
-    "half": "float16",
-}
 ARCHITECTURES = {"mixtral": "mixtral", "qwen": "qwen2_moe", "qwen2_moe": "qwen2_moe"}
 
 
@@ -108,6 +99,18 @@ class MoERecipe(_Strict):
     def output_family(self) -> str:
         """``qwen2_moe`` with a shared expert, else ``mixtral`` (the base may still force Qwen2-MoE)."""
         return "qwen2_moe" if self.shared_experts else "mixtral"
+
+
+class GrowConfig(_Strict):
+    """How an MoE grows by one expert (:func:`lmbricks.grow.grow`; recorded as the ``grow`` recipe)."""
+
+    expert: str = Field(description="a fine-tune (directory, registry name, path+lora) or a brick")
+    domain: str = Field(description="the corpus domain that initialises the new router row")
+    base: str | None = Field(None, description="the dense base (default: recorded in the MoE's lmbricks.json)")
+    domain_tokens: int = Field(2048, description="training tokens of the domain read for its mean")
+    center: bool = Field(True, description="subtract the mean over the existing experts' recorded domains")
+    dtype: str | None = Field(None, description="storage dtype (default: the MoE's)")
+    seed: int = Field(0, description="document shuffle seed")
 
 
 def check_recipe(r: MoERecipe) -> None:

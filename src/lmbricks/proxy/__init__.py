@@ -3,6 +3,8 @@
 - :func:`proxy_generate`, :class:`ProxyDecoder`, :class:`Member`, :class:`DecodeConfig` (``decode.py``).
 - :func:`combine_logits`: ``base + alpha * (expert - anti)``.
 - :func:`proxy_perplexity`, :class:`ProxyScores`: held-out perplexity of the ensemble per alpha (``score.py``).
+- :func:`~lmbricks.proxy.compare.compare_proxy`: perplexity per alpha, decodes and tokens/s of the proxy
+  against its members (``compare.py``).
 - :func:`check_shared_vocab`, :func:`shared_vocab_size`: the vocabulary check (``vocab.py``).
 """
 

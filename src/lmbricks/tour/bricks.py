@@ -8,67 +8,33 @@ run), and one LoraHub search of per-brick weights on a few examples of one domai
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmbricks.tour.run import SkipSection, SummaryRow, TourContext
 
-#: The domain whose few-shot examples drive the LoraHub search (the first one present among the bricks).
-LORAHUB_DOMAINS = ("math", "dialogue", "zh", "code")
+if TYPE_CHECKING:
+    from lmbricks.adapters.session import BrickSet
+    from lmbricks.adapters.survey import LoraHubMix, SurveySettings
 
 
-def _settings(quick: bool) -> dict[str, int]:
+def _settings(quick: bool, eval_bytes: int) -> SurveySettings:
     """Budgets: routing documents and their length, centroid tokens, LoraHub examples and evaluations.
 
     The model costs about 2-4 ms of CPU per token, so every budget here is counted in tokens: quick
     mode scores about 10k tokens, full mode about 28k (plus the centroids on a first run), most of
     them in the effect table (5 models x 4 domains x ``ctx.eval_bytes``).
     """
+    from lmbricks.adapters.survey import SurveySettings
+
     if quick:
-        return {"route_docs": 2, "route_tokens": 128, "centroid_tokens": 512, "examples": 2, "ex_tokens": 48,
-                "budget": 6}  # fmt: skip
-    return {"route_docs": 3, "route_tokens": 128, "centroid_tokens": 1024, "examples": 3, "ex_tokens": 64,
-            "budget": 8}  # fmt: skip
-
-
-def table_domains(brick_domains: Sequence[str], all_domains: bool = True) -> list[str]:
-    """Columns of the effect table: the bricks' domains, plus (``all_domains``) the other cached standard ones."""
-    from lmbricks.data.store import read_manifest
-    from lmbricks.eval import DEFAULT_DOMAINS
-
-    cols = [d for d in DEFAULT_DOMAINS if d in brick_domains or (all_domains and read_manifest(d) is not None)]
-    return cols + [d for d in brick_domains if d not in cols]
-
-
-def effect_table(slot: Any, tokenizer: Any, bricks: Mapping[str, Any], domains: Sequence[str], max_bytes: int) -> dict:
-    """Held-out perplexity ``{row: {domain: ppl}}`` of the base (row ``base``) and the base with each brick.
-
-    Args:
-        slot: an :class:`~lmbricks.adapters.hub_adapter.AdapterSlot` around the base model.
-        tokenizer: its tokenizer.
-        bricks: ``{name: factors}``.
-        domains: evaluation domains (test split, first ``max_bytes`` bytes each).
-    """
-    from lmbricks.eval import evaluate_domains
-
-    rows: dict[str, dict[str, float]] = {}
-    for name in ["base", *bricks]:
-        if name == "base":
-            slot.clear()
-        else:
-            slot.set(bricks[name])
-        rows[name] = {
-            d: r.ppl for d, r in evaluate_domains(slot.model, tokenizer, domains, max_bytes=max_bytes).items()
-        }
-    slot.clear()
-    return rows
-
-
-def _change(rows: Mapping[str, Mapping[str, float]], name: str, domain: str) -> float:
-    return rows[name][domain] / rows["base"][domain] - 1.0
+        return SurveySettings(eval_bytes=eval_bytes, route_docs=2, route_tokens=128, centroid_tokens=512, examples=2,
+                              example_tokens=48, budget=6)  # fmt: skip
+    return SurveySettings(eval_bytes=eval_bytes, route_docs=3, route_tokens=128, centroid_tokens=1024, examples=3,
+                          example_tokens=64, budget=8)  # fmt: skip
 
 
 def _report_effects(ctx: TourContext, rows: dict[str, dict[str, float]], domains: list[str], domain_of: dict) -> str:
+    from lmbricks.adapters.survey import ppl_change as _change
     from lmbricks.report import heatmap
 
     names = [n for n in rows if n != "base"]
@@ -106,88 +72,50 @@ def _report_effects(ctx: TourContext, rows: dict[str, dict[str, float]], domains
     )
 
 
+def _catalogued(ctx: TourContext) -> BrickSet:
+    """The catalogued bricks of the tour's model that record their domain; skips the section without any.
+
+    Bricks that are catalogued but refused (trained on another base: the hash differs) are a failure:
+    ``load_bricks`` raises, and the tour reports the refusal instead of an effect table.
+    """
+    from lmbricks.adapters.catalogue import list_bricks
+    from lmbricks.adapters.session import load_bricks
+    from lmbricks.adapters.survey import with_domains
+
+    train = "train one with `lmbricks adapters train MODEL OUT --domain D` and plug it in"
+    if not list_bricks(ctx.model_ref):  # a model without bricks: nothing to show, and nothing wrong
+        ctx.results["bricks"] = {"available": False}
+        raise SkipSection(f"no bricks are catalogued for {ctx.model_ref}; {train}")
+    bset = with_domains(load_bricks(ctx.model_ref))
+    if not bset.infos:
+        ctx.results["bricks"] = {"available": False}
+        raise SkipSection(f"none of the bricks catalogued for {ctx.model_ref} records its domain; {train}")
+    return bset
+
+
 def bricks_section(ctx: TourContext) -> list[SummaryRow]:
     """Effect table of the shipped bricks, routing accuracy between them, and one LoraHub composition."""
-    import time
-
-    from lmbricks.adapters.catalogue import list_bricks
-    from lmbricks.adapters.centroids import CentroidStats
-    from lmbricks.adapters.hub_adapter import AdapterSlot
-    from lmbricks.adapters.routing_cli import brick_router
-    from lmbricks.adapters.routing_eval import evaluate_routing
-    from lmbricks.adapters.session import BrickSet, load_bricks
-    from lmbricks.data import load_texts
-    from lmbricks.hub import load_hf_model
+    from lmbricks.adapters.survey import survey_bricks
 
     ctx.report.section(
         "Customized bricks",
         "LoRA bricks trained per domain (scripts/train_bricks.py) and plugged into the base model: what each "
         "does to every domain, whether a router finds the right one, and a LoraHub mix of all of them.",
     )
-    train = "train one with `lmbricks adapters train MODEL OUT --domain D` and plug it in"
-    if not list_bricks(ctx.model_ref):  # a model without bricks: nothing to show, and nothing wrong
-        ctx.results["bricks"] = {"available": False}
-        raise SkipSection(f"no bricks are catalogued for {ctx.model_ref}; {train}")
-    # Bricks that are catalogued but refused (trained on another base: the hash differs) are a failure:
-    # load_bricks raises, and the tour reports the refusal instead of an effect table.
-    bset = load_bricks(ctx.model_ref)
-    # Routing and the effect table need each brick's domain: keep the bricks that record one.
-    kept = [i for i, info in enumerate(bset.infos) if info.domain]
-    if not kept:
-        ctx.results["bricks"] = {"available": False}
-        raise SkipSection(f"none of the bricks catalogued for {ctx.model_ref} records its domain; {train}")
-    bset = BrickSet(bset.base, [bset.infos[i] for i in kept], [bset.factors[i] for i in kept])
-    s = _settings(ctx.quick)
-    names = bset.names
-    domain_of = {n: str(i.domain) for n, i in zip(names, bset.infos, strict=True)}
-    factors = dict(zip(names, bset.factors, strict=True))
-    model, tokenizer = load_hf_model(bset.base.path)
-    slot = AdapterSlot(model, bset.rank, bset.modules)  # a cleared slot computes exactly the base
-    out: dict[str, Any] = {
-        "available": True,
-        "bricks": {n: str(i.path) for n, i in zip(names, bset.infos, strict=True)},
-    }
-    timings: dict[str, float] = {}
-
-    # 1. Effect table.
-    t0 = time.perf_counter()
-    # The bricks' own domains only (time); bricks/<model>/TABLE.md has the 12 KB table with English prose.
-    domains = table_domains(list(domain_of.values()), all_domains=False)
-    rows = effect_table(slot, tokenizer, factors, domains, ctx.eval_bytes)
-    timings["effects"] = time.perf_counter() - t0
-    out["effects"] = {"eval_bytes": ctx.eval_bytes, "domains": domains, "ppl": rows}
-    ctx.report.text(_report_effects(ctx, rows, domains, domain_of))
-
-    # 2. Routing held-out texts (centroids from the cache when present).
-    t0 = time.perf_counter()
-    stats = CentroidStats()
-    slot.clear()
-    router = brick_router(bset, slot.model, tokenizer, max_tokens=s["centroid_tokens"], stats=stats)
-    held_out = {d: [t for t in load_texts(d, "test") if t.strip()] for d in domain_of.values()}
-    routing = evaluate_routing(
-        slot, tokenizer, router, factors, domain_of, held_out, doc_tokens=s["route_tokens"], per_domain=s["route_docs"]
-    )
-    timings["routing"] = time.perf_counter() - t0
-    out["routing"] = routing
-    out["routing_settings"] = {"centroid_tokens": s["centroid_tokens"], "doc_tokens": s["route_tokens"],
-                               "centroids_cached": stats.hits, "centroids_computed": stats.computed}  # fmt: skip
-    _report_routing(ctx, routing, s, stats)
-
-    # 3. LoraHub: weights of every brick searched on a few examples of one domain.
-    t0 = time.perf_counter()
-    hub = _lorahub(ctx, slot, tokenizer, names, factors, domain_of, rows, s)
-    timings["lorahub"] = time.perf_counter() - t0
-    out["lorahub"] = hub
-    out["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
-    ctx.results["bricks"] = out
-    own = {n: _change(rows, n, d) for n, d in domain_of.items() if d in domains}
-    return [("bricks", f"own-domain ppl change ({n})", f"{100 * v:+.1f}%") for n, v in own.items()] + [
-        ("bricks", "routing accuracy", f"{routing['all']['accuracy']:.0%} of {routing['all']['docs']}"),
-        ("bricks", f"LoraHub on {hub['domain']}", f"ppl {hub['ppl_base']:.2f} -> {hub['ppl_composed']:.2f}"),
+    s = _settings(ctx.quick, ctx.eval_bytes)
+    survey = survey_bricks(_catalogued(ctx), s)
+    ctx.report.text(_report_effects(ctx, survey.effects, survey.domains, survey.domain_of))
+    _report_routing(ctx, survey.routing, s, survey.stats)
+    _report_lorahub(ctx, survey.lorahub)
+    ctx.results["bricks"] = survey.results(s)
+    routing, hub = survey.routing["all"], survey.lorahub
+    return [("bricks", f"own-domain ppl change ({n})", f"{100 * v:+.1f}%") for n, v in survey.own_change().items()] + [
+        ("bricks", "routing accuracy", f"{routing['accuracy']:.0%} of {routing['docs']}"),
+        ("bricks", f"LoraHub on {hub.domain}", f"ppl {hub.ppl_base:.2f} -> {hub.ppl_composed:.2f}"),
     ]
 
 
-def _report_routing(ctx: TourContext, routing: dict[str, Any], s: Mapping[str, int], stats: Any) -> None:
+def _report_routing(ctx: TourContext, routing: dict[str, Any], s: SurveySettings, stats: Any) -> None:
     from lmbricks.report import bar_chart
 
     doms = [d for d in routing if d != "all"]
@@ -204,8 +132,8 @@ def _report_routing(ctx: TourContext, routing: dict[str, Any], s: Mapping[str, i
             for d, r in routing.items()
         ],
         ["held-out domain", "routing accuracy (docs)", "ppl, no brick", "ppl, oracle brick", "ppl, routed", "chosen"],
-        caption=f"{s['route_docs']} test documents per domain, first {s['route_tokens']} tokens each; centroids "
-        f"over {s['centroid_tokens']} training tokens per brick ({stats.hits} read from the cache, "
+        caption=f"{s.route_docs} test documents per domain, first {s.route_tokens} tokens each; centroids "
+        f"over {s.centroid_tokens} training tokens per brick ({stats.hits} read from the cache, "
         f"{stats.computed} computed).",
     )
     png = bar_chart(
@@ -227,71 +155,36 @@ def _report_routing(ctx: TourContext, routing: dict[str, Any], s: Mapping[str, i
     )
 
 
-def _lorahub(
-    ctx: TourContext,
-    slot: Any,
-    tokenizer: Any,
-    names: list[str],
-    factors: Mapping[str, Any],
-    domain_of: Mapping[str, str],
-    rows: Mapping[str, Mapping[str, float]],
-    s: Mapping[str, int],
-) -> dict[str, Any]:
-    from lmbricks.adapters.lorahub import LoraHubSettings, example_batches, lorahub_search
-    from lmbricks.data import load_texts
-    from lmbricks.eval import evaluate_domains
+def _report_lorahub(ctx: TourContext, hub: LoraHubMix) -> None:
     from lmbricks.report import line_chart
 
-    domain = next((d for d in LORAHUB_DOMAINS if d in domain_of.values()), next(iter(domain_of.values())))
-    texts = [t for t in load_texts(domain, "validation") if t.strip()][: s["examples"]]
-    batches = example_batches(tokenizer, texts, s["ex_tokens"])
-    result = lorahub_search(slot, [factors[n] for n in names], batches, LoraHubSettings(budget=s["budget"]))
-    # The slot now holds the best combination: score it on the domain's held-out text.
-    composed = evaluate_domains(slot.model, tokenizer, [domain], max_bytes=ctx.eval_bytes)[domain].ppl
-    slot.clear()
-    weights = dict(zip(names, result.weights, strict=True))
-    own = next((n for n, d in domain_of.items() if d == domain), None)
-    objective = [v for _, v in result.history]
-    hub: dict[str, Any] = {
-        "domain": domain,
-        "examples": len(batches),
-        "example_tokens": s["ex_tokens"],
-        "budget": s["budget"],
-        "weights": weights,
-        "objective": objective,
-        "loss": result.loss,
-        "ppl_base": rows["base"][domain],
-        "ppl_composed": composed,
-        "ppl_own_brick": rows[own][domain] if own else None,
-    }
     best_so_far, curve = float("inf"), []
-    for v in objective:
+    for v in hub.objective:
         best_so_far = min(best_so_far, v)
         curve.append(best_so_far)
     xs = list(range(1, len(curve) + 1))
     png = line_chart(
         ctx.out_dir / "bricks_lorahub.png",
-        {"evaluated": (xs, objective), "best so far": (xs, curve)},
-        f"LoraHub search on {len(batches)} {domain} examples",
+        {"evaluated": (xs, hub.objective), "best so far": (xs, curve)},
+        f"LoraHub search on {hub.examples} {hub.domain} examples",
         "evaluation",
         "cross-entropy + 0.05 mean|w|",
     )
     ctx.report.table(
-        [[n, f"{w:+.3f}"] for n, w in weights.items()],
+        [[n, f"{w:+.3f}"] for n, w in hub.weights.items()],
         ["brick", "LoraHub weight"],
-        caption=f"Budget {s['budget']} evaluations (nevergrad NGOpt, seed 42, weights in [-1.5, 1.5]).",
+        caption=f"Budget {hub.budget} evaluations (nevergrad NGOpt, seed 42, weights in [-1.5, 1.5]).",
     )
     ctx.report.figure(png, "Objective of each evaluated weight vector (LoraHub weights A and B separately).")
-    largest = max(abs(w) for w in weights.values())
-    top = ", ".join(n for n, w in weights.items() if abs(w) == largest)
-    first = objective[0]
-    start = "the base (zero weights)" if not any(result.history[0][0]) else "the first evaluation"
+    largest = max(abs(w) for w in hub.weights.values())
+    top = ", ".join(n for n, w in hub.weights.items() if abs(w) == largest)
+    start = "the base (zero weights)" if hub.starts_at_zero else "the first evaluation"
     own_txt = (
-        f", against {hub['ppl_own_brick']:.2f} with the {own} brick alone" if hub["ppl_own_brick"] is not None else ""
+        f", against {hub.ppl_own_brick:.2f} with the {hub.own} brick alone" if hub.ppl_own_brick is not None else ""
     )
     ctx.report.text(
-        f"With {s['budget']} evaluations the search lowers the few-shot objective from {first:.3f} at {start} "
-        f"to {min(objective):.3f}, with the largest weight |w| = {largest:.2f} on {top}. On held-out {domain} text "
-        f"the composition scores {composed:.2f} against {hub['ppl_base']:.2f} for the base{own_txt}."
+        f"With {hub.budget} evaluations the search lowers the few-shot objective from {hub.objective[0]:.3f} at "
+        f"{start} to {min(hub.objective):.3f}, with the largest weight |w| = {largest:.2f} on {top}. On held-out "
+        f"{hub.domain} text the composition scores {hub.ppl_composed:.2f} against {hub.ppl_base:.2f} for the "
+        f"base{own_txt}."
     )
-    return hub

@@ -12,11 +12,14 @@ is whatever the mode (delete the folder to rebuild it).
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lmbricks.tour.run import SkipSection, SummaryRow, TourContext
+
+if TYPE_CHECKING:
+    from lmbricks.grow.compare import MoEComparison
 
 CACHE_NAME = "assembled-moe"
 
@@ -70,11 +73,6 @@ def assembled_moe(ctx: TourContext, bricks: dict[str, Path], s: dict[str, int]) 
     return path, time.perf_counter() - t0, False
 
 
-def _bpb(ppl: float, tokens: int, n_bytes: int) -> float:
-    """Bits per byte of a model scored on the same text (same tokens and bytes) with perplexity ``ppl``."""
-    return math.log2(ppl) * tokens / max(n_bytes, 1)
-
-
 def _brick_ppl(ctx: TourContext, bricks: dict[str, Path]) -> tuple[dict[str, float], str]:
     """Perplexity of each brick on its own domain, taken from the bricks section when it measured the
     same text (evaluating four more models here would double the section's time). Returns
@@ -88,11 +86,17 @@ def _brick_ppl(ctx: TourContext, bricks: dict[str, Path]) -> tuple[dict[str, flo
     return {}, "not measured here (the bricks section measures them when it runs first and passes)"
 
 
+def _base_ppl(ctx: TourContext, domains: list[str]) -> dict[str, float] | None:
+    """The base's perplexity per domain from the bricks section when it scored the same text, else None."""
+    prev = (ctx.results.get("bricks") or {}).get("effects") or {}
+    if prev.get("eval_bytes") == ctx.eval_bytes and all(d in (prev.get("ppl") or {}).get("base", {}) for d in domains):
+        return {d: float(prev["ppl"]["base"][d]) for d in domains}
+    return None
+
+
 def grow_section(ctx: TourContext) -> list[SummaryRow]:
     """Assemble (or reuse) the bricks' MoE, evaluate it against the base and the bricks, show its routing."""
-    from lmbricks import load_model
-    from lmbricks.grow import evaluate_routed
-    from lmbricks.report import bar_chart, heatmap
+    from lmbricks.grow.compare import compare_moe
 
     ctx.report.section(
         "Grow: a mixture of experts from bricks",
@@ -106,86 +110,83 @@ def grow_section(ctx: TourContext) -> list[SummaryRow]:
         raise SkipSection(
             f"{len(bricks)} domain brick(s) catalogued for {ctx.model_ref}; an MoE needs at least two experts"
         )
-    s = _settings(ctx.quick)
-    path, build_s, reused = assembled_moe(ctx, bricks, s)
+    path, build_s, reused = assembled_moe(ctx, bricks, _settings(ctx.quick))
     ctx.results["routed_model"] = str(path)
-    experts = list(bricks)
-    domains = tour_domains(experts)
-    t0 = time.perf_counter()
-    moe, tokenizer = load_model(path)
-    k, n_layers = moe.cfg.moe_config().top_k, moe.cfg.num_moe_layers
-    moe_eval = evaluate_routed(moe, tokenizer, domains, ctx.eval_bytes)
-    del moe
-    moe_s = time.perf_counter() - t0
-    base_model, _ = ctx.model_and_tokenizer()
-    prev = (ctx.results.get("bricks") or {}).get("effects") or {}
-    if prev.get("eval_bytes") == ctx.eval_bytes and all(d in (prev.get("ppl") or {}).get("base", {}) for d in domains):
-        base_ppl, base_from = {d: float(prev["ppl"]["base"][d]) for d in domains}, "the bricks section"
-    else:
-        base_eval = evaluate_routed(base_model, tokenizer, domains, ctx.eval_bytes)
-        base_ppl, base_from = {d: r.result.ppl for d, r in base_eval.items()}, "measured here"
+    domains = tour_domains(list(bricks))
+    base_ppl = _base_ppl(ctx, domains)
     brick_ppl, brick_from = _brick_ppl(ctx, bricks)
-    eval_s = time.perf_counter() - t0
+    cmp = compare_moe(path, list(bricks), domains, ctx.eval_bytes, base=lambda: ctx.model_and_tokenizer()[0],
+                      base_ppl=base_ppl, brick_ppl=brick_ppl)  # fmt: skip
+    base_from = "measured here" if cmp.base_measured else "the bricks section"
+    _report(ctx, cmp, base_from, brick_from)
+    gains, own = cmp.gains(), cmp.own_share()
+    mean_own = sum(own.values()) / max(len(own), 1)
+    ctx.results["grow"] = {
+        "available": True,
+        "model": str(path),
+        "reused": reused,
+        "experts": {d: str(p) for d, p in bricks.items()},
+        "top_k": cmp.top_k,
+        "eval_bytes": ctx.eval_bytes,
+        "bits_per_byte": cmp.bpb,
+        "expert_share": {d: dict(zip(cmp.experts, _share_row(cmp, d), strict=True)) for d in domains},
+        "own_brick_from": brick_from,
+        "base_from": base_from,
+        "seconds": {"assemble": round(build_s, 2), "evaluate_moe": round(cmp.seconds["evaluate_moe"], 2),
+                    "evaluate": round(cmp.seconds["evaluate"], 2)},
+    }  # fmt: skip
+    return [
+        ("grow", f"MoE top-{cmp.top_k} vs base (bpb, mean over domains)",
+         f"{sum(-g for g in gains.values()) / len(gains):+.1%}"),
+        ("grow", "tokens to own-domain expert", f"{mean_own:.0%}"),
+    ]  # fmt: skip
 
-    def bpb(ppl: float, d: str) -> float:
-        r = moe_eval[d].result
-        return _bpb(ppl, r.tokens, r.bytes)
 
-    table, share_own = [], {}
-    bpb_rows: dict[str, dict[str, float]] = {"base": {}, "own brick": {}, f"MoE top-{k}": {}}
-    for d in domains:
-        shares = moe_eval[d].shares()
-        assert shares is not None
-        own = shares[experts.index(d)].item() if d in experts else None
-        if own is not None:
-            share_own[d] = own
-        b, m = bpb(base_ppl[d], d), moe_eval[d].result.bpb
-        br = bpb(brick_ppl[d], d) if d in brick_ppl else None
-        bpb_rows["base"][d], bpb_rows[f"MoE top-{k}"][d] = b, m
-        if br is not None:
-            bpb_rows["own brick"][d] = br
-        table.append(
-            [
-                d,
-                f"{b:.4f}",
-                "-" if br is None else f"{br:.4f}",
-                f"{m:.4f}",
-                f"{m / b - 1:+.1%}",
-                "-" if own is None else f"{own:.0%}",
-                experts[int(shares.argmax())],
-            ]
-        )
-    if not bpb_rows["own brick"]:
-        del bpb_rows["own brick"]
+def _share_row(cmp: MoEComparison, domain: str) -> list[float]:
+    """A domain's routing shares per expert, rounded for the heatmap and results.json."""
+    return [round(float(x), 3) for x in cmp.shares[domain]]
+
+
+def _report(ctx: TourContext, cmp: MoEComparison, base_from: str, brick_from: str) -> None:
+    """The comparison table, the bits-per-byte and routing figures, and the sentences."""
+    from lmbricks.report import bar_chart, heatmap
+
+    own, moe, base = cmp.own_share(), cmp.bpb[cmp.moe_row], cmp.bpb["base"]
+    bricks = cmp.bpb.get("own brick", {})
+    table = []
+    for d in cmp.domains:
+        brick = f"{bricks[d]:.4f}" if d in bricks else "-"
+        share = f"{own[d]:.0%}" if d in own else "-"
+        table.append([d, f"{base[d]:.4f}", brick, f"{moe[d]:.4f}", f"{moe[d] / base[d] - 1:+.1%}", share,
+                      cmp.top_expert(d)])  # fmt: skip
     ctx.report.table(
         table, ["domain", "base bpb", "own brick bpb", "MoE bpb", "MoE vs base", "to own expert", "top expert"]
     )
-    png = bar_chart(ctx.out_dir / "grow_bpb.png", bpb_rows, "Held-out bits per byte by domain", "bits/byte")
+    png = bar_chart(ctx.out_dir / "grow_bpb.png", cmp.bpb, "Held-out bits per byte by domain", "bits/byte")
     ctx.report.figure(
         png,
         f"Held-out test text, first {ctx.eval_bytes:,} bytes per domain (base: {base_from}; own brick: "
         f"{brick_from}). Lower is better.",
     )
-    matrix = [[round(float(x), 3) for x in moe_eval[d].shares_list()] for d in domains]
+    matrix = [_share_row(cmp, d) for d in cmp.domains]
     heat = heatmap(
-        ctx.out_dir / "grow_routing.png", matrix, domains, [f"{e}:{n}" for e, n in enumerate(experts)],
-        f"Routing share (mean of {n_layers} layers)",
+        ctx.out_dir / "grow_routing.png", matrix, cmp.domains, [f"{e}:{n}" for e, n in enumerate(cmp.experts)],
+        f"Routing share (mean of {cmp.n_layers} layers)",
     )  # fmt: skip
     ctx.report.figure(heat, "Rows: the domain of the text; columns: the experts (named by their brick's domain).")
-    gains = {d: 1 - bpb_rows[f"MoE top-{k}"][d] / bpb_rows["base"][d] for d in domains}
-    better = [d for d in domains if gains[d] > 0]
+    ctx.report.text(_sentences(cmp))
+
+
+def _sentences(cmp: MoEComparison) -> str:
+    gains, own, recovered = cmp.gains(), cmp.own_share(), cmp.recovered()
+    better = [d for d in cmp.domains if gains[d] > 0]
     best = max(gains, key=lambda d: gains[d])
-    mean_own = sum(share_own.values()) / max(len(share_own), 1)
-    recovered = {
-        d: (bpb_rows["base"][d] - bpb_rows[f"MoE top-{k}"][d]) / (bpb_rows["base"][d] - bpb_rows["own brick"][d])
-        for d in bpb_rows.get("own brick", {})
-        if bpb_rows["base"][d] - bpb_rows["own brick"][d] > 1e-6
-    }
+    mean_own = sum(own.values()) / max(len(own), 1)
     most = f" (most on {best}: {gains[best]:.1%})" if better else ""
     text = (
-        f"Without any training the assembled top-{k} MoE lowers bits per byte on {len(better)} of {len(domains)} "
-        f"domains{most}; its routers send on average {mean_own:.0%} of a brick domain's tokens to that domain's "
-        f"expert, against {1 / len(experts):.0%} by chance."
+        f"Without any training the assembled top-{cmp.top_k} MoE lowers bits per byte on {len(better)} of "
+        f"{len(cmp.domains)} domains{most}; its routers send on average {mean_own:.0%} of a brick domain's tokens "
+        f"to that domain's expert, against {1 / len(cmp.experts):.0%} by chance."
     )
     if recovered:
         mean_rec = sum(recovered.values()) / len(recovered)
@@ -193,26 +194,4 @@ def grow_section(ctx: TourContext) -> list[SummaryRow]:
             f" On the bricks' own domains it keeps {mean_rec:.0%} of the gain each brick brings alone (its experts "
             "carry each brick's FFN update, its attention only the mean of their attention updates)."
         )
-    ctx.report.text(text)
-    ctx.results["grow"] = {
-        "available": True,
-        "model": str(path),
-        "reused": reused,
-        "experts": {d: str(p) for d, p in bricks.items()},
-        "top_k": k,
-        "eval_bytes": ctx.eval_bytes,
-        "bits_per_byte": bpb_rows,
-        "expert_share": {d: dict(zip(experts, row, strict=True)) for d, row in zip(domains, matrix, strict=True)},
-        "own_brick_from": brick_from,
-        "base_from": base_from,
-        "seconds": {"assemble": round(build_s, 2), "evaluate_moe": round(moe_s, 2), "evaluate": round(eval_s, 2)},
-    }
-    rows: list[SummaryRow] = [
-        (
-            "grow",
-            f"MoE top-{k} vs base (bpb, mean over domains)",
-            f"{sum(-g for g in gains.values()) / len(gains):+.1%}",
-        ),
-        ("grow", "tokens to own-domain expert", f"{mean_own:.0%}"),
-    ]
-    return rows
+    return text

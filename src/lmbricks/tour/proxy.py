@@ -10,10 +10,12 @@ Measured live: held-out perplexity of the ensemble per alpha, a batched greedy d
 
 from __future__ import annotations
 
-import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmbricks.tour.run import SkipSection, SummaryRow, TourContext
+
+if TYPE_CHECKING:
+    from lmbricks.proxy.compare import ProxyComparison
 
 QWEN_BASE = "qwen2.5-coder-1.5b-instruct"
 QWEN_SMALL = "qwen2.5-coder-0.5b-instruct"
@@ -100,33 +102,17 @@ def proxy_section(ctx: TourContext) -> list[SummaryRow]:
     ]  # fmt: skip
 
 
-def _decode(base: Any, prompts: list[str], n: int, expert: Any = None, anti: Any = None) -> tuple[Any, float]:
-    from lmbricks.proxy import DecodeConfig, proxy_generate
-
-    t0 = time.perf_counter()
-    res = proxy_generate(base, prompts, DecodeConfig(max_new_tokens=n, stop_at_eos=False), expert=expert, anti=anti)
-    return res, time.perf_counter() - t0
-
-
 def _demo(
     ctx: TourContext, base: Any, expert: Any, anti: Any, brick: Any, *, same_base_anti: bool, label: str
 ) -> dict[str, Any]:
     from lmbricks.data import domain_text
-    from lmbricks.proxy import proxy_perplexity
-    from lmbricks.report import bar_chart, line_chart
+    from lmbricks.proxy.compare import compare_proxy
 
     domain = brick.domain or "code"
     text = domain_text(domain, "test", ctx.eval_bytes)
-    t0 = time.perf_counter()
-    scores = proxy_perplexity(base, expert, anti, text, alphas=ALPHAS)
-    t_ppl = time.perf_counter() - t0
     prompts = PROMPTS.get(domain, PROMPTS["code"])[: 2 if ctx.quick else 3]
-    n = 12 if ctx.quick else 32
-    proxy_out, t_proxy = _decode(base, prompts, n, expert, anti)
-    base_out, t_base = _decode(base, prompts, n)
-    expert_out, t_expert = _decode(expert, prompts, n)
-    tps = {k: len(prompts) * n / t for k, t in (("base", t_base), ("expert", t_expert), ("proxy", t_proxy))}
-    matches = proxy_out.tokens == expert_out.tokens
+    cmp = compare_proxy(base, expert, anti, text, prompts, 12 if ctx.quick else 32, ALPHAS)
+    scores = cmp.scores
     demo: dict[str, Any] = {
         "models": label,
         "brick": brick.name,
@@ -141,15 +127,25 @@ def _demo(
         },
         "gap_closed_alpha1": scores.gap_closed(1.0),
         "batch": len(prompts),
-        "new_tokens": n,
-        "tokens_per_s": tps,
-        "proxy_equals_expert_tokens": matches,
+        "new_tokens": cmp.new_tokens,
+        "tokens_per_s": cmp.tokens_per_s(),
+        "proxy_equals_expert_tokens": cmp.proxy_equals_expert(),
         "generations": [
             {"prompt": p, "base": b, "proxy": x}
-            for p, b, x in zip(prompts, base_out.texts, proxy_out.texts, strict=True)
+            for p, b, x in zip(prompts, cmp.base.texts, cmp.proxy.texts, strict=True)
         ],
-        "seconds": {"ppl": t_ppl, "decode_proxy": t_proxy, "decode_base": t_base, "decode_expert": t_expert},
+        "seconds": cmp.seconds,
     }
+    _report_demo(ctx, cmp, domain, brick.name)
+    ctx.report.text(_demo_sentences(cmp, same_base_anti))
+    return demo
+
+
+def _report_demo(ctx: TourContext, cmp: ProxyComparison, domain: str, brick_name: str) -> None:
+    """The perplexity-vs-alpha curve, the members' table, the speed bars and the generations."""
+    from lmbricks.report import bar_chart, line_chart
+
+    scores, tps = cmp.scores, cmp.tokens_per_s()
     alphas = list(scores.proxy)
     png = line_chart(
         ctx.out_dir / "proxy_alpha.png",
@@ -167,22 +163,27 @@ def _demo(
     ctx.report.table(
         [[m, f"{v:.3f}"] for m, v in members] + [[f"proxy, alpha {a:g}", f"{v:.3f}"] for a, v in scores.proxy.items()],
         ["model", f"perplexity on {domain}"],
-        caption=f"First {ctx.eval_bytes:,} bytes of the {domain} test split; M3 = M2 + brick {brick.name}.",
+        caption=f"First {ctx.eval_bytes:,} bytes of the {domain} test split; M3 = M2 + brick {brick_name}.",
     )  # fmt: skip
     ctx.report.figure(png, "The ensemble's perplexity as the expert-minus-anti-expert shift is scaled.")
     bars = bar_chart(
         ctx.out_dir / "proxy_speed.png",
         {"M1 alone": tps["base"], "M3 alone": tps["expert"], "proxy (3 models)": tps["proxy"]},
-        f"Greedy decoding, batch {len(prompts)}, {n} new tokens",
+        f"Greedy decoding, batch {len(cmp.prompts)}, {cmp.new_tokens} new tokens",
         "tokens / s",
     )
     ctx.report.figure(bars, "Tokens per second including the prompt pass; each model keeps its own KV cache.")
     ctx.report.table(
-        [[p, b, x] for p, b, x in zip(prompts, base_out.texts, proxy_out.texts, strict=True)],
+        [[p, b, x] for p, b, x in zip(cmp.prompts, cmp.base.texts, cmp.proxy.texts, strict=True)],
         ["prompt", "M1 alone", "proxy, alpha 1"],
     )
+
+
+def _demo_sentences(cmp: ProxyComparison, same_base_anti: bool) -> str:
+    scores, tps = cmp.scores, cmp.tokens_per_s()
     best = min(scores.proxy, key=lambda a: scores.proxy[a])
     if same_base_anti:
+        matches = cmp.proxy_equals_expert()
         first = (
             f"Here M2 is M1 itself, so alpha 1 reproduces the brick: perplexity {scores.proxy[1.0]:.3f} against "
             f"{scores.expert:.3f} for M3 alone, and the decoded tokens {'match' if matches else 'do NOT match'} M3's. "
@@ -192,9 +193,8 @@ def _demo(
             f"At alpha 1 the proxy scores {scores.proxy[1.0]:.3f} against {scores.base:.3f} for M1 and "
             f"{scores.expert:.3f} for M3 (gap closed: {scores.gap_closed(1.0):.0%}). "
         )
-    ctx.report.text(
+    return (
         first + f"The lowest perplexity is at alpha {best:g} ({scores.proxy[best]:.3f}, base {scores.base:.3f}); the "
         f"proxy decodes {tps['proxy']:.1f} tokens/s against {tps['base']:.1f} for M1 alone "
         f"({tps['proxy'] / tps['base']:.2f}x, three forward passes per token instead of one)."
     )
-    return demo
