@@ -74,7 +74,7 @@ def main() -> None:
     from lmbricks.report import bar_chart, heatmap, line_chart
     from lmbricks.train import load_config
     from lmbricks.train.data import build_chunks
-    from lmbricks.train.loop import load_tokenizer
+    from lmbricks.train.setup import load_tokenizer
 
     start = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)

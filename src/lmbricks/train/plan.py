@@ -151,9 +151,7 @@ _SHAPE_KEYS = (
 )
 
 
-def plan(
-    cfg: LMConfig | None = None, flops: float | None = None, params: float | None = None
-) -> dict[str, Any]:
+def plan(cfg: LMConfig | None = None, flops: float | None = None, params: float | None = None) -> dict[str, Any]:
     """Everything ``lmbricks plan`` prints.
 
     Args:
