@@ -183,7 +183,7 @@ def train_step(state: TrainState, step: int) -> StepResult:
     state.optimizer.zero_grad(set_to_none=True)
     reduced = stats.all_reduce(info)
     if reduced.moe_layers:  # aux-loss-free balancing (sigmoid_topk bias), on the global expert counts
-        moe_blocks = [b.ffn for b in state.model.layers if getattr(b, "is_moe", False)]
+        moe_blocks: list[Any] = [b.ffn for b in state.model.layers if getattr(b, "is_moe", False)]
         for ffn, counts in zip(moe_blocks, reduced.tokens_per_expert, strict=True):
             ffn.update_router_bias(counts)
     if state.averagers:
