@@ -27,18 +27,8 @@ from typing import Any
 import torch
 import yaml
 
-from lmbricks.tour.moe import (
-    ARM_LABELS,
-    DOMAINS,
-    arm_models,
-    arm_train_config,
-    interpretation,
-    load_heatmap_rows,
-    run_arm,
-    summary_table,
-    val_curve_series,
-    validation_blocks,
-)
+from lmbricks.train.arms import ARM_LABELS, DOMAINS, arm_models, arm_train_config, run_arm, validation_blocks
+from lmbricks.train.compare import interpretation, load_heatmap_rows, summary_table, val_curve_series
 
 TOKENIZER = "smollm2-135m-instruct"
 
