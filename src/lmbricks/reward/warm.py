@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lmbricks.errors import ConfigError
 from lmbricks.eval.fewshot.scoring import wilson_interval
 from lmbricks.reward.io import average_heads, load_reward_model, save_reward_model
 from lmbricks.reward.loss import pair_accuracy
@@ -41,8 +42,8 @@ Features = tuple[list[Tensor], list[Tensor]]
 Progress = Callable[[str, int | None], None]
 
 
-def _quiet(_: str, __: int | None = None) -> None:
-    pass
+def no_progress(_: str, __: int | None = None) -> None:
+    """The default progress callback: reports nothing."""
 
 
 def base_reward_model(ref: str) -> tuple[RewardModel, Any]:
@@ -55,7 +56,7 @@ def base_reward_model(ref: str) -> tuple[RewardModel, Any]:
 
 def pair_features(
     rm: RewardModel, tokenizer: Any, sets: Mapping[str, Sequence[Pair]], cfg: RewardTrainConfig,
-    progress: Progress = _quiet,
+    progress: Progress = no_progress,
 ) -> tuple[dict[str, Features], dict[str, int]]:  # fmt: skip
     """Frozen-trunk features of every set (computed once), and the number of pairs skipped per set."""
     start = rm.num_layers - cfg.trainable_layers
@@ -82,7 +83,7 @@ def _acc(rc: Tensor, rr: Tensor) -> dict[str, Any]:
 
 
 def train_reward_model(
-    ref: str, pairs: Sequence[Pair], cfg: RewardTrainConfig, progress: Progress = _quiet
+    ref: str, pairs: Sequence[Pair], cfg: RewardTrainConfig, progress: Progress = no_progress
 ) -> tuple[RewardModel, Any, list[dict[str, float]], int]:
     """Train one reward model on ``pairs`` from the backbone ``ref``.
 
@@ -116,7 +117,6 @@ def baklava_top_state(rm: RewardModel, ckpt: str | Path, start: int) -> dict[str
         ConfigError: the checkpoint's frozen part (embedding, layers below ``start``) differs from the
         backbone's, so the cached features would not be its features.
     """
-    from lmbricks.errors import ConfigError
     from lmbricks.nn.load import load_model
 
     lm, _ = load_model(str(ckpt), dtype=torch.float32, hf_fallback=False)
@@ -147,7 +147,7 @@ def run_warm(
     out: Path,
     force: bool = False,
     use_merge: bool = True,
-    progress: Progress = _quiet,
+    progress: Progress = no_progress,
     inits: Sequence[str | Path] | None = None,
     feature_cache: Path | None = None,
     inputs: Sequence[str | Path] = (),
@@ -173,36 +173,16 @@ def run_warm(
     Returns:
         The results dictionary (also written to ``out/results.json``).
     """
-    from lmbricks.errors import ConfigError
-
     first = members[0]
     for m in members:
         if (m.trainable_layers, m.max_len, m.format) != (first.trainable_layers, first.max_len, first.format):
             raise ConfigError("WARM members must share trainable_layers, max_len and format")
-    from lmbricks.checkpoint import check_output, write_provenance
-    from lmbricks.hub import reference_paths
-
-    refs = [ref, *(inits or [])]
-    out = check_output(out, [*inputs, *(p for r in refs for p in reference_paths(r))], force)
-    out.mkdir(parents=True, exist_ok=True)
-    # marks the folder as lmbricks' own, so that a later --force may replace what is in it
-    write_provenance(
-        out, command="lmbricks reward warm", recipe={"warm": {"members": len(members), "model": str(ref)}}, inputs={}
-    )
+    out = _prepare_out(out, [ref, *(inits or [])], inputs, force, len(members))
     rm, tokenizer = base_reward_model(ref)
     start = rm.num_layers - first.trainable_layers
-    key = {"start": start, "sets": {k: len(v) for k, v in {"train": train_pairs, **eval_sets}.items()}}
-    feats: dict[str, Features]
-    skipped: dict[str, int]
-    if feature_cache is not None and Path(feature_cache).exists():
-        cached = torch.load(feature_cache, map_location="cpu", weights_only=True)
-        if cached["key"] != key:
-            raise ConfigError(f"{feature_cache}: features of another split or set sizes ({cached['key']})")
-        feats, skipped = cached["feats"], cached["skipped"]
-    else:
-        feats, skipped = pair_features(rm, tokenizer, {"train": train_pairs, **eval_sets}, first, progress)
-        if feature_cache is not None:
-            torch.save({"key": key, "feats": feats, "skipped": skipped}, feature_cache)
+    feats, skipped = cached_pair_features(
+        rm, tokenizer, {"train": train_pairs, **eval_sets}, first, feature_cache, progress
+    )
     init_state = copy.deepcopy(rm.state_dict())
     tops = [baklava_top_state(rm, c, start) for c in inits] if inits else []
     member_states: list[dict[str, Tensor]] = []
@@ -232,23 +212,7 @@ def run_warm(
     }
     averaged = average_states(member_states)
     if use_merge:
-        from lmbricks.merge import merge
-
-        progress("lmbricks merge (linear)", None)
-        recipe = {
-            "merge_method": "linear",
-            "models": [{"model": str(out / "members" / f"m{i}"), "parameters": {"weight": 1.0}}
-                       for i in range(len(members))],
-            "dtype": "float32",
-        }  # fmt: skip
-        merge(recipe, out / "warm", force=True, command="lmbricks reward warm")
-        average_heads([out / "members" / f"m{i}" for i in range(len(members))], out / "warm")
-        warm_rm, _ = load_reward_model(out / "warm")
-        merged = warm_rm.state_dict()
-        results["merge_vs_memory_max_abs_diff"] = max(
-            float((merged[k].float() - averaged[k]).abs().max()) for k in averaged if k in merged
-        )
-        rm.load_state_dict(merged)
+        results["merge_vs_memory_max_abs_diff"] = _merge_members(rm, out, len(members), averaged, progress)
     else:
         rm.load_state_dict(averaged)
     results["warm"] = {name: _acc(*scores_of(rm, feats[name], start)) for name in eval_sets}
@@ -262,3 +226,66 @@ def run_warm(
     results["histories"] = [[h["loss"] for h in hist] for hist in histories]
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+def _prepare_out(
+    out: Path, refs: Sequence[str | Path], inputs: Sequence[str | Path], force: bool, members: int
+) -> Path:
+    """The output directory, checked against every input and marked as lmbricks' own."""
+    from lmbricks.checkpoint import check_output, write_provenance
+    from lmbricks.hub import reference_paths
+
+    out = check_output(out, [*inputs, *(p for r in refs for p in reference_paths(r))], force)
+    out.mkdir(parents=True, exist_ok=True)
+    # marks the folder as lmbricks' own, so that a later --force may replace what is in it
+    recipe = {"warm": {"members": members, "model": str(refs[0])}}
+    write_provenance(out, command="lmbricks reward warm", recipe=recipe, inputs={})
+    return out
+
+
+def cached_pair_features(
+    rm: RewardModel,
+    tokenizer: Any,
+    sets: Mapping[str, Sequence[Pair]],
+    cfg: RewardTrainConfig,
+    feature_cache: Path | None,
+    progress: Progress = no_progress,
+) -> tuple[dict[str, Features], dict[str, int]]:
+    """:func:`pair_features`, read from ``feature_cache`` when it exists (and written there when not).
+
+    Raises:
+        ConfigError: the cache holds features of another split or other set sizes.
+    """
+    start = rm.num_layers - cfg.trainable_layers
+    key = {"start": start, "sets": {k: len(v) for k, v in sets.items()}}
+    if feature_cache is not None and Path(feature_cache).exists():
+        cached = torch.load(feature_cache, map_location="cpu", weights_only=True)
+        if cached["key"] != key:
+            raise ConfigError(f"{feature_cache}: features of another split or set sizes ({cached['key']})")
+        return cached["feats"], cached["skipped"]
+    feats, skipped = pair_features(rm, tokenizer, sets, cfg, progress)
+    if feature_cache is not None:
+        torch.save({"key": key, "feats": feats, "skipped": skipped}, feature_cache)
+    return feats, skipped
+
+
+def _merge_members(rm: RewardModel, out: Path, members: int, averaged: dict[str, Tensor], progress: Progress) -> float:
+    """Average the saved members with ``lmbricks merge`` (linear) into ``out/warm`` and load it into ``rm``.
+
+    Returns:
+        The largest difference between the merged weights and the in-memory average.
+    """
+    from lmbricks.merge import merge
+
+    progress("lmbricks merge (linear)", None)
+    recipe = {
+        "merge_method": "linear",
+        "models": [{"model": str(out / "members" / f"m{i}"), "parameters": {"weight": 1.0}} for i in range(members)],
+        "dtype": "float32",
+    }
+    merge(recipe, out / "warm", force=True, command="lmbricks reward warm")
+    average_heads([out / "members" / f"m{i}" for i in range(members)], out / "warm")
+    warm_rm, _ = load_reward_model(out / "warm")
+    merged = warm_rm.state_dict()
+    rm.load_state_dict(merged)
+    return max(float((merged[k].float() - averaged[k]).abs().max()) for k in averaged if k in merged)

@@ -142,3 +142,34 @@ def evaluate_fewshot(
         "constant_baseline": constant_baseline(task, n),
         "conditions": conditions,
     }
+
+
+def langid_curve(
+    model: Any, tokenizer: Any, shots: Sequence[int], per_language: int, max_items: int, max_chars: int
+) -> dict[str, Any]:
+    """Direct-answer accuracy on ``langid`` for each number of shots (the first ``max_items`` items).
+
+    Args:
+        model, tokenizer: the LM under test.
+        shots: numbers of demonstrations, one condition each.
+        per_language: langid items per language (14 languages).
+        max_items: the first N interleaved items are asked.
+        max_chars: paragraph length.
+
+    Returns:
+        ``{"task": "langid", "chance", "conditions": [{"shots", "correct", "n", "accuracy", "ci95",
+        "top_prediction", "distinct_predictions"}, ...], "demo_labels"}``.
+    """
+    from lmbricks.eval.fewshot.tasks import langid_task
+
+    task = langid_task(per_language=per_language, max_chars=max_chars)
+    rows = []
+    for k in shots:
+        c = evaluate_condition(model, tokenizer, task, k, cot=False, n=max_items, keep_examples=1)
+        rows.append(
+            {"shots": k, "correct": c["correct"], "n": c["n"], "accuracy": c["accuracy"], "ci95": c["ci95"],
+             "top_prediction": c["top_predictions"][0] if c["top_predictions"] else ["", 0],
+             "distinct_predictions": c["distinct_predictions"]}
+        )  # fmt: skip
+    return {"task": "langid", "chance": 1 / len(task.labels), "conditions": rows,
+            "demo_labels": [d.answer for d in task.demos[: max(shots)]]}  # fmt: skip
