@@ -83,7 +83,6 @@ def arm_models(
 
 def arm_train_config(
     model: dict[str, Any],
-    *,
     tokenizer: str,
     steps: int,
     batch_size: int,

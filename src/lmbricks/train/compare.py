@@ -140,17 +140,8 @@ def compare_arms(
     )
     arms = {}
     for arm, model in models.items():
-        mapping = arm_train_config(
-            model,
-            tokenizer=tokenizer_ref,
-            steps=cfg.steps,
-            batch_size=cfg.batch_size,
-            seq_len=cfg.seq_len,
-            lr=cfg.lr,
-            eval_every=cfg.eval_every,
-            domains=domains,
-            seed=cfg.seed,
-        )
+        budget = (cfg.steps, cfg.batch_size, cfg.seq_len, cfg.lr, cfg.eval_every)
+        mapping = arm_train_config(model, tokenizer_ref, *budget, domains=domains, seed=cfg.seed)
         train_cfg = parse_config(mapping, f"moe tour arm {arm}")
         log(f"moe: training {arm} ({cfg.steps} steps)")
         arms[arm] = run_arm(

@@ -6,7 +6,7 @@ synchronises only on the last micro-batch), clipped, applied. Everything that in
 steps (weights, AdamW moments, scheduler, random states, the step that fixes the data order,
 averages) is in each checkpoint, so ``resume=True`` continues bit-identically on CPU.
 
-A run is :func:`lmbricks.train.setup.setup`, then :func:`train_step`, the log line and
+A run is :func:`lmbricks.train.setup.setup`, then :func:`run`: :func:`train_step`, the log line and
 :func:`save_step` per step, then :func:`finish`.
 """
 
@@ -29,7 +29,7 @@ from lmbricks.train import checkpoint as ckpt_io
 from lmbricks.train.averaging import lawa
 from lmbricks.train.config import TrainConfig
 from lmbricks.train.data import micro_batches
-from lmbricks.train.distributed import DistInfo, barrier, gather_objects, init_distributed, shutdown
+from lmbricks.train.distributed import barrier, gather_objects, init_distributed, shutdown
 from lmbricks.train.setup import TINY_TOKENIZER, TrainState, resolve_precision, setup, sft_eval
 from lmbricks.train.stats import StepStats, log_record
 
@@ -92,7 +92,7 @@ def train(
     check_run_dir(cfg, Path(run_dir), inputs)  # before any work, on every process
     info = init_distributed(cfg.device)
     try:
-        return _train(cfg, Path(run_dir), resume, force, chunks, tokenizer, on_step, report, info)
+        return run(setup(cfg, Path(run_dir), resume, force, chunks, tokenizer, info), on_step, report)
     finally:
         shutdown(info)
 
@@ -119,18 +119,15 @@ def check_run_dir(cfg: TrainConfig, run_dir: Path, inputs: Sequence[str | Path] 
     check_apart(run_dir, found)
 
 
-def _train(
-    cfg: TrainConfig,
-    run_dir: Path,
-    resume: bool,
-    force: bool,
-    chunks: Tensor | None,
-    tokenizer: Any,
-    on_step: Callable[[dict[str, Any]], None] | None,
-    report: bool,
-    info: DistInfo,
-) -> TrainResult:
-    state = setup(cfg, run_dir, resume, force, chunks, tokenizer, info)
+def run(state: TrainState, on_step: Callable[[dict[str, Any]], None] | None, report: bool) -> TrainResult:
+    """The steps of a run set up by :func:`lmbricks.train.setup.setup`: train, log, evaluate, checkpoint, finish.
+
+    Args:
+        state: as ``setup`` left it (possibly resumed at ``state.start``).
+        on_step: called on the main process with each logged record.
+        report: write report.html at the end.
+    """
+    cfg, info, run_dir = state.cfg, state.info, state.run_dir
     log = open(run_dir / "log.jsonl", "a") if info.is_main else None  # noqa: SIM115 - kept open for the whole run
     last_ckpt: Path | None = state.resume_from
     try:

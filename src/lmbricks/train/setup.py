@@ -272,23 +272,12 @@ def setup(
     token_ids = chunks[:, 0] if chunks.dim() == 3 else chunks  # (N, T)
     model = build_trainee(cfg, tokenizer, token_ids, resume_from, sft_data, run_dir, info)
     model.to(info.device).train()
-    objective = LossModule(model, cfg.moe_loss.aux_loss_coef, cfg.moe_loss.z_loss_coef)
+    loss = LossModule(model, cfg.moe_loss.aux_loss_coef, cfg.moe_loss.z_loss_coef)
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_fn(cfg.steps, cfg.schedule))
+    averagers = Averagers(model, cfg.averaging)
     state = TrainState(
-        cfg=cfg,
-        run_dir=run_dir,
-        info=info,
-        tokenizer=tokenizer,
-        chunks=chunks,
-        order=order,
-        model=model,
-        objective=objective,
-        net=objective,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        averagers=Averagers(model, cfg.averaging),
-        sft_data=sft_data,
+        cfg, run_dir, info, tokenizer, chunks, order, model, loss, loss, optimizer, scheduler, averagers, sft_data
     )
     if resume_point is not None:
         restore(state, *resume_point)
@@ -301,7 +290,7 @@ def setup(
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         state.net = DDP(
-            objective,
+            loss,
             device_ids=[info.device.index] if info.device.type == "cuda" else None,
             find_unused_parameters=model.cfg.moe is not None,
         )
