@@ -40,6 +40,19 @@ def train_linear_head(chosen: torch.Tensor, rejected: torch.Tensor, steps: int =
     return w.detach()
 
 
+def _encode_replies(tokenizer: Any, pairs: Sequence[Any]) -> tuple[list[torch.Tensor], list[int]]:
+    """Token ids of each pair's chosen then rejected text, and the index of each reply's first token."""
+    seqs, firsts = [], []  # chosen, rejected of each pair in turn
+    for p in pairs:
+        prompt = render_pair_text(tokenizer, p.prompt, "", "plain").rstrip()  # "User: ...\nAssistant:"
+        for reply in (p.chosen, p.rejected):
+            enc = tokenizer(render_pair_text(tokenizer, p.prompt, reply, "plain"), add_special_tokens=False,
+                            return_offsets_mapping=True)  # fmt: skip
+            seqs.append(torch.tensor(enc["input_ids"]))
+            firsts.append(next(i for i, (a, _) in enumerate(enc["offset_mapping"]) if a >= len(prompt)))
+    return seqs, firsts
+
+
 def reward_probe(model: Any, tokenizer: Any, train_pairs: int, test_pairs: int) -> dict[str, Any]:
     """A linear reward head on the frozen LM's last-token features vs the LM's own log-likelihood ranking.
 
@@ -60,19 +73,8 @@ def reward_probe(model: Any, tokenizer: Any, train_pairs: int, test_pairs: int) 
     train = load_pairs("builtin:dialogue", "train", 0)[:train_pairs]
     test = load_pairs("builtin:dialogue", "test", 0)[:test_pairs]
 
-    def encode(pairs: Sequence[Any]) -> tuple[list[torch.Tensor], list[int]]:
-        seqs, firsts = [], []  # chosen, rejected of each pair in turn
-        for p in pairs:
-            prompt = render_pair_text(tokenizer, p.prompt, "", "plain").rstrip()  # "User: ...\nAssistant:"
-            for reply in (p.chosen, p.rejected):
-                enc = tokenizer(render_pair_text(tokenizer, p.prompt, reply, "plain"), add_special_tokens=False,
-                                return_offsets_mapping=True)  # fmt: skip
-                seqs.append(torch.tensor(enc["input_ids"]))
-                firsts.append(next(i for i, (a, _) in enumerate(enc["offset_mapping"]) if a >= len(prompt)))
-        return seqs, firsts
-
-    train_seqs, _ = encode(train)
-    test_seqs, test_first = encode(test)
+    train_seqs, _ = _encode_replies(tokenizer, train)
+    test_seqs, test_first = _encode_replies(tokenizer, test)
     trunk = RewardModel(model)  # only its trunk is used: every layer, no head
     with torch.no_grad():
         hidden = precompute(trunk, train_seqs + test_seqs, trunk.num_layers)  # (T_i, H) before the final norm

@@ -185,37 +185,22 @@ def run_warm(
     )
     init_state = copy.deepcopy(rm.state_dict())
     tops = [baklava_top_state(rm, c, start) for c in inits] if inits else []
-    member_states: list[dict[str, Tensor]] = []
-    histories: list[list[dict[str, float]]] = []
     results: dict[str, Any] = {"members": [], "member_configs": []}
     scores: dict[str, list[tuple[Tensor, Tensor]]] = {name: [] for name in eval_sets}
+    member_states, histories = [], []
     for i, mcfg in enumerate(members):
         progress(f"member {i}", None)
         rm.load_state_dict(init_state)
         if tops:
             rm.load_state_dict(tops[i % len(tops)], strict=False)
-        histories.append(train_on_features(rm, *feats["train"], mcfg))
+        history, entry = _train_member(rm, feats, mcfg, start, scores)
+        histories.append(history)
         member_states.append({k: v.detach().clone() for k, v in rm.state_dict().items()})
-        entry: dict[str, Any] = {"train_final_loss": histories[-1][-1]["loss"]}
-        for name in eval_sets:
-            rc, rr = scores_of(rm, feats[name], start)
-            scores[name].append((rc, rr))
-            entry[name] = _acc(rc, rr)
         results["members"].append(entry)
         results["member_configs"].append({**mcfg.model_dump(), "init": str(inits[i % len(inits)]) if inits else ref})
         if use_merge:
             save_reward_model(rm, out / "members" / f"m{i}", tokenizer, force=True, info=mcfg.model_dump())
-    # prediction ensemble: the mean of the members' scores
-    results["ensemble"] = {
-        name: _acc(torch.stack([s[0] for s in ss]).mean(0), torch.stack([s[1] for s in ss]).mean(0))
-        for name, ss in scores.items()
-    }
-    averaged = average_states(member_states)
-    if use_merge:
-        results["merge_vs_memory_max_abs_diff"] = _merge_members(rm, out, len(members), averaged, progress)
-    else:
-        rm.load_state_dict(averaged)
-    results["warm"] = {name: _acc(*scores_of(rm, feats[name], start)) for name in eval_sets}
+    results.update(_averages(rm, feats, start, scores, member_states, out if use_merge else None, progress))
     results["mean_member"] = {
         name: sum(m[name]["accuracy"] for m in results["members"]) / len(members) for name in eval_sets
     }
@@ -226,6 +211,59 @@ def run_warm(
     results["histories"] = [[h["loss"] for h in hist] for hist in histories]
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+def _averages(
+    rm: RewardModel,
+    feats: dict[str, Features],
+    start: int,
+    scores: dict[str, list[tuple[Tensor, Tensor]]],
+    member_states: list[dict[str, Tensor]],
+    merge_out: Path | None,
+    progress: Progress,
+) -> dict[str, Any]:
+    """The prediction ensemble (mean of the members' scores) and the weight average, scored.
+
+    The average is made by ``lmbricks merge`` on the members saved under ``merge_out`` (and compared
+    with the in-memory average), or in memory when ``merge_out`` is None; ``rm`` ends holding it.
+
+    Returns:
+        ``{"ensemble": {set: record}, ["merge_vs_memory_max_abs_diff": float], "warm": {set: record}}``.
+    """
+    out: dict[str, Any] = {
+        "ensemble": {
+            name: _acc(torch.stack([s[0] for s in ss]).mean(0), torch.stack([s[1] for s in ss]).mean(0))
+            for name, ss in scores.items()
+        }
+    }
+    averaged = average_states(member_states)
+    if merge_out is not None:
+        out["merge_vs_memory_max_abs_diff"] = _merge_members(rm, merge_out, len(member_states), averaged, progress)
+    else:
+        rm.load_state_dict(averaged)
+    out["warm"] = {name: _acc(*scores_of(rm, feats[name], start)) for name in scores}
+    return out
+
+
+def _train_member(
+    rm: RewardModel,
+    feats: dict[str, Features],
+    cfg: RewardTrainConfig,
+    start: int,
+    scores: dict[str, list[tuple[Tensor, Tensor]]],
+) -> tuple[list[dict[str, float]], dict[str, Any]]:
+    """Train ``rm`` as one member, score every evaluation set (appended to ``scores``).
+
+    Returns:
+        (training history, ``{"train_final_loss", <set>: accuracy record, ...}``).
+    """
+    history = train_on_features(rm, *feats["train"], cfg)
+    entry: dict[str, Any] = {"train_final_loss": history[-1]["loss"]}
+    for name in scores:
+        rc, rr = scores_of(rm, feats[name], start)
+        scores[name].append((rc, rr))
+        entry[name] = _acc(rc, rr)
+    return history, entry
 
 
 def _prepare_out(

@@ -287,14 +287,19 @@ def setup(
         else:
             truncate_log(run_dir / "sft_eval.jsonl", state.start)
     if info.distributed:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        state.net = DDP(
-            loss,
-            device_ids=[info.device.index] if info.device.type == "cuda" else None,
-            find_unused_parameters=model.cfg.moe is not None,
-        )
+        state.net = _ddp(loss, info)
     return state
+
+
+def _ddp(loss: LossModule, info: DistInfo) -> nn.Module:
+    """The objective wrapped for DDP (MoE layers leave some experts unused in a step)."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(
+        loss,
+        device_ids=[info.device.index] if info.device.type == "cuda" else None,
+        find_unused_parameters=loss.lm.cfg.moe is not None,
+    )
 
 
 def restore(state: TrainState, step: int, ckpt: Path) -> None:
