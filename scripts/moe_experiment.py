@@ -27,18 +27,8 @@ from typing import Any
 import torch
 import yaml
 
-from lmbricks.tour.moe import (
-    ARM_LABELS,
-    DOMAINS,
-    arm_models,
-    arm_train_config,
-    interpretation,
-    load_heatmap_rows,
-    run_arm,
-    summary_table,
-    val_curve_series,
-    validation_blocks,
-)
+from lmbricks.train.arms import ARM_LABELS, DOMAINS, arm_models, arm_train_config, run_arm, validation_blocks
+from lmbricks.train.compare import interpretation, load_heatmap_rows, summary_table, val_curve_series
 
 TOKENIZER = "smollm2-135m-instruct"
 
@@ -74,7 +64,7 @@ def main() -> None:
     from lmbricks.report import bar_chart, heatmap, line_chart
     from lmbricks.train import load_config
     from lmbricks.train.data import build_chunks
-    from lmbricks.train.loop import load_tokenizer
+    from lmbricks.train.setup import load_tokenizer
 
     start = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)

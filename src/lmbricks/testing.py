@@ -43,48 +43,26 @@ def build_tiny_tokenizer(vocab_size: int = 384) -> Any:
     return fast
 
 
+#: The trunk of the tiny Hugging Face configs: 2 layers, hidden 32, 4 heads, 2 KV heads, intermediate 64.
+_TINY_TRUNK: dict[str, Any] = {
+    "vocab_size": 384, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "max_position_embeddings": 256, "tie_word_embeddings": False,
+    "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
+}  # fmt: skip
+
+
 def tiny_llama_config(**overrides: Any) -> Any:
     """A 2-layer Llama config (hidden 32, 4 heads, 2 KV heads, intermediate 64)."""
     from transformers import LlamaConfig
 
-    kwargs: dict[str, Any] = dict(
-        vocab_size=384,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=False,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    kwargs.update(overrides)
-    return LlamaConfig(**kwargs)
+    return LlamaConfig(**{**_TINY_TRUNK, **overrides})
 
 
 def tiny_mixtral_config(**overrides: Any) -> Any:
     """A 2-layer Mixtral config (4 experts, top-2, hidden 32, intermediate 64)."""
     from transformers import MixtralConfig
 
-    kwargs: dict[str, Any] = dict(
-        vocab_size=384,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_local_experts=4,
-        num_experts_per_tok=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=False,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    kwargs.update(overrides)
-    return MixtralConfig(**kwargs)
+    return MixtralConfig(**{**_TINY_TRUNK, "num_local_experts": 4, "num_experts_per_tok": 2, **overrides})
 
 
 def save_tiny_model(

@@ -57,7 +57,7 @@ def test_sft_run_learns_responses(tmp_path: Path, chats: list[Example]) -> None:
 
 def test_freeze_routers_and_expert_lr(tmp_path: Path, chats: list[Example]) -> None:
     from lmbricks.nn.load import load_model
-    from lmbricks.train.loop import build_model, load_tokenizer, make_optimizer
+    from lmbricks.train.setup import build_model, load_tokenizer, make_optimizer
 
     cfg = _config(tmp_path, chats, moe=True, freeze=["routers"], expert_lr_scale=0.5)
     torch.manual_seed(cfg.seed)

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from lmbricks.reward.probe import train_linear_head
 from lmbricks.tour import run_tour
-from lmbricks.tour.tuning import train_linear_head, tuning_section
+from lmbricks.tour.tuning import tuning_section
 
 
 def _check(tmp_path: Path, shots: list[int]) -> dict:

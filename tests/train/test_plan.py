@@ -74,3 +74,13 @@ def test_cli_plan_json_for_a_yaml_model(tmp_path) -> None:  # type: ignore[no-un
     assert round(out["parameters"]["total"] / 1e9, 1) == 46.7
     assert round(out["parameters"]["active"] / 1e9, 1) == 12.9
     assert out["chinchilla"]["tokens"] == pytest.approx(20 * out["parameters"]["active"])
+
+
+def test_parse_count_reads_suffixes_and_names_the_option() -> None:
+    from lmbricks.errors import ConfigError
+    from lmbricks.train.plan import parse_count
+
+    assert parse_count("125M") == 125e6 and parse_count("1.3b") == 1.3e9 and parse_count("7e9") == 7e9
+    assert parse_count(" 4096 ") == 4096.0 and parse_count("2K") == 2000.0
+    with pytest.raises(ConfigError, match="--params: cannot read 'lots'"):
+        parse_count("lots")

@@ -136,7 +136,7 @@ def test_init_from_checkpoint_starts_at_its_loss(tmp_path: Path, corpus: Path, t
     from transformers import AutoModelForCausalLM
 
     from lmbricks.train.data import BatchOrder, build_chunks
-    from lmbricks.train.loop import load_tokenizer
+    from lmbricks.train.setup import load_tokenizer
 
     path = write_config(tmp_path / "c.yaml", corpus, steps=2, micro_batch_size=8, checkpoint_every=2)
     data = yaml.safe_load(path.read_text())

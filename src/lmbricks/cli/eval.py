@@ -76,35 +76,19 @@ def fewshot(
     """
     from pathlib import Path
 
-    from lmbricks.checkpoint import check_output
-    from lmbricks.errors import ConfigError
-    from lmbricks.eval.fewshot import DEFAULT_SHOTS, evaluate_fewshot, get_task, write_fewshot_outputs
-    from lmbricks.hub import reference_paths
-    from lmbricks.nn.load import load_model
+    from lmbricks.config import validate
+    from lmbricks.eval.fewshot.pipeline import FewshotJob, run_fewshot
 
-    if fmt not in ("plain", "chat"):
-        raise ConfigError(f"--format must be plain or chat, got {fmt!r}")
-    if out is not None:
-        check_output(out, reference_paths(model), force)  # before any load
-    spec = get_task(task)
-    ks = list(shots) if shots else list(DEFAULT_SHOTS)
-    if max(ks) > len(spec.demos) or min(ks) < 0:
-        raise ConfigError(f"--shots must lie in 0..{len(spec.demos)} for task {task}")
-    modes = [False, True] if both else [cot]
-    lm, tokenizer = load_model(model)
+    options = {"model": model, "task": task, "modes": [False, True] if both else [cot], "n": n, "fmt": fmt,
+               "batch_size": batch_size, "out": out, "force": force, **({"shots": shots} if shots else {})}  # fmt: skip
+    job = validate(FewshotJob, options, "eval fewshot options")
     with progress_bar(transient=as_json) as bar:
         prog = bar.add_task("few-shot", total=None)
 
         def on_condition(name: str, count: int) -> None:
             bar.update(prog, description=name, total=count, completed=0)
 
-        results = evaluate_fewshot(
-            lm, tokenizer, spec, ks, modes, n=n, fmt=fmt, batch_size=batch_size,
-            on_condition=on_condition, on_batch=lambda k: bar.advance(prog, k),
-        )  # fmt: skip
-    results = {"model": model, **results}
-    if out is not None:
-        write_fewshot_outputs(results, Path(out), force=force, inputs=reference_paths(model))
+        results = run_fewshot(job, on_condition, lambda k: bar.advance(prog, k))
     if as_json:
         print_json(results)
         return

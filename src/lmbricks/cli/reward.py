@@ -1,11 +1,13 @@
-"""``lmbricks reward``: train and evaluate reward models, and the WARM experiment."""
+"""``lmbricks reward``: train and evaluate reward models, and the WARM experiment (:mod:`lmbricks.reward.pipeline`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from lmbricks.cli.common import FORCE_HELP, console, print_json, progress_bar, reads_checkpoints, user_errors
 
@@ -14,25 +16,19 @@ app = typer.Typer(help="Reward models: Bradley-Terry training on preference pair
 _DATA_HELP = "Preference pairs: a JSONL file (prompt, chosen, rejected) or builtin:dialogue|chitchat|champ."
 
 
-def _data_files(*specs: str) -> list[Path]:
-    """The JSONL files that pair specs name (``builtin:`` sets are not files)."""
-    files = []
-    for spec in specs:
-        for part in spec.split("+"):
-            name = part.partition("@")[0]
-            if name and not name.startswith("builtin:"):
-                files.append(Path(name))
-    return files
+@contextmanager
+def _progress() -> Iterator[Callable[[str, int | None], None]]:
+    """A progress bar driven by the pipelines' ``progress(name, n)``: a name starts a stage of n items."""
+    with progress_bar() as bar:
+        task = bar.add_task("features", total=None)
 
+        def progress(name: str, n: int | None) -> None:
+            if name:
+                bar.update(task, description=name, total=n, completed=0)
+            elif n:
+                bar.advance(task, n)
 
-def _pairs(spec: str, split: str, limit: int | None, seed: int = 0) -> list:
-    from lmbricks.reward import load_pairs
-
-    pairs = []
-    for part in spec.split("+"):  # builtin:champ@validation+builtin:champ@test
-        name, _, sp = part.partition("@")
-        pairs += load_pairs(name, sp or split, seed)
-    return pairs[:limit] if limit else pairs
+        yield progress
 
 
 @app.command()
@@ -55,35 +51,23 @@ def train(
 
     Example: lmbricks reward train smollm2-135m-instruct builtin:dialogue runs/rm --limit 200
     """
-    from lmbricks.checkpoint import check_output
     from lmbricks.config import validate
-    from lmbricks.hub import reference_paths
-    from lmbricks.reward import RewardTrainConfig, save_reward_model, train_reward_model
+    from lmbricks.reward import RewardTrainConfig
+    from lmbricks.reward.pipeline import RewardJob, train_job
 
-    inputs = [*reference_paths(model), *_data_files(data)]
-    check_output(out, inputs, force)  # before any work
     cfg = validate(
         RewardTrainConfig,
         {"lr": lr, "epochs": epochs, "batch_size": batch_size, "seed": seed,
          "trainable_layers": trainable_layers, "max_len": max_len},
         "reward train options",
     )  # fmt: skip
-    pairs = _pairs(data, "train", limit, seed)
-    with progress_bar() as bar:
-        task = bar.add_task("features", total=None)
-
-        def progress(name: str, n: int | None) -> None:
-            if name:
-                bar.update(task, description=name, total=n, completed=0)
-            elif n:
-                bar.advance(task, n)
-
-        rm, tok, history, skipped = train_reward_model(model, pairs, cfg, progress)
-    save_reward_model(rm, out, tok, force=force, info={"data": data, **cfg.model_dump()}, inputs=inputs)
-    last = history[-10:]
+    job = validate(RewardJob, {"model": model, "data": data, "out": out, "limit": limit, "train": cfg, "force": force},
+                   "reward train options")  # fmt: skip
+    with _progress() as progress:
+        res = train_job(job, progress)
     console.print(
-        f"trained on {len(pairs) - skipped} pairs ({skipped} skipped for length); "
-        f"last-10-step loss {sum(h['loss'] for h in last) / len(last):.4f}; saved {out}",
+        f"trained on {res.pairs - res.skipped} pairs ({res.skipped} skipped for length); "
+        f"last-10-step loss {res.recent_loss:.4f}; saved {out}",
         highlight=False,
     )
 
@@ -103,22 +87,15 @@ def evaluate(
 
     Example: lmbricks reward eval runs/rm builtin:chitchat --split test
     """
-    from lmbricks.eval.fewshot.scoring import wilson_interval
-    from lmbricks.reward import encode_pairs, load_reward_model, precompute, score_features
+    from lmbricks.reward.pipeline import evaluate_reward_model
 
-    rm, tok = load_reward_model(reward_model)
-    enc = encode_pairs(tok, _pairs(data, split, limit), max_len)
-    feats = precompute(rm, enc.chosen + enc.rejected, 0)
-    n = len(enc.chosen)
-    scores = score_features(rm, feats, 0)
-    k = int((scores[:n] > scores[n:]).sum())
-    lo, hi = wilson_interval(k, n)
-    res = {"pairs": n, "skipped": enc.skipped, "accuracy": k / max(n, 1), "ci95": [lo, hi],
-           "mean_margin": float((scores[:n] - scores[n:]).mean()) if n else 0.0}  # fmt: skip
+    res = evaluate_reward_model(reward_model, data, split, limit, max_len)
     if as_json:
-        print_json(res)
+        print_json(res.to_dict())
         return
-    console.print(f"{k}/{n} pairs ranked right: accuracy {res['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]", highlight=False)
+    lo, hi = res.ci95
+    console.print(f"{res.correct}/{res.pairs} pairs ranked right: accuracy {res.accuracy:.3f} [{lo:.3f}, {hi:.3f}]",
+                  highlight=False)  # fmt: skip
 
 
 @app.command()
@@ -150,40 +127,16 @@ def warm(
     Example: lmbricks reward warm smollm2-135m-instruct builtin:dialogue runs/warm --shift builtin:chitchat@test
     """
     from lmbricks.config import validate
-    from lmbricks.reward import RewardTrainConfig, run_warm
-    from lmbricks.reward.report import write_warm_report
+    from lmbricks.reward.pipeline import WarmJob, warm_job
 
-    lrs = list(lr) if lr else [1e-4, 2e-4]
-    cfgs = [
-        validate(
-            RewardTrainConfig,
-            dict(lr=lrs[i % len(lrs)], seed=i, head_seed=0, epochs=epochs, trainable_layers=trainable_layers),
-            f"reward warm options (member {i})",
-        )
-        for i in range(members)
-    ]
-    base = data.partition("@")[0]
-    sets = {"held_out": _pairs(held_out or f"{base}@test", "test", eval_limit)}
-    for s in shift or []:
-        sets[s.replace("builtin:", "").replace("+", "_").replace("@", "_")] = _pairs(s, "test", eval_limit)
-    with progress_bar() as bar:
-        task = bar.add_task("features", total=None)
-
-        def progress(name: str, n: int | None) -> None:
-            if name:
-                bar.update(task, description=name, total=n, completed=0)
-            elif n:
-                bar.advance(task, n)
-
-        res = run_warm(
-            model, _pairs(data, "train", limit), sets, cfgs, out, force=force, progress=progress, inits=init or None,
-            inputs=_data_files(data, held_out, *(shift or [])),
-        )  # fmt: skip
-    write_warm_report(res, out)
-    table = Table(title=f"WARM on {model}: pairwise accuracy")
-    table.add_column("model")
-    for name in sets:
-        table.add_column(name, justify="right")
+    options = {"model": model, "data": data, "out": out, "members": members, "limit": limit, "held_out": held_out,
+               "shift": shift or [], "eval_limit": eval_limit, "trainable_layers": trainable_layers,
+               "epochs": epochs, "inits": init or [], "force": force, **({"lrs": lr} if lr else {})}  # fmt: skip
+    job = validate(WarmJob, options, "reward warm options")
+    with _progress() as progress:
+        res = warm_job(job, progress).results
+    sets = list(res["warm"])
+    table = Table("model", *[Column(n, justify="right") for n in sets], title=f"WARM on {model}: pairwise accuracy")
     for i, m in enumerate(res["members"]):
         table.add_row(f"member {i}", *[f"{m[n]['accuracy']:.3f}" for n in sets])
     table.add_row("mean member", *[f"{res['mean_member'][n]:.3f}" for n in sets])

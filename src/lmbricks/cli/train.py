@@ -14,12 +14,8 @@ from lmbricks.cli.common import console, err_console, print_json, progress_bar, 
 @reads_checkpoints
 def train(
     config: Path = typer.Argument(..., help="training YAML (see lmbricks.train.config)"),
-    run_dir: Path | None = typer.Option(
-        None, "--run-dir", "-o", help="run directory [default: runs/<config stem>]"
-    ),
-    resume: bool = typer.Option(
-        False, "--resume", help="continue from the newest checkpoint in the run directory"
-    ),
+    run_dir: Path | None = typer.Option(None, "--run-dir", "-o", help="run directory [default: runs/<config stem>]"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint in the run directory"),
     force: bool = typer.Option(False, "--force", help="start afresh, deleting the run's checkpoints"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
@@ -77,10 +73,11 @@ def plan(
 
     Example: lmbricks plan --flops 1e18; lmbricks plan --config mixtral.yaml
     """
+    from lmbricks.train.plan import model_config, parse_count
     from lmbricks.train.plan import plan as compute
 
-    cfg = _model_config(config) if config else None
-    out = compute(cfg, flops=flops, params=_parse_count(params) if params else None)
+    cfg = model_config(config) if config else None
+    out = compute(cfg, flops=flops, params=parse_count(params) if params else None)
     if as_json:
         print_json(out)
         return
@@ -95,36 +92,6 @@ def plan(
                 v = f"{v:.4g}" if abs(v) >= 1e4 or isinstance(v, float) else str(v)
             table.add_row(f"{section}.{k}", str(v))
     console.print(table)
-
-
-def _parse_count(text: str) -> float:
-    from lmbricks.errors import ConfigError
-
-    mult = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
-    t = text.strip().upper()
-    try:
-        return float(t[:-1]) * mult[t[-1]] if t and t[-1] in mult else float(t)
-    except ValueError:
-        raise ConfigError(f"--params: cannot read {text!r} as a count (e.g. 125M, 1.3B, 7e9)") from None
-
-
-def _model_config(ref: str) -> Any:
-    from lmbricks.config import load_yaml
-    from lmbricks.errors import ConfigError
-    from lmbricks.nn.config import LMConfig
-
-    path = Path(ref)
-    if path.suffix in (".yaml", ".yml"):
-        data = load_yaml(path)
-        if isinstance(data, dict) and isinstance(data.get("model"), dict):
-            data = data["model"]
-        if isinstance(data, dict) and "vocab_size" not in data:
-            raise ConfigError(f"{path}: model.vocab_size is needed to count parameters")
-        return LMConfig.from_dict(data)
-    from lmbricks.hub import resolve_model
-    from lmbricks.nn.load import lm_config_of, read_config
-
-    return lm_config_of(read_config(resolve_model(ref)))
 
 
 __all__ = ["err_console", "plan", "train"]

@@ -6,8 +6,7 @@
 - :mod:`.train`: training on cached trunk features.
 - :mod:`.io`: save / load as Hugging Face ``*ForSequenceClassification`` directories.
 - :mod:`.warm`: weight-averaged reward models (WARM) against members and their ensemble.
-
-CLI: ``lmbricks reward train | eval | warm``.
+- :mod:`.pipeline`: typed jobs and results for ``lmbricks reward train | eval | warm``, which call them.
 """
 
 from __future__ import annotations

@@ -19,13 +19,13 @@ Built-in pairs (deterministic given the seed):
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from lmbricks.errors import ConfigError
+from lmbricks.sft.schema import dump_jsonl, jsonl_records, read_text
 
 BUILTIN = ("dialogue", "chitchat", "champ")
 
@@ -43,14 +43,7 @@ class Pair:
 def parse_pairs(lines: list[str], source: str) -> list[Pair]:
     """Pairs from JSONL lines (blank lines skipped); errors name ``source`` and the record number."""
     out = []
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{source}: record {n}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{where}: invalid JSON ({exc.msg})") from None
+    for where, obj in jsonl_records(lines, source):
         if not isinstance(obj, dict):
             raise ConfigError(f"{where}: expected a JSON object")
         for key in ("prompt", "chosen", "rejected"):
@@ -66,32 +59,17 @@ def parse_pairs(lines: list[str], source: str) -> list[Pair]:
         if extra:
             raise ConfigError(f"{where}: unknown field(s) {sorted(extra)}")
         out.append(Pair(obj["prompt"], obj["chosen"], obj["rejected"], where))
-    if not out:
-        raise ConfigError(f"{source}: no records")
     return out
 
 
 def read_pairs(path: str | Path) -> list[Pair]:
     """Read a preference JSONL file (schema in the module docstring)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-    return parse_pairs(text.splitlines(), str(path))
+    return parse_pairs(read_text(Path(path)).splitlines(), str(path))
 
 
 def write_pairs(pairs: list[Pair], path: str | Path) -> Path:
     """Write pairs as JSONL (round-trips through :func:`read_pairs`)."""
-    path = Path(path)
-    path.write_text(
-        "".join(
-            json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}, ensure_ascii=False) + "\n"
-            for p in pairs
-        ),
-        encoding="utf-8",
-    )
-    return path
+    return dump_jsonl(({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs), path)
 
 
 def _off_topic(groups: dict[str, list[tuple[str, str, str]]], seed: int, name: str) -> list[Pair]:

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lmbricks.errors import ConfigError
 from lmbricks.eval.fewshot.scoring import wilson_interval
 from lmbricks.reward.io import average_heads, load_reward_model, save_reward_model
 from lmbricks.reward.loss import pair_accuracy
@@ -41,8 +42,8 @@ Features = tuple[list[Tensor], list[Tensor]]
 Progress = Callable[[str, int | None], None]
 
 
-def _quiet(_: str, __: int | None = None) -> None:
-    pass
+def no_progress(_: str, __: int | None = None) -> None:
+    """The default progress callback: reports nothing."""
 
 
 def base_reward_model(ref: str) -> tuple[RewardModel, Any]:
@@ -55,7 +56,7 @@ def base_reward_model(ref: str) -> tuple[RewardModel, Any]:
 
 def pair_features(
     rm: RewardModel, tokenizer: Any, sets: Mapping[str, Sequence[Pair]], cfg: RewardTrainConfig,
-    progress: Progress = _quiet,
+    progress: Progress = no_progress,
 ) -> tuple[dict[str, Features], dict[str, int]]:  # fmt: skip
     """Frozen-trunk features of every set (computed once), and the number of pairs skipped per set."""
     start = rm.num_layers - cfg.trainable_layers
@@ -82,7 +83,7 @@ def _acc(rc: Tensor, rr: Tensor) -> dict[str, Any]:
 
 
 def train_reward_model(
-    ref: str, pairs: Sequence[Pair], cfg: RewardTrainConfig, progress: Progress = _quiet
+    ref: str, pairs: Sequence[Pair], cfg: RewardTrainConfig, progress: Progress = no_progress
 ) -> tuple[RewardModel, Any, list[dict[str, float]], int]:
     """Train one reward model on ``pairs`` from the backbone ``ref``.
 
@@ -116,7 +117,6 @@ def baklava_top_state(rm: RewardModel, ckpt: str | Path, start: int) -> dict[str
         ConfigError: the checkpoint's frozen part (embedding, layers below ``start``) differs from the
         backbone's, so the cached features would not be its features.
     """
-    from lmbricks.errors import ConfigError
     from lmbricks.nn.load import load_model
 
     lm, _ = load_model(str(ckpt), dtype=torch.float32, hf_fallback=False)
@@ -147,7 +147,7 @@ def run_warm(
     out: Path,
     force: bool = False,
     use_merge: bool = True,
-    progress: Progress = _quiet,
+    progress: Progress = no_progress,
     inits: Sequence[str | Path] | None = None,
     feature_cache: Path | None = None,
     inputs: Sequence[str | Path] = (),
@@ -173,85 +173,34 @@ def run_warm(
     Returns:
         The results dictionary (also written to ``out/results.json``).
     """
-    from lmbricks.errors import ConfigError
-
     first = members[0]
     for m in members:
         if (m.trainable_layers, m.max_len, m.format) != (first.trainable_layers, first.max_len, first.format):
             raise ConfigError("WARM members must share trainable_layers, max_len and format")
-    from lmbricks.checkpoint import check_output, write_provenance
-    from lmbricks.hub import reference_paths
-
-    refs = [ref, *(inits or [])]
-    out = check_output(out, [*inputs, *(p for r in refs for p in reference_paths(r))], force)
-    out.mkdir(parents=True, exist_ok=True)
-    # marks the folder as lmbricks' own, so that a later --force may replace what is in it
-    write_provenance(
-        out, command="lmbricks reward warm", recipe={"warm": {"members": len(members), "model": str(ref)}}, inputs={}
-    )
+    out = _prepare_out(out, [ref, *(inits or [])], inputs, force, len(members))
     rm, tokenizer = base_reward_model(ref)
     start = rm.num_layers - first.trainable_layers
-    key = {"start": start, "sets": {k: len(v) for k, v in {"train": train_pairs, **eval_sets}.items()}}
-    feats: dict[str, Features]
-    skipped: dict[str, int]
-    if feature_cache is not None and Path(feature_cache).exists():
-        cached = torch.load(feature_cache, map_location="cpu", weights_only=True)
-        if cached["key"] != key:
-            raise ConfigError(f"{feature_cache}: features of another split or set sizes ({cached['key']})")
-        feats, skipped = cached["feats"], cached["skipped"]
-    else:
-        feats, skipped = pair_features(rm, tokenizer, {"train": train_pairs, **eval_sets}, first, progress)
-        if feature_cache is not None:
-            torch.save({"key": key, "feats": feats, "skipped": skipped}, feature_cache)
+    feats, skipped = cached_pair_features(
+        rm, tokenizer, {"train": train_pairs, **eval_sets}, first, feature_cache, progress
+    )
     init_state = copy.deepcopy(rm.state_dict())
     tops = [baklava_top_state(rm, c, start) for c in inits] if inits else []
-    member_states: list[dict[str, Tensor]] = []
-    histories: list[list[dict[str, float]]] = []
     results: dict[str, Any] = {"members": [], "member_configs": []}
     scores: dict[str, list[tuple[Tensor, Tensor]]] = {name: [] for name in eval_sets}
+    member_states, histories = [], []
     for i, mcfg in enumerate(members):
         progress(f"member {i}", None)
         rm.load_state_dict(init_state)
         if tops:
             rm.load_state_dict(tops[i % len(tops)], strict=False)
-        histories.append(train_on_features(rm, *feats["train"], mcfg))
+        history, entry = _train_member(rm, feats, mcfg, start, scores)
+        histories.append(history)
         member_states.append({k: v.detach().clone() for k, v in rm.state_dict().items()})
-        entry: dict[str, Any] = {"train_final_loss": histories[-1][-1]["loss"]}
-        for name in eval_sets:
-            rc, rr = scores_of(rm, feats[name], start)
-            scores[name].append((rc, rr))
-            entry[name] = _acc(rc, rr)
         results["members"].append(entry)
         results["member_configs"].append({**mcfg.model_dump(), "init": str(inits[i % len(inits)]) if inits else ref})
         if use_merge:
             save_reward_model(rm, out / "members" / f"m{i}", tokenizer, force=True, info=mcfg.model_dump())
-    # prediction ensemble: the mean of the members' scores
-    results["ensemble"] = {
-        name: _acc(torch.stack([s[0] for s in ss]).mean(0), torch.stack([s[1] for s in ss]).mean(0))
-        for name, ss in scores.items()
-    }
-    averaged = average_states(member_states)
-    if use_merge:
-        from lmbricks.merge import merge
-
-        progress("lmbricks merge (linear)", None)
-        recipe = {
-            "merge_method": "linear",
-            "models": [{"model": str(out / "members" / f"m{i}"), "parameters": {"weight": 1.0}}
-                       for i in range(len(members))],
-            "dtype": "float32",
-        }  # fmt: skip
-        merge(recipe, out / "warm", force=True, command="lmbricks reward warm")
-        average_heads([out / "members" / f"m{i}" for i in range(len(members))], out / "warm")
-        warm_rm, _ = load_reward_model(out / "warm")
-        merged = warm_rm.state_dict()
-        results["merge_vs_memory_max_abs_diff"] = max(
-            float((merged[k].float() - averaged[k]).abs().max()) for k in averaged if k in merged
-        )
-        rm.load_state_dict(merged)
-    else:
-        rm.load_state_dict(averaged)
-    results["warm"] = {name: _acc(*scores_of(rm, feats[name], start)) for name in eval_sets}
+    results.update(_averages(rm, feats, start, scores, member_states, out if use_merge else None, progress))
     results["mean_member"] = {
         name: sum(m[name]["accuracy"] for m in results["members"]) / len(members) for name in eval_sets
     }
@@ -262,3 +211,119 @@ def run_warm(
     results["histories"] = [[h["loss"] for h in hist] for hist in histories]
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+def _averages(
+    rm: RewardModel,
+    feats: dict[str, Features],
+    start: int,
+    scores: dict[str, list[tuple[Tensor, Tensor]]],
+    member_states: list[dict[str, Tensor]],
+    merge_out: Path | None,
+    progress: Progress,
+) -> dict[str, Any]:
+    """The prediction ensemble (mean of the members' scores) and the weight average, scored.
+
+    The average is made by ``lmbricks merge`` on the members saved under ``merge_out`` (and compared
+    with the in-memory average), or in memory when ``merge_out`` is None; ``rm`` ends holding it.
+
+    Returns:
+        ``{"ensemble": {set: record}, ["merge_vs_memory_max_abs_diff": float], "warm": {set: record}}``.
+    """
+    out: dict[str, Any] = {
+        "ensemble": {
+            name: _acc(torch.stack([s[0] for s in ss]).mean(0), torch.stack([s[1] for s in ss]).mean(0))
+            for name, ss in scores.items()
+        }
+    }
+    averaged = average_states(member_states)
+    if merge_out is not None:
+        out["merge_vs_memory_max_abs_diff"] = _merge_members(rm, merge_out, len(member_states), averaged, progress)
+    else:
+        rm.load_state_dict(averaged)
+    out["warm"] = {name: _acc(*scores_of(rm, feats[name], start)) for name in scores}
+    return out
+
+
+def _train_member(
+    rm: RewardModel,
+    feats: dict[str, Features],
+    cfg: RewardTrainConfig,
+    start: int,
+    scores: dict[str, list[tuple[Tensor, Tensor]]],
+) -> tuple[list[dict[str, float]], dict[str, Any]]:
+    """Train ``rm`` as one member, score every evaluation set (appended to ``scores``).
+
+    Returns:
+        (training history, ``{"train_final_loss", <set>: accuracy record, ...}``).
+    """
+    history = train_on_features(rm, *feats["train"], cfg)
+    entry: dict[str, Any] = {"train_final_loss": history[-1]["loss"]}
+    for name in scores:
+        rc, rr = scores_of(rm, feats[name], start)
+        scores[name].append((rc, rr))
+        entry[name] = _acc(rc, rr)
+    return history, entry
+
+
+def _prepare_out(
+    out: Path, refs: Sequence[str | Path], inputs: Sequence[str | Path], force: bool, members: int
+) -> Path:
+    """The output directory, checked against every input and marked as lmbricks' own."""
+    from lmbricks.checkpoint import check_output, write_provenance
+    from lmbricks.hub import reference_paths
+
+    out = check_output(out, [*inputs, *(p for r in refs for p in reference_paths(r))], force)
+    out.mkdir(parents=True, exist_ok=True)
+    # marks the folder as lmbricks' own, so that a later --force may replace what is in it
+    recipe = {"warm": {"members": members, "model": str(refs[0])}}
+    write_provenance(out, command="lmbricks reward warm", recipe=recipe, inputs={})
+    return out
+
+
+def cached_pair_features(
+    rm: RewardModel,
+    tokenizer: Any,
+    sets: Mapping[str, Sequence[Pair]],
+    cfg: RewardTrainConfig,
+    feature_cache: Path | None,
+    progress: Progress = no_progress,
+) -> tuple[dict[str, Features], dict[str, int]]:
+    """:func:`pair_features`, read from ``feature_cache`` when it exists (and written there when not).
+
+    Raises:
+        ConfigError: the cache holds features of another split or other set sizes.
+    """
+    start = rm.num_layers - cfg.trainable_layers
+    key = {"start": start, "sets": {k: len(v) for k, v in sets.items()}}
+    if feature_cache is not None and Path(feature_cache).exists():
+        cached = torch.load(feature_cache, map_location="cpu", weights_only=True)
+        if cached["key"] != key:
+            raise ConfigError(f"{feature_cache}: features of another split or set sizes ({cached['key']})")
+        return cached["feats"], cached["skipped"]
+    feats, skipped = pair_features(rm, tokenizer, sets, cfg, progress)
+    if feature_cache is not None:
+        torch.save({"key": key, "feats": feats, "skipped": skipped}, feature_cache)
+    return feats, skipped
+
+
+def _merge_members(rm: RewardModel, out: Path, members: int, averaged: dict[str, Tensor], progress: Progress) -> float:
+    """Average the saved members with ``lmbricks merge`` (linear) into ``out/warm`` and load it into ``rm``.
+
+    Returns:
+        The largest difference between the merged weights and the in-memory average.
+    """
+    from lmbricks.merge import merge
+
+    progress("lmbricks merge (linear)", None)
+    recipe = {
+        "merge_method": "linear",
+        "models": [{"model": str(out / "members" / f"m{i}"), "parameters": {"weight": 1.0}} for i in range(members)],
+        "dtype": "float32",
+    }
+    merge(recipe, out / "warm", force=True, command="lmbricks reward warm")
+    average_heads([out / "members" / f"m{i}" for i in range(members)], out / "warm")
+    warm_rm, _ = load_reward_model(out / "warm")
+    merged = warm_rm.state_dict()
+    rm.load_state_dict(merged)
+    return max(float((merged[k].float() - averaged[k]).abs().max()) for k in averaged if k in merged)

@@ -14,7 +14,7 @@ their replies). Every error names the file and the record number (1-based line n
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,9 +102,13 @@ def example_from_record(obj: Any, where: str) -> Example:
     return Example(messages=tuple(messages), where=where)
 
 
-def parse_jsonl(lines: Iterable[str], source: str) -> list[Example]:
-    """Examples from JSONL text lines (blank lines skipped); errors name ``source`` and the record."""
-    out = []
+def jsonl_records(lines: Iterable[str], source: str) -> Iterator[tuple[str, Any]]:
+    """``(where, object)`` of each non-blank JSON line, ``where`` being ``"{source}: record {n}"`` (1-based line).
+
+    Raises:
+        ConfigError: a line is not valid JSON (naming its record), or there is no record at all.
+    """
+    found = False
     for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -113,27 +117,37 @@ def parse_jsonl(lines: Iterable[str], source: str) -> list[Example]:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{where}: invalid JSON ({exc.msg})") from None
-        out.append(example_from_record(obj, where))
-    if not out:
+        found = True
+        yield where, obj
+    if not found:
         raise ConfigError(f"{source}: no records")
-    return out
+
+
+def dump_jsonl(objects: Iterable[Any], path: str | Path) -> Path:
+    """Write one JSON object per line (UTF-8, non-ASCII kept); returns ``path``."""
+    path = Path(path)
+    path.write_text("".join(json.dumps(o, ensure_ascii=False) + "\n" for o in objects), encoding="utf-8")
+    return path
+
+
+def read_text(path: Path) -> str:
+    """A UTF-8 file's text (ConfigError naming the file when it cannot be read)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def parse_jsonl(lines: Iterable[str], source: str) -> list[Example]:
+    """Examples from JSONL text lines (blank lines skipped); errors name ``source`` and the record."""
+    return [example_from_record(obj, where) for where, obj in jsonl_records(lines, source)]
 
 
 def read_jsonl(path: str | Path) -> list[Example]:
     """Read an instruction-tuning JSONL file (schema in this module's docstring)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-    return parse_jsonl(text.splitlines(), str(path))
+    return parse_jsonl(read_text(Path(path)).splitlines(), str(path))
 
 
 def write_jsonl(examples: Iterable[Example], path: str | Path) -> Path:
     """Write examples in the ``messages`` form (round-trips through :func:`read_jsonl`)."""
-    path = Path(path)
-    path.write_text(
-        "".join(json.dumps({"messages": list(e.messages)}, ensure_ascii=False) + "\n" for e in examples),
-        encoding="utf-8",
-    )
-    return path
+    return dump_jsonl(({"messages": list(e.messages)} for e in examples), path)

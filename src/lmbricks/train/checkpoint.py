@@ -94,9 +94,7 @@ def save_checkpoint(
     dest.parent.mkdir(parents=True, exist_ok=True)
     with atomic_directory(dest, force=True) as tmp:
         tmp = Path(tmp)
-        write_model_dir(
-            model, tmp, tokenizer, provenance={"command": "lmbricks train", "recipe": {"step": step}}
-        )
+        write_model_dir(model, tmp, tokenizer, provenance={"command": "lmbricks train", "recipe": {"step": step}})
         state = tmp / "trainer_state"
         state.mkdir()
         torch.save(optimizer.state_dict(), state / "optimizer.pt")

@@ -35,9 +35,7 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     """Where the training tokens come from; they are tokenised with the model's tokenizer and packed."""
 
-    domains: list[str] = Field(
-        default_factory=list, description="lmbricks.data domains (en_prose, code, ...)"
-    )
+    domains: list[str] = Field(default_factory=list, description="lmbricks.data domains (en_prose, code, ...)")
     text_files: list[Path] = Field(default_factory=list, description="local UTF-8 files, one document each")
     split: str = "train"
     seq_len: int = Field(128, gt=1, description="tokens per packed training sequence")

@@ -43,9 +43,7 @@ def build_chunks(cfg: DataConfig, tokenizer: Any) -> Tensor:
         parts.append(token_chunks(tokenizer, texts, cfg.seq_len, cfg.max_tokens))
     chunks = torch.cat(parts) if parts else torch.empty(0, cfg.seq_len, dtype=torch.long)
     if len(chunks) == 0:
-        raise ConfigError(
-            f"data: no complete block of seq_len={cfg.seq_len} tokens in the configured sources"
-        )
+        raise ConfigError(f"data: no complete block of seq_len={cfg.seq_len} tokens in the configured sources")
     return chunks
 
 
@@ -100,8 +98,7 @@ class BatchOrder:
         for key in ("num_blocks", "batch_size", "seed", "fingerprint"):
             if state.get(key) != now[key]:
                 raise CheckpointError(
-                    f"cannot resume: data loader {key} was {state.get(key)!r} in the checkpoint, "
-                    f"now {now[key]!r}"
+                    f"cannot resume: data loader {key} was {state.get(key)!r} in the checkpoint, now {now[key]!r}"
                 )
 
 
@@ -114,8 +111,6 @@ def micro_batches(batch: Tensor, micro: int, rank: int, world: int) -> list[Tens
     """
     n = batch.shape[0] // micro
     if n % world:
-        raise ConfigError(
-            f"batch_size / micro_batch_size = {n} micro-batches cannot be split over {world} processes"
-        )
+        raise ConfigError(f"batch_size / micro_batch_size = {n} micro-batches cannot be split over {world} processes")
     per = n // world
     return [batch[(rank * per + i) * micro : (rank * per + i + 1) * micro] for i in range(per)]

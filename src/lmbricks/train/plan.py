@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from lmbricks.errors import ConfigError
@@ -151,9 +152,7 @@ _SHAPE_KEYS = (
 )
 
 
-def plan(
-    cfg: LMConfig | None = None, flops: float | None = None, params: float | None = None
-) -> dict[str, Any]:
+def plan(cfg: LMConfig | None = None, flops: float | None = None, params: float | None = None) -> dict[str, Any]:
     """Everything ``lmbricks plan`` prints.
 
     Args:
@@ -189,3 +188,40 @@ def mixtral_8x7b() -> LMConfig:
         intermediate_size=14336,
         moe={"num_experts": 8, "top_k": 2, "intermediate_size": 14336},
     )
+
+
+def parse_count(text: str) -> float:
+    """A parameter count written ``125M``, ``1.3B``, ``7e9`` or ``4096`` (K, M, B/G, T suffixes).
+
+    Raises:
+        ConfigError: the text is not a count (the message names ``--params``).
+    """
+    mult = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
+    t = text.strip().upper()
+    try:
+        return float(t[:-1]) * mult[t[-1]] if t and t[-1] in mult else float(t)
+    except ValueError:
+        raise ConfigError(f"--params: cannot read {text!r} as a count (e.g. 125M, 1.3B, 7e9)") from None
+
+
+def model_config(ref: str) -> LMConfig:
+    """The model config of ``ref``: an HF directory or registry name, or a YAML file (a training
+    config's ``model`` section or LMConfig fields, with ``vocab_size``).
+
+    Raises:
+        ConfigError: a YAML model without ``vocab_size``, or an invalid one.
+    """
+    from lmbricks.config import load_yaml
+
+    path = Path(ref)
+    if path.suffix in (".yaml", ".yml"):
+        data = load_yaml(path)
+        if isinstance(data, dict) and isinstance(data.get("model"), dict):
+            data = data["model"]
+        if isinstance(data, dict) and "vocab_size" not in data:
+            raise ConfigError(f"{path}: model.vocab_size is needed to count parameters")
+        return LMConfig.from_dict(data)
+    from lmbricks.hub import resolve_model
+    from lmbricks.nn.load import lm_config_of, read_config
+
+    return lm_config_of(read_config(resolve_model(ref)))

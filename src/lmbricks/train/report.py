@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
-
-def read_log(run_dir: Path) -> list[dict[str, Any]]:
-    """The records of ``run_dir/log.jsonl`` (lines cut by a kill are skipped)."""
-    out = []
-    path = Path(run_dir) / "log.jsonl"
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
+from lmbricks.report import Report
+from lmbricks.train.stats import read_log
 
 
 def write_report(run_dir: Path) -> Path:
@@ -26,10 +16,10 @@ def write_report(run_dir: Path) -> Path:
     Returns:
         The report path.
     """
-    from lmbricks.report import Report, heatmap, line_chart
+    from lmbricks.report import line_chart
 
     run_dir = Path(run_dir)
-    recs = read_log(run_dir)
+    recs = read_log(run_dir / "log.jsonl")
     rep = Report(f"Training run {run_dir.name}", subtitle=str(run_dir))
     if not recs:
         rep.section("Log", "log.jsonl is empty: no step was logged.")
@@ -49,13 +39,9 @@ def write_report(run_dir: Path) -> Path:
     )
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
-        rep.section(
-            "Loss", "Next-token cross-entropy (nats) per optimizer step, averaged over the global batch."
-        )
+        rep.section("Loss", "Next-token cross-entropy (nats) per optimizer step, averaged over the global batch.")
         rep.figure(
-            line_chart(
-                t / "loss.png", {"loss": (steps, [r["loss"] for r in recs])}, "Training loss", "step", "loss"
-            ),
+            line_chart(t / "loss.png", {"loss": (steps, [r["loss"] for r in recs])}, "Training loss", "step", "loss"),
             "training loss",
         )
         rep.figure(
@@ -63,65 +49,7 @@ def write_report(run_dir: Path) -> Path:
             "learning-rate schedule",
         )
         if "aux" in last:
-            names = list(last["aux"])
-            rep.section(
-                "Auxiliary losses", "Unweighted, averaged over MoE layers (switch = 1 when balanced)."
-            )
-            rep.figure(
-                line_chart(
-                    t / "aux.png",
-                    {n: (steps, [r["aux"][n] for r in recs]) for n in names},
-                    "Auxiliary losses",
-                    "step",
-                    "value",
-                ),
-                "auxiliary losses",
-            )
-            layers = len(last["expert_load"])
-            rep.section(
-                "Expert load",
-                "Share of routed (token, expert) pairs per expert and MoE layer, averaged over the last "
-                "quarter of the run (uniform = 1/E), and max/mean load per layer over time.",
-            )
-            tail = recs[-max(1, len(recs) // 4) :]
-            experts = len(last["expert_load"][0])
-            mean_load = [
-                [sum(r["expert_load"][i][e] for r in tail) / len(tail) for e in range(experts)]
-                for i in range(layers)
-            ]
-            rep.figure(
-                heatmap(
-                    t / "load.png",
-                    mean_load,
-                    [f"MoE layer {i}" for i in range(layers)],
-                    [f"e{e}" for e in range(experts)],
-                    "Expert load (share of pairs)",
-                ),
-                "per-layer expert load",
-            )
-            rep.figure(
-                line_chart(
-                    t / "imbalance.png",
-                    {
-                        f"layer {i}": (steps, [r["expert_load_max_over_mean"][i] for r in recs])
-                        for i in range(layers)
-                    },
-                    "Max / mean expert load",
-                    "step",
-                    "ratio",
-                ),
-                "load imbalance per layer",
-            )
-            rep.figure(
-                line_chart(
-                    t / "dropped.png",
-                    {"dropped": (steps, [r["dropped_fraction"] for r in recs])},
-                    "Dropped-token fraction",
-                    "step",
-                    "fraction",
-                ),
-                "capacity drops",
-            )
+            _moe_sections(rep, recs, t)
         if (run_dir / "sft_data.json").exists():
             from lmbricks.sft.report import add_sft_sections
 
@@ -132,3 +60,62 @@ def write_report(run_dir: Path) -> Path:
             "tokens per second",
         )
         return rep.save(run_dir / "report.html")
+
+
+def _moe_sections(rep: Report, recs: list[dict[str, Any]], t: Path) -> None:
+    """Auxiliary losses, expert load, load imbalance and capacity drops of an MoE run's log."""
+    from lmbricks.report import heatmap, line_chart
+
+    steps = [r["step"] for r in recs]
+    last = recs[-1]
+    names = list(last["aux"])
+    rep.section("Auxiliary losses", "Unweighted, averaged over MoE layers (switch = 1 when balanced).")
+    rep.figure(
+        line_chart(
+            t / "aux.png",
+            {n: (steps, [r["aux"][n] for r in recs]) for n in names},
+            "Auxiliary losses",
+            "step",
+            "value",
+        ),
+        "auxiliary losses",
+    )
+    layers = len(last["expert_load"])
+    rep.section(
+        "Expert load",
+        "Share of routed (token, expert) pairs per expert and MoE layer, averaged over the last "
+        "quarter of the run (uniform = 1/E), and max/mean load per layer over time.",
+    )
+    tail = recs[-max(1, len(recs) // 4) :]
+    experts = len(last["expert_load"][0])
+    mean_load = [[sum(r["expert_load"][i][e] for r in tail) / len(tail) for e in range(experts)] for i in range(layers)]
+    rep.figure(
+        heatmap(
+            t / "load.png",
+            mean_load,
+            [f"MoE layer {i}" for i in range(layers)],
+            [f"e{e}" for e in range(experts)],
+            "Expert load (share of pairs)",
+        ),
+        "per-layer expert load",
+    )
+    rep.figure(
+        line_chart(
+            t / "imbalance.png",
+            {f"layer {i}": (steps, [r["expert_load_max_over_mean"][i] for r in recs]) for i in range(layers)},
+            "Max / mean expert load",
+            "step",
+            "ratio",
+        ),
+        "load imbalance per layer",
+    )
+    rep.figure(
+        line_chart(
+            t / "dropped.png",
+            {"dropped": (steps, [r["dropped_fraction"] for r in recs])},
+            "Dropped-token fraction",
+            "step",
+            "fraction",
+        ),
+        "capacity drops",
+    )

@@ -150,6 +150,31 @@ def _forward_rows(model: Any, ids: Tensor, positions: Tensor, mask: Tensor, cach
     return model.lm_head(model.norm(x[:, -1]))  # (B, V)
 
 
+def _rest_layout(
+    rests: Sequence[Sequence[int]], shared: int, pad: int, window: int | None, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The first forward of a batch of rests after an S-token shared prefix, rests left-padded to L.
+
+    Returns:
+        ``(ids (B, L), positions (B, L), mask (B, L, S + L), keys_ok (B, S + L), k_pos (B, S + L))``:
+        pads reuse the first position and are masked out as keys; ``keys_ok`` and ``k_pos`` (key
+        positions) grow by one column per decoded token.
+    """
+    B, L = len(rests), max(len(r) for r in rests)
+    ids = torch.tensor([[pad] * (L - len(r)) + list(r) for r in rests], device=device)  # (B, L)
+    real = torch.tensor([[False] * (L - len(r)) + [True] * len(r) for r in rests], device=device)  # (B, L)
+    positions = shared + (real.long().cumsum(1) - 1).clamp_min(0)  # (B, L): pads reuse the first slot
+    keys_ok = torch.cat([torch.ones(B, shared, dtype=torch.bool, device=device), real], 1)  # (B, S + L)
+    q_idx = torch.arange(shared, shared + L, device=device)[:, None]  # (L, 1)
+    k_idx = torch.arange(shared + L, device=device)[None, :]  # (1, S + L)
+    # causal, real keys only; a padding query also sees itself so its row is never empty (no NaN)
+    mask = (k_idx <= q_idx)[None] & (keys_ok[:, None, :] | (k_idx == q_idx)[None])  # (B, L, S + L)
+    k_pos = torch.cat([torch.arange(shared, device=device).expand(B, shared), positions], 1)  # (B, S + L)
+    if window is not None:  # Mistral-style: a query sees keys less than `window` positions back
+        mask &= (k_pos[:, None, :] > positions[:, :, None] - window) | (k_idx == q_idx)[None]
+    return ids, positions, mask, keys_ok, k_pos
+
+
 def _decode_batch(
     model: Any,
     tokenizer: Any,
@@ -169,18 +194,8 @@ def _decode_batch(
     device = next(model.parameters()).device
     B, L = len(rests), max(len(r) for r in rests)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.tensor([[pad] * (L - len(r)) + list(r) for r in rests], device=device)  # (B, L)
-    real = torch.tensor([[False] * (L - len(r)) + [True] * len(r) for r in rests], device=device)  # (B, L)
-    positions = shared + (real.long().cumsum(1) - 1).clamp_min(0)  # (B, L): pads reuse the first slot
-    keys_ok = torch.cat([torch.ones(B, shared, dtype=torch.bool, device=device), real], 1)  # (B, S + L)
-    q_idx = torch.arange(shared, shared + L, device=device)[:, None]  # (L, 1)
-    k_idx = torch.arange(shared + L, device=device)[None, :]  # (1, S + L)
-    # causal, real keys only; a padding query also sees itself so its row is never empty (no NaN)
-    mask = (k_idx <= q_idx)[None] & (keys_ok[:, None, :] | (k_idx == q_idx)[None])  # (B, L, S + L)
     window = model.cfg.sliding_window
-    k_pos = torch.cat([torch.arange(shared, device=device).expand(B, shared), positions], 1)  # (B, S + L)
-    if window is not None:  # Mistral-style: a query sees keys less than `window` positions back
-        mask &= (k_pos[:, None, :] > positions[:, :, None] - window) | (k_idx == q_idx)[None]
+    ids, positions, mask, keys_ok, k_pos = _rest_layout(rests, shared, pad, window, device)
     dtype = model.embed.weight.dtype
     cache = _BatchCache(prefix.keys, prefix.values, B, shared + L + max_new_tokens,
                         (model.cfg.num_kv_heads, model.cfg.head_dim), dtype, device)  # fmt: skip

@@ -67,20 +67,12 @@ def evaluate_condition(
     items = task.items[:n] if n else task.items
     prompts = [build_prompt(task, it, shots, cot, fmt, tokenizer) for it in items]
     budget = max_new_tokens or answer_budget(task.name, cot, fmt)
-    from lmbricks.nn.model import LM
-
-    stops = stop_strings(fmt, cot)
-    if isinstance(model, LM):  # shared-prefix KV cache: demonstrations are computed once
-        gens = generate_cached(model, tokenizer, prompts, budget, stops, on_item=on_batch, batch_size=batch_size)
-    else:
-        gens = generate_batched(model, tokenizer, prompts, budget, stops, batch_size=batch_size, on_batch=on_batch)
-    records: list[dict[str, Any]] = []
-    for it, gen in zip(items, gens, strict=True):
-        pred = extract_answer(gen, cot)
-        records.append(
-            {"id": it.id, "answers": list(it.answers), "generation": gen, "prediction": pred,
-             "correct": is_correct(pred, it.answers, task.kind, task.labels)}
-        )  # fmt: skip
+    gens = _generate(model, tokenizer, prompts, budget, stop_strings(fmt, cot), batch_size, on_batch)
+    records: list[dict[str, Any]] = [
+        {"id": it.id, "answers": list(it.answers), "generation": gen, "prediction": (pred := extract_answer(gen, cot)),
+         "correct": is_correct(pred, it.answers, task.kind, task.labels)}
+        for it, gen in zip(items, gens, strict=True)
+    ]  # fmt: skip
     k = sum(r["correct"] for r in records)
     canon = [label_of(r["prediction"], task.labels) if task.kind == "label" else normalise(r["prediction"])
              for r in records]  # fmt: skip
@@ -104,6 +96,24 @@ def evaluate_condition(
         "examples": [{"prompt": p, "output": r["generation"], "correct": r["correct"]}
                      for p, r in zip(prompts[:keep_examples], records[:keep_examples], strict=True)],
     }  # fmt: skip
+
+
+def _generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    budget: int,
+    stops: Sequence[str],
+    batch_size: int,
+    on_batch: Callable[[int], None] | None,
+) -> list[str]:
+    """Greedy continuations: the shared-prefix KV cache for an ``lmbricks.nn.LM`` (demonstrations are
+    computed once), batched ``generate`` for a transformers model."""
+    from lmbricks.nn.model import LM
+
+    if isinstance(model, LM):
+        return generate_cached(model, tokenizer, prompts, budget, stops, on_item=on_batch, batch_size=batch_size)
+    return generate_batched(model, tokenizer, prompts, budget, stops, batch_size=batch_size, on_batch=on_batch)
 
 
 def evaluate_fewshot(
@@ -142,3 +152,34 @@ def evaluate_fewshot(
         "constant_baseline": constant_baseline(task, n),
         "conditions": conditions,
     }
+
+
+def langid_curve(
+    model: Any, tokenizer: Any, shots: Sequence[int], per_language: int, max_items: int, max_chars: int
+) -> dict[str, Any]:
+    """Direct-answer accuracy on ``langid`` for each number of shots (the first ``max_items`` items).
+
+    Args:
+        model, tokenizer: the LM under test.
+        shots: numbers of demonstrations, one condition each.
+        per_language: langid items per language (14 languages).
+        max_items: the first N interleaved items are asked.
+        max_chars: paragraph length.
+
+    Returns:
+        ``{"task": "langid", "chance", "conditions": [{"shots", "correct", "n", "accuracy", "ci95",
+        "top_prediction", "distinct_predictions"}, ...], "demo_labels"}``.
+    """
+    from lmbricks.eval.fewshot.tasks import langid_task
+
+    task = langid_task(per_language=per_language, max_chars=max_chars)
+    rows = []
+    for k in shots:
+        c = evaluate_condition(model, tokenizer, task, k, cot=False, n=max_items, keep_examples=1)
+        rows.append(
+            {"shots": k, "correct": c["correct"], "n": c["n"], "accuracy": c["accuracy"], "ci95": c["ci95"],
+             "top_prediction": c["top_predictions"][0] if c["top_predictions"] else ["", 0],
+             "distinct_predictions": c["distinct_predictions"]}
+        )  # fmt: skip
+    return {"task": "langid", "chance": 1 / len(task.labels), "conditions": rows,
+            "demo_labels": [d.answer for d in task.demos[: max(shots)]]}  # fmt: skip
