@@ -1,9 +1,11 @@
-"""Helpers shared by the CLI modules: console, error reporting, progress bars."""
+"""Helpers shared by the CLI modules: console, error reporting, tables, progress bars.
+
+The shared typer options (``--force``, ``--json``, ``MODEL``, ...) are in :mod:`lmbricks.cli.options`.
+"""
 
 from __future__ import annotations
 
 import errno
-import inspect
 import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -13,24 +15,16 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from lmbricks.cli.options import FORCE_HELP as FORCE_HELP  # re-exported: the shared options live there
+from lmbricks.cli.options import reads_checkpoints as reads_checkpoints
 from lmbricks.errors import LmbricksError
 
 console = Console()
 err_console = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-#: The help of every ``--force`` that replaces an output directory.
-FORCE_HELP = "Replace an existing output that lmbricks wrote (never an input, a file or a folder of yours)."
 
 #: System errors that are the machine's condition, not a bug: reported as one line, no traceback.
 _STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
@@ -70,38 +64,6 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-ALLOW_PICKLE_HELP = (
-    "Also read .bin/.pt pickle checkpoints (torch.load with weights_only=True, which runs no code); "
-    "by default only safetensors are read."
-)
-
-
-def reads_checkpoints(fn: F) -> F:
-    """Give a command ``--allow-pickle``: every checkpoint reader the command opens follows it.
-
-    The option is added to the command's signature (so ``--help`` shows it) and the command runs
-    inside :func:`lmbricks.checkpoint.allow_pickles` with its value.
-    """
-    from lmbricks.checkpoint import allow_pickles
-
-    sig = inspect.signature(fn, eval_str=True)
-    option = inspect.Parameter(
-        "allow_pickle",
-        inspect.Parameter.KEYWORD_ONLY,
-        default=typer.Option(False, "--allow-pickle", help=ALLOW_PICKLE_HELP),
-        annotation=bool,
-    )
-
-    @wraps(fn)
-    def wrapper(*args: Any, allow_pickle: bool = False, **kwargs: Any) -> Any:
-        with allow_pickles(allow_pickle):
-            return fn(*args, **kwargs)
-
-    wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), option])  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {**getattr(fn, "__annotations__", {}), "allow_pickle": bool}
-    return wrapper  # type: ignore[return-value]
-
-
 def print_list(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], key: str = "name") -> None:
     """Print a list as a table whose ``key`` column (the names users type) is never cut or wrapped.
 
@@ -136,6 +98,32 @@ def print_list(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
         for col in columns:
             if col != key:
                 console.print(f"  {col}: {values[col]}", highlight=False, soft_wrap=True, markup=False)
+
+
+def print_records(
+    records: Sequence[dict[str, Any]],
+    as_json: bool,
+    title: str,
+    columns: Sequence[str],
+    row: Callable[[dict[str, Any]], Sequence[Any]],
+) -> None:
+    """Print ``records`` as JSON, or as a :func:`print_list` table of ``row(record)`` per record."""
+    if as_json:
+        print_json(records)
+    else:
+        print_list(title, columns, [row(r) for r in records])
+
+
+def notes_to_stderr(update: Callable[[str], None]) -> Callable[[str], None]:
+    """A progress callback: ``note:`` messages become lines on stderr, the rest go to ``update``."""
+
+    def progress(msg: str) -> None:
+        if msg.startswith("note:"):
+            err_console.print(msg, highlight=False, soft_wrap=True, markup=False)
+        else:
+            update(msg)
+
+    return progress
 
 
 def print_json(obj: Any) -> None:
