@@ -68,9 +68,9 @@ def test_missing_apt_names_package_and_points_to_add(tmp_path: Path, monkeypatch
 
 
 def test_fetch_domain_without_apt_says_so(tmp_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lmbricks.data import corpus, fetch_domain
+    from lmbricks.data import fetch, fetch_domain
 
-    monkeypatch.setattr(corpus, "have_apt", lambda: False)
+    monkeypatch.setattr(fetch, "have_apt", lambda: False)
     with pytest.raises(FetchError, match=r"libpython3.11-stdlib.*apt-get is missing.*data add code"):
         fetch_domain("code", tokenizer=None)
 

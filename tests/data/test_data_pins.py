@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from lmbricks.data import corpus, download
+from lmbricks.data import corpus, download, fetch
 from lmbricks.data.document import Document, Package
 from lmbricks.data.download import DebChoice, Fetched, choose_deb_version, parse_madison
 from lmbricks.data.registry import DOMAINS, DomainSpec
@@ -175,10 +175,10 @@ def _fake_domain(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
 
     spec = DomainSpec("fake", "a fake domain", (Package("fake-pkg", "debian", U5, "MIT", read),), "MIT")
     monkeypatch.setitem(DOMAINS, "fake", spec)
-    monkeypatch.setattr(corpus, "have_apt", lambda: True)
+    monkeypatch.setattr(fetch, "have_apt", lambda: True)
     note = f"note: fake-pkg {U5} is no longer served; using {U9}"
     fetched = Fetched(tmp_path, archive, U9, U5, hashlib.sha256(archive.read_bytes()).hexdigest(), note)
-    monkeypatch.setattr(corpus, "fetch_package", lambda name, registry, version: fetched)
+    monkeypatch.setattr(fetch, "fetch_package", lambda name, registry, version: fetched)
     return note
 
 
@@ -187,7 +187,7 @@ def test_manifest_records_each_source_and_the_note_is_said(
 ) -> None:
     note = _fake_domain(monkeypatch, tmp_path)
     said: list[str] = []
-    corpus.fetch_domain("fake", tokenizer=None, note=said.append)
+    fetch.fetch_domain("fake", tokenizer=None, note=said.append)
     assert said == [note]
     (source,) = json.loads((tmp_home / "data" / "fake" / "manifest.json").read_text())["sources"]
     assert source["package"] == "fake-pkg" and source["version"] == U9 and source["pinned_version"] == U5
@@ -199,7 +199,7 @@ def test_the_note_goes_to_stderr_by_default(
     tmp_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     note = _fake_domain(monkeypatch, tmp_path)
-    corpus.fetch_domain("fake", tokenizer=None)
+    fetch.fetch_domain("fake", tokenizer=None)
     assert capsys.readouterr().err.strip() == note
 
 
@@ -216,7 +216,7 @@ def test_data_sources_shows_pins_and_what_was_used(
     # Not fetched: the registry's pins only.
     assert code["cached"] is False and code["sources"][0]["version"] is None
     assert code["sources"][0]["pinned_version"] == DOMAINS["code"].sources[0].version
-    corpus.fetch_domain("fake", tokenizer=None, note=lambda _: None)
+    fetch.fetch_domain("fake", tokenizer=None, note=lambda _: None)
     res = runner.invoke(app, ["sources", "fake", "--json"])
     (fake,) = json.loads(res.output)
     src = fake["sources"][0]

@@ -94,7 +94,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh, empty LMBRICKS_HOME, and token counts that never download the default model."""
     path = tmp_path / "home"
     monkeypatch.setenv("LMBRICKS_HOME", str(path))
-    monkeypatch.setattr("lmbricks.data.corpus.default_tokenizer", lambda: (None, "no tokenizer in tests"))
+    monkeypatch.setattr("lmbricks.data.build.default_tokenizer", lambda: (None, "no tokenizer in tests"))
     return path
 
 

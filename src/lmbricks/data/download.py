@@ -214,11 +214,7 @@ def _norm(name: str) -> str:
 def _cached_dist(name: str, version: str, folder: Path) -> Path | None:
     stem = f"{_norm(name)}-{version}"
     for path in sorted(folder.iterdir()):
-        if (
-            path.is_file()
-            and _norm(path.name).startswith(_norm(stem))
-            and path.suffix in (".whl", ".gz", ".zip")
-        ):
+        if path.is_file() and _norm(path.name).startswith(_norm(stem)) and path.suffix in (".whl", ".gz", ".zip"):
             return path
     return None
 
@@ -300,9 +296,7 @@ def extract_deb(deb: Path, dest: Path) -> Path:
         if shutil.which("dpkg-deb"):
             proc = _run(["dpkg-deb", "-x", str(deb), str(tmp)], tmp)
             if proc.returncode != 0:
-                raise FetchError(
-                    f"dpkg-deb could not unpack {deb} ({_last_line(proc)}); delete it and fetch again"
-                )
+                raise FetchError(f"dpkg-deb could not unpack {deb} ({_last_line(proc)}); delete it and fetch again")
         else:
             _extract_deb_python(deb, tmp)
         os.replace(tmp, dest)
@@ -345,9 +339,7 @@ def _extract_deb_python(deb: Path, dest: Path) -> None:
         if hasattr(tarfile, "data_filter"):
             tar.extractall(dest, members=safe, filter="data")
         else:  # Python < 3.10.12 has no extraction filters
-            tar.extractall(
-                dest, members=[m for m in safe if not Path(m.name).is_absolute() and ".." not in m.name]
-            )
+            tar.extractall(dest, members=[m for m in safe if not Path(m.name).is_absolute() and ".." not in m.name])
 
 
 def sha256_file(path: Path) -> str:
