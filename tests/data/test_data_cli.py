@@ -10,9 +10,7 @@ from lmbricks.cli.data import app
 
 
 def test_add_list_show(tmp_home: Path, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(
-        "lmbricks.data.build.default_tokenizer", lambda: (None, "no tokenizer in unit tests")
-    )
+    monkeypatch.setattr("lmbricks.data.build.default_tokenizer", lambda: (None, "no tokenizer in unit tests"))
     files = []
     for i in range(6):
         path = tmp_path / f"f{i}.txt"

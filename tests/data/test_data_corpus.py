@@ -18,9 +18,7 @@ def _write_files(folder: Path, n: int) -> list[Path]:
     files = []
     for i in range(n):
         path = folder / f"doc{i:03d}.txt"
-        path.write_text(
-            f"Document {i}. " + "Some words about topic {i}. " * (20 + i) + "é中", encoding="utf-8"
-        )
+        path.write_text(f"Document {i}. " + "Some words about topic {i}. " * (20 + i) + "é中", encoding="utf-8")
         files.append(path)
     return files
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from lmbricks.data import download
-from lmbricks.data.download import ar_members, deb_version, extract_deb, pip_download
+from lmbricks.data.archive import ar_members, deb_version
+from lmbricks.data.download import extract_deb, pip_download
 from lmbricks.errors import FetchError
 
 
@@ -39,13 +40,9 @@ def test_extract_deb_with_dpkg_and_with_python(tmp_path: Path, monkeypatch: pyte
     # the pure-Python path (no dpkg-deb) gives the same regular files and skips links
     monkeypatch.setattr(download.shutil, "which", lambda name: None)
     out2 = extract_deb(deb, tmp_path / "x2")
-    assert (out2 / "usr/share/doc/lmb/hello.txt").read_bytes() == (
-        out / "usr/share/doc/lmb/hello.txt"
-    ).read_bytes()
+    assert (out2 / "usr/share/doc/lmb/hello.txt").read_bytes() == (out / "usr/share/doc/lmb/hello.txt").read_bytes()
     assert not (out2 / "usr/share/doc/lmb/link.txt").exists()
-    assert "control.tar.xz" in ar_members(deb.read_bytes()) or "control.tar.gz" in ar_members(
-        deb.read_bytes()
-    )
+    assert "control.tar.xz" in ar_members(deb.read_bytes()) or "control.tar.gz" in ar_members(deb.read_bytes())
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no scratch folders left
 
 
@@ -75,9 +72,7 @@ def test_fetch_domain_without_apt_says_so(tmp_home: Path, monkeypatch: pytest.Mo
         fetch_domain("code", tokenizer=None)
 
 
-def test_failed_pip_download_is_one_line_naming_the_retry(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_failed_pip_download_is_one_line_naming_the_retry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     class Proc:
         returncode = 1
         stdout = ""

@@ -77,9 +77,7 @@ def _read_index(path: Path) -> dict[str, str]:
         raise CheckpointError(f"{path}: 'weight_map' must be an object mapping tensor names to shard files")
     for name, shard in weight_map.items():
         if Path(shard).name != shard:
-            raise CheckpointError(
-                f"{path}: tensor {name!r}: shard {shard!r} must be a file name in the directory"
-            )
+            raise CheckpointError(f"{path}: tensor {name!r}: shard {shard!r} must be a file name in the directory")
     return weight_map
 
 
@@ -174,9 +172,7 @@ class CheckpointReader:
         else:
             pickles = sorted(p.name for p in d.iterdir() if p.is_file() and p.suffix in PICKLE_SUFFIXES)
             if not pickles and not (d / PICKLE_INDEX).is_file():
-                raise CheckpointError(
-                    f"{d}: no weights found (expected {SAFE_SINGLE} or {SAFE_INDEX} with its shards)"
-                )
+                raise CheckpointError(f"{d}: no weights found (expected {SAFE_SINGLE} or {SAFE_INDEX} with its shards)")
             if not self.allow_pickle:
                 found = PICKLE_INDEX if (d / PICKLE_INDEX).is_file() else pickles[0]
                 raise CheckpointError(
@@ -209,16 +205,13 @@ class CheckpointReader:
             shard_path = self.path / shard
             if not shard_path.is_file():
                 raise CheckpointError(
-                    f"{index_path}: shard {shard!r} (holding tensor {names[0]!r}) "
-                    f"does not exist in {self.path}"
+                    f"{index_path}: shard {shard!r} (holding tensor {names[0]!r}) does not exist in {self.path}"
                 )
             file = opener(shard_path)
             self._files[shard] = file
             for name in names:
                 if name not in file:
-                    raise CheckpointError(
-                        f"{shard_path}: tensor {name!r} is listed in {index_path.name} but absent"
-                    )
+                    raise CheckpointError(f"{shard_path}: tensor {name!r} is listed in {index_path.name} but absent")
             for name in file:
                 if name in holder:
                     raise CheckpointError(

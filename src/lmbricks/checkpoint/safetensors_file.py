@@ -286,4 +286,3 @@ class SafetensorsFile:
 
     def __repr__(self) -> str:
         return f"SafetensorsFile({str(self.path)!r}, {len(self._infos)} tensors)"
-

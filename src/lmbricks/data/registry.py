@@ -87,7 +87,7 @@ DOMAINS: dict[str, DomainSpec] = {
                 Package(debref.PACKAGE, "debian", debref.VERSION, "GPL-2+", debref.read),
             ),
             licence="GPL-2+ (and CC-BY-SA-3.0 for the handbook)",
-            split=SplitRule(fraction=0.05, min_test_bytes=150_000, min_validation_bytes=100_000),
+            split=_EN_RULE,
         ),
         DomainSpec(
             name="dialogue",

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from lmbricks.data import store
+from lmbricks.data.archive import sha256_file
 from lmbricks.data.build import Progress, quiet, write_documents
 from lmbricks.data.document import Document
-from lmbricks.data.download import sha256_file
 from lmbricks.data.split import SplitRule
 from lmbricks.errors import ConfigError
 

@@ -187,7 +187,7 @@ class _SectionTitles(HTMLParser):
         self._depth = 0  # open <section> elements
         self._in_h2 = False
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+    def handle_starttag(self, tag: str, _attrs: list[tuple[str, str | None]]) -> None:
         if tag == "section":
             self._depth += 1
         elif tag == "h2" and self._depth:
