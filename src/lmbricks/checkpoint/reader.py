@@ -18,14 +18,14 @@ import contextlib
 import contextvars
 import difflib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import torch
 
-from lmbricks.checkpoint.safetensors_file import SafetensorsFile, TensorInfo
+from lmbricks.checkpoint.safetensors_file import SafetensorsFile, TensorInfo, TensorNames
 from lmbricks.errors import CheckpointError
 
 SAFE_SINGLE = "model.safetensors"
@@ -123,7 +123,7 @@ class _PickleFile:
         self._tensors = {}
 
 
-class CheckpointReader:
+class CheckpointReader(TensorNames):
     """A lazily opened Hugging Face model directory.
 
     Opening parses ``config.json``, the shard index and every shard's header, and checks that they
@@ -221,18 +221,9 @@ class CheckpointReader:
         self._where = dict(weight_map)
 
     # -- queries ----------------------------------------------------------------------------------
-    def keys(self) -> list[str]:
-        """All tensor names, in index (or file) order."""
-        return list(self._where)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._where
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._where)
-
-    def __len__(self) -> int:
-        return len(self._where)
+    @property
+    def _names(self) -> Mapping[str, Any]:
+        return self._where
 
     def _file(self, name: str) -> SafetensorsFile | _PickleFile:
         try:
