@@ -111,3 +111,29 @@ def test_list_domains_shows_builtins_and_added(tmp_home: Path, tmp_path: Path) -
         len(t.encode()) for s in ("train", "validation", "test") for t in load_texts("mine", s)
     )
     assert row["tokens"] is None
+
+
+def test_shared_tokenizer_loads_the_default_once_when_needed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lmbricks.data import build
+
+    calls: list[int] = []
+    monkeypatch.setattr(build, "default_tokenizer", lambda: (calls.append(1), (None, "offline"))[1])
+    said: list[str] = []
+    assert build.shared_tokenizer("default", needed=False) == ("default", None) and not calls
+    tok, name = build.shared_tokenizer("default", needed=True, progress=said.append)
+    assert isinstance(tok, build.NoTokenizer) and tok.reason == "offline" and name is None
+    assert said == [f"loading the {build.DEFAULT_TOKENIZER} tokenizer", "offline"] and calls == [1]
+    monkeypatch.setattr(build, "default_tokenizer", lambda: ("TOK", "smollm2"))
+    assert build.shared_tokenizer("default", needed=True) == ("TOK", "smollm2")
+    assert build.shared_tokenizer(None, needed=True) == (None, None)
+
+
+def test_source_records_refuse_unknown_names(tmp_home: Path) -> None:
+    from lmbricks.data import source_records
+    from lmbricks.errors import UnknownNameError
+
+    (code,) = source_records(["code"])
+    assert code["domain"] == "code" and code["cached"] is False and code["sources"][0]["version"] is None
+    assert [r["domain"] for r in source_records()][:2] == ["en_prose", "code"]
+    with pytest.raises(UnknownNameError):
+        source_records(["nope"])

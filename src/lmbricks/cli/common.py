@@ -6,8 +6,7 @@ The shared typer options (``--force``, ``--json``, ``MODEL``, ...) are in :mod:`
 from __future__ import annotations
 
 import errno
-import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
 from typing import Any, TypeVar
@@ -19,6 +18,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from lmbricks.cli.options import FORCE_HELP as FORCE_HELP  # re-exported: the shared options live there
 from lmbricks.cli.options import reads_checkpoints as reads_checkpoints
+from lmbricks.cli.tables import print_json as print_json
+from lmbricks.cli.tables import print_list as print_list
 from lmbricks.errors import LmbricksError
 
 console = Console()
@@ -64,56 +65,6 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def print_list(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], key: str = "name") -> None:
-    """Print a list as a table whose ``key`` column (the names users type) is never cut or wrapped.
-
-    Piped output gets the table at its natural width. A terminal too narrow for the names plus a
-    few characters per other column gets one block per row instead (``name`` then ``column: value``
-    lines), so no value is cut either.
-    """
-    from rich.measure import Measurement
-    from rich.table import Table
-
-    key_width = max([len(key), *(len(str(r[columns.index(key)])) for r in rows)])
-    table = Table(title=title)
-    for col in columns:
-        if col == key:
-            table.add_column(col, no_wrap=True, min_width=key_width)
-        else:
-            table.add_column(col, overflow="fold")
-    for r in rows:
-        table.add_row(*(escape(str(v)) for v in r))
-    if not console.is_terminal:  # piped: a console as wide as the table (COLUMNS does not apply)
-        natural = Measurement.get(console, console.options.update_width(1 << 16), table).maximum
-        Console(file=console.file, width=max(natural, console.width), color_system=None).print(table)
-        return
-    needed = key_width + 7 + 10 * (len(columns) - 1)  # borders, padding, ~8 characters per column
-    if needed <= console.width:
-        console.print(table)
-        return
-    console.print(title, style="bold", highlight=False)
-    for r in rows:
-        values = dict(zip(columns, (str(v) for v in r), strict=True))
-        console.print(values[key], style="bold", highlight=False, soft_wrap=True, markup=False)
-        for col in columns:
-            if col != key:
-                console.print(f"  {col}: {values[col]}", highlight=False, soft_wrap=True, markup=False)
-
-
-def print_records(
-    records: Sequence[dict[str, Any]],
-    as_json: bool,
-    title: str,
-    columns: Sequence[str],
-    row: Callable[[dict[str, Any]], Sequence[Any]],
-) -> None:
-    """Print ``records`` as JSON, or as a :func:`print_list` table of ``row(record)`` per record."""
-    if as_json:
-        print_json(records)
-    else:
-        print_list(title, columns, [row(r) for r in records])
-
-
 def notes_to_stderr(update: Callable[[str], None]) -> Callable[[str], None]:
     """A progress callback: ``note:`` messages become lines on stderr, the rest go to ``update``."""
 
@@ -124,11 +75,6 @@ def notes_to_stderr(update: Callable[[str], None]) -> Callable[[str], None]:
             update(msg)
 
     return progress
-
-
-def print_json(obj: Any) -> None:
-    """Print ``obj`` as JSON on stdout, nothing else (so it can be piped)."""
-    typer.echo(json.dumps(obj, indent=2, sort_keys=False))
 
 
 @contextmanager

@@ -8,22 +8,15 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from lmbricks.cli.common import (
-    FORCE_HELP,
-    console,
-    err_console,
-    print_json,
-    progress_bar,
-    reads_checkpoints,
-    user_errors,
-)
+from lmbricks.cli.common import console, err_console, print_json, progress_bar, user_errors
+from lmbricks.cli.options import domains_option, force_option, json_option, model_argument, reads_checkpoints
 
 
 @user_errors
 @reads_checkpoints
 def trace(
-    model: str = typer.Argument(..., help="Routed model: registry name, model directory or .gguf file."),
-    domain: list[str] = typer.Option(None, "--domain", "-d", help="Stored domain to trace (repeatable)."),
+    model: str = model_argument(help="Routed model: registry name, model directory or .gguf file."),
+    domain: list[str] = domains_option("Stored domain to trace (repeatable)."),
     texts: list[str] = typer.Option(
         None,
         "--texts",
@@ -43,8 +36,8 @@ def trace(
         None, "--adapter-router", help="Trace adapter routing: a router JSON (lmbricks adapters) over MODEL."
     ),
     adapter_top_k: int = typer.Option(1, "--adapter-top-k", help="Bricks chosen per input (--adapter-router)."),
-    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print the numbers as JSON."),
+    force: bool = force_option(),
+    as_json: bool = json_option("Print the numbers as JSON."),
 ) -> None:
     """Trace the routing of an MoE model over documents by domain: expert histograms and load,
     consecutive-token routing against random baselines, coloured tokens, and a linear SVM that

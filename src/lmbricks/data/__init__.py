@@ -8,7 +8,14 @@ write), :mod:`~lmbricks.data.corpus` (reading), :mod:`~lmbricks.data.download` (
 """
 
 from lmbricks.data.build import default_tokenizer
-from lmbricks.data.corpus import domain_sources, domain_text, list_domains, load_records, load_texts
+from lmbricks.data.corpus import (
+    domain_sources,
+    domain_text,
+    list_domains,
+    load_records,
+    load_texts,
+    source_records,
+)
 from lmbricks.data.document import Document, Package
 from lmbricks.data.fetch import fetch_all, fetch_domain
 from lmbricks.data.parallel import parallel_paragraphs
@@ -38,5 +45,6 @@ __all__ = [
     "load_records",
     "load_texts",
     "parallel_paragraphs",
+    "source_records",
     "token_chunks",
 ]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from lmbricks.data import store
 from lmbricks.data.fetch import fetch_domain
-from lmbricks.data.registry import DOMAINS, DomainSpec
+from lmbricks.data.registry import DOMAINS, DomainSpec, get_domain
 from lmbricks.data.split import SPLITS
 from lmbricks.errors import ConfigError, LmbricksError, UnknownNameError
 
@@ -149,3 +150,22 @@ def list_domains() -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def source_records(names: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """What ``lmbricks data sources`` shows: per domain, whether it is cached and its :func:`domain_sources`.
+
+    Args:
+        names: domains (default: every built-in and added one, as :func:`list_domains` orders them).
+
+    Returns:
+        One dict per domain: ``domain``, ``cached``, ``sources``.
+
+    Raises:
+        UnknownNameError: a name is neither cached nor built in.
+    """
+    names = list(names) or [row["name"] for row in list_domains()]
+    for name in names:
+        if store.read_manifest(name) is None:
+            get_domain(name)  # neither cached nor built in: unknown
+    return [{"domain": n, "cached": store.read_manifest(n) is not None, "sources": domain_sources(n)} for n in names]
