@@ -20,7 +20,6 @@ import difflib
 import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import torch
@@ -263,14 +262,6 @@ class CheckpointReader(TensorNames):
             file.close()
         self._files = {}
         self._where = {}
-
-    def __enter__(self) -> CheckpointReader:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"CheckpointReader({str(self.path)!r}, {len(self._where)} tensors in {len(self._files)} files)"

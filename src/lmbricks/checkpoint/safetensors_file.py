@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -165,12 +165,28 @@ def _tensor_info(path: Path, file_size: int, name: str, entry: object, data_star
     return info
 
 
+N = TypeVar("N", bound="TensorNames")
+
+
 class TensorNames(ABC):
-    """``keys()``, ``in``, ``iter`` and ``len`` over a mapping ``_names`` whose keys are tensor names."""
+    """``keys()``, ``in``, ``iter`` and ``len`` over a mapping ``_names`` whose keys are tensor names,
+    and ``with`` closing the object (:meth:`close`) on exit."""
 
     @property
     @abstractmethod
     def _names(self) -> Mapping[str, Any]: ...
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the open files."""
+
+    def __enter__(self: N) -> N:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
 
     def keys(self) -> list[str]:
         """Tensor names in order (a file's header order; a checkpoint's index or file order)."""
@@ -286,14 +302,6 @@ class SafetensorsFile(TensorNames):
         live tensor would make that tensor point at unmapped memory).
         """
         self._mmap = None
-
-    def __enter__(self) -> SafetensorsFile:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"SafetensorsFile({str(self.path)!r}, {len(self._infos)} tensors)"
