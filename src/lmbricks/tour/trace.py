@@ -15,15 +15,7 @@ from typing import Any
 
 from lmbricks.data.registry import DEFAULT_DOMAINS
 from lmbricks.tour.run import SummaryRow, TourContext
-from lmbricks.trace.figures import (
-    TopicView,
-    consecutive_chart,
-    expert_heatmap,
-    largest_spread,
-    layer_shares,
-    mean_rate,
-    topic_chart,
-)
+from lmbricks.trace import figures
 
 FALLBACK_PREFIX = "trace_moefied-"  # + the model folder's name: the fallback routed model in ctx.cache_dir
 
@@ -149,9 +141,9 @@ def trace_section(
     )
     s = trace_model(model, config, texts=texts, tokenizer=tok).summary
     layer = int(s["colour_layer"])  # the middle routed layer
-    shares = layer_shares(s["histograms"], s["layers"].index(layer))
+    shares = figures.layer_shares(s["histograms"], s["layers"].index(layer))
     shares = {d: v for d, v in shares.items() if d != "all"}
-    topic = TopicView.of(s["topic"]) if s["topic"] else None
+    topic = figures.TopicView.of(s["topic"]) if s["topic"] else None
     ctx.results["trace"] = {
         "model": description,
         "model_path": str(path),
@@ -188,21 +180,20 @@ def _results(s: dict[str, Any], shares: dict[str, list[float]]) -> dict[str, Any
         "heatmap": shares,
         "random_baselines": s["random_baselines"],
         "consecutive": [{x: c[x] for x in ("layer", "same_top1", "topk_overlap", "pairs")} for c in cons],
-        "same_top1_mean": mean_rate(cons, "same_top1"),
-        "topk_overlap_mean": mean_rate(cons, "topk_overlap"),
+        "same_top1_mean": figures.mean_rate(cons, "same_top1"),
+        "topk_overlap_mean": figures.mean_rate(cons, "topk_overlap"),
         "topic": s["topic"],
     }
 
 
-def _table(s: dict[str, Any], topic: TopicView | None) -> list[list[Any]]:
+def _table(s: dict[str, Any], topic: figures.TopicView | None) -> list[list[Any]]:
     """Consecutive-token rates against the random router, then the topic accuracies."""
     cons, rb, k = s["consecutive"], s["random_baselines"], s["top_k"]
+    same, overlap = (_pct(figures.mean_rate(cons, key)) for key in ("same_top1", "topk_overlap"))
     rows: list[list[Any]] = [
-        ["same top-1 expert, consecutive tokens (mean over layers)", _pct(mean_rate(cons, "same_top1")),
-         _pct(rb["same_top1"])],
-        [f"top-{k} sets overlap, consecutive tokens (mean over layers)", _pct(mean_rate(cons, "topk_overlap")),
-         _pct(rb["topk_overlap"])],
-    ]  # fmt: skip
+        ["same top-1 expert, consecutive tokens (mean over layers)", same, _pct(rb["same_top1"])],
+        [f"top-{k} sets overlap, consecutive tokens (mean over layers)", overlap, _pct(rb["topk_overlap"])],
+    ]
     if topic is None:
         return rows
     for name in ("all layers", "bag of words", "majority class"):
@@ -215,29 +206,32 @@ def _table(s: dict[str, Any], topic: TopicView | None) -> list[list[Any]]:
 
 
 def _figures(
-    ctx: TourContext, s: dict[str, Any], shares: dict[str, list[float]], layer: int, topic: TopicView | None
+    ctx: TourContext, s: dict[str, Any], shares: dict[str, list[float]], layer: int, topic: figures.TopicView | None
 ) -> None:
     """The heatmap at ``layer``, the consecutive-token curves and the topic bars."""
     e, k = int(s["num_experts"]), int(s["top_k"])
     title = f"Layer {layer}: share of each domain's routing per expert"
-    png = expert_heatmap(ctx.out_dir / "trace_heatmap.png", shares, title)
+    png = figures.expert_heatmap(ctx.out_dir / "trace_heatmap.png", shares, title)
+    spread = figures.largest_spread(list(shares.values()))
     ctx.report.figure(
         png,
         f"Expert selection by domain at layer {layer} (rows sum to 1; uniform share {1 / e:.1%}). "
-        f"The largest gap between two domains in one expert's share is {largest_spread(list(shares.values())):.1%}.",
+        f"The largest gap between two domains in one expert's share is {spread:.1%}.",
     )
     title = "Consecutive tokens routed alike"
-    png = consecutive_chart(ctx.out_dir / "trace_consecutive.png", s["consecutive"], k, s["random_baselines"], title)
+    png = figures.consecutive_chart(
+        ctx.out_dir / "trace_consecutive.png", s["consecutive"], k, s["random_baselines"], title
+    )
     ctx.report.figure(png, "Rate at which token t+1 is routed like token t, per layer, against a random router.")
     if topic is not None:
-        png = topic_chart(ctx.out_dir / "trace_topic.png", topic, "Domain from routing (cross-validated)")
+        png = figures.topic_chart(ctx.out_dir / "trace_topic.png", topic, "Domain from routing (cross-validated)")
         ctx.report.figure(png, "Linear SVM on per-document routing histograms, beside two baselines.")
 
 
 def _routing_sentence(s: dict[str, Any], shares: dict[str, list[float]], layer: int) -> str:
     """Consecutive tokens against the random router, and how distinct the domains' favourite experts are."""
     cons, r1 = s["consecutive"], s["random_baselines"]["same_top1"]
-    mean1 = mean_rate(cons, "same_top1")
+    mean1 = figures.mean_rate(cons, "same_top1")
     top_layer = max(cons, key=lambda c: c["same_top1"])
     distinct = len({v.index(max(v)) for v in shares.values()})  # the domains' most used experts
     return (
@@ -245,11 +239,11 @@ def _routing_sentence(s: dict[str, Any], shares: dict[str, list[float]], layer: 
         f"router ({mean1 / r1:.1f}x), most at layer {top_layer['layer']} ({_pct(top_layer['same_top1'])}); "
         f"at layer {layer} the {len(shares)} domains' most used experts are {distinct} distinct expert"
         f"{'s' if distinct != 1 else ''}, with shares differing by up to "
-        f"{largest_spread(list(shares.values())):.1%} between domains."
+        f"{figures.largest_spread(list(shares.values())):.1%} between domains."
     )
 
 
-def _topic_sentence(topic: TopicView) -> str:
+def _topic_sentence(topic: figures.TopicView) -> str:
     """How the routing SVM compares with the majority class and bag of words (a margin of two s.e.)."""
     acc, bow, maj = (topic.accuracy(n) for n in ("all layers", "bag of words", "majority class"))
     margin = 2 * max(topic.by["all layers"]["stderr"], topic.by["bag of words"]["stderr"], 0.01)
@@ -270,8 +264,8 @@ def _topic_sentence(topic: TopicView) -> str:
     )
 
 
-def _summary_rows(s: dict[str, Any], topic: TopicView | None) -> list[SummaryRow]:
-    mean1, r1 = mean_rate(s["consecutive"], "same_top1"), s["random_baselines"]["same_top1"]
+def _summary_rows(s: dict[str, Any], topic: figures.TopicView | None) -> list[SummaryRow]:
+    mean1, r1 = figures.mean_rate(s["consecutive"], "same_top1"), s["random_baselines"]["same_top1"]
     out: list[SummaryRow] = [("routing trace", "same top-1, consecutive tokens", f"{_pct(mean1)} (random {_pct(r1)})")]
     if topic is not None:
         out.append(
