@@ -23,7 +23,8 @@ def _write_files(folder: Path, n: int) -> list[Path]:
     return files
 
 
-def test_add_domain_round_trip_and_manifest(tmp_home: Path, tmp_path: Path) -> None:
+@pytest.mark.usefixtures("tmp_home")
+def test_add_domain_round_trip_and_manifest(tmp_path: Path) -> None:
     files = _write_files(tmp_path / "in", 40)
     originals = {p.read_text(encoding="utf-8").strip() for p in files}
     tok = build_tiny_tokenizer()
@@ -47,7 +48,8 @@ def test_add_domain_round_trip_and_manifest(tmp_home: Path, tmp_path: Path) -> N
     assert [p.name for p in paths.data_dir().iterdir()] == ["legal"]
 
 
-def test_same_files_give_the_same_split(tmp_home: Path, tmp_path: Path) -> None:
+@pytest.mark.usefixtures("tmp_home")
+def test_same_files_give_the_same_split(tmp_path: Path) -> None:
     files = _write_files(tmp_path / "in", 30)
     add_domain("a", files, tokenizer=None)
     add_domain("b", list(reversed(files)), tokenizer=None)
@@ -57,7 +59,8 @@ def test_same_files_give_the_same_split(tmp_home: Path, tmp_path: Path) -> None:
     assert manifest["splits"]["test"]["tokens"] is None and "not counted" in manifest["tokens_note"]
 
 
-def test_one_file_is_cut_into_paragraphs(tmp_home: Path, tmp_path: Path) -> None:
+@pytest.mark.usefixtures("tmp_home")
+def test_one_file_is_cut_into_paragraphs(tmp_path: Path) -> None:
     paras = [f"Paragraph number {i} with a line\nthat continues." for i in range(12)]
     big = tmp_path / "big.txt"
     big.write_text("\n\n".join(paras) + "\n\n  \n", encoding="utf-8")
@@ -67,7 +70,8 @@ def test_one_file_is_cut_into_paragraphs(tmp_home: Path, tmp_path: Path) -> None
     assert len(load_texts("notes", "test")) >= 1 and len(load_texts("notes", "validation")) >= 1
 
 
-def test_refusals(tmp_home: Path, tmp_path: Path) -> None:
+@pytest.mark.usefixtures("tmp_home")
+def test_refusals(tmp_path: Path) -> None:
     files = _write_files(tmp_path / "in", 3)
     add_domain("mine", files, tokenizer=None)
     with pytest.raises(ConfigError, match="already cached"):
@@ -86,7 +90,8 @@ def test_refusals(tmp_home: Path, tmp_path: Path) -> None:
         load_texts("mine", "dev")
 
 
-def test_domain_text_prefix_cuts_at_a_character(tmp_home: Path, tmp_path: Path) -> None:
+@pytest.mark.usefixtures("tmp_home")
+def test_domain_text_prefix_cuts_at_a_character(tmp_path: Path) -> None:
     files = _write_files(tmp_path / "in", 5)
     add_domain("t", files, tokenizer=None)
     full = domain_text("t", "train")
@@ -101,7 +106,8 @@ def test_domain_text_prefix_cuts_at_a_character(tmp_home: Path, tmp_path: Path) 
     assert domain_text("z", "train", max_bytes=4) == "中"  # 3 bytes per character: the 4th byte is dropped
 
 
-def test_list_domains_shows_builtins_and_added(tmp_home: Path, tmp_path: Path) -> None:
+@pytest.mark.usefixtures("tmp_home")
+def test_list_domains_shows_builtins_and_added(tmp_path: Path) -> None:
     rows = {r["name"]: r for r in list_domains()}
     assert {"en_prose", "code", "math", "zh", "dialogue", "multilingual"} <= set(rows)
     assert not rows["code"]["cached"] and rows["code"]["needs_apt"] and not rows["dialogue"]["needs_apt"]
@@ -128,7 +134,8 @@ def test_shared_tokenizer_loads_the_default_once_when_needed(monkeypatch: pytest
     assert build.shared_tokenizer(None, needed=True) == (None, None)
 
 
-def test_source_records_refuse_unknown_names(tmp_home: Path) -> None:
+@pytest.mark.usefixtures("tmp_home")
+def test_source_records_refuse_unknown_names() -> None:
     from lmbricks.data import source_records
     from lmbricks.errors import UnknownNameError
 

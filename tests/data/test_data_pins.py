@@ -79,7 +79,7 @@ class _Apt:
         self.archive = listed if archive is None else archive
         self.calls: list[list[str]] = []
 
-    def madison(self, name: str) -> list[str]:
+    def madison(self, _name: str) -> list[str]:
         return list(self.listed)
 
     def run(self, cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -153,7 +153,7 @@ def test_fetch_package_records_version_and_sha256(tmp_home: Path, monkeypatch: p
     wheel = tmp_home / "downloads" / "pypi" / "champ_dataset-1.0.0-py3-none-any.whl"
     wheel.parent.mkdir(parents=True)
     wheel.write_bytes(b"a cached wheel")
-    monkeypatch.setattr(download, "_run", lambda *a, **k: pytest.fail("must not call pip"))
+    monkeypatch.setattr(download, "_run", lambda *_a, **_k: pytest.fail("must not call pip"))
     got = download.fetch_package("champ-dataset", "pypi", "1.0.0")
     assert got.record() == {
         "version": "1.0.0",
@@ -178,7 +178,7 @@ def _fake_domain(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
     monkeypatch.setattr(fetch, "have_apt", lambda: True)
     note = f"note: fake-pkg {U5} is no longer served; using {U9}"
     fetched = Fetched(tmp_path, archive, U9, U5, hashlib.sha256(archive.read_bytes()).hexdigest(), note)
-    monkeypatch.setattr(fetch, "fetch_package", lambda name, registry, version: fetched)
+    monkeypatch.setattr(fetch, "fetch_package", lambda _name, _registry, _version: fetched)
     return note
 
 
@@ -195,17 +195,17 @@ def test_manifest_records_each_source_and_the_note_is_said(
     assert source["sha256"] == hashlib.sha256(b"the downloaded archive").hexdigest()
 
 
+@pytest.mark.usefixtures("tmp_home")
 def test_the_note_goes_to_stderr_by_default(
-    tmp_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     note = _fake_domain(monkeypatch, tmp_path)
     fetch.fetch_domain("fake", tokenizer=None)
     assert capsys.readouterr().err.strip() == note
 
 
-def test_data_sources_shows_pins_and_what_was_used(
-    tmp_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.usefixtures("tmp_home")
+def test_data_sources_shows_pins_and_what_was_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from lmbricks.cli.data import app
 
     note = _fake_domain(monkeypatch, tmp_path)
