@@ -80,9 +80,7 @@ def test_exact_keep_count_per_token(metric: str, sparsity: float) -> None:
     # the kept ones are the top scores: min kept score >= max dropped score, per token
     s = neuron_scores(a, norms, metric)  # type: ignore[arg-type]
     keep = out != 0
-    assert torch.all(
-        s.masked_fill(~keep, float("inf")).min(-1).values >= s.masked_fill(keep, -1).max(-1).values
-    )
+    assert torch.all(s.masked_fill(~keep, float("inf")).min(-1).values >= s.masked_fill(keep, -1).max(-1).values)
 
 
 def test_norm_metric_equals_formula() -> None:

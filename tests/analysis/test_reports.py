@@ -67,3 +67,34 @@ def test_neuron_analysis_and_report(tiny_model, fake_texts, tmp_path: Path) -> N
     assert path.exists() and (tmp_path / "neurons" / "prune_matrix.png").exists()
     with pytest.raises(ConfigError):
         NeuronConfig(domains=("code",))
+
+
+def test_pipelines_guard_load_analyse_and_report(tiny_llama: Path, fake_texts, tmp_path: Path) -> None:
+    from lmbricks.analysis.pipeline import run_neurons, run_sparsity
+
+    cfg = SparsityConfig(domains=DOMAINS, sparsities=(0.0, 0.5), cett_target=None, n_chunks=1, seq_len=32)
+    steps: list[str] = []
+    run = run_sparsity(tiny_llama, cfg, tmp_path / "sparsity", texts_of=fake_texts, on_step=steps.append)
+    assert run.report == tmp_path / "sparsity" / "report.html" and run.report.exists()
+    assert run.result.curve["norm"]["0"] == run.result.base_ppl and "masking 50% by norm" in steps
+    with pytest.raises(ConfigError, match="exists"):  # refused before any load
+        run_sparsity(tiny_llama, cfg, tmp_path / "sparsity", texts_of=fake_texts)
+    with pytest.raises(ConfigError):  # the model's own folder is an input, never an output
+        run_sparsity(tiny_llama, cfg, tiny_llama, force=True, texts_of=fake_texts)
+    ncfg = NeuronConfig(domains=DOMAINS, fraction=0.1, n_chunks=1, seq_len=32)
+    neurons = run_neurons(tiny_llama, ncfg, tmp_path / "neurons", texts_of=fake_texts)
+    assert neurons.report.exists() and set(neurons.result.change) == set(DOMAINS)
+
+
+def test_budget_and_masking_changes() -> None:
+    from lmbricks.analysis.corpus import FULL_BUDGET, QUICK_BUDGET, budget
+    from lmbricks.analysis.sparsity import SparsityResult, masking_changes
+
+    assert budget(True) == QUICK_BUDGET and budget(False) == FULL_BUDGET and budget(True, 2, 64) == (2, 64)
+    cfg = SparsityConfig(domains=("a", "b"), sparsities=(0.0, 0.5), metrics=("norm",), cett_target=None)
+    curve = {"norm": {"0": {"a": 2.0, "b": 4.0}, "0.5": {"a": 3.0, "b": 4.0}}}
+    result = SparsityResult(cfg, {"a": 2.0, "b": 4.0}, curve, {"norm": [[0.2, 0.5, 0.7], [0.4, 0.7, 0.9]]}, {})
+    got = masking_changes(result)
+    assert got["ppl_change"] == {"0": {"a": 0.0, "b": 0.0}, "0.5": {"a": 0.5, "b": 0.0}}
+    assert got["mean_change"] == {"0": 0.0, "0.5": 0.25}
+    assert got["top_share_norm"] == pytest.approx({"top 10%": 0.3, "top 30%": 0.6, "top 50%": 0.8})

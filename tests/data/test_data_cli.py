@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from lmbricks.cli.data import app
 
 
-def test_add_list_show(tmp_home: Path, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(
-        "lmbricks.data.corpus.default_tokenizer", lambda: (None, "no tokenizer in unit tests")
-    )
+@pytest.mark.usefixtures("tmp_home")
+def test_add_list_show(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr("lmbricks.data.build.default_tokenizer", lambda: (None, "no tokenizer in unit tests"))
     files = []
     for i in range(6):
         path = tmp_path / f"f{i}.txt"

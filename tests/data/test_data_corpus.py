@@ -18,14 +18,13 @@ def _write_files(folder: Path, n: int) -> list[Path]:
     files = []
     for i in range(n):
         path = folder / f"doc{i:03d}.txt"
-        path.write_text(
-            f"Document {i}. " + "Some words about topic {i}. " * (20 + i) + "é中", encoding="utf-8"
-        )
+        path.write_text(f"Document {i}. " + "Some words about topic {i}. " * (20 + i) + "é中", encoding="utf-8")
         files.append(path)
     return files
 
 
-def test_add_domain_round_trip_and_manifest(tmp_home: Path, tmp_path: Path) -> None:
+@pytest.mark.usefixtures("tmp_home")
+def test_add_domain_round_trip_and_manifest(tmp_path: Path) -> None:
     files = _write_files(tmp_path / "in", 40)
     originals = {p.read_text(encoding="utf-8").strip() for p in files}
     tok = build_tiny_tokenizer()
@@ -49,7 +48,8 @@ def test_add_domain_round_trip_and_manifest(tmp_home: Path, tmp_path: Path) -> N
     assert [p.name for p in paths.data_dir().iterdir()] == ["legal"]
 
 
-def test_same_files_give_the_same_split(tmp_home: Path, tmp_path: Path) -> None:
+@pytest.mark.usefixtures("tmp_home")
+def test_same_files_give_the_same_split(tmp_path: Path) -> None:
     files = _write_files(tmp_path / "in", 30)
     add_domain("a", files, tokenizer=None)
     add_domain("b", list(reversed(files)), tokenizer=None)
@@ -59,7 +59,8 @@ def test_same_files_give_the_same_split(tmp_home: Path, tmp_path: Path) -> None:
     assert manifest["splits"]["test"]["tokens"] is None and "not counted" in manifest["tokens_note"]
 
 
-def test_one_file_is_cut_into_paragraphs(tmp_home: Path, tmp_path: Path) -> None:
+@pytest.mark.usefixtures("tmp_home")
+def test_one_file_is_cut_into_paragraphs(tmp_path: Path) -> None:
     paras = [f"Paragraph number {i} with a line\nthat continues." for i in range(12)]
     big = tmp_path / "big.txt"
     big.write_text("\n\n".join(paras) + "\n\n  \n", encoding="utf-8")
@@ -69,7 +70,8 @@ def test_one_file_is_cut_into_paragraphs(tmp_home: Path, tmp_path: Path) -> None
     assert len(load_texts("notes", "test")) >= 1 and len(load_texts("notes", "validation")) >= 1
 
 
-def test_refusals(tmp_home: Path, tmp_path: Path) -> None:
+@pytest.mark.usefixtures("tmp_home")
+def test_refusals(tmp_path: Path) -> None:
     files = _write_files(tmp_path / "in", 3)
     add_domain("mine", files, tokenizer=None)
     with pytest.raises(ConfigError, match="already cached"):
@@ -88,7 +90,8 @@ def test_refusals(tmp_home: Path, tmp_path: Path) -> None:
         load_texts("mine", "dev")
 
 
-def test_domain_text_prefix_cuts_at_a_character(tmp_home: Path, tmp_path: Path) -> None:
+@pytest.mark.usefixtures("tmp_home")
+def test_domain_text_prefix_cuts_at_a_character(tmp_path: Path) -> None:
     files = _write_files(tmp_path / "in", 5)
     add_domain("t", files, tokenizer=None)
     full = domain_text("t", "train")
@@ -103,7 +106,8 @@ def test_domain_text_prefix_cuts_at_a_character(tmp_home: Path, tmp_path: Path) 
     assert domain_text("z", "train", max_bytes=4) == "中"  # 3 bytes per character: the 4th byte is dropped
 
 
-def test_list_domains_shows_builtins_and_added(tmp_home: Path, tmp_path: Path) -> None:
+@pytest.mark.usefixtures("tmp_home")
+def test_list_domains_shows_builtins_and_added(tmp_path: Path) -> None:
     rows = {r["name"]: r for r in list_domains()}
     assert {"en_prose", "code", "math", "zh", "dialogue", "multilingual"} <= set(rows)
     assert not rows["code"]["cached"] and rows["code"]["needs_apt"] and not rows["dialogue"]["needs_apt"]
@@ -113,3 +117,30 @@ def test_list_domains_shows_builtins_and_added(tmp_home: Path, tmp_path: Path) -
         len(t.encode()) for s in ("train", "validation", "test") for t in load_texts("mine", s)
     )
     assert row["tokens"] is None
+
+
+def test_shared_tokenizer_loads_the_default_once_when_needed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lmbricks.data import build
+
+    calls: list[int] = []
+    monkeypatch.setattr(build, "default_tokenizer", lambda: (calls.append(1), (None, "offline"))[1])
+    said: list[str] = []
+    assert build.shared_tokenizer("default", needed=False) == ("default", None) and not calls
+    tok, name = build.shared_tokenizer("default", needed=True, progress=said.append)
+    assert isinstance(tok, build.NoTokenizer) and tok.reason == "offline" and name is None
+    assert said == [f"loading the {build.DEFAULT_TOKENIZER} tokenizer", "offline"] and calls == [1]
+    monkeypatch.setattr(build, "default_tokenizer", lambda: ("TOK", "smollm2"))
+    assert build.shared_tokenizer("default", needed=True) == ("TOK", "smollm2")
+    assert build.shared_tokenizer(None, needed=True) == (None, None)
+
+
+@pytest.mark.usefixtures("tmp_home")
+def test_source_records_refuse_unknown_names() -> None:
+    from lmbricks.data import source_records
+    from lmbricks.errors import UnknownNameError
+
+    (code,) = source_records(["code"])
+    assert code["domain"] == "code" and code["cached"] is False and code["sources"][0]["version"] is None
+    assert [r["domain"] for r in source_records()][:2] == ["en_prose", "code"]
+    with pytest.raises(UnknownNameError):
+        source_records(["nope"])

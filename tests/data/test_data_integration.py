@@ -61,11 +61,9 @@ def test_multilingual_subdomains_align() -> None:
     assert len(whole) == sum(len(load_texts(f"multilingual/{s}", "test")) for s in manifest["subdomains"])
 
 
-def test_real_fetch_records_the_version_and_sha256_of_the_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_real_fetch_records_the_version_and_sha256_of_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """One small source (r-cran-janeaustenr, about 1.6 MB) fetched into a fresh, empty home."""
-    from lmbricks.data.download import deb_version, sha256_file
+    from lmbricks.data.archive import deb_version, sha256_file
 
     if not have_apt():
         pytest.skip("needs apt-get")
@@ -92,7 +90,7 @@ def _control_version(deb: Path) -> str:
     import shutil
     import subprocess
 
-    from lmbricks.data.download import deb_version
+    from lmbricks.data.archive import deb_version
 
     if shutil.which("dpkg-deb") is None:
         return deb_version(deb)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from lmbricks.data import corpus, download
+from lmbricks.data import corpus, download, fetch
 from lmbricks.data.document import Document, Package
 from lmbricks.data.download import DebChoice, Fetched, choose_deb_version, parse_madison
 from lmbricks.data.registry import DOMAINS, DomainSpec
@@ -79,7 +79,7 @@ class _Apt:
         self.archive = listed if archive is None else archive
         self.calls: list[list[str]] = []
 
-    def madison(self, name: str) -> list[str]:
+    def madison(self, _name: str) -> list[str]:
         return list(self.listed)
 
     def run(self, cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -153,7 +153,7 @@ def test_fetch_package_records_version_and_sha256(tmp_home: Path, monkeypatch: p
     wheel = tmp_home / "downloads" / "pypi" / "champ_dataset-1.0.0-py3-none-any.whl"
     wheel.parent.mkdir(parents=True)
     wheel.write_bytes(b"a cached wheel")
-    monkeypatch.setattr(download, "_run", lambda *a, **k: pytest.fail("must not call pip"))
+    monkeypatch.setattr(download, "_run", lambda *_a, **_k: pytest.fail("must not call pip"))
     got = download.fetch_package("champ-dataset", "pypi", "1.0.0")
     assert got.record() == {
         "version": "1.0.0",
@@ -175,10 +175,10 @@ def _fake_domain(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
 
     spec = DomainSpec("fake", "a fake domain", (Package("fake-pkg", "debian", U5, "MIT", read),), "MIT")
     monkeypatch.setitem(DOMAINS, "fake", spec)
-    monkeypatch.setattr(corpus, "have_apt", lambda: True)
+    monkeypatch.setattr(fetch, "have_apt", lambda: True)
     note = f"note: fake-pkg {U5} is no longer served; using {U9}"
     fetched = Fetched(tmp_path, archive, U9, U5, hashlib.sha256(archive.read_bytes()).hexdigest(), note)
-    monkeypatch.setattr(corpus, "fetch_package", lambda name, registry, version: fetched)
+    monkeypatch.setattr(fetch, "fetch_package", lambda _name, _registry, _version: fetched)
     return note
 
 
@@ -187,7 +187,7 @@ def test_manifest_records_each_source_and_the_note_is_said(
 ) -> None:
     note = _fake_domain(monkeypatch, tmp_path)
     said: list[str] = []
-    corpus.fetch_domain("fake", tokenizer=None, note=said.append)
+    fetch.fetch_domain("fake", tokenizer=None, note=said.append)
     assert said == [note]
     (source,) = json.loads((tmp_home / "data" / "fake" / "manifest.json").read_text())["sources"]
     assert source["package"] == "fake-pkg" and source["version"] == U9 and source["pinned_version"] == U5
@@ -195,17 +195,17 @@ def test_manifest_records_each_source_and_the_note_is_said(
     assert source["sha256"] == hashlib.sha256(b"the downloaded archive").hexdigest()
 
 
+@pytest.mark.usefixtures("tmp_home")
 def test_the_note_goes_to_stderr_by_default(
-    tmp_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     note = _fake_domain(monkeypatch, tmp_path)
-    corpus.fetch_domain("fake", tokenizer=None)
+    fetch.fetch_domain("fake", tokenizer=None)
     assert capsys.readouterr().err.strip() == note
 
 
-def test_data_sources_shows_pins_and_what_was_used(
-    tmp_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.usefixtures("tmp_home")
+def test_data_sources_shows_pins_and_what_was_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from lmbricks.cli.data import app
 
     note = _fake_domain(monkeypatch, tmp_path)
@@ -216,7 +216,7 @@ def test_data_sources_shows_pins_and_what_was_used(
     # Not fetched: the registry's pins only.
     assert code["cached"] is False and code["sources"][0]["version"] is None
     assert code["sources"][0]["pinned_version"] == DOMAINS["code"].sources[0].version
-    corpus.fetch_domain("fake", tokenizer=None, note=lambda _: None)
+    fetch.fetch_domain("fake", tokenizer=None, note=lambda _: None)
     res = runner.invoke(app, ["sources", "fake", "--json"])
     (fake,) = json.loads(res.output)
     src = fake["sources"][0]

@@ -58,9 +58,7 @@ def test_austen_chapters() -> None:
 
 
 def test_pari_sections_split_at_sections_and_long_subsections() -> None:
-    tex = (
-        "\\section{A}\nintro\n\\subsec{a1}\nshort\n\\section{B}\n" + "line\n" * 1000 + "\\subsec{b1}\nmore\n"
-    )
+    tex = "\\section{A}\nintro\n\\subsec{a1}\nshort\n\\section{B}\n" + "line\n" * 1000 + "\\subsec{b1}\nmore\n"
     secs = pari.sections(tex)
     assert len(secs) == 3
     assert secs[0].startswith("\\section{A}") and "\\subsec{a1}" in secs[0]
@@ -81,8 +79,7 @@ def test_chatterbot_reads_english_yaml_from_a_wheel(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel, "w") as zf:
         zf.writestr(
             "chatterbot_corpus/data/english/greetings.yml",
-            "categories: [greetings]\nconversations:\n"
-            "- - Hello\n  - Hi there\n  - How are you?\n- - lonely\n",
+            "categories: [greetings]\nconversations:\n- - Hello\n  - Hi there\n  - How are you?\n- - lonely\n",
         )
         zf.writestr("chatterbot_corpus/data/french/x.yml", "conversations:\n- - Bonjour\n  - Salut\n")
     docs = list(chatterbot.read(wheel))
@@ -104,8 +101,7 @@ def test_chitchat_render_merges_turns_by_speaker() -> None:
 
 def test_chitchat_read_is_sorted_and_capped(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     data = {
-        f"c{i}": {"messages": [[{"text": "x" * 50, "sender": "a"}], [{"text": "y", "sender": "b"}]]}
-        for i in (3, 1, 2)
+        f"c{i}": {"messages": [[{"text": "x" * 50, "sender": "a"}], [{"text": "y", "sender": "b"}]]} for i in (3, 1, 2)
     }
     wheel = tmp_path / "chitchat_dataset-0.9.0-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as zf:
@@ -115,11 +111,7 @@ def test_chitchat_read_is_sorted_and_capped(tmp_path: Path, monkeypatch) -> None
 
 
 def _page(title: str, paras: list[str]) -> str:
-    return (
-        f"<html><body><h1>{title}</h1>"
-        + "".join(f"<p>{p}</p>" for p in paras)
-        + "<pre>$ cmd</pre></body></html>"
-    )
+    return f"<html><body><h1>{title}</h1>" + "".join(f"<p>{p}</p>" for p in paras) + "<pre>$ cmd</pre></body></html>"
 
 
 def test_handbook_parallel_keys_and_untranslated_paragraphs(tmp_path: Path) -> None:

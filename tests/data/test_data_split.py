@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from lmbricks.data.corpus import _split_docs
+from lmbricks.data.build import _split_docs
 from lmbricks.data.document import Document
 from lmbricks.data.split import SplitRule, assign_splits, unit_hash
 

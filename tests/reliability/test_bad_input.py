@@ -76,7 +76,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]
 
     m["plus"] = _with_tensors(base, root / "plus", shift(1.0))
     m["minus"] = _with_tensors(base, root / "minus", shift(-1.0))
-    m["same"] = _with_tensors(base, root / "same", lambda sd: None)  # the base under another name
+    m["same"] = _with_tensors(base, root / "same", lambda _sd: None)  # the base under another name
     before = _hashes(root)
     yield m
     assert _hashes(root) == before, "a failed command modified its inputs"
@@ -94,7 +94,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh, empty LMBRICKS_HOME, and token counts that never download the default model."""
     path = tmp_path / "home"
     monkeypatch.setenv("LMBRICKS_HOME", str(path))
-    monkeypatch.setattr("lmbricks.data.corpus.default_tokenizer", lambda: (None, "no tokenizer in tests"))
+    monkeypatch.setattr("lmbricks.data.build.default_tokenizer", lambda: (None, "no tokenizer in tests"))
     return path
 
 
@@ -256,7 +256,8 @@ def test_nan_input_in_average_is_named(models: dict[str, Path], tmp_path: Path) 
     assert_clear_error(res, f"model {models['nan']}", NAN_TENSOR, out=out)
 
 
-def test_nan_input_in_soup_is_named(models: dict[str, Path], tmp_path: Path, home: Path) -> None:
+@pytest.mark.usefixtures("home")
+def test_nan_input_in_soup_is_named(models: dict[str, Path], tmp_path: Path) -> None:
     docs = [tmp_path / f"doc{i}.txt" for i in range(40)]
     for i, d in enumerate(docs):
         d.write_text(f"Document {i}: the quick brown fox jumps over the lazy dog. " * 20)
@@ -278,7 +279,8 @@ def test_output_overflow_is_refused(models: dict[str, Path], tmp_path: Path) -> 
 # -- eval on an empty split ----------------------------------------------------------------------------
 
 
-def test_eval_ppl_on_an_empty_split_is_refused(models: dict[str, Path], tmp_path: Path, home: Path) -> None:
+@pytest.mark.usefixtures("home")
+def test_eval_ppl_on_an_empty_split_is_refused(models: dict[str, Path], tmp_path: Path) -> None:
     # was: perplexity 1.00, 0 bits per byte, exit 0
     text = tmp_path / "one.txt"
     text.write_text("a single short document\n")
@@ -378,7 +380,8 @@ def test_data_add_into_an_empty_home_says_it_fetches_the_default_model_first(tmp
 
 
 @pytest.mark.parametrize("command", [["models", "list"], ["data", "list"], ["adapters", "list"], ["merge", "methods"]])
-def test_list_commands_never_cut_names_and_have_json(command: list[str], home: Path) -> None:
+@pytest.mark.usefixtures("home")
+def test_list_commands_never_cut_names_and_have_json(command: list[str]) -> None:
     res = runner.invoke(app, [*command, "--json"])
     assert res.exit_code == 0, res.output
     records = json.loads(res.stdout)

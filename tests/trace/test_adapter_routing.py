@@ -8,7 +8,7 @@ import torch
 from planted_routing import make_texts
 
 from lmbricks.trace import AdapterRouterTracer, trace_model
-from lmbricks.trace.run import load_routed_model
+from lmbricks.trace.inputs import load_routed_model
 
 
 def test_adapter_routing_trace_matches_the_router(tiny_llama: Path) -> None:

@@ -24,7 +24,7 @@ from lmbricks.trace import (
     summarise,
     tokenize_domains,
 )
-from lmbricks.trace.run import load_routed_model
+from lmbricks.trace.inputs import load_routed_model
 
 
 class RandomTopKRouter(nn.Module):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lmbricks.trace import MoefiedTracer, capture_routing, find_tracer, selection_counts, tokenize_domains
-from lmbricks.trace.run import load_routed_model
+from lmbricks.trace.inputs import load_routed_model
 
 TEXTS = {
     "code": ["def main(): return 1 + 2 * x " * 3, "x^2 - 1 = 0, def main(): return 2 * x " * 3],

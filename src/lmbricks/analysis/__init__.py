@@ -5,6 +5,8 @@
 - :mod:`lmbricks.analysis.masking`: per-token top-k and CETT masking (pure tensor functions).
 - :func:`analyze_sparsity`: metric distributions, masking curve, CETT (``lmbricks analyze sparsity``).
 - :func:`analyze_neurons`: capability neurons and the pruning matrix (``lmbricks analyze neurons``).
+- :func:`run_sparsity` / :func:`run_neurons` (:mod:`~lmbricks.analysis.pipeline`): from a model
+  reference to the HTML report, what the two commands run.
 """
 
 from lmbricks.analysis.corpus import domain_chunks, mean_nll, perplexities, relative_change
@@ -20,10 +22,12 @@ from lmbricks.analysis.masking import (
     topk_mask,
 )
 from lmbricks.analysis.neurons import NeuronConfig, NeuronResult, analyze_neurons, specificity
+from lmbricks.analysis.pipeline import AnalysisRun, run_neurons, run_sparsity
 from lmbricks.analysis.reporting import write_neuron_report, write_sparsity_report
 from lmbricks.analysis.sparsity import SparsityConfig, SparsityResult, analyze_sparsity
 
 __all__ = [
+    "AnalysisRun",
     "FFNBlock",
     "NeuronConfig",
     "NeuronResult",
@@ -43,6 +47,8 @@ __all__ = [
     "neuron_scores",
     "perplexities",
     "relative_change",
+    "run_neurons",
+    "run_sparsity",
     "specificity",
     "tap_activations",
     "topk_mask",

@@ -86,3 +86,9 @@ def perplexities(model: Any, chunks: Mapping[str, torch.Tensor], batch_size: int
 def relative_change(values: Mapping[str, float], base: Mapping[str, float]) -> dict[str, float]:
     """``{k: values[k] / base[k] - 1}`` (0.10 = +10%)."""
     return {k: values[k] / base[k] - 1.0 for k in values}
+
+
+def budget(quick: bool, n_chunks: int | None = None, seq_len: int | None = None) -> tuple[int, int]:
+    """``(blocks per domain, tokens per block)``: :data:`QUICK_BUDGET` or :data:`FULL_BUDGET`, each overridable."""
+    base = QUICK_BUDGET if quick else FULL_BUDGET
+    return n_chunks or base[0], seq_len or base[1]

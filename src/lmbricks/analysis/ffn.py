@@ -92,7 +92,7 @@ def _act(module: nn.Module) -> Any:
     return None
 
 
-def _as_block(name: str, module: nn.Module) -> tuple[nn.Linear | None, nn.Linear, nn.Linear] | None:
+def _as_block(module: nn.Module) -> tuple[nn.Linear | None, nn.Linear, nn.Linear] | None:
     gate, up, down = (_linear(module, n) for n in _GLU_NAMES)
     if gate is not None and up is not None and down is not None:
         return gate, up, down
@@ -128,7 +128,7 @@ def find_ffns(model: nn.Module) -> list[FFNBlock]:
         )
     blocks: list[FFNBlock] = []
     for name, module in model.named_modules():
-        parts = _as_block(name, module)
+        parts = _as_block(module)
         if parts is None:
             continue
         gate, up, down = parts

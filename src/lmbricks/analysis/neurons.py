@@ -162,9 +162,7 @@ class NeuronResult:
         return d
 
 
-def collect_stats(
-    model: Any, blocks: Sequence[Any], chunks: dict[str, torch.Tensor], batch_size: int
-) -> DomainStats:
+def collect_stats(model: Any, blocks: Sequence[Any], chunks: dict[str, torch.Tensor], batch_size: int) -> DomainStats:
     """Per-domain sums of ``|a|`` and ``a^2`` for every neuron (one forward sweep per domain)."""
     n_layers, width = len(blocks), blocks[0].width
     sums = torch.zeros(n_layers, len(chunks), width, dtype=torch.float64)
@@ -234,8 +232,7 @@ def analyze_neurons(
                 ppl = perplexities(model, evals, config.batch_size)
             target[domain] = {e: ppl[e] / base[e] - 1.0 for e in domains}
     overlap = {
-        a: {b: jaccard(chosen[:, i], chosen[:, j]) for j, b in enumerate(domains)}
-        for i, a in enumerate(domains)
+        a: {b: jaccard(chosen[:, i], chosen[:, j]) for j, b in enumerate(domains)} for i, a in enumerate(domains)
     }
     neurons = {d: chosen[:, j].sort(-1).values.tolist() for j, d in enumerate(domains)}
     for row in change.values():

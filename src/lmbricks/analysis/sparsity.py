@@ -110,6 +110,28 @@ class SparsityResult:
         return asdict(self)
 
 
+def masking_changes(result: SparsityResult, metric: str = "norm") -> dict[str, Any]:
+    """One metric's relative perplexity changes of a sparsity analysis (what the tour's section shows).
+
+    Args:
+        result: the analysis.
+        metric: the masking metric whose curve is read.
+
+    Returns:
+        ``ppl_change`` (``{str(rho): {domain: change}}``), ``mean_change`` (``{str(rho): mean over
+        domains}``) and ``top_share_norm`` (``{"top 10%": share of a token's norm-metric mass, ...}``,
+        mean over layers).
+    """
+    base, curve, top = result.base_ppl, result.curve[metric], result.top_share["norm"]
+    change = {f"{rho:g}": {d: curve[f"{rho:g}"][d] / base[d] - 1.0 for d in base} for rho in result.config.sparsities}
+    share = {f"top {int(f * 100)}%": sum(row[j] for row in top) / len(top) for j, f in enumerate(TOP_SHARES)}
+    return {
+        "ppl_change": change,
+        "mean_change": {r: sum(v.values()) / len(v) for r, v in change.items()},
+        "top_share_norm": share,
+    }
+
+
 class _Distribution:
     """Streams per-layer histograms and top-share statistics of both metrics."""
 
@@ -141,9 +163,7 @@ class _Distribution:
         return {m: v.tolist() for m, v in self.hist.items()}
 
 
-def _calibration(
-    model: Any, blocks: Sequence[FFNBlock], chunks: dict[str, torch.Tensor]
-) -> list[torch.Tensor]:
+def _calibration(model: Any, blocks: Sequence[FFNBlock], chunks: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     """(N, I) activations per layer on the calibration blocks (at most ``_CALIB_ROWS`` rows each)."""
     rows: list[list[torch.Tensor]] = [[] for _ in blocks]
     with torch.no_grad(), tap_activations(blocks, lambda i, a: rows[i].append(a.reshape(-1, a.shape[-1]))):
@@ -183,6 +203,26 @@ def analyze_sparsity(
     step("baseline and metric distributions")
     with tap_activations(blocks, dist):
         base = perplexities(model, chunks, config.batch_size)
+    curve = _masking_curve(model, blocks, chunks, config, base, step)
+    result = SparsityResult(config, base, curve, dist.top_share(), dist.histograms())
+    if config.cett_target is not None:
+        step(f"CETT {config.cett_target} thresholds (train split)")
+        calib = domain_chunks(tokenizer, config.domains, "train", 1, config.seq_len, texts_of)
+        result.cett_thresholds, result.cett_sparsity, result.cett_ppl = _cett(
+            model, blocks, calib, chunks, config.cett_target, config.batch_size, step
+        )
+    return result
+
+
+def _masking_curve(
+    model: Any,
+    blocks: Sequence[FFNBlock],
+    chunks: dict[str, torch.Tensor],
+    config: SparsityConfig,
+    base: dict[str, float],
+    step: Callable[[str], None],
+) -> dict[str, dict[str, dict[str, float]]]:
+    """``{metric: {str(rho): {domain: ppl}}}`` with each FFN masked to its top ``1 - rho`` neurons per token."""
     norms = [b.down_norms() for b in blocks]
     curve: dict[str, dict[str, dict[str, float]]] = {}
     for metric in config.metrics:
@@ -198,29 +238,33 @@ def analyze_sparsity(
 
             with edit_activations(blocks, edit):
                 curve[metric][f"{rho:g}"] = perplexities(model, chunks, config.batch_size)
-    result = SparsityResult(config, base, curve, dist.top_share(), dist.histograms())
-    if config.cett_target is not None:
-        step(f"CETT {config.cett_target} thresholds (train split)")
-        calib = _calibration(
-            model,
-            blocks,
-            domain_chunks(tokenizer, config.domains, "train", 1, config.seq_len, texts_of),
-        )
-        thresholds = [
-            cett_threshold(a, b.down.weight, config.cett_target) for a, b in zip(calib, blocks, strict=True)
-        ]
-        kept = torch.zeros(len(blocks), dtype=torch.float64)
-        seen = torch.zeros(len(blocks), dtype=torch.float64)
+    return curve
 
-        def cett_edit(layer: int, a: torch.Tensor) -> torch.Tensor:
-            out = mask_threshold(a, norms[layer], thresholds[layer])
-            kept[layer] += float((out != 0).sum())
-            seen[layer] += a.numel()
-            return out
 
-        step("masking by CETT thresholds")
-        with edit_activations(blocks, cett_edit):
-            result.cett_ppl = perplexities(model, chunks, config.batch_size)
-        result.cett_thresholds = thresholds
-        result.cett_sparsity = (1.0 - kept / seen.clamp_min(1)).tolist()
-    return result
+def _cett(
+    model: Any,
+    blocks: Sequence[FFNBlock],
+    calib_chunks: dict[str, torch.Tensor],
+    chunks: dict[str, torch.Tensor],
+    target: float,
+    batch_size: int,
+    step: Callable[[str], None],
+) -> tuple[list[float], list[float], dict[str, float]]:
+    """``(thresholds, sparsity per layer, {domain: ppl})``: CETT thresholds fitted on the calibration
+    blocks, then applied to the evaluation blocks."""
+    calib = _calibration(model, blocks, calib_chunks)
+    thresholds = [cett_threshold(a, b.down.weight, target) for a, b in zip(calib, blocks, strict=True)]
+    norms = [b.down_norms() for b in blocks]
+    kept = torch.zeros(len(blocks), dtype=torch.float64)
+    seen = torch.zeros(len(blocks), dtype=torch.float64)
+
+    def cett_edit(layer: int, a: torch.Tensor) -> torch.Tensor:
+        out = mask_threshold(a, norms[layer], thresholds[layer])
+        kept[layer] += float((out != 0).sum())
+        seen[layer] += a.numel()
+        return out
+
+    step("masking by CETT thresholds")
+    with edit_activations(blocks, cett_edit):
+        ppl = perplexities(model, chunks, batch_size)
+    return thresholds, (1.0 - kept / seen.clamp_min(1)).tolist(), ppl

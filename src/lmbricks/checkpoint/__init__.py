@@ -24,8 +24,6 @@ from lmbricks.checkpoint.archmap import (
     inventory,
     is_moe_layer,
     tensor_role,
-    validate_checkpoint,
-    verify_checkpoint,
 )
 from lmbricks.checkpoint.atomic import atomic_directory, clean_stale_temps, fsync_tree
 from lmbricks.checkpoint.cleanup import StaleTemp, find_stale_temps, remove_stale_temps
@@ -45,6 +43,7 @@ from lmbricks.checkpoint.safetensors_file import (
     TensorInfo,
     dtype_size,
 )
+from lmbricks.checkpoint.validate import validate_checkpoint, verify_checkpoint
 from lmbricks.checkpoint.writer import ShardedWriter, parse_size, save_state_dict
 
 __all__ = [

@@ -18,12 +18,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from lmbricks.errors import CheckpointError
-
-if TYPE_CHECKING:
-    from lmbricks.checkpoint.reader import CheckpointReader
 
 RoleKind = Literal["embedding", "attention", "ffn", "router", "shared_expert_gate", "norm", "head", "other"]
 ROLE_KINDS: tuple[str, ...] = (
@@ -49,7 +46,7 @@ SUPPORTED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 MOE_ARCHS = ("mixtral", "qwen2_moe")
 
 # Names checkpoints may carry that transformers ignores on load (old non-persistent buffers).
-_IGNORABLE = re.compile(r"^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$")
+IGNORABLE = re.compile(r"^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$")
 
 
 @dataclass(frozen=True)
@@ -141,8 +138,7 @@ def architecture_of(config: Mapping[str, Any]) -> str:
     if model_type == "gemma3":
         hint = " (multimodal Gemma 3 is not supported; use a text-only Gemma3ForCausalLM checkpoint)"
     raise CheckpointError(
-        f"config.json: model_type {model_type!r} / architectures {archs} not supported{hint}; "
-        f"supported: {supported}"
+        f"config.json: model_type {model_type!r} / architectures {archs} not supported{hint}; supported: {supported}"
     )
 
 
@@ -232,144 +228,91 @@ def expected_tensors(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     arch = architecture_of(config)
     H = _field(config, "hidden_size")
     V = _field(config, "vocab_size")
-    L = _field(config, "num_hidden_layers")
-    nh = _field(config, "num_attention_heads")
-    nkv = config.get("num_key_value_heads") or nh
-    hd = config.get("head_dim") or H // nh
-    I = _field(config, "intermediate_size")  # noqa: E741 - the standard symbol
-
     out: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (V, H)}
-    qkv_bias = {
-        "llama": bool(config.get("attention_bias", False)),
-        "gemma3": bool(config.get("attention_bias", False)),
-        "qwen2": True,
-        "qwen2_moe": bool(config.get("qkv_bias", True)),
-    }.get(arch, False)
-    o_bias = arch in ("llama", "gemma3") and bool(config.get("attention_bias", False))
-    mlp_bias = arch == "llama" and bool(config.get("mlp_bias", False))
-
-    def ffn(prefix: str, inter: int, names: tuple[str, str, str], bias: bool = False) -> None:
-        gate, up, down = names  # (I, H), (I, H), (H, I)
-        out[f"{prefix}.{gate}.weight"] = (inter, H)
-        out[f"{prefix}.{up}.weight"] = (inter, H)
-        out[f"{prefix}.{down}.weight"] = (H, inter)
-        if bias:
-            out[f"{prefix}.{gate}.bias"] = (inter,)
-            out[f"{prefix}.{up}.bias"] = (inter,)
-            out[f"{prefix}.{down}.bias"] = (H,)
-
-    hf_names = ("gate_proj", "up_proj", "down_proj")
-    for i in range(L):
+    for i in range(_field(config, "num_hidden_layers")):
         p = f"model.layers.{i}"
         out[f"{p}.input_layernorm.weight"] = (H,)
         out[f"{p}.post_attention_layernorm.weight"] = (H,)
-        a = f"{p}.self_attn"
-        out[f"{a}.q_proj.weight"] = (nh * hd, H)
-        out[f"{a}.k_proj.weight"] = (nkv * hd, H)
-        out[f"{a}.v_proj.weight"] = (nkv * hd, H)
-        out[f"{a}.o_proj.weight"] = (H, nh * hd)
-        if qkv_bias:
-            out[f"{a}.q_proj.bias"] = (nh * hd,)
-            out[f"{a}.k_proj.bias"] = (nkv * hd,)
-            out[f"{a}.v_proj.bias"] = (nkv * hd,)
-        if o_bias:
-            out[f"{a}.o_proj.bias"] = (H,)
+        out.update(_attention_tensors(arch, config, f"{p}.self_attn", H))
         if arch == "gemma3":
-            out[f"{a}.q_norm.weight"] = (hd,)
-            out[f"{a}.k_norm.weight"] = (hd,)
             out[f"{p}.pre_feedforward_layernorm.weight"] = (H,)
             out[f"{p}.post_feedforward_layernorm.weight"] = (H,)
-
-        if arch == "mixtral":
-            E = _field(config, "num_local_experts")
-            out[f"{p}.block_sparse_moe.gate.weight"] = (E, H)
-            for e in range(E):
-                ffn(f"{p}.block_sparse_moe.experts.{e}", I, ("w1", "w3", "w2"))
-        elif arch == "qwen2_moe" and is_moe_layer(config, i):
-            E = _field(config, "num_experts")
-            moe_i = _field(config, "moe_intermediate_size")
-            out[f"{p}.mlp.gate.weight"] = (E, H)
-            for e in range(E):
-                ffn(f"{p}.mlp.experts.{e}", moe_i, hf_names)
-            shared_i = config.get("shared_expert_intermediate_size", 5632)
-            if shared_i:
-                ffn(f"{p}.mlp.shared_expert", shared_i, hf_names)
-                out[f"{p}.mlp.shared_expert_gate.weight"] = (1, H)
-        else:
-            ffn(f"{p}.mlp", I, hf_names, bias=mlp_bias)
-
+        out.update(_ffn_tensors(arch, config, p, i, H))
     out["model.norm.weight"] = (H,)
     if not _tied(arch, config):
         out["lm_head.weight"] = (V, H)
     return out
 
 
-def _floating(dtype: Any) -> bool:
-    return bool(getattr(dtype, "is_floating_point", False))
+def _attention_tensors(arch: str, config: Mapping[str, Any], a: str, H: int) -> dict[str, tuple[int, ...]]:
+    """One layer's attention projections (grouped KV heads, ``head_dim``), their biases, Gemma 3's q/k norms."""
+    nh = _field(config, "num_attention_heads")
+    nkv = config.get("num_key_value_heads") or nh
+    hd = config.get("head_dim") or H // nh
+    out: dict[str, tuple[int, ...]] = {
+        f"{a}.q_proj.weight": (nh * hd, H),
+        f"{a}.k_proj.weight": (nkv * hd, H),
+        f"{a}.v_proj.weight": (nkv * hd, H),
+        f"{a}.o_proj.weight": (H, nh * hd),
+    }
+    qkv_bias = {
+        "llama": bool(config.get("attention_bias", False)),
+        "gemma3": bool(config.get("attention_bias", False)),
+        "qwen2": True,
+        "qwen2_moe": bool(config.get("qkv_bias", True)),
+    }.get(arch, False)
+    if qkv_bias:
+        out[f"{a}.q_proj.bias"] = (nh * hd,)
+        out[f"{a}.k_proj.bias"] = (nkv * hd,)
+        out[f"{a}.v_proj.bias"] = (nkv * hd,)
+    if arch in ("llama", "gemma3") and bool(config.get("attention_bias", False)):
+        out[f"{a}.o_proj.bias"] = (H,)
+    if arch == "gemma3":
+        out[f"{a}.q_norm.weight"] = (hd,)
+        out[f"{a}.k_norm.weight"] = (hd,)
+    return out
 
 
-def validate_checkpoint(reader: CheckpointReader) -> None:
-    """Check a :class:`~lmbricks.checkpoint.CheckpointReader` against what its config implies.
-
-    Tolerated (as transformers tolerates them on load): an extra ``lm_head.weight`` of the right
-    shape when embeddings are tied, and old ``rotary_emb.inv_freq`` buffers.
-
-    Raises:
-        CheckpointError: missing, unexpected, wrong-shape or non-floating tensors; the message lists
-            each problem (up to 20) with the tensor and the file.
-    """
-    expected = expected_tensors(reader.config)
-    problems: list[str] = []
-    index_or_dir = reader.path
-    for name, shape in expected.items():
-        if name not in reader:
-            problems.append(f"{index_or_dir}: tensor {name!r} missing (expected shape {shape})")
-            continue
-        info = reader.info(name)
-        if info.shape != shape:
-            problems.append(
-                f"{reader.file_of(name)}: tensor {name!r} has shape {info.shape}, config implies {shape}"
-            )
-        if not _floating(info.dtype):
-            problems.append(
-                f"{reader.file_of(name)}: tensor {name!r} has dtype {info.dtype}, expected a float type"
-            )
-    tied = "lm_head.weight" not in expected
-    for name in reader:
-        if name in expected or _IGNORABLE.match(name):
-            continue
-        if (
-            tied
-            and name == "lm_head.weight"
-            and reader.info(name).shape == expected["model.embed_tokens.weight"]
-        ):
-            continue
-        problems.append(f"{reader.file_of(name)}: tensor {name!r} unexpected for this config")
-    if problems:
-        shown = "\n  ".join(problems[:20])
-        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise CheckpointError(f"{reader.path}: checkpoint does not match config.json:\n  {shown}{more}")
+_HF_FFN = ("gate_proj", "up_proj", "down_proj")
 
 
-def verify_checkpoint(path: Any, allow_pickle: bool | None = None) -> None:
-    """Open a model directory with the validated reader and check it against its config, then close it.
+def _ffn_tensors(arch: str, config: Mapping[str, Any], p: str, layer: int, H: int) -> dict[str, tuple[int, ...]]:
+    """One layer's FFN: dense (Llama's ``mlp_bias``), Mixtral's experts, or Qwen2-MoE's experts and shared expert."""
+    out: dict[str, tuple[int, ...]] = {}
+    I = _field(config, "intermediate_size")  # noqa: E741 - the standard symbol
+    if arch == "mixtral":
+        E = _field(config, "num_local_experts")
+        out[f"{p}.block_sparse_moe.gate.weight"] = (E, H)
+        for e in range(E):
+            out.update(_glu(f"{p}.block_sparse_moe.experts.{e}", H, I, ("w1", "w3", "w2")))
+    elif arch == "qwen2_moe" and is_moe_layer(config, layer):
+        E = _field(config, "num_experts")
+        moe_i = _field(config, "moe_intermediate_size")
+        out[f"{p}.mlp.gate.weight"] = (E, H)
+        for e in range(E):
+            out.update(_glu(f"{p}.mlp.experts.{e}", H, moe_i, _HF_FFN))
+        shared_i = config.get("shared_expert_intermediate_size", 5632)
+        if shared_i:
+            out.update(_glu(f"{p}.mlp.shared_expert", H, shared_i, _HF_FFN))
+            out[f"{p}.mlp.shared_expert_gate.weight"] = (1, H)
+    else:
+        out.update(_glu(f"{p}.mlp", H, I, _HF_FFN, bias=arch == "llama" and bool(config.get("mlp_bias", False))))
+    return out
 
-    For code that hands a directory to ``transformers`` (which would fail deep inside with a
-    ``SafetensorError``, or read a pickle nobody allowed): the same checks as every lmbricks reader,
-    before any weight is loaded. Architectures lmbricks does not map get the file checks only.
 
-    Raises:
-        CheckpointError: a truncated or malformed file, pickles without ``allow_pickle``, tensors
-            that do not match config.json (naming the file and tensor).
-    """
-    from lmbricks.checkpoint.reader import CheckpointReader
-
-    with CheckpointReader(path, allow_pickle=allow_pickle) as reader:
-        try:
-            architecture_of(reader.config)
-        except CheckpointError:
-            return  # unmapped architecture: transformers will check the names and shapes
-        validate_checkpoint(reader)
+def _glu(
+    prefix: str, H: int, inter: int, names: tuple[str, str, str], bias: bool = False
+) -> dict[str, tuple[int, ...]]:
+    """A gated FFN's three projections: gate and up (I, H), down (H, I), and their biases."""
+    gate, up, down = names
+    out: dict[str, tuple[int, ...]] = {
+        f"{prefix}.{gate}.weight": (inter, H),
+        f"{prefix}.{up}.weight": (inter, H),
+        f"{prefix}.{down}.weight": (H, inter),
+    }
+    if bias:
+        out |= {f"{prefix}.{gate}.bias": (inter,), f"{prefix}.{up}.bias": (inter,), f"{prefix}.{down}.bias": (H,)}
+    return out
 
 
 def inventory(config: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
@@ -397,7 +340,7 @@ def inventory(config: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) 
     expert_neurons = [0] * L
     shared_neurons = [0] * L
     for name, shape in shapes.items():
-        if _IGNORABLE.match(name):
+        if IGNORABLE.match(name):
             continue
         role = tensor_role(arch, name)
         if role.kind == "head" and tied:

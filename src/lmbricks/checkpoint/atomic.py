@@ -155,22 +155,7 @@ def atomic_directory(
         yield tmp
         fsync_tree(tmp)
         check_output(dest, inputs, force, marker=marker)  # it may have appeared, or changed, meanwhile
-        if not (dest.exists() or dest.is_symlink()):
-            try:
-                renamed = _renameat2(tmp, dest, _RENAME_NOREPLACE)
-            except FileExistsError:  # pragma: no cover - appeared in the last microseconds
-                raise _refuse(dest) from None
-            if not renamed:
-                if dest.exists():  # pragma: no cover - appeared in the last microseconds
-                    raise _refuse(dest)
-                os.rename(tmp, dest)
-        elif _renameat2(tmp, dest, _RENAME_EXCHANGE):
-            _remove(tmp)  # now holds the old content
-        else:
-            old = dest.parent / f".{dest.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-            os.rename(dest, old)
-            os.rename(tmp, dest)
-            _remove(old)
+        _move_into_place(tmp, dest)
         _fsync_path(dest.parent, directory=True)
     except OSError as exc:
         _remove(tmp)
@@ -180,6 +165,26 @@ def atomic_directory(
     except BaseException:
         _remove(tmp)
         raise
+
+
+def _move_into_place(tmp: Path, dest: Path) -> None:
+    """Rename ``tmp`` to ``dest``; an existing ``dest`` is swapped out (atomically where Linux can) and removed."""
+    if not (dest.exists() or dest.is_symlink()):
+        try:
+            renamed = _renameat2(tmp, dest, _RENAME_NOREPLACE)
+        except FileExistsError:  # pragma: no cover - appeared in the last microseconds
+            raise _refuse(dest) from None
+        if not renamed:
+            if dest.exists():  # pragma: no cover - appeared in the last microseconds
+                raise _refuse(dest)
+            os.rename(tmp, dest)
+    elif _renameat2(tmp, dest, _RENAME_EXCHANGE):
+        _remove(tmp)  # now holds the old content
+    else:
+        old = dest.parent / f".{dest.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+        os.rename(dest, old)
+        os.rename(tmp, dest)
+        _remove(old)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -135,9 +135,7 @@ def check_replaceable(dest: str | Path, force: bool, marker: str = PROVENANCE_FI
     return dest
 
 
-def check_output(
-    dest: str | Path, inputs: Inputs = (), force: bool = False, *, marker: str = PROVENANCE_FILE
-) -> Path:
+def check_output(dest: str | Path, inputs: Inputs = (), force: bool = False, *, marker: str = PROVENANCE_FILE) -> Path:
     """Validate an output path before any work: apart from every input, and replaceable if it exists.
 
     Call it at the start of a command, before loading models; :func:`atomic_directory` calls it again

@@ -227,7 +227,7 @@ def safetensors_tensor_hashes(path: Path) -> dict[str, list[Any]]:
 FileHasher = Callable[[Path, str, Callable[[Path], Any]], Any]
 
 
-def _plain_file_hasher(path: Path, kind: str, compute: Callable[[Path], Any]) -> Any:
+def _plain_file_hasher(path: Path, _kind: str, compute: Callable[[Path], Any]) -> Any:
     return compute(path)
 
 
@@ -295,9 +295,7 @@ class ModelIdentity:
         return out
 
 
-def model_identity(
-    directory: Path, weight_files: list[Path], cached: FileHasher = _plain_file_hasher
-) -> ModelIdentity:
+def model_identity(directory: Path, weight_files: list[Path], cached: FileHasher = _plain_file_hasher) -> ModelIdentity:
     """The :class:`ModelIdentity` of a Hugging Face model directory.
 
     Args:

@@ -233,9 +233,7 @@ def write_provenance(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command,
         "recipe": recipe,
-        "inputs": [
-input_record(name, p, relative_to=directory) for name, p in inputs.items()
-        ],
+        "inputs": [input_record(name, p, relative_to=directory) for name, p in inputs.items()],
         "bricks": bricks or {},
     }
     out = Path(directory) / PROVENANCE_FILE

@@ -18,14 +18,13 @@ import contextlib
 import contextvars
 import difflib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import torch
 
-from lmbricks.checkpoint.safetensors_file import SafetensorsFile, TensorInfo
+from lmbricks.checkpoint.safetensors_file import SafetensorsFile, TensorInfo, TensorNames
 from lmbricks.errors import CheckpointError
 
 SAFE_SINGLE = "model.safetensors"
@@ -77,9 +76,7 @@ def _read_index(path: Path) -> dict[str, str]:
         raise CheckpointError(f"{path}: 'weight_map' must be an object mapping tensor names to shard files")
     for name, shard in weight_map.items():
         if Path(shard).name != shard:
-            raise CheckpointError(
-                f"{path}: tensor {name!r}: shard {shard!r} must be a file name in the directory"
-            )
+            raise CheckpointError(f"{path}: tensor {name!r}: shard {shard!r} must be a file name in the directory")
     return weight_map
 
 
@@ -125,7 +122,7 @@ class _PickleFile:
         self._tensors = {}
 
 
-class CheckpointReader:
+class CheckpointReader(TensorNames):
     """A lazily opened Hugging Face model directory.
 
     Opening parses ``config.json``, the shard index and every shard's header, and checks that they
@@ -174,9 +171,7 @@ class CheckpointReader:
         else:
             pickles = sorted(p.name for p in d.iterdir() if p.is_file() and p.suffix in PICKLE_SUFFIXES)
             if not pickles and not (d / PICKLE_INDEX).is_file():
-                raise CheckpointError(
-                    f"{d}: no weights found (expected {SAFE_SINGLE} or {SAFE_INDEX} with its shards)"
-                )
+                raise CheckpointError(f"{d}: no weights found (expected {SAFE_SINGLE} or {SAFE_INDEX} with its shards)")
             if not self.allow_pickle:
                 found = PICKLE_INDEX if (d / PICKLE_INDEX).is_file() else pickles[0]
                 raise CheckpointError(
@@ -209,16 +204,13 @@ class CheckpointReader:
             shard_path = self.path / shard
             if not shard_path.is_file():
                 raise CheckpointError(
-                    f"{index_path}: shard {shard!r} (holding tensor {names[0]!r}) "
-                    f"does not exist in {self.path}"
+                    f"{index_path}: shard {shard!r} (holding tensor {names[0]!r}) does not exist in {self.path}"
                 )
             file = opener(shard_path)
             self._files[shard] = file
             for name in names:
                 if name not in file:
-                    raise CheckpointError(
-                        f"{shard_path}: tensor {name!r} is listed in {index_path.name} but absent"
-                    )
+                    raise CheckpointError(f"{shard_path}: tensor {name!r} is listed in {index_path.name} but absent")
             for name in file:
                 if name in holder:
                     raise CheckpointError(
@@ -228,18 +220,9 @@ class CheckpointReader:
         self._where = dict(weight_map)
 
     # -- queries ----------------------------------------------------------------------------------
-    def keys(self) -> list[str]:
-        """All tensor names, in index (or file) order."""
-        return list(self._where)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._where
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._where)
-
-    def __len__(self) -> int:
-        return len(self._where)
+    @property
+    def _names(self) -> Mapping[str, Any]:
+        return self._where
 
     def _file(self, name: str) -> SafetensorsFile | _PickleFile:
         try:
@@ -279,14 +262,6 @@ class CheckpointReader:
             file.close()
         self._files = {}
         self._where = {}
-
-    def __enter__(self) -> CheckpointReader:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"CheckpointReader({str(self.path)!r}, {len(self._where)} tensors in {len(self._files)} files)"

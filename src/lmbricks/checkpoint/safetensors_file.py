@@ -19,10 +19,12 @@ import math
 import mmap
 import os
 import sys
-from collections.abc import Iterator
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any, TypeVar
 
 import torch
 
@@ -115,44 +117,7 @@ def _parse_header(path: Path, file_size: int, raw: bytes, data_start: int) -> tu
     ):
         raise _fail(path, "header __metadata__ must map strings to strings")
 
-    infos: dict[str, TensorInfo] = {}
-    for name, entry in header.items():
-        if not isinstance(entry, dict):
-            raise _fail(path, "header entry is not an object", name)
-        code = entry.get("dtype")
-        if code not in SAFETENSORS_DTYPES:
-            known = ", ".join(SAFETENSORS_DTYPES)
-            raise _fail(path, f"unknown or unsupported dtype {code!r} (this torch knows {known})", name)
-        dtype = SAFETENSORS_DTYPES[code]
-        shape = entry.get("shape")
-        if not isinstance(shape, list) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-        ):
-            raise _fail(path, f"shape {shape!r} is not a list of non-negative integers", name)
-        offsets = entry.get("data_offsets")
-        if (
-            not isinstance(offsets, list)
-            or len(offsets) != 2
-            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
-            or not 0 <= offsets[0] <= offsets[1]
-        ):
-            raise _fail(path, f"data_offsets {offsets!r} must be two integers 0 <= begin <= end", name)
-        begin, end = offsets
-        info = TensorInfo(name, dtype, tuple(shape), data_start + begin, data_start + end)
-        if end - begin != info.nbytes:
-            raise _fail(
-                path,
-                f"data_offsets {offsets} span {end - begin} bytes but shape {tuple(shape)} of {code} "
-                f"needs {info.nbytes}",
-                name,
-            )
-        if info.end > file_size:
-            raise _fail(
-                path,
-                f"data ends at byte {info.end} but the file has only {file_size} bytes (truncated file?)",
-                name,
-            )
-        infos[name] = info
+    infos = {name: _tensor_info(path, file_size, name, entry, data_start) for name, entry in header.items()}
 
     # Tensors must not share bytes: sort by position and compare neighbours.
     ordered = sorted(infos.values(), key=lambda i: (i.start, i.end))
@@ -166,7 +131,78 @@ def _parse_header(path: Path, file_size: int, raw: bytes, data_start: int) -> tu
     return infos, metadata
 
 
-class SafetensorsFile:
+def _tensor_info(path: Path, file_size: int, name: str, entry: object, data_start: int) -> TensorInfo:
+    """One header entry checked: a known dtype, a shape, offsets that match it and lie inside the file."""
+    if not isinstance(entry, dict):
+        raise _fail(path, "header entry is not an object", name)
+    code = entry.get("dtype")
+    if code not in SAFETENSORS_DTYPES:
+        known = ", ".join(SAFETENSORS_DTYPES)
+        raise _fail(path, f"unknown or unsupported dtype {code!r} (this torch knows {known})", name)
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise _fail(path, f"shape {shape!r} is not a list of non-negative integers", name)
+    offsets = entry.get("data_offsets")
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+        or not 0 <= offsets[0] <= offsets[1]
+    ):
+        raise _fail(path, f"data_offsets {offsets!r} must be two integers 0 <= begin <= end", name)
+    begin, end = offsets
+    info = TensorInfo(name, SAFETENSORS_DTYPES[code], tuple(shape), data_start + begin, data_start + end)
+    if end - begin != info.nbytes:
+        raise _fail(
+            path,
+            f"data_offsets {offsets} span {end - begin} bytes but shape {tuple(shape)} of {code} needs {info.nbytes}",
+            name,
+        )
+    if info.end > file_size:
+        raise _fail(
+            path, f"data ends at byte {info.end} but the file has only {file_size} bytes (truncated file?)", name
+        )
+    return info
+
+
+N = TypeVar("N", bound="TensorNames")
+
+
+class TensorNames(ABC):
+    """``keys()``, ``in``, ``iter`` and ``len`` over a mapping ``_names`` whose keys are tensor names,
+    and ``with`` closing the object (:meth:`close`) on exit."""
+
+    @property
+    @abstractmethod
+    def _names(self) -> Mapping[str, Any]: ...
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the open files."""
+
+    def __enter__(self: N) -> N:
+        return self
+
+    def __exit__(
+        self, _exc_type: type[BaseException] | None, _exc: BaseException | None, _tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def keys(self) -> list[str]:
+        """Tensor names in order (a file's header order; a checkpoint's index or file order)."""
+        return list(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+class SafetensorsFile(TensorNames):
     """A lazily read, header-validated safetensors file.
 
     Opening reads and validates only the header. Tensors are views of a private memory map created
@@ -205,18 +241,9 @@ class SafetensorsFile:
         self._infos, self.metadata = _parse_header(self.path, size, raw, 8 + n)
 
     # -- header queries ---------------------------------------------------------------------------
-    def keys(self) -> list[str]:
-        """Tensor names in header order."""
-        return list(self._infos)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._infos
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._infos)
-
-    def __len__(self) -> int:
-        return len(self._infos)
+    @property
+    def _names(self) -> Mapping[str, Any]:
+        return self._infos
 
     def info(self, name: str) -> TensorInfo:
         """Dtype, shape and byte range of ``name`` (no data is read)."""
@@ -276,14 +303,5 @@ class SafetensorsFile:
         """
         self._mmap = None
 
-    def __enter__(self) -> SafetensorsFile:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"SafetensorsFile({str(self.path)!r}, {len(self._infos)} tensors)"
-

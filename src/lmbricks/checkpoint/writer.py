@@ -66,9 +66,7 @@ def parse_size(text: str | int) -> int:
         raise ConfigError(f"size {text!r} must be an integer or a string like '500MB'")
     m = _SIZE_RE.match(text)
     if not m:
-        raise ConfigError(
-            f"size {text!r} not understood; use bytes or a number with a unit: 500MB, 1.5GB, 2GiB"
-        )
+        raise ConfigError(f"size {text!r} not understood; use bytes or a number with a unit: 500MB, 1.5GB, 2GiB")
     number, prefix, binary = m.group(1), (m.group(2) or "").lower(), m.group(3)
     mult = 1024 ** ("kmgt".index(prefix) + 1) if binary else _UNITS[prefix]
     return round(float(number) * mult)
@@ -175,9 +173,7 @@ class ShardedWriter:
         if not isinstance(name, str) or not name or name == "__metadata__":
             raise CheckpointError(f"{self.directory}: invalid tensor name {name!r}")
         if dtype not in TORCH_TO_SAFETENSORS:
-            raise CheckpointError(
-                f"{self.directory}: tensor {name!r}: dtype {dtype} cannot be stored in safetensors"
-            )
+            raise CheckpointError(f"{self.directory}: tensor {name!r}: dtype {dtype} cannot be stored in safetensors")
 
     # -- declared mode ----------------------------------------------------------------------------
     def declare(self, specs: Iterable[tuple[str, Sequence[int], torch.dtype]]) -> None:

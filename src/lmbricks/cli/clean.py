@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from lmbricks.cli.common import console, print_json, user_errors
+from lmbricks.cli.options import json_option
 
 
 def _default_roots() -> list[Path]:
@@ -33,7 +34,7 @@ def clean(
     ),
     depth: int = typer.Option(4, "--depth", min=1, help="Levels of folders searched below each directory."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be removed, remove nothing."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    as_json: bool = json_option("Print JSON."),
 ) -> None:
     """Remove stale temporaries (.NAME.tmp-PID-*) of writes that were killed: their process is gone.
 

@@ -1,11 +1,12 @@
-"""Helpers shared by the CLI modules: console, error reporting, progress bars."""
+"""Helpers shared by the CLI modules: console, error reporting, tables, progress bars.
+
+The shared typer options (``--force``, ``--json``, ``MODEL``, ...) are in :mod:`lmbricks.cli.options`.
+"""
 
 from __future__ import annotations
 
 import errno
-import inspect
-import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
 from typing import Any, TypeVar
@@ -13,24 +14,18 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from lmbricks.cli.options import FORCE_HELP as FORCE_HELP  # re-exported: the shared options live there
+from lmbricks.cli.options import reads_checkpoints as reads_checkpoints
+from lmbricks.cli.tables import print_json as print_json
+from lmbricks.cli.tables import print_list as print_list
 from lmbricks.errors import LmbricksError
 
 console = Console()
 err_console = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-#: The help of every ``--force`` that replaces an output directory.
-FORCE_HELP = "Replace an existing output that lmbricks wrote (never an input, a file or a folder of yours)."
 
 #: System errors that are the machine's condition, not a bug: reported as one line, no traceback.
 _STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
@@ -70,77 +65,16 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-ALLOW_PICKLE_HELP = (
-    "Also read .bin/.pt pickle checkpoints (torch.load with weights_only=True, which runs no code); "
-    "by default only safetensors are read."
-)
+def notes_to_stderr(update: Callable[[str], None]) -> Callable[[str], None]:
+    """A progress callback: ``note:`` messages become lines on stderr, the rest go to ``update``."""
 
-
-def reads_checkpoints(fn: F) -> F:
-    """Give a command ``--allow-pickle``: every checkpoint reader the command opens follows it.
-
-    The option is added to the command's signature (so ``--help`` shows it) and the command runs
-    inside :func:`lmbricks.checkpoint.allow_pickles` with its value.
-    """
-    from lmbricks.checkpoint import allow_pickles
-
-    sig = inspect.signature(fn, eval_str=True)
-    option = inspect.Parameter(
-        "allow_pickle",
-        inspect.Parameter.KEYWORD_ONLY,
-        default=typer.Option(False, "--allow-pickle", help=ALLOW_PICKLE_HELP),
-        annotation=bool,
-    )
-
-    @wraps(fn)
-    def wrapper(*args: Any, allow_pickle: bool = False, **kwargs: Any) -> Any:
-        with allow_pickles(allow_pickle):
-            return fn(*args, **kwargs)
-
-    wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), option])  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {**getattr(fn, "__annotations__", {}), "allow_pickle": bool}
-    return wrapper  # type: ignore[return-value]
-
-
-def print_list(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], key: str = "name") -> None:
-    """Print a list as a table whose ``key`` column (the names users type) is never cut or wrapped.
-
-    Piped output gets the table at its natural width. A terminal too narrow for the names plus a
-    few characters per other column gets one block per row instead (``name`` then ``column: value``
-    lines), so no value is cut either.
-    """
-    from rich.measure import Measurement
-    from rich.table import Table
-
-    key_width = max([len(key), *(len(str(r[columns.index(key)])) for r in rows)])
-    table = Table(title=title)
-    for col in columns:
-        if col == key:
-            table.add_column(col, no_wrap=True, min_width=key_width)
+    def progress(msg: str) -> None:
+        if msg.startswith("note:"):
+            err_console.print(msg, highlight=False, soft_wrap=True, markup=False)
         else:
-            table.add_column(col, overflow="fold")
-    for r in rows:
-        table.add_row(*(escape(str(v)) for v in r))
-    if not console.is_terminal:  # piped: a console as wide as the table (COLUMNS does not apply)
-        natural = Measurement.get(console, console.options.update_width(1 << 16), table).maximum
-        Console(file=console.file, width=max(natural, console.width), color_system=None).print(table)
-        return
-    needed = key_width + 7 + 10 * (len(columns) - 1)  # borders, padding, ~8 characters per column
-    if needed <= console.width:
-        console.print(table)
-        return
-    console.print(title, style="bold", highlight=False)
-    for r in rows:
-        values = dict(zip(columns, (str(v) for v in r), strict=True))
-        console.print(values[key], style="bold", highlight=False, soft_wrap=True, markup=False)
-        for col in columns:
-            if col != key:
-                console.print(f"  {col}: {values[col]}", highlight=False, soft_wrap=True, markup=False)
+            update(msg)
 
-
-def print_json(obj: Any) -> None:
-    """Print ``obj`` as JSON on stdout, nothing else (so it can be piped)."""
-    typer.echo(json.dumps(obj, indent=2, sort_keys=False))
+    return progress
 
 
 @contextmanager

@@ -7,16 +7,16 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from lmbricks.cli.common import console, err_console, print_json, print_list, reads_checkpoints, user_errors
+from lmbricks.cli.common import console, err_console, notes_to_stderr, print_json, user_errors
+from lmbricks.cli.options import force_option, json_option, model_argument, reads_checkpoints
+from lmbricks.cli.tables import print_records
 
 app = typer.Typer(help="Registry models: list, fetch and inspect.", no_args_is_help=True)
 
 
 @app.command("list")
 @user_errors
-def list_models(
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-) -> None:
+def list_models(as_json: bool = json_option()) -> None:
     """List the models lmbricks can fetch from the package registries (names are never shortened).
 
     Example: lmbricks models list --json
@@ -36,23 +36,21 @@ def list_models(
         }
         for spec in REGISTRY.values()
     ]
-    if as_json:
-        print_json(records)
-        return
-    rows = []
-    for r in records:
+
+    def row(r: dict[str, Any]) -> tuple[str, ...]:
         packages = r["packages"]
         source = packages[0].split("==")[0] + (f" (+{len(packages) - 1} parts)" if len(packages) > 1 else "")
         name = r["name"] + (" (default)" if r["default"] else "")
-        rows.append((name, r["architecture"], "yes" if r["cached"] else "no", source, r["description"]))
-    print_list("Registry models", ("name", "architecture", "cached", "source", "description"), rows)
+        return (name, r["architecture"], "yes" if r["cached"] else "no", source, r["description"])
+
+    print_records(records, as_json, "Registry models", ("name", "architecture", "cached", "source", "description"), row)
 
 
 @app.command()
 @user_errors
 def fetch(
-    name: str = typer.Argument("smollm2-135m-instruct", help="Registry name (see `lmbricks models list`)."),
-    force: bool = typer.Option(False, "--force", help="Convert again even if cached."),
+    name: str = model_argument("smollm2-135m-instruct", "Registry name (see `lmbricks models list`)."),
+    force: bool = force_option("Convert again even if cached."),
     accept_conversion: bool = typer.Option(
         False, "--accept-conversion", help="Keep a conversion whose tensors differ from the pinned ones."
     ),
@@ -65,13 +63,8 @@ def fetch(
     from lmbricks.hub import fetch_model, get_spec
 
     spec = get_spec(name)
-
-    def progress(msg: str) -> None:
-        if msg.startswith("note:"):
-            err_console.print(msg, highlight=False)
-        status.update(f"{name}: {msg}")
-
     with err_console.status(f"fetching {name}") as status:
+        progress = notes_to_stderr(lambda msg: status.update(f"{name}: {msg}"))
         path = fetch_model(spec, force=force, progress=progress, accept_conversion=accept_conversion)
     console.print(f"{name} ready at {path}")
 
@@ -80,8 +73,8 @@ def fetch(
 @user_errors
 @reads_checkpoints
 def info(
-    ref: str = typer.Argument("smollm2-135m-instruct", help="Registry name, model directory or .gguf file."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    ref: str = model_argument("smollm2-135m-instruct"),
+    as_json: bool = json_option("Print JSON instead of tables."),
 ) -> None:
     """Show a model's configuration and its parameters by role (embedding, attention, FFN, ...).
 

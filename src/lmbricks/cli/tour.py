@@ -7,12 +7,13 @@ from pathlib import Path
 import typer
 
 from lmbricks.cli.common import console, err_console, user_errors
+from lmbricks.cli.options import out_option
 from lmbricks.tour.run import DEFAULT_MODEL, SECTION_NAMES
 
 
 @user_errors
 def tour(
-    out: Path = typer.Option(Path("runs/tour"), "--out", "-o", help="Directory for report.html and plots."),
+    out: Path = out_option(Path("runs/tour"), "Directory for report.html and plots."),
     quick: bool = typer.Option(False, "--quick", help="Trim every budget (used by CI)."),
     model: str = typer.Option(DEFAULT_MODEL, "--model", help="Model to tour."),
     section: list[str] = typer.Option(

@@ -3,27 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
 
-from lmbricks.cli.common import (
-    FORCE_HELP,
-    console,
-    err_console,
-    print_json,
-    progress_bar,
-    reads_checkpoints,
-    user_errors,
-)
-from lmbricks.errors import ConfigError
+from lmbricks.cli.common import console, err_console, print_json, progress_bar, user_errors
+from lmbricks.cli.options import domains_option, force_option, json_option, model_argument, reads_checkpoints
 
 
 @user_errors
 @reads_checkpoints
 def trace(
-    model: str = typer.Argument(..., help="Routed model: registry name, model directory or .gguf file."),
-    domain: list[str] = typer.Option(None, "--domain", "-d", help="Stored domain to trace (repeatable)."),
+    model: str = model_argument(help="Routed model: registry name, model directory or .gguf file."),
+    domain: list[str] = domains_option("Stored domain to trace (repeatable)."),
     texts: list[str] = typer.Option(
         None,
         "--texts",
@@ -43,8 +36,8 @@ def trace(
         None, "--adapter-router", help="Trace adapter routing: a router JSON (lmbricks adapters) over MODEL."
     ),
     adapter_top_k: int = typer.Option(1, "--adapter-top-k", help="Bricks chosen per input (--adapter-router)."),
-    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print the numbers as JSON."),
+    force: bool = force_option(),
+    as_json: bool = json_option("Print the numbers as JSON."),
 ) -> None:
     """Trace the routing of an MoE model over documents by domain: expert histograms and load,
     consecutive-token routing against random baselines, coloured tokens, and a linear SVM that
@@ -52,37 +45,31 @@ def trace(
 
     Example: lmbricks trace ./my-moe --domain code --domain prose --domain zh --layer 1
     """
-    from lmbricks.trace.run import read_text_documents, trace_model
-    from lmbricks.trace.tracers import AdapterRouterTracer, Tracer
+    from lmbricks.config import validate
+    from lmbricks.trace.inputs import parse_text_sources
+    from lmbricks.trace.pipeline import TraceConfig, trace_model
 
-    tracer: Tracer | None = None
-    if adapter_router is not None:
-        from lmbricks.adapters.route import Router
-
-        tracer = AdapterRouterTracer(Router.load(adapter_router), top_k=adapter_top_k)
-
-    text_map: dict[str, list[str]] | None = None
-    read: list[str | Path] = [adapter_router] if adapter_router is not None else []
-    if texts:
-        text_map = {}
-        for item in texts:
-            name, sep, path = item.partition("=")
-            if not sep or not name or not path:
-                raise ConfigError(f"--texts {item!r}: expected DOMAIN=PATH")
-            text_map.setdefault(name, []).extend(read_text_documents(path))
-            read.append(path)
-    dest = out or Path("runs") / "trace" / (Path(model).name or model)
+    options: dict[str, Any] = {"domains": domain or [], "texts": parse_text_sources(texts or []), "split": split}
+    options |= {"docs_per_domain": docs, "max_tokens": tokens, "layer": layer, "folds": folds, "seed": seed}
+    options |= {"batch_size": batch, "adapter_router": adapter_router, "adapter_top_k": adapter_top_k}
+    config = validate(TraceConfig, options, "lmbricks trace")
     with progress_bar(transient=True) as bar:
         task = bar.add_task("tracing", total=None)
         result = trace_model(
-            model, list(domain or []), text_map, split=split, docs_per_domain=docs, max_tokens=tokens,
-            layer=layer, folds=folds, seed=seed, batch_size=batch, out=dest, tracer=tracer, force=force,
-            progress=lambda done, total: bar.update(task, completed=done, total=total), inputs=read,
-        )  # fmt: skip
-    s = result.summary
+            model,
+            config,
+            out=out or Path("runs") / "trace" / (Path(model).name or model),
+            force=force,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
     if as_json:
-        print_json(s)
-        return
+        print_json(result.summary)
+    else:
+        _print_summary(result.summary)
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    """Per-layer consecutive-token and load numbers, the topic accuracies and the report's path."""
     table = Table(title=f"{s['model']}: {s['documents']} documents, {s['num_experts']} experts, top-{s['top_k']}")
     for col in ("layer", "same top-1", "top-k overlap", "load entropy / log E", "max / mean"):
         table.add_column(col, justify="right")

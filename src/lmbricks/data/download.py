@@ -1,4 +1,5 @@
-"""Downloading registry packages (Debian .debs, PyPI wheels) into the cache, and unpacking .debs.
+"""Downloading registry packages (Debian .debs, PyPI wheels) into the cache, and unpacking .debs (with
+``dpkg-deb``, or :mod:`lmbricks.data.archive`'s Python reader where it is missing).
 
 Nothing is installed: ``apt-get download`` and ``pip download --no-deps`` only fetch the archive,
 which is kept in :func:`lmbricks.paths.downloads_dir` so a second fetch needs no network.
@@ -12,23 +13,19 @@ and the SHA-256 of the downloaded file.
 
 from __future__ import annotations
 
-import hashlib
-import io
-import lzma
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
-import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lmbricks.paths as paths
+from lmbricks.data.archive import deb_version, extract_deb_data, sha256_file
 from lmbricks.errors import FetchError
 
 
@@ -189,15 +186,32 @@ def apt_download(name: str, version: str | None = None, dest: Path | None = None
 
 def _apt_get_download(name: str, version: str | None, folder: Path) -> Path:
     spec = name if version is None else f"{name}={version}"
-    # Download into a scratch folder first so a half-written .deb is never mistaken for a cached one.
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".apt-") as tmp:
-        proc = _run(["apt-get", "download", spec], Path(tmp))
-        got = sorted(Path(tmp).glob(f"{name}_*.deb"))
+    return _download_into(
+        folder,
+        ".apt-",
+        lambda _tmp: ["apt-get", "download", spec],
+        f"{name}_*.deb",
+        lambda why: (
+            f"could not download Debian package {spec!r} ({why}); "
+            f"retry with `apt-get download {spec}` (after `apt-get update`) or `lmbricks data fetch`"
+        ),
+    )
+
+
+def _download_into(
+    folder: Path, prefix: str, command: Callable[[Path], list[str]], pattern: str, failure: Callable[[str], str]
+) -> Path:
+    """Run ``command(scratch)`` in a scratch folder under ``folder``, then move the file it downloaded
+    (matching ``pattern``) into ``folder``: a half-written download is never mistaken for a cached one.
+
+    Raises:
+        FetchError: ``failure(last line of the command's output)`` when the command fails or leaves no file.
+    """
+    with tempfile.TemporaryDirectory(dir=folder, prefix=prefix) as tmp:
+        proc = _run(command(Path(tmp)), Path(tmp))
+        got = sorted(p for p in Path(tmp).glob(pattern) if p.is_file())
         if proc.returncode != 0 or not got:
-            raise FetchError(
-                f"could not download Debian package {spec!r} ({_last_line(proc)}); "
-                f"retry with `apt-get download {spec}` (after `apt-get update`) or `lmbricks data fetch`"
-            )
+            raise FetchError(failure(_last_line(proc)))
         final = folder / got[0].name
         os.replace(got[0], final)
     return final
@@ -214,11 +228,7 @@ def _norm(name: str) -> str:
 def _cached_dist(name: str, version: str, folder: Path) -> Path | None:
     stem = f"{_norm(name)}-{version}"
     for path in sorted(folder.iterdir()):
-        if (
-            path.is_file()
-            and _norm(path.name).startswith(_norm(stem))
-            and path.suffix in (".whl", ".gz", ".zip")
-        ):
+        if path.is_file() and _norm(path.name).startswith(_norm(stem)) and path.suffix in (".whl", ".gz", ".zip"):
             return path
     return None
 
@@ -242,35 +252,17 @@ def pip_download(name: str, version: str, dest: Path | None = None) -> Path:
     cached = _cached_dist(name, version, folder)
     if cached is not None:
         return cached
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".pip-") as tmp:
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--disable-pip-version-check",
-            "-q",
-            f"{name}=={version}",
-            "-d",
-            tmp,
-        ]
-        proc = _run(cmd, Path(tmp))
-        got = [p for p in Path(tmp).iterdir() if p.is_file()]
-        if proc.returncode != 0 or not got:
-            raise FetchError(
-                f"could not download PyPI package {name}=={version} ({_last_line(proc)}); "
-                f"retry with `{Path(sys.executable).name} -m pip download --no-deps {name}=={version}`"
-            )
-        final = folder / got[0].name
-        os.replace(got[0], final)
-    return final
-
-
-def deb_version(deb: Path) -> str:
-    """The version in a .deb's file name (``name_version_arch.deb``; ``%3a`` is an epoch colon)."""
-    parts = deb.name.split("_")
-    return parts[1].replace("%3a", ":") if len(parts) >= 3 else "unknown"
+    pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q"]
+    return _download_into(
+        folder,
+        ".pip-",
+        lambda tmp: [*pip, f"{name}=={version}", "-d", str(tmp)],
+        "*",
+        lambda why: (
+            f"could not download PyPI package {name}=={version} ({why}); "
+            f"retry with `{Path(sys.executable).name} -m pip download --no-deps {name}=={version}`"
+        ),
+    )
 
 
 def extract_deb(deb: Path, dest: Path) -> Path:
@@ -300,63 +292,14 @@ def extract_deb(deb: Path, dest: Path) -> Path:
         if shutil.which("dpkg-deb"):
             proc = _run(["dpkg-deb", "-x", str(deb), str(tmp)], tmp)
             if proc.returncode != 0:
-                raise FetchError(
-                    f"dpkg-deb could not unpack {deb} ({_last_line(proc)}); delete it and fetch again"
-                )
+                raise FetchError(f"dpkg-deb could not unpack {deb} ({_last_line(proc)}); delete it and fetch again")
         else:
-            _extract_deb_python(deb, tmp)
+            extract_deb_data(deb, tmp)
         os.replace(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
-
-
-def ar_members(blob: bytes) -> dict[str, bytes]:
-    """The members of a Unix ``ar`` archive (the container format of a .deb), by name."""
-    if not blob.startswith(b"!<arch>\n"):
-        raise FetchError("not an ar archive (a .deb starts with '!<arch>')")
-    out: dict[str, bytes] = {}
-    pos = 8
-    while pos + 60 <= len(blob):
-        header = blob[pos : pos + 60]
-        name = header[:16].decode().strip().rstrip("/")
-        size = int(header[48:58].decode().strip())
-        out[name] = blob[pos + 60 : pos + 60 + size]
-        pos += 60 + size + (size & 1)  # members are padded to an even offset
-    return out
-
-
-def _extract_deb_python(deb: Path, dest: Path) -> None:
-    members = ar_members(deb.read_bytes())
-    data_name = next((n for n in members if n.startswith("data.tar")), None)
-    if data_name is None:
-        raise FetchError(f"{deb} has no data.tar member")
-    raw = members[data_name]
-    if data_name.endswith(".xz"):
-        raw = lzma.decompress(raw)
-    elif data_name.endswith(".gz"):
-        raw = zlib.decompress(raw, 16 + zlib.MAX_WBITS)
-    elif not data_name.endswith(".tar"):
-        raise FetchError(f"{deb}: {data_name} uses a compression Python cannot read; install dpkg-deb")
-    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
-        # Regular files and folders only: links may point outside dest (absolute /usr/... targets).
-        safe = [m for m in tar.getmembers() if m.isfile() or m.isdir()]
-        if hasattr(tarfile, "data_filter"):
-            tar.extractall(dest, members=safe, filter="data")
-        else:  # Python < 3.10.12 has no extraction filters
-            tar.extractall(
-                dest, members=[m for m in safe if not Path(m.name).is_absolute() and ".." not in m.name]
-            )
-
-
-def sha256_file(path: Path) -> str:
-    """The SHA-256 of a file, hex."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

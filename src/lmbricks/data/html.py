@@ -16,7 +16,6 @@ _SKIP_TAGS = frozenset({"head", "script", "style", "title"})
 _SKIP_CLASSES = frozenset({"toc", "docnav", "navheader", "navfooter", "list-of-tables", "list-of-figures"})
 _SKIP_IDS = frozenset({"banner", "title"})
 _VOID = frozenset({"br", "hr", "img", "meta", "link", "input", "area", "base", "col", "wbr"})
-HEADINGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,10 @@ SHA-256 of the downloaded file.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Literal
 
-from lmbricks.data.document import Package
+from lmbricks.data.document import Package, Reader
 from lmbricks.data.sources import austen, champ, chatterbot, chitchat, debref, handbook, pari, pystdlib
 from lmbricks.data.split import SplitRule
 from lmbricks.errors import UnknownNameError
@@ -48,6 +50,12 @@ class DomainSpec:
 #: The five text domains every per-domain analysis, evaluation and tour section uses by default.
 DEFAULT_DOMAINS: tuple[str, ...] = ("en_prose", "code", "math", "zh", "dialogue")
 
+
+def _pkg(source: ModuleType, registry: Literal["debian", "pypi"], licence: str, read: Reader | None = None) -> Package:
+    """The :class:`Package` of a reader module (its ``PACKAGE`` and pinned ``VERSION``; ``read`` by default)."""
+    return Package(source.PACKAGE, registry, source.VERSION, licence, read or source.read)
+
+
 _EN_RULE = SplitRule(fraction=0.05, min_test_bytes=150_000, min_validation_bytes=100_000)
 
 DOMAINS: dict[str, DomainSpec] = {
@@ -56,16 +64,14 @@ DOMAINS: dict[str, DomainSpec] = {
         DomainSpec(
             name="en_prose",
             description="English prose: Jane Austen's six novels, one document per chapter",
-            sources=(
-                Package(austen.PACKAGE, "debian", austen.VERSION, "MIT (R package); novels public domain", austen.read),
-            ),
+            sources=(_pkg(austen, "debian", "MIT (R package); novels public domain"),),
             licence="public domain text (MIT packaging)",
             split=_EN_RULE,
         ),
         DomainSpec(
             name="code",
             description="Python code: the CPython 3.11 standard library, one document per module",
-            sources=(Package(pystdlib.PACKAGE, "debian", pystdlib.VERSION, "PSF-2.0", pystdlib.read),),
+            sources=(_pkg(pystdlib, "debian", "PSF-2.0"),),
             licence="PSF-2.0",
             split=_EN_RULE,
         ),
@@ -73,8 +79,8 @@ DOMAINS: dict[str, DomainSpec] = {
             name="math",
             description="Maths: CHAMP competition problems with solutions, and PARI/GP manuals in TeX",
             sources=(
-                Package(champ.PACKAGE, "pypi", champ.VERSION, "MIT", champ.read),
-                Package(pari.PACKAGE, "debian", pari.VERSION, "GPL-2+", pari.read),
+                _pkg(champ, "pypi", "MIT"),
+                _pkg(pari, "debian", "GPL-2+"),
             ),
             licence="MIT (CHAMP); GPL-2+ (PARI/GP documentation)",
             split=_EN_RULE,
@@ -83,18 +89,18 @@ DOMAINS: dict[str, DomainSpec] = {
             name="zh",
             description="Chinese: Debian Administrator's Handbook (zh-CN) and Debian Reference (zh-cn)",
             sources=(
-                Package(handbook.PACKAGE, "debian", handbook.VERSION, "GPL-2+ or CC-BY-SA-3.0", handbook.read_zh),
-                Package(debref.PACKAGE, "debian", debref.VERSION, "GPL-2+", debref.read),
+                _pkg(handbook, "debian", "GPL-2+ or CC-BY-SA-3.0", handbook.read_zh),
+                _pkg(debref, "debian", "GPL-2+"),
             ),
             licence="GPL-2+ (and CC-BY-SA-3.0 for the handbook)",
-            split=SplitRule(fraction=0.05, min_test_bytes=150_000, min_validation_bytes=100_000),
+            split=_EN_RULE,
         ),
         DomainSpec(
             name="dialogue",
             description="Dialogue: chatterbot English conversations, human chit-chat; User/Assistant turns",
             sources=(
-                Package(chatterbot.PACKAGE, "pypi", chatterbot.VERSION, "BSD-3-Clause", chatterbot.read),
-                Package(chitchat.PACKAGE, "pypi", chitchat.VERSION, "MIT", chitchat.read),
+                _pkg(chatterbot, "pypi", "BSD-3-Clause"),
+                _pkg(chitchat, "pypi", "MIT"),
             ),
             licence="BSD-3-Clause (chatterbot-corpus); MIT (chitchat-dataset)",
             split=_EN_RULE,
@@ -103,9 +109,7 @@ DOMAINS: dict[str, DomainSpec] = {
             name="multilingual",
             description="Parallel pages of the Debian Administrator's Handbook in "
             f"{len(handbook.LANGUAGES)} languages (sub-domains multilingual/<lang>)",
-            sources=(
-                Package(handbook.PACKAGE, "debian", handbook.VERSION, "GPL-2+ or CC-BY-SA-3.0", handbook.read_parallel),
-            ),
+            sources=(_pkg(handbook, "debian", "GPL-2+ or CC-BY-SA-3.0", handbook.read_parallel),),
             licence="GPL-2+ or CC-BY-SA-3.0",
             # Bytes summed over all languages of a page: 5% of ~16 MB is ample for every language.
             split=SplitRule(fraction=0.05, min_test_bytes=0, min_validation_bytes=0),

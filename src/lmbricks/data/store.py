@@ -46,9 +46,7 @@ def read_manifest(name: str) -> dict[str, Any] | None:
     try:
         data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise CheckpointError(
-            f"{path} is not valid JSON ({exc}); fetch the domain again with --force"
-        ) from exc
+        raise CheckpointError(f"{path} is not valid JSON ({exc}); fetch the domain again with --force") from exc
     return data
 
 
@@ -79,9 +77,7 @@ def _write_split_files(folder: Path, splits: Mapping[str, list[Document]]) -> No
 
 def write_manifest(folder: Path, manifest: Mapping[str, Any]) -> None:
     """Write ``manifest.json`` into ``folder``."""
-    (folder / MANIFEST).write_text(
-        json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def write_domain(
@@ -112,9 +108,7 @@ def write_domain(
 
     dest = domain_dir(name)
     if dest.exists() and not force:
-        raise ConfigError(
-            f"domain {name!r} is already cached in {dest}; pass force=True (--force) to replace it"
-        )
+        raise ConfigError(f"domain {name!r} is already cached in {dest}; pass force=True (--force) to replace it")
     with atomic_directory(dest, force=force, inputs=inputs, marker=MANIFEST) as tmp:
         for sub, (splits, sub_manifest) in parts.items():
             folder = tmp / sub if sub else tmp
@@ -129,7 +123,5 @@ def cached_names() -> list[str]:
     """Names of all cached top-level domains (folders holding a manifest), sorted."""
     root = paths.data_dir()
     return sorted(
-        p.name
-        for p in root.iterdir()
-        if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()
+        p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()
     )

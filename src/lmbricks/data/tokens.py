@@ -35,9 +35,7 @@ def count_tokens(tokenizer: Any, texts: Sequence[str]) -> int:
     return sum(len(ids) for ids in _encode(tokenizer, texts))
 
 
-def token_chunks(
-    tokenizer: Any, texts: Sequence[str], seq_len: int, max_tokens: int | None = None
-) -> torch.Tensor:
+def token_chunks(tokenizer: Any, texts: Sequence[str], seq_len: int, max_tokens: int | None = None) -> torch.Tensor:
     """Tokenise documents, join them with EOS and cut the stream into fixed-length blocks.
 
     Each document is followed by the tokenizer's EOS token; the stream stops after ``max_tokens``

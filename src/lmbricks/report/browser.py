@@ -187,7 +187,7 @@ class _SectionTitles(HTMLParser):
         self._depth = 0  # open <section> elements
         self._in_h2 = False
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+    def handle_starttag(self, tag: str, _attrs: list[tuple[str, str | None]]) -> None:
         if tag == "section":
             self._depth += 1
         elif tag == "h2" and self._depth:
@@ -275,7 +275,11 @@ def render_check(
     if done.returncode != 0 or not out_png.is_file():
         tail = "\n".join(done.stderr.strip().splitlines()[-5:])
         raise BrowserError(f"Chromium failed on {html} (exit {done.returncode}):\n{tail}")
-    seen = parse_check(done.stdout)
+    return _check_of(html, out_png, parse_check(done.stdout))
+
+
+def _check_of(html: Path, out_png: Path, seen: dict[str, Any]) -> BrowserCheck:
+    """The :class:`BrowserCheck` of what the page's check script reported and the screenshot shows."""
     sections = [s for s in seen["sections"] if isinstance(s, dict)]
     colours, dominant = screenshot_colours(out_png)
     return BrowserCheck(

@@ -292,17 +292,13 @@ def run_tour(
         TourFailed: after writing the report, when a section failed.
         ConfigError: ``only`` names no section.
     """
-    from lmbricks.checkpoint import check_apart
-    from lmbricks.hub import reference_paths, resolve_model
+    from lmbricks.hub import resolve_model
     from lmbricks.report import Report
 
     chosen = sections if sections is not None else default_sections()
     if only:
         chosen = select_sections(chosen, only)
-    out_dir = check_apart(out_dir, reference_paths(model_ref))  # never into (or around) the model
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"{out_dir} is a file; the tour writes a directory")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = _prepare_out_dir(out_dir, model_ref)
     report = Report("lmbricks tour", f"Model: {model_ref}{' (quick mode)' if quick else ''}")
     ctx = TourContext(model_ref, resolve_model(model_ref), out_dir, quick, report, log)
     outcomes: list[SectionOutcome] = []
@@ -312,17 +308,36 @@ def run_tour(
         outcome, exc = run_section(ctx, name, section)
         outcomes.append(outcome)
         first_error = first_error or exc
+    path = _write_outputs(ctx, outcomes)
+    if first_error is not None:
+        raise TourFailed(path, outcomes) from first_error
+    return path
+
+
+def _prepare_out_dir(out_dir: Path, model_ref: str) -> Path:
+    """The tour's output folder, created: never into (or around) the model, never a file."""
+    from lmbricks.checkpoint import check_apart
+    from lmbricks.hub import reference_paths
+
+    out_dir = check_apart(out_dir, reference_paths(model_ref))
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"{out_dir} is a file; the tour writes a directory")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def _write_outputs(ctx: TourContext, outcomes: Sequence[SectionOutcome]) -> Path:
+    """The summary and timing tables, report.html and results.json; returns the report's path."""
+    report = ctx.report
     _summary(report, outcomes)
     report.section("Run", "Seconds spent in each section of this tour.")
     report.table([[o.name, o.status, o.seconds] for o in outcomes], ["section", "status", "seconds"])
-    path = report.save(out_dir / "report.html")
+    path = report.save(ctx.out_dir / "report.html")
     results = {
         **ctx.results,
         "timings_s": {o.name: o.seconds for o in outcomes},
         "sections": [o.to_dict() for o in outcomes],
     }
     # default=str: a failed section may have left something unserialisable; the numbers must still be written
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    if first_error is not None:
-        raise TourFailed(path, outcomes) from first_error
+    (ctx.out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
     return path

@@ -18,6 +18,7 @@ from lmbricks.tour.run import SummaryRow, TourContext
 DOMAINS = DEFAULT_DOMAINS
 FULL_SPARSITIES = (0.0, 0.5, 0.7, 0.8, 0.9)
 QUICK_SPARSITIES = (0.0, 0.5, 0.8)
+MID = "0.5"  # the masked fraction the summary quotes beside the highest one
 
 
 def block_length(ctx: TourContext) -> int:
@@ -41,38 +42,20 @@ def masking_section(
 ) -> list[SummaryRow]:
     """The body of :func:`sparsity_section` for a given HF model (``texts_of`` replaces the corpora)."""
     from lmbricks.analysis import SparsityConfig, analyze_sparsity, find_ffns
+    from lmbricks.analysis.sparsity import masking_changes
 
     rhos = QUICK_SPARSITIES if ctx.quick else FULL_SPARSITIES
     seq_len = block_length(ctx)
-    cfg = SparsityConfig(
-        domains=DOMAINS,
-        sparsities=rhos,
-        metrics=("norm",),
-        cett_target=None,
-        n_chunks=1,
-        seq_len=seq_len,
-        batch_size=len(DOMAINS),
-    )
+    cfg = SparsityConfig(DOMAINS, rhos, ("norm",), None, n_chunks=1, seq_len=seq_len, batch_size=len(DOMAINS))
     result = analyze_sparsity(
         model, tokenizer, cfg, texts_of=texts_of, on_step=lambda msg: ctx.log(f"  sparsity: {msg}")
     )
-    width = find_ffns(model)[0].width
-    change = {
-        f"{rho:g}": {d: result.curve["norm"][f"{rho:g}"][d] / result.base_ppl[d] - 1.0 for d in DOMAINS} for rho in rhos
-    }
-    mean = {r: sum(v.values()) / len(v) for r, v in change.items()}
-    share = {f"top {int(f * 100)}%": sum(row[j] for row in result.top_share["norm"]) / len(result.top_share["norm"])
-             for j, f in enumerate((0.1, 0.3, 0.5))}  # fmt: skip
-    ctx.results["sparsity"] = {
-        "tokens_per_domain": seq_len,
-        "base_ppl": result.base_ppl,
-        "ppl_change": change,
-        "mean_change": mean,
-        "top_share_norm": share,
-    }
+    measured = {"tokens_per_domain": seq_len, "base_ppl": result.base_ppl, **masking_changes(result)}
+    ctx.results["sparsity"] = measured
+    change, mean = measured["ppl_change"], measured["mean_change"]
     ctx.report.section(
         "Activation sparsity",
-        f"Every FFN keeps only the top (1 - rho) of its {width:,} neurons per token, ranked by "
+        f"Every FFN keeps only the top (1 - rho) of its {find_ffns(model)[0].width:,} neurons per token, ranked by "
         f"|a_i| * ||W_down[:, i]||; perplexity on one block of {seq_len} tokens per domain (test split).",
     )
     ctx.report.table(
@@ -92,18 +75,21 @@ def masking_section(
     )
     ctx.report.figure(png, "Perplexity change per domain as fewer neurons are kept (lower is better).")
     high = max(r for r in change if r != "0")
-    mid = "0.5"
+    ctx.report.text(_sentence(change, mean, measured["top_share_norm"], high))
+    return [
+        ("sparsity", f"ppl change, {float(MID):.0%} masked", f"{mean[MID]:+.1%}"),
+        ("sparsity", f"ppl change, {float(high):.0%} masked", f"{mean[high]:+.1%}"),
+    ]
+
+
+def _sentence(change: dict[str, dict[str, float]], mean: dict[str, float], share: dict[str, float], high: str) -> str:
     worst = max(DOMAINS, key=lambda d: change[high][d])
     best = min(DOMAINS, key=lambda d: change[high][d])
     verdict = "little" if mean[high] < 0.10 else ("a moderate" if mean[high] < 0.5 else "a large")
-    ctx.report.text(
-        f"Masking half the neurons of every token changes mean perplexity by {mean[mid]:+.1%}, masking "
+    return (
+        f"Masking half the neurons of every token changes mean perplexity by {mean[MID]:+.1%}, masking "
         f"{float(high):.0%} by {mean[high]:+.1%}: {verdict} cost at this size, with {worst} hit hardest "
         f"({change[high][worst]:+.1%}) and {best} least ({change[high][best]:+.1%}). On average the top 30% of "
         f"neurons carry {share['top 30%']:.0%} of a token's output-norm mass, which bounds how much an expert "
         f"split of the FFN can drop per token."
     )
-    return [
-        ("sparsity", f"ppl change, {float(mid):.0%} masked", f"{mean[mid]:+.1%}"),
-        ("sparsity", f"ppl change, {float(high):.0%} masked", f"{mean[high]:+.1%}"),
-    ]

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmbricks.eval import DEFAULT_DOMAINS
-from lmbricks.report import bar_chart, heatmap, line_chart
+from lmbricks.data.registry import DEFAULT_DOMAINS
 from lmbricks.tour.run import SummaryRow, TourContext
+from lmbricks.trace import figures
 
 FALLBACK_PREFIX = "trace_moefied-"  # + the model folder's name: the fallback routed model in ctx.cache_dir
 
@@ -113,16 +113,6 @@ def _pct(x: float) -> str:
     return f"{100 * x:.0f}%"
 
 
-def layer_shares(histograms: Mapping[str, Sequence[Sequence[float]]], position: int) -> dict[str, list[float]]:
-    """``{domain: share of its (token, slot) pairs per expert}`` at one traced layer (rows sum to 1)."""
-    out = {}
-    for domain, counts in histograms.items():
-        row = [float(c) for c in counts[position]]
-        total = sum(row) or 1.0
-        out[domain] = [c / total for c in row]
-    return out
-
-
 def trace_section(
     ctx: TourContext,
     texts: Mapping[str, Sequence[str]] | None = None,
@@ -138,149 +128,152 @@ def trace_section(
     Returns:
         Summary rows: consecutive same-expert rate and topic accuracy.
     """
-    from lmbricks.trace import trace_model
+    from lmbricks.trace import TraceConfig, trace_model
 
     budget = budget or TraceBudget.for_mode(ctx.quick)
     model, tok, path, description, reused = routed_model(ctx)
-    result = trace_model(
-        model,
+    config = TraceConfig(
         domains=() if texts is not None else DEFAULT_DOMAINS,
-        texts=texts,
-        tokenizer=tok,
         docs_per_domain=budget.docs_per_domain,
         max_tokens=budget.max_tokens,
         min_tokens=budget.min_tokens,
         folds=budget.folds,
     )
-    s = result.summary
-    layers: list[int] = s["layers"]
-    e, k = int(s["num_experts"]), int(s["top_k"])
+    s = trace_model(model, config, texts=texts, tokenizer=tok).summary
     layer = int(s["colour_layer"])  # the middle routed layer
-    shares = layer_shares(s["histograms"], layers.index(layer))
-    domains = [d for d in shares if d != "all"]
-    cons = s["consecutive"]
-    r1, rk = s["random_baselines"]["same_top1"], s["random_baselines"]["topk_overlap"]
-    mean1 = sum(c["same_top1"] for c in cons) / len(cons)
-    meank = sum(c["topk_overlap"] for c in cons) / len(cons)
-    top_layer = max(cons, key=lambda c: c["same_top1"])
-    topic = {r["features"]: r for r in s["topic"]} if s["topic"] else {}
-    per_layer = [r for name, r in topic.items() if name.startswith("layer ")]
-    best = max(per_layer, key=lambda r: r["accuracy"]) if per_layer else None
-
+    shares = figures.layer_shares(s["histograms"], s["layers"].index(layer))
+    shares = {d: v for d, v in shares.items() if d != "all"}
+    topic = figures.TopicView.of(s["topic"]) if s["topic"] else None
     ctx.results["trace"] = {
         "model": description,
         "model_path": str(path),
         "reused_cache": reused,
+        **_results(s, shares),
+    }
+    ctx.report.section(
+        "Routing trace",
+        f"Traced model: {description}: {len(s['layers'])} routed layers, {s['num_experts']} experts, "
+        f"top-{s['top_k']} (tracer {s['source']}), over {s['documents']} test documents ({s['tokens']:,} tokens, "
+        f"at most {budget.max_tokens} per document) from {len(shares)} domains. The full routing report (every "
+        "layer, load balance, token colouring) is one command away:",
+    )
+    ctx.report.code(f"lmbricks trace {path} " + " ".join(f"--domain {d}" for d in shares))
+    ctx.report.table(_table(s, topic), ["measure", "measured", "random router"])
+    _figures(ctx, s, shares, layer, topic)
+    ctx.report.text(_routing_sentence(s, shares, layer))
+    if topic is not None:
+        ctx.report.text(_topic_sentence(topic))
+    return _summary_rows(s, topic)
+
+
+def _results(s: dict[str, Any], shares: dict[str, list[float]]) -> dict[str, Any]:
+    """The numbers the section leaves in ``ctx.results["trace"]`` (beside the model's description)."""
+    cons = s["consecutive"]
+    return {
         "source": s["source"],
-        "layers": layers,
-        "num_experts": e,
-        "top_k": k,
+        "layers": s["layers"],
+        "num_experts": int(s["num_experts"]),
+        "top_k": int(s["top_k"]),
         "documents": s["documents"],
         "tokens": s["tokens"],
-        "heatmap_layer": layer,
-        "heatmap": {d: shares[d] for d in domains},
+        "heatmap_layer": int(s["colour_layer"]),
+        "heatmap": shares,
         "random_baselines": s["random_baselines"],
         "consecutive": [{x: c[x] for x in ("layer", "same_top1", "topk_overlap", "pairs")} for c in cons],
-        "same_top1_mean": mean1,
-        "topk_overlap_mean": meank,
+        "same_top1_mean": figures.mean_rate(cons, "same_top1"),
+        "topk_overlap_mean": figures.mean_rate(cons, "topk_overlap"),
         "topic": s["topic"],
     }
 
-    ctx.report.section(
-        "Routing trace",
-        f"Traced model: {description}: {len(layers)} routed layers, {e} experts, top-{k} "
-        f"(tracer {s['source']}), over {s['documents']} test documents ({s['tokens']:,} tokens, at most "
-        f"{budget.max_tokens} per document) from {len(domains)} domains. The full routing report (every layer, "
-        "load balance, token colouring) is one command away:",
-    )
-    ctx.report.code(f"lmbricks trace {path} " + " ".join(f"--domain {d}" for d in domains))
-    rows: list[list[Any]] = [
-        ["same top-1 expert, consecutive tokens (mean over layers)", _pct(mean1), _pct(r1)],
-        [f"top-{k} sets overlap, consecutive tokens (mean over layers)", _pct(meank), _pct(rk)],
-    ]
-    if topic:
-        for name in ("all layers", "bag of words", "majority class"):
-            rows.append(
-                [
-                    f"domain from {name} (SVM, {topic[name]['folds']}-fold CV)"
-                    if name != "majority class"
-                    else "domain: majority-class baseline",
-                    f"{_pct(topic[name]['accuracy'])} ± {_pct(topic[name]['stderr'])}",
-                    "",
-                ]
-            )
-        if best is not None:
-            rows.append([f"domain from the best single layer ({best['features']})", _pct(best["accuracy"]), ""])
-    ctx.report.table(rows, ["measure", "measured", "random router"])
 
-    png = heatmap(
-        ctx.out_dir / "trace_heatmap.png",
-        [shares[d] for d in domains],
-        rows=domains,
-        cols=[f"e{j}" for j in range(e)],
-        title=f"Layer {layer}: share of each domain's routing per expert",
-        annotate=e <= 16,
-    )
-    spread = max(max(col) - min(col) for col in zip(*(shares[d] for d in domains), strict=True))
-    favourite = {d: shares[d].index(max(shares[d])) for d in domains}  # each domain's most used expert
+def _table(s: dict[str, Any], topic: figures.TopicView | None) -> list[list[Any]]:
+    """Consecutive-token rates against the random router, then the topic accuracies."""
+    cons, rb, k = s["consecutive"], s["random_baselines"], s["top_k"]
+    same, overlap = (_pct(figures.mean_rate(cons, key)) for key in ("same_top1", "topk_overlap"))
+    rows: list[list[Any]] = [
+        ["same top-1 expert, consecutive tokens (mean over layers)", same, _pct(rb["same_top1"])],
+        [f"top-{k} sets overlap, consecutive tokens (mean over layers)", overlap, _pct(rb["topk_overlap"])],
+    ]
+    if topic is None:
+        return rows
+    for name in ("all layers", "bag of words", "majority class"):
+        row = topic.by[name]
+        what = f"domain from {name} (SVM, {row['folds']}-fold CV)" if name != "majority class" else None
+        rows.append([what or "domain: majority-class baseline", f"{_pct(row['accuracy'])} ± {_pct(row['stderr'])}", ""])
+    if topic.best is not None:
+        rows.append([f"domain from the best single layer ({topic.best['features']})", _pct(topic.best["accuracy"]), ""])
+    return rows
+
+
+def _figures(
+    ctx: TourContext, s: dict[str, Any], shares: dict[str, list[float]], layer: int, topic: figures.TopicView | None
+) -> None:
+    """The heatmap at ``layer``, the consecutive-token curves and the topic bars."""
+    e, k = int(s["num_experts"]), int(s["top_k"])
+    title = f"Layer {layer}: share of each domain's routing per expert"
+    png = figures.expert_heatmap(ctx.out_dir / "trace_heatmap.png", shares, title)
+    spread = figures.largest_spread(list(shares.values()))
     ctx.report.figure(
         png,
         f"Expert selection by domain at layer {layer} (rows sum to 1; uniform share {1 / e:.1%}). "
         f"The largest gap between two domains in one expert's share is {spread:.1%}.",
     )
-    xs = [c["layer"] for c in cons]
-    png = line_chart(
-        ctx.out_dir / "trace_consecutive.png",
-        {
-            "same top-1": (xs, [c["same_top1"] for c in cons]),
-            f"top-{k} overlap": (xs, [c["topk_overlap"] for c in cons]),
-            "random top-1": (xs, [r1] * len(xs)),
-            f"random top-{k} overlap": (xs, [rk] * len(xs)),
-        },
-        "Consecutive tokens routed alike",
-        "layer",
-        "rate",
+    title = "Consecutive tokens routed alike"
+    png = figures.consecutive_chart(
+        ctx.out_dir / "trace_consecutive.png", s["consecutive"], k, s["random_baselines"], title
     )
     ctx.report.figure(png, "Rate at which token t+1 is routed like token t, per layer, against a random router.")
-    if topic:
-        bars = {name: topic[name]["accuracy"] for name in ("majority class", "bag of words", "all layers")}
-        if best is not None:
-            bars[f"best: {best['features']}"] = best["accuracy"]
-        png = bar_chart(ctx.out_dir / "trace_topic.png", bars, "Domain from routing (cross-validated)", "accuracy")
+    if topic is not None:
+        png = figures.topic_chart(ctx.out_dir / "trace_topic.png", topic, "Domain from routing (cross-validated)")
         ctx.report.figure(png, "Linear SVM on per-document routing histograms, beside two baselines.")
 
-    distinct = len(set(favourite.values()))
-    ctx.report.text(
+
+def _routing_sentence(s: dict[str, Any], shares: dict[str, list[float]], layer: int) -> str:
+    """Consecutive tokens against the random router, and how distinct the domains' favourite experts are."""
+    cons, r1 = s["consecutive"], s["random_baselines"]["same_top1"]
+    mean1 = figures.mean_rate(cons, "same_top1")
+    top_layer = max(cons, key=lambda c: c["same_top1"])
+    distinct = len({v.index(max(v)) for v in shares.values()})  # the domains' most used experts
+    return (
         f"Consecutive tokens keep the same first expert {_pct(mean1)} of the time against {_pct(r1)} for a random "
         f"router ({mean1 / r1:.1f}x), most at layer {top_layer['layer']} ({_pct(top_layer['same_top1'])}); "
-        f"at layer {layer} the {len(domains)} domains' most used experts are {distinct} distinct expert"
-        f"{'s' if distinct != 1 else ''}, with shares differing by up to {spread:.1%} between domains."
+        f"at layer {layer} the {len(shares)} domains' most used experts are {distinct} distinct expert"
+        f"{'s' if distinct != 1 else ''}, with shares differing by up to "
+        f"{figures.largest_spread(list(shares.values())):.1%} between domains."
     )
-    if topic:
-        acc, bow, maj = (topic[n]["accuracy"] for n in ("all layers", "bag of words", "majority class"))
-        margin = 2 * max(topic["all layers"]["stderr"], topic["bag of words"]["stderr"], 0.01)
-        if acc - maj <= margin:
-            verdict = "so routing, as traced here, carries no usable domain signal"
-        elif acc - bow > margin:
-            verdict = f"{acc - bow:.0%} better than bag of words ({_pct(bow)}): routing carries domain information"
-            verdict += " beyond the vocabulary"
-        elif bow - acc > margin:
-            verdict = f"{bow - acc:.0%} below bag of words ({_pct(bow)}): the words alone separate the domains better"
-        else:
-            verdict = f"within noise of bag of words ({_pct(bow)}): routing separates domains as well as the words do"
-        ctx.report.text(
-            f"From routing alone a linear SVM names a document's domain {_pct(acc)} of the time, "
-            f"{acc - maj:+.0%} over the majority class ({_pct(maj)}), {verdict}"
-            + (f"; the best single layer is {best['features']} ({_pct(best['accuracy'])})." if best else ".")
-        )
+
+
+def _topic_sentence(topic: figures.TopicView) -> str:
+    """How the routing SVM compares with the majority class and bag of words (a margin of two s.e.)."""
+    acc, bow, maj = (topic.accuracy(n) for n in ("all layers", "bag of words", "majority class"))
+    margin = 2 * max(topic.by["all layers"]["stderr"], topic.by["bag of words"]["stderr"], 0.01)
+    if acc - maj <= margin:
+        verdict = "so routing, as traced here, carries no usable domain signal"
+    elif acc - bow > margin:
+        verdict = f"{acc - bow:.0%} better than bag of words ({_pct(bow)}): routing carries domain information"
+        verdict += " beyond the vocabulary"
+    elif bow - acc > margin:
+        verdict = f"{bow - acc:.0%} below bag of words ({_pct(bow)}): the words alone separate the domains better"
+    else:
+        verdict = f"within noise of bag of words ({_pct(bow)}): routing separates domains as well as the words do"
+    best = topic.best
+    return (
+        f"From routing alone a linear SVM names a document's domain {_pct(acc)} of the time, "
+        f"{acc - maj:+.0%} over the majority class ({_pct(maj)}), {verdict}"
+        + (f"; the best single layer is {best['features']} ({_pct(best['accuracy'])})." if best else ".")
+    )
+
+
+def _summary_rows(s: dict[str, Any], topic: figures.TopicView | None) -> list[SummaryRow]:
+    mean1, r1 = figures.mean_rate(s["consecutive"], "same_top1"), s["random_baselines"]["same_top1"]
     out: list[SummaryRow] = [("routing trace", "same top-1, consecutive tokens", f"{_pct(mean1)} (random {_pct(r1)})")]
-    if topic:
+    if topic is not None:
         out.append(
             (
                 "routing trace",
                 "domain from routing (SVM)",
-                f"{_pct(topic['all layers']['accuracy'])} (bag of words {_pct(topic['bag of words']['accuracy'])}, "
-                f"majority {_pct(topic['majority class']['accuracy'])})",
+                f"{_pct(topic.accuracy('all layers'))} (bag of words {_pct(topic.accuracy('bag of words'))}, "
+                f"majority {_pct(topic.accuracy('majority class'))})",
             )
         )
     return out

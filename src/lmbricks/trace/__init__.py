@@ -4,7 +4,8 @@ Capture a :class:`RoutingTrace` with :func:`capture_routing` (a :class:`Tracer` 
 registered with :func:`register_tracer`), then compute expert histograms and load
 (:mod:`~lmbricks.trace.stats`), consecutive-token routing (:mod:`~lmbricks.trace.consecutive`),
 token colouring (:mod:`~lmbricks.trace.colour`) and topic classification from routing
-(:mod:`~lmbricks.trace.topic`). :func:`trace_model` does all of it and writes one HTML report.
+(:mod:`~lmbricks.trace.topic`). :func:`trace_model` (:mod:`~lmbricks.trace.pipeline`, a
+:class:`TraceConfig` in, a :class:`TraceResult` out) does all of it and writes one HTML report.
 """
 
 from lmbricks.trace.capture import capture_routing, tokenize_domains
@@ -15,7 +16,8 @@ from lmbricks.trace.consecutive import (
     consecutive_stats,
     random_baselines,
 )
-from lmbricks.trace.run import TraceResult, load_routed_model, trace_model
+from lmbricks.trace.inputs import load_routed_model, read_text_documents
+from lmbricks.trace.pipeline import TraceConfig, TraceResult, trace_model
 from lmbricks.trace.stats import LoadStats, doc_histograms, domain_histograms, load_stats, selection_counts
 from lmbricks.trace.summary import summarise
 from lmbricks.trace.topic import TopicScore, bag_of_words, cross_validate, topic_scores
@@ -44,6 +46,7 @@ __all__ = [
     "RouterLogitsTracer",
     "RoutingTrace",
     "TopicScore",
+    "TraceConfig",
     "TraceResult",
     "Tracer",
     "bag_of_words",
@@ -60,6 +63,7 @@ __all__ = [
     "load_routed_model",
     "load_stats",
     "random_baselines",
+    "read_text_documents",
     "register_tracer",
     "selection_counts",
     "summarise",

@@ -83,6 +83,32 @@ def capture_routing(
     Raises:
         ConfigError: lengths differ, an empty document, or layers change between batches.
     """
+    _check_documents(documents, domains, batch_size)
+    tracer = tracer or find_tracer(model)
+    per_doc = _route_documents(model, documents, tracer, batch_size, progress)
+    layers = [r.layer for r in per_doc[0]]
+    experts = {r.num_experts for routing in per_doc for r in routing}
+    k = max(r.indices.shape[1] for routing in per_doc for r in routing)
+    for routing in per_doc:
+        if [r.layer for r in routing] != layers:
+            raise ConfigError("the routed layers differ between documents")
+    if len(experts) != 1:
+        raise ConfigError(f"routed layers have different expert counts {sorted(experts)}; trace them separately")
+    indices = torch.cat([_stack(routing, k, "indices") for routing in per_doc], dim=1)  # (L, N, k)
+    weights = torch.cat([_stack(routing, k, "weights") for routing in per_doc], dim=1)  # (L, N, k)
+    return RoutingTrace(
+        indices=indices,
+        weights=weights,
+        token_ids=torch.tensor([t for doc in documents for t in doc], dtype=torch.long),
+        doc_ids=torch.cat([torch.full((len(doc),), i, dtype=torch.long) for i, doc in enumerate(documents)]),
+        doc_domains=list(domains),
+        layers=layers,
+        num_experts=experts.pop(),
+        source=tracer.name,
+    )
+
+
+def _check_documents(documents: Sequence[Sequence[int]], domains: Sequence[str], batch_size: int) -> None:
     if len(documents) != len(domains):
         raise ConfigError(f"{len(documents)} documents but {len(domains)} domains")
     if not documents:
@@ -92,7 +118,16 @@ def capture_routing(
     for i, doc in enumerate(documents):
         if len(doc) == 0:
             raise ConfigError(f"document {i} ({domains[i]}) has no tokens")
-    tracer = tracer or find_tracer(model)
+
+
+def _route_documents(
+    model: Any,
+    documents: Sequence[Sequence[int]],
+    tracer: Tracer,
+    batch_size: int,
+    progress: Callable[[int, int], None] | None,
+) -> list[list[LayerRouting]]:
+    """Each document's routing per layer, without its padding (batches when the tracer allows)."""
     step = batch_size if getattr(tracer, "batchable", False) else 1
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     per_doc: list[list[LayerRouting]] = []
@@ -115,26 +150,7 @@ def capture_routing(
             per_doc.append([LayerRouting(r.layer, r.indices[rows], r.weights[rows], r.num_experts) for r in routing])
         if progress is not None:
             progress(len(per_doc), len(documents))
-    layers = [r.layer for r in per_doc[0]]
-    experts = {r.num_experts for routing in per_doc for r in routing}
-    k = max(r.indices.shape[1] for routing in per_doc for r in routing)
-    for routing in per_doc:
-        if [r.layer for r in routing] != layers:
-            raise ConfigError("the routed layers differ between documents")
-    if len(experts) != 1:
-        raise ConfigError(f"routed layers have different expert counts {sorted(experts)}; trace them separately")
-    indices = torch.cat([_stack(routing, k, "indices") for routing in per_doc], dim=1)  # (L, N, k)
-    weights = torch.cat([_stack(routing, k, "weights") for routing in per_doc], dim=1)  # (L, N, k)
-    return RoutingTrace(
-        indices=indices,
-        weights=weights,
-        token_ids=torch.tensor([t for doc in documents for t in doc], dtype=torch.long),
-        doc_ids=torch.cat([torch.full((len(doc),), i, dtype=torch.long) for i, doc in enumerate(documents)]),
-        doc_domains=list(domains),
-        layers=layers,
-        num_experts=experts.pop(),
-        source=tracer.name,
-    )
+    return per_doc
 
 
 def _stack(routing: list[LayerRouting], k: int, field: str) -> torch.Tensor:

@@ -9,8 +9,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lmbricks.report import Report, bar_chart, heatmap, line_chart
+from lmbricks.report import Report, line_chart
 from lmbricks.trace.colour import coloured_tokens_html, token_pieces
+from lmbricks.trace.figures import (
+    TopicView,
+    consecutive_chart,
+    expert_heatmap,
+    largest_spread,
+    layer_shares,
+    mean_rate,
+    pct,
+    topic_chart,
+)
 from lmbricks.trace.types import RoutingTrace
 
 
@@ -56,10 +66,6 @@ def colour_section_html(
     return "".join(parts)
 
 
-def _fmt_pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
-
-
 def build_report(
     trace: RoutingTrace,
     summary: dict[str, Any],
@@ -85,63 +91,72 @@ def build_report(
     layers = trace.layers
     colour_layer = layers[len(layers) // 2] if colour_layer is None else colour_layer
     trace.layer_position(colour_layer)  # fail early on an untraced layer
-    e, k = trace.num_experts, trace.top_k
-    cons = summary["consecutive"]
-    topic = summary["topic"]
+    topic = TopicView.of(summary["topic"]) if summary["topic"] else None
     rep = Report(
         f"Routing trace: {model_name}",
         f"{summary['documents']} documents, {summary['tokens']:,} tokens, {len(layers)} routed layers, "
-        f"{e} experts, top-{k} (tracer: {summary['source']}).",
+        f"{trace.num_experts} experts, top-{trace.top_k} (tracer: {summary['source']}).",
     )
-    rows: list[list[Any]] = [["routed layers", len(layers)], ["experts / top-k", f"{e} / {k}"]]
-    mean1 = sum(c["same_top1"] for c in cons) / len(cons)
-    rows.append(
+    rep.summary(summary_rows(trace, summary, topic), ["measure", "value"])
+    add_histograms(rep, trace, summary, figures, colour_layer)
+    add_load(rep, summary["load"], figures)
+    add_consecutive(rep, trace, summary, figures, colour_layer)
+    rep.section(
+        "Token colouring",
+        f"Each token's background is its first-choice expert at layer {colour_layer}; "
+        f"hover for all {trace.top_k} choices and weights.",
+    )
+    rep.raw_html(colour_section_html(trace, tokenizer, colour_layer))
+    if topic is not None:
+        add_topic(rep, summary["topic"], topic, len(trace.domains), figures)
+    return rep
+
+
+def summary_rows(trace: RoutingTrace, summary: dict[str, Any], topic: TopicView | None) -> list[list[Any]]:
+    """The report's headline table: layers, experts, consecutive top-1 rate and the topic accuracies."""
+    cons = summary["consecutive"]
+    rows: list[list[Any]] = [
+        ["routed layers", len(trace.layers)],
+        ["experts / top-k", f"{trace.num_experts} / {trace.top_k}"],
         [
             "same top-1 expert, consecutive tokens (mean over layers)",
-            f"{_fmt_pct(mean1)} (random {_fmt_pct(cons[0]['random_top1'])})",
-        ]
-    )
-    if topic:
-        by = {r["features"]: r for r in topic}
-        rows.append(["topic SVM, all layers", _fmt_pct(by["all layers"]["accuracy"])])
-        rows.append(["bag-of-words baseline", _fmt_pct(by["bag of words"]["accuracy"])])
-        rows.append(["majority-class baseline", _fmt_pct(by["majority class"]["accuracy"])])
-    rep.summary(rows, ["measure", "value"])
+            f"{pct(mean_rate(cons, 'same_top1'))} (random {pct(cons[0]['random_top1'])})",
+        ],
+    ]
+    if topic is not None:
+        rows.append(["topic SVM, all layers", pct(topic.accuracy("all layers"))])
+        rows.append(["bag-of-words baseline", pct(topic.accuracy("bag of words"))])
+        rows.append(["majority-class baseline", pct(topic.accuracy("majority class"))])
+    return rows
 
-    # ---- histograms
+
+def add_histograms(rep: Report, trace: RoutingTrace, summary: dict[str, Any], figures: Path, chosen: int) -> None:
+    """One heatmap (domains x experts) per layer of :func:`report_layers`, with the largest domain gap."""
+    e, k = trace.num_experts, trace.top_k
     rep.section(
         "Expert selection by domain",
         f"Share of each domain's (token, slot) pairs sent to each expert; each row sums to 1 "
         f"(k = {k} slots per token).",
     )
-    domains = trace.domains
-    for layer in report_layers(layers, colour_layer):
-        i = layers.index(layer)
-        matrix = []
-        for d in domains:
-            row = summary["histograms"][d][i]
-            total = sum(row) or 1
-            matrix.append([c / total for c in row])
-        png = heatmap(
-            figures / f"heatmap_layer{layer}.png",
-            matrix,
-            rows=domains,
-            cols=[f"e{j}" for j in range(e)],
-            title=f"Layer {layer}: expert share by domain",
-            annotate=e <= 16,
-        )
-        spread = max(max(col) - min(col) for col in zip(*matrix, strict=True)) if len(matrix) > 1 else 0.0
+    hists = {d: summary["histograms"][d] for d in trace.domains}
+    for layer in report_layers(trace.layers, chosen):
+        shares = layer_shares(hists, trace.layers.index(layer))
+        png = expert_heatmap(figures / f"heatmap_layer{layer}.png", shares, f"Layer {layer}: expert share by domain")
         rep.figure(
             png,
             f"Layer {layer}. The largest difference between domains in one expert's share is "
-            f"{_fmt_pct(spread)} (uniform share {_fmt_pct(1 / e)}).",
+            f"{pct(largest_spread(list(shares.values())))} (uniform share {pct(1 / e)}).",
         )
-    load = summary["load"]
+
+
+def add_load(rep: Report, load: list[dict[str, Any]], figures: Path) -> None:
+    """The load-balance curves per layer and their table."""
+    xs = [x["layer"] for x in load]
     png = line_chart(
         figures / "load.png",
         {
-            "normalised entropy": ([x["layer"] for x in load], [x["normalised_entropy"] for x in load]),
-            "max / mean load": ([x["layer"] for x in load], [x["max_over_mean"] for x in load]),
+            "normalised entropy": (xs, [x["normalised_entropy"] for x in load]),
+            "max / mean load": (xs, [x["max_over_mean"] for x in load]),
         },
         "Expert load per layer (all domains)",
         "layer",
@@ -158,101 +173,74 @@ def build_report(
         ["layer", "entropy (nats)", "entropy / log E", "max / mean load"],
     )
 
-    # ---- consecutive tokens
+
+def add_consecutive(rep: Report, trace: RoutingTrace, summary: dict[str, Any], figures: Path, chosen: int) -> None:
+    """Consecutive-token routing against the random baselines: per layer, and by domain at ``chosen``."""
+    cons, k = summary["consecutive"], trace.top_k
     r1, rk = cons[0]["random_top1"], cons[0]["random_overlap"]
     above1 = sum(1 for c in cons if c["same_top1"] - 2 * c["same_top1_stderr"] > r1)
     rep.section(
         "Consecutive tokens",
         f"How often token t+1 is routed like token t (Mixtral paper, s5). Random routers give "
-        f"{_fmt_pct(r1)} for the same first choice and {_fmt_pct(rk)} for overlapping top-{k} sets. "
+        f"{pct(r1)} for the same first choice and {pct(rk)} for overlapping top-{k} sets. "
         f"{above1} of {len(cons)} layers are above the random first-choice rate by more than two "
         "standard errors.",
     )
-    xs = [c["layer"] for c in cons]
-    png = line_chart(
-        figures / "consecutive.png",
-        {
-            "same top-1": (xs, [c["same_top1"] for c in cons]),
-            f"top-{k} overlap": (xs, [c["topk_overlap"] for c in cons]),
-            "random top-1": (xs, [r1] * len(xs)),
-            f"random top-{k} overlap": (xs, [rk] * len(xs)),
-        },
-        "Consecutive-token routing",
-        "layer",
-        "rate",
+    png = consecutive_chart(
+        figures / "consecutive.png", cons, k, summary["random_baselines"], "Consecutive-token routing"
     )
-    rep.figure(png, f"Mean over layers: same top-1 {_fmt_pct(mean1)} against {_fmt_pct(r1)} at random.")
+    rep.figure(png, f"Mean over layers: same top-1 {pct(mean_rate(cons, 'same_top1'))} against {pct(r1)} at random.")
+    fields = ("layer", "same_top1", "same_top1_stderr", "topk_overlap", "topk_overlap_stderr", "pairs")
     rep.table(
-        [
-            [
-                c["layer"],
-                c["same_top1"],
-                c["same_top1_stderr"],
-                c["topk_overlap"],
-                c["topk_overlap_stderr"],
-                c["pairs"],
-            ]
-            for c in cons
-        ],
+        [[c[f] for f in fields] for c in cons],
         ["layer", "same top-1", "± s.e.", f"top-{k} overlap", "± s.e.", "pairs"],
     )
-    by_domain = summary["consecutive_by_domain"]
-    i = layers.index(colour_layer)
+    at = {d: rows[trace.layers.index(chosen)] for d, rows in summary["consecutive_by_domain"].items()}
     rep.table(
-        [[d, by_domain[d][i]["same_top1"], by_domain[d][i]["topk_overlap"], by_domain[d][i]["pairs"]] for d in domains],
+        [[d, at[d]["same_top1"], at[d]["topk_overlap"], at[d]["pairs"]] for d in trace.domains],
         ["domain", "same top-1", f"top-{k} overlap", "pairs"],
-        caption=f"By domain at layer {colour_layer}",
+        caption=f"By domain at layer {chosen}",
     )
 
-    # ---- token colouring
+
+def add_topic(rep: Report, rows: list[dict[str, Any]], topic: TopicView, n_domains: int, figures: Path) -> None:
+    """The topic classifier against its baselines: a sentence, the bars, the per-layer curve and the table."""
+    best = topic.best or topic.by["all layers"]
+    acc = topic.accuracy("all layers")
     rep.section(
-        "Token colouring",
-        f"Each token's background is its first-choice expert at layer {colour_layer}; "
-        f"hover for all {k} choices and weights.",
+        "Topic from routing",
+        "A linear SVM on standardised per-document routing histograms, "
+        f"{rows[0]['folds']}-fold stratified "
+        f"cross-validation over {n_domains} domains. All layers together reach "
+        f"{pct(acc)}, {100 * (acc - topic.accuracy('majority class')):+.1f} points over the majority class and "
+        f"{100 * (acc - topic.accuracy('bag of words')):+.1f} points against bag of words; the best single layer "
+        f"is {best['features']} ({pct(best['accuracy'])}).",
     )
-    rep.raw_html(colour_section_html(trace, tokenizer, colour_layer))
-
-    # ---- topic
-    if topic:
-        by = {r["features"]: r for r in topic}
-        layer_rows = [r for r in topic if r["features"].startswith("layer ")]
-        best = max(layer_rows, key=lambda r: r["accuracy"]) if layer_rows else by["all layers"]
-        gain = by["all layers"]["accuracy"] - by["majority class"]["accuracy"]
-        vs_bow = by["all layers"]["accuracy"] - by["bag of words"]["accuracy"]
-        rep.section(
-            "Topic from routing",
-            "A linear SVM on standardised per-document routing histograms, "
-            f"{topic[0]['folds']}-fold stratified "
-            f"cross-validation over {len(domains)} domains. All layers together reach "
-            f"{_fmt_pct(by['all layers']['accuracy'])}, {100 * gain:+.1f} points over the majority class and "
-            f"{100 * vs_bow:+.1f} points against bag of words; the best single layer is {best['features']} "
-            f"({_fmt_pct(best['accuracy'])}).",
+    png = topic_chart(figures / "topic.png", topic, "Domain classification accuracy (cross-validated)")
+    rep.figure(png, "Majority class and bag of words are the baselines; the other bars use routing only.")
+    if len(topic.layers) > 1:
+        xs = [int(r["features"].split()[1]) for r in topic.layers]
+        flat = {
+            name: (xs, [topic.accuracy(name)] * len(xs)) for name in ("all layers", "bag of words", "majority class")
+        }
+        png = line_chart(
+            figures / "topic_layers.png",
+            {
+                "routing, one layer": (xs, [r["accuracy"] for r in topic.layers]),
+                "routing, all layers": flat["all layers"],
+                "bag of words": flat["bag of words"],
+                "majority class": flat["majority class"],
+            },
+            "Domain classification accuracy by layer",
+            "layer",
+            "accuracy",
         )
-        bars = {name: by[name]["accuracy"] for name in ("majority class", "bag of words", "all layers")}
-        bars[f"best: {best['features']}"] = best["accuracy"]
-        png = bar_chart(figures / "topic.png", bars, "Domain classification accuracy (cross-validated)", "accuracy")
-        rep.figure(png, "Majority class and bag of words are the baselines; the other bars use routing only.")
-        if len(layer_rows) > 1:
-            xs = [int(r["features"].split()[1]) for r in layer_rows]
-            png = line_chart(
-                figures / "topic_layers.png",
-                {
-                    "routing, one layer": (xs, [r["accuracy"] for r in layer_rows]),
-                    "routing, all layers": (xs, [by["all layers"]["accuracy"]] * len(xs)),
-                    "bag of words": (xs, [by["bag of words"]["accuracy"]] * len(xs)),
-                    "majority class": (xs, [by["majority class"]["accuracy"]] * len(xs)),
-                },
-                "Domain classification accuracy by layer",
-                "layer",
-                "accuracy",
-            )
-            rep.figure(
-                png,
-                f"Per-layer accuracy ranges from {_fmt_pct(min(r['accuracy'] for r in layer_rows))} "
-                f"to {_fmt_pct(best['accuracy'])}.",
-            )
-        rep.table(
-            [[r["features"], r["accuracy"], r["stderr"], r["folds"]] for r in topic],
-            ["features", "accuracy", "± s.e.", "folds"],
+        rep.figure(
+            png,
+            f"Per-layer accuracy ranges from {pct(min(r['accuracy'] for r in topic.layers))} "
+            f"to {pct(best['accuracy'])}.",
         )
-    return rep
+    rep.table(
+        [[r["features"], r["accuracy"], r["stderr"], r["folds"]] for r in rows],
+        ["features", "accuracy", "± s.e.", "folds"],
+    )

@@ -174,6 +174,18 @@ def _read_router_output(output: Any, batch: int, num_tokens: int) -> tuple[Tenso
     return idx, w, e
 
 
+def _hooked_forward(
+    model: Any, input_ids: Tensor, hooks: list[tuple[nn.Module, Callable[[nn.Module, Any, Any], None]]]
+) -> None:
+    """Run ``model(input_ids)`` with forward hooks on the given modules, removed afterwards."""
+    handles = [m.register_forward_hook(h) for m, h in hooks]
+    try:
+        model(input_ids)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def _has_routers(model: Any) -> bool:
     return isinstance(model, nn.Module) and bool(_router_modules(model))
 
@@ -198,12 +210,7 @@ class RouterHookTracer:
 
             return hook
 
-        handles = [m.register_forward_hook(hook_for(layer)) for layer, m in self.routers]
-        try:
-            model(input_ids)
-        finally:
-            for h in handles:
-                h.remove()
+        _hooked_forward(model, input_ids, [(m, hook_for(layer)) for layer, m in self.routers])
         if len(seen) != len(self.routers):
             raise ConfigError(f"{len(seen)} router calls for {len(self.routers)} router modules in one forward pass")
         return sorted(seen, key=lambda r: r.layer)
@@ -259,12 +266,7 @@ class MoefiedTracer:
 
             return hook
 
-        handles = [m.register_forward_hook(hook_for(layer)) for layer, m in self.ffns]
-        try:
-            model(input_ids)
-        finally:
-            for h in handles:
-                h.remove()
+        _hooked_forward(model, input_ids, [(m, hook_for(layer)) for layer, m in self.ffns])
         return sorted(seen, key=lambda r: r.layer)
 
 
