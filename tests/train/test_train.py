@@ -43,9 +43,7 @@ def test_moe_run_writes_checkpoints_logs_averages_and_report(tmp_path: Path, cor
     assert recs[-1]["loss"] < recs[0]["loss"] - 0.3  # it learns
     r = recs[-1]
     assert set(r["aux"]) == {"switch", "z"} and r["dropped_fraction"] == 0.0
-    assert len(r["expert_load"]) == 2 and all(
-        sum(row) == pytest.approx(1, abs=1e-3) for row in r["expert_load"]
-    )
+    assert len(r["expert_load"]) == 2 and all(sum(row) == pytest.approx(1, abs=1e-3) for row in r["expert_load"])
     assert all(v >= 1.0 for v in r["expert_load_max_over_mean"]) and r["tokens_per_s"] > 0
     # LAWA needs 3 checkpoints, so 3 are kept although keep_checkpoints is 2
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
@@ -64,9 +62,7 @@ def test_moe_run_writes_checkpoints_logs_averages_and_report(tmp_path: Path, cor
     lawa, _ = load_model(run / "lawa")
     m4, _ = load_model(run / "checkpoints" / "step-000004")
     m8, _ = load_model(run / "checkpoints" / "step-000008")
-    torch.testing.assert_close(
-        lawa.embed.weight, (m4.embed.weight + m8.embed.weight + final.embed.weight) / 3
-    )
+    torch.testing.assert_close(lawa.embed.weight, (m4.embed.weight + m8.embed.weight + final.embed.weight) / 3)
     html = (run / "report.html").read_text()
     assert html.count("data:image/png;base64") >= 5 and "Expert load" in html
 
@@ -82,9 +78,7 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path: Path, corpus: Pat
         tmp_path / "b",
         report=False,
     )
-    torch.testing.assert_close(
-        torch.tensor(losses(b.run_dir)), torch.tensor(losses(a.run_dir)), atol=1e-5, rtol=0
-    )
+    torch.testing.assert_close(torch.tensor(losses(b.run_dir)), torch.tensor(losses(a.run_dir)), atol=1e-5, rtol=0)
 
 
 def test_refuses_existing_run_and_resume_without_checkpoint(tmp_path: Path, corpus: Path) -> None:

@@ -68,9 +68,7 @@ def write_config(path: Path, corpus: Path, **overrides: Any) -> Path:
 
 def cli_env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = (
-        str(Path(__file__).resolve().parents[2] / "src") + os.pathsep + env.get("PYTHONPATH", "")
-    )
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2] / "src") + os.pathsep + env.get("PYTHONPATH", "")
     env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     return env
 

@@ -10,7 +10,6 @@ during one forward pass, so each learns from the inputs its MoEfied predecessors
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,37 +85,6 @@ def check_moefiable(hf_config: dict[str, Any], config: MoefyConfig) -> None:
 
 class _StopForward(Exception):
     """Raised after the last FFN of a calibration pass: the LM head's logits are not needed."""
-
-
-def capture_inputs(
-    model: nn.Module, blocks: Sequence[FFNBlock], chunks: dict[str, Tensor], batch_size: int = 2
-) -> list[Tensor]:
-    """(N, H) fp32 FFN inputs of each of ``blocks`` on the calibration blocks (domains concatenated).
-
-    The forward stops after the last requested FFN (the rest of the model is not run).
-    """
-    rows: dict[int, list[Tensor]] = {b.layer: [] for b in blocks}
-    last = max(rows)
-
-    def reader(layer: int) -> Callable[..., None]:
-        def hook(_module: Any, args: tuple[Tensor, ...]) -> None:
-            rows[layer].append(args[0].detach().reshape(-1, args[0].shape[-1]).float())
-            if layer == last:
-                raise _StopForward
-
-        return hook
-
-    handles = [b.module.register_forward_pre_hook(reader(b.layer)) for b in blocks]
-    try:
-        with torch.no_grad():
-            for ids in chunks.values():
-                for start in range(0, ids.shape[0], batch_size):
-                    with contextlib.suppress(_StopForward):
-                        model(input_ids=ids[start : start + batch_size])
-    finally:
-        for handle in handles:
-            handle.remove()
-    return [torch.cat(rows[b.layer]) for b in blocks]
 
 
 def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:

@@ -110,9 +110,7 @@ class Report:
         data = base64.b64encode(Path(png).read_bytes()).decode("ascii")
         cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
         alt = html.escape(caption or Path(png).stem)
-        self._current().parts.append(
-            f'<figure><img alt="{alt}" src="data:image/png;base64,{data}">{cap}</figure>'
-        )
+        self._current().parts.append(f'<figure><img alt="{alt}" src="data:image/png;base64,{data}">{cap}</figure>')
         return self
 
     def failure(self, error: str, reproduce: str, traceback: str | None = None) -> Report:
@@ -125,9 +123,7 @@ class Report:
         """
         current = self._current()
         current.status = "failed"
-        tb = (
-            f"<details><summary>Traceback</summary><pre>{html.escape(traceback)}</pre></details>" if traceback else ""
-        )
+        tb = f"<details><summary>Traceback</summary><pre>{html.escape(traceback)}</pre></details>" if traceback else ""
         current.parts.append(
             f'<div class="failed"><p class="error">failed: {html.escape(error)}</p>'
             f"<p>Reproduce with:</p><pre>{html.escape(reproduce)}</pre>{tb}</div>"
@@ -187,7 +183,7 @@ class Report:
             f"<style>{_CSS}</style></head><body><h1>{html.escape(self.title)}</h1>{sub}"
             f'<p class="meta">Generated {stamp} by lmbricks.</p>'
             f'<nav class="toc" aria-label="Contents"><strong>Contents</strong><ol>{toc}</ol></nav>'
-            f'{"".join(self._summary)}{body}</body></html>'
+            f"{''.join(self._summary)}{body}</body></html>"
         )
 
     def save(self, path: Path) -> Path:
