@@ -21,14 +21,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lmbricks.checkpoint.provenance import reference_name, resolve_reference
+from lmbricks.checkpoint.provenance import read_record, reference_name, resolve_reference
 from lmbricks.errors import ConfigError
 from lmbricks.grow import gates as G
 from lmbricks.grow.assemble import GrowWarning, Log
 from lmbricks.grow.build import build_moe_lm, layer_experts, moe_layers
 from lmbricks.grow.hidden import domain_blocks, mean_router_inputs
 from lmbricks.grow.recipe import GrowConfig
-from lmbricks.grow.save import read_provenance
 from lmbricks.grow.sources import ExpertFFN, ExpertSource, guess_source
 from lmbricks.moe.shared import SharedExpert
 from lmbricks.nn.config import LMConfig
@@ -84,7 +83,7 @@ class Recorded:
 
 def recorded_inventory(moe_path: Path) -> Recorded:
     """The base and inventory an MoE directory records (records written before 0.2 kept absolute paths)."""
-    prov = read_provenance(moe_path)
+    prov = read_record(moe_path)
     bricks = prov.get("bricks") if isinstance(prov.get("bricks"), dict) else {}
     recorded = bricks.get("base_model") if isinstance(bricks, dict) else None
     if recorded is None:

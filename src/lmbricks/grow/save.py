@@ -60,15 +60,6 @@ def check_destination(out: str | Path, force: bool, refs: Iterable[str | Path | 
     return out
 
 
-def read_provenance(model_dir: Path) -> dict[str, Any]:
-    """A model directory's lmbricks.json, or {} when it has none (or it is unreadable)."""
-    try:
-        data = json.loads((Path(model_dir) / "lmbricks.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def save_grown(
     model: LM,
     out: str | Path,
