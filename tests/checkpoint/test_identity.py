@@ -124,10 +124,12 @@ def test_architecture_fields_drop_bookkeeping_only() -> None:
 def test_brick_on_another_base_names_the_difference(tiny_llama: Path, tmp_path: Path) -> None:
     recorded = base_model(tiny_llama)
     changed = _copy(tiny_llama, tmp_path / "changed")
-    _edit_json(changed / "config.json", rope_theta=1234.0, transformers_version="0.0.1")
+    rope = json.loads((changed / "config.json").read_text())["rope_parameters"]
+    # transformers 5 reads theta from rope_parameters (a top-level rope_theta beside it is ignored)
+    _edit_json(changed / "config.json", rope_parameters={**rope, "rope_theta": 1234.0}, transformers_version="0.0.1")
     other = base_model(changed)
     check_brick_base("b", recorded.sha256, "tiny", recorded, recorded.identity)  # its own base passes
-    with pytest.raises(ConfigError, match=r"brick 'b' was trained on tiny .* they differ in config field rope_theta"):
+    with pytest.raises(ConfigError, match=r"brick 'b' .* they differ in config field rope_parameters\.rope_theta"):
         check_brick_base("b", recorded.sha256, "tiny", other, recorded.identity)
     with pytest.raises(ConfigError, match="predates identity parts"):
         check_brick_base("b", recorded.sha256, "tiny", other, None)
@@ -142,3 +144,52 @@ def test_records_carry_no_machine_path(tiny_llama: Path, tmp_path: Path, _home: 
     cached = _home / "models" / "some-registry-name"
     cached.mkdir(parents=True)
     assert reference_name(cached, relative_to=out) == "some-registry-name"
+
+
+_DATA = Path(__file__).parent / "data"
+
+
+def test_a_transformers_4_config_has_the_identity_of_its_transformers_5_spelling() -> None:
+    # Both files are the default model's GGUF converted by `from_pretrained(gguf_file=...)` and
+    # `save_pretrained`: once with transformers 4.57.1 (rope_theta + rope_scaling: null), once with
+    # 5.24.0 (rope_parameters). Only the spelling of RoPE and the tool's own fields differ.
+    old = json.loads((_DATA / "smollm2_config_transformers_4.57.1.json").read_text())
+    new = json.loads((_DATA / "smollm2_config_transformers_5.24.0.json").read_text())
+    assert "rope_theta" in old and "rope_parameters" in new  # the two spellings really are there
+    assert config_differences(old, new) == []
+    assert architecture_fields(old) == architecture_fields(new)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ({"rope_theta": 1e4, "rope_scaling": None}, {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4}}),
+        (
+            {"rope_theta": 5e5, "rope_scaling": {"type": "linear", "factor": 2.0}},
+            {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 5e5}},
+        ),
+        (
+            {"max_position_embeddings": 8192, "rope_theta": 5e5,
+             "rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
+            {"max_position_embeddings": 8192, "rope_parameters": {
+                "rope_type": "llama3", "factor": 8.0, "rope_theta": 5e5, "original_max_position_embeddings": 8192}},
+        ),
+    ],
+)  # fmt: skip
+def test_rope_spellings_agree(old: dict[str, object], new: dict[str, object]) -> None:
+    assert architecture_fields(old) == architecture_fields(new)
+
+
+def test_another_rope_theta_or_factor_still_differs() -> None:
+    base = {"rope_theta": 1e4, "rope_scaling": {"type": "linear", "factor": 2.0}}
+    assert config_differences(base, {**base, "rope_theta": 5e5}) == ["rope_parameters.rope_theta"]
+    other = {"rope_parameters": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e4}}
+    assert config_differences(base, other) == ["rope_parameters.factor"]
+    assert config_differences({"rope_theta": 1e4}, {"hidden_size": 8}) == ["hidden_size", "rope_parameters"]
+
+
+def test_canonical_rope_leaves_its_input_alone() -> None:
+    cfg = {"rope_theta": 1e4, "rope_scaling": {"type": "linear", "factor": 2.0}}
+    before = json.dumps(cfg)
+    architecture_fields(cfg)
+    assert json.dumps(cfg) == before

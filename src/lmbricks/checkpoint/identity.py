@@ -72,24 +72,92 @@ def _read_json(path: Path) -> Any:
 
 
 # ----------------------------------------------------------------------------------------- config
+#: RoPE types whose parameters include the pre-training context length (transformers' rule).
+_ROPE_TYPES_WITH_ORIGINAL_LENGTH = ("llama3", "yarn", "longrope")
+
+
+def _canonical_rope_dict(params: Mapping[str, Any], theta: Any, config: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(params)
+    out.setdefault("rope_type", out.pop("type", "default"))
+    out.pop("type", None)
+    if theta is not None:
+        out.setdefault("rope_theta", theta)
+    if out["rope_type"] in _ROPE_TYPES_WITH_ORIGINAL_LENGTH:
+        if "original_max_position_embeddings" in config:
+            out["original_max_position_embeddings"] = config["original_max_position_embeddings"]
+        elif "max_position_embeddings" in config:
+            out.setdefault("original_max_position_embeddings", config["max_position_embeddings"])
+    return out
+
+
+def canonical_rope(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with its rotary-embedding fields in one spelling: transformers 5's ``rope_parameters``.
+
+    transformers 4 writes ``rope_theta`` and ``rope_scaling`` (``null``, or a dict keyed ``type`` or
+    ``rope_type``) at the top level; transformers 5 writes one ``rope_parameters`` dict holding
+    ``rope_type`` and ``rope_theta`` (one dict per layer type where layers differ). The same network
+    saved by either gets the same fields here, so its identity does not depend on the library
+    version; a different theta, scaling type or factor still differs.
+
+    Args:
+        config: a ``config.json`` mapping (not modified).
+
+    Returns:
+        A copy with ``rope_theta``/``rope_scaling`` folded into ``rope_parameters``; unchanged when the
+        config has none of the three.
+    """
+    if not any(key in config for key in ("rope_theta", "rope_scaling", "rope_parameters")):
+        return dict(config)
+    out = dict(config)
+    theta = out.pop("rope_theta", None)
+    scaling = out.pop("rope_scaling", None)
+    params = scaling or out.get("rope_parameters")
+    if params is None and theta is None:
+        out["rope_parameters"] = None
+        return out
+    params = params or {}
+    nested = bool(params) and all(isinstance(v, Mapping) or v is None for v in params.values())
+    if nested:  # one dict per layer type (e.g. Gemma 3's sliding and full attention)
+        out["rope_parameters"] = {
+            layer: None if p is None else _canonical_rope_dict(p, theta, config) for layer, p in params.items()
+        }
+    else:
+        out["rope_parameters"] = _canonical_rope_dict(params, theta, config)
+    return out
+
+
 def architecture_fields(config: Mapping[str, Any]) -> dict[str, Any]:
-    """``config`` without tool-written and run-time fields (recursively, for nested sub-configs)."""
+    """``config`` without tool-written and run-time fields (recursively, for nested sub-configs).
+
+    Rotary-embedding fields are first put in one spelling (:func:`canonical_rope`), so a config saved
+    by transformers 4 and the same one saved by transformers 5 give the same fields.
+    """
+    return _without_bookkeeping(canonical_rope(config))
+
+
+def _without_bookkeeping(config: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in config.items():
         if key.startswith("_") or key in IGNORED_CONFIG_FIELDS:
             continue
-        out[key] = architecture_fields(value) if isinstance(value, Mapping) else value
+        # A sub-config (text_config, ...) is canonicalised too; RoPE's own dict is not a config.
+        if isinstance(value, Mapping):
+            value = _without_bookkeeping(value) if key == "rope_parameters" else architecture_fields(value)
+        out[key] = value
     return out
 
 
 def config_differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
     """Dotted names of the architecture fields whose values differ (or exist in one only)."""
-    a, b = architecture_fields(a), architecture_fields(b)
+    return _field_differences(architecture_fields(a), architecture_fields(b), prefix)
+
+
+def _field_differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str) -> list[str]:
     names = []
     for key in sorted(set(a) | set(b)):
         va, vb = a.get(key, _MISSING), b.get(key, _MISSING)
         if isinstance(va, Mapping) and isinstance(vb, Mapping):
-            names += config_differences(va, vb, f"{prefix}{key}.")
+            names += _field_differences(va, vb, f"{prefix}{key}.")
         elif va != vb:
             names.append(f"{prefix}{key}")
     return names
