@@ -33,6 +33,7 @@ import json
 import platform
 import resource
 import statistics
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -89,35 +90,30 @@ def step_flops(shape: dict[str, int], batch: int, seq: int) -> dict[str, int]:
     return {"matmul": matmul, "attention": attention, "total": matmul + attention, "matmul_params": n}
 
 
-def train_step(side: str, quick: bool, precision: str, device: str, steps: int, threads: int | None) -> dict[str, Any]:
-    """Time ``steps`` training steps of one side in this process (after two warm-up steps).
+def build_step(side: str, quick: bool, precision: str, device: str) -> Callable[[], None]:
+    """One side's model, data and optimizer; returns the training step (bench/profile.py uses it too).
 
     Args:
         side: ``"lmbricks"`` or ``"hf"``.
         quick: the small model.
         precision: ``"bf16"`` (autocast, fp32 master weights) or ``"fp32"``, already resolved.
         device: ``"cpu"`` or ``"cuda"``.
-        steps: timed steps.
-        threads: torch threads (None: torch's choice).
 
     Returns:
-        ``{"seconds": median wall time of a step, "cpu_seconds": median process CPU time (user +
-        system, page faults included) of a step, "faults_per_step": minor page faults per step}``.
+        A closure running forward, next-token cross-entropy, backward and an AdamW step.
     """
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from lmbricks.nn import LM, config_from_hf, hf_state_dict, load_hf_weights
     from lmbricks.runtime import autocast
 
-    if threads:
-        torch.set_num_threads(threads)
     dev = torch.device(device)
     shape, batch, seq = _configs(quick)
     torch.manual_seed(0)
     hf_cfg = LlamaConfig(**shape, max_position_embeddings=seq, tie_word_embeddings=False)
     hf_cfg._attn_implementation = "sdpa"
     hf = LlamaForCausalLM(hf_cfg)
-    ids = torch.randint(0, shape["vocab_size"], (batch, seq)).to(dev)
+    ids = torch.randint(0, shape["vocab_size"], (batch, seq)).to(dev)  # (B, S)
     if side == "lmbricks":
         ours = LM(config_from_hf(hf_cfg.to_dict()))
         sd = hf.state_dict()
@@ -143,11 +139,32 @@ def train_step(side: str, quick: bool, precision: str, device: str, steps: int, 
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    return step
+
+
+def train_step(side: str, quick: bool, precision: str, device: str, steps: int, threads: int | None) -> dict[str, Any]:
+    """Time ``steps`` training steps of one side in this process (after two warm-up steps).
+
+    Args:
+        side: ``"lmbricks"`` or ``"hf"``.
+        quick: the small model.
+        precision: ``"bf16"`` (autocast, fp32 master weights) or ``"fp32"``, already resolved.
+        device: ``"cpu"`` or ``"cuda"``.
+        steps: timed steps.
+        threads: torch threads (None: torch's choice).
+
+    Returns:
+        ``{"seconds": median wall time of a step, "cpu_seconds": median process CPU time (user +
+        system, page faults included) of a step, "faults_per_step": minor page faults per step}``.
+    """
     from harness import time_calls
 
+    if threads:
+        torch.set_num_threads(threads)
+    step = build_step(side, quick, precision, device)
     for _ in range(2):  # warm-up, outside the fault count
         step()
-    sync = torch.cuda.synchronize if dev.type == "cuda" else None
+    sync = torch.cuda.synchronize if device == "cuda" else None
     faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     timed = time_calls(step, steps, warmup=0, sync=sync)
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
