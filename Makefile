@@ -59,8 +59,10 @@ lint: setup
 	$(BIN)/vulture src tests bench scripts scripts/vulture_allow.py --min-confidence 60 \
 	  --ignore-names '$(VULTURE_IGNORE_NAMES)' --ignore-decorators '$(VULTURE_IGNORE_DECORATORS)'
 
+## bench: every claim script in bench/ (not the harness and the workers it runs), each JSON to stdout
+BENCH_SCRIPTS = $(filter-out bench/harness.py bench/%_workers.py,$(wildcard bench/*.py))
 bench: setup mergekit-venv
-	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+	@for script in $(BENCH_SCRIPTS); do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 ## lock: regenerate constraints.txt (and the mergekit venv's lock) after changing a dependency in
 ## pyproject.toml or constraints.in; existing pins are kept where they still fit. lock-upgrade: move

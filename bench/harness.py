@@ -21,6 +21,11 @@ Usage inside a benchmark::
     from harness import Workload, alternate, medians   # bench/ is on sys.path for its scripts
     runs = alternate({"lmbricks": Workload(__file__, "step", {"side": "lmbricks"}), ...}, rounds=5)
     seconds = medians(runs, "seconds")
+
+Timing inside a workload: :func:`time_calls` gives the median wall time and the median process CPU
+time of repeated calls; a benchmark's ``--clock`` (:data:`CLOCKS`) picks which of the two its ratios
+use (``cpu``: for a machine shared with other work, with one torch thread), and bench/machine.py
+measures the limits with both clocks so that utilisation divides like by like.
 """
 
 from __future__ import annotations
@@ -30,10 +35,15 @@ import os
 import statistics
 import subprocess
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+#: ``--clock`` choices and the result key each one reads: wall time, or the process's own CPU time
+#: (user + system, page faults included; other processes on the same cores hardly change it).
+CLOCKS = {"wall": "seconds", "cpu": "cpu_seconds"}
 
 #: Imported by every zygote before it forks (the scripts' own imports come on top).
 PRELOAD = ("torch", "transformers", "lmbricks.runtime")
@@ -133,6 +143,35 @@ def medians(runs: Mapping[str, list[dict[str, Any]]], key: str) -> dict[str, flo
         ``{name: median}``.
     """
     return {name: statistics.median(r[key] for r in results) for name, results in runs.items()}
+
+
+def time_calls(
+    fn: Callable[[], object], reps: int, warmup: int, sync: Callable[[], object] | None = None
+) -> dict[str, float]:
+    """Median wall and process-CPU seconds of ``reps`` calls of ``fn`` after ``warmup`` untimed ones.
+
+    Args:
+        fn: the call to time.
+        reps: timed calls (at least 1).
+        warmup: untimed calls first.
+        sync: called before each clock reading (``torch.cuda.synchronize`` on a GPU).
+
+    Returns:
+        ``{"seconds": median wall time, "cpu_seconds": median process CPU time}`` (the keys of
+        :data:`CLOCKS`).
+    """
+    wait = sync or (lambda: None)
+    for _ in range(warmup):
+        fn()
+    walls, cpus = [], []
+    for _ in range(max(reps, 1)):
+        wait()
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        wait()
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    return {"seconds": statistics.median(walls), "cpu_seconds": statistics.median(cpus)}
 
 
 def _load(script: str) -> Any:

@@ -7,12 +7,17 @@
 - Bandwidth: a stream copy of a large buffer (256 MiB, far beyond the caches), read plus written
   bytes per second, best of a few.
 
+Every repetition is timed by two clocks at once: wall time and the process's own CPU time (user +
+system of all its threads). ``clock`` picks which one the summary keys use; the other clock's
+figures are kept under ``by_clock``. A benchmark timed with ``--clock cpu`` (a loaded machine, one
+thread) divides its FLOPs per CPU second by the GEMM's FLOPs per CPU second, like by like.
+
 Other benchmarks call :func:`measure_machine` at their start and divide their FLOP rate or bytes/s
 by these figures (model-FLOPs utilisation for training and prefill, bytes/s against bandwidth for
 decode and merges). Prints one JSON object: ``gemm_gflops_fp32``, ``gemm_gflops_bf16``,
-``bandwidth_gbs`` and the per-shape rates.
+``bandwidth_gbs``, ``clock``, both clocks' figures and the per-shape rates.
 
-Usage: python bench/machine.py [--shape 2048x512x1376 ...] [--device cpu|cuda]
+Usage: python bench/machine.py [--shape 2048x512x1376 ...] [--device cpu|cuda] [--clock wall|cpu]
 """
 
 from __future__ import annotations
@@ -38,22 +43,28 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _best_seconds(fn: Any, device: torch.device, min_seconds: float, max_reps: int = 50) -> float:
-    """The fastest of repeated calls of ``fn`` (after one warm-up), for at least ``min_seconds``."""
+def _best_seconds(fn: Any, device: torch.device, min_seconds: float, max_reps: int = 50) -> dict[str, float]:
+    """The fastest of repeated calls of ``fn`` (after one warm-up) by each clock, for at least ``min_seconds``.
+
+    Returns:
+        ``{"wall": best wall seconds, "cpu": best process-CPU seconds}``.
+    """
     fn()
     _sync(device)
-    best, spent, reps = float("inf"), 0.0, 0
+    best = {"wall": float("inf"), "cpu": float("inf")}
+    spent, reps = 0.0, 0
     while (spent < min_seconds or reps < 3) and reps < max_reps:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         _sync(device)
-        dt = time.perf_counter() - t0
-        best, spent, reps = min(best, dt), spent + dt, reps + 1
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
+        best = {"wall": min(best["wall"], dt), "cpu": min(best["cpu"], max(dc, 1e-9))}
+        spent, reps = spent + dt, reps + 1
     return best
 
 
-def gemm_gflops(shape: Shape, dtype: torch.dtype, device: torch.device, min_seconds: float = 0.5) -> float:
-    """GFLOP/s of ``(m x k) @ (k x n)`` in ``dtype``: 2 m k n FLOPs over the best time.
+def gemm_gflops(shape: Shape, dtype: torch.dtype, device: torch.device, min_seconds: float = 0.5) -> dict[str, float]:
+    """GFLOP/s of ``(m x k) @ (k x n)`` in ``dtype``: 2 m k n FLOPs over the best time, by each clock.
 
     Args:
         shape: ``(m, k, n)``.
@@ -62,7 +73,7 @@ def gemm_gflops(shape: Shape, dtype: torch.dtype, device: torch.device, min_seco
         min_seconds: how long to keep repeating.
 
     Returns:
-        The rate in GFLOP/s.
+        ``{"wall": GFLOP/s by wall time, "cpu": GFLOP/s per second of the process's CPU time}``.
     """
     m, k, n = shape
     gen = torch.Generator(device=device).manual_seed(0)
@@ -70,11 +81,11 @@ def gemm_gflops(shape: Shape, dtype: torch.dtype, device: torch.device, min_seco
     b = torch.randn(k, n, generator=gen, device=device).to(dtype)  # (k, n)
     out = torch.empty(m, n, dtype=dtype, device=device)  # (m, n), preallocated: time the product only
     seconds = _best_seconds(lambda: torch.mm(a, b, out=out), device, min_seconds)
-    return 2 * m * k * n / seconds / 1e9
+    return {clock: 2 * m * k * n / s / 1e9 for clock, s in seconds.items()}
 
 
-def bandwidth_gbs(device: torch.device, mib: int = 256, min_seconds: float = 0.5) -> float:
-    """Memory bandwidth by a stream copy: (read + written bytes) / best time, in GB/s.
+def bandwidth_gbs(device: torch.device, mib: int = 256, min_seconds: float = 0.5) -> dict[str, float]:
+    """Memory bandwidth by a stream copy: (read + written bytes) / best time, in GB/s, by each clock.
 
     Args:
         device: whose memory.
@@ -82,40 +93,59 @@ def bandwidth_gbs(device: torch.device, mib: int = 256, min_seconds: float = 0.5
         min_seconds: how long to keep repeating.
 
     Returns:
-        GB/s (1e9 bytes per second).
+        ``{"wall": GB/s by wall time, "cpu": GB/s per second of CPU time}`` (1e9 bytes per second).
     """
     src = torch.ones(mib << 18, device=device)  # fp32: mib MiB
     dst = torch.empty_like(src)
     seconds = _best_seconds(lambda: dst.copy_(src), device, min_seconds)
-    return 2 * src.numel() * src.element_size() / seconds / 1e9
+    return {clock: 2 * src.numel() * src.element_size() / s / 1e9 for clock, s in seconds.items()}
 
 
 def measure_machine(
-    shapes: Sequence[Shape] = DEFAULT_SHAPES, device: str | torch.device = "cpu", min_seconds: float = 0.5
+    shapes: Sequence[Shape] = DEFAULT_SHAPES,
+    device: str | torch.device = "cpu",
+    min_seconds: float = 0.5,
+    clock: str = "wall",
 ) -> dict[str, Any]:
-    """fp32 and bf16 GEMM rates at ``shapes`` and the memory bandwidth of ``device``.
+    """fp32 and bf16 GEMM rates at ``shapes`` and the memory bandwidth of ``device``, by both clocks.
 
     Args:
         shapes: ``(m, k, n)`` GEMM shapes (default: the benchmarks' own).
         device: ``"cpu"`` or a CUDA device.
         min_seconds: the time spent on each measurement.
+        clock: ``"wall"`` or ``"cpu"``: the clock of the summary keys (the benchmark's own clock).
 
     Returns:
-        ``{"gemm_gflops_fp32": best fp32 rate over the shapes, "gemm_gflops_bf16": ...,
-        "bandwidth_gbs": ..., "gemm_by_shape": {"MxKxN": {"fp32": ..., "bf16": ...}}, "device": ...,
+        ``{"gemm_gflops_fp32": best fp32 rate over the shapes by ``clock``, "gemm_gflops_bf16": ...,
+        "bandwidth_gbs": ..., "clock": clock, "by_clock": {"wall": {the three}, "cpu": {...}},
+        "gemm_by_shape": {"MxKxN": {"fp32": ..., "bf16": ...}} (by ``clock``), "device": ...,
         "threads": ..., "load_average": the 1, 5 and 15-minute load averages at the end}``; under load
-        (other processes on the same cores) every rate is lower than the machine's own.
+        (other processes on the same cores) every wall-clock rate is lower than the machine's own.
+
+    Raises:
+        ValueError: an unknown clock, or the CPU clock on a GPU (host time says nothing there).
     """
     dev = torch.device(device)
-    by_shape = {
-        "x".join(map(str, s)): {name: round(gemm_gflops(s, dt, dev, min_seconds), 1) for name, dt in _DTYPES.items()}
+    if clock not in ("wall", "cpu") or (clock == "cpu" and dev.type != "cpu"):
+        raise ValueError(f"clock {clock!r}: 'wall', or 'cpu' on a CPU device (device {dev})")
+    rates = {
+        "x".join(map(str, s)): {name: gemm_gflops(s, dt, dev, min_seconds) for name, dt in _DTYPES.items()}
         for s in shapes
     }
+    copy = bandwidth_gbs(dev, min_seconds=min_seconds)
+    by_clock = {
+        c: {
+            "gemm_gflops_fp32": round(max(r["fp32"][c] for r in rates.values()), 1),
+            "gemm_gflops_bf16": round(max(r["bf16"][c] for r in rates.values()), 1),
+            "bandwidth_gbs": round(copy[c], 2),
+        }
+        for c in ("wall", "cpu")
+    }
     return {
-        "gemm_gflops_fp32": max(r["fp32"] for r in by_shape.values()),
-        "gemm_gflops_bf16": max(r["bf16"] for r in by_shape.values()),
-        "bandwidth_gbs": round(bandwidth_gbs(dev, min_seconds=min_seconds), 2),
-        "gemm_by_shape": by_shape,
+        **by_clock[clock],
+        "clock": clock,
+        "by_clock": by_clock,
+        "gemm_by_shape": {s: {name: round(v[clock], 1) for name, v in r.items()} for s, r in rates.items()},
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
         "load_average": [round(v, 2) for v in os.getloadavg()],
@@ -135,8 +165,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--shape", type=_shape, action="append", help="MxKxN (repeatable; default: the benchmarks')")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seconds", type=float, default=0.5, help="time per measurement")
+    ap.add_argument("--clock", default="wall", choices=["wall", "cpu"], help="the summary keys' clock")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = ap.parse_args(argv)
-    result = measure_machine(args.shape or DEFAULT_SHAPES, args.device, args.seconds)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = measure_machine(args.shape or DEFAULT_SHAPES, args.device, args.seconds, args.clock)
     print(json.dumps(result, indent=2))
     return result
 

@@ -12,8 +12,10 @@ Input hashes for lmbricks.json are cached by (path, size, mtime); the set-up has
 once, as any earlier use of the same inputs would.
 
 Utilisation: the bytes a merge moves (inputs read + output written) per second, beside the same
-for the disk floor (``lmbricks_gbs``, ``floor_gbs``) and the memory bandwidth of bench/machine.py
-measured at the start (``machine_limits``); each tool runs in its own fresh process, alternating.
+for the disk floor (``lmbricks_gbs``, ``floor_gbs``; ``disk_floor_share`` = floor time / merge
+time) and against the memory bandwidth of bench/machine.py measured at the start
+(``memory_bandwidth_share``, ``machine_limits``); each tool runs in its own fresh process,
+alternating; times are medians over ``--repeat`` runs (all runs under ``wall_s_runs``).
 
 Usage: python bench/merge.py [--quick] [--repeat N]
 """
@@ -24,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -298,8 +301,8 @@ def main() -> None:
                     json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in m.items()}),
                 )
                 shutil.rmtree(out, ignore_errors=True)
-        lb = min(r["wall_s"] for r in runs["lmbricks"])
-        mkt = min(r["wall_s"] for r in runs["mergekit"])
+        lb = statistics.median(r["wall_s"] for r in runs["lmbricks"])
+        mkt = statistics.median(r["wall_s"] for r in runs["mergekit"])
         result[name] = {
             "lmbricks_s": round(lb, 2),
             "mergekit_s": round(mkt, 2),
@@ -308,15 +311,19 @@ def main() -> None:
             "vs_floor": round(lb / floor, 3),
             "lmbricks_anon_gb": round(max(r["peak_anon_gb"] for r in runs["lmbricks"]), 3),
             "mergekit_anon_gb": round(max(r["peak_anon_gb"] for r in runs["mergekit"]), 3),
-            "lmbricks_cpu_s": round(min(r["cpu_s"] for r in runs["lmbricks"]), 2),
-            "mergekit_cpu_s": round(min(r["cpu_s"] for r in runs["mergekit"]), 2),
+            "lmbricks_cpu_s": round(statistics.median(r["cpu_s"] for r in runs["lmbricks"]), 2),
+            "mergekit_cpu_s": round(statistics.median(r["cpu_s"] for r in runs["mergekit"]), 2),
             "lmbricks_rss_gb": round(max(r["peak_rss_gb"] for r in runs["lmbricks"]), 3),
             "mergekit_rss_gb": round(max(r["peak_rss_gb"] for r in runs["mergekit"]), 3),
+            "wall_s_runs": {t: [round(r["wall_s"], 2) for r in rs] for t, rs in runs.items()},
             "cache": runs["lmbricks"][0]["cache"],
             "bytes_moved": moved,
             "lmbricks_gbs": round(moved / lb / 1e9, 3),
             "mergekit_gbs": round(moved / mkt / 1e9, 3),
             "floor_gbs": round(moved / floor / 1e9, 3),
+            # utilisation: bytes moved per second against the disk floor's and the memory bandwidth
+            "disk_floor_share": round(floor / lb, 3),
+            "memory_bandwidth_share": round(moved / lb / 1e9 / machine["bandwidth_gbs"], 4),
         }
     result["machine_limits"] = machine
     print(json.dumps(result, indent=2))

@@ -5,17 +5,22 @@ order rotates every round, every process tunes the allocator alike), medians. La
 top-2, hidden 512, expert intermediate 1792, 8 x 256 tokens. ``--precision auto`` (the default):
 bf16 where the CPU multiplies bf16 natively (inference phases with bf16 weights and inputs,
 forward + backward under bf16 autocast over fp32 weights), fp32 elsewhere.
-Anchors: ``MixtralSparseMoeBlock`` with experts implementation ``grouped_mm`` and ``eager``;
-a dense SwiGLU FFN with intermediate 3584 (the same active FLOPs): transformers' LlamaMLP
-(separate gate/up) and a fused gate_up variant; the faster of the two is the dense anchor.
+Anchors: ``MixtralSparseMoeBlock`` with experts implementation ``grouped_mm`` and ``eager``,
+the faster of the two per phase is the transformers anchor (``fwd_vs_hf``, ``fwdbwd_vs_hf``,
+``decode_vs_hf``; the ``_hf_grouped`` keys stay, against ``grouped_mm`` alone); a dense SwiGLU
+FFN with intermediate 3584 (the same active FLOPs): transformers' LlamaMLP (separate gate/up) and
+a fused gate_up variant, the faster of the two per phase is the dense anchor (``*_anchors`` name
+the winners).
 Measures: forward (no grad), forward + backward (parameter and input gradients), and one decode
 step of 8 tokens (no grad). Limits (bench/machine.py, measured at the start): ``fwd_mfu`` and
 ``fwdbwd_mfu`` against the GEMM rate of the run's precision (active FLOPs 2 T x 3 H I_dense
 forward, three times that with backward), ``decode_vs_floor``: decode time over the time to read
-the touched experts' weights at the measured bandwidth. ``train_vs_hf`` and its keys come from
-bench/train_lm.py. Prints one JSON object.
+the touched experts' weights at the measured bandwidth. ``--clock cpu`` times by each process's
+CPU time (one thread on a loaded machine), the limits too. ``train_vs_hf`` and its keys come from
+bench/train_lm.py (its rounds under ``train_rounds``, the layer's under ``layer_rounds`` and
+``rounds``; its limits under ``train_machine_limits``). Prints one JSON object.
 
-Usage: python bench/moe.py [--quick] [--rounds N] [--precision auto|bf16|fp32] [--threads N]
+Usage: python bench/moe.py [--quick] [--rounds N] [--precision auto|bf16|fp32] [--threads N] [--clock wall|cpu]
 """
 
 from __future__ import annotations
@@ -23,9 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,15 @@ class FusedSwiGLU(nn.Module):
         super().__init__()
         self.gate_up = nn.Linear(hidden, 2 * inter, bias=False)
         self.down = nn.Linear(inter, hidden, bias=False)
+
+    @classmethod
+    def of(cls, gate: Tensor, up: Tensor, down: Tensor) -> FusedSwiGLU:
+        """The fused FFN holding given (I, H) gate, (I, H) up and (H, I) down weights."""
+        ffn = cls(gate.shape[1], gate.shape[0])
+        with torch.no_grad():
+            ffn.gate_up.weight.copy_(torch.cat([gate, up]))  # (2I, H)
+            ffn.down.weight.copy_(down)
+        return ffn
 
     def forward(self, x: Tensor) -> Tensor:
         g, u = self.gate_up(x).chunk(2, dim=-1)
@@ -107,18 +118,6 @@ def step_fwdbwd(module: nn.Module, x: Tensor, g: Tensor) -> None:
     loss.backward()
 
 
-def timed_calls(fn: Callable[[], None], reps: int, warmup: int) -> list[float]:
-    """Milliseconds of each of ``reps`` calls of ``fn`` after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return times
-
-
 def check_agreement(models: dict[str, nn.Module], x: Tensor) -> float:
     """Max |ours - HF grouped_mm| on the benchmark input (same weights, so ~1e-6)."""
     with torch.no_grad():
@@ -128,7 +127,7 @@ def check_agreement(models: dict[str, nn.Module], x: Tensor) -> float:
 
 
 def layer_case(name: str, phase: str, precision: str, reps: int, threads: int | None) -> dict[str, Any]:
-    """Time one module in one phase, in this (fresh) process: the median of ``reps`` calls in ms.
+    """Time one module in one phase, in this (fresh) process: the median of ``reps`` calls.
 
     Args:
         name: ``"ours"``, ``"hf_grouped_mm"``, ``"hf_eager"``, ``"dense"`` or ``"dense_fused"``.
@@ -140,8 +139,11 @@ def layer_case(name: str, phase: str, precision: str, reps: int, threads: int | 
         threads: torch threads (None: torch's choice).
 
     Returns:
-        ``{"ms": median milliseconds, "touched_experts": experts the decode tokens route to}``.
+        ``{"ms": median wall milliseconds, "cpu_ms": median process-CPU milliseconds,
+        "touched_experts": experts the decode tokens route to}``.
     """
+    from harness import time_calls
+
     from lmbricks.runtime import autocast
 
     if threads:
@@ -157,61 +159,116 @@ def layer_case(name: str, phase: str, precision: str, reps: int, threads: int | 
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     if phase == "fwdbwd":
         with autocast("bf16" if precision == "bf16" else "fp32", "cpu"):
-            times = timed_calls(lambda: step_fwdbwd(module, x, g), reps, warmup=2)
+            timed = time_calls(lambda: step_fwdbwd(module, x, g), reps, warmup=2)
     else:
         module = module.to(dtype)
         inp = (x if phase == "fwd" else xd).to(dtype)
-        times = timed_calls(lambda: step_fwd(module, inp), reps, warmup=2 if phase == "fwd" else 5)
-    return {"ms": statistics.median(times), "touched_experts": touched}
+        timed = time_calls(lambda: step_fwd(module, inp), reps, warmup=2 if phase == "fwd" else 5)
+    return {"ms": 1e3 * timed["seconds"], "cpu_ms": 1e3 * timed["cpu_seconds"], "touched_experts": touched}
+
+
+PHASES = ("fwd", "fwdbwd", "decode")
+MODULES = ("ours", "hf_grouped_mm", "hf_eager", "dense", "dense_fused")
 
 
 def bench_layer(
-    quick: bool, rounds: int | None, precision: str, machine: dict[str, Any], threads: int | None
+    quick: bool,
+    rounds: int | None,
+    precision: str,
+    machine: dict[str, Any],
+    threads: int | None,
+    clock: str = "wall",
+    phases: tuple[str, ...] = PHASES,
 ) -> dict[str, Any]:
-    """Each (module, phase) in its own fresh process per round (bench/harness.py), medians."""
+    """Each (module, phase) in its own fresh process per round (bench/harness.py), medians.
+
+    Args:
+        quick: fewer calls per process.
+        rounds: processes per (module, phase) (default 3, quick 2).
+        precision: ``"bf16"`` or ``"fp32"``, resolved.
+        machine: bench/machine.py's limits, measured by ``clock``.
+        threads: torch threads in the workers (None: torch's choice).
+        clock: ``"wall"`` or ``"cpu"`` (the process's CPU time; one thread on a loaded machine).
+        phases: a subset of :data:`PHASES` (the reproducibility test times one).
+
+    Returns:
+        The layer's keys: ratios against the dense anchor (the faster of LlamaMLP and the fused
+        variant) and against transformers (the faster of ``grouped_mm`` and ``eager``, plus the
+        ``_hf_grouped`` keys against ``grouped_mm`` alone), utilisation, the medians.
+    """
     from harness import Workload, alternate, medians
 
     n_rounds = rounds or (2 if quick else 3)
     reps = {"fwd": 3 if quick else 10, "fwdbwd": 3 if quick else 10, "decode": 20 if quick else 80}
-    names = ["ours", "hf_grouped_mm", "hf_eager", "dense", "dense_fused"]
+    reps = {p: n for p, n in reps.items() if p in phases}
+    key = {"wall": "ms", "cpu": "cpu_ms"}[clock]
     med: dict[str, dict[str, float]] = {}
     touched = 0
     for phase, n in reps.items():
         args = {"phase": phase, "precision": precision, "reps": n, "threads": threads}
-        runs = alternate({m: Workload(__file__, "layer_case", {**args, "name": m}) for m in names}, n_rounds)
-        med[phase] = medians(runs, "ms")
+        runs = alternate({m: Workload(__file__, "layer_case", {**args, "name": m}) for m in MODULES}, n_rounds)
+        med[phase] = medians(runs, key)
         touched = runs["ours"][0]["touched_experts"]
 
-    def dense_anchor(phase: str) -> float:
+    def anchor(phase: str, pair: tuple[str, str]) -> tuple[str, float]:
+        name = min(pair, key=lambda m: med[phase][m])
+        return name, med[phase][name]
+
+    out: dict[str, Any] = {}
+    for phase in med:
+        dense_name, dense_ms = anchor(phase, ("dense", "dense_fused"))
+        hf_name, hf_ms = anchor(phase, ("hf_grouped_mm", "hf_eager"))
+        ours = med[phase]["ours"]
+        out |= {
+            f"{phase}_vs_dense": ours / dense_ms,
+            f"{phase}_vs_hf": ours / hf_ms,
+            f"{phase}_vs_hf_grouped": ours / med[phase]["hf_grouped_mm"],
+            f"{phase}_anchors": {"dense": dense_name, "hf": hf_name},
+        }
+    out |= _utilisation(med, touched, precision, machine)
+    layer_rounds = {"processes_per_case": n_rounds, "calls_per_process": reps}
+    return out | {
+        "median_ms": {p: {n: round(v, 3) for n, v in d.items()} for p, d in med.items()},
+        "clock": clock,
+        "layer_rounds": layer_rounds,
+        "rounds": layer_rounds,  # the old key: the layer's rounds (the training benchmark's are train_rounds)
+    }
+
+
+def _utilisation(
+    med: dict[str, dict[str, float]], touched: int, precision: str, machine: dict[str, Any]
+) -> dict[str, Any]:
+    """MFU of the timed phases against the GEMM rate, decode against the touched experts' bandwidth floor."""
+
+    def dense_ms(phase: str) -> float:
         return min(med[phase]["dense"], med[phase]["dense_fused"])
 
-    # the decode floor: reading the touched experts' weights (gate, up, down) and the router once
-    width = 2 if precision == "bf16" else 4
-    floor_bytes = (touched * 3 * H * I_EXPERT + E * H) * width
-    floor_ms = floor_bytes / (machine["bandwidth_gbs"] * 1e9) * 1e3
-    fwd_flops = 2 * BATCH * SEQ * 3 * H * I_DENSE  # the active FLOPs of the layer (= the dense FFN's)
+    out: dict[str, Any] = {}
     peak = machine[f"gemm_gflops_{precision}"] * 1e9
-    out: dict[str, Any] = {
-        "fwd_vs_dense": med["fwd"]["ours"] / dense_anchor("fwd"),
-        "fwdbwd_vs_dense": med["fwdbwd"]["ours"] / dense_anchor("fwdbwd"),
-        "decode_vs_floor": med["decode"]["ours"] / floor_ms,
-        "decode_vs_hf_grouped": med["decode"]["ours"] / med["decode"]["hf_grouped_mm"],
-        "fwdbwd_vs_hf_grouped": med["fwdbwd"]["ours"] / med["fwdbwd"]["hf_grouped_mm"],
-        "fwd_vs_hf_grouped": med["fwd"]["ours"] / med["fwd"]["hf_grouped_mm"],
-        "decode_vs_dense": med["decode"]["ours"] / dense_anchor("decode"),
-        "hf_grouped_fwdbwd_vs_dense": med["fwdbwd"]["hf_grouped_mm"] / dense_anchor("fwdbwd"),
-        "hf_eager_fwdbwd_vs_dense": med["fwdbwd"]["hf_eager"] / dense_anchor("fwdbwd"),
-        "fwd_mfu": fwd_flops / (med["fwd"]["ours"] / 1e3) / peak,
-        "fwdbwd_mfu": 3 * fwd_flops / (med["fwdbwd"]["ours"] / 1e3) / peak,
-        "decode_bandwidth_share": floor_ms / med["decode"]["ours"],
-        "decode_floor": {"touched_experts": touched, "bytes": floor_bytes, "ms": round(floor_ms, 4)},
-        "median_ms": {p: {n: round(v, 3) for n, v in d.items()} for p, d in med.items()},
-        "rounds": {"processes_per_case": n_rounds, "calls_per_process": reps},
-    }
+    fwd_flops = 2 * BATCH * SEQ * 3 * H * I_DENSE  # the active FLOPs of the layer (= the dense FFN's)
+    if "fwd" in med:
+        out["fwd_mfu"] = fwd_flops / (med["fwd"]["ours"] / 1e3) / peak
+    if "fwdbwd" in med:
+        out |= {
+            "fwdbwd_mfu": 3 * fwd_flops / (med["fwdbwd"]["ours"] / 1e3) / peak,
+            "hf_grouped_fwdbwd_vs_dense": med["fwdbwd"]["hf_grouped_mm"] / dense_ms("fwdbwd"),
+            "hf_eager_fwdbwd_vs_dense": med["fwdbwd"]["hf_eager"] / dense_ms("fwdbwd"),
+        }
+    if "decode" in med:
+        # the decode floor: reading the touched experts' weights (gate, up, down) and the router once
+        width = 2 if precision == "bf16" else 4
+        floor_bytes = (touched * 3 * H * I_EXPERT + E * H) * width
+        floor_ms = floor_bytes / (machine["bandwidth_gbs"] * 1e9) * 1e3
+        out |= {
+            "decode_vs_floor": med["decode"]["ours"] / floor_ms,
+            "hf_decode_vs_floor": min(med["decode"]["hf_grouped_mm"], med["decode"]["hf_eager"]) / floor_ms,
+            "decode_bandwidth_share": floor_ms / med["decode"]["ours"],
+            "decode_floor": {"touched_experts": touched, "bytes": floor_bytes, "ms": round(floor_ms, 4)},
+        }
     return out
 
 
-def bench_train(quick: bool, precision: str, threads: int | None) -> dict[str, Any]:
+def bench_train(quick: bool, precision: str, threads: int | None, clock: str = "wall") -> dict[str, Any]:
     """Training-step tokens/s of the reference LM versus ``LlamaForCausalLM`` (``train_vs_hf``).
 
     The measurement lives in ``bench/train_lm.py`` (one script per claim); this merges its keys.
@@ -222,7 +279,7 @@ def bench_train(quick: bool, precision: str, threads: int | None) -> dict[str, A
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return dict(module.train_vs_hf(quick=quick, precision=precision, device="cpu", threads=threads))
+    return dict(module.train_vs_hf(quick=quick, precision=precision, device="cpu", threads=threads, clock=clock))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -237,12 +294,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--rounds", type=int, default=None, help="fresh processes per case and phase (default 3)")
     ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--clock", default="wall", choices=["wall", "cpu"], help="cpu: for a loaded machine, 1 thread")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     precision = resolve_precision(args.precision, "cpu")
     torch.manual_seed(0)
-    machine = measure_machine([(BATCH * SEQ, H, 2 * I_DENSE), (BATCH * SEQ * K // E, H, 2 * I_EXPERT)])
+    shapes = [(BATCH * SEQ, H, 2 * I_DENSE), (BATCH * SEQ * K // E, H, 2 * I_EXPERT)]
+    machine = measure_machine(shapes, clock=args.clock)
     result: dict[str, Any] = {
         "bench": "moe_layer",
         "precision": precision,
@@ -264,10 +323,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     models = build()
     result["max_abs_diff_vs_hf"] = check_agreement(models, torch.randn(BATCH, SEQ, H))
     del models
-    result.update(bench_layer(args.quick, args.rounds, precision, machine, args.threads))
-    train = bench_train(args.quick, args.precision, args.threads)
-    train["train_rounds"] = train.pop("rounds")  # the layer's own "rounds" stay
-    result.update({k: v for k, v in train.items() if k not in ("precision", "machine_limits")})
+    result.update(bench_layer(args.quick, args.rounds, precision, machine, args.threads, args.clock))
+    train = bench_train(args.quick, args.precision, args.threads, args.clock)
+    train["train_rounds"] = train.pop("rounds")  # distinct keys: the layer's stay under "rounds"
+    train["train_machine_limits"] = train.pop("machine_limits")  # measured at the training model's shapes
+    train["train_clock"] = train.pop("clock")
+    result.update({k: v for k, v in train.items() if k != "precision"})
     print(json.dumps(result, indent=1))
     return result
 

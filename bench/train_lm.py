@@ -11,9 +11,10 @@ weights and AdamW state) where the device multiplies bf16 natively, fp32 elsewhe
 128, 2 layers, batch 4 x 128).
 
 Utilisation: the machine's GEMM rate in the run's precision (bench/machine.py, measured at this
-model's shapes at the start) against the model FLOPs of a step, 6 N T for the N matmul parameters
-(embedding lookup excluded, head included) and T tokens, plus attention's 12 L d S T (PaLM's count,
-non-causal: the causal kernels do about half of it): ``train_mfu`` (lmbricks), ``hf_train_mfu``.
+model's shapes at the start, by the same clock as the steps: ``--clock``) against the model FLOPs
+of a step, 6 N T for the N matmul parameters (embedding lookup excluded, head included) and T
+tokens, plus attention's 12 L d S T (PaLM's count, non-causal: the causal kernels do about half of
+it): ``train_mfu`` (lmbricks), ``hf_train_mfu``.
 
 Prints one JSON object: {"train_vs_hf": ratio (> 1 means lmbricks is faster), "train_mfu", ...}.
 ``bench/moe.py`` may import :func:`train_vs_hf` and merge its result.
@@ -32,7 +33,7 @@ import json
 import platform
 import resource
 import statistics
-import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -89,35 +90,30 @@ def step_flops(shape: dict[str, int], batch: int, seq: int) -> dict[str, int]:
     return {"matmul": matmul, "attention": attention, "total": matmul + attention, "matmul_params": n}
 
 
-def train_step(side: str, quick: bool, precision: str, device: str, steps: int, threads: int | None) -> dict[str, Any]:
-    """Time ``steps`` training steps of one side in this process (after two warm-up steps).
+def build_step(side: str, quick: bool, precision: str, device: str) -> Callable[[], None]:
+    """One side's model, data and optimizer; returns the training step (bench/profile.py uses it too).
 
     Args:
         side: ``"lmbricks"`` or ``"hf"``.
         quick: the small model.
         precision: ``"bf16"`` (autocast, fp32 master weights) or ``"fp32"``, already resolved.
         device: ``"cpu"`` or ``"cuda"``.
-        steps: timed steps.
-        threads: torch threads (None: torch's choice).
 
     Returns:
-        ``{"seconds": median wall time of a step, "cpu_seconds": median process CPU time (user +
-        system, page faults included) of a step, "faults_per_step": minor page faults per step}``.
+        A closure running forward, next-token cross-entropy, backward and an AdamW step.
     """
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from lmbricks.nn import LM, config_from_hf, hf_state_dict, load_hf_weights
     from lmbricks.runtime import autocast
 
-    if threads:
-        torch.set_num_threads(threads)
     dev = torch.device(device)
     shape, batch, seq = _configs(quick)
     torch.manual_seed(0)
     hf_cfg = LlamaConfig(**shape, max_position_embeddings=seq, tie_word_embeddings=False)
     hf_cfg._attn_implementation = "sdpa"
     hf = LlamaForCausalLM(hf_cfg)
-    ids = torch.randint(0, shape["vocab_size"], (batch, seq)).to(dev)
+    ids = torch.randint(0, shape["vocab_size"], (batch, seq)).to(dev)  # (B, S)
     if side == "lmbricks":
         ours = LM(config_from_hf(hf_cfg.to_dict()))
         sd = hf.state_dict()
@@ -143,25 +139,36 @@ def train_step(side: str, quick: bool, precision: str, device: str, steps: int, 
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for _ in range(2):
+    return step
+
+
+def train_step(side: str, quick: bool, precision: str, device: str, steps: int, threads: int | None) -> dict[str, Any]:
+    """Time ``steps`` training steps of one side in this process (after two warm-up steps).
+
+    Args:
+        side: ``"lmbricks"`` or ``"hf"``.
+        quick: the small model.
+        precision: ``"bf16"`` (autocast, fp32 master weights) or ``"fp32"``, already resolved.
+        device: ``"cpu"`` or ``"cuda"``.
+        steps: timed steps.
+        threads: torch threads (None: torch's choice).
+
+    Returns:
+        ``{"seconds": median wall time of a step, "cpu_seconds": median process CPU time (user +
+        system, page faults included) of a step, "faults_per_step": minor page faults per step}``.
+    """
+    from harness import time_calls
+
+    if threads:
+        torch.set_num_threads(threads)
+    step = build_step(side, quick, precision, device)
+    for _ in range(2):  # warm-up, outside the fault count
         step()
-    times, cpu_times = [], []
+    sync = torch.cuda.synchronize if device == "cuda" else None
     faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(steps):
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        t0, c0 = time.perf_counter(), time.process_time()
-        step()
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-        cpu_times.append(time.process_time() - c0)
+    timed = time_calls(step, steps, warmup=0, sync=sync)
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
-    return {
-        "seconds": statistics.median(times),
-        "cpu_seconds": statistics.median(cpu_times),
-        "faults_per_step": round(faults / steps),
-    }
+    return {**timed, "faults_per_step": round(faults / steps)}
 
 
 def train_vs_hf(
@@ -186,12 +193,12 @@ def train_vs_hf(
         threads: torch threads in the workers (None: torch's choice).
         clock: ``"wall"`` (the default) or ``"cpu"``: the process's CPU time per step, which other
             processes on the same cores hardly change; meaningful with ``threads=1`` (with more,
-            idle threads' spinning counts too).
+            idle threads' spinning counts too). The machine's limits are measured by the same clock.
 
     Returns:
         The JSON-able result (``train_vs_hf``, ``train_mfu``, ``precision``, ``train_vs_hf_default_alloc``...).
     """
-    from harness import Workload, alternate, medians
+    from harness import CLOCKS, Workload, alternate, medians
     from machine import measure_machine
 
     from lmbricks.runtime import resolve_precision
@@ -204,12 +211,12 @@ def train_vs_hf(
     h, i, v = shape["hidden_size"], shape["intermediate_size"], shape["vocab_size"]
     if threads:
         torch.set_num_threads(threads)
-    machine = measure_machine([(batch * seq, h, 2 * i), (batch * seq, h, v)], dev, 0.2 if quick else 0.5)
+    machine = measure_machine([(batch * seq, h, 2 * i), (batch * seq, h, v)], dev, 0.2 if quick else 0.5, clock)
     steps = 10 if quick else 3
     args = dict(quick=quick, precision=prec, device=dev, steps=steps, threads=threads)
     env = {"LD_PRELOAD": preload} if preload else {}
     tuned = alternate({s: Workload(__file__, "train_step", {**args, "side": s}, env) for s in SIDES}, rounds)
-    key = "cpu_seconds" if clock == "cpu" else "seconds"
+    key = CLOCKS[clock]
     med = medians(tuned, key)
     tokens = batch * seq
     flops = step_flops(shape, batch, seq)
@@ -240,7 +247,8 @@ def train_vs_hf(
     return out | {
         "flops_per_step": flops,
         "flops_note": "6 N T (N: matmul parameters, head included, embedding excluded) + 12 L d S T attention "
-        "(PaLM, non-causal); MFU against the measured GEMM rate of the run's precision",
+        "(PaLM, non-causal); MFU against the measured GEMM rate of the run's precision, both timed by "
+        "the run's clock",
         "machine_limits": machine,
         "model": shape,
         "batch": [batch, seq],

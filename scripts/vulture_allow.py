@@ -32,6 +32,11 @@ averaged_copy
 
 # Benchmark workloads the harness runs by name in a fresh process (bench/harness.py Workload).
 layer_case
+ffn_case
+model_case
+heal_case
+decode_case
+profile_case
 
 # pytest reads these by name.
 pytestmark
