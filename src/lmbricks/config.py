@@ -21,16 +21,24 @@ import math
 import re
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import AfterValidator, BaseModel, ValidationError
+from pydantic.dataclasses import is_pydantic_dataclass
+from pydantic.fields import FieldInfo
 
 from lmbricks.errors import ConfigError
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 M = TypeVar("M", bound=BaseModel)
+
+#: What :func:`format_errors` reads the valid keys from: a pydantic model or a pydantic dataclass.
+Schema = type[BaseModel] | type["DataclassInstance"]
 
 #: Errors listed in one message at most (the first ones, unknown keys first).
 MAX_ERRORS = 3
@@ -100,10 +108,33 @@ def key_path(parts: Sequence[str | int]) -> str:
     return out
 
 
-def suggest(name: str, candidates: Sequence[str] | set[str]) -> str:
+def suggest(name: str, candidates: Collection[str]) -> str:
     """`` (did you mean 'x'?)`` for the candidate nearest to ``name``, or an empty string."""
     close = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def one_of(choices: Collection[str], what: str) -> AfterValidator:
+    """A field validator: the value must be one of ``choices`` (a registry's names).
+
+    ``choices`` is read when a value is validated, not when the model is defined, so a name
+    registered later (``register_router``) is accepted. Use as
+    ``router: Annotated[str, one_of(ROUTERS, "router")] = "softmax_topk"``.
+
+    Args:
+        choices: the valid names (a registry mapping, a tuple of names).
+        what: what a name names, for the message: ``unknown router 'x' (did you mean 'y'?) (choose from ...)``.
+
+    Returns:
+        A pydantic ``AfterValidator`` for ``Annotated``.
+    """
+
+    def check(name: str) -> str:
+        if name not in choices:
+            raise ValueError(f"unknown {what} {name!r}{suggest(name, choices)} (choose from {', '.join(choices)})")
+        return name
+
+    return AfterValidator(check)
 
 
 def show_value(value: Any) -> str:
@@ -167,13 +198,23 @@ def _unwrap(tp: Any) -> list[Any]:
     return [tp]
 
 
+def _model_fields(tp: Any) -> dict[str, FieldInfo] | None:
+    """The fields of a pydantic model or pydantic dataclass, or None for any other type."""
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return tp.model_fields
+    if isinstance(tp, type) and is_pydantic_dataclass(tp):
+        return tp.__pydantic_fields__
+    return None
+
+
 def _children(tp: Any, part: str | int) -> list[Any]:
     out: list[Any] = []
     for t in _unwrap(tp):
         origin = typing.get_origin(t)
         args = typing.get_args(t)
-        if isinstance(t, type) and issubclass(t, BaseModel) and isinstance(part, str):
-            field = t.model_fields.get(part) or next((f for f in t.model_fields.values() if f.alias == part), None)
+        fields = _model_fields(t)
+        if fields is not None and isinstance(part, str):
+            field = fields.get(part) or next((f for f in fields.values() if f.alias == part), None)
             if field is not None:
                 out.append(field.annotation)
         elif origin in (list, tuple, set, frozenset) or (
@@ -186,7 +227,7 @@ def _children(tp: Any, part: str | int) -> list[Any]:
     return out
 
 
-def _fields_at(model: type[BaseModel], parts: Sequence[str | int]) -> set[str]:
+def _fields_at(model: Schema, parts: Sequence[str | int]) -> set[str]:
     """Valid key names of the mapping at ``parts`` (empty if it is not a model)."""
     current: list[Any] = [model]
     for p in parts:
@@ -194,8 +235,9 @@ def _fields_at(model: type[BaseModel], parts: Sequence[str | int]) -> set[str]:
     names: set[str] = set()
     for tp in current:
         for t in _unwrap(tp):
-            if isinstance(t, type) and issubclass(t, BaseModel):
-                names.update(f.alias or n for n, f in t.model_fields.items())
+            fields = _model_fields(t)
+            if fields is not None:
+                names.update(f.alias or n for n, f in fields.items())
     return names
 
 
@@ -209,8 +251,11 @@ def _expected(msgs: list[str]) -> str:
     return ", ".join(kinds[:-1]) + (" or " if len(kinds) > 1 else "") + kinds[-1]
 
 
-def format_errors(exc: ValidationError, model: type[BaseModel], data: Any, limit: int = MAX_ERRORS) -> str:
+def format_errors(exc: ValidationError, model: Schema, data: Any, limit: int = MAX_ERRORS) -> str:
     """pydantic's errors as one line: unknown keys (with a suggestion) first, then the others.
+
+    ``model`` (a pydantic model or a pydantic dataclass such as ``LMConfig``) gives the valid keys
+    that an unknown key's suggestion is chosen from.
 
     A required key that an unknown key's suggestion names is the same mistake (a typo) and is not
     repeated; the many complaints about one value that fits no branch of a union become one, about
