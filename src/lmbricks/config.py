@@ -242,6 +242,8 @@ def _fields_at(model: Schema, parts: Sequence[str | int]) -> set[str]:
 
 
 _EXPECTED = "Input should be a valid "
+#: A pydantic dataclass reports an unknown or a missing key as a call's argument: the same mistakes.
+_KINDS = {"unexpected_keyword_argument": "extra_forbidden", "missing_argument": "missing"}
 
 
 def _expected(msgs: list[str]) -> str:
@@ -269,7 +271,7 @@ def format_errors(exc: ValidationError, model: Schema, data: Any, limit: int = M
     unions: dict[str, dict[str, tuple[int, list[str], Any]]] = {}
     in_union: set[str] = set()  # roots of union values whose only problem is an unknown key
     for err in exc.errors():
-        kind = err["type"]
+        kind = _KINDS.get(err["type"], err["type"])
         parts, branch, value = _walk(data, tuple(err["loc"]), missing_last=kind == "missing")
         where = key_path(parts)
         msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
