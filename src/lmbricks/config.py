@@ -21,16 +21,16 @@ import math
 import re
 import types
 import typing
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ValidationError
 from pydantic.dataclasses import is_pydantic_dataclass
 from pydantic.fields import FieldInfo
 
-from lmbricks.errors import ConfigError
+from lmbricks.errors import ConfigError, UnknownNameError
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -135,6 +135,48 @@ def one_of(choices: Collection[str], what: str) -> AfterValidator:
         return name
 
     return AfterValidator(check)
+
+
+class Named(Protocol):
+    """An entry of a :class:`NameTable`: anything with a ``name``."""
+
+    @property
+    def name(self) -> str: ...
+
+
+E = TypeVar("E", bound=Named)
+
+
+class NameTable(dict[str, E]):
+    """A registry's entries by their ``name`` (a dict), whose :meth:`lookup` names the known ones.
+
+    Example:
+        >>> from dataclasses import dataclass
+        >>> @dataclass(frozen=True)
+        ... class Spec:
+        ...     name: str
+        >>> table = NameTable("model name", [Spec("smollm2"), Spec("gemma")])
+        >>> table.lookup("gemma")
+        Spec(name='gemma')
+    """
+
+    def __init__(self, what: str, entries: Iterable[E], known: str = "known names") -> None:
+        """Args: what a name names (``model name``, ``domain``); the entries; the label of the known list."""
+        super().__init__((e.name, e) for e in entries)
+        self.what = what
+        self.known = known
+
+    def lookup(self, name: str) -> E:
+        """The entry called ``name``.
+
+        Raises:
+            UnknownNameError: ``unknown domain 'cod' (did you mean 'code'?); built-in domains: ...``.
+        """
+        entry = self.get(name)
+        if entry is None:
+            hint = suggest(name, self)
+            raise UnknownNameError(f"unknown {self.what} {name!r}{hint}; {self.known}: {', '.join(self)}")
+        return entry
 
 
 def show_value(value: Any) -> str:
