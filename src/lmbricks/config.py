@@ -16,19 +16,23 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import functools
 import math
 import re
 import types
 import typing
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
+import pydantic.dataclasses
 import yaml
-from pydantic import AfterValidator, BaseModel, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 from pydantic.dataclasses import is_pydantic_dataclass
 from pydantic.fields import FieldInfo
+from typing_extensions import dataclass_transform
 
 from lmbricks.errors import ConfigError, UnknownNameError
 
@@ -36,6 +40,7 @@ if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 #: What :func:`format_errors` reads the valid keys from: a pydantic model or a pydantic dataclass.
 Schema = type[BaseModel] | type["DataclassInstance"]
@@ -98,6 +103,39 @@ def validate(model: type[M], data: Any, source: str, *, what: str = "config", fi
 def load(model: type[M], path: str | Path, *, what: str = "config") -> M:
     """:func:`load_yaml` then :func:`validate` (messages start with the file's path)."""
     return validate(model, load_yaml(path), str(path), what=what)
+
+
+@dataclass_transform(frozen_default=True)
+def settings(cls: type[T]) -> type[T]:
+    """Class decorator: a frozen pydantic dataclass whose construction fails as one :class:`ConfigError`.
+
+    For settings built in Python by keyword or position (``SparsityConfig(("code", "zh"), n_chunks=2)``):
+    unknown keys are refused with a "did you mean", range checks are declared on the fields
+    (``n_chunks: Annotated[int, Field(ge=1)] = 4``), and a failure reads as every config's does:
+    ``n_chunks: Input should be greater than or equal to 1 (got 0)``. ``dataclasses.asdict`` works.
+
+    Args:
+        cls: the class body (annotated fields with defaults; ``__post_init__`` for cross-field checks).
+
+    Returns:
+        The pydantic dataclass.
+    """
+    built = pydantic.dataclasses.dataclass(config=ConfigDict(extra="forbid", frozen=True))(cls)
+    init = built.__init__
+    names = [f.name for f in dataclasses.fields(built)]
+
+    @functools.wraps(init)
+    def checked_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        if len(args) > len(names):
+            raise ConfigError(f"{cls.__name__} takes {len(names)} fields, got {len(args)} positional values")
+        data = dict(zip(names, args, strict=False)) | kwargs  # positions named, so errors name the key
+        try:
+            init(self, **data)
+        except ValidationError as exc:
+            raise ConfigError(format_errors(exc, built, data)) from None
+
+    built.__init__ = checked_init  # type: ignore[method-assign]
+    return cast("type[T]", built)
 
 
 def key_path(parts: Sequence[str | int]) -> str:
