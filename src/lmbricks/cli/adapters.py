@@ -19,10 +19,9 @@ from lmbricks.cli.adapters_options import (
     SEQ_LEN,
     command_line,
     print_effect,
-    training_progress,
 )
 from lmbricks.cli.adapters_route import route
-from lmbricks.cli.common import console, reads_checkpoints, user_errors
+from lmbricks.cli.common import console, reads_checkpoints, training_progress, user_errors
 
 app = typer.Typer(help="LoRA bricks: train, plug/unplug/list, compose, route, update, extract.", no_args_is_help=True)
 

@@ -90,3 +90,31 @@ def progress_bar(transient: bool = False) -> Iterator[Progress]:
         transient=transient,
     ) as progress:
         yield progress
+
+
+@contextmanager
+def stage_progress(first: str = "starting") -> Iterator[Callable[[str, int | None], None]]:
+    """A progress bar driven by a pipeline's ``progress(name, n)``: a name starts a stage of ``n`` items
+    (None: unknown), an empty name advances the stage by ``n``."""
+    with progress_bar() as bar:
+        task = bar.add_task(first, total=None)
+
+        def progress(name: str, n: int | None) -> None:
+            if name:
+                bar.update(task, description=name, total=n, completed=0)
+            elif n:
+                bar.advance(task, n)
+
+        yield progress
+
+
+@contextmanager
+def training_progress(label: str, steps: int) -> Iterator[tuple[Callable[[int, float], None], Callable[[str], None]]]:
+    """A progress bar over ``steps`` optimizer steps: yields the ``on_step(step, loss)`` and ``on_status`` callbacks."""
+    with progress_bar() as bar:
+        task = bar.add_task(label, total=steps)
+
+        def on_step(step: int, loss: float) -> None:
+            bar.update(task, completed=step, description=f"{label} (loss {loss:.3f})")
+
+        yield on_step, bar.console.print
