@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
 from typing import TYPE_CHECKING
 
 import typer
@@ -23,11 +21,6 @@ AS_JSON = typer.Option(False, "--json", help="print JSON")
 SEQ_LEN = typer.Option(256, help="tokens per sequence")
 EVAL_BYTES = typer.Option(12_000, help="held-out bytes scored before and after (0: skip)")
 OUT_BRICK = typer.Argument(..., help="output brick directory")
-
-
-def command_line() -> str:
-    """The command as typed, recorded in ``lmbricks.json``."""
-    return "lmbricks " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
 def parse_weights(text: str | None, n: int) -> list[float] | None:

@@ -6,6 +6,8 @@ The shared typer options (``--force``, ``--json``, ``MODEL``, ...) are in :mod:`
 from __future__ import annotations
 
 import errno
+import shlex
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
@@ -29,6 +31,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: System errors that are the machine's condition, not a bug: reported as one line, no traceback.
 _STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+
+def command_line() -> str:
+    """The command as typed (``lmbricks moe upcycle ...``, shell-quoted), recorded in ``lmbricks.json``."""
+    return shlex.join(["lmbricks", *sys.argv[1:]])
 
 
 def print_error(message: str) -> None:
