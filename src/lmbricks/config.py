@@ -39,11 +39,11 @@ from lmbricks.errors import ConfigError, UnknownNameError
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
+    #: What :func:`format_errors` reads the valid keys from: a pydantic model or a pydantic dataclass.
+    Schema = type[BaseModel] | type[DataclassInstance]
+
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
-
-#: What :func:`format_errors` reads the valid keys from: a pydantic model or a pydantic dataclass.
-Schema = type[BaseModel] | type["DataclassInstance"]
 
 #: Errors listed in one message at most (the first ones, unknown keys first).
 MAX_ERRORS = 3

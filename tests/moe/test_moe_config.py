@@ -103,6 +103,7 @@ def test_format_errors_reads_the_keys_of_a_pydantic_dataclass() -> None:
     class Outer:
         inner: Inner
 
+    assert Outer(inner={"steps": 3}).inner.steps == 3  # type: ignore[arg-type]
     data = {"inner": {"stepz": 2}}
     with pytest.raises(ValidationError) as caught:
         Outer(**data)  # type: ignore[arg-type]
