@@ -16,21 +16,34 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import functools
 import math
 import re
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
+import pydantic.dataclasses
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+from pydantic.dataclasses import is_pydantic_dataclass
+from pydantic.fields import FieldInfo
+from typing_extensions import dataclass_transform
 
-from lmbricks.errors import ConfigError
+from lmbricks.errors import ConfigError, UnknownNameError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+    #: What :func:`format_errors` reads the valid keys from: a pydantic model or a pydantic dataclass.
+    Schema = type[BaseModel] | type[DataclassInstance]
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 #: Errors listed in one message at most (the first ones, unknown keys first).
 MAX_ERRORS = 3
@@ -92,6 +105,39 @@ def load(model: type[M], path: str | Path, *, what: str = "config") -> M:
     return validate(model, load_yaml(path), str(path), what=what)
 
 
+@dataclass_transform(frozen_default=True)
+def settings(cls: type[T]) -> type[T]:
+    """Class decorator: a frozen pydantic dataclass whose construction fails as one :class:`ConfigError`.
+
+    For settings built in Python by keyword or position (``SparsityConfig(("code", "zh"), n_chunks=2)``):
+    unknown keys are refused with a "did you mean", range checks are declared on the fields
+    (``n_chunks: Annotated[int, Field(ge=1)] = 4``), and a failure reads as every config's does:
+    ``n_chunks: Input should be greater than or equal to 1 (got 0)``. ``dataclasses.asdict`` works.
+
+    Args:
+        cls: the class body (annotated fields with defaults; ``__post_init__`` for cross-field checks).
+
+    Returns:
+        The pydantic dataclass.
+    """
+    built = pydantic.dataclasses.dataclass(config=ConfigDict(extra="forbid", frozen=True))(cls)
+    init = built.__init__
+    names = [f.name for f in dataclasses.fields(built)]
+
+    @functools.wraps(init)
+    def checked_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        if len(args) > len(names):
+            raise ConfigError(f"{cls.__name__} takes {len(names)} fields, got {len(args)} positional values")
+        data = dict(zip(names, args, strict=False)) | kwargs  # positions named, so errors name the key
+        try:
+            init(self, **data)
+        except ValidationError as exc:
+            raise ConfigError(format_errors(exc, built, data)) from None
+
+    built.__init__ = checked_init  # type: ignore[method-assign]
+    return cast("type[T]", built)
+
+
 def key_path(parts: Sequence[str | int]) -> str:
     """``("models", 0, "parameters", "weight")`` -> ``models[0].parameters.weight``."""
     out = ""
@@ -100,10 +146,75 @@ def key_path(parts: Sequence[str | int]) -> str:
     return out
 
 
-def suggest(name: str, candidates: Sequence[str] | set[str]) -> str:
+def suggest(name: str, candidates: Collection[str]) -> str:
     """`` (did you mean 'x'?)`` for the candidate nearest to ``name``, or an empty string."""
     close = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def one_of(choices: Collection[str], what: str) -> AfterValidator:
+    """A field validator: the value must be one of ``choices`` (a registry's names).
+
+    ``choices`` is read when a value is validated, not when the model is defined, so a name
+    registered later (``register_router``) is accepted. Use as
+    ``router: Annotated[str, one_of(ROUTERS, "router")] = "softmax_topk"``.
+
+    Args:
+        choices: the valid names (a registry mapping, a tuple of names).
+        what: what a name names, for the message: ``unknown router 'x' (did you mean 'y'?) (choose from ...)``.
+
+    Returns:
+        A pydantic ``AfterValidator`` for ``Annotated``.
+    """
+
+    def check(name: str) -> str:
+        if name not in choices:
+            raise ValueError(f"unknown {what} {name!r}{suggest(name, choices)} (choose from {', '.join(choices)})")
+        return name
+
+    return AfterValidator(check)
+
+
+class Named(Protocol):
+    """An entry of a :class:`NameTable`: anything with a ``name``."""
+
+    @property
+    def name(self) -> str: ...
+
+
+E = TypeVar("E", bound=Named)
+
+
+class NameTable(dict[str, E]):
+    """A registry's entries by their ``name`` (a dict), whose :meth:`lookup` names the known ones.
+
+    Example:
+        >>> from dataclasses import dataclass
+        >>> @dataclass(frozen=True)
+        ... class Spec:
+        ...     name: str
+        >>> table = NameTable("model name", [Spec("smollm2"), Spec("gemma")])
+        >>> table.lookup("gemma")
+        Spec(name='gemma')
+    """
+
+    def __init__(self, what: str, entries: Iterable[E], known: str = "known names") -> None:
+        """Args: what a name names (``model name``, ``domain``); the entries; the label of the known list."""
+        super().__init__((e.name, e) for e in entries)
+        self.what = what
+        self.known = known
+
+    def lookup(self, name: str) -> E:
+        """The entry called ``name``.
+
+        Raises:
+            UnknownNameError: ``unknown domain 'cod' (did you mean 'code'?); built-in domains: ...``.
+        """
+        entry = self.get(name)
+        if entry is None:
+            hint = suggest(name, self)
+            raise UnknownNameError(f"unknown {self.what} {name!r}{hint}; {self.known}: {', '.join(self)}")
+        return entry
 
 
 def show_value(value: Any) -> str:
@@ -167,13 +278,23 @@ def _unwrap(tp: Any) -> list[Any]:
     return [tp]
 
 
+def _model_fields(tp: Any) -> dict[str, FieldInfo] | None:
+    """The fields of a pydantic model or pydantic dataclass, or None for any other type."""
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return tp.model_fields
+    if isinstance(tp, type) and is_pydantic_dataclass(tp):
+        return tp.__pydantic_fields__
+    return None
+
+
 def _children(tp: Any, part: str | int) -> list[Any]:
     out: list[Any] = []
     for t in _unwrap(tp):
         origin = typing.get_origin(t)
         args = typing.get_args(t)
-        if isinstance(t, type) and issubclass(t, BaseModel) and isinstance(part, str):
-            field = t.model_fields.get(part) or next((f for f in t.model_fields.values() if f.alias == part), None)
+        fields = _model_fields(t)
+        if fields is not None and isinstance(part, str):
+            field = fields.get(part) or next((f for f in fields.values() if f.alias == part), None)
             if field is not None:
                 out.append(field.annotation)
         elif origin in (list, tuple, set, frozenset) or (
@@ -186,7 +307,7 @@ def _children(tp: Any, part: str | int) -> list[Any]:
     return out
 
 
-def _fields_at(model: type[BaseModel], parts: Sequence[str | int]) -> set[str]:
+def _fields_at(model: Schema, parts: Sequence[str | int]) -> set[str]:
     """Valid key names of the mapping at ``parts`` (empty if it is not a model)."""
     current: list[Any] = [model]
     for p in parts:
@@ -194,12 +315,15 @@ def _fields_at(model: type[BaseModel], parts: Sequence[str | int]) -> set[str]:
     names: set[str] = set()
     for tp in current:
         for t in _unwrap(tp):
-            if isinstance(t, type) and issubclass(t, BaseModel):
-                names.update(f.alias or n for n, f in t.model_fields.items())
+            fields = _model_fields(t)
+            if fields is not None:
+                names.update(f.alias or n for n, f in fields.items())
     return names
 
 
 _EXPECTED = "Input should be a valid "
+#: A pydantic dataclass reports an unknown or a missing key as a call's argument: the same mistakes.
+_KINDS = {"unexpected_keyword_argument": "extra_forbidden", "missing_argument": "missing"}
 
 
 def _expected(msgs: list[str]) -> str:
@@ -209,8 +333,11 @@ def _expected(msgs: list[str]) -> str:
     return ", ".join(kinds[:-1]) + (" or " if len(kinds) > 1 else "") + kinds[-1]
 
 
-def format_errors(exc: ValidationError, model: type[BaseModel], data: Any, limit: int = MAX_ERRORS) -> str:
+def format_errors(exc: ValidationError, model: Schema, data: Any, limit: int = MAX_ERRORS) -> str:
     """pydantic's errors as one line: unknown keys (with a suggestion) first, then the others.
+
+    ``model`` (a pydantic model or a pydantic dataclass such as ``LMConfig``) gives the valid keys
+    that an unknown key's suggestion is chosen from.
 
     A required key that an unknown key's suggestion names is the same mistake (a typo) and is not
     repeated; the many complaints about one value that fits no branch of a union become one, about
@@ -224,7 +351,7 @@ def format_errors(exc: ValidationError, model: type[BaseModel], data: Any, limit
     unions: dict[str, dict[str, tuple[int, list[str], Any]]] = {}
     in_union: set[str] = set()  # roots of union values whose only problem is an unknown key
     for err in exc.errors():
-        kind = err["type"]
+        kind = _KINDS.get(err["type"], err["type"])
         parts, branch, value = _walk(data, tuple(err["loc"]), missing_last=kind == "missing")
         where = key_path(parts)
         msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")

@@ -107,3 +107,21 @@ def test_bad_inputs(tiny_bricks: list[Path]) -> None:
         compose("cat", bricks, [1.0])
     with pytest.raises(ConfigError, match="density"):
         compose("ties", bricks, density=1.5)
+
+
+def test_pipeline_configs_refuse_bad_values_naming_the_field() -> None:
+    """ComposeConfig and RouteConfig check their ranges and the method name before any model loads."""
+    from lmbricks.adapters.pipeline import ComposeConfig, RouteConfig, configure
+
+    with pytest.raises(
+        ConfigError, match=r"^compose options: method: unknown compose method 'svdd' \(did you mean 'svd'"
+    ):
+        configure(ComposeConfig, bricks=["a"], method="svdd")
+    with pytest.raises(ConfigError, match=r"^compose options: density: Input should be less than or equal to 1"):
+        configure(ComposeConfig, bricks=["a"], method="ties", density=2.0)
+    with pytest.raises(ConfigError, match=r"^compose options: budget: "):
+        configure(ComposeConfig, bricks=["a"], method="lorahub", budget=0)
+    with pytest.raises(ConfigError, match=r"^route options: top_k: Input should be greater than or equal to 1"):
+        configure(RouteConfig, top_k=0)
+    with pytest.raises(ConfigError, match=r"^route options: temperature: "):
+        configure(RouteConfig, temperature=0.0)

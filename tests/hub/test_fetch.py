@@ -85,3 +85,21 @@ def test_resolve_directory_and_bad_references(tiny_llama: Path, tmp_path: Path) 
         resolve_model(tmp_path / "missing.gguf")
     with pytest.raises(UnknownNameError):
         resolve_model("not-a-registry-name")
+
+
+def test_a_misspelt_registry_name_is_suggested_with_the_known_ones() -> None:
+    """hub and data share config.NameTable: one message, the nearest name, then every known one."""
+    import pytest
+
+    from lmbricks.data.registry import get_domain
+    from lmbricks.errors import UnknownNameError
+    from lmbricks.hub.registry import get_spec
+
+    with pytest.raises(
+        UnknownNameError, match=r"unknown model name 'gemma-3-270' \(did you mean 'gemma-3-270m'\?\); known"
+    ):
+        get_spec("gemma-3-270")
+    with pytest.raises(
+        UnknownNameError, match=r"unknown domain 'cod' \(did you mean 'code'\?\); built-in domains: en_prose,"
+    ):
+        get_domain("cod/x")

@@ -78,3 +78,33 @@ def test_a_registered_router_is_selectable_from_a_config() -> None:
 def test_unknown_key_suggests_the_field() -> None:
     with pytest.raises(ConfigError, match=r"unknown key 'num_expert' \(did you mean 'num_experts'\?\)"):
         MoEConfig(hidden_size=16, intermediate_size=32, num_expert=4)
+
+
+def test_a_misspelt_registry_name_is_suggested() -> None:
+    """config.one_of: every name checked against a registry gets the same message and suggestion."""
+    with pytest.raises(ConfigError, match=r"activation: unknown activation 'gelux' \(did you mean 'gelu'\?\) \(choose"):
+        MoEConfig(**BASE, activation="gelux")
+    with pytest.raises(ConfigError, match=r"router: unknown router 'swich' \(did you mean 'switch'\?\)"):
+        MoEConfig(**BASE, router="swich")
+
+
+def test_format_errors_reads_the_keys_of_a_pydantic_dataclass() -> None:
+    """LMConfig is a pydantic dataclass: format_errors suggests from its fields as from a model's."""
+    from pydantic import ConfigDict, ValidationError
+    from pydantic.dataclasses import dataclass
+
+    from lmbricks.config import format_errors
+
+    @dataclass(config=ConfigDict(extra="forbid"))
+    class Inner:
+        steps: int = 1
+
+    @dataclass(config=ConfigDict(extra="forbid"))
+    class Outer:
+        inner: Inner
+
+    assert Outer(inner={"steps": 3}).inner.steps == 3  # type: ignore[arg-type]
+    data = {"inner": {"stepz": 2}}
+    with pytest.raises(ValidationError) as caught:
+        Outer(**data)  # type: ignore[arg-type]
+    assert format_errors(caught.value, Outer, data) == "unknown key 'inner.stepz' (did you mean 'inner.steps'?)"

@@ -72,3 +72,23 @@ def test_experts_hf_layout_round_trip() -> None:
     assert hf["gate_up_proj"].shape == (3, 24, 8) and hf["down_proj"].shape == (3, 8, 12)
     back = Experts.from_hf(hf["gate_up_proj"], hf["down_proj"])
     assert torch.equal(back.gate_up, experts.gate_up) and torch.equal(back.down, experts.down)
+
+
+def test_moe_fields_from_config_json_name_a_missing_key() -> None:
+    """One table of config.json keys: Qwen2-MoE may leave the shared expert out; a missing key is named."""
+    import pytest
+
+    from lmbricks.errors import ConfigError
+    from lmbricks.moe import moe_fields_from_hf
+
+    qwen = {"model_type": "qwen2_moe", "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 8}
+    assert moe_fields_from_hf(qwen) == {
+        "router": "softmax_topk",
+        "num_experts": 4,
+        "top_k": 2,
+        "intermediate_size": 8,
+        "shared_expert_intermediate_size": 0,
+        "renormalize": False,
+    }
+    with pytest.raises(ConfigError, match="mixtral model has no 'num_local_experts'"):
+        moe_fields_from_hf({"model_type": "mixtral", "num_experts_per_tok": 2, "intermediate_size": 8})

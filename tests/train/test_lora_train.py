@@ -165,3 +165,29 @@ def test_lora_on_moe_adapts_attention_and_not_experts() -> None:
     merged = merged_model(lm)
     torch.testing.assert_close(merged(ids).logits, lm(ids).logits, atol=1e-5, rtol=1e-5)
     assert not any(".lora_" in n for n, _ in merged.named_parameters())
+
+
+def test_a_trained_lora_brick_is_an_adapters_brick(tiny_llama: Path, tmp_path: Path) -> None:
+    """save_lora_brick writes through adapters.brick.save_brick: read_brick and load_factors read it back."""
+    from lmbricks.adapters.brick import load_factors, read_brick
+    from lmbricks.nn.load import load_model
+    from lmbricks.train.lora import hf_lora_pairs, save_lora_brick
+
+    cfg = _config(tmp_path, tiny_llama)
+    lm, _ = load_model(tiny_llama, dtype=torch.float32, hf_fallback=False)
+    attach_lora(lm, cfg.lora, 0)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in lm.named_parameters():
+            if "lora" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    out = save_lora_brick(lm, tmp_path / "brick" / ADAPTER_DIR, cfg.lora, str(tiny_llama), extra={"steps": 3})
+    info = read_brick(out)
+    assert (info.name, info.rank) == ("brick", 4)
+    assert json.loads((out / "lmbricks.json").read_text())["bricks"]["adapter"]["steps"] == 3
+    assert set(info.targets) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    want, got = hf_lora_pairs(lm), load_factors(out)
+    assert set(got) == set(want)
+    for module, pair in want.items():  # the same update delta W = scale * B @ A of every module
+        g = got[module]
+        torch.testing.assert_close(g.scale * g.B.float() @ g.A.float(), pair.scale * pair.B.float() @ pair.A.float())

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from lmbricks.config import one_of, validate
 
 #: Attention and MLP projections of Llama-family models. The MLP ones are included so that a brick
 #: can later become an expert (BTX-style MoE assembly needs a per-brick FFN delta).
@@ -50,20 +54,15 @@ class LoraTrainConfig(BaseModel):
         "so a short run sees many documents instead of the first two or three long ones (0: whole documents)",
     )
     eval_bytes: int = Field(12_000, ge=0, description="held-out bytes scored before and after (0: skip)")
-    save_dtype: str = Field("float16", description="storage dtype of the adapter weights")
+    save_dtype: Annotated[str, one_of(SAVE_DTYPES, "save dtype")] = Field(
+        "float16", description="storage dtype of the adapter weights"
+    )
 
     @field_validator("targets")
     @classmethod
     def _targets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if not value:
             raise ValueError("at least one target module is needed")
-        return value
-
-    @field_validator("save_dtype")
-    @classmethod
-    def _dtype(cls, value: str) -> str:
-        if value not in SAVE_DTYPES:
-            raise ValueError(f"must be one of {', '.join(SAVE_DTYPES)}")
         return value
 
     @property
@@ -74,6 +73,4 @@ class LoraTrainConfig(BaseModel):
 
 def make_config(**fields: object) -> LoraTrainConfig:
     """Build a :class:`LoraTrainConfig`; validation errors become :class:`ConfigError` naming the field."""
-    from lmbricks.config import validate
-
     return validate(LoraTrainConfig, fields, "LoRA training config")

@@ -11,31 +11,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import Field
 
 from lmbricks.adapters.compose import Factors, lorahub_factors
 from lmbricks.adapters.hub_adapter import AdapterSlot, mean_nll
+from lmbricks.config import settings
 from lmbricks.errors import ConfigError
 
 
-@dataclass(frozen=True)
+@settings
 class LoraHubSettings:
-    """Search settings (the defaults are the reference's)."""
+    """Search settings (the defaults are the reference's); a wrong value is a ConfigError naming the field."""
 
-    budget: int = 40
-    bound: float = 1.5
-    l1: float = 0.05
+    budget: Annotated[int, Field(ge=1)] = 40
+    bound: Annotated[float, Field(gt=0)] = 1.5
+    l1: Annotated[float, Field(ge=0)] = 0.05
     seed: int = 42
-
-    def __post_init__(self) -> None:
-        if self.budget < 1:
-            raise ConfigError(f"lorahub budget must be >= 1, got {self.budget}")
-        if not self.bound > 0:
-            raise ConfigError(f"lorahub bound must be > 0, got {self.bound}")
-        if self.l1 < 0:
-            raise ConfigError(f"lorahub l1 must be >= 0, got {self.l1}")
 
 
 @dataclass

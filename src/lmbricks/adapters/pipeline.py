@@ -14,13 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmbricks.adapters.brick import BrickInfo, pairs_record, save_brick
 from lmbricks.adapters.centroids import CentroidStats, brick_router
-from lmbricks.adapters.compose import Composition, Factors, compose, compose_cat
+from lmbricks.adapters.compose import METHODS, Composition, Factors, compose, compose_cat
 from lmbricks.adapters.config import LoraTrainConfig
 from lmbricks.adapters.hub_adapter import AdapterSlot
 from lmbricks.adapters.lorahub import LoraHubResult
@@ -30,6 +30,7 @@ from lmbricks.adapters.session import BrickSet, load_base, load_bricks
 from lmbricks.adapters.train import train_brick, update_brick
 from lmbricks.checkpoint import check_output
 from lmbricks.checkpoint.provenance import reference_name
+from lmbricks.config import one_of, validate
 from lmbricks.errors import ConfigError
 from lmbricks.hub import reference_paths
 
@@ -48,8 +49,6 @@ def configure(cls: type[Options], /, **fields: object) -> Options:
     Raises:
         ConfigError: naming the field and value at fault (see :func:`lmbricks.config.validate`).
     """
-    from lmbricks.config import validate
-
     return validate(cls, fields, f"{cls.__name__.removesuffix('Config').lower()} options")
 
 
@@ -60,14 +59,14 @@ class ComposeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: str = Field(DEFAULT_MODEL, description="the base model every brick must belong to")
-    bricks: tuple[str, ...] = Field(description="brick directories or catalogue names")
-    method: str = Field("cat", description="cat | svd | linear | ties | dare | lorahub")
+    bricks: tuple[str, ...] = Field(min_length=1, description="brick directories or catalogue names")
+    method: Annotated[str, one_of(METHODS, "compose method")] = Field("cat", description=" | ".join(METHODS))
     weights: tuple[float, ...] | None = Field(None, description="per-brick weights (lorahub: searched if None)")
-    rank: int | None = Field(None, description="output rank for svd / ties / dare")
-    density: float | None = Field(None, description="kept fraction for ties (0.2) / dare (0.5)")
+    rank: int | None = Field(None, ge=1, description="output rank for svd / ties / dare")
+    density: float | None = Field(None, gt=0, le=1, description="kept fraction for ties (0.2) / dare (0.5)")
     domain: str | None = Field(None, description="lorahub: domain of the few-shot examples (validation split)")
-    examples: int = Field(5, description="lorahub: number of few-shot examples")
-    budget: int = Field(40, description="lorahub: nevergrad evaluations")
+    examples: int = Field(5, ge=1, description="lorahub: number of few-shot examples")
+    budget: int = Field(40, ge=1, description="lorahub: nevergrad evaluations")
     seed: int = Field(42, description="lorahub search / dare drop seed")
     merge: bool = Field(False, description="write base + composed update as a full model, not an adapter")
 
@@ -207,11 +206,11 @@ class RouteConfig(BaseModel):
 
     model: str = Field(DEFAULT_MODEL, description="the base model")
     bricks: tuple[str, ...] | None = Field(None, description="bricks to route between (None: the catalogue)")
-    top_k: int = Field(1, description="bricks per input (weighted by similarity)")
-    temperature: float = Field(0.1, description="softmax temperature of the top-k weights")
+    top_k: int = Field(1, ge=1, description="bricks per input (weighted by similarity)")
+    temperature: float = Field(0.1, gt=0, description="softmax temperature of the top-k weights")
     layer: int = Field(-1, description="hidden layer of the domain centroids")
-    max_new_tokens: int = Field(0, description="generate this many tokens with the routed bricks")
-    per_domain: int = Field(8, description="evaluation: held-out documents per domain")
+    max_new_tokens: int = Field(0, ge=0, description="generate this many tokens with the routed bricks")
+    per_domain: int = Field(8, ge=1, description="evaluation: held-out documents per domain")
     refresh_centroids: bool = Field(False, description="recompute the cached domain centroids")
 
 

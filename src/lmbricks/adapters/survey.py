@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -106,19 +106,8 @@ class LoraHubMix:
     starts_at_zero: bool  # the first evaluated weights are all zero (the base)
 
     def row(self) -> dict[str, Any]:
-        """The JSON record."""
-        return {
-            "domain": self.domain,
-            "examples": self.examples,
-            "example_tokens": self.example_tokens,
-            "budget": self.budget,
-            "weights": self.weights,
-            "objective": self.objective,
-            "loss": self.loss,
-            "ppl_base": self.ppl_base,
-            "ppl_composed": self.ppl_composed,
-            "ppl_own_brick": self.ppl_own_brick,
-        }
+        """The JSON record: every field but ``own`` and ``starts_at_zero``."""
+        return {k: v for k, v in asdict(self).items() if k not in ("own", "starts_at_zero")}
 
 
 def lorahub_mix(

@@ -17,26 +17,30 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import Field
 
 from lmbricks.analysis.corpus import domain_chunks, perplexities
 from lmbricks.analysis.ffn import find_ffns
 from lmbricks.analysis.hooks import edit_activations, tap_activations
+from lmbricks.config import one_of, settings
 from lmbricks.data.registry import DEFAULT_DOMAINS
 from lmbricks.errors import ConfigError
 
 Statistic = Literal["corr", "ratio"]
+STATISTICS: tuple[Statistic, ...] = ("corr", "ratio")
 
 
-@dataclass
+@settings
 class NeuronConfig:
-    """What ``analyze neurons`` measures.
+    """What ``analyze neurons`` measures (a :func:`lmbricks.config.settings` class: a wrong field is one
+    ConfigError naming it).
 
     Attributes:
-        domains: at least two corpus domains.
-        fraction: share of each layer's neurons selected per domain.
+        domains: at least two distinct corpus domains.
+        fraction: share of each layer's neurons selected per domain, in (0, 1).
         statistic: ``corr`` or ``ratio`` (see the module docstring).
         n_chunks: blocks per domain, for scoring (train split) and for evaluation (test split).
         seq_len: tokens per block.
@@ -44,23 +48,17 @@ class NeuronConfig:
         seed: seed of the random control sets.
     """
 
-    domains: tuple[str, ...] = DEFAULT_DOMAINS
-    fraction: float = 0.02
-    statistic: str = "corr"
-    n_chunks: int = 4
-    seq_len: int = 256
-    batch_size: int = 2
+    domains: Annotated[tuple[str, ...], Field(min_length=2)] = DEFAULT_DOMAINS
+    fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.02
+    statistic: Annotated[str, one_of(STATISTICS, "statistic")] = "corr"
+    n_chunks: Annotated[int, Field(ge=1)] = 4
+    seq_len: Annotated[int, Field(ge=2)] = 256
+    batch_size: Annotated[int, Field(ge=1)] = 2
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if len(self.domains) < 2:
-            raise ConfigError("domains: give at least two domains to compare")
         if len(set(self.domains)) != len(self.domains):
             raise ConfigError(f"domains: duplicates in {self.domains}")
-        if not 0.0 < self.fraction < 1.0:
-            raise ConfigError(f"fraction must be in (0, 1), got {self.fraction}")
-        if self.statistic not in ("corr", "ratio"):
-            raise ConfigError(f"statistic must be 'corr' or 'ratio', got {self.statistic!r}")
 
 
 @dataclass

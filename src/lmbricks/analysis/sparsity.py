@@ -17,16 +17,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import Field
 
 from lmbricks.analysis.corpus import domain_chunks, perplexities
 from lmbricks.analysis.ffn import FFNBlock, find_ffns
 from lmbricks.analysis.hooks import edit_activations, tap_activations
 from lmbricks.analysis.masking import METRICS, cett_threshold, mask_threshold, mask_topk, neuron_scores
+from lmbricks.config import one_of, settings
 from lmbricks.data.registry import DEFAULT_DOMAINS
-from lmbricks.errors import ConfigError
 
 DEFAULT_SPARSITIES = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 TOP_SHARES = (0.1, 0.3, 0.5)
@@ -35,41 +36,28 @@ HIST_BINS = 64
 _CALIB_ROWS = 2048  # calibration tokens kept per layer for CETT
 
 
-@dataclass
+@settings
 class SparsityConfig:
-    """What ``analyze sparsity`` measures.
+    """What ``analyze sparsity`` measures (a :func:`lmbricks.config.settings` class: a wrong field is one
+    ConfigError naming it).
 
     Attributes:
-        domains: corpus domains to evaluate.
-        sparsities: masked fractions ``rho`` of the masking curve (0 is the unmasked baseline).
+        domains: corpus domains to evaluate (at least one).
+        sparsities: masked fractions ``rho`` of the masking curve, in [0, 1] (0 is the unmasked baseline).
         metrics: neuron metrics to mask by (``abs``, ``norm``).
-        cett_target: tail-norm ratio held by the CETT thresholds (None: skip CETT).
+        cett_target: tail-norm ratio held by the CETT thresholds, in (0, 1) (None: skip CETT).
         n_chunks: evaluation blocks per domain (and calibration blocks per domain for CETT).
-        seq_len: tokens per block.
+        seq_len: tokens per block (at least 2).
         batch_size: blocks per forward pass.
     """
 
-    domains: tuple[str, ...] = DEFAULT_DOMAINS
-    sparsities: tuple[float, ...] = DEFAULT_SPARSITIES
-    metrics: tuple[str, ...] = METRICS
-    cett_target: float | None = 0.2
-    n_chunks: int = 4
-    seq_len: int = 256
-    batch_size: int = 2
-
-    def __post_init__(self) -> None:
-        if not self.domains:
-            raise ConfigError("domains: give at least one domain")
-        for rho in self.sparsities:
-            if not 0.0 <= rho <= 1.0:
-                raise ConfigError(f"sparsities: {rho} is not in [0, 1]")
-        for metric in self.metrics:
-            if metric not in METRICS:
-                raise ConfigError(f"metrics: {metric!r} is not one of {', '.join(METRICS)}")
-        if self.cett_target is not None and not 0.0 < self.cett_target < 1.0:
-            raise ConfigError(f"cett_target must be in (0, 1), got {self.cett_target}")
-        if self.n_chunks < 1 or self.seq_len < 2 or self.batch_size < 1:
-            raise ConfigError("n_chunks, batch_size must be >= 1 and seq_len >= 2")
+    domains: Annotated[tuple[str, ...], Field(min_length=1)] = DEFAULT_DOMAINS
+    sparsities: tuple[Annotated[float, Field(ge=0.0, le=1.0)], ...] = DEFAULT_SPARSITIES
+    metrics: tuple[Annotated[str, one_of(METRICS, "metric")], ...] = METRICS
+    cett_target: Annotated[float, Field(gt=0.0, lt=1.0)] | None = 0.2
+    n_chunks: Annotated[int, Field(ge=1)] = 4
+    seq_len: Annotated[int, Field(ge=2)] = 256
+    batch_size: Annotated[int, Field(ge=1)] = 2
 
 
 @dataclass

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from lmbricks.adapters.config import DEFAULT_TARGETS
 from lmbricks.cli.adapters_catalogue import list_, plug, unplug
 from lmbricks.cli.adapters_compose import compose
 from lmbricks.cli.adapters_options import (
@@ -17,16 +18,14 @@ from lmbricks.cli.adapters_options import (
     FORCE,
     OUT_BRICK,
     SEQ_LEN,
-    command_line,
     print_effect,
-    training_progress,
 )
 from lmbricks.cli.adapters_route import route
-from lmbricks.cli.common import console, reads_checkpoints, user_errors
+from lmbricks.cli.common import command_line, console, reads_checkpoints, training_progress, user_errors
 
 app = typer.Typer(help="LoRA bricks: train, plug/unplug/list, compose, route, update, extract.", no_args_is_help=True)
 
-_TARGETS = ",".join(("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
+_TARGETS = ",".join(DEFAULT_TARGETS)
 
 
 @user_errors

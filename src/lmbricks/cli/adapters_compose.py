@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from lmbricks.cli.adapters_options import FORCE, MODEL, command_line, parse_weights
-from lmbricks.cli.common import console, err_console, reads_checkpoints, user_errors
+from lmbricks.cli.adapters_options import FORCE, MODEL, parse_weights
+from lmbricks.cli.common import command_line, console, err_console, reads_checkpoints, user_errors
 
 
 @user_errors

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import typer
 
-from lmbricks.cli.common import console, progress_bar
+from lmbricks.cli.common import console
 
 if TYPE_CHECKING:
     from lmbricks.adapters.brick import BrickInfo
@@ -25,11 +21,6 @@ AS_JSON = typer.Option(False, "--json", help="print JSON")
 SEQ_LEN = typer.Option(256, help="tokens per sequence")
 EVAL_BYTES = typer.Option(12_000, help="held-out bytes scored before and after (0: skip)")
 OUT_BRICK = typer.Argument(..., help="output brick directory")
-
-
-def command_line() -> str:
-    """The command as typed, recorded in ``lmbricks.json``."""
-    return "lmbricks " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
 def parse_weights(text: str | None, n: int) -> list[float] | None:
@@ -57,15 +48,3 @@ def print_effect(info: BrickInfo, change: bool) -> None:
     console.print(
         f"{info.path}: {e['domain']} held-out ppl {text}" + (f" ({100 * e['ppl_change']:+.1f}%)" if change else "")
     )
-
-
-@contextmanager
-def training_progress(label: str, steps: int) -> Iterator[tuple[Callable[[int, float], None], Callable[[str], None]]]:
-    """A progress bar over ``steps`` optimizer steps: yields the ``on_step`` and ``on_status`` callbacks."""
-    with progress_bar() as bar:
-        task = bar.add_task(label, total=steps)
-
-        def on_step(step: int, loss: float) -> None:
-            bar.update(task, completed=step, description=f"{label} (loss {loss:.3f})")
-
-        yield on_step, bar.console.print

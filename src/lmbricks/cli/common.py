@@ -6,6 +6,8 @@ The shared typer options (``--force``, ``--json``, ``MODEL``, ...) are in :mod:`
 from __future__ import annotations
 
 import errno
+import shlex
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
@@ -29,6 +31,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: System errors that are the machine's condition, not a bug: reported as one line, no traceback.
 _STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+
+def command_line() -> str:
+    """The command as typed (``lmbricks moe upcycle ...``, shell-quoted), recorded in ``lmbricks.json``."""
+    return shlex.join(["lmbricks", *sys.argv[1:]])
 
 
 def print_error(message: str) -> None:
@@ -90,3 +97,31 @@ def progress_bar(transient: bool = False) -> Iterator[Progress]:
         transient=transient,
     ) as progress:
         yield progress
+
+
+@contextmanager
+def stage_progress(first: str = "starting") -> Iterator[Callable[[str, int | None], None]]:
+    """A progress bar driven by a pipeline's ``progress(name, n)``: a name starts a stage of ``n`` items
+    (None: unknown), an empty name advances the stage by ``n``."""
+    with progress_bar() as bar:
+        task = bar.add_task(first, total=None)
+
+        def progress(name: str, n: int | None) -> None:
+            if name:
+                bar.update(task, description=name, total=n, completed=0)
+            elif n:
+                bar.advance(task, n)
+
+        yield progress
+
+
+@contextmanager
+def training_progress(label: str, steps: int) -> Iterator[tuple[Callable[[int, float], None], Callable[[str], None]]]:
+    """A progress bar over ``steps`` optimizer steps: yields the ``on_step(step, loss)`` and ``on_status`` callbacks."""
+    with progress_bar() as bar:
+        task = bar.add_task(label, total=steps)
+
+        def on_step(step: int, loss: float) -> None:
+            bar.update(task, completed=step, description=f"{label} (loss {loss:.3f})")
+
+        yield on_step, bar.console.print

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -12,17 +10,14 @@ from typing import Any
 
 import typer
 
-from lmbricks.cli.common import FORCE_HELP, console, err_console, reads_checkpoints, user_errors
+from lmbricks.cli.common import command_line, console, err_console, reads_checkpoints, user_errors
+from lmbricks.cli.options import force_option
 
 app = typer.Typer(
     help="Grow mixture-of-experts models from dense checkpoints, fine-tunes and LoRA bricks.\n\n"
     "Example: lmbricks moe upcycle smollm2-135m-instruct runs/smol-8x --experts 8 --top-k 2",
     no_args_is_help=True,
 )
-
-
-def _command() -> str:
-    return shlex.join(["lmbricks", *sys.argv[1:]])
 
 
 @contextmanager
@@ -56,7 +51,7 @@ def upcycle(
     shared_expert: bool = typer.Option(False, "--shared-expert", help="Add a shared expert (Qwen2-MoE)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the router init and the noise."),
     dtype: str | None = typer.Option(None, "--dtype", help="float32, bfloat16 or float16 (default: input's)."),
-    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    force: bool = force_option(),
 ) -> None:
     """Sparse upcycling: copy each FFN into E experts with a new router; equals the dense model at init.
 
@@ -76,7 +71,7 @@ def upcycle(
             seed=seed,
             dtype=dtype,
             force=force,
-            command=_command(),
+            command=command_line(),
         )
     console.print(f"wrote {path}")
 
@@ -87,7 +82,7 @@ def upcycle(
 def assemble(
     recipe: Path = typer.Argument(..., help="mergekit-moe YAML recipe (plus lmbricks' brick/domain fields)."),
     out: Path = typer.Argument(..., help="Output directory (must not exist)."),
-    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    force: bool = force_option(),
     validate_only: bool = typer.Option(False, "--validate", help="Check the recipe and inputs, write nothing."),
 ) -> None:
     """Assemble an MoE from fine-tunes and bricks of one base (mergekit-moe, Branch-Train-MiX).
@@ -106,7 +101,7 @@ def assemble(
         return
     status, log = _status()
     with _shown_warnings(), status:
-        path = run(recipe, out, force=force, log=log, command=_command())
+        path = run(recipe, out, force=force, log=log, command=command_line())
     console.print(f"wrote {path}")
 
 
@@ -121,7 +116,7 @@ def grow(
     base: str | None = typer.Option(None, "--base", help="Dense base (default: recorded in lmbricks.json)."),
     domain_tokens: int = typer.Option(2048, "--domain-tokens", help="Training tokens read from the domain."),
     dtype: str | None = typer.Option(None, "--dtype", help="float32, bfloat16 or float16 (default: the MoE's)."),
-    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    force: bool = force_option(),
 ) -> None:
     """Add an expert to an MoE (FFN from a fine-tune or brick, router row from a domain); keep the rest.
 
@@ -141,6 +136,6 @@ def grow(
             dtype=dtype,
             force=force,
             log=log,
-            command=_command(),
+            command=command_line(),
         )
     console.print(f"wrote {path}")

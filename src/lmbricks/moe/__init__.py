@@ -4,7 +4,7 @@ from lmbricks.moe.capacity import apply_capacity, expert_capacity
 from lmbricks.moe.config import MoEConfig
 from lmbricks.moe.dispatch import DispatchPlan, plan_dispatch
 from lmbricks.moe.experts import Experts
-from lmbricks.moe.hf import load_hf_block, moe_config_from_hf, moe_from_hf_block
+from lmbricks.moe.hf import load_hf_block, moe_config_from_hf, moe_fields_from_hf, moe_from_hf_block
 from lmbricks.moe.layer import MoELayer, build_moe
 from lmbricks.moe.losses import cv_squared, importance_loss, load_loss, switch_loss, z_loss
 from lmbricks.moe.routers import (
@@ -47,6 +47,7 @@ __all__ = [
     "load_hf_block",
     "load_loss",
     "moe_config_from_hf",
+    "moe_fields_from_hf",
     "moe_from_hf_block",
     "plan_dispatch",
     "register_router",

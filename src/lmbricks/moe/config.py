@@ -9,11 +9,11 @@ added with ``register_router`` is selectable here; the router's class says which
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from lmbricks.config import format_errors, suggest
+from lmbricks.config import format_errors, one_of
 from lmbricks.errors import ConfigError
 from lmbricks.moe.activations import ACTIVATIONS
 from lmbricks.moe.routers import ROUTERS
@@ -28,11 +28,11 @@ class MoEConfig(BaseModel):
     intermediate_size: int = Field(ge=1, strict=True)  # width I of each expert's FFN
     num_experts: int = Field(ge=1, strict=True)  # E
     top_k: int = Field(2, ge=1, strict=True)  # experts per token (token-choice routers); ignored by others
-    router: str = "softmax_topk"  # a name in lmbricks.moe.routers.ROUTERS
+    router: Annotated[str, one_of(ROUTERS, "router")] = "softmax_topk"  # a name in lmbricks.moe.routers.ROUTERS
     # Renormalise the top-k gates to sum to 1 (Mixtral); False keeps the softmax values (Qwen2-MoE).
     renormalize: bool = True
     # swiglu = down(silu(x Wg) * x Wu) (Llama/Mixtral experts); gelu / relu = down(act(x Wu)).
-    activation: str = "swiglu"  # a name in lmbricks.moe.activations.ACTIVATIONS
+    activation: Annotated[str, one_of(ACTIVATIONS, "activation")] = "swiglu"  # lmbricks.moe.activations.ACTIVATIONS
     # None = dropless (every routed pair is computed); else capacity = ceil(T*k/E * capacity_factor).
     capacity_factor: float | None = Field(None, gt=0)
     # Which pairs overflow an expert: "position" (earlier tokens and first choices win, Switch/GShard)
@@ -54,22 +54,6 @@ class MoEConfig(BaseModel):
             super().__init__(**data)
         except ValidationError as exc:
             raise ConfigError(format_errors(exc, MoEConfig, data)) from None
-
-    @field_validator("router")
-    @classmethod
-    def _known_router(cls, name: str) -> str:
-        if name not in ROUTERS:
-            raise ValueError(
-                f"unknown router {name!r}{suggest(name, list(ROUTERS))} (choose from {', '.join(ROUTERS)})"
-            )
-        return name
-
-    @field_validator("activation")
-    @classmethod
-    def _known_activation(cls, name: str) -> str:
-        if name not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {name!r} (choose from {', '.join(ACTIVATIONS)})")
-        return name
 
     @model_validator(mode="after")
     def _consistent(self) -> MoEConfig:

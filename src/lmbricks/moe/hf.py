@@ -1,7 +1,12 @@
-"""Copy Hugging Face sparse MoE blocks (transformers >= 5 fused experts) into an MoELayer."""
+"""Hugging Face MoE interop: Mixtral / Qwen2-MoE config fields, and their sparse MoE blocks into an MoELayer.
+
+The blocks are transformers >= 5 fused experts. :data:`HF_MOE_KEYS` is the one table of config.json
+keys, read by :func:`moe_fields_from_hf` and written by ``lmbricks.nn.hf.config_to_hf``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -11,28 +16,53 @@ from lmbricks.moe.config import MoEConfig
 from lmbricks.moe.layer import MoELayer, build_moe
 from lmbricks.moe.shared import SharedExpert
 
+#: The config.json key of each MoEConfig field, per Hugging Face MoE family (both directions).
+HF_MOE_KEYS: dict[str, dict[str, str]] = {
+    "mixtral": {
+        "num_experts": "num_local_experts",
+        "top_k": "num_experts_per_tok",
+        "intermediate_size": "intermediate_size",
+    },
+    "qwen2_moe": {
+        "num_experts": "num_experts",
+        "top_k": "num_experts_per_tok",
+        "intermediate_size": "moe_intermediate_size",
+        "shared_expert_intermediate_size": "shared_expert_intermediate_size",
+    },
+}
+#: Keys a config.json may leave out, with the value Hugging Face assumes.
+_HF_DEFAULTS = {"shared_expert_intermediate_size": 0}
+
+
+def moe_fields_from_hf(hf: Mapping[str, Any]) -> dict[str, Any]:
+    """The MoEConfig fields (all but ``hidden_size``) of a Mixtral or Qwen2-MoE config.json.
+
+    Args:
+        hf: the parsed config.json (or ``PretrainedConfig.to_dict()``), with its ``model_type``.
+
+    Returns:
+        ``num_experts``, ``top_k``, ``intermediate_size``, ``router``, ``renormalize`` (Mixtral
+        renormalises the top-k gates, Qwen2-MoE as ``norm_topk_prob`` says) and, for Qwen2-MoE,
+        ``shared_expert_intermediate_size``.
+
+    Raises:
+        ConfigError: another model_type, or a key missing (named).
+    """
+    family = hf.get("model_type", "")
+    if family not in HF_MOE_KEYS:
+        raise ConfigError(f"unsupported MoE model_type {family!r} ({', '.join(HF_MOE_KEYS)})")
+    fields: dict[str, Any] = {"router": "softmax_topk"}
+    for ours, theirs in HF_MOE_KEYS[family].items():
+        if theirs not in hf and ours not in _HF_DEFAULTS:
+            raise ConfigError(f"config.json of a {family} model has no {theirs!r}")
+        fields[ours] = hf.get(theirs, _HF_DEFAULTS.get(ours))
+    fields["renormalize"] = family == "mixtral" or bool(hf.get("norm_topk_prob", False))
+    return fields
+
 
 def moe_config_from_hf(hf_config: Any) -> MoEConfig:
     """MoEConfig of a MixtralConfig or Qwen2MoeConfig (no balancing loss fields are read)."""
-    mt = getattr(hf_config, "model_type", "")
-    if mt == "mixtral":
-        return MoEConfig(
-            hidden_size=hf_config.hidden_size,
-            intermediate_size=hf_config.intermediate_size,
-            num_experts=hf_config.num_local_experts,
-            top_k=hf_config.num_experts_per_tok,
-            renormalize=True,
-        )
-    if mt == "qwen2_moe":
-        return MoEConfig(
-            hidden_size=hf_config.hidden_size,
-            intermediate_size=hf_config.moe_intermediate_size,
-            num_experts=hf_config.num_experts,
-            top_k=hf_config.num_experts_per_tok,
-            renormalize=bool(hf_config.norm_topk_prob),
-            shared_expert_intermediate_size=hf_config.shared_expert_intermediate_size,
-        )
-    raise ConfigError(f"unsupported MoE model_type {mt!r} (mixtral, qwen2_moe)")
+    return MoEConfig(hidden_size=hf_config.hidden_size, **moe_fields_from_hf(hf_config.to_dict()))
 
 
 @torch.no_grad()

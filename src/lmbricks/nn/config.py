@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import field
-from typing import TYPE_CHECKING, Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import ConfigDict, Field, ValidationError
 from pydantic.dataclasses import dataclass
@@ -87,8 +87,8 @@ class LMConfig(_Fields):
             raise ConfigError(f"model config is missing field(s): {', '.join(missing)}")
         try:
             super().__init__(**fields)
-        except ValidationError as exc:  # format_errors reads a model's fields only to suggest unknown keys
-            raise ConfigError(format_errors(exc, cast(Any, _Fields), fields)) from None
+        except ValidationError as exc:
+            raise ConfigError(format_errors(exc, _Fields, fields)) from None
         self._complete()
 
     def _complete(self) -> None:

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from lmbricks.errors import CheckpointError, ConfigError
+from lmbricks.moe.hf import HF_MOE_KEYS, moe_fields_from_hf
 from lmbricks.nn.config import ARCHITECTURES, LMConfig
 from lmbricks.nn.model import LM, Block, SwiGLU
 
@@ -101,26 +102,12 @@ def _attention_options(hf: Mapping[str, Any], family: str) -> tuple[bool, int | 
 
 def _moe_options(hf: Mapping[str, Any], family: str) -> tuple[dict[str, Any] | None, int, tuple[int, ...]]:
     """(LMConfig.moe, moe_every, dense_layers) of a Mixtral or Qwen2-MoE config; (None, 1, ()) if dense."""
+    if family not in HF_MOE_KEYS:
+        return None, 1, ()
+    moe = moe_fields_from_hf(hf)
     if family == "mixtral":
-        moe = dict(
-            num_experts=hf["num_local_experts"],
-            top_k=hf["num_experts_per_tok"],
-            intermediate_size=hf["intermediate_size"],
-            router="softmax_topk",
-            renormalize=True,
-        )
         return moe, 1, ()
-    if family == "qwen2_moe":
-        moe = dict(
-            num_experts=hf["num_experts"],
-            top_k=hf["num_experts_per_tok"],
-            intermediate_size=hf["moe_intermediate_size"],
-            router="softmax_topk",
-            renormalize=bool(hf.get("norm_topk_prob", False)),
-            shared_expert_intermediate_size=hf.get("shared_expert_intermediate_size", 0),
-        )
-        return moe, hf.get("decoder_sparse_step", 1), tuple(hf.get("mlp_only_layers") or ())
-    return None, 1, ()
+    return moe, hf.get("decoder_sparse_step", 1), tuple(hf.get("mlp_only_layers") or ())
 
 
 # HF keys we carry through a round trip untouched (they do not change the maths).
@@ -189,18 +176,11 @@ def config_to_hf(cfg: LMConfig, family: str, dtype: torch.dtype = torch.float32)
         hf.update(use_sliding_window=False, sliding_window=None, max_window_layers=cfg.num_layers)
     if cfg.moe is not None:
         m = cfg.moe_config()
-        hf["num_experts_per_tok"] = m.top_k
+        hf.update({theirs: getattr(m, ours) for ours, theirs in HF_MOE_KEYS[family].items()})
         if family == "mixtral":
-            hf.update(
-                num_local_experts=m.num_experts,
-                intermediate_size=m.intermediate_size,
-                router_jitter_noise=0.0,
-            )
+            hf["router_jitter_noise"] = 0.0
         else:
             hf.update(
-                num_experts=m.num_experts,
-                moe_intermediate_size=m.intermediate_size,
-                shared_expert_intermediate_size=getattr(m, "shared_expert_intermediate_size", 0) or 0,
                 norm_topk_prob=bool(m.renormalize),
                 decoder_sparse_step=cfg.moe_every,
                 mlp_only_layers=list(cfg.dense_layers),

@@ -120,6 +120,32 @@ def segment_mask(doc_ids: Tensor, window: int | None = None) -> Tensor:
     return (same & keep)[:, None]  # (B, 1, T, T)
 
 
+class LayerCache(Protocol):
+    """What attention needs of a KV cache (:class:`KVCache`, or a batched one of a decoder)."""
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Append this step's k, v (B, nkv, T, hd) of ``layer``; return all so far (B, nkv, S + T, hd)."""
+        ...
+
+
+@dataclass
+class LayerInputs:
+    """What every layer's attention reads besides the hidden states: built once per forward pass.
+
+    Attributes:
+        cos, sin: rotary tables, (T, hd) for plain positions or (B, 1, T, hd) for packed sequences.
+        mask: bool (T, S) or (B, 1, T, S), True = attend; None when ``is_causal`` says it all.
+        is_causal: let SDPA apply the causal mask itself (its fast path).
+        cache: the KV cache the layers append to, or None.
+    """
+
+    cos: Tensor
+    sin: Tensor
+    mask: Tensor | None
+    is_causal: bool
+    cache: LayerCache | None = None
+
+
 class Attention(nn.Module):
     """Grouped-query self-attention with one fused q/k/v projection."""
 
@@ -130,25 +156,18 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.hidden_size, (self.n_head + 2 * self.n_kv) * self.hd, bias=cfg.qkv_bias)
         self.o = nn.Linear(self.n_head * self.hd, cfg.hidden_size, bias=False)
 
-    def forward(
-        self,
-        x: Tensor,
-        cos: Tensor,
-        sin: Tensor,
-        mask: Tensor | None,
-        is_causal: bool,
-        cache: KVCache | None = None,
-    ) -> Tensor:
+    def forward(self, x: Tensor, inputs: LayerInputs) -> Tensor:
+        """(B, T, H) -> (B, T, H); appends this layer's keys and values to ``inputs.cache``."""
         B, T, _ = x.shape
         q, k, v = split_linear(self.qkv, x, (self.n_head * self.hd, self.n_kv * self.hd, self.n_kv * self.hd))
         q = q.view(B, T, self.n_head, self.hd).transpose(1, 2)  # (B, nh, T, hd)
         k = k.view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, nkv, T, hd)
         v = v.view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, nkv, T, hd)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:
-            k, v = cache.update(self.layer, k, v)  # (B, nkv, S, hd)
+        q, k = apply_rope(q, inputs.cos, inputs.sin), apply_rope(k, inputs.cos, inputs.sin)
+        if inputs.cache is not None:
+            k, v = inputs.cache.update(self.layer, k, v)  # (B, nkv, S, hd)
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=self.n_kv != self.n_head
+            q, k, v, attn_mask=inputs.mask, is_causal=inputs.is_causal, enable_gqa=self.n_kv != self.n_head
         )  # (B, nh, T, hd)
         return self.o(y.transpose(1, 2).reshape(B, T, self.n_head * self.hd))
 
@@ -201,16 +220,9 @@ class Block(nn.Module):
         self.ffn = ffn
         self.is_moe = cfg.is_moe_layer(layer)  # its FFN routes tokens (and returns an MoEAux)
 
-    def forward(
-        self,
-        x: Tensor,
-        cos: Tensor,
-        sin: Tensor,
-        mask: Tensor | None,
-        is_causal: bool,
-        cache: KVCache | None,
-    ) -> tuple[Tensor, Any]:
-        x = x + self.attn(self.attn_norm(x), cos, sin, mask, is_causal, cache)
+    def forward(self, x: Tensor, inputs: LayerInputs) -> tuple[Tensor, Any]:
+        """(B, T, H) -> ((B, T, H), the FFN's aux or None)."""
+        x = x + self.attn(self.attn_norm(x), inputs)
         y, aux = self.ffn(self.ffn_norm(x))
         return x + y, aux
 
@@ -298,15 +310,14 @@ class LM(nn.Module):
             positions = segment_positions(doc_ids)  # (B, T)
             cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
             cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, hd)
-            mask: Tensor | None = segment_mask(doc_ids, self.cfg.sliding_window)
-            is_causal = False
+            inputs = LayerInputs(cos, sin, segment_mask(doc_ids, self.cfg.sliding_window), False)
         else:
             positions = torch.arange(past, past + T, device=input_ids.device)
             cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)  # (T, hd)
-            mask, is_causal = attention_mask(T, past, self.cfg.sliding_window, input_ids.device)
+            inputs = LayerInputs(cos, sin, *attention_mask(T, past, self.cfg.sliding_window, input_ids.device), cache)
         aux: list[Any] = []
         for block in self.layers:
-            x, a = block(x, cos, sin, mask, is_causal, cache)
+            x, a = block(x, inputs)
             if a is not None:
                 aux.append(a)
         return self.norm(x), aux

@@ -14,10 +14,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import Field
 
+from lmbricks.config import settings
 from lmbricks.errors import ConfigError
 from lmbricks.proxy.vocab import shared_vocab_size
 
@@ -27,33 +29,23 @@ def combine_logits(base: torch.Tensor, expert: torch.Tensor, anti: torch.Tensor,
     return base.float() + alpha * (expert.float() - anti.float())
 
 
-@dataclass(frozen=True)
+@settings
 class DecodeConfig:
-    """Sampling settings; ``temperature == 0`` means greedy."""
+    """Sampling settings; ``temperature == 0`` means greedy. A wrong value is a ConfigError naming the field."""
 
     alpha: float = 1.0
-    max_new_tokens: int = 64
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
+    max_new_tokens: Annotated[int, Field(ge=1)] = 64
+    temperature: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    top_k: Annotated[int, Field(ge=0)] = 0
+    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    repetition_penalty: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1.0
     seed: int = 0
     use_cache: bool = True
     stop_at_eos: bool = True
 
     def __post_init__(self) -> None:
-        if not math.isfinite(self.alpha):
+        if not math.isfinite(self.alpha):  # the steering strength: a NaN would poison every logit
             raise ConfigError(f"alpha must be a finite number, got {self.alpha}")
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if not (math.isfinite(self.temperature) and self.temperature >= 0):
-            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise ConfigError(f"top_k must be >= 0, got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not self.repetition_penalty > 0:
-            raise ConfigError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
 
 
 @dataclass

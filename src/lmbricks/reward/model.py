@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lmbricks.nn.model import LM, rope_cos_sin
+from lmbricks.nn.model import LM, LayerInputs, rope_cos_sin
 
 
 class RewardModel(nn.Module):
@@ -43,14 +43,14 @@ class RewardModel(nn.Module):
         x = self.backbone.embed(ids)
         cos, sin = self._tables(ids.shape[1], x)
         for block in list(self.backbone.layers)[:upto]:
-            x, _ = block(x, cos, sin, None, ids.shape[1] > 1, None)
+            x, _ = block(x, LayerInputs(cos, sin, None, ids.shape[1] > 1))
         return x
 
     def top(self, x: Tensor, lengths: Tensor, start: int) -> Tensor:
         """Scores from hidden states ``x`` (B, T, H) entering layer ``start``; ``lengths`` (B,) -> (B,)."""
         cos, sin = self._tables(x.shape[1], x)
         for block in list(self.backbone.layers)[start:]:
-            x, _ = block(x, cos, sin, None, x.shape[1] > 1, None)
+            x, _ = block(x, LayerInputs(cos, sin, None, x.shape[1] > 1))
         h = self.backbone.norm(x)  # (B, T, H)
         last = h[torch.arange(h.shape[0], device=h.device), lengths - 1]  # (B, H)
         return self.head(last).squeeze(-1).float()

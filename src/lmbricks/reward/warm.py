@@ -183,23 +183,9 @@ def run_warm(
     feats, skipped = cached_pair_features(
         rm, tokenizer, {"train": train_pairs, **eval_sets}, first, feature_cache, progress
     )
-    init_state = copy.deepcopy(rm.state_dict())
-    tops = [baklava_top_state(rm, c, start) for c in inits] if inits else []
-    results: dict[str, Any] = {"members": [], "member_configs": []}
     scores: dict[str, list[tuple[Tensor, Tensor]]] = {name: [] for name in eval_sets}
-    member_states, histories = [], []
-    for i, mcfg in enumerate(members):
-        progress(f"member {i}", None)
-        rm.load_state_dict(init_state)
-        if tops:
-            rm.load_state_dict(tops[i % len(tops)], strict=False)
-        history, entry = _train_member(rm, feats, mcfg, start, scores)
-        histories.append(history)
-        member_states.append({k: v.detach().clone() for k, v in rm.state_dict().items()})
-        results["members"].append(entry)
-        results["member_configs"].append({**mcfg.model_dump(), "init": str(inits[i % len(inits)]) if inits else ref})
-        if use_merge:
-            save_reward_model(rm, out / "members" / f"m{i}", tokenizer, force=True, info=mcfg.model_dump())
+    saved = (out / "members", tokenizer) if use_merge else None
+    results, member_states, histories = _train_members(rm, feats, members, start, scores, inits, ref, saved, progress)
     results.update(_averages(rm, feats, start, scores, member_states, out if use_merge else None, progress))
     results["mean_member"] = {
         name: sum(m[name]["accuracy"] for m in results["members"]) / len(members) for name in eval_sets
@@ -211,6 +197,41 @@ def run_warm(
     results["histories"] = [[h["loss"] for h in hist] for hist in histories]
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+def _train_members(
+    rm: RewardModel,
+    feats: dict[str, Features],
+    members: Sequence[RewardTrainConfig],
+    start: int,
+    scores: dict[str, list[tuple[Tensor, Tensor]]],
+    inits: Sequence[str | Path] | None,
+    ref: str,
+    saved: tuple[Path, Any] | None,
+    progress: Progress,
+) -> tuple[dict[str, Any], list[dict[str, Tensor]], list[list[dict[str, float]]]]:
+    """Train each member from the shared initialisation (Baklava: its init's top layers), in turn.
+
+    Returns ``({"members": [...], "member_configs": [...]}, member state dicts, loss histories)``;
+    each member is saved under ``saved[0]/m{i}`` (with tokenizer ``saved[1]``) when ``saved`` is given.
+    """
+    init_state = copy.deepcopy(rm.state_dict())
+    tops = [baklava_top_state(rm, c, start) for c in inits] if inits else []
+    results: dict[str, Any] = {"members": [], "member_configs": []}
+    member_states, histories = [], []
+    for i, mcfg in enumerate(members):
+        progress(f"member {i}", None)
+        rm.load_state_dict(init_state)
+        if tops:
+            rm.load_state_dict(tops[i % len(tops)], strict=False)
+        history, entry = _train_member(rm, feats, mcfg, start, scores)
+        histories.append(history)
+        member_states.append({k: v.detach().clone() for k, v in rm.state_dict().items()})
+        results["members"].append(entry)
+        results["member_configs"].append({**mcfg.model_dump(), "init": str(inits[i % len(inits)]) if inits else ref})
+        if saved is not None:
+            save_reward_model(rm, saved[0] / f"m{i}", saved[1], force=True, info=mcfg.model_dump())
+    return results, member_states, histories
 
 
 def _averages(

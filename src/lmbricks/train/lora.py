@@ -198,30 +198,24 @@ def save_lora_brick(
         ``out``.
     """
     from lmbricks.adapters.base import base_model
-    from lmbricks.adapters.brick import brick_record, save_factors
-    from lmbricks.checkpoint import atomic_directory, write_provenance
+    from lmbricks.adapters.brick import pairs_record, save_brick
 
     base = base_model(base_ref)
     pairs = hf_lora_pairs(model)
-    targets = sorted({m.rsplit(".", 1)[-1] for m in pairs})
-    with atomic_directory(out, force=True) as tmp:
-        save_factors(Path(tmp), pairs, base_model=base.name, dtype=cfg.save_dtype)
-        write_provenance(
-            Path(tmp),
-            command=command,
-            recipe={"lora": cfg.model_dump(mode="json")},
-            inputs={"base": base.path},
-            bricks=brick_record(
-                name=cfg.name or out.parent.name,
-                base_model=base.name,
-                base_sha256=base.sha256,
-                base_identity=base.identity,
-                rank=cfg.rank,
-                alpha=cfg.alpha,
-                targets=targets,
-                **(extra or {}),
-            ),
-        )
+    record = pairs_record(
+        pairs, base, name=cfg.name or out.parent.name, rank=cfg.rank, alpha=cfg.alpha, **(extra or {})
+    )
+    save_brick(
+        out,
+        pairs,
+        base,
+        record=record,
+        command=command,
+        recipe={"lora": cfg.model_dump(mode="json")},
+        inputs={"base": base.path},
+        force=True,
+        dtype=cfg.save_dtype,
+    )
     return out
 
 

@@ -128,25 +128,26 @@ class _BatchCache:
 
 def _prefill(model: Any, ids: Tensor, cache: Any) -> None:
     """Fill ``cache`` with the keys and values of ``ids`` (1, S); no logits (the prefix needs none)."""
-    from lmbricks.nn.model import attention_mask, rope_cos_sin
+    from lmbricks.nn.model import LayerInputs, attention_mask, rope_cos_sin
 
     x = model.embed(ids)  # (1, S, H)
     cos, sin = rope_cos_sin(torch.arange(ids.shape[1], device=ids.device), model.cfg.head_dim,
                             model.cfg.rope_theta, x.dtype)  # fmt: skip
-    mask, is_causal = attention_mask(ids.shape[1], 0, model.cfg.sliding_window, ids.device)
+    inputs = LayerInputs(cos, sin, *attention_mask(ids.shape[1], 0, model.cfg.sliding_window, ids.device), cache)
     for block in model.layers:
-        x, _ = block(x, cos, sin, mask, is_causal, cache)
+        x, _ = block(x, inputs)
 
 
 def _forward_rows(model: Any, ids: Tensor, positions: Tensor, mask: Tensor, cache: _BatchCache) -> Tensor:
     """Last-position logits of ``ids`` (B, T) at ``positions`` (B, T) under ``mask`` (B, 1, T, S + T)."""
-    from lmbricks.nn.model import rope_cos_sin
+    from lmbricks.nn.model import LayerInputs, rope_cos_sin
 
     x = model.embed(ids)  # (B, T, H)
     cos, sin = rope_cos_sin(positions, model.cfg.head_dim, model.cfg.rope_theta, x.dtype)
     cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, hd)
+    inputs = LayerInputs(cos, sin, mask, False, cache)
     for block in model.layers:
-        x, _ = block(x, cos, sin, mask, False, cache)
+        x, _ = block(x, inputs)
     return model.lm_head(model.norm(x[:, -1]))  # (B, V)
 
 

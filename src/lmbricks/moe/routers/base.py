@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import Self
 
 from lmbricks.errors import UnknownNameError
 from lmbricks.moe.types import RouterOutput
@@ -46,8 +47,9 @@ def register_router(name: str, reference: str) -> Callable[[type[Router]], type[
 class Router(nn.Module):
     """A linear gate (weight (E, H), the Hugging Face layout) plus a selection rule.
 
-    Subclasses implement ``forward(x, mask) -> RouterOutput`` and ``from_config``. Logits are
-    computed in fp32 whatever the input dtype (Switch's selective precision).
+    Subclasses implement ``forward(x, mask) -> RouterOutput``, and ``from_config`` when their
+    constructor takes more than the gate's shape and jitter. Logits are computed in fp32 whatever
+    the input dtype (Switch's selective precision).
     """
 
     name = "router"
@@ -66,8 +68,9 @@ class Router(nn.Module):
         self.gate = nn.Linear(hidden_size, num_experts, bias=False)
 
     @classmethod
-    def from_config(cls, config: MoEConfig) -> Router:
-        raise NotImplementedError
+    def from_config(cls, config: MoEConfig) -> Self:
+        """The router of ``config``: by default its gate shape and jitter (routers with options override)."""
+        return cls(config.hidden_size, config.num_experts, jitter=config.router_jitter)
 
     def logits(self, x: Tensor) -> Tensor:
         """(T, H) -> (T, E) fp32 logits; multiplicative jitter U(1-eps, 1+eps) on x in training."""

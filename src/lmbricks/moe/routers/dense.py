@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
 from typing_extensions import override
 
 from lmbricks.moe.routers.base import Router, register_router
 from lmbricks.moe.types import RouterOutput
-
-if TYPE_CHECKING:
-    from lmbricks.moe.config import MoEConfig
 
 
 @register_router("dense", reference="https://doi.org/10.1162/neco.1991.3.1.79")
@@ -24,10 +19,6 @@ class DenseRouter(Router):
     """
 
     token_choice = False
-
-    @classmethod
-    def from_config(cls, config: MoEConfig) -> DenseRouter:
-        return cls(config.hidden_size, config.num_experts, config.router_jitter)
 
     @override
     def forward(self, x: Tensor, mask: Tensor | None = None) -> RouterOutput:

@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lmbricks.moe.routers.base import Router, register_router, topk_gates
+from lmbricks.moe.routers.base import register_router, topk_gates
+from lmbricks.moe.routers.softmax_topk import SoftmaxTopKRouter
 from lmbricks.moe.types import RouterOutput
-
-if TYPE_CHECKING:
-    from lmbricks.moe.config import MoEConfig
 
 NOISE_EPSILON = 1e-2  # floor on the noise std, as in the reference implementations
 
 
 @register_router("noisy_topk", reference="https://arxiv.org/abs/1701.06538")
-class NoisyTopKRouter(Router):
+class NoisyTopKRouter(SoftmaxTopKRouter):
     """H(x) = x W_g + eps * softplus(x W_noise), eps ~ N(0, 1); keep the top k of H, softmax over them.
+
+    Softmax top-k over noisy logits: the same constructor and options, plus the noise projection.
 
     The noise scale is trainable (``noise``, initialised to zero as in the paper, so the initial std
     is softplus(0) + 0.01). In eval mode there is no noise: routing is deterministic. The clean
@@ -30,15 +28,9 @@ class NoisyTopKRouter(Router):
     def __init__(
         self, hidden_size: int, num_experts: int, top_k: int, renormalize: bool = True, jitter: float = 0.0
     ) -> None:
-        super().__init__(hidden_size, num_experts, jitter)
-        self.top_k = top_k
-        self.renormalize = renormalize
+        super().__init__(hidden_size, num_experts, top_k, renormalize, jitter)
         self.noise = nn.Linear(hidden_size, num_experts, bias=False)
         nn.init.zeros_(self.noise.weight)
-
-    @classmethod
-    def from_config(cls, config: MoEConfig) -> NoisyTopKRouter:
-        return cls(config.hidden_size, config.num_experts, config.top_k, config.renormalize, config.router_jitter)
 
     @override
     def forward(self, x: Tensor, mask: Tensor | None = None) -> RouterOutput:

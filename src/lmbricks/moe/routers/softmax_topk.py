@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from torch import Tensor
-from typing_extensions import override
+from typing_extensions import Self, override
 
 from lmbricks.moe.routers.base import Router, register_router, topk_gates
 from lmbricks.moe.types import RouterOutput
@@ -30,7 +30,7 @@ class SoftmaxTopKRouter(Router):
         self.renormalize = renormalize
 
     @classmethod
-    def from_config(cls, config: MoEConfig) -> SoftmaxTopKRouter:
+    def from_config(cls, config: MoEConfig) -> Self:
         return cls(config.hidden_size, config.num_experts, config.top_k, config.renormalize, config.router_jitter)
 
     @override

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from torch import Tensor
 from typing_extensions import override
 
 from lmbricks.moe.routers.base import Router, register_router
 from lmbricks.moe.types import RouterOutput
-
-if TYPE_CHECKING:
-    from lmbricks.moe.config import MoEConfig
 
 
 @register_router("switch", reference="https://arxiv.org/abs/2101.03961")
@@ -25,10 +20,6 @@ class SwitchRouter(Router):
     fixed_top_k = 1
 
     top_k = 1
-
-    @classmethod
-    def from_config(cls, config: MoEConfig) -> SwitchRouter:
-        return cls(config.hidden_size, config.num_experts, config.router_jitter)
 
     @override
     def forward(self, x: Tensor, mask: Tensor | None = None) -> RouterOutput:
