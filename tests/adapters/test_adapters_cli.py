@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from typer.testing import CliRunner
 
 from lmbricks.adapters import load_factors
+from lmbricks.checkpoint import CheckpointReader
 from lmbricks.cli.main import app
 
 # Rich wraps long error lines at the terminal width, so assertions match single words.
@@ -27,6 +29,12 @@ def test_plug_list_compose_unplug(tiny_llama: Path, tiny_bricks: list[Path], tmp
     res = runner.invoke(app, [*args, "--method", "cat", "--weights", "1,0.5"])
     assert res.exit_code == 0, res.output
     assert load_factors(out)["model.layers.0.mlp.up_proj"].rank == 8
+    # cat stacks the factors: its update is exactly the weighted sum of the bricks' updates
+    cat, parts = load_factors(out), [load_factors(b) for b in tiny_bricks[:2]]
+    assert cat.keys() == parts[0].keys()
+    for mod, pair in cat.items():
+        want = 1.0 * parts[0][mod].delta() + 0.5 * parts[1][mod].delta()
+        torch.testing.assert_close(pair.delta(), want, rtol=1e-5, atol=1e-6, msg=mod)
     res = runner.invoke(app, [*args, "--method", "cat"])
     assert res.exit_code == 2 and "exists" in res.output
     merged = tmp_path / "merged"
@@ -35,6 +43,14 @@ def test_plug_list_compose_unplug(tiny_llama: Path, tiny_bricks: list[Path], tmp
     )
     assert res.exit_code == 0, res.output
     assert (merged / "config.json").is_file() and (merged / "lmbricks.json").is_file()
+    # --merge wrote W + the best rank-4 approximation of the summed updates (weights 1, 1)
+    with CheckpointReader(tiny_llama) as r0, CheckpointReader(merged) as r1:
+        for mod in parts[0]:
+            update = r1.get(f"{mod}.weight").float() - r0.get(f"{mod}.weight").float()
+            u, sv, vh = torch.linalg.svd(parts[0][mod].delta() + parts[1][mod].delta(), full_matrices=False)
+            best = u[:, :4] @ torch.diag(sv[:4]) @ vh[:4]
+            tol = 1e-5 * float(sv[0]) + 4 * torch.finfo(torch.float32).eps * float(r0.get(f"{mod}.weight").abs().max())
+            assert float((update - best).abs().max()) <= tol + 1e-6, mod
     res = runner.invoke(app, ["adapters", "unplug", "x", "--model", str(tiny_llama)])
     assert res.exit_code == 0, res.output
 

@@ -104,5 +104,51 @@ def test_greedy_soup_adds_only_strict_improvements(run_dir: Path, tmp_path: Path
     for t in result.tried:
         assert t["accepted"] == (t["candidate"] in result.members)
     assert evaluate(tmp_path / "soup") == pytest.approx(result.soup_score)
+    # replayed here: candidates in order of their own score, each kept iff the trial average of the
+    # members so far plus it scores strictly lower than the best so far
+    sds = {str(c): _sd(c)[k] for c in ckpts[1:]}
+    order = sorted(sds, key=lambda c: float((sds[c] - target[k]).pow(2).sum()))
+    members, best_score, replay = [order[0]], float((sds[order[0]] - target[k]).pow(2).sum()), []
+    for c in order[1:]:
+        score = float((torch.stack([sds[m] for m in [*members, c]]).mean(0) - target[k]).pow(2).sum())
+        replay.append((c, score, score < best_score))
+        if score < best_score:
+            members, best_score = [*members, c], score
+    assert [(t["candidate"], t["accepted"]) for t in result.tried] == [(c, ok) for c, _, ok in replay]
+    assert [t["score"] for t in result.tried] == pytest.approx([sc for _, sc, _ in replay], rel=1e-5)
+    assert result.members == members
     uniform = soup_models(ckpts[1:], tmp_path / "uniform")
     assert len(uniform.members) == 3
+
+
+def test_greedy_soup_rejects_a_candidate_that_only_ties(run_dir: Path, tmp_path: Path) -> None:
+    """A trial scoring exactly the best so far is not an improvement: with every score floored at the
+    best single candidate's, every trial ties and the soup keeps that candidate alone."""
+    ckpts = last_k_checkpoints(run_dir, 4)
+    target = _sd(ckpts[0])["model.layers.1.self_attn.q_proj.weight"]
+
+    def distance(path: Path) -> float:
+        return float((_sd(path)["model.layers.1.self_attn.q_proj.weight"] - target).pow(2).sum())
+
+    floor = min(distance(c) for c in ckpts[1:])
+    result = soup_models(ckpts[1:], tmp_path / "soup", evaluate=lambda p: max(distance(p), floor), greedy=True)
+    assert len(result.tried) == 2 and all(t["score"] == floor for t in result.tried)
+    assert not any(t["accepted"] for t in result.tried)
+    assert len(result.members) == 1 and distance(Path(result.members[0])) == floor
+
+
+def test_greedy_soup_rejects_a_candidate_that_hurts(run_dir: Path, tmp_path: Path) -> None:
+    """Target the mean of two candidates: the pair scores 0, so the third makes it worse and is left out."""
+    ckpts = last_k_checkpoints(run_dir, 4)
+    k = "model.layers.1.self_attn.q_proj.weight"
+    a, b = _sd(ckpts[1])[k], _sd(ckpts[2])[k]
+    target = (a + b) / 2
+
+    def evaluate(path: Path) -> float:
+        return float((_sd(path)[k] - target).pow(2).sum())
+
+    result = soup_models(ckpts[1:], tmp_path / "soup", evaluate=evaluate, greedy=True)
+    assert sorted(result.members) == sorted(str(c) for c in ckpts[1:3])
+    assert [t["accepted"] for t in result.tried] == [True, False]
+    assert result.tried[0]["score"] == pytest.approx(0.0, abs=1e-10)
+    assert result.tried[1]["score"] > 0 and result.tried[1]["candidate"] == str(ckpts[3])

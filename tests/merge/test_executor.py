@@ -5,18 +5,21 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from lmbricks.checkpoint import CheckpointReader
 from lmbricks.errors import CheckpointError
 from lmbricks.merge import compute_tensor, merge, parse_recipe, plan_merge
+from lmbricks.merge.registry import get_method
 
 
 def _ties(f: dict[str, Path]) -> dict:
@@ -48,6 +51,19 @@ def test_output_is_complete_and_loadable(family_bf16: dict[str, Path], tmp_path:
     assert len(record["inputs"]) == 3 and all(len(i["sha256"]) == 64 for i in record["inputs"])
     model = AutoModelForCausalLM.from_pretrained(out)
     assert next(model.parameters()).dtype == torch.bfloat16
+    # values: each tensor is TIES with its own density (ft1's gradient [1.0, 0.5, 0.3] at
+    # t = layer / (layers - 1), t = 0 outside the layers), rounded once to bf16
+    merged, base = _load(out), _load(family_bf16["base"])
+    fts = [_load(family_bf16[k]) for k in ("ft1", "ft2")]
+    n_layers = json.loads((family_bf16["base"] / "config.json").read_text())["num_hidden_layers"]
+    ties = get_method("ties").fn
+    for k, v in merged.items():
+        layer = re.match(r"model\.layers\.(\d+)\.", k)
+        t = int(layer.group(1)) / (n_layers - 1) if layer else 0.0
+        d1 = float(np.interp(t, [0.0, 0.5, 1.0], [1.0, 0.5, 0.3]))
+        want = ties(base[k], [fts[0][k], fts[1][k]], weight=[0.5, 0.5], density=[d1, 0.5]).to(torch.bfloat16)
+        assert torch.equal(v, want), (k, d1)
+    assert any(not torch.equal(merged[k], base[k]) for k in merged)
     with torch.no_grad():
         model(torch.tensor([[1, 2, 3]]))
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 import yaml
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from lmbricks.cli.main import app
@@ -42,6 +44,13 @@ def test_merge_and_average_commands(family_bf16: dict[str, Path], tmp_path: Path
     a = (tmp_path / "out" / "model.safetensors").read_bytes()
     b = (tmp_path / "avg" / "model.safetensors").read_bytes()
     assert a == b  # a uniform average is the equal-weight linear merge
+    # and both are the uniform mean, computed here from the files (bf16 sums are exact in fp32)
+    inputs = [load_file(family_bf16[k] / "model.safetensors") for k in ("ft1", "ft2")]
+    avg = load_file(tmp_path / "avg" / "model.safetensors")
+    assert avg.keys() == inputs[0].keys()
+    for k, v in avg.items():
+        want = ((inputs[0][k].float() + inputs[1][k].float()) / 2).to(v.dtype)
+        assert torch.equal(v, want), k
 
 
 def test_unknown_method_is_one_line_error(tmp_path: Path) -> None:

@@ -34,21 +34,164 @@ def _weights(name: str, n: int) -> dict:
     return out
 
 
-@pytest.mark.parametrize("name", [m.name for m in all_methods()])
-def test_merging_a_model_with_itself_returns_it(name: str) -> None:
-    torch.manual_seed(0)
-    x = torch.randn(16, 24)
+def _n_inputs(name: str) -> int:
     m = get_method(name)
-    n = max(m.min_models, 1) if m.max_models is None else m.max_models
-    n = min(n, 3) if m.max_models is None else n
-    n = max(n, m.min_models)
-    if m.base == "none" and m.max_models != 1:
-        n = 3
+    return m.max_models if m.max_models is not None else max(m.min_models, 3)
+
+
+@pytest.mark.parametrize("name", [m.name for m in all_methods()])
+def test_identical_finetunes_different_from_the_base_return_the_finetune(name: str) -> None:
+    """Every input is the same fine-tune F != base, weights sum to 1, nothing trimmed: every method
+    promises F (a merge of a model with itself would give base-using methods all-zero task vectors,
+    which any ``base + f(δ)`` with ``f(0) = 0`` passes). slerp takes one model: slerp(F, F) = F."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(16, 24, generator=g)
+    ft = base + 0.5 * torch.randn(16, 24, generator=g)
+    m = get_method(name)
+    n = _n_inputs(name)
     kw = _weights(name, n)
     if m.param("density") is not None:
-        kw["density"] = [0.5] * n
-    out = _call(name, x, [x.clone() for _ in range(n)], **kw)
-    torch.testing.assert_close(out, x, rtol=1e-6, atol=1e-6)
+        kw["density"] = [1.0] * n
+    if m.param("gamma") is not None:
+        kw["gamma"] = [0.0] * n
+    b = ft.clone() if name == "slerp" else base
+    out = _call(name, b, [ft.clone() for _ in range(n)], **kw)
+    assert not torch.allclose(ft, base, atol=0.1)
+    torch.testing.assert_close(out, ft, rtol=1e-5, atol=1e-5)
+
+
+# Hand-computed references on 3x4 tensors. θ0 = B, θi = B + Di, weights 0.6 / 0.4; the magnitudes of
+# D1 and D2 have no ties at the trim boundaries, so each kept set is unambiguous; the 7th largest of each
+# (1.5) sits where the other is trimmed, so a trim that keeps one entry too many changes the result.
+B = torch.arange(12.0).reshape(3, 4) / 10
+D1 = torch.tensor([[4.0, -1.0, 1.5, 2.0], [-3.0, 6.0, -0.2, 1.0], [0.1, -5.0, 3.0, -0.7]])
+D2 = torch.tensor([[-2.0, 3.0, 1.0, -0.3], [5.0, -1.0, 0.4, -4.0], [2.0, 0.6, -6.0, 1.5]])
+W = [0.6, 0.4]
+# TIES at density 0.5 keeps the 6 largest |δ| of each: D1 {6, 5, 4, 3, 3, 2}, D2 {6, 5, 4, 3, 2, 2}
+TRIM1 = torch.tensor([[4.0, 0, 0, 2.0], [-3.0, 6.0, 0, 0], [0, -5.0, 3.0, 0]])
+TRIM2 = torch.tensor([[-2.0, 3.0, 0, 0], [5.0, 0, 0, -4.0], [2.0, 0, -6.0, 0]])
+# Breadcrumbs at density 0.5, gamma 0.25: ascending |δ| ranks [3, 9) kept (top 3 and bottom 3 dropped)
+CRUMB1 = torch.tensor([[0, -1.0, 1.5, 2.0], [-3.0, 0, 0, 1.0], [0, 0, 3.0, 0]])
+CRUMB2 = torch.tensor([[-2.0, 3.0, 1.0, 0], [0, -1.0, 0, 0], [2.0, 0, 0, 1.5]])
+
+HAND = {
+    # θ0 + λ Σ wi δi with λ = 0.5
+    "task_arithmetic": ({"lam": 0.5}, B + 0.5 * (0.6 * D1 + 0.4 * D2)),
+    # elected sign of 0.6 T1 + 0.4 T2 (0 counts as +), mean of the agreeing entries: where one input
+    # agrees, its trimmed value; (0, 2), (1, 2), (2, 3) are trimmed in both
+    "ties": ({"density": [0.5, 0.5]}, B + torch.tensor([[4.0, 3, 0, 2], [5, 6, 0, -4], [2, -5, -6, 0]])),
+    "breadcrumbs": ({"density": [0.5, 0.5], "gamma": [0.25, 0.25]}, B + 0.6 * CRUMB1 + 0.4 * CRUMB2),
+    # sign of 0.6 C1 + 0.4 C2, sum (not mean: normalize is false by default) of the agreeing terms
+    "breadcrumbs_ties": (
+        {"density": [0.5, 0.5], "gamma": [0.25, 0.25]},
+        B + torch.tensor([[-0.8, 1.2, 1.3, 1.2], [-1.8, -0.4, 0, 0.6], [0.8, 0, 1.8, 0.6]]),
+    ),
+    # weights 3 and 2 normalised: 0.6 θ1 + 0.4 θ2
+    "linear": ({"weight": [3.0, 2.0]}, B + 0.6 * D1 + 0.4 * D2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HAND))
+def test_hand_computed_reference_on_a_3x4_tensor(name: str) -> None:
+    kw, want = HAND[name]
+    params = {"weight": W, **kw}
+    out = _call(name, B, [B + D1, B + D2], **params)
+    torch.testing.assert_close(out, want, rtol=1e-6, atol=1e-6)
+
+
+def test_ties_hand_reference_without_normalisation() -> None:
+    out = _call("ties", B, [B + D1, B + D2], weight=W, density=[0.5, 0.5], normalize=False)
+    agreeing = torch.tensor([[2.4, 1.2, 0, 1.2], [2.0, 3.6, 0, -1.6], [0.8, -3.0, -2.4, 0]])
+    torch.testing.assert_close(out, B + agreeing, rtol=1e-6, atol=1e-6)
+    # the trimmed task vectors are the hand-picked ones: keeping one more entry changes the result
+    assert int((TRIM1 != 0).sum()) == 6 and int((TRIM2 != 0).sum()) == 6
+
+
+def test_slerp_of_orthogonal_equal_norm_tensors_on_3x4() -> None:
+    a = torch.zeros(3, 4)
+    a[0, 0] = 2.0
+    b = torch.zeros(3, 4)
+    b[2, 3] = 2.0  # |a| = |b|, a ⟂ b: Ω = π/2
+    out = _call("slerp", a, [b], t=0.3)
+    torch.testing.assert_close(out, math.sin(0.35 * math.pi) * a + math.sin(0.15 * math.pi) * b)
+
+
+def test_multislerp_with_a_base_on_3x4() -> None:
+    e1, e2 = torch.zeros(3, 4), torch.zeros(3, 4)
+    e1[0, 1], e2[1, 2] = 1.0, 1.0
+    # offsets 2 e1 and 2 e2: mean direction (e1 + e2)/√2, no tangent spread left, norm 2
+    out = _call("multislerp", B, [B + 2 * e1, B + 2 * e2], weight=[1.0, 1.0])
+    torch.testing.assert_close(out, B + math.sqrt(2) * (e1 + e2), rtol=1e-5, atol=1e-5)
+
+
+def test_model_stock_at_cosine_one_half_on_3x4() -> None:
+    d1, d2 = torch.zeros(3, 4), torch.zeros(3, 4)
+    d1[0, 0] = 1.0
+    d2[0, 0], d2[2, 1] = 0.5, math.sqrt(3) / 2  # unit vectors at 60 degrees
+    # t = 2 cos / (1 + cos) = 2/3; θ = t mean(θi) + (1 - t) θ0 = θ0 + (2/3)(d1 + d2)/2
+    out = _call("model_stock", B, [B + d1, B + d2])
+    torch.testing.assert_close(out, B + (d1 + d2) / 3, rtol=1e-5, atol=1e-5)
+
+
+def test_passthrough_scales_its_one_model() -> None:
+    out = _call("passthrough", None, [B + D1], scale=[0.5])
+    torch.testing.assert_close(out, 0.5 * (B + D1))
+
+
+def _bernoulli_masks(seed: int, shape: torch.Size, probs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The masks the random-drop methods draw: one Bernoulli draw per input (density < 1), in input
+    order, from the per-tensor generator (the contract the executor's seeding relies on)."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.bernoulli(p.expand(shape).contiguous(), generator=g) for p in probs]
+
+
+def _agree(u1: torch.Tensor, u2: torch.Tensor, normalize: bool, w: list[float]) -> torch.Tensor:
+    """TIES on two weighted task vectors, entry by entry in plain Python (0 elects +)."""
+    out = torch.zeros_like(u1)
+    for i in range(u1.numel()):
+        a, b = float(u1.view(-1)[i]), float(u2.view(-1)[i])
+        s = 1.0 if a + b >= 0 else -1.0
+        terms = [(x, wi) for x, wi in ((a, w[0]), (b, w[1])) if x != 0 and math.copysign(1.0, x) == s]
+        total = sum(x for x, _ in terms)
+        div = sum(wi for _, wi in terms) if normalize and terms else 1.0
+        out.view(-1)[i] = total / div
+    return out
+
+
+@pytest.mark.parametrize("name", ["dare_linear", "dare_ties", "della", "della_linear"])
+@pytest.mark.parametrize("mode", ["l1", "inverse"])
+def test_random_drop_with_a_known_mask(name: str, mode: str) -> None:
+    """Kept entries equal δ times the rescale factor, dropped ones are zero, signs elected as TIES does:
+    the masks are drawn independently from a generator seeded as the method's."""
+    from lmbricks.merge.sparsify import della_probabilities
+
+    g = torch.Generator().manual_seed(11)
+    base = torch.randn(8, 16, generator=g)
+    d1, d2 = torch.randn(8, 16, generator=g), torch.randn(8, 16, generator=g)
+    m = get_method(name)
+    density, eps = [0.5, 0.3], [0.2, 0.1]
+    if name.startswith("della"):
+        probs = [della_probabilities(d, p, e).reshape(d.shape) for d, p, e in zip((d1, d2), density, eps, strict=True)]
+        extra = {"epsilon": eps}
+    else:
+        probs = [torch.full(d1.shape, p) for p in density]
+        extra = {}
+    masks = _bernoulli_masks(5, d1.shape, probs)
+    assert all(0 < float(mk.mean()) < 1 for mk in masks)
+    kept = []
+    for d, mk, p in zip((d1, d2), masks, probs, strict=True):
+        if mode == "inverse":
+            kept.append(d * mk / p)
+        else:  # match the L1 norm of the whole task vector
+            kept.append(d * mk * (d.abs().sum() / (d * mk).abs().sum()))
+    if m.name in ("dare_ties", "della"):
+        normalize = m.param("normalize").default
+        want = base + _agree(W[0] * kept[0], W[1] * kept[1], bool(normalize), W)
+    else:
+        want = base + W[0] * kept[0] + W[1] * kept[1]
+    out = m.fn(base, [base + d1, base + d2], weight=W, density=density, rescale=True, rescale_mode=mode,
+               generator=torch.Generator().manual_seed(5), **extra)  # fmt: skip
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
 
 
 def test_slerp_endpoints_and_lerp_fallback() -> None:

@@ -84,3 +84,25 @@ def test_bad_input(trio: dict[str, Member]) -> None:
         proxy_generate(trio["base"], ["hi", "  "], DecodeConfig(max_new_tokens=2))
     with pytest.raises(ConfigError, match="both an expert and an anti-expert"):
         ProxyDecoder(trio["base"], trio["expert"], None, DecodeConfig())
+
+
+@pytest.mark.parametrize("alpha", [1.0, 1.5])
+def test_proxy_logits_equal_base_plus_expert_minus_anti(trio: dict[str, Member], alpha: float) -> None:
+    """The decoder's logits at each step against the three models' own forward passes on the same
+    tokens: z = z_base + alpha (z_expert - z_anti), so a decoder that drops the anti-expert fails."""
+    tok = trio["base"].tokenizer
+    ids = tok(PROMPTS[0], return_tensors="pt").input_ids  # (1, T)
+    d = ProxyDecoder(trio["base"], trio["expert"], trio["anti"], DecodeConfig(alpha=alpha, stop_at_eos=False))
+    d.start([PROMPTS[0]])
+    for _ in range(3):
+        with torch.no_grad():
+            z = {k: trio[k].model(ids).logits[0, -1].float() for k in ("base", "expert", "anti")}  # (V,)
+        want = z["base"] + alpha * (z["expert"] - z["anti"])
+        got = d.last_logits
+        assert got is not None
+        torch.testing.assert_close(got[0].float(), want, rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(want, z["base"] + alpha * z["expert"], atol=1e-2)  # the anti-expert matters
+        chosen = int(d.generated[0, -1])  # greedy: the argmax of the combined logits
+        assert chosen == int(want.argmax())
+        ids = torch.cat([ids, torch.tensor([[chosen]], dtype=ids.dtype)], dim=1)
+        d.step()

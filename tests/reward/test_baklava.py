@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from lmbricks.errors import ConfigError
-from lmbricks.reward import Pair, RewardTrainConfig, run_warm
+from lmbricks.reward import Pair, RewardTrainConfig, encode_pairs, pair_accuracy, precompute, run_warm, score_features
 from lmbricks.reward.warm import baklava_top_state, base_reward_model
 
 
@@ -71,6 +71,22 @@ def test_baklava_members_start_from_their_checkpoints(tiny_llama: Path, tmp_path
     for i in range(2):
         assert bak["histories"][i][0] != plain["histories"][i][0]
     assert bak["merge_vs_memory_max_abs_diff"] < 1e-6
+    # independently of that self-check: the written WARM model is the mean of the written members,
+    # tensor by tensor, and its held-out accuracy is the one reported
+    from lmbricks.reward import load_reward_model
+
+    members = [load_reward_model(tmp_path / "bak" / "members" / f"m{i}")[0].state_dict() for i in range(2)]
+    warm_rm, tok = load_reward_model(tmp_path / "bak" / "warm")
+    warm = warm_rm.state_dict()
+    assert warm.keys() == members[0].keys()
+    for k, v in warm.items():
+        torch.testing.assert_close(v, (members[0][k] + members[1][k]) / 2, rtol=1e-6, atol=1e-7, msg=k)
+    assert any(not torch.equal(members[0][k], members[1][k]) for k in warm)
+    enc = encode_pairs(tok, evals["held_out"], _cfgs(1)[0].max_len)
+    with torch.no_grad():
+        s = score_features(warm_rm.eval(), precompute(warm_rm, enc.chosen + enc.rejected, 0), 0)
+    n = len(evals["held_out"])
+    assert bak["warm"]["held_out"]["accuracy"] == pytest.approx(pair_accuracy(s[:n], s[n:]))
     assert json.loads((tmp_path / "bak" / "results.json").read_text())["member_configs"][1]["init"] == str(ckpts[1])
     with pytest.raises(ConfigError, match="features of another split"):
         run_warm(str(tiny_llama), _pairs(20), evals, _cfgs(1), tmp_path / "x", use_merge=False, feature_cache=cache)

@@ -106,12 +106,21 @@ def test_training_learns_separable_pairs(rm_and_tok: tuple) -> None:
     assert not any(p.requires_grad for p in rm.backbone.layers[0].parameters())
 
 
-def test_save_load_and_averaging_identical_models(rm_and_tok: tuple, tmp_path: Path) -> None:
+def test_save_load_and_averaging_two_models(rm_and_tok: tuple, tmp_path: Path) -> None:
+    """The WARM average (linear merge of the backbones + mean head) scores as the model whose every
+    tensor is the mean of the two, built here in memory from their state dicts."""
+    import copy
+
     from lmbricks.merge import merge
 
     rm, tok = rm_and_tok
+    other = copy.deepcopy(rm)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in [*other.backbone.layers[-1].parameters(), other.head.weight]:
+            p.add_(torch.randn(p.shape, generator=g) * 0.1)
     a = save_reward_model(rm, tmp_path / "a", tok)
-    b = save_reward_model(rm, tmp_path / "b", tok)
+    b = save_reward_model(other, tmp_path / "b", tok)
     seqs = [torch.tensor(tok(t)["input_ids"]) for t in ("hello there", "def main(): return 1")]
     ref = score_features(rm, precompute(rm, seqs, 0), 0)
     loaded, _ = load_reward_model(a)
@@ -121,4 +130,9 @@ def test_save_load_and_averaging_identical_models(rm_and_tok: tuple, tmp_path: P
     merge(recipe, tmp_path / "avg")
     average_heads([a, b], tmp_path / "avg")
     avg, _ = load_reward_model(tmp_path / "avg")
-    torch.testing.assert_close(score_features(avg, precompute(avg, seqs, 0), 0), ref, atol=1e-6, rtol=1e-6)
+    mean = copy.deepcopy(rm)
+    sa, sb = rm.state_dict(), other.state_dict()
+    mean.load_state_dict({k: (sa[k] + sb[k]) / 2 for k in sa})
+    want = score_features(mean, precompute(mean, seqs, 0), 0)
+    assert not torch.allclose(want, ref, atol=1e-3)
+    torch.testing.assert_close(score_features(avg, precompute(avg, seqs, 0), 0), want, atol=1e-5, rtol=1e-5)

@@ -59,6 +59,8 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path: Path, corpus: Path) -> N
     assert losses(run) == losses(ref)  # exact float equality, every step
     steps_logged = [json.loads(x)["step"] for x in (run / "log.jsonl").read_text().splitlines()]
     assert steps_logged == list(range(1, steps + 1))
-    ema_ref = (ref / "ema" / "model.safetensors").read_bytes() if (ref / "ema" / "model.safetensors").exists() else None
-    if ema_ref is not None:
-        assert (run / "ema" / "model.safetensors").read_bytes() == ema_ref
+    # EMA is configured: both runs must have written it, and the resumed one byte for byte the same
+    ema_ref, ema_run = ref / "ema" / "model.safetensors", run / "ema" / "model.safetensors"
+    assert ema_ref.exists(), f"ema_decay is set but {ema_ref} was not written"
+    assert ema_run.exists(), f"ema_decay is set but the resumed run wrote no {ema_run}"
+    assert ema_run.read_bytes() == ema_ref.read_bytes()

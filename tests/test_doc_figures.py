@@ -1,0 +1,49 @@
+"""Figures quoted in docs/ equal the committed JSON of the run behind them (docs/bench/*.json)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def _table_rows(text: str, header: str) -> dict[str, list[str]]:
+    """``{first cell: other cells}`` of the Markdown table whose header row starts with ``header``."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    rows = {}
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0].strip("`")] = cells[1:]
+    return rows
+
+
+def _figure(cell: str) -> float:
+    """The leading number of a cell such as ``1.32x (21.6 vs 28.5 ms)`` or ``+180%`` (as a fraction)."""
+    m = re.match(r"([+-]?\d+(?:\.\d+)?)(x|%)", cell)
+    assert m, cell
+    value = float(m.group(1))
+    return value / 100 if m.group(2) == "%" else value
+
+
+def test_emergent_bricks_session4_table_equals_its_json() -> None:
+    text = (DOCS / "emergent-bricks.md").read_text(encoding="utf-8")
+    assert "(bench/moefy-session4-2026-11-23.json)" in text
+    run = json.loads((DOCS / "bench" / "moefy-session4-2026-11-23.json").read_text())
+    rows = _table_rows(text, "| key | session 3 | session 4 |")
+    assert len(rows) == 7
+    for key, cells in rows.items():
+        # ratios are quoted to 2 decimals, percentages to whole percent: either is within 0.005
+        assert _figure(cells[1]) == pytest.approx(run[key], abs=0.005 + 1e-9), (key, cells[1], run[key])
+
+
+def test_emergent_bricks_quotes_no_best_of_runs_in_bold() -> None:
+    text = (DOCS / "emergent-bricks.md").read_text(encoding="utf-8")
+    assert "**1.62x**" not in text
+    assert "median of the three: 1.32x" in text
