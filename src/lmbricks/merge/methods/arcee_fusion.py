@@ -1,0 +1,111 @@
+"""Arcee Fusion: keep the other model's changes only where they matter most.
+
+Importance of each entry: ``|θ1 - θ0|`` times the KL divergence between ``softmax(θ1)`` and
+``softmax(θ0)`` along the last axis (per row; a 1-D tensor is one row). Entries whose importance
+reaches ``median + 1.5 · (q3 - q1)`` (an outlier fence over the tensor's importances) take θ1's
+value, the others keep the base's. The quantiles are exact order statistics (``sorted[int(q·(n-1))]``),
+found by selection; the KL row factors and the fence are whole-tensor statistics, the mask is applied
+block by block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lmbricks.merge.registry import ChunkedForm, bind, register_method
+from lmbricks.merge.sparsify import kth_smallest
+from lmbricks.merge.task_vectors import row_blocks
+
+_NAME = "arcee_fusion"
+_KL_EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class FusionState:
+    """The KL factor of every row (``(rows, ..., 1)``; 0-d for a 1-D tensor) and the importance fence."""
+
+    kl: torch.Tensor
+    threshold: float
+
+
+def row_kl(tuned: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    """``Σ p log(p/q)`` along the last axis, ``p = softmax(θ1) + 1e-8``, ``q = softmax(θ0) + 1e-8`` (fp32, kept dim)."""
+    p = torch.softmax(tuned.float(), dim=-1) + _KL_EPS
+    q = torch.softmax(base.float(), dim=-1) + _KL_EPS
+    return torch.sum(p * torch.log(p / q), dim=-1, keepdim=True)
+
+
+def fence(values: torch.Tensor) -> float:
+    """``median + 1.5 · (q3 - q1)`` of a flat fp32 tensor, quantile ``q`` = the element of rank
+    ``int(q · (n - 1))`` (0-based), computed in fp32."""
+    n = values.numel()
+    q1, med, q3 = (torch.tensor(kth_smallest(values, int(q * (n - 1)) + 1)) for q in (0.25, 0.5, 0.75))
+    return float(med + 1.5 * (q3 - q1))
+
+
+def fusion_prepare(base: torch.Tensor, tensors: Sequence[torch.Tensor], **given: Any) -> FusionState:
+    """The KL factor of every row, then the fence over all importances (scratch: one fp32 copy).
+
+    Raises:
+        MergeError: an argument arcee_fusion does not take.
+    """
+    bind(_NAME, (), given, len(tensors))
+    tuned = tensors[0]
+    if base.dim() <= 1:
+        kl = row_kl(tuned.reshape(-1), base.reshape(-1)).reshape(())
+        importance = (tuned.float().reshape(-1) - base.float().reshape(-1)).abs_() * kl
+        return FusionState(kl, fence(importance))
+    kl = torch.empty(*base.shape[:-1], 1, dtype=torch.float32)
+    importance = torch.empty(base.numel(), dtype=torch.float32)
+    per_row = base[0].numel()
+    for r0, r1 in row_blocks(base.shape):
+        kl[r0:r1] = row_kl(tuned[r0:r1], base[r0:r1])
+        blk = (tuned[r0:r1].float() - base[r0:r1].float()).abs_() * kl[r0:r1]
+        importance[r0 * per_row : r1 * per_row] = blk.reshape(-1)
+    return FusionState(kl, fence(importance))
+
+
+def fusion_apply(
+    base: torch.Tensor, tensors: Sequence[torch.Tensor], *, state: FusionState, offset: int, **given: Any
+) -> torch.Tensor:
+    """θ0 + (θ1 - θ0) · [importance >= fence] on one row block at flat ``offset``.
+
+    Raises:
+        MergeError: an argument arcee_fusion does not take.
+    """
+    bind(_NAME, (), given, len(tensors))
+    kl = state.kl
+    if kl.dim() > 0:
+        r0 = offset // max(1, base[0].numel())
+        kl = kl[r0 : r0 + base.shape[0]]
+    b = base.float()
+    delta = tensors[0].float() - b
+    keep = delta.abs() * kl >= state.threshold
+    return b + delta * keep
+
+
+def arcee_fusion(base: torch.Tensor, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Fuse one model into the base where its changes are important (see the module docstring).
+
+    Args:
+        base: θ0, shape ``S``.
+        tensors: exactly one tensor θ1, shape ``S``, any float dtype.
+
+    Returns:
+        fp32 tensor of shape ``S``.
+    """
+    return fusion_apply(base, tensors, state=fusion_prepare(base, tensors), offset=0)
+
+
+register_method(
+    name=_NAME,
+    reference="https://github.com/arcee-ai/mergekit/blob/main/mergekit/merge_methods/arcee_fusion.py",
+    formula="I = |θ1-θ0| · KL(softmax θ1 || softmax θ0) per row; τ = median(I) + 1.5 (q3(I) - q1(I)); "
+    "θ = θ0 + (θ1-θ0)·[I >= τ]",
+    max_models=1,
+    chunked=ChunkedForm(fusion_prepare, fusion_apply),
+)(arcee_fusion)
