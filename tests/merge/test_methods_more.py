@@ -169,6 +169,14 @@ def test_ramplus_boosts_unique_entries_by_the_shared_ratio() -> None:
     torch.testing.assert_close(out, torch.tensor([lam1, lam1, lam1, 3.0, lam2, 0.0]))
 
 
+def test_ramplus_with_epsilon_zero_and_no_unique_entries_stays_finite() -> None:
+    # found by tests/reliability/test_merge_fuzz.py: shared / max(unique, ε) divided by zero
+    base, ft = torch.zeros(4), torch.tensor([1.0, 2.0, 0.0, 3.0])
+    out = _fn("ramplus_tl")(base, [ft, ft.clone()], epsilon=0.0)
+    torch.testing.assert_close(out, ft)  # every entry shared by both: their mean
+    assert _fn("ramplus_tl")(base, [base.clone(), base.clone()], epsilon=0.0).eq(0).all()
+
+
 # -- nearswap --------------------------------------------------------------------------------------
 
 

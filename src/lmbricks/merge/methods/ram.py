@@ -81,8 +81,17 @@ class RamPlusState:
 
 
 def ramplus_boost(counts: Sequence[tuple[int, int]], r: float, alpha: float, epsilon: float) -> list[float]:
-    """``λi = 1 + r · clamp(shared_i / max(unique_i, ε), 0, α)`` from each model's (shared, unique) counts."""
-    return [1 + r * min(max(s / max(u, epsilon), 0.0), alpha) for s, u in counts]
+    """``λi = 1 + r · clamp(shared_i / max(unique_i, ε), 0, α)`` from each model's (shared, unique) counts.
+
+    With ``ε = 0`` and no unique entries the ratio is its limit (α if anything is shared, else 0);
+    ``λi`` then multiplies nothing.
+    """
+    out = []
+    for s, u in counts:
+        d = max(u, epsilon)
+        ratio = s / d if d > 0 else (alpha if s > 0 else 0.0)
+        out.append(1 + r * min(max(ratio, 0.0), alpha))
+    return out
 
 
 def ramplus_prepare(base: torch.Tensor, tensors: Sequence[torch.Tensor], **given: Any) -> RamPlusState:
