@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
+from lmbricks.merge.methods.streaming import flat_statistic, on_whole_tensor
 from lmbricks.merge.registry import ChunkedForm, bind, register_method
 from lmbricks.merge.sparsify import kth_smallest
-from lmbricks.merge.task_vectors import row_blocks
 
 _NAME = "arcee_fusion"
 _KL_EPS = 1e-8
@@ -55,18 +55,20 @@ def fusion_prepare(base: torch.Tensor, tensors: Sequence[torch.Tensor], **given:
     """
     bind(_NAME, (), given, len(tensors))
     tuned = tensors[0]
-    if base.dim() <= 1:
-        kl = row_kl(tuned.reshape(-1), base.reshape(-1)).reshape(())
-        importance = (tuned.float().reshape(-1) - base.float().reshape(-1)).abs_() * kl
-        return FusionState(kl, fence(importance))
-    kl = torch.empty(*base.shape[:-1], 1, dtype=torch.float32)
-    importance = torch.empty(base.numel(), dtype=torch.float32)
-    per_row = base[0].numel()
-    for r0, r1 in row_blocks(base.shape):
-        kl[r0:r1] = row_kl(tuned[r0:r1], base[r0:r1])
-        blk = (tuned[r0:r1].float() - base[r0:r1].float()).abs_() * kl[r0:r1]
-        importance[r0 * per_row : r1 * per_row] = blk.reshape(-1)
-    return FusionState(kl, fence(importance))
+    if base.dim() <= 1:  # one vector: one KL factor over all of it
+        b, t = base.reshape(-1), tuned.reshape(-1)
+        kl = row_kl(t, b).reshape(())
+    else:
+        b, t = base, tuned
+        kl = torch.empty(*base.shape[:-1], 1, dtype=torch.float32)
+
+    def importance(r0: int, r1: int) -> torch.Tensor:
+        if kl.dim() == 0:
+            return (t[r0:r1].float() - b[r0:r1].float()).abs_() * kl
+        kl[r0:r1] = row_kl(t[r0:r1], b[r0:r1])
+        return (t[r0:r1].float() - b[r0:r1].float()).abs_() * kl[r0:r1]
+
+    return FusionState(kl, fence(flat_statistic(b.shape, importance)))
 
 
 def fusion_apply(
@@ -98,7 +100,7 @@ def arcee_fusion(base: torch.Tensor, tensors: Sequence[torch.Tensor]) -> torch.T
     Returns:
         fp32 tensor of shape ``S``.
     """
-    return fusion_apply(base, tensors, state=fusion_prepare(base, tensors), offset=0)
+    return on_whole_tensor(fusion_prepare, fusion_apply, base, tensors)
 
 
 register_method(

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from lmbricks.merge.methods.coefficients import gram, weighted_sum
+from lmbricks.merge.methods.streaming import gram, on_whole_tensor, weighted_sum
 from lmbricks.merge.registry import ChunkedForm, Param, bind, register_method
 
 _NAME = "karcher"
@@ -131,8 +131,7 @@ def karcher(
     Returns:
         fp32 tensor of shape ``S``.
     """
-    kw: dict[str, Any] = {"max_iter": max_iter, "tol": tol}
-    return apply(base, tensors, state=prepare(base, tensors, **kw), offset=0, **kw)
+    return on_whole_tensor(prepare, apply, base, tensors, max_iter=max_iter, tol=tol)
 
 
 register_method(

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from lmbricks.errors import MergeError
-from lmbricks.merge.methods.coefficients import gram, weighted_sum
 from lmbricks.merge.methods.linear import WEIGHT
+from lmbricks.merge.methods.streaming import gram, on_whole_tensor, weighted_sum
 from lmbricks.merge.registry import ChunkedForm, Param, bind, register_method
 from lmbricks.merge.task_vectors import row_blocks
 
@@ -170,8 +170,8 @@ def nuslerp(
     Returns:
         fp32 tensor of shape ``S``.
     """
-    kw: dict[str, Any] = {"weight": weight, "nuslerp_row_wise": nuslerp_row_wise, "nuslerp_flatten": nuslerp_flatten}
-    return apply(base, tensors, state=prepare(base, tensors, **kw), offset=0, **kw)
+    return on_whole_tensor(prepare, apply, base, tensors, weight=weight, nuslerp_row_wise=nuslerp_row_wise,
+                           nuslerp_flatten=nuslerp_flatten)  # fmt: skip
 
 
 register_method(

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from lmbricks.merge.methods.streaming import on_whole_tensor
 from lmbricks.merge.registry import ChunkedForm, Param, bind, blockwise, register_method
 from lmbricks.merge.task_vectors import row_blocks
 
@@ -147,8 +148,7 @@ def ramplus_tl(
     Returns:
         fp32 tensor of shape ``S``.
     """
-    kw: dict[str, Any] = {"r": r, "alpha": alpha, "epsilon": epsilon}
-    return ramplus_apply(base, tensors, state=ramplus_prepare(base, tensors, **kw), offset=0, **kw)
+    return on_whole_tensor(ramplus_prepare, ramplus_apply, base, tensors, r=r, alpha=alpha, epsilon=epsilon)
 
 
 register_method(

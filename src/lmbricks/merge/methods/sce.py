@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from lmbricks.merge.methods.streaming import flat_statistic, on_whole_tensor
 from lmbricks.merge.registry import ChunkedForm, Param, bind, register_method
 from lmbricks.merge.sparsify import RankWindow, rank_window
 from lmbricks.merge.task_vectors import row_blocks
@@ -74,12 +75,7 @@ def sce_prepare(base: torch.Tensor, tensors: Sequence[torch.Tensor], **given: An
     b, xs = _flat(base), [_flat(t) for t in tensors]
     window = None
     if topk < 1:
-        var = torch.empty(b.numel(), dtype=torch.float32)
-        per_row = max(1, b[0].numel()) if b.dim() > 1 else 1
-        for r0, r1 in row_blocks(b.shape):
-            var[r0 * per_row : r1 * per_row] = (
-                _deltas(b[r0:r1], [x[r0:r1] for x in xs]).var(0, unbiased=False).reshape(-1)
-            )
+        var = flat_statistic(b.shape, lambda r0, r1: _deltas(b[r0:r1], [x[r0:r1] for x in xs]).var(0, unbiased=False))
         n = var.numel()
         keep = int(int(torch.count_nonzero(var)) * topk)
         window = _KEEP_NONE if keep == 0 else rank_window(var, n - keep, n)
@@ -125,8 +121,7 @@ def sce(
     Returns:
         fp32 tensor of shape ``S``.
     """
-    kw: dict[str, Any] = {"select_topk": select_topk, "int8_mask": int8_mask}
-    return sce_apply(base, tensors, state=sce_prepare(base, tensors, **kw), offset=0, **kw)
+    return on_whole_tensor(sce_prepare, sce_apply, base, tensors, select_topk=select_topk, int8_mask=int8_mask)
 
 
 register_method(

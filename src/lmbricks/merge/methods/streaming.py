@@ -1,13 +1,15 @@
-"""Pieces shared by the methods whose result is a combination of the inputs with computed coefficients.
+"""Pieces shared by the methods with a chunked form (a statistics pass, then row blocks).
 
 nuslerp and karcher reduce each tensor to a few dot products (one streaming pass over row blocks,
 accumulated in float64), compute coefficients from them, and then write ``θ0 + Σ ci (θi - θ0)`` (or
-``Σ ci θi`` without a base) block by block, through the fused kernels where they apply.
+``Σ ci θi`` without a base) block by block, through the fused kernels where they apply. sce and
+arcee_fusion rank a per-entry statistic computed block by block into one flat fp32 tensor.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -66,3 +68,42 @@ def gram(tensors: Sequence[torch.Tensor], base: torch.Tensor | None = None) -> t
             rows -= b[r0:r1].reshape(1, -1).double()
         g += rows @ rows.T
     return g
+
+
+def on_whole_tensor(
+    prepare: Callable[..., Any],
+    apply: Callable[..., torch.Tensor],
+    base: torch.Tensor | None,
+    tensors: Sequence[torch.Tensor],
+    **params: Any,
+) -> torch.Tensor:
+    """A method's result on whole tensors from its chunked form: ``apply(prepare(...))`` at offset 0.
+
+    Args:
+        prepare, apply: the two halves of the method's :class:`~lmbricks.merge.registry.ChunkedForm`.
+        base: θ0 or None.
+        tensors: the inputs.
+        **params: the method's parameters, passed to both halves (which check them).
+
+    Returns:
+        fp32 tensor shaped like the inputs.
+    """
+    return apply(base, tensors, state=prepare(base, tensors, **params), offset=0, **params)
+
+
+def flat_statistic(shape: torch.Size, block_fn: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
+    """A per-entry statistic of a tensor, computed row block by row block into one flat fp32 tensor.
+
+    Args:
+        shape: the tensor's shape (1-D and 0-D tensors are one block of entries).
+        block_fn: ``(r0, r1) -> statistic of rows r0:r1`` (any shape with ``(r1 - r0) · row`` entries).
+
+    Returns:
+        fp32 tensor of ``shape.numel()`` entries, in flat (row-major) order.
+    """
+    flat_shape = torch.Size([shape.numel()]) if len(shape) <= 1 else shape
+    out = torch.empty(shape.numel(), dtype=torch.float32)
+    per_row = int(flat_shape[1:].numel()) if len(flat_shape) > 1 else 1
+    for r0, r1 in row_blocks(flat_shape):
+        out[r0 * per_row : r1 * per_row] = block_fn(r0, r1).reshape(-1)
+    return out
