@@ -47,8 +47,11 @@ def fence(values: torch.Tensor) -> float:
     return float(med + 1.5 * (q3 - q1))
 
 
-def fusion_prepare(base: torch.Tensor, tensors: Sequence[torch.Tensor], **given: Any) -> FusionState:
+def fusion_prepare(base: torch.Tensor, tensors: Sequence[torch.Tensor], **given: Any) -> list[FusionState]:
     """The KL factor of every row, then the fence over all importances (scratch: one fp32 copy).
+
+    Returns a list with one state (the executor's per-input protocol: its per-input statistics pass
+    is then the only one).
 
     Raises:
         MergeError: an argument arcee_fusion does not take.
@@ -68,11 +71,11 @@ def fusion_prepare(base: torch.Tensor, tensors: Sequence[torch.Tensor], **given:
         kl[r0:r1] = row_kl(t[r0:r1], b[r0:r1])
         return (t[r0:r1].float() - b[r0:r1].float()).abs_() * kl[r0:r1]
 
-    return FusionState(kl, fence(flat_statistic(b.shape, importance)))
+    return [FusionState(kl, fence(flat_statistic(b.shape, importance)))]
 
 
 def fusion_apply(
-    base: torch.Tensor, tensors: Sequence[torch.Tensor], *, state: FusionState, offset: int, **given: Any
+    base: torch.Tensor, tensors: Sequence[torch.Tensor], *, state: list[FusionState], offset: int, **given: Any
 ) -> torch.Tensor:
     """θ0 + (θ1 - θ0) · [importance >= fence] on one row block at flat ``offset``.
 
@@ -80,13 +83,14 @@ def fusion_apply(
         MergeError: an argument arcee_fusion does not take.
     """
     bind(_NAME, (), given, len(tensors))
-    kl = state.kl
+    (only,) = state
+    kl = only.kl
     if kl.dim() > 0:
         r0 = offset // max(1, base[0].numel())
         kl = kl[r0 : r0 + base.shape[0]]
     b = base.float()
     delta = tensors[0].float() - b
-    keep = delta.abs() * kl >= state.threshold
+    keep = delta.abs() * kl >= only.threshold
     return b + delta * keep
 
 
