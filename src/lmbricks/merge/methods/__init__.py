@@ -2,10 +2,16 @@
 importing this package registers them all."""
 
 from lmbricks.merge.methods import (  # noqa: F401
+    arcee_fusion,
+    karcher,
     linear,
     model_stock,
     multislerp,
+    nearswap,
+    nuslerp,
     passthrough,
+    ram,
+    sce,
     slerp,
     task_arithmetic,
 )
