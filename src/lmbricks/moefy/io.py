@@ -34,7 +34,7 @@ from lmbricks.checkpoint import (
 from lmbricks.errors import CheckpointError
 from lmbricks.moefy.config import MoefyConfig
 from lmbricks.moefy.convert import _parent, moefied_layers
-from lmbricks.moefy.routers import CentroidRouter, LinearRouter, MLPRouter
+from lmbricks.moefy.routers import CentroidRouter, LinearRouter, MLPRouter, MoefiedRouter
 from lmbricks.moefy.runtime import MoefiedFFN
 
 ROUTER_FILE = "moefy.safetensors"
@@ -114,7 +114,7 @@ def save_moefied(
             command=command,
             recipe=config.model_dump(),
             inputs={"model": source} if source is not None and Path(source).exists() else {},
-            bricks={"experts_per_layer": layers[0].n_experts, "layers": len(layers), "router": config.router},
+            bricks={"experts_per_layer": layers[0].num_experts, "layers": len(layers), "router": config.router},
         )
     return Path(out).expanduser().absolute()
 
@@ -123,7 +123,7 @@ def _section(model: nn.Module, layers: list[MoefiedFFN], config: MoefyConfig) ->
     """config.json's ``lmbricks`` section: kind, experts, routing defaults, layer names, the settings."""
     return {
         "kind": KIND,
-        "experts": layers[0].n_experts,
+        "experts": layers[0].num_experts,
         "expert_size": layers[0].expert_size,
         "top_k": layers[0].top_k,
         "router": config.router,
@@ -190,7 +190,7 @@ def load_moefied(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[
     for i, block in enumerate(blocks):
         assert block.gate is not None
         experts = int(section["experts"])
-        router: nn.Module | None = None
+        router: MoefiedRouter | None = None
         prefix = f"layers.{i}.router."
         state = {k[len(prefix) :]: v for k, v in extra.items() if k.startswith(prefix)}
         if section["router"] == "centroid":

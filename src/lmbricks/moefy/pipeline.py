@@ -333,7 +333,7 @@ def measure_moefied(
     layers = moefied_layers(model)
     middle = len(layers) // 2
     ffn = layers[middle]
-    timed = [*ks, ffn.n_experts]
+    timed = [*ks, ffn.num_experts]
     timing = time_ffn(DenseFFN.of(ffn), ffn, ffn.hidden_size, timed, tokens=tokens, rounds=rounds)
     dense = result.dense_ppl
     return MoefyMeasures(
@@ -346,6 +346,6 @@ def measure_moefied(
         ffn_speedup={k: timing[f"K={k}_speedup"] for k in timed},
         ffn_dense_ms=timing["dense_ms"],
         timed_layer=middle,
-        neurons=ffn.n_experts * ffn.expert_size,
+        neurons=ffn.num_experts * ffn.expert_size,
         expert_size=ffn.expert_size,
     )

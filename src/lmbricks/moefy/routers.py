@@ -1,5 +1,12 @@
 """Routers of a MoEfied FFN: score experts from the FFN input, choose top-K or a dynamic K.
 
+Every router is a :class:`MoefiedRouter`, in the vocabulary of :class:`lmbricks.moe.routers.Router`:
+``num_experts``, ``hidden_size``, ``top_k``, ``logits(x)`` (T, E) and ``forward(x, mask) ->
+RouterOutput``, whose slots come from a selection rule (:mod:`lmbricks.moefy.selection`): the
+top ``top_k`` scores, or with ``dynamic_threshold`` the fewest experts whose predicted mass share
+(the softmax of the scores) reaches it. Selected experts are summed with weight 1: the weights are
+1, with the gradient of ``sigmoid(score)`` when the router learns (healing's straight-through gate).
+
 * :class:`CentroidRouter` (no training, MoEfication's similarity router): expert e's score is
   ``x . c_e`` with ``c_e`` the mean of the expert's L2-normalised gate rows.
 * :class:`LinearRouter`: ``x W^T + b`` fitted in closed form (:func:`fit_linear_router`) by ridge
@@ -13,7 +20,9 @@
 * The oracle is not a module: the experts whose true outputs are largest
   (:func:`expert_output_norms`), used for evaluation and as the MLP router's training target.
 
-Selected experts are summed with weight 1; the scores only choose them.
+They are not subclasses of the ``moe`` package's ``Router``: that class is a bias-free linear gate
+(E, H) built in its constructor, which the MLP and linear routers are not; their parameter names
+(``centroids``, ``proj.*``, ``inp.*`` / ``out.*``) are the keys of saved MoEfied directories.
 """
 
 from __future__ import annotations
@@ -24,42 +33,119 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import override
 
 from lmbricks.errors import ConfigError
+from lmbricks.moe.types import RouterOutput
+from lmbricks.moefy.selection import dynamic_mask, share_slots, top_k_slots, topk_mask
+
+__all__ = [
+    "CentroidRouter",
+    "LinearRouter",
+    "MLPRouter",
+    "MoefiedRouter",
+    "dynamic_mask",
+    "expert_mass",
+    "expert_output_norms",
+    "fit_linear_router",
+    "topk_mask",
+    "train_mlp_router",
+]
 
 
-class CentroidRouter(nn.Module):
+class MoefiedRouter(nn.Module):
+    """Scores experts (subclasses implement :meth:`logits`) and selects them by a rule.
+
+    Args:
+        hidden_size: H, the FFN input width.
+        num_experts: E.
+        top_k: experts per token (the top-k rule).
+        dynamic_threshold: if set, the dynamic-K rule: per token the fewest experts whose share of
+            ``softmax(logits)`` reaches it (``top_k`` is then ignored).
+    """
+
+    def __init__(
+        self, hidden_size: int, num_experts: int, top_k: int = 1, dynamic_threshold: float | None = None
+    ) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.num_experts = num_experts
+        self.top_k = top_k
+        self.dynamic_threshold = dynamic_threshold
+
+    def logits(self, x: Tensor) -> Tensor:
+        """(T, H) -> (T, E) fp32 scores (computed in the router's or the input's dtype)."""
+        raise NotImplementedError
+
+    @override
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> RouterOutput:
+        """Select experts for every token.
+
+        Args:
+            x: (T, H) FFN inputs.
+            mask: unused (token choice is per token; kept for the ``Router`` signature).
+
+        Returns:
+            RouterOutput: ``indices`` (T, k) best-scored first; ``mask`` (T, k) for dynamic K (None
+            for top-k); ``weights`` (T, k) exactly 1 where routed (0 where not), with the gradient
+            of ``sigmoid(logit)`` (a straight-through gate); ``logits`` (T, E); ``probs`` (T, E)
+            their softmax.
+        """
+        logits = self.logits(x)  # (T, E) fp32
+        probs = logits.softmax(dim=-1)
+        slots: Tensor | None = None
+        if self.dynamic_threshold is not None:
+            indices, slots = share_slots(probs, self.dynamic_threshold)
+        else:
+            indices = top_k_slots(logits, self.top_k)
+        if logits.requires_grad:  # learning (healing): a straight-through gate
+            soft = logits.gather(1, indices).sigmoid()  # (T, k)
+            weights = (soft - soft.detach()) + 1.0  # exactly 1, with the gradient of sigmoid(score)
+        else:
+            weights = torch.ones(indices.shape, device=logits.device)
+        if slots is not None:
+            weights = weights * slots
+        return RouterOutput(weights=weights, indices=indices, logits=logits, probs=probs, mask=slots)
+
+
+class CentroidRouter(MoefiedRouter):
     """Scores ``x @ centroids.T``.
 
     Args:
         centroids: (E, H) one vector per expert.
+        top_k: experts per token.
+        dynamic_threshold: see :class:`MoefiedRouter`.
     """
 
-    def __init__(self, centroids: Tensor) -> None:
-        super().__init__()
+    def __init__(self, centroids: Tensor, top_k: int = 1, dynamic_threshold: float | None = None) -> None:
+        super().__init__(centroids.shape[1], centroids.shape[0], top_k, dynamic_threshold)
         self.centroids = nn.Parameter(centroids.float().clone())
 
     @classmethod
-    def from_rows(cls, rows: Tensor, n_experts: int) -> CentroidRouter:
+    def from_rows(cls, rows: Tensor, num_experts: int) -> CentroidRouter:
         """Centroids of the L2-normalised routing rows (I, H), experts being consecutive blocks."""
         unit = F.normalize(rows.float(), dim=1)
-        return cls(unit.view(n_experts, -1, unit.shape[1]).mean(1))
+        return cls(unit.view(num_experts, -1, unit.shape[1]).mean(1))
 
-    def forward(self, x: Tensor) -> Tensor:
-        """(N, H) -> (N, E) scores."""
-        return x @ self.centroids.T.to(x.dtype)
+    @override
+    def logits(self, x: Tensor) -> Tensor:
+        """(N, H) -> (N, E) scores, computed in the input's dtype."""
+        return (x @ self.centroids.T.to(x.dtype)).float()
 
 
-class LinearRouter(nn.Module):
+class LinearRouter(MoefiedRouter):
     """``Linear(H, E)``: scores are predicted log output norms of the experts."""
 
-    def __init__(self, hidden_size: int, n_experts: int) -> None:
-        super().__init__()
-        self.proj = nn.Linear(hidden_size, n_experts)
+    def __init__(
+        self, hidden_size: int, num_experts: int, top_k: int = 1, dynamic_threshold: float | None = None
+    ) -> None:
+        super().__init__(hidden_size, num_experts, top_k, dynamic_threshold)
+        self.proj = nn.Linear(hidden_size, num_experts)
 
-    def forward(self, x: Tensor) -> Tensor:
+    @override
+    def logits(self, x: Tensor) -> Tensor:
         """(N, H) -> (N, E) scores."""
-        return self.proj(x)
+        return self.proj(x).float()
 
 
 def fit_linear_router(x: Tensor, target: Tensor, ridge: float = 0.1) -> LinearRouter:
@@ -86,32 +172,40 @@ def fit_linear_router(x: Tensor, target: Tensor, ridge: float = 0.1) -> LinearRo
     return router.eval()
 
 
-class MLPRouter(nn.Module):
+class MLPRouter(MoefiedRouter):
     """``Linear(H, hidden) -> tanh -> Linear(hidden, E)``; outputs are logits of "expert is needed"."""
 
-    def __init__(self, hidden_size: int, n_experts: int, hidden: int = 256) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        hidden_size: int,
+        num_experts: int,
+        hidden: int = 256,
+        top_k: int = 1,
+        dynamic_threshold: float | None = None,
+    ) -> None:
+        super().__init__(hidden_size, num_experts, top_k, dynamic_threshold)
         self.inp = nn.Linear(hidden_size, hidden)
-        self.out = nn.Linear(hidden, n_experts)
+        self.out = nn.Linear(hidden, num_experts)
 
-    def forward(self, x: Tensor) -> Tensor:
+    @override
+    def logits(self, x: Tensor) -> Tensor:
         """(N, H) -> (N, E) logits."""
-        return self.out(torch.tanh(self.inp(x)))
+        return self.out(torch.tanh(self.inp(x))).float()
 
 
-def expert_mass(a: Tensor, down_norms: Tensor, n_experts: int) -> Tensor:
+def expert_mass(a: Tensor, down_norms: Tensor, num_experts: int) -> Tensor:
     """Per-token activation mass of each expert, ``sum_{i in e} |a_i| * ||W_down[:, i]||``.
 
     Args:
         a: (N, I) intermediate activations in expert order (consecutive blocks of I / E).
         down_norms: (I,) column norms of the (permuted) down projection.
-        n_experts: E.
+        num_experts: E.
 
     Returns:
         (N, E) fp32.
     """
     m = a.float().abs() * down_norms.to(a.device, torch.float32)
-    return m.view(*m.shape[:-1], n_experts, -1).sum(-1)
+    return m.view(*m.shape[:-1], num_experts, -1).sum(-1)
 
 
 def expert_output_norms(a: Tensor, w_down: Tensor) -> Tensor:
@@ -131,33 +225,6 @@ def expert_output_norms(a: Tensor, w_down: Tensor) -> Tensor:
     e, n, _ = w_down.shape
     parts = torch.bmm(a.float().reshape(-1, e, n).transpose(0, 1), w_down.float())  # (E, N, H)
     return parts.norm(dim=-1).T.contiguous()
-
-
-def topk_mask(scores: Tensor, k: int) -> Tensor:
-    """(N, E) bool mask of the ``k`` highest scores per token."""
-    if not 1 <= k <= scores.shape[-1]:
-        raise ConfigError(f"top_k must be in [1, {scores.shape[-1]}], got {k}")
-    idx = scores.topk(k, dim=-1).indices
-    return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device).scatter_(-1, idx, True)
-
-
-def dynamic_mask(probs: Tensor, threshold: float, min_k: int = 1) -> Tensor:
-    """Per token, the fewest experts whose share of the predicted mass reaches ``threshold``.
-
-    Args:
-        probs: (N, E) non-negative predicted mass (e.g. the softmax of the router's scores).
-        threshold: share in (0, 1].
-        min_k: at least this many experts.
-
-    Returns:
-        (N, E) bool mask.
-    """
-    share = probs / probs.sum(-1, keepdim=True).clamp_min(1e-12)
-    sorted_share, order = share.sort(-1, descending=True)
-    before = sorted_share.cumsum(-1) - sorted_share  # mass of the experts ranked above
-    keep_sorted = before < threshold
-    keep_sorted[..., :min_k] = True
-    return torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
 
 
 def train_mlp_router(
@@ -205,7 +272,7 @@ def train_mlp_router(
     with torch.enable_grad():
         for step in range(steps):
             idx = torch.randint(0, n, (min(batch_size, n),), generator=gen)
-            logits = router(xs[idx])
+            logits = router.logits(xs[idx])
             if objective == "bce":
                 loss = F.binary_cross_entropy_with_logits(logits, labels[idx])
             else:
