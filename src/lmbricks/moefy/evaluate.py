@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lmbricks.analysis.corpus import perplexities
+from lmbricks.analysis.corpus import perplexities, relative_change
 from lmbricks.moefy.convert import mean_fraction, moefied_layers, set_routing
 
 
@@ -39,7 +39,7 @@ class MoefyEval:
 
     def change(self, point: CurvePoint) -> float:
         """Mean relative perplexity change of a point over the domains."""
-        return sum(point.ppl[d] / self.dense_ppl[d] - 1.0 for d in point.ppl) / len(point.ppl)
+        return sum(relative_change(point.ppl, self.dense_ppl).values()) / len(point.ppl)
 
     def find(self, mode: str, top_k: int) -> CurvePoint | None:
         return next((p for p in self.points if p.mode == mode and p.top_k == top_k), None)

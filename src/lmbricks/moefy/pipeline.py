@@ -22,7 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from lmbricks.analysis.corpus import FULL_BUDGET, QUICK_BUDGET, domain_chunks
+from lmbricks.analysis.corpus import FULL_BUDGET, QUICK_BUDGET, domain_chunks, relative_change
 from lmbricks.analysis.ffn import find_ffns
 from lmbricks.checkpoint import check_output
 from lmbricks.data.registry import DEFAULT_DOMAINS
@@ -338,10 +338,10 @@ def measure_moefied(
     dense = result.dense_ppl
     return MoefyMeasures(
         dense_ppl=dense,
-        router_change={p.top_k or 0: {d: p.ppl[d] / dense[d] - 1.0 for d in dense} for p in result.points},
+        router_change={p.top_k or 0: relative_change(p.ppl, dense) for p in result.points},
         router_mean={p.top_k or 0: result.change(p) for p in result.points},
         oracle_k=oracle_k,
-        oracle_change={d: oracle.ppl[d] / dense[d] - 1.0 for d in dense},
+        oracle_change=relative_change(oracle.ppl, dense),
         oracle_mean=result.change(oracle),
         ffn_speedup={k: timing[f"K={k}_speedup"] for k in timed},
         ffn_dense_ms=timing["dense_ms"],
