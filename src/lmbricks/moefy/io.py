@@ -34,7 +34,7 @@ from lmbricks.checkpoint import (
 from lmbricks.errors import CheckpointError
 from lmbricks.moefy.config import MoefyConfig
 from lmbricks.moefy.convert import _parent, moefied_layers
-from lmbricks.moefy.routers import CentroidRouter, LinearRouter, MLPRouter, MoefiedRouter
+from lmbricks.moefy.routers import MOEFY_ROUTERS
 from lmbricks.moefy.runtime import MoefiedFFN
 
 ROUTER_FILE = "moefy.safetensors"
@@ -182,6 +182,9 @@ def load_moefied(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[
     path = Path(path)
     section = read_section(path)
     MoefyConfig(**section["moefy"])  # validates the stored settings
+    entry = MOEFY_ROUTERS.get(section["router"])
+    if entry is None:
+        raise CheckpointError(f"{path}: unknown router {section['router']!r} (known: {', '.join(MOEFY_ROUTERS)})")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
     extra = load_file(str(path / ROUTER_FILE))
     blocks = find_ffns(model)
@@ -190,17 +193,9 @@ def load_moefied(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[
     for i, block in enumerate(blocks):
         assert block.gate is not None
         experts = int(section["experts"])
-        router: MoefiedRouter | None = None
         prefix = f"layers.{i}.router."
         state = {k[len(prefix) :]: v for k, v in extra.items() if k.startswith(prefix)}
-        if section["router"] == "centroid":
-            router = CentroidRouter(state["centroids"])
-        elif section["router"] == "linear":
-            router = LinearRouter(block.hidden, experts)
-            router.load_state_dict(state)
-        elif section["router"] == "mlp":
-            router = MLPRouter(block.hidden, experts, state["inp.weight"].shape[0])
-            router.load_state_dict(state)
+        router = entry.cls.from_state(state, block.hidden, experts)
         ffn = MoefiedFFN.from_dense(
             block.gate.weight.detach(),
             block.up.weight.detach(),

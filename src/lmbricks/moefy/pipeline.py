@@ -33,6 +33,7 @@ from lmbricks.moefy.evaluate import DenseFFN, MoefyEval, ppl_curve, time_ffn, ti
 from lmbricks.moefy.heal import HealConfig, HealStats, heal
 from lmbricks.moefy.io import densify, is_moefied, load_moefied, read_section, save_moefied
 from lmbricks.moefy.reporting import write_moefy_report
+from lmbricks.moefy.routers import MOEFY_ROUTERS
 from lmbricks.nn.load import read_config
 
 Texts = Callable[[str, str], list[str]]
@@ -225,7 +226,7 @@ def evaluate_moefied(
     step = on_step or (lambda _msg: None)
     n, t = QUICK_BUDGET if quick else FULL_BUDGET
     evals = domain_chunks(tokenizer, DEFAULT_DOMAINS, "test", n, t, texts_of)
-    dynamic = DYNAMIC_THRESHOLDS if config.router in ("linear", "mlp") else ()
+    dynamic = DYNAMIC_THRESHOLDS if MOEFY_ROUTERS[config.router].cls.predicts_share else ()
     result = ppl_curve(lm, evals, curve_ks(config), ("oracle", "router"), dynamic, on_step=step)
     step("timing")
     dense, _ = load_hf_model(src)

@@ -20,6 +20,10 @@ top ``top_k`` scores, or with ``dynamic_threshold`` the fewest experts whose pre
 * The oracle is not a module: the experts whose true outputs are largest
   (:func:`expert_output_norms`), used for evaluation and as the MLP router's training target.
 
+Each kind is registered by name (:func:`register_moefy_router`, :data:`MOEFY_ROUTERS`): that is the
+list ``MoefyConfig.router`` accepts, with how the conversion fits the router (``fit``) and how a saved
+directory rebuilds it (``from_state``).
+
 They are not subclasses of the ``moe`` package's ``Router``: that class is a bias-free linear gate
 (E, H) built in its constructor, which the MLP and linear routers are not; their parameter names
 (``centroids``, ``proj.*``, ``inp.*`` / ``out.*``) are the keys of saved MoEfied directories.
@@ -35,15 +39,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lmbricks.errors import ConfigError
-from lmbricks.moe.types import RouterOutput
-from lmbricks.moefy.selection import dynamic_mask, share_slots, top_k_slots, topk_mask
+from lmbricks.errors import CheckpointError, ConfigError
+from lmbricks.moefy.router_base import MOEFY_ROUTERS, MoefiedRouter, RouterFit, register_moefy_router
+from lmbricks.moefy.selection import dynamic_mask, topk_mask
 
 __all__ = [
+    "MOEFY_ROUTERS",
     "CentroidRouter",
     "LinearRouter",
     "MLPRouter",
     "MoefiedRouter",
+    "RouterFit",
+    "register_moefy_router",
     "dynamic_mask",
     "expert_mass",
     "expert_output_norms",
@@ -53,61 +60,7 @@ __all__ = [
 ]
 
 
-class MoefiedRouter(nn.Module):
-    """Scores experts (subclasses implement :meth:`logits`) and selects them by a rule.
-
-    Args:
-        hidden_size: H, the FFN input width.
-        num_experts: E.
-        top_k: experts per token (the top-k rule).
-        dynamic_threshold: if set, the dynamic-K rule: per token the fewest experts whose share of
-            ``softmax(logits)`` reaches it (``top_k`` is then ignored).
-    """
-
-    def __init__(
-        self, hidden_size: int, num_experts: int, top_k: int = 1, dynamic_threshold: float | None = None
-    ) -> None:
-        super().__init__()
-        self.hidden_size = hidden_size
-        self.num_experts = num_experts
-        self.top_k = top_k
-        self.dynamic_threshold = dynamic_threshold
-
-    def logits(self, x: Tensor) -> Tensor:
-        """(T, H) -> (T, E) fp32 scores (computed in the router's or the input's dtype)."""
-        raise NotImplementedError
-
-    @override
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> RouterOutput:
-        """Select experts for every token.
-
-        Args:
-            x: (T, H) FFN inputs.
-            mask: unused (token choice is per token; kept for the ``Router`` signature).
-
-        Returns:
-            RouterOutput: ``indices`` (T, k) best-scored first; ``mask`` (T, k) for dynamic K (None
-            for top-k); ``weights`` (T, k) exactly 1 where routed (0 where not), with the gradient
-            of ``sigmoid(logit)`` (a straight-through gate); ``logits`` (T, E); ``probs`` (T, E)
-            their softmax.
-        """
-        logits = self.logits(x)  # (T, E) fp32
-        probs = logits.softmax(dim=-1)
-        slots: Tensor | None = None
-        if self.dynamic_threshold is not None:
-            indices, slots = share_slots(probs, self.dynamic_threshold)
-        else:
-            indices = top_k_slots(logits, self.top_k)
-        if logits.requires_grad:  # learning (healing): a straight-through gate
-            soft = logits.gather(1, indices).sigmoid()  # (T, k)
-            weights = (soft - soft.detach()) + 1.0  # exactly 1, with the gradient of sigmoid(score)
-        else:
-            weights = torch.ones(indices.shape, device=logits.device)
-        if slots is not None:
-            weights = weights * slots
-        return RouterOutput(weights=weights, indices=indices, logits=logits, probs=probs, mask=slots)
-
-
+@register_moefy_router("centroid", reference="https://arxiv.org/abs/2110.01786")
 class CentroidRouter(MoefiedRouter):
     """Scores ``x @ centroids.T``.
 
@@ -117,9 +70,25 @@ class CentroidRouter(MoefiedRouter):
         dynamic_threshold: see :class:`MoefiedRouter`.
     """
 
+    needs_data = False
+
     def __init__(self, centroids: Tensor, top_k: int = 1, dynamic_threshold: float | None = None) -> None:
         super().__init__(centroids.shape[1], centroids.shape[0], top_k, dynamic_threshold)
         self.centroids = nn.Parameter(centroids.float().clone())
+
+    @classmethod
+    @override
+    def fit(cls, data: RouterFit) -> CentroidRouter:
+        return cls.from_rows(data.rows, data.config.experts)
+
+    @classmethod
+    @override
+    def from_state(cls, state: dict[str, Tensor], hidden_size: int, num_experts: int) -> CentroidRouter:
+        centroids = state["centroids"]
+        if tuple(centroids.shape) != (num_experts, hidden_size):
+            expected = (num_experts, hidden_size)
+            raise CheckpointError(f"router tensor centroids is {tuple(centroids.shape)}, expected {expected}")
+        return cls(centroids)
 
     @classmethod
     def from_rows(cls, rows: Tensor, num_experts: int) -> CentroidRouter:
@@ -133,14 +102,23 @@ class CentroidRouter(MoefiedRouter):
         return (x @ self.centroids.T.to(x.dtype)).float()
 
 
+@register_moefy_router("linear", reference="closed-form ridge regression (docs/emergent-bricks.md)")
 class LinearRouter(MoefiedRouter):
     """``Linear(H, E)``: scores are predicted log output norms of the experts."""
+
+    predicts_share = True
 
     def __init__(
         self, hidden_size: int, num_experts: int, top_k: int = 1, dynamic_threshold: float | None = None
     ) -> None:
         super().__init__(hidden_size, num_experts, top_k, dynamic_threshold)
         self.proj = nn.Linear(hidden_size, num_experts)
+
+    @classmethod
+    @override
+    def fit(cls, data: RouterFit) -> LinearRouter:
+        x, target = data.data("linear")
+        return fit_linear_router(x.float(), target, data.config.router_ridge)
 
     @override
     def logits(self, x: Tensor) -> Tensor:
@@ -172,8 +150,11 @@ def fit_linear_router(x: Tensor, target: Tensor, ridge: float = 0.1) -> LinearRo
     return router.eval()
 
 
+@register_moefy_router("mlp", reference="https://arxiv.org/abs/2110.01786")
 class MLPRouter(MoefiedRouter):
     """``Linear(H, hidden) -> tanh -> Linear(hidden, E)``; outputs are logits of "expert is needed"."""
+
+    predicts_share = True  # with the default soft objective
 
     def __init__(
         self,
@@ -186,6 +167,21 @@ class MLPRouter(MoefiedRouter):
         super().__init__(hidden_size, num_experts, top_k, dynamic_threshold)
         self.inp = nn.Linear(hidden_size, hidden)
         self.out = nn.Linear(hidden, num_experts)
+
+    @classmethod
+    @override
+    def fit(cls, data: RouterFit) -> MLPRouter:
+        x, target = data.data("mlp")
+        c = data.config
+        return train_mlp_router(x.float(), target, c.label_k or c.top_k, c.router_hidden, c.router_steps,
+                                c.router_lr, seed=data.seed, objective=c.router_objective)  # fmt: skip
+
+    @classmethod
+    @override
+    def from_state(cls, state: dict[str, Tensor], hidden_size: int, num_experts: int) -> MLPRouter:
+        router = cls(hidden_size, num_experts, state["inp.weight"].shape[0])
+        router.load_state_dict(state)
+        return router
 
     @override
     def logits(self, x: Tensor) -> Tensor:
