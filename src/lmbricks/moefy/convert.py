@@ -173,7 +173,7 @@ def _convert_block(block: FFNBlock, x: Tensor | None, config: MoefyConfig, info:
             mass = expert_mass(a, ffn.down_norms, config.experts)  # (N, E)
             target = ffn.oracle_scores(a)  # (N, E) what the oracle ranks by
         info.oracle_share.append(captured_share(mass, torch.arange(config.experts), config.experts, config.top_k))
-    router = MOEFY_ROUTERS[config.router].cls.fit(RouterFit(gate, x, target, config, seed))
+    router = MOEFY_ROUTERS[config.router].fit(RouterFit(gate, x, target, config, seed))
     if x is not None and target is not None:
         router.top_k = config.top_k  # recall of the top-K, also with dynamic K
         with torch.no_grad():
@@ -225,7 +225,7 @@ def moefy_model(
         setattr(parent, attr, ffn)
         return ffn
 
-    if config.split != "coactivation" and not MOEFY_ROUTERS[config.router].cls.needs_data:
+    if config.split != "coactivation" and not MOEFY_ROUTERS[config.router].needs_data:
         for block in blocks:
             convert(block, None)
         return info

@@ -182,8 +182,8 @@ def load_moefied(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[
     path = Path(path)
     section = read_section(path)
     MoefyConfig(**section["moefy"])  # validates the stored settings
-    entry = MOEFY_ROUTERS.get(section["router"])
-    if entry is None:
+    kind = MOEFY_ROUTERS.get(section["router"])
+    if kind is None:
         raise CheckpointError(f"{path}: unknown router {section['router']!r} (known: {', '.join(MOEFY_ROUTERS)})")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
     extra = load_file(str(path / ROUTER_FILE))
@@ -195,7 +195,7 @@ def load_moefied(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[
         experts = int(section["experts"])
         prefix = f"layers.{i}.router."
         state = {k[len(prefix) :]: v for k, v in extra.items() if k.startswith(prefix)}
-        router = entry.cls.from_state(state, block.hidden, experts)
+        router = kind.from_state(state, block.hidden, experts)
         ffn = MoefiedFFN.from_dense(
             block.gate.weight.detach(),
             block.up.weight.detach(),

@@ -226,7 +226,7 @@ def evaluate_moefied(
     step = on_step or (lambda _msg: None)
     n, t = QUICK_BUDGET if quick else FULL_BUDGET
     evals = domain_chunks(tokenizer, DEFAULT_DOMAINS, "test", n, t, texts_of)
-    dynamic = DYNAMIC_THRESHOLDS if MOEFY_ROUTERS[config.router].cls.predicts_share else ()
+    dynamic = DYNAMIC_THRESHOLDS if MOEFY_ROUTERS[config.router].predicts_share else ()
     result = ppl_curve(lm, evals, curve_ks(config), ("oracle", "router"), dynamic, on_step=step)
     step("timing")
     dense, _ = load_hf_model(src)

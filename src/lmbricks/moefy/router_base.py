@@ -48,28 +48,21 @@ class RouterFit:
         return self.x, self.target
 
 
-@dataclass(frozen=True)
-class RouterEntry:
-    name: str
-    cls: type[MoefiedRouter]
-    reference: str
-
-
 #: The MoEfied router kinds by name: what ``MoefyConfig.router`` accepts.
-MOEFY_ROUTERS: dict[str, RouterEntry] = {}
+MOEFY_ROUTERS: dict[str, type[MoefiedRouter]] = {}
 
 
 def register_moefy_router(name: str, reference: str) -> Callable[[type[MoefiedRouter]], type[MoefiedRouter]]:
-    """Class decorator: make a :class:`MoefiedRouter` selectable by name in ``MoefyConfig.router``.
+    """Class decorator: make a :class:`MoefiedRouter` selectable by ``name`` in ``MoefyConfig.router``.
 
     Args:
-        name: the name configs and saved directories use.
-        reference: the paper or page it follows.
+        name: the name configs and saved directories use (the class's ``kind``).
+        reference: the paper or page it follows (the class's ``reference``).
     """
 
     def wrap(cls: type[MoefiedRouter]) -> type[MoefiedRouter]:
-        MOEFY_ROUTERS[name] = RouterEntry(name, cls, reference)
-        cls.kind = name
+        cls.kind, cls.reference = name, reference
+        MOEFY_ROUTERS[name] = cls
         return cls
 
     return wrap
@@ -92,6 +85,7 @@ class MoefiedRouter(nn.Module):
     """
 
     kind = "router"
+    reference = ""
     needs_data = True
     predicts_share = False
 
