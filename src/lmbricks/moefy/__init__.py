@@ -2,7 +2,8 @@
 
 - :class:`MoefyConfig` / :func:`make_config`: experts, top-K, split, router (validated early).
 - :mod:`lmbricks.moefy.cluster`: balanced k-means, co-activation and random partitions.
-- :mod:`lmbricks.moefy.routers`: centroid and MLP routers, oracle mass, top-K and dynamic K.
+- :mod:`lmbricks.moefy.routers`: centroid, linear and MLP routers (RouterOutput, as `lmbricks.moe`), oracle mass.
+- :mod:`lmbricks.moefy.selection`: the top-K and dynamic-K selection rules.
 - :class:`MoefiedFFN`: the sparse FFN runtime (gather + per-expert matmuls).
 - :func:`moefy_model`: convert in memory; :func:`save_moefied`, :func:`load_moefied`, :func:`densify`.
 - :func:`heal`: distil the MoEfied model towards the dense one.

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from lmbricks.config import suggest
 from lmbricks.errors import ConfigError
+from lmbricks.moefy.routers import MOEFY_ROUTERS
 
 Split = Literal["kmeans", "coactivation", "random"]
-RouterKind = Literal["centroid", "linear", "mlp"]
 SPLITS: tuple[str, ...] = ("kmeans", "coactivation", "random")
-ROUTERS: tuple[str, ...] = ("centroid", "linear", "mlp")
 #: model_type values whose FFN is a gated (SwiGLU / GeGLU) ``gate_proj/up_proj/down_proj`` block.
 DENSE_GLU_TYPES: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
 
@@ -24,8 +24,9 @@ class MoefyConfig(BaseModel):
         top_k: experts used per token (K <= E); the router's default.
         split: ``kmeans`` (balanced k-means on L2-normalised gate rows), ``coactivation`` (balanced
             k-means on the neurons' activation patterns over the calibration corpus) or ``random``.
-        router: ``centroid`` (no training), ``linear`` (ridge regression of the experts' log output
-            norms, closed form) or ``mlp`` (trained per layer on the calibration corpus).
+        router: a name in :data:`~lmbricks.moefy.routers.MOEFY_ROUTERS`: ``centroid`` (no
+            training), ``linear`` (ridge regression of the experts' log output norms, closed form)
+            or ``mlp`` (trained per layer on the calibration corpus).
         router_hidden: hidden width of the MLP router.
         router_steps: Adam steps per layer for the MLP router.
         router_lr: its learning rate.
@@ -47,7 +48,7 @@ class MoefyConfig(BaseModel):
     experts: int = Field(32, ge=1)
     top_k: int = Field(16, ge=1)
     split: Split = "coactivation"
-    router: RouterKind = "linear"
+    router: str = "linear"
     router_hidden: int = Field(256, ge=1)
     router_steps: int = Field(400, ge=0)
     router_lr: float = Field(3e-3, gt=0)
@@ -60,6 +61,14 @@ class MoefyConfig(BaseModel):
     calib_chunks: int = Field(8, ge=1)
     calib_seq_len: int = Field(512, ge=2)
     seed: int = 0
+
+    @field_validator("router")
+    @classmethod
+    def _known_router(cls, name: str) -> str:
+        if name not in MOEFY_ROUTERS:
+            known = list(MOEFY_ROUTERS)
+            raise ValueError(f"unknown router {name!r}{suggest(name, known)} (choose from {', '.join(known)})")
+        return name
 
     @model_validator(mode="after")
     def _k_le_e(self) -> MoefyConfig:

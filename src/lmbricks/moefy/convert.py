@@ -31,14 +31,9 @@ from lmbricks.moefy.cluster import (
     refine_partition,
 )
 from lmbricks.moefy.config import DENSE_GLU_TYPES, MoefyConfig
-from lmbricks.moefy.routers import (
-    CentroidRouter,
-    expert_mass,
-    fit_linear_router,
-    topk_mask,
-    train_mlp_router,
-)
+from lmbricks.moefy.routers import MOEFY_ROUTERS, RouterFit, expert_mass
 from lmbricks.moefy.runtime import Mode, MoefiedFFN
+from lmbricks.moefy.selection import routed_mask, topk_mask
 
 _MAX_CLUSTER_ROWS = 8192  # calibration tokens used as co-activation features
 
@@ -120,8 +115,8 @@ def set_routing(
                 raise ConfigError("this MoEfied model has no router; use mode 'oracle' or 'dense'")
             layer.mode = mode
         if top_k is not None:
-            if not 1 <= top_k <= layer.n_experts:
-                raise ConfigError(f"top_k must be in [1, {layer.n_experts}], got {top_k}")
+            if not 1 <= top_k <= layer.num_experts:
+                raise ConfigError(f"top_k must be in [1, {layer.num_experts}], got {top_k}")
             layer.top_k = top_k
         if dynamic_threshold != "keep":
             layer.dynamic_threshold = dynamic_threshold  # type: ignore[assignment]
@@ -170,37 +165,22 @@ def _convert_block(block: FFNBlock, x: Tensor | None, config: MoefyConfig, info:
         gate = block.gate.weight.detach()[perm]
         up = block.up.weight.detach()[perm]
         down = block.down.weight.detach()[:, perm]
-    ffn = MoefiedFFN.from_dense(gate, up, down, config.experts, block.act, None, config.top_k)
-    router: nn.Module | None = None
-    if config.router == "centroid":
-        router = CentroidRouter.from_rows(gate, config.experts)
+    ffn = MoefiedFFN.from_dense(gate, up, down, config.experts, block.act, None, config.top_k, config.dynamic_threshold)
+    target = None
     if x is not None and a is not None:
         a = a[:, perm]
         with torch.no_grad():
             mass = expert_mass(a, ffn.down_norms, config.experts)  # (N, E)
             target = ffn.oracle_scores(a)  # (N, E) what the oracle ranks by
         info.oracle_share.append(captured_share(mass, torch.arange(config.experts), config.experts, config.top_k))
-        if config.router == "linear":
-            router = fit_linear_router(x.float(), target, config.router_ridge)
-        elif config.router == "mlp":
-            router = train_mlp_router(
-                x.float(),
-                target,
-                config.label_k or config.top_k,
-                config.router_hidden,
-                config.router_steps,
-                config.router_lr,
-                seed=seed,
-                objective=config.router_objective,
-            )
-        assert router is not None
+    router = MOEFY_ROUTERS[config.router].fit(RouterFit(gate, x, target, config, seed))
+    if x is not None and target is not None:
+        router.top_k = config.top_k  # recall of the top-K, also with dynamic K
         with torch.no_grad():
-            chosen = topk_mask(router(x.float()), config.top_k)
+            chosen = routed_mask(router(x.float()), config.experts)
             best = topk_mask(target, config.top_k)
         info.router_recall.append(float((chosen & best).sum() / best.sum()))
-    ffn.router = router
-    ffn.mode = "router"
-    ffn.dynamic_threshold = config.dynamic_threshold
+    ffn.use_router(router)
     return ffn.to(block.down.weight.dtype)
 
 
@@ -245,7 +225,7 @@ def moefy_model(
         setattr(parent, attr, ffn)
         return ffn
 
-    if config.split != "coactivation" and config.router == "centroid":  # no data needed
+    if config.split != "coactivation" and not MOEFY_ROUTERS[config.router].needs_data:
         for block in blocks:
             convert(block, None)
         return info

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lmbricks.analysis.corpus import perplexities
+from lmbricks.analysis.corpus import perplexities, relative_change
 from lmbricks.moefy.convert import mean_fraction, moefied_layers, set_routing
 
 
@@ -39,7 +39,7 @@ class MoefyEval:
 
     def change(self, point: CurvePoint) -> float:
         """Mean relative perplexity change of a point over the domains."""
-        return sum(point.ppl[d] / self.dense_ppl[d] - 1.0 for d in point.ppl) / len(point.ppl)
+        return sum(relative_change(point.ppl, self.dense_ppl).values()) / len(point.ppl)
 
     def find(self, mode: str, top_k: int) -> CurvePoint | None:
         return next((p for p in self.points if p.mode == mode and p.top_k == top_k), None)
@@ -76,7 +76,7 @@ def ppl_curve(
     step = on_step or (lambda _m: None)
     layers = moefied_layers(model)
     saved = [(m.mode, m.top_k, m.dynamic_threshold) for m in layers]
-    n_experts = layers[0].n_experts
+    num_experts = layers[0].num_experts
     try:
         step("dense baseline")
         set_routing(model, mode="dense")
@@ -85,7 +85,7 @@ def ppl_curve(
             for k in ks:
                 step(f"{mode} K={k}")
                 set_routing(model, mode=mode, top_k=k, dynamic_threshold=None)  # type: ignore[arg-type]
-                result.points.append(CurvePoint(mode, k, k / n_experts, perplexities(model, chunks)))
+                result.points.append(CurvePoint(mode, k, k / num_experts, perplexities(model, chunks)))
         for threshold in dynamic:
             step(f"dynamic K, mass {threshold}")
             set_routing(model, mode="router", dynamic_threshold=threshold)

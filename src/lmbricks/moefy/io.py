@@ -34,7 +34,7 @@ from lmbricks.checkpoint import (
 from lmbricks.errors import CheckpointError
 from lmbricks.moefy.config import MoefyConfig
 from lmbricks.moefy.convert import _parent, moefied_layers
-from lmbricks.moefy.routers import CentroidRouter, LinearRouter, MLPRouter
+from lmbricks.moefy.routers import MOEFY_ROUTERS
 from lmbricks.moefy.runtime import MoefiedFFN
 
 ROUTER_FILE = "moefy.safetensors"
@@ -114,7 +114,7 @@ def save_moefied(
             command=command,
             recipe=config.model_dump(),
             inputs={"model": source} if source is not None and Path(source).exists() else {},
-            bricks={"experts_per_layer": layers[0].n_experts, "layers": len(layers), "router": config.router},
+            bricks={"experts_per_layer": layers[0].num_experts, "layers": len(layers), "router": config.router},
         )
     return Path(out).expanduser().absolute()
 
@@ -123,7 +123,7 @@ def _section(model: nn.Module, layers: list[MoefiedFFN], config: MoefyConfig) ->
     """config.json's ``lmbricks`` section: kind, experts, routing defaults, layer names, the settings."""
     return {
         "kind": KIND,
-        "experts": layers[0].n_experts,
+        "experts": layers[0].num_experts,
         "expert_size": layers[0].expert_size,
         "top_k": layers[0].top_k,
         "router": config.router,
@@ -182,6 +182,9 @@ def load_moefied(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[
     path = Path(path)
     section = read_section(path)
     MoefyConfig(**section["moefy"])  # validates the stored settings
+    kind = MOEFY_ROUTERS.get(section["router"])
+    if kind is None:
+        raise CheckpointError(f"{path}: unknown router {section['router']!r} (known: {', '.join(MOEFY_ROUTERS)})")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
     extra = load_file(str(path / ROUTER_FILE))
     blocks = find_ffns(model)
@@ -190,17 +193,9 @@ def load_moefied(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[
     for i, block in enumerate(blocks):
         assert block.gate is not None
         experts = int(section["experts"])
-        router: nn.Module | None = None
         prefix = f"layers.{i}.router."
         state = {k[len(prefix) :]: v for k, v in extra.items() if k.startswith(prefix)}
-        if section["router"] == "centroid":
-            router = CentroidRouter(state["centroids"])
-        elif section["router"] == "linear":
-            router = LinearRouter(block.hidden, experts)
-            router.load_state_dict(state)
-        elif section["router"] == "mlp":
-            router = MLPRouter(block.hidden, experts, state["inp.weight"].shape[0])
-            router.load_state_dict(state)
+        router = kind.from_state(state, block.hidden, experts)
         ffn = MoefiedFFN.from_dense(
             block.gate.weight.detach(),
             block.up.weight.detach(),

@@ -22,7 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from lmbricks.analysis.corpus import FULL_BUDGET, QUICK_BUDGET, domain_chunks
+from lmbricks.analysis.corpus import FULL_BUDGET, QUICK_BUDGET, domain_chunks, relative_change
 from lmbricks.analysis.ffn import find_ffns
 from lmbricks.checkpoint import check_output
 from lmbricks.data.registry import DEFAULT_DOMAINS
@@ -33,6 +33,7 @@ from lmbricks.moefy.evaluate import DenseFFN, MoefyEval, ppl_curve, time_ffn, ti
 from lmbricks.moefy.heal import HealConfig, HealStats, heal
 from lmbricks.moefy.io import densify, is_moefied, load_moefied, read_section, save_moefied
 from lmbricks.moefy.reporting import write_moefy_report
+from lmbricks.moefy.routers import MOEFY_ROUTERS
 from lmbricks.nn.load import read_config
 
 Texts = Callable[[str, str], list[str]]
@@ -225,7 +226,7 @@ def evaluate_moefied(
     step = on_step or (lambda _msg: None)
     n, t = QUICK_BUDGET if quick else FULL_BUDGET
     evals = domain_chunks(tokenizer, DEFAULT_DOMAINS, "test", n, t, texts_of)
-    dynamic = DYNAMIC_THRESHOLDS if config.router in ("linear", "mlp") else ()
+    dynamic = DYNAMIC_THRESHOLDS if MOEFY_ROUTERS[config.router].predicts_share else ()
     result = ppl_curve(lm, evals, curve_ks(config), ("oracle", "router"), dynamic, on_step=step)
     step("timing")
     dense, _ = load_hf_model(src)
@@ -333,19 +334,19 @@ def measure_moefied(
     layers = moefied_layers(model)
     middle = len(layers) // 2
     ffn = layers[middle]
-    timed = [*ks, ffn.n_experts]
+    timed = [*ks, ffn.num_experts]
     timing = time_ffn(DenseFFN.of(ffn), ffn, ffn.hidden_size, timed, tokens=tokens, rounds=rounds)
     dense = result.dense_ppl
     return MoefyMeasures(
         dense_ppl=dense,
-        router_change={p.top_k or 0: {d: p.ppl[d] / dense[d] - 1.0 for d in dense} for p in result.points},
+        router_change={p.top_k or 0: relative_change(p.ppl, dense) for p in result.points},
         router_mean={p.top_k or 0: result.change(p) for p in result.points},
         oracle_k=oracle_k,
-        oracle_change={d: oracle.ppl[d] / dense[d] - 1.0 for d in dense},
+        oracle_change=relative_change(oracle.ppl, dense),
         oracle_mean=result.change(oracle),
         ffn_speedup={k: timing[f"K={k}_speedup"] for k in timed},
         ffn_dense_ms=timing["dense_ms"],
         timed_layer=middle,
-        neurons=ffn.n_experts * ffn.expert_size,
+        neurons=ffn.num_experts * ffn.expert_size,
         expert_size=ffn.expert_size,
     )

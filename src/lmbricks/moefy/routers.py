@@ -1,5 +1,12 @@
 """Routers of a MoEfied FFN: score experts from the FFN input, choose top-K or a dynamic K.
 
+Every router is a :class:`MoefiedRouter`, in the vocabulary of :class:`lmbricks.moe.routers.Router`:
+``num_experts``, ``hidden_size``, ``top_k``, ``logits(x)`` (T, E) and ``forward(x, mask) ->
+RouterOutput``, whose slots come from a selection rule (:mod:`lmbricks.moefy.selection`): the
+top ``top_k`` scores, or with ``dynamic_threshold`` the fewest experts whose predicted mass share
+(the softmax of the scores) reaches it. Selected experts are summed with weight 1: the weights are
+1, with the gradient of ``sigmoid(score)`` when the router learns (healing's straight-through gate).
+
 * :class:`CentroidRouter` (no training, MoEfication's similarity router): expert e's score is
   ``x . c_e`` with ``c_e`` the mean of the expert's L2-normalised gate rows.
 * :class:`LinearRouter`: ``x W^T + b`` fitted in closed form (:func:`fit_linear_router`) by ridge
@@ -13,7 +20,13 @@
 * The oracle is not a module: the experts whose true outputs are largest
   (:func:`expert_output_norms`), used for evaluation and as the MLP router's training target.
 
-Selected experts are summed with weight 1; the scores only choose them.
+Each kind is registered by name (:func:`register_moefy_router`, :data:`MOEFY_ROUTERS`): that is the
+list ``MoefyConfig.router`` accepts, with how the conversion fits the router (``fit``) and how a saved
+directory rebuilds it (``from_state``).
+
+They are not subclasses of the ``moe`` package's ``Router``: that class is a bias-free linear gate
+(E, H) built in its constructor, which the MLP and linear routers are not; their parameter names
+(``centroids``, ``proj.*``, ``inp.*`` / ``out.*``) are the keys of saved MoEfied directories.
 """
 
 from __future__ import annotations
@@ -24,42 +37,93 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import override
 
-from lmbricks.errors import ConfigError
+from lmbricks.errors import CheckpointError, ConfigError
+from lmbricks.moefy.router_base import MOEFY_ROUTERS, MoefiedRouter, RouterFit, register_moefy_router
+from lmbricks.moefy.selection import dynamic_mask, topk_mask
+
+__all__ = [
+    "MOEFY_ROUTERS",
+    "CentroidRouter",
+    "LinearRouter",
+    "MLPRouter",
+    "MoefiedRouter",
+    "RouterFit",
+    "register_moefy_router",
+    "dynamic_mask",
+    "expert_mass",
+    "expert_output_norms",
+    "fit_linear_router",
+    "topk_mask",
+    "train_mlp_router",
+]
 
 
-class CentroidRouter(nn.Module):
+@register_moefy_router("centroid", reference="https://arxiv.org/abs/2110.01786")
+class CentroidRouter(MoefiedRouter):
     """Scores ``x @ centroids.T``.
 
     Args:
         centroids: (E, H) one vector per expert.
+        top_k: experts per token.
+        dynamic_threshold: see :class:`MoefiedRouter`.
     """
 
-    def __init__(self, centroids: Tensor) -> None:
-        super().__init__()
+    needs_data = False
+
+    def __init__(self, centroids: Tensor, top_k: int = 1, dynamic_threshold: float | None = None) -> None:
+        super().__init__(centroids.shape[1], centroids.shape[0], top_k, dynamic_threshold)
         self.centroids = nn.Parameter(centroids.float().clone())
 
     @classmethod
-    def from_rows(cls, rows: Tensor, n_experts: int) -> CentroidRouter:
+    @override
+    def fit(cls, data: RouterFit) -> CentroidRouter:
+        return cls.from_rows(data.rows, data.config.experts)
+
+    @classmethod
+    @override
+    def from_state(cls, state: dict[str, Tensor], hidden_size: int, num_experts: int) -> CentroidRouter:
+        centroids = state["centroids"]
+        if tuple(centroids.shape) != (num_experts, hidden_size):
+            expected = (num_experts, hidden_size)
+            raise CheckpointError(f"router tensor centroids is {tuple(centroids.shape)}, expected {expected}")
+        return cls(centroids)
+
+    @classmethod
+    def from_rows(cls, rows: Tensor, num_experts: int) -> CentroidRouter:
         """Centroids of the L2-normalised routing rows (I, H), experts being consecutive blocks."""
         unit = F.normalize(rows.float(), dim=1)
-        return cls(unit.view(n_experts, -1, unit.shape[1]).mean(1))
+        return cls(unit.view(num_experts, -1, unit.shape[1]).mean(1))
 
-    def forward(self, x: Tensor) -> Tensor:
-        """(N, H) -> (N, E) scores."""
-        return x @ self.centroids.T.to(x.dtype)
+    @override
+    def logits(self, x: Tensor) -> Tensor:
+        """(N, H) -> (N, E) scores, computed in the input's dtype."""
+        return (x @ self.centroids.T.to(x.dtype)).float()
 
 
-class LinearRouter(nn.Module):
+@register_moefy_router("linear", reference="closed-form ridge regression (docs/emergent-bricks.md)")
+class LinearRouter(MoefiedRouter):
     """``Linear(H, E)``: scores are predicted log output norms of the experts."""
 
-    def __init__(self, hidden_size: int, n_experts: int) -> None:
-        super().__init__()
-        self.proj = nn.Linear(hidden_size, n_experts)
+    predicts_share = True
 
-    def forward(self, x: Tensor) -> Tensor:
+    def __init__(
+        self, hidden_size: int, num_experts: int, top_k: int = 1, dynamic_threshold: float | None = None
+    ) -> None:
+        super().__init__(hidden_size, num_experts, top_k, dynamic_threshold)
+        self.proj = nn.Linear(hidden_size, num_experts)
+
+    @classmethod
+    @override
+    def fit(cls, data: RouterFit) -> LinearRouter:
+        x, target = data.data("linear")
+        return fit_linear_router(x.float(), target, data.config.router_ridge)
+
+    @override
+    def logits(self, x: Tensor) -> Tensor:
         """(N, H) -> (N, E) scores."""
-        return self.proj(x)
+        return self.proj(x).float()
 
 
 def fit_linear_router(x: Tensor, target: Tensor, ridge: float = 0.1) -> LinearRouter:
@@ -86,32 +150,58 @@ def fit_linear_router(x: Tensor, target: Tensor, ridge: float = 0.1) -> LinearRo
     return router.eval()
 
 
-class MLPRouter(nn.Module):
+@register_moefy_router("mlp", reference="https://arxiv.org/abs/2110.01786")
+class MLPRouter(MoefiedRouter):
     """``Linear(H, hidden) -> tanh -> Linear(hidden, E)``; outputs are logits of "expert is needed"."""
 
-    def __init__(self, hidden_size: int, n_experts: int, hidden: int = 256) -> None:
-        super().__init__()
+    predicts_share = True  # with the default soft objective
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_experts: int,
+        hidden: int = 256,
+        top_k: int = 1,
+        dynamic_threshold: float | None = None,
+    ) -> None:
+        super().__init__(hidden_size, num_experts, top_k, dynamic_threshold)
         self.inp = nn.Linear(hidden_size, hidden)
-        self.out = nn.Linear(hidden, n_experts)
+        self.out = nn.Linear(hidden, num_experts)
 
-    def forward(self, x: Tensor) -> Tensor:
+    @classmethod
+    @override
+    def fit(cls, data: RouterFit) -> MLPRouter:
+        x, target = data.data("mlp")
+        c = data.config
+        return train_mlp_router(x.float(), target, c.label_k or c.top_k, c.router_hidden, c.router_steps,
+                                c.router_lr, seed=data.seed, objective=c.router_objective)  # fmt: skip
+
+    @classmethod
+    @override
+    def from_state(cls, state: dict[str, Tensor], hidden_size: int, num_experts: int) -> MLPRouter:
+        router = cls(hidden_size, num_experts, state["inp.weight"].shape[0])
+        router.load_state_dict(state)
+        return router
+
+    @override
+    def logits(self, x: Tensor) -> Tensor:
         """(N, H) -> (N, E) logits."""
-        return self.out(torch.tanh(self.inp(x)))
+        return self.out(torch.tanh(self.inp(x))).float()
 
 
-def expert_mass(a: Tensor, down_norms: Tensor, n_experts: int) -> Tensor:
+def expert_mass(a: Tensor, down_norms: Tensor, num_experts: int) -> Tensor:
     """Per-token activation mass of each expert, ``sum_{i in e} |a_i| * ||W_down[:, i]||``.
 
     Args:
         a: (N, I) intermediate activations in expert order (consecutive blocks of I / E).
         down_norms: (I,) column norms of the (permuted) down projection.
-        n_experts: E.
+        num_experts: E.
 
     Returns:
         (N, E) fp32.
     """
     m = a.float().abs() * down_norms.to(a.device, torch.float32)
-    return m.view(*m.shape[:-1], n_experts, -1).sum(-1)
+    return m.view(*m.shape[:-1], num_experts, -1).sum(-1)
 
 
 def expert_output_norms(a: Tensor, w_down: Tensor) -> Tensor:
@@ -131,33 +221,6 @@ def expert_output_norms(a: Tensor, w_down: Tensor) -> Tensor:
     e, n, _ = w_down.shape
     parts = torch.bmm(a.float().reshape(-1, e, n).transpose(0, 1), w_down.float())  # (E, N, H)
     return parts.norm(dim=-1).T.contiguous()
-
-
-def topk_mask(scores: Tensor, k: int) -> Tensor:
-    """(N, E) bool mask of the ``k`` highest scores per token."""
-    if not 1 <= k <= scores.shape[-1]:
-        raise ConfigError(f"top_k must be in [1, {scores.shape[-1]}], got {k}")
-    idx = scores.topk(k, dim=-1).indices
-    return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device).scatter_(-1, idx, True)
-
-
-def dynamic_mask(probs: Tensor, threshold: float, min_k: int = 1) -> Tensor:
-    """Per token, the fewest experts whose share of the predicted mass reaches ``threshold``.
-
-    Args:
-        probs: (N, E) non-negative predicted mass (e.g. the softmax of the router's scores).
-        threshold: share in (0, 1].
-        min_k: at least this many experts.
-
-    Returns:
-        (N, E) bool mask.
-    """
-    share = probs / probs.sum(-1, keepdim=True).clamp_min(1e-12)
-    sorted_share, order = share.sort(-1, descending=True)
-    before = sorted_share.cumsum(-1) - sorted_share  # mass of the experts ranked above
-    keep_sorted = before < threshold
-    keep_sorted[..., :min_k] = True
-    return torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
 
 
 def train_mlp_router(
@@ -205,7 +268,7 @@ def train_mlp_router(
     with torch.enable_grad():
         for step in range(steps):
             idx = torch.randint(0, n, (min(batch_size, n),), generator=gen)
-            logits = router(xs[idx])
+            logits = router.logits(xs[idx])
             if objective == "bce":
                 loss = F.binary_cross_entropy_with_logits(logits, labels[idx])
             else:

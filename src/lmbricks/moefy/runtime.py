@@ -5,12 +5,14 @@ product ``x_e @ W``: ``w_gate`` and ``w_up`` (E, H, n), ``w_down`` (E, n, H). Wi
 selected the module computes the dense FFN (the neurons are only reordered).
 
 Selection (``mode``):
-* ``router``: the router's top-K (or a dynamic K by mass share) from the FFN input;
+* ``router``: the experts the router selects from the FFN input (a :class:`RouterOutput`: its
+  top-K, or a dynamic K by mass share; :mod:`lmbricks.moefy.selection`);
 * ``oracle``: the K experts whose true outputs are largest (computes every expert first: an
   evaluation bound, not a speedup);
 * ``dense``: all experts.
 
-Sparse compute (router mode, no gradient): pairs (token, expert) come from the (E, N) mask's
+Sparse compute (router mode, no gradient): pairs (token, expert) come from the (E, N) mask of the
+router's slots (:func:`~lmbricks.moefy.selection.routed_mask`), its
 nonzeros, already grouped by expert. Expert by expert, the expert's tokens are gathered, multiplied
 by its gate and up blocks, activated and multiplied by its down block, and the rows are added back
 with ``index_add_`` (each expert holds a token at most once), so every temporary is a few hundred
@@ -23,8 +25,9 @@ the default model's shapes, 1024 tokens, K = 8 of 32, before concurrency: separa
 gate and up blocks 18-19 ms, one fused (2n, H) block with a transposed product 22 ms, one gather of
 all pairs before the loop and one scatter after it 23 ms, and 69 ms at K = 16 where the (S, H) pair
 buffers pass glibc's mmap threshold; the dense FFN 28 ms.)
-For training (healing) the same function is computed densely with a neuron mask whose
-straight-through gate lets the router learn from the loss.
+For training (healing) the same function is computed densely, each neuron scaled by its expert's
+gate from the router's weights (value 1, gradient of ``sigmoid(score)``: a straight-through gate
+that lets the router learn from the loss).
 """
 
 from __future__ import annotations
@@ -35,7 +38,9 @@ import torch
 from torch import Tensor, nn
 
 from lmbricks.errors import ConfigError
-from lmbricks.moefy.routers import dynamic_mask, expert_output_norms, topk_mask
+from lmbricks.moe.types import RouterOutput
+from lmbricks.moefy.routers import MoefiedRouter, expert_output_norms
+from lmbricks.moefy.selection import routed_gates, routed_mask, topk_mask
 
 Mode = Literal["router", "oracle", "dense"]
 
@@ -53,10 +58,12 @@ class MoefiedFFN(nn.Module):
         w_up: (E, H, n) each expert's up rows, transposed.
         w_down: (E, n, H) each expert's down columns, transposed.
         act: the gate activation (``silu`` for SwiGLU).
-        router: a module mapping (N, H) inputs to (N, E) scores, or None (oracle / dense only).
-        top_k: experts per token.
+        router: the :class:`~lmbricks.moefy.routers.MoefiedRouter` selecting experts from (N, H)
+            inputs, or None (oracle / dense only).
+        top_k: experts per token (the router's ``top_k``; the oracle selects as many).
         dynamic_threshold: if set (router mode), the fewest experts whose predicted mass share
-            (the softmax of the router's scores) reaches it; ``top_k`` is then ignored.
+            (the softmax of the router's scores) reaches it; ``top_k`` is then ignored. Stored in
+            the router.
     """
 
     down_norms: Tensor
@@ -67,7 +74,7 @@ class MoefiedFFN(nn.Module):
         w_up: Tensor,
         w_down: Tensor,
         act: Any,
-        router: nn.Module | None,
+        router: MoefiedRouter | None,
         top_k: int,
         dynamic_threshold: float | None = None,
     ) -> None:
@@ -82,15 +89,48 @@ class MoefiedFFN(nn.Module):
         self.w_up = nn.Parameter(w_up.contiguous())
         self.w_down = nn.Parameter(w_down.contiguous())
         self.act = act
-        self.router = router
-        self.n_experts = e
+        self.num_experts = e
         self.expert_size = n
         self.hidden_size = h
-        self.top_k = top_k
-        self.dynamic_threshold = dynamic_threshold
-        self.mode: Mode = "router" if router is not None else "dense"
+        self._top_k = top_k  # the layer's settings, handed to its router (and the oracle's K)
+        self._dynamic_threshold = dynamic_threshold
+        self.router: MoefiedRouter | None = None
+        self.mode: Mode = "dense"
+        if router is not None:
+            self.use_router(router)
         self.register_buffer("down_norms", w_down.detach().float().norm(dim=-1).reshape(-1), persistent=False)
         self.last_fraction: float = 1.0  # experts used / E in the last forward (traceability)
+
+    # ------------------------------------------------------------------ routing settings
+    @property
+    def top_k(self) -> int:
+        """Experts per token: the router's ``top_k`` (the oracle selects as many)."""
+        return self.router.top_k if self.router is not None else self._top_k
+
+    @top_k.setter
+    def top_k(self, k: int) -> None:
+        self._top_k = k
+        if self.router is not None:
+            self.router.top_k = k
+
+    @property
+    def dynamic_threshold(self) -> float | None:
+        """The router's dynamic-K mass share (None: top-K)."""
+        return self.router.dynamic_threshold if self.router is not None else self._dynamic_threshold
+
+    @dynamic_threshold.setter
+    def dynamic_threshold(self, threshold: float | None) -> None:
+        self._dynamic_threshold = threshold
+        if self.router is not None:
+            self.router.dynamic_threshold = threshold
+
+    def use_router(self, router: MoefiedRouter) -> None:
+        """Route with ``router`` from now on (mode ``router``), giving it this layer's K and threshold."""
+        if router.num_experts != self.num_experts:
+            raise ConfigError(f"router has {router.num_experts} experts, the FFN {self.num_experts}")
+        router.top_k, router.dynamic_threshold = self.top_k, self.dynamic_threshold
+        self.router = router
+        self.mode = "router"
 
     # ------------------------------------------------------------------ weights in HF layout
     def dense_weights(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -107,31 +147,27 @@ class MoefiedFFN(nn.Module):
         gate: Tensor,
         up: Tensor,
         down: Tensor,
-        n_experts: int,
+        num_experts: int,
         act: Any,
-        router: nn.Module | None = None,
+        router: MoefiedRouter | None = None,
         top_k: int = 1,
         dynamic_threshold: float | None = None,
     ) -> MoefiedFFN:
         """Build from HF-layout weights already in expert order (gate, up (I, H); down (H, I))."""
         i, h = gate.shape
-        if i % n_experts:
-            raise ConfigError(f"experts={n_experts} does not divide the FFN width {i}")
-        n = i // n_experts
-        w_gate = gate.reshape(n_experts, n, h).transpose(1, 2)
-        w_up = up.reshape(n_experts, n, h).transpose(1, 2)
-        w_down = down.T.reshape(n_experts, n, h)
+        if i % num_experts:
+            raise ConfigError(f"experts={num_experts} does not divide the FFN width {i}")
+        n = i // num_experts
+        w_gate = gate.reshape(num_experts, n, h).transpose(1, 2)
+        w_up = up.reshape(num_experts, n, h).transpose(1, 2)
+        w_down = down.T.reshape(num_experts, n, h)
         return cls(w_gate, w_up, w_down, act, router, top_k, dynamic_threshold)
 
     # ------------------------------------------------------------------ selection
-    def select(self, x: Tensor) -> Tensor:
-        """(N, H) FFN inputs -> (N, E) bool mask of the experts to run (router mode)."""
+    def _route(self, x: Tensor) -> RouterOutput:
         if self.router is None:
             raise ConfigError("this MoEfied FFN has no router; use mode 'oracle' or 'dense'")
-        scores = self.router(x)
-        if self.dynamic_threshold is not None:
-            return dynamic_mask(torch.softmax(scores.float(), dim=-1), self.dynamic_threshold)
-        return topk_mask(scores, self.top_k)
+        return self.router(x)
 
     def oracle_scores(self, a: Tensor) -> Tensor:
         """(N, I) activations in expert order -> (N, E) norms of the experts' outputs."""
@@ -160,7 +196,7 @@ class MoefiedFFN(nn.Module):
             return self._few_tokens_forward(x, mask)
         pairs = mask.T.nonzero()  # (S, 2) rows (expert, token), grouped by expert
         experts, tokens = pairs[:, 0], pairs[:, 1]
-        counts = torch.bincount(experts, minlength=self.n_experts).tolist()
+        counts = torch.bincount(experts, minlength=self.num_experts).tolist()
         y = torch.zeros_like(x)
         start = 0
         for e, c in enumerate(counts):
@@ -199,21 +235,18 @@ class MoefiedFFN(nn.Module):
             raise ConfigError(f"mode must be 'router', 'oracle' or 'dense', got {self.mode!r}")
         if self.training and torch.is_grad_enabled():
             return self._train_forward(flat).view(shape)
-        mask = self.select(flat)
+        mask = routed_mask(self._route(flat), self.num_experts)  # (N, E)
         self.last_fraction = float(mask.float().mean())
         return self.sparse_forward(flat, mask).view(shape)
 
     def _train_forward(self, x: Tensor) -> Tensor:
-        """Differentiable equivalent of the sparse path: a neuron mask with a straight-through gate.
+        """Differentiable equivalent of the sparse path: each neuron scaled by its expert's gate.
 
-        The forward value is the sum of the selected experts (gate = 1); the router receives the
-        gradient of ``sigmoid(score)`` as if each expert's output were scaled by it.
+        The forward value is the sum of the selected experts (the router's weights are 1); the
+        router receives the gradient of ``sigmoid(score)`` as if each expert's output were scaled by it.
         """
-        assert self.router is not None
-        scores = self.router(x)
-        mask = self.select(x).to(x.dtype)
-        soft = torch.sigmoid(scores.float()).to(x.dtype)
-        gate = mask * (1.0 + soft - soft.detach())  # value: mask; gradient: through the sigmoid
-        self.last_fraction = float(mask.mean())
+        out = self._route(x)
+        gate = routed_gates(out, self.num_experts).to(x.dtype)  # (N, E): 1 where selected, else 0
+        self.last_fraction = float(routed_mask(out, self.num_experts).float().mean())
         a = self._dense_a(x) * gate.repeat_interleave(self.expert_size, dim=1)
         return self._down(a)

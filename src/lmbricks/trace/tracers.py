@@ -11,11 +11,10 @@ Tracers are registered with :func:`register_tracer` (in priority order) and pick
 Built in:
 - ``lmbricks-aux``: :class:`lmbricks.nn.LM` with :class:`lmbricks.moe.MoELayer` FFNs. Reads the
   ``MoEAux`` the model returns (indices after capacity drops, -1 where dropped).
-- ``moefied``: MoEfied models (:mod:`lmbricks.moefy`): a forward hook on every FFN that has
-  ``select``, ``router``, ``n_experts`` and ``mode`` (:class:`lmbricks.moefy.MoefiedFFN`) reads the
-  experts its router selects (top-K or dynamic K, padded with -1). MoEfied experts are summed with
-  weight 1; the trace keeps sigmoid(router score) as the weight so that the first choice is the
-  best-scored expert.
+- ``moefied``: MoEfied models (:mod:`lmbricks.moefy`): the router hooks on the router of every
+  :class:`lmbricks.moefy.MoefiedFFN`, reading the ``RouterOutput`` it returns (top-K, or dynamic K
+  with its unrouted slots -1). MoEfied experts are summed with weight 1; the trace keeps
+  sigmoid(router score) as the weight so that the first choice is the best-scored expert.
 - ``router-hooks``: forward hooks on every sub-module whose class name ends in ``Router`` and whose
   output is either a Hugging Face router tuple ``(logits (T, E), scores (T, k), indices (T, k))``
   (transformers 5 Mixtral, Qwen2-MoE, OLMoE, ...) or an object with ``indices``/``weights``/``logits``
@@ -38,8 +37,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
+from typing_extensions import override
 
 from lmbricks.errors import ConfigError
+from lmbricks.moefy.runtime import MoefiedFFN
 from lmbricks.trace.types import LayerRouting
 
 
@@ -191,7 +192,11 @@ def _has_routers(model: Any) -> bool:
 
 
 class RouterHookTracer:
-    """Forward hooks on router modules; the model runs exactly as without them."""
+    """Forward hooks on router modules; the model runs exactly as without them.
+
+    Subclasses choose other modules (``self.routers``: (layer, module) pairs) or another reading of
+    their outputs (:meth:`read`); the hooks, and the check that each router ran once, are shared.
+    """
 
     name = "router-hooks"
     batchable = True
@@ -199,13 +204,17 @@ class RouterHookTracer:
     def __init__(self, model: nn.Module) -> None:
         self.routers = [(_layer_number(n, i), m) for i, (n, m) in enumerate(_router_modules(model))]
 
+    def read(self, output: Any, batch: int, num_tokens: int) -> tuple[Tensor, Tensor, int]:
+        """(indices (T, k), weights (T, k), E) of one router call; see :func:`_read_router_output`."""
+        return _read_router_output(output, batch, num_tokens)
+
     def __call__(self, model: Any, input_ids: Tensor) -> list[LayerRouting]:
         b, t = input_ids.shape
         seen: list[LayerRouting] = []
 
         def hook_for(layer: int) -> Callable[[nn.Module, Any, Any], None]:
             def hook(_m: nn.Module, _inp: Any, output: Any) -> None:
-                idx, w, e = _read_router_output(output, b, t)
+                idx, w, e = self.read(output, b, t)
                 seen.append(LayerRouting(layer, idx, w, e))
 
             return hook
@@ -217,57 +226,44 @@ class RouterHookTracer:
 
 
 # --------------------------------------------------------------------------- MoEfied FFNs
-def _moefied_modules(model: Any) -> list[tuple[str, nn.Module]]:
+def _moefied_modules(model: Any) -> list[tuple[str, MoefiedFFN]]:
     if not isinstance(model, nn.Module):
         return []
-    keys = ("select", "router", "n_experts", "mode")
-    return [(n, m) for n, m in model.named_modules() if all(hasattr(m, k) for k in keys)]
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, MoefiedFFN)]
 
 
 def _has_moefied(model: Any) -> bool:
     return bool(_moefied_modules(model))
 
 
-class MoefiedTracer:
-    """Forward hooks on MoEfied FFNs; each hook re-asks the FFN's router which experts it selects."""
+class MoefiedTracer(RouterHookTracer):
+    """Hooks on the routers of MoEfied FFNs: reads the RouterOutput each layer's router produced.
+
+    MoEfied experts are summed with weight 1, so the trace's weight of a pair is
+    ``sigmoid(router score)`` instead: the first choice is the best-scored expert.
+    """
 
     name = "moefied"
-    batchable = True
 
     def __init__(self, model: nn.Module) -> None:
         self.ffns = [(_layer_number(n, i), m) for i, (n, m) in enumerate(_moefied_modules(model))]
+        self.routers = [(layer, m.router) for layer, m in self.ffns if m.router is not None]
 
+    @override
+    def read(self, output: Any, batch: int, num_tokens: int) -> tuple[Tensor, Tensor, int]:
+        idx, _, e = _read_router_output(output, batch, num_tokens)  # (N, k), -1 where not routed
+        score = output.logits.reshape(idx.shape[0], -1).detach().float().gather(1, idx.clamp_min(0))  # (N, k)
+        return idx, torch.sigmoid(score).masked_fill(idx < 0, 0.0), e
+
+    @override
     def __call__(self, model: Any, input_ids: Tensor) -> list[LayerRouting]:
-        seen: list[LayerRouting] = []
-
-        def hook_for(layer: int) -> Callable[[nn.Module, Any, Any], None]:
-            def hook(m: Any, inputs: Any, _out: Any) -> None:
-                if m.mode != "router":
-                    raise ConfigError(
-                        f"MoEfied layer {layer} runs in mode {m.mode!r}, which has no router to trace; "
-                        "switch with lmbricks.moefy.set_routing(model, mode='router')"
-                    )
-                x = inputs[0]
-                flat = x.reshape(-1, x.shape[-1])  # (N, H)
-                scores = m.router(flat).float()  # (N, E)
-                mask = m.select(flat).bool()  # (N, E) experts that run
-                k = max(int(mask.sum(-1).max()), 1)
-                ranked = scores.masked_fill(~mask, float("-inf"))
-                top, idx = ranked.topk(k, dim=-1)  # (N, k) best-scored selected experts first
-                routed = top > float("-inf")
-                seen.append(
-                    LayerRouting(
-                        layer,
-                        idx.masked_fill(~routed, -1),
-                        torch.sigmoid(top).masked_fill(~routed, 0.0),
-                        int(m.n_experts),
-                    )
+        for layer, m in self.ffns:
+            if m.mode != "router" or m.router is None:
+                raise ConfigError(
+                    f"MoEfied layer {layer} runs in mode {m.mode!r}, which has no router to trace; "
+                    "switch with lmbricks.moefy.set_routing(model, mode='router')"
                 )
-
-            return hook
-
-        _hooked_forward(model, input_ids, [(m, hook_for(layer)) for layer, m in self.ffns])
-        return sorted(seen, key=lambda r: r.layer)
+        return super().__call__(model, input_ids)
 
 
 # --------------------------------------------------------------------------- adapter routing
