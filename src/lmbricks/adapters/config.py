@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 #: Attention and MLP projections of Llama-family models. The MLP ones are included so that a brick
@@ -51,6 +53,11 @@ class LoraTrainConfig(BaseModel):
     )
     eval_bytes: int = Field(12_000, ge=0, description="held-out bytes scored before and after (0: skip)")
     save_dtype: str = Field("float16", description="storage dtype of the adapter weights")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto",
+        description="auto: bf16 autocast over the fp32 weights where the CPU/GPU has native bf16 "
+        "(lmbricks.runtime.resolve_precision), else fp32; fp32 reproduces the shipped bricks' training",
+    )
 
     @field_validator("targets")
     @classmethod
