@@ -7,6 +7,7 @@ random tokens. Prints one JSON object: tokens/s of each side (medians over round
 repeats in a round) and ``bf16_vs_fp32``, their ratio.
 
 Usage: python bench/precision.py [--rounds 3] [--batch 4] [--seq-len 512] [--repeats 2]
+       [--threads 1 --clock cpu]   (on a shared machine: CPU time of one thread)
 """
 
 from __future__ import annotations
@@ -19,9 +20,17 @@ from typing import Any
 import torch
 
 
-def prefill(dtype: str, batch: int, seq_len: int, repeats: int) -> dict[str, Any]:
-    """Tokens/s of the default model's forward over (batch, seq_len) tokens in ``dtype``."""
+def prefill(dtype: str, batch: int, seq_len: int, repeats: int, threads: int | None, clock: str) -> dict[str, Any]:
+    """Tokens/s of the default model's forward over (batch, seq_len) tokens in ``dtype``.
+
+    ``clock="cpu"`` times by the process's CPU time (with ``threads=1``, a loaded machine's fair
+    measure); ``"wall"`` by the wall clock.
+    """
     from lmbricks.nn.load import load_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    now = time.process_time if clock == "cpu" else time.perf_counter
 
     model, _ = load_model("smollm2-135m-instruct", dtype=getattr(torch, dtype))
     ids = torch.randint(0, model.cfg.vocab_size, (batch, seq_len), generator=torch.Generator().manual_seed(0))
@@ -29,9 +38,9 @@ def prefill(dtype: str, batch: int, seq_len: int, repeats: int) -> dict[str, Any
         model(ids[:, :64])  # warm-up: kernels chosen, buffers grown
         seconds = []
         for _ in range(repeats):
-            start = time.perf_counter()
+            start = now()
             model(ids)  # (B, T, V) logits
-            seconds.append(time.perf_counter() - start)
+            seconds.append(now() - start)
     best = min(seconds)
     return {"seconds": best, "tokens_per_s": batch * seq_len / best, "threads": torch.get_num_threads()}
 
@@ -42,10 +51,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="cpu: process CPU time")
     args = parser.parse_args()
     from harness import Workload, alternate, medians
 
-    kwargs = {"batch": args.batch, "seq_len": args.seq_len, "repeats": args.repeats}
+    kwargs = {"batch": args.batch, "seq_len": args.seq_len, "repeats": args.repeats, "threads": args.threads,
+              "clock": args.clock}  # fmt: skip
     runs = alternate(
         {side: Workload(__file__, "prefill", {"dtype": dtype, **kwargs}) for side, dtype in
          (("fp32", "float32"), ("bf16", "bfloat16"))},
@@ -55,7 +67,8 @@ def main() -> None:
     print(json.dumps({
         "workload": f"default model prefill, {args.batch} x {args.seq_len} tokens",
         "tokens_per_s_fp32": rate["fp32"], "tokens_per_s_bf16": rate["bf16"],
-        "bf16_vs_fp32": rate["bf16"] / rate["fp32"], "rounds": args.rounds, "runs": runs,
+        "bf16_vs_fp32": rate["bf16"] / rate["fp32"], "rounds": args.rounds, "clock": args.clock,
+        "threads": args.threads, "runs": runs,
     }, indent=2))  # fmt: skip
 
 
