@@ -54,6 +54,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="cpu: process CPU time")
     args = parser.parse_args()
+    from lmbricks import tune_process
+
+    tune_process()  # as every benchmark (the harness's children call it too)
     from harness import Workload, alternate, medians
 
     kwargs = {"batch": args.batch, "seq_len": args.seq_len, "repeats": args.repeats, "threads": args.threads,
