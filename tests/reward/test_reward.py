@@ -136,3 +136,25 @@ def test_save_load_and_averaging_two_models(rm_and_tok: tuple, tmp_path: Path) -
     want = score_features(mean, precompute(mean, seqs, 0), 0)
     assert not torch.allclose(want, ref, atol=1e-3)
     torch.testing.assert_close(score_features(avg, precompute(avg, seqs, 0), 0), want, atol=1e-5, rtol=1e-5)
+
+
+#: Per-step losses of this run on main at 9b5d578 (before ``auto`` meant bf16 on CPUs).
+FP32_LOSSES = [0.6706300377845764, 0.3537571132183075, 0.20856446027755737, 0.1278531551361084,
+               0.07675736397504807, 0.04743035137653351]  # fmt: skip
+
+
+@pytest.mark.parametrize("precision", ["fp32", "auto"])
+def test_training_precision_fp32_reproduces_main(rm_and_tok: tuple, precision: str) -> None:
+    from lmbricks.runtime import resolve_precision
+
+    rm, tok = rm_and_tok
+    cfg = RewardTrainConfig(lr=1e-2, epochs=2, trainable_layers=1, batch_size=8, precision=precision)  # type: ignore[arg-type]
+    enc = encode_pairs(tok, _pairs(), cfg.max_len)
+    start = rm.num_layers - 1
+    feats = precompute(rm, enc.chosen + enc.rejected, start)
+    losses = [h["loss"] for h in train_on_features(rm, feats[:24], feats[24:], cfg)]
+    if resolve_precision(precision, "cpu") == "fp32":
+        assert losses == FP32_LOSSES
+    else:  # bf16 autocast: the same descent, rounded matmuls
+        assert losses != FP32_LOSSES and abs(losses[0] - FP32_LOSSES[0]) < 0.01
+    assert all(p.dtype == torch.float32 for p in rm.trainable_from(start))  # master weights stay fp32

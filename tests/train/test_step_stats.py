@@ -55,9 +55,14 @@ def test_log_record_means_over_micro_batches_and_layers() -> None:
     assert list(dense) == ["step", "loss", "lr", "tokens_per_s", "tokens"]
 
 
-def test_precision_auto_is_resolved_in_one_place() -> None:
+def test_precision_auto_is_resolved_in_one_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lmbricks.runtime import cpu_flags, precision
+
     base = {"model": {"hidden_size": 8}, "tokenizer": "t", "data": {"domains": ["code"]}, "steps": 1, "batch_size": 1}
     cpu = torch.device("cpu")
-    assert resolve_precision(TrainConfig.model_validate(base), cpu) == "fp32"
+    monkeypatch.setattr(precision, "_this_cpu_flags", lambda: cpu_flags("flags\t: fpu avx2 avx512f"))
+    assert resolve_precision(TrainConfig.model_validate(base), cpu) == "fp32"  # no native bf16: fp32
+    monkeypatch.setattr(precision, "_this_cpu_flags", lambda: cpu_flags("flags\t: fpu avx512f avx512_bf16"))
+    assert resolve_precision(TrainConfig.model_validate(base), cpu) == "bf16"  # AVX512-BF16: autocast
     assert resolve_precision(TrainConfig.model_validate({**base, "precision": "bf16"}), cpu) == "bf16"
     assert resolve_precision(TrainConfig.model_validate({**base, "precision": "fp32"}), cpu) == "fp32"

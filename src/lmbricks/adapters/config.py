@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -56,6 +56,11 @@ class LoraTrainConfig(BaseModel):
     eval_bytes: int = Field(12_000, ge=0, description="held-out bytes scored before and after (0: skip)")
     save_dtype: Annotated[str, one_of(SAVE_DTYPES, "save dtype")] = Field(
         "float16", description="storage dtype of the adapter weights"
+    )
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto",
+        description="auto: bf16 autocast over the fp32 weights where the CPU/GPU has native bf16 "
+        "(lmbricks.runtime.resolve_precision), else fp32; fp32 reproduces the shipped bricks' training",
     )
 
     @field_validator("targets")

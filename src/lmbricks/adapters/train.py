@@ -21,6 +21,7 @@ from lmbricks.adapters.train_data import train_texts, training_chunks
 from lmbricks.checkpoint import check_output
 from lmbricks.errors import ConfigError
 from lmbricks.hub import reference_paths
+from lmbricks.runtime import autocast, resolve_precision
 
 StepCallback = Callable[[int, float], None]
 
@@ -55,6 +56,8 @@ def train_loop(
     if not params:
         raise ConfigError("the model has no trainable parameters")
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    device = params[0].device
+    precision = resolve_precision(cfg.precision, device)
     gen = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(chunks.shape[0], generator=gen)
     model.train()
@@ -68,7 +71,8 @@ def train_loop(
         batch = chunks[torch.stack(rows)]  # (B, seq_len)
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
-        loss = model(input_ids=batch, labels=batch).loss
+        with autocast(precision, device):  # bf16 matmuls; the LoRA factors and AdamW stay fp32
+            loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -184,7 +188,7 @@ class _Run:
             loss_first=losses[0] if losses else None,
             loss_last=sum(losses[-5:]) / len(losses[-5:]) if losses else None,
         )
-        recipe = {"train": cfg.model_dump(mode="json")}
+        recipe = {"train": cfg.model_dump(mode="json"), "precision": resolve_precision(cfg.precision, "cpu")}
         save_brick(
             self.out,
             pairs,

@@ -22,6 +22,8 @@ from lmbricks.cli.adapters_options import (
 )
 from lmbricks.cli.adapters_route import route
 from lmbricks.cli.common import command_line, console, reads_checkpoints, training_progress, user_errors
+from lmbricks.cli.options import precision_option
+from lmbricks.runtime import RequestedPrecision
 
 app = typer.Typer(help="LoRA bricks: train, plug/unplug/list, compose, route, update, extract.", no_args_is_help=True)
 
@@ -47,6 +49,7 @@ def train(
     ),
     balance_sources: bool = typer.Option(False, help="give each source of the domain the same share of bytes"),
     targets: str = typer.Option(_TARGETS, help="comma-separated module names"),
+    precision: RequestedPrecision = precision_option(),
     force: bool = FORCE,
 ) -> None:
     """Train a LoRA brick on a corpus domain (PEFT), measuring held-out perplexity before and after.
@@ -67,6 +70,7 @@ def train(
         piece_bytes=piece_bytes,
         balance_sources=balance_sources,
         targets=tuple(t for t in targets.split(",") if t),
+        precision=precision,
     )
     with training_progress("training", cfg.steps) as (on_step, on_status):
         info = train_brick(model, out, cfg, domain=domain, force=force, command=command_line(), on_step=on_step,
@@ -86,6 +90,7 @@ def update(
     seq_len: int = SEQ_LEN,
     seed: int = typer.Option(1, help="seed of the data order"),
     eval_bytes: int = EVAL_BYTES,
+    precision: RequestedPrecision = precision_option(),
     force: bool = FORCE,
 ) -> None:
     """Continue training one brick on new data while the base stays frozen.
@@ -95,7 +100,7 @@ def update(
     from lmbricks.adapters import make_config, update_brick
     from lmbricks.adapters.catalogue import find_brick
 
-    cfg = make_config(steps=steps, lr=lr, seq_len=seq_len, seed=seed, eval_bytes=eval_bytes)
+    cfg = make_config(steps=steps, lr=lr, seq_len=seq_len, seed=seed, eval_bytes=eval_bytes, precision=precision)
     with training_progress("updating", cfg.steps) as (on_step, on_status):
         info = update_brick(find_brick(brick, model), out, cfg, model_ref=model, domain=domain, force=force,
                             command=command_line(), on_step=on_step, on_status=on_status)  # fmt: skip

@@ -6,6 +6,8 @@ import typer
 from rich.table import Table
 
 from lmbricks.cli.common import FORCE_HELP, console, print_json, progress_bar, reads_checkpoints, user_errors
+from lmbricks.cli.options import precision_option
+from lmbricks.runtime import RequestedPrecision
 
 app = typer.Typer(help="Evaluate models.", no_args_is_help=True)
 
@@ -21,6 +23,7 @@ def ppl(
     tokens: int | None = typer.Option(None, "--tokens", help="At most this many tokens per domain."),
     n_bytes: int = typer.Option(12_000, "--bytes", help="Bytes of held-out text per domain."),
     split: str = typer.Option("test", "--split", help="Split to score: test or validation."),
+    precision: RequestedPrecision = precision_option(),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Perplexity and bits per byte of a model on the held-out split of each domain.
@@ -29,10 +32,12 @@ def ppl(
     """
     from lmbricks import load_model
     from lmbricks.eval import DEFAULT_DOMAINS, evaluate_domains, held_out_texts
+    from lmbricks.runtime import inference_dtype, resolve_precision
 
     domains = list(domain) if domain else list(DEFAULT_DOMAINS)
     texts = held_out_texts(domains, split, n_bytes, tokens)  # before the model: an empty split fails fast
-    lm, tokenizer = load_model(model)
+    resolved = resolve_precision(precision, "cpu")
+    lm, tokenizer = load_model(model, dtype=inference_dtype(resolved))
     with progress_bar(transient=as_json) as bar:
         task = bar.add_task("scoring", total=None)
 
@@ -44,9 +49,10 @@ def ppl(
             on_domain=on_domain, on_batch=lambda n: bar.advance(task, n), texts=texts,
         )  # fmt: skip
     if as_json:
-        print_json({"model": model, "split": split, "domains": {d: r.to_dict() for d, r in results.items()}})
+        print_json({"model": model, "split": split, "precision": resolved,
+                    "domains": {d: r.to_dict() for d, r in results.items()}})  # fmt: skip
         return
-    table = Table(title=f"{model}: {split} split")
+    table = Table(title=f"{model}: {split} split, {resolved}")
     for col in ("domain", "tokens", "bytes", "perplexity", "bits/byte"):
         table.add_column(col, justify="right" if col != "domain" else "left")
     for name, r in results.items():
@@ -66,6 +72,7 @@ def fewshot(
     n: int | None = typer.Option(None, "--n", help="Evaluate the first N items of the task's split."),
     fmt: str = typer.Option("plain", "--format", help="plain (Question:/Answer:) or chat (chat template)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Prompts per batch (transformers models)."),
+    precision: RequestedPrecision = precision_option(),
     out: str | None = typer.Option(None, "--out", "-o", help="Write results.json, curve.png, report.html here."),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
@@ -80,7 +87,8 @@ def fewshot(
     from lmbricks.eval.fewshot.pipeline import FewshotJob, run_fewshot
 
     options = {"model": model, "task": task, "modes": [False, True] if both else [cot], "n": n, "fmt": fmt,
-               "batch_size": batch_size, "out": out, "force": force, **({"shots": shots} if shots else {})}  # fmt: skip
+               "batch_size": batch_size, "out": out, "force": force, "precision": precision,
+               **({"shots": shots} if shots else {})}  # fmt: skip
     job = validate(FewshotJob, options, "eval fewshot options")
     with progress_bar(transient=as_json) as bar:
         prog = bar.add_task("few-shot", total=None)

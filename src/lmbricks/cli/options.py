@@ -25,6 +25,11 @@ MODEL_HELP = "Registry name, model directory or .gguf file."
 FORCE_HELP = "Replace an existing output that lmbricks wrote (never an input, a file or a folder of yours)."
 #: The help of ``--json`` on listing commands.
 JSON_HELP = "Print JSON instead of a table."
+#: The help of every ``--precision`` (lmbricks.runtime.resolve_precision decides what auto means).
+PRECISION_HELP = (
+    "auto: bf16 where the CPU or GPU multiplies bf16 natively (AMX-BF16, AVX512-BF16, Arm BF16, CUDA >= 8.0), "
+    "else fp32; training autocasts over fp32 weights, inference runs bf16 weights. fp32 reproduces the fp32 figures."
+)
 ALLOW_PICKLE_HELP = (
     "Also read .bin/.pt pickle checkpoints (torch.load with weights_only=True, which runs no code); "
     "by default only safetensors are read."
@@ -49,6 +54,11 @@ def force_option(help: str = FORCE_HELP) -> Any:
 def json_option(help: str = JSON_HELP) -> Any:
     """``--json``: print JSON (nothing else on stdout) instead of tables."""
     return typer.Option(False, "--json", help=help)
+
+
+def precision_option(default: str | None = "auto", help: str = PRECISION_HELP) -> Any:
+    """``--precision auto|bf16|fp32`` (annotate the parameter ``RequestedPrecision``; ``None``: the config's)."""
+    return typer.Option(default, "--precision", help=help)
 
 
 def domains_option(help: str = "Domain (repeatable).", name: str = "--domain") -> Any:

@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 
 from lmbricks.cli.common import console, err_console, user_errors
-from lmbricks.cli.options import out_option
+from lmbricks.cli.options import out_option, precision_option
+from lmbricks.runtime import RequestedPrecision
 from lmbricks.tour.run import DEFAULT_MODEL, SECTION_NAMES
 
 
@@ -22,6 +23,10 @@ def tour(
         "-s",
         help=f"Run only this section (repeatable; kept in report order): {', '.join(SECTION_NAMES)}.",
     ),
+    precision: RequestedPrecision = precision_option(
+        help="auto: the inference-only sections (bits per byte, prompting) run bf16 weights where the CPU "
+        "has native bf16; fp32 reproduces the fp32 tour."
+    ),
 ) -> None:
     """Show what lmbricks does on the default model and write runs/tour/report.html.
 
@@ -34,7 +39,12 @@ def tour(
 
     try:
         path = run_tour(
-            out, quick=quick, model_ref=model, log=lambda m: err_console.print(f"[dim]{m}[/]"), only=section or None
+            out,
+            quick=quick,
+            model_ref=model,
+            log=lambda m: err_console.print(f"[dim]{m}[/]"),
+            only=section or None,
+            precision=precision,
         )
     except TourFailed as exc:
         console.print(f"report written to {exc.report}")

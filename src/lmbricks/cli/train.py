@@ -8,6 +8,8 @@ from typing import Any
 import typer
 
 from lmbricks.cli.common import console, err_console, print_json, progress_bar, reads_checkpoints, user_errors
+from lmbricks.cli.options import precision_option
+from lmbricks.runtime import RequestedPrecision
 
 
 @user_errors
@@ -18,10 +20,12 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint in the run directory"),
     force: bool = typer.Option(False, "--force", help="start afresh, deleting the run's checkpoints"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    precision: RequestedPrecision | None = precision_option(None, "auto|bf16|fp32: replaces the config's precision"),
 ) -> None:
     """Train a small dense or MoE LM; checkpoints, log.jsonl and report.html go to the run directory.
 
-    Runs under torchrun for DDP (gloo on CPU, NCCL on GPU).
+    Runs under torchrun for DDP (gloo on CPU, NCCL on GPU). precision auto (the default) is bf16
+    autocast over fp32 weights where the hardware has native bf16; --precision fp32 reproduces fp32 runs.
 
     Example: lmbricks train tiny-moe.yaml -o runs/tiny-moe   (after a crash: add --resume)
     """
@@ -31,6 +35,8 @@ def train(
     from lmbricks.train import train as run
 
     cfg = load_config(config)
+    if precision is not None:
+        cfg = cfg.model_copy(update={"precision": precision})
     out = run_dir or Path("runs") / config.stem
     main = os.environ.get("RANK", "0") == "0"
     if quiet or not main:

@@ -95,15 +95,28 @@ class Experts(nn.Module):
         """
         if plan is None:
             plan = plan_dispatch(indices, keep, self.num_experts)
+        device = x.device.type
+        if torch.is_autocast_enabled(device):
+            # The kernels write with out= into preallocated buffers, which autocast does not reach:
+            # cast inputs, gates and weights to autocast's dtype here (differentiably, so the fp32
+            # master weights get their gradients) and run the kernels with autocast off.
+            dtype = torch.get_autocast_dtype(device)
+            with torch.autocast(device, enabled=False):
+                y = self._combine(x.to(dtype), weights.to(dtype), plan, self.w_in.to(dtype), self.down.to(dtype))
+            return y.to(x.dtype)
+        return self._combine(x, weights, plan, self.w_in, self.down)
+
+    def _combine(self, x: Tensor, weights: Tensor, plan: DispatchPlan, w_in: Tensor, w_out: Tensor) -> Tensor:
+        """(T, H) weighted sum over the plan's pairs, all operands in one dtype."""
         impl = choose_impl(self.impl, x, plan.num_routed)
-        trains = torch.is_grad_enabled() and (x.requires_grad or weights.requires_grad or self.w_in.requires_grad)
+        trains = torch.is_grad_enabled() and (x.requires_grad or weights.requires_grad or w_in.requires_grad)
         if impl == "loop" and not trains:
-            return expert_ffn_loop_combined(x, weights, plan, self.w_in, self.down, self.activation)
+            return expert_ffn_loop_combined(x, weights, plan, w_in, w_out, self.activation)
         xs = gather_rows(x, plan)  # (S, H) sorted by expert
         if impl == "grouped":
-            ys = expert_ffn_grouped(xs, self.w_in, self.down, plan.tokens_per_expert, self.activation)
+            ys = expert_ffn_grouped(xs, w_in, w_out, plan.tokens_per_expert, self.activation)
         else:
-            ys = expert_ffn_loop(xs, self.w_in, self.down, plan.counts, self.activation)
+            ys = expert_ffn_loop(xs, w_in, w_out, plan.counts, self.activation)
         return combine_rows(ys, weights, plan, overwrite=True)
 
     def expert_linear_weights(self, e: int) -> dict[str, Tensor]:

@@ -20,6 +20,7 @@ from torch import nn
 from lmbricks.errors import ConfigError
 from lmbricks.moefy.convert import moefied_layers
 from lmbricks.moefy.runtime import MoefiedFFN
+from lmbricks.runtime import Precision, autocast
 
 
 @dataclass
@@ -33,6 +34,9 @@ class HealConfig:
         lr: learning rate of the experts' weights.
         router_lr: learning rate of the routers.
         batch_size: blocks per step.
+        precision: ``"bf16"``: the teacher's and student's forwards run under bf16 autocast (the
+            trained weights and AdamW's state stay fp32); ``"fp32"``: no autocast. Callers pass
+            what :func:`lmbricks.runtime.resolve_precision` made of ``auto``.
     """
 
     max_tokens: int | None = None
@@ -41,6 +45,7 @@ class HealConfig:
     lr: float = 2e-5
     router_lr: float = 1e-3
     batch_size: int = 2
+    precision: Precision = "fp32"
 
     def __post_init__(self) -> None:
         if self.max_tokens is None and self.max_minutes is None:
@@ -51,12 +56,13 @@ class HealConfig:
 
 @dataclass
 class HealStats:
-    """What healing did: steps, tokens, seconds and the KL per step."""
+    """What healing did: steps, tokens, seconds, the KL per step and the precision it ran in."""
 
     steps: int = 0
     tokens: int = 0
     seconds: float = 0.0
     kl: list[float] = field(default_factory=list)
+    precision: Precision = "fp32"
 
 
 def kl_to_teacher(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -114,7 +120,7 @@ def heal(
     if any(m.mode != "router" or m.router is None for m in layers):
         raise ConfigError("heal: every MoEfied FFN must route with a router (mode 'router')")
     params, opt = _optimiser(student, layers, config)
-    stats = HealStats()
+    stats = HealStats(precision=config.precision)
     start = time.perf_counter()
     teacher.eval()
     student.train()
@@ -123,9 +129,11 @@ def heal(
         while _budget_left(config, stats, time.perf_counter() - start):
             ids = blocks[i : i + config.batch_size]
             i = (i + config.batch_size) % max(blocks.shape[0], 1)
-            with torch.no_grad():
+            with torch.no_grad(), autocast(config.precision, ids.device):
                 target = teacher(input_ids=ids).logits
-            loss = kl_to_teacher(student(input_ids=ids).logits, target)
+            with autocast(config.precision, ids.device):
+                logits = student(input_ids=ids).logits
+            loss = kl_to_teacher(logits, target)  # in fp32 whatever the logits' dtype
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

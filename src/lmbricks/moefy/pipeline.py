@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -35,6 +35,7 @@ from lmbricks.moefy.io import densify, is_moefied, load_moefied, read_section, s
 from lmbricks.moefy.reporting import write_moefy_report
 from lmbricks.moefy.routers import MOEFY_ROUTERS
 from lmbricks.nn.load import read_config
+from lmbricks.runtime import resolve_precision
 
 Texts = Callable[[str, str], list[str]]
 #: Healing blocks per domain and their length in tokens (train split).
@@ -53,6 +54,8 @@ class MoefyRun(BaseModel):
         heal_minutes: healing budget in minutes (0: none).
         heal_tokens: healing budget in tokens (None or 0: none).
         heal_routers_only: heal the routers and freeze the experts.
+        precision: healing's forwards under bf16 autocast where ``auto`` resolves to bf16
+            (:func:`lmbricks.runtime.resolve_precision`); ``fp32`` reproduces fp32 healing.
         evaluate: evaluate the result and write a report.
         quick: evaluate on 4 x 256 tokens per domain (else 4 x 1024).
         report: the report directory (None: ``OUT-report``); it must lie apart from ``out``.
@@ -69,6 +72,7 @@ class MoefyRun(BaseModel):
     heal_minutes: float = Field(0.0, ge=0)
     heal_tokens: int | None = Field(None, ge=0)
     heal_routers_only: bool = False
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     evaluate: bool = False
     quick: bool = False
     report: Path | None = None
@@ -187,6 +191,7 @@ def _heal(
         max_tokens=run.heal_tokens or None,
         max_minutes=run.heal_minutes or None,
         train_experts=not run.heal_routers_only,
+        precision=resolve_precision(run.precision, "cpu"),
     )
     chunks = domain_chunks(tokenizer, DEFAULT_DOMAINS, "train", *HEAL_BLOCKS, texts_of)
     blocks = torch.cat(list(chunks.values()))  # (N, T)

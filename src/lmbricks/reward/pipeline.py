@@ -80,12 +80,17 @@ def train_job(job: RewardJob, progress: Progress = no_progress) -> RewardJobResu
     from lmbricks.hub import reference_paths
     from lmbricks.reward.io import save_reward_model
     from lmbricks.reward.warm import train_reward_model
+    from lmbricks.runtime import resolve_precision
 
     inputs = [*reference_paths(job.model), *pair_spec_files(job.data)]
     check_output(job.out, inputs, job.force)  # before any work
     pairs = load_pair_spec(job.data, "train", job.limit, job.train.seed)
     rm, tok, history, skipped = train_reward_model(job.model, pairs, job.train, progress)
-    info = {"data": job.data, **job.train.model_dump()}
+    info = {
+        "data": job.data,
+        **job.train.model_dump(),
+        "resolved_precision": resolve_precision(job.train.precision, "cpu"),
+    }
     save_reward_model(rm, job.out, tok, force=job.force, info=info, inputs=inputs)
     return RewardJobResult(job.out, len(pairs), skipped, history)
 

@@ -22,6 +22,7 @@ from torch import Tensor
 from lmbricks.reward.loss import bradley_terry_loss, pair_accuracy
 from lmbricks.reward.model import RewardModel, pad_right
 from lmbricks.reward.pairs import Pair
+from lmbricks.runtime import autocast, resolve_precision
 
 
 class RewardTrainConfig(BaseModel):
@@ -39,6 +40,9 @@ class RewardTrainConfig(BaseModel):
     trainable_layers: int = Field(2, ge=0, description="last layers trained (0: head only)")
     max_len: int = Field(256, gt=4, description="longer pairs are skipped (and counted)")
     format: Literal["plain", "chat"] = Field("plain", description="plain: 'User: ...\\nAssistant: ...'")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="auto: bf16 autocast over fp32 weights where the CPU/GPU has native bf16, else fp32"
+    )
 
 
 @dataclass
@@ -133,6 +137,7 @@ def train_on_features(
     params = rm.trainable_from(start)
     init_head(rm, cfg)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    precision = resolve_precision(cfg.precision, params[0].device)  # fp32 weights and AdamW state either way
     rng = random.Random(cfg.seed)
     history: list[dict[str, float]] = []
     rm.train()
@@ -143,7 +148,8 @@ def train_on_features(
         for b in range(0, len(order), cfg.batch_size):
             idx = order[b : b + cfg.batch_size]
             x, lengths = pad_right([chosen[i] for i in idx] + [rejected[i] for i in idx])
-            scores = rm.top(x, lengths, start)  # (2b,)
+            with autocast(precision, x.device):
+                scores = rm.top(x, lengths, start)  # (2b,) fp32: the head's output is cast up
             rc, rr = scores[: len(idx)], scores[len(idx) :]
             loss = bradley_terry_loss(rc, rr)
             opt.zero_grad(set_to_none=True)

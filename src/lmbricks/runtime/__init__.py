@@ -1,7 +1,8 @@
 """Process settings that decide how fast the hardware runs: the allocator and the precision.
 
 - :func:`tune_process`: keep large tensor buffers in the heap (glibc ``mallopt``); once per process.
-- :func:`native_bf16`, :func:`resolve_precision`, :func:`autocast`: bf16 where the device has it.
+- :func:`native_bf16`, :func:`resolve_precision`, :func:`autocast`, :func:`inference_dtype`: bf16 where
+  the device has it (training: autocast over fp32 master weights; inference: bf16 weights).
 
 Nothing here imports torch at import time, so ``import lmbricks`` stays light.
 """
@@ -15,6 +16,7 @@ from lmbricks.runtime.precision import (
     autocast,
     cpu_flags,
     cpu_native_bf16,
+    inference_dtype,
     native_bf16,
     resolve_precision,
 )
@@ -27,6 +29,7 @@ __all__ = [
     "autocast",
     "cpu_flags",
     "cpu_native_bf16",
+    "inference_dtype",
     "native_bf16",
     "other_allocator",
     "resolve_precision",

@@ -22,6 +22,7 @@ from lmbricks.errors import ConfigError, LmbricksError
 
 if TYPE_CHECKING:  # the report pulls in matplotlib; `lmbricks --help` should not wait for it
     from lmbricks.report import Report
+    from lmbricks.runtime import Precision, RequestedPrecision
 
 
 @dataclass
@@ -35,8 +36,11 @@ class TourContext:
     report: Report
     log: Callable[[str], None] = print
     results: dict[str, Any] = field(default_factory=dict)
+    precision: Precision = "fp32"  # of the inference-only sections (what --precision resolved to)
+    requested_precision: str = "auto"  # what --precision said (the reproduce commands repeat it)
     _model: Any = None
     _tokenizer: Any = None
+    _inference_model: Any = None
 
     @property
     def cache_dir(self) -> Path:
@@ -57,6 +61,22 @@ class TourContext:
 
             self._model, self._tokenizer = load_model(self.model_path)
         return self._model, self._tokenizer
+
+    def inference_model(self) -> tuple[Any, Any]:
+        """The default model for inference-only sections: bf16 weights when ``precision`` is bf16.
+
+        Sections that build, merge or compare models keep :meth:`model_and_tokenizer` (fp32); the
+        bf16 copy is loaded once, beside it.
+        """
+        model, tokenizer = self.model_and_tokenizer()
+        if self.precision == "fp32":
+            return model, tokenizer
+        if self._inference_model is None:
+            from lmbricks import load_model
+            from lmbricks.runtime import inference_dtype
+
+            self._inference_model, _ = load_model(self.model_path, dtype=inference_dtype(self.precision))
+        return self._inference_model, tokenizer
 
 
 SummaryRow = tuple[str, str, str]  # (section, headline metric, value)
@@ -174,11 +194,13 @@ def select_sections(sections: Sequence[tuple[str, Section]], only: Sequence[str]
     return [(name, fn) for name, fn in sections if name in only]
 
 
-def reproduce_command(name: str, out_dir: Path, quick: bool, model_ref: str) -> str:
+def reproduce_command(name: str, out_dir: Path, quick: bool, model_ref: str, precision: str = "auto") -> str:
     """The shell command that runs section ``name`` alone, with this run's options and output folder."""
     parts = ["lmbricks", "tour", "--section", name, "--out", str(out_dir)]
     if quick:
         parts.append("--quick")
+    if precision != "auto":
+        parts += ["--precision", precision]
     if model_ref != DEFAULT_MODEL:
         parts += ["--model", model_ref]
     return " ".join(shlex.quote(p) for p in parts)
@@ -229,7 +251,7 @@ def run_section(ctx: TourContext, name: str, section: Section) -> tuple[SectionO
         return outcome, None
     except Exception as exc:  # a failing section must not take the report with it
         tb = None if isinstance(exc, LmbricksError) else _short_traceback(exc)
-        command = reproduce_command(name, ctx.out_dir, ctx.quick, ctx.model_ref)
+        command = reproduce_command(name, ctx.out_dir, ctx.quick, ctx.model_ref, ctx.requested_precision)
         outcome = SectionOutcome(name, "failed", _elapsed(start), error=_error_line(exc), traceback=tb,
                                  reproduce=command)  # fmt: skip
         if len(report.sections) == before:
@@ -269,6 +291,7 @@ def run_tour(
     sections: list[tuple[str, Section]] | None = None,
     log: Callable[[str], None] = print,
     only: Sequence[str] | None = None,
+    precision: RequestedPrecision = "auto",
 ) -> Path:
     """Run every section and write ``out_dir/report.html`` (plus ``results.json`` and the PNGs).
 
@@ -284,6 +307,8 @@ def run_tour(
         sections: override the section list (tests).
         log: one-line progress messages.
         only: run only the sections of these names (in report order; ``lmbricks tour --section``).
+        precision: ``auto`` (bf16 weights for the inference-only sections where the CPU has native
+            bf16, :func:`lmbricks.runtime.resolve_precision`), ``bf16`` or ``fp32`` (the fp32 tour).
 
     Returns:
         Path to the HTML report.
@@ -294,13 +319,16 @@ def run_tour(
     """
     from lmbricks.hub import resolve_model
     from lmbricks.report import Report
+    from lmbricks.runtime import resolve_precision
 
     chosen = sections if sections is not None else default_sections()
     if only:
         chosen = select_sections(chosen, only)
     out_dir = _prepare_out_dir(out_dir, model_ref)
-    report = Report("lmbricks tour", f"Model: {model_ref}{' (quick mode)' if quick else ''}")
-    ctx = TourContext(model_ref, resolve_model(model_ref), out_dir, quick, report, log)
+    resolved = resolve_precision(precision, "cpu")
+    report = Report("lmbricks tour", f"Model: {model_ref}{' (quick mode)' if quick else ''}, {resolved} inference")
+    ctx = TourContext(model_ref, resolve_model(model_ref), out_dir, quick, report, log, precision=resolved,
+                      requested_precision=precision)  # fmt: skip
     outcomes: list[SectionOutcome] = []
     first_error: BaseException | None = None
     for name, section in chosen:
@@ -335,6 +363,7 @@ def _write_outputs(ctx: TourContext, outcomes: Sequence[SectionOutcome]) -> Path
     path = report.save(ctx.out_dir / "report.html")
     results = {
         **ctx.results,
+        "precision": ctx.precision,
         "timings_s": {o.name: o.seconds for o in outcomes},
         "sections": [o.to_dict() for o in outcomes],
     }

@@ -41,7 +41,7 @@ def inventory_section(ctx: TourContext) -> list[SummaryRow]:
 
 def domains_section(ctx: TourContext) -> list[SummaryRow]:
     """Bits per byte per domain on held-out text (12 KB per domain, 3 KB in quick mode)."""
-    model, tokenizer = ctx.model_and_tokenizer()
+    model, tokenizer = ctx.inference_model()  # bf16 weights where precision says so
     max_bytes = 3_000 if ctx.quick else 12_000
     results = evaluate_domains(model, tokenizer, DEFAULT_DOMAINS, max_bytes=max_bytes)
     bpb = {d: r.bpb for d, r in results.items()}

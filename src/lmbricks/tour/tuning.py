@@ -42,7 +42,7 @@ FULL = TuningBudget(shots=(0, 1, 2, 4, 8), per_language=1, max_items=14, max_cha
 def tuning_section(ctx: TourContext) -> list[SummaryRow]:
     """Few-shot curve on language identification, and a reward probe against the LM's own ranking."""
     b = QUICK if ctx.quick else FULL
-    model, tokenizer = ctx.model_and_tokenizer()
+    model, tokenizer = ctx.inference_model()  # bf16 weights where precision says so
     curve = langid_curve(model, tokenizer, b.shots, b.per_language, b.max_items, b.max_chars)
     reward = reward_probe(model, tokenizer, b.train_pairs, b.test_pairs)
     ctx.results["tuning"] = {"fewshot_langid": curve, "reward": reward}

@@ -102,7 +102,9 @@ class TrainConfig(_Strict):
         None, description="task lm: train only these parameter kinds (MoE router training: [routers]); default all"
     )
     averaging: AveragingConfig = Field(default_factory=lambda: AveragingConfig.model_validate({}))
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast (fp32 master weights) where the device has native bf16, else fp32"
+    )
     checkpoint_every: int = Field(100, gt=0)
     keep_checkpoints: int = Field(3, ge=1, description="older step-* directories are deleted")
     log_every: int = Field(1, gt=0)

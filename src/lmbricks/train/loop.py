@@ -227,6 +227,7 @@ def save_step(state: TrainState, step: int) -> Path:
         from lmbricks.train.lora import merged_model
 
         trainer = {"tokens_seen": state.tokens_seen, "world": info.world, "data": state.order.state_dict(state.chunks)}
+        trainer["precision"] = resolve_precision(cfg, info.device)  # what auto resolved to (bf16: autocast)
         path = ckpt_io.save_checkpoint(
             state.run_dir,
             step,

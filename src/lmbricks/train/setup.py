@@ -134,14 +134,27 @@ def apply_trainable(model: nn.Module, kinds: Sequence[str]) -> dict[str, int]:
 
 
 def resolve_precision(cfg: TrainConfig, device: torch.device) -> Literal["fp32", "bf16"]:
-    """What ``precision`` means on ``device``: ``auto`` is bf16 autocast on CUDA with bf16, else fp32.
+    """What ``precision`` means on ``device``, decided by :func:`lmbricks.runtime.resolve_precision`.
 
-    This is the one place ``auto`` is decided; the loop autocasts to bf16 when it returns ``bf16``
-    (fp32 master weights either way).
+    ``auto`` is bf16 where the device multiplies bf16 natively (CUDA >= 8.0, ROCm, CPUs with
+    AMX-BF16, AVX512-BF16 or Arm BF16), else fp32; the loop autocasts to bf16 when this returns
+    ``bf16`` (fp32 master weights and optimizer state either way). ``fp32`` reproduces the runs of
+    before ``auto`` meant bf16 on CPUs, bit for bit.
     """
-    if cfg.precision != "auto":
-        return cfg.precision
-    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    from lmbricks.runtime import resolve_precision as runtime_precision
+
+    return runtime_precision(cfg.precision, device)
+
+
+def _write_precision(cfg: TrainConfig, run_dir: Path, info: DistInfo) -> None:
+    """Record what ``precision`` resolved to in ``run_dir/precision.json`` (main process)."""
+    if info.is_main:
+        record = {
+            "requested": cfg.precision,
+            "resolved": resolve_precision(cfg, info.device),
+            "device": str(info.device),
+        }
+        (run_dir / "precision.json").write_text(json.dumps(record) + "\n")
 
 
 def prepare_run_dir(
@@ -260,6 +273,7 @@ def setup(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     resume_point = prepare_run_dir(cfg, run_dir, resume, force, info)
+    _write_precision(cfg, run_dir, info)
     resume_from = resume_point[1] if resume_point is not None else None
     torch.manual_seed(cfg.seed)
     if tokenizer is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,6 +26,9 @@ class FewshotJob(BaseModel):
     batch_size: int = Field(8, gt=0, description="prompts per batch")
     out: Path | None = Field(None, description="write results.json, curve.png, report.html here")
     force: bool = False
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="auto: bf16 weights where the CPU has native bf16 (lmbricks.runtime), else fp32"
+    )
 
 
 def run_fewshot(
@@ -41,7 +44,7 @@ def run_fewshot(
         on_batch: called with the number of prompts done after each batch.
 
     Returns:
-        ``{"model", **evaluate_fewshot(...)}`` (see :func:`lmbricks.eval.fewshot.evaluate_fewshot`).
+        ``{"model", "precision", **evaluate_fewshot(...)}`` (see :func:`lmbricks.eval.fewshot.evaluate_fewshot`).
 
     Raises:
         ConfigError: an unknown format or task, shots outside the task's demonstrations, or an
@@ -52,6 +55,7 @@ def run_fewshot(
     from lmbricks.eval.fewshot.tasks import get_task
     from lmbricks.hub import reference_paths
     from lmbricks.nn.load import load_model
+    from lmbricks.runtime import inference_dtype, resolve_precision
 
     if job.fmt not in ("plain", "chat"):
         raise ConfigError(f"--format must be plain or chat, got {job.fmt!r}")
@@ -60,12 +64,13 @@ def run_fewshot(
     spec = get_task(job.task)
     if max(job.shots) > len(spec.demos) or min(job.shots) < 0:
         raise ConfigError(f"--shots must lie in 0..{len(spec.demos)} for task {job.task}")
-    lm, tokenizer = load_model(job.model)
+    precision = resolve_precision(job.precision, "cpu")
+    lm, tokenizer = load_model(job.model, dtype=inference_dtype(precision))
     results = evaluate_fewshot(
         lm, tokenizer, spec, job.shots, job.modes, n=job.n, fmt=job.fmt, batch_size=job.batch_size,
         on_condition=on_condition, on_batch=on_batch,
     )  # fmt: skip
-    results = {"model": job.model, **results}
+    results = {"model": job.model, "precision": precision, **results}
     if job.out is not None:
         write_fewshot_outputs(results, job.out, force=job.force, inputs=reference_paths(job.model))
     return results

@@ -76,7 +76,8 @@ class Router(nn.Module):
         """(T, H) -> (T, E) fp32 logits; multiplicative jitter U(1-eps, 1+eps) on x in training."""
         if self.training and self.jitter > 0:
             x = x * torch.empty_like(x).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
-        return F.linear(x.float(), self.gate.weight.float())
+        with torch.autocast(x.device.type, enabled=False):  # fp32 even inside a bf16 autocast region
+            return F.linear(x.float(), self.gate.weight.float())
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> RouterOutput:  # pragma: no cover
         raise NotImplementedError

@@ -1,0 +1,60 @@
+"""precision in a training run: fp32 reproduces the runs of before ``auto`` meant bf16 on CPUs,
+bit for bit; ``auto`` is decided by lmbricks.runtime, recorded, and autocasts where it says bf16."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from lmbricks.runtime import resolve_precision
+from lmbricks.testing import build_tiny_tokenizer
+from lmbricks.train.config import TrainConfig
+from lmbricks.train.loop import train
+
+#: log.jsonl losses of this run on main at 9b5d578 (before ``auto`` meant bf16 on CPUs), precision fp32.
+FP32_LOSSES = [5.972145080566406, 5.950157165527344, 5.955694675445557, 5.956191062927246]
+
+
+def _config(precision: str) -> TrainConfig:
+    return TrainConfig.model_validate(
+        {
+            "model": {"hidden_size": 32, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 64},
+            "tokenizer": "lmbricks-tiny",
+            "data": {"domains": ["code"]},  # unused: the blocks are passed in
+            "steps": 4,
+            "batch_size": 4,
+            "optim": {"lr": 3e-3},
+            "checkpoint_every": 4,
+            "threads": 1,
+            "precision": precision,
+            "device": "cpu",
+        }
+    )
+
+
+def _run(tmp_path: Path, precision: str) -> tuple[list[float], Path]:
+    tokenizer = build_tiny_tokenizer()
+    chunks = torch.randint(0, len(tokenizer), (16, 24), generator=torch.Generator().manual_seed(0))  # (N, T)
+    result = train(_config(precision), tmp_path / precision, chunks=chunks, tokenizer=tokenizer, report=False)
+    return [r["loss"] for r in result.records], result.run_dir
+
+
+def test_fp32_reproduces_main_bit_for_bit(tmp_path: Path) -> None:
+    losses, run_dir = _run(tmp_path, "fp32")
+    assert losses == FP32_LOSSES
+    assert json.loads((run_dir / "precision.json").read_text())["resolved"] == "fp32"
+
+
+def test_auto_is_recorded_and_autocasts_where_bf16(tmp_path: Path) -> None:
+    resolved = resolve_precision("auto", "cpu")
+    losses, run_dir = _run(tmp_path, "auto")
+    record = json.loads((run_dir / "precision.json").read_text())
+    assert record == {"requested": "auto", "resolved": resolved, "device": "cpu"}
+    trainer = json.loads((run_dir / "checkpoints" / "step-000004" / "trainer_state" / "trainer.json").read_text())
+    assert trainer["precision"] == resolved
+    if resolved == "bf16":  # bf16 autocast rounds the matmuls: the losses leave the fp32 ones
+        assert losses != FP32_LOSSES and abs(losses[0] - FP32_LOSSES[0]) < 0.05
+    else:
+        assert losses == FP32_LOSSES
