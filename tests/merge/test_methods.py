@@ -39,7 +39,13 @@ def _n_inputs(name: str) -> int:
     return m.max_models if m.max_models is not None else max(m.min_models, 3)
 
 
-@pytest.mark.parametrize("name", [m.name for m in all_methods()])
+#: Methods that do not promise F back, and why (each has hand-computed references instead).
+NOT_PROMISED = {
+    "arcee_fusion": "takes θ1 only where its importance is above the median + 1.5 IQR fence: most entries keep θ0",
+}
+
+
+@pytest.mark.parametrize("name", [m.name for m in all_methods() if m.name not in NOT_PROMISED])
 def test_identical_finetunes_different_from_the_base_return_the_finetune(name: str) -> None:
     """Every input is the same fine-tune F != base, weights sum to 1, nothing trimmed: every method
     promises F (a merge of a model with itself would give base-using methods all-zero task vectors,
@@ -54,6 +60,8 @@ def test_identical_finetunes_different_from_the_base_return_the_finetune(name: s
         kw["density"] = [1.0] * n
     if m.param("gamma") is not None:
         kw["gamma"] = [0.0] * n
+    if name == "nearswap":  # every entry within t of the base: all swapped in
+        kw["t"] = 1e9
     b = ft.clone() if name == "slerp" else base
     out = _call(name, b, [ft.clone() for _ in range(n)], **kw)
     assert not torch.allclose(ft, base, atol=0.1)

@@ -5,9 +5,11 @@
   Tensors are then used as zero-copy views of the memory-mapped files: input data never counts as
   anonymous memory.
 * The **main thread** computes one output tensor at a time in fp32. Methods with a chunked form
-  (linear, task_arithmetic, ties, breadcrumbs*, passthrough) make one pass over the whole tensor
-  for global statistics and then work in row blocks on :func:`lmbricks.threads.torch_workers`, so
-  their fp32 scratch is a few blocks; the other methods hold the tensor's inputs in fp32.
+  (the registry's ``chunked``: linear, passthrough, task_arithmetic, ties, breadcrumbs*, nuslerp,
+  karcher, sce, ram, ramplus_tl, nearswap, arcee_fusion) make one pass over the whole tensor for
+  global statistics and then work in row blocks on :func:`lmbricks.threads.torch_workers`, so
+  their fp32 scratch is a few blocks; the other methods (dare_*, della*, slerp, multislerp,
+  model_stock) hold the tensor's inputs in fp32.
 * A **writer thread** (:class:`~lmbricks.merge.streams.TensorWriter`) writes finished tensors
   straight into place in pre-declared safetensors shards (at most ``max_memory / 4`` bytes queued),
   inside a temporary directory that is renamed into place only when everything (config, tokenizer,
