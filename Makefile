@@ -52,7 +52,9 @@ demo: fetch
 ## code (vulture; names used only by frameworks are listed in scripts/vulture_allow.py). Part of CI.
 VULTURE_IGNORE_NAMES := forward,backward,setup_context,handle_starttag,handle_endtag,handle_data
 VULTURE_IGNORE_DECORATORS := @*.command,@*.callback,@field_validator,@model_validator,@register_*,@overload
-lint: setup
+# With BIN given on the command line (another checkout's venv, as from a git worktree), lint uses it
+# as it is: installing this tree into it would re-point that checkout's editable install.
+lint: $(if $(filter command line,$(origin BIN)),,setup)
 	$(BIN)/ruff check src tests bench scripts
 	$(BIN)/ruff format --check src tests bench scripts
 	$(BIN)/mypy src
