@@ -35,7 +35,7 @@ def test_positional_fields_are_named_in_errors_and_the_config_is_a_dataclass() -
     assert dataclasses.asdict(cfg)["metrics"] == ("norm",) and cfg.cett_target is None
     with pytest.raises(ConfigError, match=r"^sparsities\[0\]: "):
         SparsityConfig(("code",), (-0.1,))
-    with pytest.raises(ConfigError, match="takes 7 fields, got 8 positional values"):
-        NeuronConfig(("a", "b"), 0.1, "corr", 1, 8, 1, 0, 9)
+    with pytest.raises(ConfigError, match="takes 8 fields, got 9 positional values"):
+        NeuronConfig(("a", "b"), 0.1, "corr", 1, 8, 1, 0, "fp32", 9)
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.n_chunks = 2  # type: ignore[misc]

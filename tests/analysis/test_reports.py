@@ -98,3 +98,22 @@ def test_budget_and_masking_changes() -> None:
     assert got["ppl_change"] == {"0": {"a": 0.0, "b": 0.0}, "0.5": {"a": 0.5, "b": 0.0}}
     assert got["mean_change"] == {"0": 0.0, "0.5": 0.25}
     assert got["top_share_norm"] == pytest.approx({"top 10%": 0.3, "top 30%": 0.6, "top 50%": 0.8})
+
+
+def test_pipelines_load_the_weights_in_the_configs_precision(tiny_llama: Path, fake_texts, tmp_path: Path) -> None:
+    """fp32 and bf16 are taken as asked and recorded; bf16 weights move perplexity a little, not at all
+    would mean the setting was ignored."""
+    from dataclasses import replace
+
+    from lmbricks.analysis.pipeline import run_sparsity
+    from lmbricks.runtime import resolve_precision
+
+    cfg = SparsityConfig(domains=DOMAINS, sparsities=(0.0, 0.5), cett_target=None, n_chunks=1, seq_len=32)
+    runs = {p: run_sparsity(tiny_llama, replace(cfg, precision=p), tmp_path / p, texts_of=fake_texts).result
+            for p in ("fp32", "bf16", "auto")}  # fmt: skip
+    assert {p: r.config.precision for p, r in runs.items()} == {
+        "fp32": "fp32", "bf16": "bf16", "auto": resolve_precision("auto", "cpu")
+    }  # fmt: skip
+    for d in DOMAINS:
+        fp32, bf16 = runs["fp32"].base_ppl[d], runs["bf16"].base_ppl[d]
+        assert fp32 != bf16 and abs(bf16 / fp32 - 1) < 0.02

@@ -28,6 +28,7 @@ from lmbricks.analysis.hooks import edit_activations, tap_activations
 from lmbricks.config import one_of, settings
 from lmbricks.data.registry import DEFAULT_DOMAINS
 from lmbricks.errors import ConfigError
+from lmbricks.runtime.precision import RequestedPrecision
 
 Statistic = Literal["corr", "ratio"]
 STATISTICS: tuple[Statistic, ...] = ("corr", "ratio")
@@ -46,6 +47,8 @@ class NeuronConfig:
         seq_len: tokens per block.
         batch_size: blocks per forward pass.
         seed: seed of the random control sets.
+        precision: the weights' precision for a model the pipeline loads (as
+            :attr:`~lmbricks.analysis.SparsityConfig.precision`).
     """
 
     domains: Annotated[tuple[str, ...], Field(min_length=2)] = DEFAULT_DOMAINS
@@ -55,6 +58,7 @@ class NeuronConfig:
     seq_len: Annotated[int, Field(ge=2)] = 256
     batch_size: Annotated[int, Field(ge=1)] = 2
     seed: int = 0
+    precision: RequestedPrecision = "auto"
 
     def __post_init__(self) -> None:
         if len(set(self.domains)) != len(self.domains):

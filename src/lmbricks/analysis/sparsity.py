@@ -28,6 +28,7 @@ from lmbricks.analysis.hooks import edit_activations, tap_activations
 from lmbricks.analysis.masking import METRICS, cett_threshold, mask_threshold, mask_topk, neuron_scores
 from lmbricks.config import one_of, settings
 from lmbricks.data.registry import DEFAULT_DOMAINS
+from lmbricks.runtime.precision import RequestedPrecision
 
 DEFAULT_SPARSITIES = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 TOP_SHARES = (0.1, 0.3, 0.5)
@@ -49,6 +50,9 @@ class SparsityConfig:
         n_chunks: evaluation blocks per domain (and calibration blocks per domain for CETT).
         seq_len: tokens per block (at least 2).
         batch_size: blocks per forward pass.
+        precision: the weights' precision for a model the pipeline loads (``auto``: bf16 where the CPU
+            multiplies bf16 natively, :func:`lmbricks.runtime.resolve_precision`); a result records what
+            it resolved to. A loaded model passed to :func:`analyze_sparsity` runs as it is.
     """
 
     domains: Annotated[tuple[str, ...], Field(min_length=1)] = DEFAULT_DOMAINS
@@ -58,6 +62,7 @@ class SparsityConfig:
     n_chunks: Annotated[int, Field(ge=1)] = 4
     seq_len: Annotated[int, Field(ge=2)] = 256
     batch_size: Annotated[int, Field(ge=1)] = 2
+    precision: RequestedPrecision = "auto"
 
 
 @dataclass

@@ -9,9 +9,17 @@ import typer
 from rich.table import Table
 
 from lmbricks.cli.common import console, err_console, user_errors
-from lmbricks.cli.options import domains_option, force_option, model_argument, out_option, reads_checkpoints
+from lmbricks.cli.options import (
+    domains_option,
+    force_option,
+    model_argument,
+    out_option,
+    precision_option,
+    reads_checkpoints,
+)
 from lmbricks.data.registry import DEFAULT_DOMAINS
 from lmbricks.errors import ConfigError
+from lmbricks.runtime.precision import RequestedPrecision
 
 app = typer.Typer(help="Find emergent bricks in dense models: sparsity, capability neurons.", no_args_is_help=True)
 
@@ -49,6 +57,7 @@ def sparsity(
     quick: bool = _quick(),
     chunks: int | None = _chunks(),
     seq_len: int | None = _seq_len(),
+    precision: RequestedPrecision = precision_option(),
     force: bool = force_option(),
 ) -> None:
     """Neuron metric distributions, the per-token masking curve and CETT sparsity, as an HTML report.
@@ -61,7 +70,9 @@ def sparsity(
 
     rhos = _fractions(sparsities)
     n, t = budget(quick, chunks, seq_len)
-    cfg = SparsityConfig(tuple(domain or DEFAULT_DOMAINS), rhos, cett_target=cett or None, n_chunks=n, seq_len=t)
+    cfg = SparsityConfig(
+        tuple(domain or DEFAULT_DOMAINS), rhos, cett_target=cett or None, n_chunks=n, seq_len=t, precision=precision
+    )
     with err_console.status("analysing") as status:
         run = run_sparsity(model, cfg, out, force=force, on_step=status.update)
     result = run.result
@@ -90,6 +101,7 @@ def neurons(
     quick: bool = _quick(),
     chunks: int | None = _chunks(),
     seq_len: int | None = _seq_len(),
+    precision: RequestedPrecision = precision_option(),
     force: bool = force_option(),
 ) -> None:
     """Capability neurons per domain: prune them (and random controls), report the perplexity matrix.
@@ -101,7 +113,9 @@ def neurons(
     from lmbricks.analysis.pipeline import run_neurons
 
     n, t = budget(quick, chunks, seq_len)
-    cfg = NeuronConfig(tuple(domains or DEFAULT_DOMAINS), fraction, statistic, n_chunks=n, seq_len=t)
+    cfg = NeuronConfig(
+        tuple(domains or DEFAULT_DOMAINS), fraction, statistic, n_chunks=n, seq_len=t, precision=precision
+    )
     with err_console.status("analysing") as status:
         run = run_neurons(model, cfg, out, force=force, on_step=status.update)
     result = run.result

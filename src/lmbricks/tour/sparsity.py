@@ -30,10 +30,15 @@ def block_length(ctx: TourContext) -> int:
 
 
 def sparsity_section(ctx: TourContext) -> list[SummaryRow]:
-    """The masking curve (norm metric) on one block per domain; plot, table and interpretation."""
-    from lmbricks.hub import load_hf_model
+    """The masking curve (norm metric) on one block per domain; plot, table and interpretation.
 
-    model, tokenizer = load_hf_model(ctx.model_path)  # analysis hooks need the HF module names
+    An inference-only pass: bf16 weights when the tour's precision is bf16 (``auto`` on a native-bf16 CPU).
+    """
+    from lmbricks.hub import load_hf_model
+    from lmbricks.runtime import inference_dtype
+
+    # analysis hooks need the HF module names, so the HF model rather than ctx.inference_model()
+    model, tokenizer = load_hf_model(ctx.model_path, dtype=inference_dtype(ctx.precision))
     return masking_section(ctx, model, tokenizer)
 
 
