@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 import typer
 
 from lmbricks.cli.common import FORCE_HELP, console, err_console, reads_checkpoints, user_errors
+from lmbricks.cli.options import precision_option
+from lmbricks.runtime.precision import RequestedPrecision
 
 if TYPE_CHECKING:
     from lmbricks.moefy.pipeline import MoefyOutcome, MoefyRun
@@ -36,6 +38,7 @@ def moefy(
     quick: bool = typer.Option(False, "--quick", help="Evaluation on 4 x 256 tokens per domain."),
     report: Path | None = typer.Option(None, "--report", help="Report directory (default OUT-report)."),
     densify_: bool = typer.Option(False, "--densify", help="Restore the dense model of a MoEfied MODEL into OUT."),
+    precision: RequestedPrecision = precision_option(help="Healing's precision (auto: bf16 autocast on bf16 CPUs)."),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """MoEfy a dense model: experts from a neuron partition, a router per layer, a sparse runtime.
@@ -57,6 +60,7 @@ def moefy(
         quick=quick,
         report=report,
         densify=densify_,
+        precision=precision,
         force=force,
         command=" ".join(["lmbricks", "moefy", *sys.argv[2:]]),
     )

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from lmbricks.cli.common import console, print_json, reads_checkpoints, user_errors
+from lmbricks.cli.options import precision_option
+from lmbricks.runtime.precision import RequestedPrecision
 
 if TYPE_CHECKING:
     import torch
@@ -61,6 +63,7 @@ def generate(
     chat_anti: bool = typer.Option(False, "--chat-anti", help="... with the anti-expert's chat template"),
     no_cache: bool = typer.Option(False, "--no-cache", help="recompute every step (slow; for checks)"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of streaming"),
+    precision: RequestedPrecision = precision_option(),
 ) -> None:
     """Generate with proxy-tuning; one prompt streams to the terminal.
 
@@ -69,6 +72,7 @@ def generate(
     from lmbricks.errors import ConfigError
     from lmbricks.proxy.decode import DecodeConfig, proxy_generate
     from lmbricks.proxy.load import load_trio
+    from lmbricks.runtime import inference_dtype, resolve_precision
 
     cfg = DecodeConfig(
         alpha=alpha,
@@ -90,6 +94,7 @@ def generate(
         chat_base=chat_base,
         chat_expert=chat_expert,
         chat_anti=chat_anti,
+        dtype=inference_dtype(resolve_precision(precision, "cpu")),
     )
     if len(prompts) == 1 and not as_json:  # one prompt streams to the terminal
         console.print(prompts[0], end="", style="bold", highlight=False, markup=False)

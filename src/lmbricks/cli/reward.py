@@ -8,6 +8,8 @@ import typer
 from rich.table import Column, Table
 
 from lmbricks.cli.common import FORCE_HELP, console, print_json, reads_checkpoints, stage_progress, user_errors
+from lmbricks.cli.options import precision_option
+from lmbricks.runtime.precision import RequestedPrecision
 
 app = typer.Typer(help="Reward models: Bradley-Terry training on preference pairs, WARM.", no_args_is_help=True)
 
@@ -28,6 +30,7 @@ def train(
     batch_size: int = typer.Option(8, "--batch-size"),
     seed: int = typer.Option(0, "--seed"),
     max_len: int = typer.Option(256, "--max-len", help="Skip pairs with a side longer than this."),
+    precision: RequestedPrecision = precision_option(),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Train a scalar reward head (last-token score) with the Bradley-Terry loss.
@@ -41,7 +44,7 @@ def train(
     cfg = validate(
         RewardTrainConfig,
         {"lr": lr, "epochs": epochs, "batch_size": batch_size, "seed": seed,
-         "trainable_layers": trainable_layers, "max_len": max_len},
+         "trainable_layers": trainable_layers, "max_len": max_len, "precision": precision},
         "reward train options",
     )  # fmt: skip
     job = validate(RewardJob, {"model": model, "data": data, "out": out, "limit": limit, "train": cfg, "force": force},

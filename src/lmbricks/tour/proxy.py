@@ -57,8 +57,14 @@ def _pick_brick(model_ref: str) -> Any:
 
 
 def proxy_section(ctx: TourContext) -> list[SummaryRow]:
-    """Proxy-tuning: the Qwen pair when cached, else a computed demo on the default model."""
+    """Proxy-tuning: the Qwen pair when cached, else a computed demo on the default model.
+
+    Decoding only: the members get bf16 weights when the tour's precision is bf16 (bricks merged in fp32).
+    """
     from lmbricks.proxy.load import load_member
+    from lmbricks.runtime import inference_dtype
+
+    dtype = inference_dtype(ctx.precision)
 
     ctx.report.section(
         "Proxy-tuning",
@@ -78,9 +84,9 @@ def proxy_section(ctx: TourContext) -> list[SummaryRow]:
             )
         else:
             ctx.log(f"proxy: {QWEN_BASE} steered by {QWEN_SMALL} + {brick.name}")
-            base = load_member(QWEN_BASE)
-            anti = load_member(QWEN_SMALL)
-            expert = load_member(QWEN_SMALL, brick=brick.path)
+            base = load_member(QWEN_BASE, dtype=dtype)
+            anti = load_member(QWEN_SMALL, dtype=dtype)
+            expert = load_member(QWEN_SMALL, brick=brick.path, dtype=dtype)
             demo = _demo(ctx, base, expert, anti, brick, same_base_anti=False, label="qwen")
     else:
         ctx.report.text(f"The optional Qwen2.5-Coder pair is not in the model cache; fetch it with `{FETCH}`.")
@@ -89,8 +95,8 @@ def proxy_section(ctx: TourContext) -> list[SummaryRow]:
         if brick is None:
             ctx.results["proxy"] = out
             raise SkipSection(f"no brick is catalogued for {ctx.model_ref}, so there is no expert to steer with")
-        base = load_member(ctx.model_path)
-        expert = load_member(ctx.model_ref, brick=brick.path)
+        base = load_member(ctx.model_path, dtype=dtype)
+        expert = load_member(ctx.model_ref, brick=brick.path, dtype=dtype)
         demo = _demo(ctx, base, expert, base, brick, same_base_anti=True, label="default")
     out["demo"] = demo
     ctx.results["proxy"] = out
