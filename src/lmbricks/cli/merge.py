@@ -14,6 +14,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
+from lmbricks.cli import merge_multi
 from lmbricks.cli.average import average as average
 from lmbricks.cli.average import soup as soup
 from lmbricks.cli.common import (
@@ -107,6 +108,7 @@ def methods(as_json: bool = json_option()) -> None:
 SUBCOMMANDS: dict[str, Callable[..., None]] = {
     DEFAULT_COMMAND: run,
     "methods": methods,
+    "multi": merge_multi.multi,
 }
 
 for _name, _fn in SUBCOMMANDS.items():
