@@ -32,9 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from lmbricks.config import show_value
+from lmbricks.config import load_yaml_documents, show_value
 from lmbricks.errors import ConfigError
 from lmbricks.merge.inputs import split_reference
 from lmbricks.merge.recipe import Recipe, parse_recipe
@@ -211,19 +209,7 @@ def load_graph(path: str | Path) -> RecipeGraph:
     Raises:
         ConfigError: unreadable file, bad YAML (with its line), or as :func:`parse_graph`.
     """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read ({exc})") from None
-    try:
-        docs = list(yaml.safe_load_all(text))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}: invalid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+    docs = load_yaml_documents(path)
     return parse_graph(docs, str(path))
 
 
