@@ -194,3 +194,16 @@ def test_the_docs_graph_runs(family: dict[str, Path], tmp_path: Path) -> None:
     assert [(s.name, s.action) for s in result.steps] == [("avg", "merge"), ("tied", "merge"), ("final", "merge")]
     record = json.loads((tmp_path / "out" / "tied" / "lmbricks.json").read_text())
     assert record["recipe"]["models"][0]["model"] == str(tmp_path / "out" / "avg")
+
+
+def test_unreadable_graphs_are_one_line_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: a\nmerge_method: linear\n---\nname: [b\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: invalid YAML at line 4"):
+        run_graph(MultiConfig(graph=bad, out_dir=tmp_path / "out"))
+    empty = _write(tmp_path / "empty.yaml", [])
+    with pytest.raises(ConfigError, match="no recipes"):
+        run_graph(MultiConfig(graph=empty, out_dir=tmp_path / "out"))
+    with pytest.raises(ConfigError, match="no such file"):
+        run_graph(MultiConfig(graph=tmp_path / "none.yaml", out_dir=tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
