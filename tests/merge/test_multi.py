@@ -199,7 +199,7 @@ def test_the_docs_graph_runs(family: dict[str, Path], tmp_path: Path) -> None:
 def test_unreadable_graphs_are_one_line_errors(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: a\nmerge_method: linear\n---\nname: [b\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml: invalid YAML at line 4"):
+    with pytest.raises(ConfigError, match=r"bad.yaml: invalid YAML at line 5"):
         run_graph(MultiConfig(graph=bad, out_dir=tmp_path / "out"))
     empty = _write(tmp_path / "empty.yaml", [])
     with pytest.raises(ConfigError, match="no recipes"):
@@ -207,3 +207,19 @@ def test_unreadable_graphs_are_one_line_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such file"):
         run_graph(MultiConfig(graph=tmp_path / "none.yaml", out_dir=tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def test_outputs_that_would_collide_are_refused(family: dict[str, Path], tmp_path: Path) -> None:
+    docs = _graph(family)
+    graph = _write(tmp_path / "g.yaml", docs)
+    with pytest.raises(ConfigError, match="--out .*: is for the unnamed recipe, and .* has none"):
+        run_graph(MultiConfig(graph=graph, out_dir=tmp_path / "out", final_out=tmp_path / "f"))
+    del docs[0]["name"]
+    graph = _write(tmp_path / "g.yaml", docs)
+    with pytest.raises(ConfigError, match="--out .*: overlaps the output of recipe 'avg'"):
+        run_graph(MultiConfig(graph=graph, out_dir=tmp_path / "out", final_out=tmp_path / "out" / "avg"))
+    docs[1]["models"][0]["model"] = "avg+" + str(tmp_path / "no-adapter")
+    graph = _write(tmp_path / "g.yaml", docs)
+    with pytest.raises(ConfigError, match="recipe 'tied': models\\[0\\].model: adapter directory .* not found"):
+        run_graph(MultiConfig(graph=graph, out_dir=tmp_path / "out", final_out=tmp_path / "f"))
+    assert not (tmp_path / "out").exists() and not (tmp_path / "f").exists()

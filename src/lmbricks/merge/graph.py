@@ -77,7 +77,7 @@ class GraphRecipe:
     @property
     def label(self) -> str:
         """``recipe 'a'``, or ``the unnamed recipe (document 3)``: how messages name it."""
-        return f"recipe {self.name!r}" if self.name is not None else f"the unnamed recipe (document {self.index + 1})"
+        return _label(self.name, self.index)
 
     @property
     def deps(self) -> tuple[str, ...]:
@@ -95,6 +95,10 @@ class RecipeGraph:
     def names(self) -> list[str]:
         """The named recipes, in file order."""
         return [r.name for r in sorted(self.recipes, key=lambda r: r.index) if r.name is not None]
+
+
+def _label(name: str | None, index: int) -> str:
+    return f"recipe {name!r}" if name is not None else f"the unnamed recipe (document {index + 1})"
 
 
 def _reference_fields(recipe: Recipe) -> list[tuple[str, str]]:
@@ -193,8 +197,7 @@ def parse_graph(docs: list[Any], source: str = "graph") -> RecipeGraph:
     names = {n for n, _ in named if n is not None}
     recipes = []
     for index, (name, doc) in enumerate(named):
-        label = f"recipe {name!r}" if name is not None else f"the unnamed recipe (document {index + 1})"
-        recipe = parse_recipe(doc, f"{source}: {label}")
+        recipe = parse_recipe(doc, f"{source}: {_label(name, index)}")
         refs = []
         for field, ref in _reference_fields(recipe):
             model = split_reference(ref)[0] if field != "tokenizer_source" else ref

@@ -28,7 +28,7 @@ from lmbricks.config import suggest
 from lmbricks.errors import ConfigError, LmbricksError
 from lmbricks.merge.executor import DEFAULT_MAX_MEMORY, DEFAULT_SHARD, execute
 from lmbricks.merge.graph import GraphRecipe, RecipeGraph, load_graph, recipe_key, resolve
-from lmbricks.merge.inputs import open_input
+from lmbricks.merge.inputs import open_input, split_reference
 from lmbricks.merge.plan import _check_param_names, plan_merge
 from lmbricks.merge.recipe import Recipe
 from lmbricks.merge.registry import get_method
@@ -104,12 +104,18 @@ def _outputs(graph: RecipeGraph, config: MultiConfig) -> dict[str | None, Path]:
     out_dir = config.out_dir.expanduser().absolute()
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"OUT_DIR {config.out_dir}: is a file, expected a folder")
-    outputs: dict[str | None, Path] = {r.name: out_dir / r.name for r in graph.recipes if r.name is not None}
+    named: dict[str, Path] = {r.name: out_dir / r.name for r in graph.recipes if r.name is not None}
+    outputs: dict[str | None, Path] = {k: v for k, v in named.items()}
     unnamed = [r for r in graph.recipes if r.name is None]
     if unnamed and config.final_out is None:
         raise ConfigError(f"{graph.source}: {unnamed[0].label} needs an output: give --out (mergekit's --out-path)")
-    if unnamed and config.final_out is not None:
-        outputs[None] = config.final_out.expanduser().absolute()
+    if config.final_out is not None:
+        if not unnamed:
+            raise ConfigError(f"--out {config.final_out}: is for the unnamed recipe, and {graph.source} has none")
+        final = outputs[None] = config.final_out.expanduser().absolute()
+        for name, path in named.items():  # compared as paths: neither exists before the run
+            if final == path or path in final.parents or final in path.parents:
+                raise ConfigError(f"--out {final}: overlaps the output of recipe {name!r} ({path})")
     return outputs
 
 
@@ -118,6 +124,11 @@ def _check_references(graph: RecipeGraph, node: GraphRecipe, allow_pickle: bool 
     naming the recipe and field (with the nearest recipe name when it looks like a typo)."""
     found = []
     for ref in node.refs:
+        adapter = split_reference(ref.ref)[1] if ref.field != "tokenizer_source" else None
+        if ref.node is not None and adapter is not None:  # another recipe's output + an adapter
+            if not Path(adapter).expanduser().is_dir():
+                raise ConfigError(f"{graph.source}: {node.label}: {ref.field}: adapter directory {adapter!r} not found")
+            found.append(adapter)
         if ref.node is not None or (ref.field == "tokenizer_source" and ref.ref in node.recipe.referenced_models()):
             continue
         try:
