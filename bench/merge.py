@@ -2,8 +2,10 @@
 
 Builds (and caches under bench/.cache/) a base and two "fine-tunes" (base + small Gaussian noise),
 installs mergekit into its own venv (.bench-venvs/mergekit) if missing, then runs both tools in the
-same run, alternating, on (a) linear 0.4/0.3/0.3 and (b) ties 0.5/0.5 with density [1.0, 0.5, 0.3]
-and 0.5, int8_mask. Each run starts from a cold page cache for the inputs (drop_caches if
+same run, alternating, on (a) linear 0.4/0.3/0.3, (b) ties 0.5/0.5 with density [1.0, 0.5, 0.3]
+and 0.5, int8_mask, and the methods added in session 7 (same keys): nuslerp 0.5/0.5 on the task
+vectors, karcher over the three models, sce select_topk 0.5, ram, ramplus_tl, nearswap t 0.001,
+arcee_fusion (``--methods`` picks some). Each run starts from a cold page cache for the inputs (drop_caches if
 permitted, else posix_fadvise DONTNEED). Measures wall and CPU time, peak RSS and peak anonymous
 memory (RssAnon of the process tree, polled), and the disk floor: a cold read of the inputs plus
 writing (and fsyncing) an output of the same size. Prints one JSON object.
@@ -238,7 +240,50 @@ def recipes(paths: dict[str, Path]) -> dict[str, dict]:
             "parameters": {"int8_mask": True},
             "dtype": "bfloat16",
         },
+        # the methods added in session 7, each with the keys of linear and ties
+        "nuslerp": {
+            "merge_method": "nuslerp",
+            "base_model": b,
+            "models": [{"model": f1, "parameters": {"weight": 0.5}}, {"model": f2, "parameters": {"weight": 0.5}}],
+            "dtype": "bfloat16",
+        },
+        "karcher": {
+            "merge_method": "karcher",
+            "models": [{"model": b}, {"model": f1}, {"model": f2}],
+            "dtype": "bfloat16",
+        },
+        "sce": {
+            "merge_method": "sce",
+            "base_model": b,
+            "models": [{"model": f1}, {"model": f2}],
+            "parameters": {"select_topk": 0.5},
+            "dtype": "bfloat16",
+        },
+        "ram": {"merge_method": "ram", "base_model": b, "models": [{"model": f1}, {"model": f2}], "dtype": "bfloat16"},
+        "ramplus_tl": {
+            "merge_method": "ramplus_tl",
+            "base_model": b,
+            "models": [{"model": f1}, {"model": f2}],
+            "dtype": "bfloat16",
+        },
+        "nearswap": {
+            "merge_method": "nearswap",
+            "base_model": b,
+            "models": [{"model": f1}],
+            "parameters": {"t": 0.001},
+            "dtype": "bfloat16",
+        },
+        "arcee_fusion": {
+            "merge_method": "arcee_fusion",
+            "base_model": b,
+            "models": [{"model": f1}],
+            "dtype": "bfloat16",
+        },
     }
+
+
+#: Every benchmarked method (the keys of :func:`recipes`), in the JSON's order.
+METHODS = ("linear", "ties", "nuslerp", "karcher", "sce", "ram", "ramplus_tl", "nearswap", "arcee_fusion")
 
 
 def main() -> None:
@@ -248,7 +293,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small models, for a fast check")
     ap.add_argument("--repeat", type=int, default=1, help="runs per tool and method (alternating)")
-    ap.add_argument("--methods", default="linear,ties")
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated, from: " + ", ".join(METHODS))
     ap.add_argument("--drop-caches", action="store_true", help="drop all page caches (cold imports too)")
     args = ap.parse_args()
     global DROP_ALL

@@ -23,7 +23,7 @@ import math
 import re
 import types
 import typing
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
@@ -55,6 +55,19 @@ def load_yaml(path: str | Path) -> Any:
     Raises:
         ConfigError: the file cannot be read or is not valid YAML (with the line where it breaks).
     """
+    return _parse_yaml(path, yaml.safe_load)
+
+
+def load_yaml_documents(path: str | Path) -> list[Any]:
+    """Parse a YAML file of several documents separated by ``---`` (empty documents are None).
+
+    Raises:
+        ConfigError: as :func:`load_yaml`.
+    """
+    return _parse_yaml(path, lambda text: list(yaml.safe_load_all(text)))
+
+
+def _parse_yaml(path: str | Path, parse: Callable[[str], Any]) -> Any:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -64,7 +77,7 @@ def load_yaml(path: str | Path) -> Any:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError(f"{path}: cannot read ({reason})") from None
     try:
-        return yaml.safe_load(text)
+        return parse(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
