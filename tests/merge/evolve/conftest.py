@@ -17,21 +17,14 @@ def _evolve_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from lmbricks.data import add_domain
 
     root = tmp_path_factory.mktemp("evolve-home")
-    home, texts = root / "home", root / "texts"
-    texts.mkdir()
     rng = random.Random(0)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("LMBRICKS_HOME", str(home))
-    try:
-        files = []
-        for i in range(60):
-            f = texts / f"doc-{i}.txt"
-            f.write_text(" ".join(rng.choice(_WORDS) for _ in range(60)) + "\n")
-            files.append(f)
-        add_domain(DOMAIN, files, tokenizer=None)
-    finally:
-        mp.undo()
-    return home
+    # one file of 60 paragraphs: add_domain cuts a single file at blank lines into documents
+    paragraphs = [" ".join(rng.choice(_WORDS) for _ in range(60)) for _ in range(60)]
+    (root / "text.txt").write_text("\n\n".join(paragraphs) + "\n", encoding="utf-8")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LMBRICKS_HOME", str(root / "home"))
+        add_domain(DOMAIN, [root / "text.txt"], tokenizer=None)
+    return root / "home"
 
 
 @pytest.fixture
