@@ -70,3 +70,12 @@ def test_bad_spaces_are_refused(family: dict[str, Path], free: list[FreeParam], 
     recipe = parse_recipe(ties_recipe(family))
     with pytest.raises(ConfigError, match=match):
         from_recipe(recipe, dimensions(recipe, free, n_layers=4))
+
+
+def test_fitness_is_the_weighted_mean_bpb_minus_the_weighted_accuracy() -> None:
+    from lmbricks.merge.evolve.config import FitnessConfig
+    from lmbricks.merge.evolve.fitness import combine
+
+    cfg = FitnessConfig.model_validate({"bpb": {"a": 1.0, "b": 3.0}, "fewshot": {"n": 5, "weight": 0.5}})
+    assert combine(cfg, {"a": 2.0, "b": 1.0}, 0.4) == pytest.approx((2.0 + 3.0) / 4 - 0.2)
+    assert combine(FitnessConfig.model_validate({"bpb": {"a": 2.0}}), {"a": 0.7}, None) == pytest.approx(0.7)
