@@ -14,7 +14,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from lmbricks.cli import merge_multi
+from lmbricks.cli import merge_evolve, merge_multi
 from lmbricks.cli.average import average as average
 from lmbricks.cli.average import soup as soup
 from lmbricks.cli.common import (
@@ -109,6 +109,7 @@ SUBCOMMANDS: dict[str, Callable[..., None]] = {
     DEFAULT_COMMAND: run,
     "methods": methods,
     "multi": merge_multi.multi,
+    "evolve": merge_evolve.evolve,
 }
 
 for _name, _fn in SUBCOMMANDS.items():
