@@ -195,21 +195,26 @@ def transplant(
         new = _matrices(reader, plan, cfg, donor_dir, progress)
         config["vocab_size"] = plan.index.shape[0]
         progress("writing", len(reader.keys()))
+        result = _result(Path(out).expanduser().absolute(), cfg, plan, config)
         with atomic_directory(out, force, inputs=inputs) as tmp:
-            writer = ShardedWriter(tmp)
-            for name in reader:
-                tensor = new[name] if name in new else reader.get(name)
-                if name not in new:
-                    _check_finite(name, tensor, reader.file_of(name))
-                writer.add(name, tensor)
-                progress("", 1)
-            writer.finish()
+            _write_tensors(tmp, reader, new, progress)
             _write_files(tmp, config, model_dir, donor_side, model_side, template)
-            result = _result(Path(out).expanduser().absolute(), cfg, plan, config)
             recipe = {"method": cfg.method, "k": cfg.k, **_counts(result)}
             write_provenance(tmp, command=command or "lmbricks.tokens.transplant", recipe=recipe, inputs=inputs)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _write_tensors(tmp: Path, reader: CheckpointReader, new: dict[str, torch.Tensor], progress: Progress) -> None:
+    """Every tensor of the model into ``tmp``: the new matrices, the rest unchanged (checked finite)."""
+    writer = ShardedWriter(tmp)
+    for name in reader:
+        tensor = new[name] if name in new else reader.get(name)
+        if name not in new:
+            _check_finite(name, tensor, reader.file_of(name))
+        writer.add(name, tensor)
+        progress("", 1)
+    writer.finish()
 
 
 def _template(model: TokenizerSide, donor: TokenizerSide) -> str | None:
