@@ -40,6 +40,7 @@ ROOMS: tuple[str, ...] = (
     "sft",
     "eval",
     "merge",
+    "tokens",
     "average",
     "adapters",
     "proxy",

@@ -15,6 +15,7 @@ from lmbricks.cli import moe as moe_cli
 from lmbricks.cli import moefy as moefy_cli
 from lmbricks.cli import proxy as proxy_cli
 from lmbricks.cli import reward as reward_cli
+from lmbricks.cli import tokens as tokens_cli
 from lmbricks.cli import tour as tour_cli
 from lmbricks.cli import trace as trace_cli
 from lmbricks.cli import train as train_cli
@@ -46,6 +47,7 @@ app.command(name="moefy")(moefy_cli.moefy)
 app.add_typer(moe_cli.app, name="moe")
 app.add_typer(reward_cli.app, name="reward")
 app.command(name="clean")(clean_cli.clean)
+app.add_typer(tokens_cli.app, name="tokens")
 
 
 def _version(value: bool) -> None:
