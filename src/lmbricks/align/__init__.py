@@ -5,7 +5,10 @@
   or any function of the text.
 - :mod:`.bon`: best-of-n from a table of rewards, and its analytic KL.
 - :mod:`.config`: the typed jobs; prompt specs.
-- :mod:`.pipeline`: ``run_best_of_n`` (and the DPO and RL runs), called by ``lmbricks align``.
+- :mod:`.logprob`, :mod:`.dpo`: response log-probabilities; the DPO loss, encoded pairs, the reference.
+- :mod:`.rl`: RLOO / GRPO advantages and the KL-penalised policy-gradient loss.
+- :mod:`.trainee`: the trained policy: run directory, checkpoints, exact resume, the saved policy.
+- :mod:`.pipeline`: ``run_best_of_n``, ``run_dpo`` and ``run_rl``, called by ``lmbricks align``.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lmbricks.align.sample import SamplingConfig
 from lmbricks.errors import ConfigError
+from lmbricks.train.lora import LoraSection
 
 
 class _Strict(BaseModel):
@@ -93,3 +94,78 @@ def _is_pairs(path: Path) -> bool:
             except json.JSONDecodeError:
                 return False
     return False
+
+
+class OptimSection(_Strict):
+    """AdamW (betas 0.9, 0.95) with a constant learning rate."""
+
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0, description="max global gradient norm; null disables")
+
+
+class DPOJob(_Strict):
+    """``lmbricks align dpo CONFIG.yaml OUT``: DPO of a policy on preference pairs, reference = the initial policy.
+
+    Example::
+
+        policy: smollm2-135m-instruct
+        data: builtin:dialogue
+        limit: 64
+        lora: {rank: 8, alpha: 16}
+        steps: 8
+        batch_size: 8
+        beta: 0.1
+        optim: {lr: 1.0e-4}
+    """
+
+    policy: str = Field(description="the initial policy (also the reference): registry name or model directory")
+    data: str = Field(description="pair spec: builtin:dialogue|chitchat|champ[@split] or a pairs JSONL")
+    limit: int | None = Field(None, ge=0, description="use the first N pairs (0 or None: all)")
+    lora: LoraSection | None = Field(None, description="train a LoRA brick instead of the weights")
+    steps: int = Field(ge=0, description="optimizer steps (0: the policy is saved unchanged)")
+    batch_size: int = Field(8, gt=0, description="pairs per step")
+    beta: float = Field(0.1, gt=0, description="DPO's KL strength")
+    optim: OptimSection = Field(default_factory=lambda: OptimSection.model_validate({}))
+    max_len: int = Field(512, gt=4, description="pairs longer than this (prompt + response tokens) are skipped")
+    chat: bool = Field(True, description="prompts in the policy's chat template (when it has one)")
+    precision: Precision = Field("auto", description="auto: bf16 autocast over fp32 weights where native")
+    checkpoint_every: int = Field(50, gt=0)
+    keep_checkpoints: int = Field(2, ge=1)
+    seed: int = 0
+
+
+class RLJob(_Strict):
+    """``lmbricks align rl CONFIG.yaml OUT``: GRPO or RLOO against reward models with a KL penalty to the
+    initial policy.
+
+    Example::
+
+        policy: smollm2-135m-instruct
+        reward_models: [runs/rm]      # several: the mean of their predictions; a WARM directory is one
+        prompts: builtin:dialogue@train
+        lora: {rank: 8, alpha: 16}
+        algorithm: rloo
+        steps: 4
+        prompts_per_step: 16
+        samples_per_prompt: 4
+        kl_coef: 0.05
+        sampling: {max_new_tokens: 64}
+    """
+
+    policy: str = Field(description="the initial policy (also the KL reference)")
+    reward_models: list[str] = Field(min_length=1, description="reward-model directories")
+    prompts: str = Field(description="prompt spec (pairs spec, JSONL with 'prompt', or one prompt per line)")
+    limit: int | None = Field(None, ge=0, description="use the first N prompts (0 or None: all)")
+    algorithm: Literal["rloo", "grpo"] = Field("rloo", description="advantage estimator")
+    lora: LoraSection | None = Field(None, description="train a LoRA brick instead of the weights")
+    steps: int = Field(ge=0, description="optimizer steps (0: the policy is saved unchanged)")
+    prompts_per_step: int = Field(16, gt=0)
+    samples_per_prompt: int = Field(4, ge=2, description="k responses per prompt (the group)")
+    kl_coef: float = Field(0.05, ge=0, description="weight of the k3 KL(policy || reference) penalty")
+    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig.model_validate({}))
+    optim: OptimSection = Field(default_factory=lambda: OptimSection.model_validate({}))
+    precision: Precision = Field("auto", description="auto: bf16 autocast over fp32 weights where native")
+    checkpoint_every: int = Field(50, gt=0)
+    keep_checkpoints: int = Field(2, ge=1)
+    seed: int = 0

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import typer
 from rich.table import Table
 
@@ -62,3 +65,57 @@ def best_of_n(
         f"{res.samples.tokens} tokens sampled in {res.sample_cpu_s:.1f} s CPU, scored in {res.score_cpu_s:.1f} s CPU",
         highlight=False,
     )
+
+
+@app.command()
+@user_errors
+@reads_checkpoints
+def dpo(
+    config: Path = typer.Argument(..., help="DPO YAML (policy, data, steps, batch_size, beta, lora, optim)."),
+    out: Path = typer.Argument(..., help="Run directory: checkpoints/, log.jsonl, policy/ (and adapter/ for LoRA)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in OUT."),
+    force: bool = typer.Option(False, "--force", help="Start afresh over an earlier run in OUT."),
+) -> None:
+    """DPO on preference pairs; the reference is the initial policy (its log-probabilities computed once).
+
+    Example: lmbricks align dpo dpo.yaml runs/dpo   (dpo.yaml: policy: smollm2-135m-instruct, data: builtin:dialogue,
+    steps: 8, batch_size: 8, lora: {rank: 8})
+    """
+    from lmbricks.align.config import DPOJob
+    from lmbricks.align.pipeline import run_dpo
+
+    _train("dpo", DPOJob, run_dpo, config, out, resume, force, "loss {loss:.4f}, pair accuracy {accuracy:.2f}")
+
+
+@app.command()
+@user_errors
+@reads_checkpoints
+def rl(
+    config: Path = typer.Argument(
+        ..., help="RL YAML (policy, reward_models, prompts, algorithm, steps, kl_coef, ...)."
+    ),
+    out: Path = typer.Argument(..., help="Run directory: checkpoints/, log.jsonl, policy/ (and adapter/ for LoRA)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in OUT."),
+    force: bool = typer.Option(False, "--force", help="Start afresh over an earlier run in OUT."),
+) -> None:
+    """Online RL (RLOO or GRPO) against reward models with a KL penalty to the initial policy.
+
+    Example: lmbricks align rl rl.yaml runs/rl   (rl.yaml: policy: smollm2-135m-instruct, reward_models: [runs/rm],
+    prompts: builtin:dialogue, steps: 4, lora: {rank: 8})
+    """
+    from lmbricks.align.config import RLJob
+    from lmbricks.align.pipeline import run_rl
+
+    _train("rl", RLJob, run_rl, config, out, resume, force, "reward {reward:.4f}, KL {kl:.4f}")
+
+
+def _train(label: str, schema: Any, run: Any, config: Path, out: Path, resume: bool, force: bool, last: str) -> None:
+    """Load a job, run it under a progress bar, print where the policy went and the last step's figures."""
+    from lmbricks.cli.common import training_progress
+    from lmbricks.config import load
+
+    job = load(schema, config, what=f"{label.upper()} config")
+    with training_progress(label, job.steps) as (on_step, _):
+        res = run(job, out, resume, force, lambda r: on_step(int(r["step"]), r["loss"]), inputs=[config])
+    tail = "; last step " + last.format(**res.records[-1]) if res.records else ""
+    console.print(f"policy saved to {res.policy}{tail}", highlight=False)
