@@ -48,6 +48,7 @@ ROOMS: tuple[str, ...] = (
     "reward",
     "train",
     "trace",
+    "align",
     "tour",
     "cli",
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from lmbricks.cli import adapters as adapters_cli
+from lmbricks.cli import align as align_cli
 from lmbricks.cli import analyze as analyze_cli
 from lmbricks.cli import clean as clean_cli
 from lmbricks.cli import data as data_cli
@@ -46,6 +47,7 @@ app.add_typer(analyze_cli.app, name="analyze")
 app.command(name="moefy")(moefy_cli.moefy)
 app.add_typer(moe_cli.app, name="moe")
 app.add_typer(reward_cli.app, name="reward")
+app.add_typer(align_cli.app, name="align")
 app.command(name="clean")(clean_cli.clean)
 app.add_typer(tokens_cli.app, name="tokens")
 

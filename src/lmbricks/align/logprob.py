@@ -1,0 +1,56 @@
+"""Log-probabilities of responses under a causal LM, the quantity DPO and policy gradients differentiate.
+
+A sequence is ``prompt + response``; the response token at position t is predicted by the logits at
+t - 1. Sequences are right-padded (causal attention: padding after a sequence cannot change it), and
+only the response positions go through the output head, so a batch never materialises the full
+(B, T, V) logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def token_logprobs(
+    model: Any, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]]
+) -> tuple[Tensor, Tensor]:
+    """Per-token log-probabilities of each response given its prompt.
+
+    Args:
+        model: an :class:`lmbricks.nn.LM` (gradients flow when enabled).
+        prompts: B prompts' token ids (each at least one token).
+        responses: B responses' token ids (each at least one token).
+
+    Returns:
+        ``(logp, mask)``, both (B, R) with R the longest response: ``logp[i, j]`` is
+        log p(response_i[j] | prompt_i, response_i[:j]) in fp32 (0 where ``mask`` is False).
+    """
+    from lmbricks.reward.model import pad_right
+
+    device = next(model.parameters()).device
+    seqs = [torch.tensor([*p, *r], dtype=torch.long) for p, r in zip(prompts, responses, strict=True)]
+    ids, _ = pad_right(seqs)  # (B, T)
+    ids = ids.to(device)
+    plen = torch.tensor([len(p) for p in prompts], device=device)  # (B,)
+    rlen = torch.tensor([len(r) for r in responses], device=device)  # (B,)
+    R = int(rlen.max())
+    j = torch.arange(R, device=device)[None]  # (1, R)
+    mask = j < rlen[:, None]  # (B, R)
+    where = (plen[:, None] - 1 + j).clamp(max=ids.shape[1] - 1)  # (B, R) positions predicting response tokens
+    targets = ids.gather(1, (where + 1).clamp(max=ids.shape[1] - 1)).masked_fill(~mask, 0)  # (B, R)
+    h, _ = model.hidden_states(ids)  # (B, T, H), after the final norm
+    hs = h.gather(1, where[..., None].expand(-1, -1, h.shape[-1]))  # (B, R, H)
+    logits = model.lm_head(hs).float()  # (B, R, V)
+    logp = -F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(mask.shape)
+    return logp * mask, mask
+
+
+def sequence_logprobs(model: Any, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]]) -> Tensor:
+    """log p(response | prompt) summed over the response tokens: (B,) fp32."""
+    logp, _ = token_logprobs(model, prompts, responses)
+    return logp.sum(-1)

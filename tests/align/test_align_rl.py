@@ -1,0 +1,99 @@
+"""Online RL: RLOO / GRPO advantages, zero gradient for a constant reward, 0 steps = the reference, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmbricks.align.config import RLJob
+from lmbricks.align.logprob import token_logprobs
+from lmbricks.align.pipeline import run_rl
+from lmbricks.align.rl import advantages, policy_gradient_loss
+from lmbricks.align.sample import SamplingConfig, encode_policy_prompts, sample_responses
+from lmbricks.errors import ConfigError
+from lmbricks.nn.load import load_model
+
+
+def test_rloo_is_the_leave_one_out_baseline_and_grpo_normalises() -> None:
+    r = torch.tensor([[1.0, 2.0, 4.0, 9.0], [0.0, 0.0, 1.0, 3.0]])
+    want = torch.stack([r[:, i] - torch.cat([r[:, :i], r[:, i + 1 :]], 1).mean(1) for i in range(4)], 1)
+    torch.testing.assert_close(advantages(r, "rloo"), want)
+    g = advantages(r, "grpo")
+    torch.testing.assert_close(g.mean(1), torch.zeros(2), atol=1e-6, rtol=0)
+    torch.testing.assert_close(g.std(1, unbiased=False), torch.ones(2), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("algorithm", ["rloo", "grpo"])
+def test_constant_reward_at_kl_0_gives_exactly_zero_gradient(tiny_llama: Path, algorithm: str) -> None:
+    const = torch.full((3, 4), 0.7)
+    adv = advantages(const, algorithm)  # type: ignore[arg-type]
+    assert torch.equal(adv, torch.zeros_like(adv))
+    model, tok = load_model(tiny_llama, hf_fallback=False)
+    ids = encode_policy_prompts(tok, ["Hello", "The quick brown fox", "2 + 2"], chat=False)
+    s = sample_responses(model, tok, ids, 4, SamplingConfig(max_new_tokens=6), seed=0)
+    rows = [p for p in s.prompt_ids for _ in range(4)]
+    resp = [r for rs in s.responses for r in rs]
+    logp, mask = token_logprobs(model, rows, resp)
+    loss, _ = policy_gradient_loss(logp, logp.detach(), mask, adv.flatten(), kl_coef=0.0)
+    loss.backward()
+    assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in model.parameters())
+    # the same samples with a non-constant reward do move the policy (the test can fail)
+    model.zero_grad()
+    logp, mask = token_logprobs(model, rows, resp)
+    adv = advantages(torch.arange(12.0).view(3, 4), algorithm).flatten()  # type: ignore[arg-type]
+    policy_gradient_loss(logp, logp.detach(), mask, adv, kl_coef=0.0)[0].backward()
+    assert any(p.grad is not None and torch.count_nonzero(p.grad) > 0 for p in model.parameters())
+
+
+def test_kl_term_is_zero_at_the_reference_and_positive_away() -> None:
+    logp = torch.tensor([[-1.0, -2.0, 0.0]])
+    mask = torch.tensor([[True, True, False]])
+    _, kl = policy_gradient_loss(logp, logp, mask, torch.zeros(1), kl_coef=1.0)
+    assert float(kl) == 0.0
+    _, kl = policy_gradient_loss(logp, logp - 0.5, mask, torch.zeros(1), kl_coef=1.0)
+    assert float(kl) == pytest.approx(float(torch.exp(torch.tensor(-0.5)) + 0.5 - 1))
+
+
+def _job(policy: Path, rms: list[Path], prompts: Path, **kw: object) -> RLJob:
+    base = {"policy": str(policy), "reward_models": [str(p) for p in rms], "prompts": str(prompts), "steps": 2,
+            "prompts_per_step": 2, "samples_per_prompt": 3, "sampling": {"max_new_tokens": 5},
+            "optim": {"lr": 1e-2}, "precision": "fp32", "checkpoint_every": 1, "keep_checkpoints": 5}  # fmt: skip
+    return RLJob.model_validate({**base, **kw})
+
+
+def _prompts(tmp_path: Path) -> Path:
+    f = tmp_path / "prompts.txt"
+    f.write_text("Hello\nThe quick brown fox\n2 + 2 =\nEmma Woodhouse,\n")
+    return f
+
+
+def test_zero_steps_saves_the_reference(tiny_llama: Path, tiny_rms: list[Path], tmp_path: Path) -> None:
+    res = run_rl(_job(tiny_llama, tiny_rms[:1], _prompts(tmp_path), steps=0), tmp_path / "run")
+    got, _ = load_model(res.policy, hf_fallback=False)
+    ref, _ = load_model(tiny_llama, hf_fallback=False)
+    for (k, a), (_, b) in zip(got.state_dict().items(), ref.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_rl_steps_and_exact_resume(tiny_llama: Path, tiny_rms: list[Path], tmp_path: Path) -> None:
+    prompts = _prompts(tmp_path)
+    whole = run_rl(_job(tiny_llama, tiny_rms, prompts), tmp_path / "whole")
+    assert whole.records[0]["kl"] == 0.0  # the first samples are scored against an identical reference
+    assert whole.records[1]["kl"] > 0 and whole.records[0]["sampled_tokens"] > 0
+    run_rl(_job(tiny_llama, tiny_rms, prompts, steps=1), tmp_path / "cut")
+    resumed = run_rl(_job(tiny_llama, tiny_rms, prompts), tmp_path / "cut", resume=True)
+    assert resumed.records[0]["loss"] == whole.records[1]["loss"]
+    a, _ = load_model(whole.policy, hf_fallback=False)
+    b, _ = load_model(resumed.policy, hf_fallback=False)
+    for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(x, y), k
+
+
+def test_rl_refuses_bad_inputs_before_work(tiny_llama: Path, tiny_rms: list[Path], tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such directory"):
+        run_rl(_job(tiny_llama, [tmp_path / "nope"], _prompts(tmp_path)), tmp_path / "run")
+    with pytest.raises(ConfigError, match="no such file"):
+        run_rl(_job(tiny_llama, tiny_rms, tmp_path / "missing.txt"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
