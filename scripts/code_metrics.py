@@ -47,6 +47,7 @@ ROOMS: tuple[str, ...] = (
     "reward",
     "train",
     "trace",
+    "plugins",
     "tour",
     "cli",
 )

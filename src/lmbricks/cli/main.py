@@ -9,10 +9,12 @@ from lmbricks.cli import analyze as analyze_cli
 from lmbricks.cli import clean as clean_cli
 from lmbricks.cli import data as data_cli
 from lmbricks.cli import eval as eval_cli
+from lmbricks.cli import generate as generate_cli
 from lmbricks.cli import merge as merge_cli
 from lmbricks.cli import models as models_cli
 from lmbricks.cli import moe as moe_cli
 from lmbricks.cli import moefy as moefy_cli
+from lmbricks.cli import plugins as plugins_cli
 from lmbricks.cli import proxy as proxy_cli
 from lmbricks.cli import reward as reward_cli
 from lmbricks.cli import tour as tour_cli
@@ -46,6 +48,8 @@ app.command(name="moefy")(moefy_cli.moefy)
 app.add_typer(moe_cli.app, name="moe")
 app.add_typer(reward_cli.app, name="reward")
 app.command(name="clean")(clean_cli.clean)
+app.command(name="generate")(generate_cli.generate)
+app.add_typer(plugins_cli.app, name="plugins")
 
 
 def _version(value: bool) -> None:
