@@ -34,6 +34,7 @@ class Generation:
         prompt_tokens: the prompt's length.
         prefill_s, decode_s: wall time of the prefill and of the decoding steps.
         per_token_s: wall time of each decoding step.
+        prefill_cpu_s, per_token_cpu_s: the same in CPU time of this process (steadier on a shared machine).
         peak_rss_mb: the process's peak resident memory so far (MB).
         blocks: memory blocks per layer at the end (0 without memory).
         memory_mb: what the memory (or the plain KV cache) holds at the end, all layers (MB).
@@ -44,6 +45,8 @@ class Generation:
     prefill_s: float
     decode_s: float
     per_token_s: list[float] = field(default_factory=list)
+    prefill_cpu_s: float = 0.0
+    per_token_cpu_s: list[float] = field(default_factory=list)
     peak_rss_mb: float = 0.0
     blocks: int = 0
     memory_mb: float = 0.0
@@ -95,12 +98,12 @@ def generate(
         return _plain(model, ids, max_new_tokens, eos_token_id, progress)
     plug = MemoryPlug(model, memory)
     with plug:
-        t0, T = time.perf_counter(), ids.shape[1]
+        t0, c0, T = time.perf_counter(), time.process_time(), ids.shape[1]
         for start in range(0, T, memory.chunk_size):
             logits = _last_logits(model, ids[:, start : start + memory.chunk_size])
             if progress is not None:
                 progress(min(T, start + memory.chunk_size), T)
-        out = Generation([], T, time.perf_counter() - t0, 0.0)
+        out = Generation([], T, time.perf_counter() - t0, 0.0, prefill_cpu_s=time.process_time() - c0)
         _decode(out, logits, lambda nxt: _last_logits(model, nxt), max_new_tokens, eos_token_id)
         out.blocks, out.memory_mb = plug.num_blocks, plug.nbytes / 2**20
     out.peak_rss_mb = _peak_mb()
@@ -108,12 +111,12 @@ def generate(
 
 
 def _plain(model: nn.Module, ids: Tensor, max_new: int, eos: int | None, progress: Progress | None) -> Generation:
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     cache: Any = KVCache(model.cfg.num_layers) if isinstance(model, LM) else _hf_cache()
     logits = _last_logits(model, ids, cache)
     if progress is not None:
         progress(ids.shape[1], ids.shape[1])
-    out = Generation([], ids.shape[1], time.perf_counter() - t0, 0.0)
+    out = Generation([], ids.shape[1], time.perf_counter() - t0, 0.0, prefill_cpu_s=time.process_time() - c0)
     _decode(out, logits, lambda nxt: _last_logits(model, nxt, cache), max_new, eos)
     out.peak_rss_mb = _peak_mb()
     if isinstance(cache, KVCache):
@@ -134,7 +137,8 @@ def _decode(out: Generation, logits: Tensor, step: Callable[[Tensor], Tensor], m
         out.tokens.append(nxt)
         if eos is not None and nxt == eos or len(out.tokens) == max_new:
             break
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         logits = step(torch.tensor([[nxt]], device=logits.device))
         out.per_token_s.append(time.perf_counter() - t)
+        out.per_token_cpu_s.append(time.process_time() - c)
     out.decode_s = sum(out.per_token_s)

@@ -73,6 +73,8 @@ class PasskeyTrial:
     correct: bool
     prefill_s: float
     per_token_s: float  # mean wall time of a decoding step
+    prefill_cpu_s: float  # CPU time of the prefill
+    per_token_cpu_s: float  # mean CPU time of a decoding step
     peak_rss_mb: float
     memory_mb: float  # what the memory / KV cache holds after the prompt and the answer
 
@@ -167,10 +169,11 @@ def run_passkey(
                 for method in job.methods:
                     out = generate(model, ids, _config_of(method, infllm), max_new_tokens=8)
                     answer = tokenizer.decode(out.tokens, skip_special_tokens=True)
-                    mean_step = sum(out.per_token_s) / max(1, len(out.per_token_s))
+                    steps = max(1, len(out.per_token_s))
+                    mean_step, mean_cpu = sum(out.per_token_s) / steps, sum(out.per_token_cpu_s) / steps
                     trial = PasskeyTrial(
                         method, length, depth, key, answer, first_number(answer) == key,
-                        out.prefill_s, mean_step, out.peak_rss_mb, out.memory_mb,
+                        out.prefill_s, mean_step, out.prefill_cpu_s, mean_cpu, out.peak_rss_mb, out.memory_mb,
                     )  # fmt: skip
                     result.trials.append(trial)
                     if progress is not None:

@@ -67,6 +67,7 @@ class LayerMemory:
         self.parts: dict[str, Tensor] = {}  # local_k/v/pos/score, sink_k/v/pos, pend_k/v/pos/score
         self.blocks: list[tuple[Tensor, Tensor, Tensor]] = []  # (k (nkv, bs, hd), v, pos (bs,))
         self.reps: Tensor | None = None  # (nkv, nb, hd) fp32
+        self._table = rope(torch.arange(cfg.window + 2 * cfg.chunk_size))  # cos, sin (N, hd) of positions 0..
 
     def _init(self, k: Tensor) -> None:
         e = _empty(self.n_kv, self.hd, k)
@@ -92,6 +93,16 @@ class LayerMemory:
         cos, sin = self.rope(pos)
         return apply_rope(x.float(), cos, sin)
 
+    def _rotate_run(self, x: Tensor, start: int, n: int) -> Tensor:
+        """Rotate (h, n, hd) at positions start .. start + n - 1 from a table built once (decoding
+        rotates the whole local window every step: the tables are the same each time)."""
+        if start < 0 or start + n > self._table[0].shape[0]:
+            return self._rotate(x, torch.arange(start, start + n, device=x.device))
+        if self._table[0].device != x.device:
+            self._table = (self._table[0].to(x.device), self._table[1].to(x.device))
+        cos, sin = self._table
+        return apply_rope(x.float(), cos[start : start + n], sin[start : start + n])
+
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """Attention of a chunk over the memory, then the chunk joins it.
 
@@ -110,8 +121,9 @@ class LayerMemory:
         lpos, before = torch.cat([p["local_pos"], pos]), p["local_pos"].shape[0]
         exact = self.cfg.positions == "exact"
         base = 0 if exact else int(lpos[0])  # "infllm": the local window's positions start at 0
-        q_rot, k_loc = self._rotate(q, pos - base), self._rotate(lk, lpos - base)  # fp32
-        gk, gv, gpos = self._retrieved(self._rotate(q, pos - self.seen + self.cfg.window))
+        n_loc = lk.shape[1]
+        q_rot, k_loc = self._rotate_run(q, self.seen - base, c), self._rotate_run(lk, int(lpos[0]) - base, n_loc)
+        gk, gv, gpos = self._retrieved(self._rotate_run(q, self.cfg.window, c))
         # "infllm": the memory sits `window` tokens before the chunk's first query (exactly InfLLM's
         # distance when decoding, c = 1); "exact": at its true positions
         k_glob = self._rotate(gk, gpos if exact else torch.full_like(gpos, self.seen - base - self.cfg.window))
