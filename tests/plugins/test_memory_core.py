@@ -118,3 +118,35 @@ def test_bad_inputs_are_refused() -> None:
         InfLLMConfig(top_k=-1)
     with pytest.raises(ConfigError, match="one non-empty prompt"):
         generate(_lm(), torch.zeros(2, 3, dtype=torch.long), InfLLMConfig(window=8, chunk_size=4))
+
+
+def test_decoding_step_puts_memory_at_distance_window() -> None:
+    """One query (c = 1): local keys at their true distance, every memory token at distance ``window``."""
+    from lmbricks.nn.model import apply_rope
+    from lmbricks.plugins.memory.plug import double_rope
+    from lmbricks.plugins.memory.store import LayerMemory
+
+    torch.manual_seed(0)
+    nh, nkv, hd, T, window = 4, 2, 8, 40, 6
+    inv = 1.0 / (10000 ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
+
+    def rope(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return double_rope(p, inv)
+
+    cfg = InfLLMConfig(sinks=2, window=window, block_size=5, representatives=2, top_k=100, chunk_size=1)
+    mem = LayerMemory(cfg, nh, nkv, hd, rope)
+    q, k, v = torch.randn(nh, T, hd), torch.randn(nkv, T, hd), torch.randn(nkv, T, hd)
+    for t in range(T):
+        y = mem.attend(q[:, t : t + 1], k[:, t : t + 1], v[:, t : t + 1])
+    t = T - 1
+    at = torch.tensor([t] * T)
+    at[: t - window] = window  # memory tokens: the query is rotated as if window tokens after them
+    kpos = torch.arange(T)
+    kpos[: t - window] = 0
+    cq, sq = rope(at)
+    ck, sk = rope(kpos)
+    qs = apply_rope(q[:, t][:, None].expand(nh, T, hd), cq, sq)  # (nh, T, hd): the query per key
+    ks = apply_rope(k, ck, sk).repeat_interleave(2, 0)  # (nh, T, hd)
+    probs = ((qs * ks).sum(-1) / hd**0.5).softmax(-1)  # (nh, T)
+    want = torch.einsum("ht,htd->hd", probs, v.repeat_interleave(2, 0))  # (nh, hd)
+    torch.testing.assert_close(y[:, 0], want, atol=1e-5, rtol=1e-5)

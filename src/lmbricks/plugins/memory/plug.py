@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from lmbricks.errors import ConfigError
-from lmbricks.nn.model import LM, Attention, rope_cos_sin
+from lmbricks.nn.model import LM, Attention
 from lmbricks.nn.split_linear import split_linear
 from lmbricks.plugins.memory.config import InfLLMConfig
 from lmbricks.plugins.memory.store import LayerMemory, Rope
@@ -59,6 +59,13 @@ class HFMemoryAttention(nn.Module):
         return b.o_proj(y.transpose(0, 1).reshape(B, T, m.n_head * m.hd)), None
 
 
+def double_rope(pos: Tensor, inv_freq: Tensor, scaling: float = 1.0) -> tuple[Tensor, Tensor]:
+    """RoPE tables (n, hd) fp32 for positions (n,), the angles computed in fp64 (exact at 128k positions)."""
+    freqs = pos.double()[:, None] * inv_freq.to(pos.device).double()[None]  # (n, hd / 2)
+    emb = torch.cat((freqs, freqs), dim=-1)  # HF's half-split layout
+    return (emb.cos() * scaling).float(), (emb.sin() * scaling).float()
+
+
 def trained_window(model: nn.Module) -> int | None:
     """The model's trained context (``max_position_embeddings``), or None when it does not say."""
     cfg = model.cfg if isinstance(model, LM) else getattr(model, "config", None)
@@ -80,9 +87,13 @@ def _hf_layers(model: nn.Module) -> tuple[list[nn.Module], Rope]:
         if missing:
             raise ConfigError(f"model.layers.{i}.self_attn: no {', '.join(missing)} (not a Llama-style attention)")
 
+    inv_freq = getattr(rotary, "inv_freq", None)
+    if inv_freq is None:
+        raise ConfigError(f"{type(model).__name__}.model.rotary_emb: no inv_freq (not a rotary embedding)")
+    scaling = float(getattr(rotary, "attention_scaling", 1.0))
+
     def rope(pos: Tensor) -> tuple[Tensor, Tensor]:
-        cos, sin = rotary(torch.zeros(1, dtype=torch.float32, device=pos.device), pos[None])
-        return cos[0].float(), sin[0].float()  # (n, hd)
+        return double_rope(pos, inv_freq, scaling)
 
     return layers, rope
 
@@ -119,8 +130,11 @@ class MemoryPlug:
             c = self.model.cfg
             assert c.head_dim is not None and c.num_kv_heads is not None
 
+            hd = c.head_dim
+            inv_freq = 1.0 / (c.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
+
             def rope(pos: Tensor) -> tuple[Tensor, Tensor]:
-                return rope_cos_sin(pos, c.head_dim or 0, c.rope_theta, torch.float32)
+                return double_rope(pos, inv_freq)
 
             return [
                 (blk, "attn", blk.attn, LayerMemory(self.cfg, c.num_heads, c.num_kv_heads, c.head_dim, rope))

@@ -67,7 +67,6 @@ class LayerMemory:
         self.parts: dict[str, Tensor] = {}  # local_k/v/pos/score, sink_k/v/pos, pend_k/v/pos/score
         self.blocks: list[tuple[Tensor, Tensor, Tensor]] = []  # (k (nkv, bs, hd), v, pos (bs,))
         self.reps: Tensor | None = None  # (nkv, nb, hd) fp32
-        self._table = rope(torch.arange(cfg.window + 2 * cfg.chunk_size))  # cos, sin (N, hd) of positions 0..
 
     def _init(self, k: Tensor) -> None:
         e = _empty(self.n_kv, self.hd, k)
@@ -75,6 +74,7 @@ class LayerMemory:
         score = torch.zeros(self.n_kv, 0, device=k.device)
         for name in ("local", "sink", "pend"):
             self.parts |= {f"{name}_k": e, f"{name}_v": e, f"{name}_pos": pos, f"{name}_score": score}
+        self.parts["local_rk"] = e.float()  # the local keys rotated at their absolute positions, fp32
 
     def _retrieved(self, q_glob: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Global keys, values (nkv, G, hd) and positions (G,): sinks, the top-k blocks, pending."""
@@ -93,18 +93,14 @@ class LayerMemory:
         cos, sin = self.rope(pos)
         return apply_rope(x.float(), cos, sin)
 
-    def _rotate_run(self, x: Tensor, start: int, n: int) -> Tensor:
-        """Rotate (h, n, hd) at positions start .. start + n - 1 from a table built once (decoding
-        rotates the whole local window every step: the tables are the same each time)."""
-        if start < 0 or start + n > self._table[0].shape[0]:
-            return self._rotate(x, torch.arange(start, start + n, device=x.device))
-        if self._table[0].device != x.device:
-            self._table = (self._table[0].to(x.device), self._table[1].to(x.device))
-        cos, sin = self._table
-        return apply_rope(x.float(), cos[start : start + n], sin[start : start + n])
-
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """Attention of a chunk over the memory, then the chunk joins it.
+
+        Local keys are rotated once, at their absolute positions, when they arrive (RoPE scores
+        depend only on distances, so this equals InfLLM's window-relative positions). Under
+        ``positions="infllm"`` the memory sits ``window`` tokens before the chunk's first query:
+        exactly InfLLM's distance when decoding (c = 1), where the query is rotated instead of the
+        memory keys.
 
         Args:
             q: queries before RoPE, (nh, c, hd).
@@ -115,27 +111,39 @@ class LayerMemory:
         """
         if not self.parts:
             self._init(k)
-        p, c = self.parts, q.shape[1]
+        p, c, window = self.parts, q.shape[1], self.cfg.window
         pos = torch.arange(self.seen, self.seen + c, device=q.device)
+        q_abs, before = self._rotate(q, pos), p["local_pos"].shape[0]  # (nh, c, hd) fp32
         lk, lv = torch.cat([p["local_k"], k], dim=1), torch.cat([p["local_v"], v], dim=1)  # (nkv, L + c, hd)
-        lpos, before = torch.cat([p["local_pos"], pos]), p["local_pos"].shape[0]
+        lrk, lpos = torch.cat([p["local_rk"], self._rotate(k, pos)], dim=1), torch.cat([p["local_pos"], pos])
         exact = self.cfg.positions == "exact"
-        base = 0 if exact else int(lpos[0])  # "infllm": the local window's positions start at 0
-        n_loc = lk.shape[1]
-        q_rot, k_loc = self._rotate_run(q, self.seen - base, c), self._rotate_run(lk, int(lpos[0]) - base, n_loc)
-        gk, gv, gpos = self._retrieved(self._rotate_run(q, self.cfg.window, c))
-        # "infllm": the memory sits `window` tokens before the chunk's first query (exactly InfLLM's
-        # distance when decoding, c = 1); "exact": at its true positions
-        k_glob = self._rotate(gk, gpos if exact else torch.full_like(gpos, self.seen - base - self.cfg.window))
-        keys = torch.cat([k_glob, k_loc], dim=1).to(q.dtype)  # (nkv, G + L + c, hd)
-        mask = torch.cat([torch.ones(c, gk.shape[1], dtype=torch.bool, device=q.device), lpos[None] <= pos[:, None]], 1)
-        y = F.scaled_dot_product_attention(
-            q_rot.to(q.dtype)[None], keys[None], torch.cat([gv, lv], dim=1)[None], attn_mask=mask, enable_gqa=True
-        )[0]  # (nh, c, hd)
-        lscore = torch.cat([p["local_score"], p["local_score"].new_zeros(self.n_kv, c)], 1)
-        self._slide(lk, lv, lpos, lscore + self._credit(q_rot, k_loc, before))
+        q_mem = self._rotate(q, pos - self.seen + window)  # the queries as seen from memory at position 0
+        gk, gv, gpos = self._retrieved(q_mem)
+        if c == 1 and not exact:
+            y = self._glance(torch.cat([q_abs, q_mem], dim=-1), lrk, lv, gk, gv).to(q.dtype)
+        else:
+            k_glob = self._rotate(gk, gpos if exact else torch.full_like(gpos, self.seen - window))
+            keys = torch.cat([k_glob, lrk], dim=1).to(q.dtype)  # (nkv, G + L + c, hd)
+            ones = torch.ones(c, gk.shape[1], dtype=torch.bool, device=q.device)
+            mask = torch.cat([ones, lpos[None] <= pos[:, None]], dim=1)  # (c, G + L + c), causal locally
+            values = torch.cat([gv, lv], dim=1)[None]
+            y = F.scaled_dot_product_attention(
+                q_abs.to(q.dtype)[None], keys[None], values, attn_mask=mask, enable_gqa=True
+            )[0]
+        lscore = torch.cat([p["local_score"], p["local_score"].new_zeros(self.n_kv, c)], dim=1)
+        self._slide(lk, lv, lrk, lpos, lscore + self._credit(q_abs, lrk, before))
         self.seen += c
         return y
+
+    def _glance(self, qq: Tensor, lrk: Tensor, lv: Tensor, gk: Tensor, gv: Tensor) -> Tensor:
+        """One decoding query, explicitly in fp32: qq (nh, 1, 2 hd) = [query at its position | query
+        at ``window``] against the rotated local keys and the raw memory keys -> (nh, 1, hd)."""
+        g, hd = self.n_head // self.n_kv, self.hd
+        qg = qq.view(self.n_kv, g, 2 * hd)  # (nkv, g, 2 hd): a kv head's query heads together
+        scores = torch.cat([qg[..., :hd] @ lrk.transpose(1, 2), qg[..., hd:] @ gk.float().transpose(1, 2)], dim=-1)
+        probs = (scores / hd**0.5).softmax(dim=-1)  # (nkv, g, L + G)
+        y = probs @ torch.cat([lv, gv], dim=1).float()  # (nkv, g, hd)
+        return y.view(self.n_head, 1, hd)
 
     def _credit(self, q_rot: Tensor, k_loc: Tensor, before: int) -> Tensor:
         """InfLLM's representative score: the dot products each local token gets from later queries.
@@ -150,10 +158,11 @@ class LayerMemory:
         old = torch.einsum("kd,knd->kn", qs.sum(dim=1), k_loc[:, :before])
         return torch.cat([old, (later * k_loc[:, before:]).sum(dim=-1)], dim=1)
 
-    def _slide(self, lk: Tensor, lv: Tensor, lpos: Tensor, lscore: Tensor) -> None:
+    def _slide(self, lk: Tensor, lv: Tensor, lrk: Tensor, lpos: Tensor, lscore: Tensor) -> None:
         """Keep the last ``window`` tokens local; the rest go to the sinks or the pending run."""
         p, out = self.parts, max(0, lk.shape[1] - self.cfg.window)
-        p |= {"local_k": lk[:, out:], "local_v": lv[:, out:], "local_pos": lpos[out:], "local_score": lscore[:, out:]}
+        p |= {"local_k": lk[:, out:], "local_v": lv[:, out:], "local_rk": lrk[:, out:], "local_pos": lpos[out:]}
+        p["local_score"] = lscore[:, out:]
         n_sink = int((lpos[:out] < self.cfg.sinks).sum())
         for name, t in (("k", lk), ("v", lv), ("score", lscore)):
             p[f"sink_{name}"] = torch.cat([p[f"sink_{name}"], t[:, :n_sink]], dim=1)
