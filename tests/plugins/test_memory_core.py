@@ -150,3 +150,11 @@ def test_decoding_step_puts_memory_at_distance_window() -> None:
     probs = ((qs * ks).sum(-1) / hd**0.5).softmax(-1)  # (nh, T)
     want = torch.einsum("ht,htd->hd", probs, v.repeat_interleave(2, 0))  # (nh, hd)
     torch.testing.assert_close(y[:, 0], want, atol=1e-5, rtol=1e-5)
+
+
+def test_generate_on_transformers_llama_matches_its_greedy_decoding() -> None:
+    model, ids = _hf(), torch.randint(0, 64, (40,))
+    model.generation_config.eos_token_id = None
+    cfg = InfLLMConfig(sinks=4, window=64, block_size=8, representatives=2, top_k=2, chunk_size=16)
+    want = model.generate(ids[None], max_new_tokens=6, do_sample=False, attention_mask=torch.ones(1, 40))[0, 40:]
+    assert generate(model, ids, cfg, 6).tokens == generate(model, ids, None, 6).tokens == want.tolist()

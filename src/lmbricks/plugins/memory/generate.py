@@ -57,7 +57,7 @@ def _last_logits(model: nn.Module, ids: Tensor, cache: KVCache | None = None) ->
     if isinstance(model, LM):
         x, _ = model.hidden_states(ids, cache)
         return model.lm_head(x[:, -1])[0]
-    kwargs: dict[str, Any] = {"past_key_values": cache} if cache is not None else {"use_cache": False}
+    kwargs: dict[str, Any] = {"cache": cache} if cache is not None else {"use_cache": False}  # transformers 5: `cache`
     return model(input_ids=ids, logits_to_keep=1, **kwargs).logits[0, -1]
 
 
