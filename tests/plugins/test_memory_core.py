@@ -26,6 +26,20 @@ def _hf() -> torch.nn.Module:
     return AutoModelForCausalLM.from_config(tiny_llama_config(max_position_embeddings=256), dtype=torch.float32).eval()
 
 
+def _qwen2() -> torch.nn.Module:
+    from transformers import Qwen2Config
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=256)  # fmt: skip
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:  # Qwen2's q/k/v carry biases: make them matter
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(std=0.5)
+    return model
+
+
 def _chunked_logits(model: torch.nn.Module, ids: torch.Tensor, cfg: InfLLMConfig) -> torch.Tensor:
     """All positions' logits of ``ids`` (1, T) under InfLLM, prefilled in chunks: (T, V)."""
     out = []
@@ -43,7 +57,7 @@ def _full_logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
         return model(ids).logits[0] if isinstance(model, LM) else model(input_ids=ids).logits[0]
 
 
-@pytest.mark.parametrize("build", [_lm, _hf], ids=["lm", "hf-llama"])
+@pytest.mark.parametrize("build", [_lm, _hf, _qwen2], ids=["lm", "hf-llama", "hf-qwen2"])
 def test_everything_retrieved_equals_full_attention(build: object) -> None:
     """Sinks + every block + pending + local, at true positions, is full causal attention."""
     model = build()  # type: ignore[operator]
