@@ -188,4 +188,4 @@ def accuracy_heatmap(result: PasskeyResult, method: str, path: Any) -> Any:
     job = result.job
     matrix = [[result.accuracy(method, n, d) for d in job.depths] for n in job.lengths]
     rows, cols = [f"{n // 1024}k" for n in job.lengths], [f"{d:.0%}" for d in job.depths]
-    return heatmap(path, matrix, rows, cols, f"{method}: {job.filler} passkey accuracy (length x depth)", "{:.0%}")
+    return heatmap(path, matrix, rows, cols, f"{method}: passkey accuracy ({job.filler})", "{:.0%}")
