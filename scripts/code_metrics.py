@@ -49,6 +49,7 @@ ROOMS: tuple[str, ...] = (
     "train",
     "trace",
     "align",
+    "plugins",
     "tour",
     "cli",
 )

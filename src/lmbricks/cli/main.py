@@ -10,10 +10,12 @@ from lmbricks.cli import analyze as analyze_cli
 from lmbricks.cli import clean as clean_cli
 from lmbricks.cli import data as data_cli
 from lmbricks.cli import eval as eval_cli
+from lmbricks.cli import generate as generate_cli
 from lmbricks.cli import merge as merge_cli
 from lmbricks.cli import models as models_cli
 from lmbricks.cli import moe as moe_cli
 from lmbricks.cli import moefy as moefy_cli
+from lmbricks.cli import plugins as plugins_cli
 from lmbricks.cli import proxy as proxy_cli
 from lmbricks.cli import reward as reward_cli
 from lmbricks.cli import tokens as tokens_cli
@@ -50,6 +52,8 @@ app.add_typer(reward_cli.app, name="reward")
 app.add_typer(align_cli.app, name="align")
 app.command(name="clean")(clean_cli.clean)
 app.add_typer(tokens_cli.app, name="tokens")
+app.command(name="generate")(generate_cli.generate)
+app.add_typer(plugins_cli.app, name="plugins")
 
 
 def _version(value: bool) -> None:

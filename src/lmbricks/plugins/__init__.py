@@ -1,0 +1,1 @@
+"""Plug-in bricks beyond task adapters: ``memory`` (InfLLM long-context memory)."""
