@@ -12,18 +12,12 @@ from typing import Any
 
 import pytest
 import torch
+from test_ddp import MOE
 from train_helpers import CLI, cli_env, losses, write_config
 
 from lmbricks.nn import load_model
 
-DROPLESS = {
-    "hidden_size": 32,
-    "num_layers": 2,
-    "num_heads": 4,
-    "num_kv_heads": 2,
-    "intermediate_size": 64,
-    "moe": {"num_experts": 4, "top_k": 2, "intermediate_size": 32},
-}
+DROPLESS = MOE  # 2 layers, hidden 32, 4 experts top-2, dropless
 # capacity drops pairs, and the aux-loss-free bias moves with the global expert counts
 CAPACITY = {
     **DROPLESS,

@@ -58,6 +58,7 @@ def test_experts_shard_only_the_experts_and_send_the_routed_rows() -> None:
     # 4 all-to-alls x 16 tokens x 2 rows x 1/2 to the other rank x 16 x 2 B, x 2 layers x 2 micro-batches
     assert p.sent_expert_all_to_all == 4 * 16 * 2 * 0.5 * 16 * 2 * 2 * 2 == 8192
     assert p.sent_gradients == 2 * (3 / 4) * 4944 * 4 + 2 * (1 / 2) * 1536 * 4
+    assert p.sent_total == p.sent_gradients + 8192 and p.sent_parameter_gather == 0
     assert plan_layout(CFG, _spec(ranks=4, expert_ranks=2, batch_size=16), memory_per_rank=119551).fits is False
 
 

@@ -24,7 +24,8 @@ def train(
 ) -> None:
     """Train a small dense or MoE LM; checkpoints, log.jsonl and report.html go to the run directory.
 
-    Runs under torchrun for DDP (gloo on CPU, NCCL on GPU). precision auto (the default) is bf16
+    Runs under torchrun (gloo on CPU, NCCL on GPU) with the config's parallel: ddp (default), fsdp
+    or {experts: R} (docs/distributed.md). precision auto (the default) is bf16
     autocast over fp32 weights where the hardware has native bf16; --precision fp32 reproduces fp32 runs.
 
     Example: lmbricks train tiny-moe.yaml -o runs/tiny-moe   (after a crash: add --resume)

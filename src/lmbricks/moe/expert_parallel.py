@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.autograd import Function
 
 from lmbricks.errors import ConfigError
-from lmbricks.moe.dispatch import DispatchPlan, choose_impl, plan_dispatch
+from lmbricks.moe.dispatch import DispatchPlan, choose_impl
 from lmbricks.moe.expert_ffn import expert_ffn_grouped, expert_ffn_loop
 from lmbricks.moe.experts import Experts
 from lmbricks.moe.rows import combine_rows, gather_rows
@@ -74,11 +74,14 @@ def all_to_all_rows(x: Tensor, out_splits: list[int], in_splits: list[int], grou
     return _AllToAll.apply(x, out_splits, in_splits, group)
 
 
-class ShardedExperts(nn.Module):
-    """Experts ``[first, first + local)`` of ``num_experts``, on rank ``index`` of ``size`` in ``group``.
+class ShardedExperts(Experts):
+    """Experts ``[index * local, (index + 1) * local)`` of ``num_experts`` (``local = num_experts / size``).
 
     The parameters have the names and layout of :class:`~lmbricks.moe.experts.Experts` with the
-    first axis cut to this rank's experts, so a state dict gathers back along axis 0.
+    first axis cut to this rank's experts, so a state dict gathers back along axis 0. ``forward``
+    is Experts' (same arguments, autocast handling); only the computation of the routed pairs
+    differs: they travel to their experts' rank and back (every rank of the group must call it
+    together).
 
     Args:
         experts: the full Experts (identical on every rank of the group); this rank's slice is copied.
@@ -88,15 +91,14 @@ class ShardedExperts(nn.Module):
     """
 
     def __init__(self, experts: Experts, group: Any, index: int, size: int) -> None:
-        super().__init__()
+        nn.Module.__init__(self)  # not Experts.__init__: only this rank's slice is allocated
         if experts.num_experts % size:
             raise ConfigError(f"parallel.experts: {experts.num_experts} experts cannot be split over {size} ranks")
         self.num_experts, self.hidden_size = experts.num_experts, experts.hidden_size
         self.intermediate_size, self.activation, self.impl = experts.intermediate_size, experts.activation, experts.impl
         self.group, self.index, self.size = group, index, size
         self.local = experts.num_experts // size
-        self.first = index * self.local
-        cut = slice(self.first, self.first + self.local)
+        cut = slice(index * self.local, (index + 1) * self.local)
         w_in = nn.Parameter(experts.w_in.detach()[cut].clone())  # (E/R, H, N)
         if experts.gated:  # registered in the order of Experts: the input projection, then down
             self.gate_up = w_in
@@ -104,46 +106,8 @@ class ShardedExperts(nn.Module):
             self.up = w_in
         self.down = nn.Parameter(experts.down.detach()[cut].clone())  # (E/R, I, H)
 
-    @property
-    def gated(self) -> bool:
-        return self.activation.gated
-
-    @property
-    def w_in(self) -> nn.Parameter:
-        """This rank's input projections: ``gate_up`` (E/R, H, 2I) or ``up`` (E/R, H, I)."""
-        return self.gate_up if self.gated else self.up
-
-    def forward(
-        self,
-        x: Tensor,
-        weights: Tensor,
-        indices: Tensor,
-        keep: Tensor | None = None,
-        plan: DispatchPlan | None = None,
-    ) -> Tensor:
-        """As :meth:`Experts.forward`: the weighted sum of each token's routed experts, wherever they live.
-
-        Every rank of the group must call it together (it exchanges rows with all of them).
-
-        Args:
-            x: (T, H) this rank's tokens.
-            weights: (T, k) gates; indices: (T, k) global expert ids; keep: (T, k) pairs to compute.
-            plan: ``plan_dispatch(indices, keep, num_experts)`` when already made.
-
-        Returns:
-            (T, H) in x's dtype.
-        """
-        if plan is None:
-            plan = plan_dispatch(indices, keep, self.num_experts)
-        device = x.device.type
-        if torch.is_autocast_enabled(device):  # as Experts: the kernels' out= writes are beyond autocast
-            dtype = torch.get_autocast_dtype(device)
-            with torch.autocast(device, enabled=False):
-                y = self._dispatch(x.to(dtype), weights.to(dtype), plan, self.w_in.to(dtype), self.down.to(dtype))
-            return y.to(x.dtype)
-        return self._dispatch(x, weights, plan, self.w_in, self.down)
-
-    def _dispatch(self, x: Tensor, weights: Tensor, plan: DispatchPlan, w_in: Tensor, w_out: Tensor) -> Tensor:
+    def _combine(self, x: Tensor, weights: Tensor, plan: DispatchPlan, w_in: Tensor, w_out: Tensor) -> Tensor:
+        """(T, H) weighted sum over the plan's pairs, computed on the ranks holding their experts."""
         r, n = self.size, self.local
         sent = plan.tokens_per_expert.to(torch.long)  # (E,) my pairs per global expert
         got = torch.empty_like(sent)  # (R * E/R,) [source rank, my local expert]

@@ -78,7 +78,7 @@ class ExpertLayout(Layout):
             experts = getattr(block.ffn, "experts", None) if getattr(block, "is_moe", False) else None
             if experts is None:
                 continue
-            if not isinstance(experts, Experts):
+            if type(experts) is not Experts:  # (a ShardedExperts is sharded already)
                 raise ConfigError(f"parallel.experts: layer {i}'s experts ({type(experts).__name__}) cannot be sharded")
             sharded = ShardedExperts(experts, self.expert_group, self.index, self.ranks)
             block.ffn.experts = sharded  # type: ignore[union-attr]

@@ -99,7 +99,9 @@ class FSDPLayout(Layout):
         del model
         src = Path(ckpt) / DCP_DIR
         if not src.is_dir():
-            raise CheckpointError(f"{src}: missing (the checkpoint was not written with parallel: fsdp)")
+            raise CheckpointError(
+                f"{src}: missing (the checkpoint was not written by parallel: fsdp on several processes)"
+            )
         model_state, optim_state = get_state_dict(self.root, optimizer)
         dcp.load({"model": model_state, "optim": optim_state}, checkpoint_id=str(src))  # in place, resharded
         set_state_dict(self.root, optimizer, model_state_dict=model_state, optim_state_dict=optim_state)

@@ -36,8 +36,6 @@ from lmbricks.errors import ConfigError
 from lmbricks.nn.config import LMConfig
 from lmbricks.train.plan import count_parameters, model_config
 
-GB = 1e9
-
 
 @dataclass(frozen=True)
 class LayoutSpec:

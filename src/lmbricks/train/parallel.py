@@ -95,11 +95,13 @@ class Layout:
 
 
 def make_layout(cfg: TrainConfig, info: DistInfo) -> Layout:
-    """The layout ``cfg.parallel`` names, for this process.
+    """The layout ``cfg.parallel`` names, for this process; one process alone holds everything.
 
     Raises:
         ConfigError: the world does not fit the layout (expert ranks must divide it).
     """
+    if not info.distributed:
+        return Layout(info)
     if cfg.parallel.fsdp:
         from lmbricks.train.fsdp import FSDPLayout
 
