@@ -111,3 +111,34 @@ def _a2a_worker(rank: int, world: int, port: int) -> None:
 @pytest.mark.slow
 def test_all_to_all_rows_routes_blocks_and_gradients() -> None:
     mp.spawn(_a2a_worker, args=(3, _free_port()), nprocs=3)
+
+
+def _load_worker(rank: int, world: int, port: int) -> None:
+    from lmbricks.moe.losses import switch_loss
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        logits = torch.randn(world * 10, 4, generator=gen)
+        indices = torch.randint(0, 4, (world * 10, 2), generator=gen)
+        whole = logits.clone().requires_grad_()
+        want = switch_loss(whole.softmax(-1), indices, 4)  # one process on every rank's tokens
+        want.backward()
+        mine = logits[rank * 10 : (rank + 1) * 10].clone().requires_grad_()
+        got = switch_loss(mine.softmax(-1), indices[rank * 10 : (rank + 1) * 10], 4, group=dist.group.WORLD)
+        got.backward()
+        value, grad = got.detach().clone(), mine.grad.clone()  # type: ignore[union-attr]
+        dist.all_reduce(value)
+        torch.testing.assert_close(value / world, want.detach())  # the mean over ranks is the global loss
+        # data parallelism averages gradients: each rank's share is the global gradient's rows x world
+        torch.testing.assert_close(grad / world, whole.grad[rank * 10 : (rank + 1) * 10])  # type: ignore[index]
+        local = switch_loss(logits[rank * 10 : (rank + 1) * 10].softmax(-1), indices[rank * 10 : (rank + 1) * 10], 4)
+        assert not torch.allclose(local, got)  # without the group, f is this rank's load only
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_switch_loss_over_a_group_is_the_global_loss() -> None:
+    mp.spawn(_load_worker, args=(2, _free_port()), nprocs=2)
