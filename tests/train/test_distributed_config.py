@@ -28,12 +28,19 @@ def _cfg(**over: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize(
     ("value", "name", "experts"),
-    [(None, "ddp", None), ("ddp", "ddp", None), ("fsdp", "fsdp", None), ({"experts": 2}, "experts", 2)],
+    [
+        (None, "ddp", None),
+        ("ddp", "ddp", None),
+        ("fsdp", "fsdp", None),
+        ({"experts": 2}, "experts", 2),
+        ({"global_load": True}, "ddp", None),
+    ],
 )
 def test_parallel_forms(value: Any, name: str, experts: int | None) -> None:
     cfg = parse_config(_cfg() if value is None else _cfg(parallel=value))
     assert cfg.parallel.name == name
     assert cfg.parallel.experts == experts
+    assert cfg.parallel.global_load == (isinstance(value, dict) and value.get("global_load", False))
 
 
 @pytest.mark.parametrize(

@@ -32,12 +32,14 @@ CAPACITY = {
     },
 }
 STEPS = 4
+STRONG = {"aux_loss_coef": 1.0, "z_loss_coef": 1e-3}
 
 
-def _config(tmp: Path, corpus: Path, model: dict[str, Any], parallel: Any) -> Path:
+def _config(tmp: Path, corpus: Path, model: dict[str, Any], parallel: Any, **extra: Any) -> Path:
     # global batch 8 = 4 micro-batches of 2 whatever the world (1, 2 or 4 per process)
-    extra = {} if parallel is None else {"parallel": parallel}
-    name = f"{parallel}".replace(" ", "").replace(":", "").replace("{", "").replace("}", "").replace("'", "")
+    if parallel is not None:
+        extra["parallel"] = parallel
+    name = "".join(c for c in f"{parallel}{sorted(extra)}" if c.isalnum())
     return write_config(
         tmp / f"{name}.yaml", corpus, model=model, steps=STEPS, checkpoint_every=2, keep_checkpoints=2, **extra
     )
@@ -73,6 +75,9 @@ def single(tmp_path_factory: pytest.TempPathFactory, corpus: Path) -> dict[str, 
     runs = {}
     for kind, model in (("dropless", DROPLESS), ("capacity", CAPACITY)):
         _train(_config(tmp, corpus, model, None), tmp / kind, 1)
+        runs[kind] = tmp / kind
+    for kind, micro in (("one_micro_batch", 8), ("two_micro_batches", 4)):  # a strong Switch loss
+        _train(_config(tmp, corpus, DROPLESS, None, micro_batch_size=micro, moe_loss=STRONG), tmp / kind, 1)
         runs[kind] = tmp / kind
     return runs
 
@@ -114,3 +119,22 @@ def test_resume_on_another_world_size(
     shutil.rmtree(out / "checkpoints" / f"step-{STEPS:06d}")  # as if killed after step 2's checkpoint
     _train(cfg, out, after, "--resume")
     _assert_same_run(out, single["dropless"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("parallel", "procs"),
+    [({"global_load": True}, 2), ({"experts": 2, "global_load": True}, 2), ({"fsdp": True, "global_load": True}, 2)],
+    ids=["ddp2", "experts2", "fsdp2"],
+)
+def test_global_load_equals_one_micro_batch_of_all_ranks(
+    tmp_path: Path, corpus: Path, single: dict[str, Path], parallel: Any, procs: int
+) -> None:
+    # each of 2 ranks runs one micro-batch of 4; the Switch loss sees the load of all 8 sequences,
+    # as one process running the whole batch as one micro-batch
+    out = tmp_path / "run"
+    _train(_config(tmp_path, corpus, DROPLESS, parallel, micro_batch_size=4, moe_loss=STRONG), out, procs)
+    _assert_same_run(out, single["one_micro_batch"])
+    # the load's scope matters: one process balancing two micro-batches of 4 apart trains otherwise
+    a, b = _weights(single["one_micro_batch"], STEPS), _weights(single["two_micro_batches"], STEPS)
+    assert any(float((a[n] - b[n]).abs().max()) > 1e-4 for n in a if ".router." in n)

@@ -88,11 +88,15 @@ class ParallelConfig(_Strict):
     In YAML: ``parallel: ddp`` (the default: every process holds the whole model), ``parallel: fsdp``
     (FSDP2: parameters, gradients and AdamW state sharded over the processes) or
     ``parallel: {experts: R}`` (expert parallelism: each of R ranks holds num_experts / R experts of
-    every MoE layer, data parallel over the world / R groups of R ranks).
+    every MoE layer, data parallel over the world / R groups of R ranks). ``global_load: true``
+    (with any layout) balances the Switch loss on the load of all ranks' tokens.
     """
 
     fsdp: bool = Field(False, description="shard parameters, gradients and optimizer state (FSDP2)")
     experts: int | None = Field(None, ge=1, description="expert-parallel ranks R (num_experts / R experts each)")
+    global_load: bool = Field(
+        False, description="Switch loss: the load f over the micro-batches all ranks run together (else each rank's)"
+    )
 
     @property
     def name(self) -> str:

@@ -36,6 +36,15 @@ class Layout:
     def __init__(self, info: DistInfo) -> None:
         self.info = info
 
+    def share_load(self, lm: LM) -> None:
+        """Balance each MoE layer's Switch loss on the load of all ranks (``parallel.global_load``)."""
+        if self.info.distributed:
+            import torch.distributed as dist
+
+            for block in lm.layers:
+                if getattr(block, "is_moe", False):
+                    block.ffn.load_group = dist.group.WORLD  # type: ignore[union-attr]
+
     def shard(self, objective: nn.Module, bf16: bool) -> None:
         """Distribute the model (before the optimizer is made); data parallelism keeps it whole.
 

@@ -291,6 +291,8 @@ def setup(
     loss = LossModule(model, cfg.moe_loss.aux_loss_coef, cfg.moe_loss.z_loss_coef)
     layout = make_layout(cfg, info)
     layout.shard(loss, resolve_precision(cfg, info.device) == "bf16")  # FSDP / expert shards, before AdamW
+    if cfg.parallel.global_load:
+        layout.share_load(model)
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_fn(cfg.steps, cfg.schedule))
     averagers = Averagers(model, cfg.averaging)
