@@ -122,15 +122,17 @@ class ExpertLayout(Layout):
         return norm
 
     def _gather(self, t: Tensor) -> Tensor:
-        """An expert shard (E/R, ...) -> the whole (E, ...) tensor, concatenated in group order."""
-        if not self.info.distributed or self.ranks == 1:
+        """An expert shard (E/R, ...) -> the whole (E, ...) tensor on the main process (its group's
+        first rank); the other ranks of the first expert group send theirs, the other groups keep
+        their shard (they hold a replica of the same experts)."""
+        if not self.info.distributed or self.ranks == 1 or self.info.rank >= self.ranks:
             return t
-        parts = [torch.empty_like(t) for _ in range(self.ranks)]
-        dist.all_gather(parts, t.contiguous(), group=self.expert_group)
-        return torch.cat(parts)
+        parts = [torch.empty_like(t) for _ in range(self.ranks)] if self.info.is_main else None
+        dist.gather(t.contiguous(), parts, group=self.expert_group, group_dst=0)
+        return torch.cat(parts) if parts is not None else t
 
     def full_model(self, model: LM) -> LM | None:
-        """Expert shards gathered (every process takes part); the whole model on the main process."""
+        """Expert shards gathered by the first expert group; the whole model on the main process."""
         experts = self._expert_ids()
         state = {}
         for name, p in model.state_dict(keep_vars=True).items():
