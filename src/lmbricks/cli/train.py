@@ -24,7 +24,8 @@ def train(
 ) -> None:
     """Train a small dense or MoE LM; checkpoints, log.jsonl and report.html go to the run directory.
 
-    Runs under torchrun for DDP (gloo on CPU, NCCL on GPU). precision auto (the default) is bf16
+    Runs under torchrun (gloo on CPU, NCCL on GPU) with the config's parallel: ddp (default), fsdp
+    or {experts: R} (docs/distributed.md). precision auto (the default) is bf16
     autocast over fp32 weights where the hardware has native bf16; --precision fp32 reproduces fp32 runs.
 
     Example: lmbricks train tiny-moe.yaml -o runs/tiny-moe   (after a crash: add --resume)
@@ -73,17 +74,29 @@ def plan(
         "-c",
         help="a model: HF directory / registry name, or a YAML (training config or LMConfig fields)",
     ),
+    ranks: int | None = typer.Option(None, "--ranks", help="size a training layout on this many processes"),
+    expert_ranks: int | None = typer.Option(None, "--expert-ranks", help="expert parallel over groups of R ranks"),
+    experts_per_rank: int | None = typer.Option(None, "--experts-per-rank", help="or: experts each rank holds"),
+    fsdp: bool = typer.Option(False, "--fsdp", help="FSDP: parameters, gradients, optimizer sharded over ranks"),
+    micro: int | None = typer.Option(None, "--micro-batch-size", help="sequences per forward per rank"),
+    seq_len: int | None = typer.Option(None, "--seq-len", help="tokens per sequence [default: config's or 2048]"),
+    memory: str | None = typer.Option(None, "--memory-per-rank", help="e.g. 80GB: say whether the layout fits"),
     as_json: bool = typer.Option(False, "--json", help="print JSON only"),
 ) -> None:
-    """Chinchilla compute-optimal sizing (D = 20 N, C = 6 N D) and total vs active parameters of a config.
+    """Chinchilla compute-optimal sizing (D = 20 N, C = 6 N D), total vs active parameters of a config,
+    and with --ranks the memory per rank and bytes sent per step of a training layout.
 
-    Example: lmbricks plan --flops 1e18; lmbricks plan --config mixtral.yaml
+    Example: lmbricks plan --config mixtral.yaml --ranks 16 --expert-ranks 8 --memory-per-rank 80GB
     """
+    from lmbricks.train.layout_plan import layout_spec, parse_bytes
     from lmbricks.train.plan import model_config, parse_count
     from lmbricks.train.plan import plan as compute
 
     cfg = model_config(config) if config else None
-    out = compute(cfg, flops=flops, params=parse_count(params) if params else None)
+    wants = ranks is not None or fsdp or expert_ranks is not None or experts_per_rank is not None
+    spec = layout_spec(config, ranks or 1, expert_ranks, experts_per_rank, fsdp, micro, seq_len) if wants else None
+    budget = parse_bytes(memory) if memory else None
+    out = compute(cfg, flops=flops, params=parse_count(params) if params else None, layout=spec, memory_per_rank=budget)
     if as_json:
         print_json(out)
         return
@@ -98,6 +111,10 @@ def plan(
                 v = f"{v:.4g}" if abs(v) >= 1e4 or isinstance(v, float) else str(v)
             table.add_row(f"{section}.{k}", str(v))
     console.print(table)
+    lay = out.get("layout")
+    if lay is not None and lay["fits"] is not None:
+        verdict = "fits" if lay["fits"] else "[red]does not fit[/red]"
+        console.print(f"{lay['layout']} on {lay['ranks']}: {lay['total'] / 1e9:.2f} GB per rank of {memory}: {verdict}")
 
 
 __all__ = ["err_console", "plan", "train"]

@@ -49,6 +49,8 @@ class MoELayer(nn.Module):
         # Balancing losses are computed in training mode or when gradients are on; pure inference
         # (eval mode under no_grad, e.g. decoding) skips them unless this is True.
         self.always_losses = False
+        # A process group: the Switch loss's load f counts the tokens of all its ranks (global load).
+        self.load_group: object | None = None
 
     def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> tuple[Tensor, MoEAux]:
         """Route, dispatch, combine.
@@ -101,7 +103,9 @@ class MoELayer(nn.Module):
         losses: dict[str, Tensor] = {}
         want = self.always_losses or self.training or torch.is_grad_enabled()
         if want and cfg.aux_loss == "switch":
-            losses["switch"] = switch_loss(r.probs, r.indices, cfg.num_experts, tok_mask, pair_mask=r.mask)
+            losses["switch"] = switch_loss(
+                r.probs, r.indices, cfg.num_experts, tok_mask, pair_mask=r.mask, group=self.load_group
+            )
         elif want and cfg.aux_loss == "importance_load":
             gates = torch.zeros_like(r.probs).scatter_add(
                 1, r.indices, r.weights if routed is None else r.weights * routed

@@ -11,7 +11,10 @@ scalar and are unweighted: the caller multiplies by its coefficient (Switch: 1e-
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+import torch.distributed
 from torch import Tensor
 
 _EPS = 1e-10
@@ -95,6 +98,7 @@ def switch_loss(
     num_experts: int,
     mask: Tensor | None = None,
     pair_mask: Tensor | None = None,
+    group: Any = None,
 ) -> Tensor:
     """Switch Transformer balancing loss N * sum_i f_i P_i.
 
@@ -108,6 +112,9 @@ def switch_loss(
         num_experts: N.
         mask: (T,) True for tokens that count, or None.
         pair_mask: (T, k) True for pairs that count in f (e.g. expert choice), or None (all pairs).
+        group: a process group whose ranks' tokens all count in f (the global load), or None
+            (these tokens only). P stays this rank's: with gradients averaged over the ranks, as
+            data parallelism does, the gradient is that of the loss over all their tokens.
 
     Returns:
         fp32 scalar, 1 for a perfectly balanced router.
@@ -118,6 +125,8 @@ def switch_loss(
             pm = pair_mask.bool() if pm is None else pm & pair_mask.bool()
         flat = indices.reshape(-1) if pm is None else indices.reshape(-1)[pm.reshape(-1)]
         counts = torch.bincount(flat, minlength=num_experts).float()  # (E,)
+        if group is not None:
+            torch.distributed.all_reduce(counts, group=group)
         f = counts / counts.sum().clamp_min(1.0)
     p_sum, n = _masked_sum(probs.float(), mask)
     return num_experts * (f * p_sum).sum() / n.clamp_min(1.0)

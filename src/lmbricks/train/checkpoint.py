@@ -5,6 +5,8 @@ section, safetensors, tokenizer, lmbricks.json) and ``trainer_state/`` with ``op
 ``scheduler.pt``, ``rng-rank{r}.pt`` (one per process), ``averaging.pt`` (when averaging) and
 ``trainer.json`` (step, tokens, data-loader state). ``.pt`` files are written with ``torch.save``
 and read back with ``weights_only=True``: they hold tensors and plain Python values only.
+Under ``parallel: fsdp`` the optimizer state lives in ``dcp/`` instead (the model and optimizer
+shards of every process, written with ``torch.distributed.checkpoint``; lmbricks.train.fsdp).
 """
 
 from __future__ import annotations
@@ -20,11 +22,17 @@ import torch
 
 from lmbricks.errors import CheckpointError
 
+DCP_DIR = "dcp"  # a checkpoint's sharded state (FSDP)
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 def step_dir(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step-{step:06d}"
+
+
+def shards_dir(run_dir: Path, step: int) -> Path:
+    """Where the processes write a checkpoint's sharded state before it moves into the checkpoint."""
+    return Path(run_dir) / "checkpoints" / f".step-{step:06d}.shards"
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
@@ -66,11 +74,12 @@ def save_checkpoint(
     step: int,
     model: Any,
     tokenizer: Any,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | dict[str, Any] | None,
     scheduler: Any,
     rng_states: list[dict[str, Any]],
     trainer: dict[str, Any],
     averaging: dict[str, Any] | None = None,
+    shards: Path | None = None,
 ) -> Path:
     """Write ``step-{step:06d}`` atomically (temporary directory renamed into place when complete).
 
@@ -79,10 +88,12 @@ def save_checkpoint(
         step: optimizer steps done.
         model: the (unwrapped) lmbricks.nn.LM.
         tokenizer: saved with the model when not None.
-        optimizer, scheduler: their ``state_dict()`` go to trainer_state/.
+        optimizer, scheduler: their ``state_dict()`` go to trainer_state/ (the optimizer may be given
+            as its state dict, or None when ``shards`` holds it).
         rng_states: one random state per process, in rank order.
         trainer: JSON-serialisable counters and data-loader state.
         averaging: state dict of the weight averagers, if any.
+        shards: a directory of sharded state every process wrote (FSDP's DCP files), moved in as ``dcp/``.
 
     Returns:
         The checkpoint directory.
@@ -97,7 +108,11 @@ def save_checkpoint(
         write_model_dir(model, tmp, tokenizer, provenance={"command": "lmbricks train", "recipe": {"step": step}})
         state = tmp / "trainer_state"
         state.mkdir()
-        torch.save(optimizer.state_dict(), state / "optimizer.pt")
+        if optimizer is not None:
+            opt = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
+            torch.save(opt, state / "optimizer.pt")
+        if shards is not None:
+            shutil.move(str(shards), str(tmp / DCP_DIR))
         torch.save(scheduler.state_dict(), state / "scheduler.pt")
         for r, s in enumerate(rng_states):
             torch.save(s, state / f"rng-rank{r}.pt")

@@ -82,6 +82,38 @@ class MoELossConfig(_Strict):
     z_loss_coef: float = Field(1e-3, ge=0, description="router z-loss (ST-MoE)")
 
 
+class ParallelConfig(_Strict):
+    """How the processes of a ``torchrun`` launch share the work (docs/distributed.md).
+
+    In YAML: ``parallel: ddp`` (the default: every process holds the whole model), ``parallel: fsdp``
+    (FSDP2: parameters, gradients and AdamW state sharded over the processes) or
+    ``parallel: {experts: R}`` (expert parallelism: each of R ranks holds num_experts / R experts of
+    every MoE layer, data parallel over the world / R groups of R ranks). ``global_load: true``
+    (with any layout) balances the Switch loss on the load of all ranks' tokens.
+    """
+
+    fsdp: bool = Field(False, description="shard parameters, gradients and optimizer state (FSDP2)")
+    experts: int | None = Field(None, ge=1, description="expert-parallel ranks R (num_experts / R experts each)")
+    global_load: bool = Field(
+        False, description="Switch loss: the load f over the micro-batches all ranks run together (else each rank's)"
+    )
+
+    @property
+    def name(self) -> str:
+        return "fsdp" if self.fsdp else "experts" if self.experts else "ddp"
+
+
+def _parallel_from_yaml(v: Any) -> Any:
+    """``ddp`` / ``fsdp`` as words, or a mapping."""
+    if v in ("ddp", None):
+        return {}
+    if v == "fsdp":
+        return {"fsdp": True}
+    if isinstance(v, str):
+        raise ValueError(f"{v!r} is not a layout (ddp, fsdp, or {{experts: R}})")
+    return v
+
+
 class TrainConfig(_Strict):
     """A whole training run."""
 
@@ -111,6 +143,14 @@ class TrainConfig(_Strict):
     seed: int = 0
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     threads: int | None = Field(None, gt=0, description="torch intra-op threads (CPU)")
+    parallel: ParallelConfig = Field(
+        default_factory=lambda: ParallelConfig.model_validate({}), description="ddp | fsdp | {experts: R}"
+    )
+
+    @field_validator("parallel", mode="before")
+    @classmethod
+    def _parallel_words(cls, v: Any) -> Any:
+        return _parallel_from_yaml(v)
 
     @field_validator("model")
     @classmethod
@@ -149,12 +189,32 @@ class TrainConfig(_Strict):
                 raise ValueError("trainable applies to task lm (task sft uses sft.freeze)")
             if getattr(self, "lora", None) is not None:
                 raise ValueError("trainable cannot be combined with lora (a LoRA brick trains only its factors)")
+        self._check_parallel()
         mb = self.micro_batch_size or self.batch_size
         if self.batch_size % mb:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({mb})")
         if self.averaging.lawa_k is not None and self.keep_checkpoints < self.averaging.lawa_k:
             self.keep_checkpoints = self.averaging.lawa_k
         return self
+
+    def _check_parallel(self) -> None:
+        """What a sharded layout cannot do yet, refused before any work."""
+        par = self.parallel
+        if par.fsdp and par.experts:
+            raise ValueError("parallel: fsdp and experts cannot be combined (choose one)")
+        if par.name == "ddp":
+            return
+        if self.lora is not None or self.task == "sft":
+            raise ValueError(f"parallel: {par.name} trains task lm without lora (use ddp for lora / sft)")
+        if self.averaging.ema_decay or self.averaging.swa_start is not None or self.averaging.lawa_k:
+            raise ValueError(f"parallel: {par.name} does not keep weight averages (averaging needs ddp)")
+        if par.experts and self.model is not None:  # (init_from: checked when the model is sharded)
+            moe = self.model.get("moe")
+            n = moe.get("num_experts") if isinstance(moe, dict) else None
+            if n is None:
+                raise ValueError("parallel.experts needs an MoE model (model.moe)")
+            if isinstance(n, int) and n % par.experts:
+                raise ValueError(f"parallel.experts ({par.experts}) must divide model.moe.num_experts ({n})")
 
     @property
     def micro(self) -> int:

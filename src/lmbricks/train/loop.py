@@ -162,18 +162,14 @@ def train_step(state: TrainState, step: int) -> StepResult:
     stats: StepStats | None = None
     for i, mb in enumerate(mine):
         mb = mb.to(info.device, non_blocking=True)
-        sync = i == len(mine) - 1 or not info.distributed
-        with nullcontext() if sync else net.no_sync():  # type: ignore[operator]
+        with state.layout.accumulate(net, sync=i == len(mine) - 1):
             with torch.autocast(info.device.type, dtype=torch.bfloat16) if bf16 else nullcontext():
                 total, mb_stats = net(mb)
             (total / len(mine)).backward()
         stats = mb_stats if stats is None else stats + mb_stats
     assert stats is not None
-    grad_norm = (
-        torch.nn.utils.clip_grad_norm_(state.model.parameters(), cfg.optim.grad_clip)
-        if cfg.optim.grad_clip is not None
-        else None
-    )
+    state.layout.reduce_gradients(state.model)
+    grad_norm = state.layout.clip(state.model, cfg.optim.grad_clip) if cfg.optim.grad_clip is not None else None
     lr = float(state.scheduler.get_last_lr()[0])
     state.optimizer.step()
     state.scheduler.step()
@@ -220,24 +216,30 @@ def save_step(state: TrainState, step: int) -> Path:
     Returns:
         The checkpoint directory.
     """
-    cfg, info, model = state.cfg, state.info, state.model
+    cfg, info, layout = state.cfg, state.info, state.layout
     rngs = gather_objects(ckpt_io.rng_state(), info)
     path = ckpt_io.step_dir(state.run_dir, step)
+    model = layout.full_model(state.model)  # sharded layouts gather (every process), main only
+    optimizer = layout.optimizer_state(state.model, state.optimizer)
+    shards = layout.save_shards(state.model, state.optimizer, ckpt_io.shards_dir(state.run_dir, step))
     if info.is_main:
         from lmbricks.train.lora import merged_model
 
+        assert model is not None
         trainer = {"tokens_seen": state.tokens_seen, "world": info.world, "data": state.order.state_dict(state.chunks)}
         trainer["precision"] = resolve_precision(cfg, info.device)  # what auto resolved to (bf16: autocast)
+        trainer["parallel"] = layout.name
         path = ckpt_io.save_checkpoint(
             state.run_dir,
             step,
             model if cfg.lora is None else merged_model(model),  # type: ignore[arg-type]
             state.tokenizer,
-            state.optimizer,
+            optimizer,
             state.scheduler,
             rngs,
             trainer,
             state.averagers.state_dict() if state.averagers else None,
+            shards,
         )
         if cfg.lora is not None and cfg.init_from is not None:
             from lmbricks.train.lora import save_lora_checkpoint

@@ -152,7 +152,13 @@ _SHAPE_KEYS = (
 )
 
 
-def plan(cfg: LMConfig | None = None, flops: float | None = None, params: float | None = None) -> dict[str, Any]:
+def plan(
+    cfg: LMConfig | None = None,
+    flops: float | None = None,
+    params: float | None = None,
+    layout: Any = None,
+    memory_per_rank: float | None = None,
+) -> dict[str, Any]:
     """Everything ``lmbricks plan`` prints.
 
     Args:
@@ -160,8 +166,20 @@ def plan(cfg: LMConfig | None = None, flops: float | None = None, params: float 
             (unless ``flops`` or ``params`` is given).
         flops: a training FLOP budget: the compute-optimal size, tokens and a suggested dense shape.
         params: a parameter count: its compute-optimal tokens and FLOPs, and a suggested shape.
+        layout: a :class:`lmbricks.train.layout_plan.LayoutSpec`: memory per rank and bytes sent per
+            step of training ``cfg`` that way (the ``layout`` section).
+        memory_per_rank: bytes each rank has; the layout section says whether it fits.
+
+    Raises:
+        ConfigError: nothing to plan, or a layout without a model.
     """
     out: dict[str, Any] = {}
+    if layout is not None:
+        if cfg is None:
+            raise ConfigError("a layout (--ranks, --fsdp, --expert-ranks) is sized for a model: give --config")
+        from lmbricks.train.layout_plan import plan_layout
+
+        out["layout"] = plan_layout(cfg, layout, memory_per_rank).to_dict()
     if cfg is not None:
         counts = count_parameters(cfg)
         out["parameters"] = counts.to_dict()

@@ -25,6 +25,7 @@ from lmbricks.train.config import TrainConfig
 from lmbricks.train.data import BatchOrder, build_chunks, micro_batches
 from lmbricks.train.distributed import DistInfo, barrier
 from lmbricks.train.objective import LossModule
+from lmbricks.train.parallel import Layout, make_layout
 from lmbricks.train.schedule import schedule_fn
 from lmbricks.train.stats import truncate_log
 
@@ -48,6 +49,7 @@ class TrainState:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     averagers: Averagers
     sft_data: SFTData | None
+    layout: Layout = field(init=False)  # how the processes share the model (parallel: ddp | fsdp | experts)
     start: int = 0  # the step the loop starts from
     resume_from: Path | None = None
     tokens_seen: int = 0
@@ -287,12 +289,17 @@ def setup(
     model = build_trainee(cfg, tokenizer, token_ids, resume_from, sft_data, run_dir, info)
     model.to(info.device).train()
     loss = LossModule(model, cfg.moe_loss.aux_loss_coef, cfg.moe_loss.z_loss_coef)
+    layout = make_layout(cfg, info)
+    layout.shard(loss, resolve_precision(cfg, info.device) == "bf16")  # FSDP / expert shards, before AdamW
+    if cfg.parallel.global_load:
+        layout.share_load(model)
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_fn(cfg.steps, cfg.schedule))
     averagers = Averagers(model, cfg.averaging)
     state = TrainState(
         cfg, run_dir, info, tokenizer, chunks, order, model, loss, loss, optimizer, scheduler, averagers, sft_data
     )
+    state.layout = layout
     if resume_point is not None:
         restore(state, *resume_point)
     if info.is_main and sft_data is not None:
@@ -300,20 +307,8 @@ def setup(
             sft_eval(run_dir, 0, model, sft_data.held_out)  # the starting point of the curve
         else:
             truncate_log(run_dir / "sft_eval.jsonl", state.start)
-    if info.distributed:
-        state.net = _ddp(loss, info)
+    state.net = layout.wrap(loss)  # DDP under torchrun, else the objective itself
     return state
-
-
-def _ddp(loss: LossModule, info: DistInfo) -> nn.Module:
-    """The objective wrapped for DDP (MoE layers leave some experts unused in a step)."""
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    return DDP(
-        loss,
-        device_ids=[info.device.index] if info.device.type == "cuda" else None,
-        find_unused_parameters=loss.lm.cfg.moe is not None,
-    )
 
 
 def restore(state: TrainState, step: int, ckpt: Path) -> None:
@@ -329,18 +324,20 @@ def restore(state: TrainState, step: int, ckpt: Path) -> None:
         ConfigError: the data differs from the data the checkpoint was trained on.
     """
     info = state.info
-    state.optimizer.load_state_dict(ckpt_io.load_state_file(ckpt, "optimizer.pt"))
+    state.layout.load_optimizer(state.model, state.optimizer, ckpt)
     state.scheduler.load_state_dict(ckpt_io.load_state_file(ckpt, "scheduler.pt"))
     if state.averagers:
         state.averagers.load_state_dict(ckpt_io.load_state_file(ckpt, "averaging.pt"))
     trainer = ckpt_io.load_state_file(ckpt, "trainer.json")
     state.order.check_resume(trainer["data"], state.chunks)
-    if trainer.get("world", 1) != info.world:
+    written = trainer.get("world", 1)
+    if written != info.world and not state.layout.reshards:
         raise CheckpointError(
-            f"cannot resume: the checkpoint was written by {trainer.get('world')} process(es), now {info.world}"
+            f"cannot resume: the checkpoint was written by {written} process(es), now {info.world}"
+            " (parallel: fsdp or experts resume on another number)"
         )
     state.start, state.resume_from, state.tokens_seen = step, ckpt, trainer["tokens_seen"]
-    ckpt_io.set_rng_state(ckpt_io.load_state_file(ckpt, f"rng-rank{info.rank}.pt"))
+    ckpt_io.set_rng_state(ckpt_io.load_state_file(ckpt, f"rng-rank{info.rank % written}.pt"))
     if info.is_main:
         log_path = state.run_dir / "log.jsonl"
         log_path.touch()
