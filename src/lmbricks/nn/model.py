@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lmbricks.nn.attention import short_causal_applies, short_causal_attention
 from lmbricks.nn.config import LMConfig
 from lmbricks.nn.loss import linear_cross_entropy
 from lmbricks.nn.rms_norm import rms_norm
@@ -166,9 +167,12 @@ class Attention(nn.Module):
         q, k = apply_rope(q, inputs.cos, inputs.sin), apply_rope(k, inputs.cos, inputs.sin)
         if inputs.cache is not None:
             k, v = inputs.cache.update(self.layer, k, v)  # (B, nkv, S, hd)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=inputs.mask, is_causal=inputs.is_causal, enable_gqa=self.n_kv != self.n_head
-        )  # (B, nh, T, hd)
+        if short_causal_applies(q, inputs.is_causal, inputs.mask is not None):
+            y = short_causal_attention(q, k, v)  # (B, nh, T, hd)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=inputs.mask, is_causal=inputs.is_causal, enable_gqa=self.n_kv != self.n_head
+            )  # (B, nh, T, hd)
         return self.o(y.transpose(1, 2).reshape(B, T, self.n_head * self.hd))
 
 

@@ -1,0 +1,51 @@
+"""Causal self-attention for short bf16 training sequences: batched products instead of flash.
+
+On CPU, SDPA's flash kernel is the largest non-GEMM cost of a bf16 training step (about 18% of
+bench/train_lm.py's). At short sequences the whole (T, T) score matrix is small, and two batched
+bf16 products, a masked softmax and autograd's backward run faster: (8, 8 heads, 256, 64) with
+4 KV heads, forward + backward, one thread, process CPU time: 39 ms against flash's 63 ms. The
+scores cost B * heads * T^2 * 2 bytes per layer for the backward (8 MB there), so this path is
+taken only up to :data:`MAX_TOKENS` positions and only where it was measured (CPU, bf16 autocast,
+causal without a mask or cache); everything else calls SDPA. Its scores are rounded to bf16
+before the fp32 softmax, as in transformers' eager attention under autocast (flash keeps them in
+fp32): against an fp64 reference its gradients' errors are up to ~2.5x flash's
+(tests/nn/test_short_attention.py).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+#: Longest sequence the batched path takes (its saved scores grow as T^2).
+MAX_TOKENS = 512
+
+
+def short_causal_applies(q: Tensor, is_causal: bool, has_mask: bool) -> bool:
+    """Whether :func:`short_causal_attention` replaces SDPA for these queries (see the module docstring)."""
+    training = torch.is_grad_enabled() and q.requires_grad
+    bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    return q.device.type == "cpu" and training and bf16 and is_causal and not has_mask and 1 < q.shape[2] <= MAX_TOKENS
+
+
+def short_causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Causal softmax attention with grouped KV heads, by two batched products.
+
+    Args:
+        q: (B, nh, T, hd) queries (cast to bf16, as autocast does for SDPA).
+        k: (B, nkv, T, hd) keys, nh a multiple of nkv.
+        v: (B, nkv, T, hd) values.
+
+    Returns:
+        (B, nh, T, hd), equal to ``F.scaled_dot_product_attention(q, k, v, is_causal=True,
+        enable_gqa=True)`` up to rounding.
+    """
+    B, nh, T, hd = q.shape
+    nkv = k.shape[1]
+    q, k, v = (t.to(torch.bfloat16) for t in (q, k, v))  # as autocast casts SDPA's operands
+    q5 = q.reshape(B, nkv, nh // nkv, T, hd)  # (B, nkv, rep, T, hd): each group's queries share a key head
+    scores = (q5 @ k[:, :, None].transpose(-1, -2)) * hd**-0.5  # (B, nkv, rep, T, T)
+    keep = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()  # (T, T) key <= query
+    probs = F.softmax(scores.masked_fill(~keep, float("-inf")), dim=-1, dtype=torch.bfloat16)  # fp32 inside
+    return (probs @ v[:, :, None]).reshape(B, nh, T, hd)
