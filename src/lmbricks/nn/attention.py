@@ -41,6 +41,11 @@ def short_causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         (B, nh, T, hd), equal to ``F.scaled_dot_product_attention(q, k, v, is_causal=True,
         enable_gqa=True)`` up to rounding.
     """
+    with torch.profiler.record_function("short_causal_attention"):  # bench/profile_step.py's "attention"
+        return _attend(q, k, v)
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     B, nh, T, hd = q.shape
     nkv = k.shape[1]
     q, k, v = (t.to(torch.bfloat16) for t in (q, k, v))  # as autocast casts SDPA's operands

@@ -6,7 +6,8 @@ from ``lmbricks.moe``. The numerics follow Hugging Face Llama exactly (RMSNorm i
 ``rotate_half``), so weights loaded from Llama / Mistral / Qwen2 / Mixtral / Qwen2-MoE give the same
 logits (see ``lmbricks.nn.hf``). q/k/v and gate/up are stored fused (one matmul at inference; in
 training each part is its own matmul, ``lmbricks.nn.split_linear``), attention is
-``F.scaled_dot_product_attention`` with ``is_causal``, and :meth:`LM.loss` fuses the head with the
+``F.scaled_dot_product_attention`` with ``is_causal`` (short bf16 training sequences on CPU:
+``lmbricks.nn.attention``, two batched products, faster there), and :meth:`LM.loss` fuses the head with the
 cross-entropy (``lmbricks.nn.loss``).
 """
 
