@@ -48,9 +48,15 @@ def short_causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 def _attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     B, nh, T, hd = q.shape
     nkv = k.shape[1]
-    q, k, v = (t.to(torch.bfloat16) for t in (q, k, v))  # as autocast casts SDPA's operands
-    q5 = q.reshape(B, nkv, nh // nkv, T, hd)  # (B, nkv, rep, T, hd): each group's queries share a key head
-    scores = (q5 @ k[:, :, None].transpose(-1, -2)) * hd**-0.5  # (B, nkv, rep, T, T)
-    keep = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()  # (T, T) key <= query
-    probs = F.softmax(scores.masked_fill(~keep, float("-inf")), dim=-1, dtype=torch.bfloat16)  # fp32 inside
-    return (probs @ v[:, :, None]).reshape(B, nh, T, hd)
+    rep = nh // nkv
+    # bf16 and contiguous in one pass (as autocast casts SDPA's operands; to() keeps a bf16 tensor's
+    # strides, so reshape copies those), then the group views are free
+    q, k, v = (t.to(torch.bfloat16, memory_format=torch.contiguous_format) for t in (q, k, v))
+    qg = q.reshape(B * nkv, rep * T, hd)  # each KV head's group of query heads, stacked along positions
+    kg, vg = k.reshape(B * nkv, T, hd), v.reshape(B * nkv, T, hd)
+    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()  # (T, T) key <= query
+    bias = torch.zeros(T, T, dtype=torch.bfloat16, device=q.device).masked_fill_(~causal, float("-inf"))
+    # the scale and the mask inside the product: (B nkv, rep T, T) scores
+    scores = torch.baddbmm(bias.repeat(rep, 1), qg, kg.transpose(1, 2), alpha=hd**-0.5)
+    probs = F.softmax(scores, dim=-1, dtype=torch.bfloat16)  # fp32 inside, rounded once
+    return torch.bmm(probs, vg).view(B, nh, T, hd)
