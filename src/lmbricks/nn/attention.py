@@ -4,12 +4,12 @@ On CPU, SDPA's flash kernel is the largest non-GEMM cost of a bf16 training step
 bench/train_lm.py's). At short sequences the whole (T, T) score matrix is small, and two batched
 bf16 products (the causal mask and the scale inside the first), a softmax and autograd's backward
 run faster: (8, 8 heads, 256, 64) with 4 KV heads, forward + backward, one thread, process CPU
-time: 33.9 ms against flash's 64.4 ms. The scores cost B * heads * T^2 * 2 bytes per layer for the backward (8 MB there), so this path is
-taken only up to :data:`MAX_TOKENS` positions and only where it was measured (CPU, bf16 autocast,
-causal without a mask or cache); everything else calls SDPA. Its scores are rounded to bf16
-before the fp32 softmax, as in transformers' eager attention under autocast (flash keeps them in
-fp32): against an fp64 reference its gradients' errors are up to ~2.5x flash's
-(tests/nn/test_short_attention.py).
+time: 33.9 ms against flash's 64.4 ms. The scores cost B * heads * T^2 * 2 bytes per layer for the
+backward (8 MB there), so this path is taken only up to :data:`MAX_TOKENS` positions and only
+where it was measured (CPU, bf16 autocast, causal without a mask or cache); everything else calls
+SDPA. Its scores are rounded to bf16 before the fp32 softmax, as in transformers' eager attention
+under autocast (flash keeps them in fp32): against an fp64 reference its gradients' errors are up
+to ~2.5x flash's (tests/nn/test_short_attention.py).
 """
 
 from __future__ import annotations
