@@ -50,6 +50,8 @@ def test_short_path_only_for_cpu_bf16_causal_training() -> None:
             assert not short_causal_applies(q, True, False)  # inference keeps SDPA
         long_q = torch.randn(1, 2, attention_mod.MAX_TOKENS + 1, 4, requires_grad=True)
         assert not short_causal_applies(long_q, True, False)  # its (T, T) scores would grow too large
+        wide_q = torch.randn(64, 16, 256, 4, requires_grad=True)  # 64 x 16 x 256^2 x 2 bytes = 128 MiB
+        assert not short_causal_applies(wide_q, True, False)
     assert not short_causal_applies(q, True, False)  # fp32 keeps SDPA (and its bits)
 
 

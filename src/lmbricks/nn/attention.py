@@ -4,12 +4,13 @@ On CPU, SDPA's flash kernel is the largest non-GEMM cost of a bf16 training step
 bench/train_lm.py's). At short sequences the whole (T, T) score matrix is small, and two batched
 bf16 products (the causal mask and the scale inside the first), a softmax and autograd's backward
 run faster: (8, 8 heads, 256, 64) with 4 KV heads, forward + backward, one thread, process CPU
-time: 33.9 ms against flash's 64.4 ms. The scores cost B * heads * T^2 * 2 bytes per layer for the
-backward (8 MB there), so this path is taken only up to :data:`MAX_TOKENS` positions and only
-where it was measured (CPU, bf16 autocast, causal without a mask or cache); everything else calls
-SDPA. Its scores are rounded to bf16 before the fp32 softmax, as in transformers' eager attention
-under autocast (flash keeps them in fp32): against an fp64 reference its gradients' errors are up
-to ~2.5x flash's (tests/nn/test_short_attention.py).
+time: 33.9 ms against flash's 64.4 ms. The probabilities saved for the backward cost
+B * heads * T^2 * 2 bytes per layer (8 MB there), so this path is taken only up to
+:data:`MAX_TOKENS` positions and :data:`MAX_SCORE_BYTES` a layer, and only where it was measured
+(CPU, bf16 autocast, causal without a mask or cache); everything else calls SDPA. Its scores are
+rounded to bf16 before the fp32 softmax, as in transformers' eager attention under autocast (flash
+keeps them in fp32): against an fp64 reference its gradients' errors are up to ~2.5x flash's
+(tests/nn/test_short_attention.py).
 """
 
 from __future__ import annotations
@@ -20,13 +21,18 @@ from torch import Tensor
 
 #: Longest sequence the batched path takes (its saved scores grow as T^2).
 MAX_TOKENS = 512
+#: Most bytes of saved probabilities, B * heads * T^2 * 2, one layer may keep for the backward
+#: (flash keeps none): 8 MB at bench/train_lm.py's step; a 30-layer model stays within ~0.5 GB.
+MAX_SCORE_BYTES = 16 << 20
 
 
 def short_causal_applies(q: Tensor, is_causal: bool, has_mask: bool) -> bool:
     """Whether :func:`short_causal_attention` replaces SDPA for these queries (see the module docstring)."""
     training = torch.is_grad_enabled() and q.requires_grad
     bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-    return q.device.type == "cpu" and training and bf16 and is_causal and not has_mask and 1 < q.shape[2] <= MAX_TOKENS
+    B, nh, T, _ = q.shape
+    small = 1 < T <= MAX_TOKENS and B * nh * T * T * 2 <= MAX_SCORE_BYTES
+    return q.device.type == "cpu" and training and bf16 and is_causal and not has_mask and small
 
 
 def short_causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
