@@ -6,7 +6,9 @@ under ``torch.profiler`` (CPU activities). Each operator's *self* CPU time goes 
 by its own name or an enclosing one's (the profiler's parent chain):
 
 - ``optimizer``: anything under ``Optimizer.step`` (AdamW) or ``Optimizer.zero_grad``;
-- ``attention``: ``scaled_dot_product_attention`` and its kernels, forward and backward;
+- ``attention``: ``scaled_dot_product_attention`` and its kernels, forward and backward; the forward
+  of lmbricks' ``short_causal_attention`` (its backward nodes, bmm and softmax, are not told apart
+  and count as ``matmul`` and ``other``);
 - ``matmul``: ``mm``, ``addmm``, ``bmm`` and their variants anywhere else (lmbricks' fused
   head + loss included: its head products count here, as transformers' head does);
 - ``norm``: lmbricks' ``_RMSNorm`` function and its backward; of transformers' RMSNorm the pow,
@@ -43,7 +45,7 @@ CATEGORIES = ("matmul", "attention", "norm", "optimizer", "loss", "other")
 #: which a matrix product (:data:`_MATMUL`, by its own name) is ``matmul`` even inside a norm or loss.
 _BEFORE_MATMUL = (
     ("optimizer", ("Optimizer.step", "Optimizer.zero_grad")),
-    ("attention", ("scaled_dot_product", "flash_attention", "FlashAttention", "ScaledDotProduct")),
+    ("attention", ("scaled_dot_product", "flash_attention", "FlashAttention", "ScaledDotProduct", "short_causal")),
 )
 _AFTER_MATMUL = (
     (

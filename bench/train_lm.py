@@ -130,7 +130,9 @@ def build_step(side: str, quick: bool, precision: str, device: str) -> Callable[
         def loss_of() -> torch.Tensor:
             return hf(input_ids=ids, labels=ids).loss
 
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    # One optimizer for both sides: the fused kernel in bf16, as lmbricks' trainer
+    # (train/setup.py: fused_adamw) and transformers' Trainer (adamw_torch_fused, torch >= 2.8) take it.
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True if precision == "bf16" else None)
 
     def step() -> None:
         with autocast("bf16" if precision == "bf16" else "fp32", dev):

@@ -11,6 +11,7 @@ def test_enclosing_optimizer_and_attention_win_over_the_operator_name() -> None:
         ["aten::bmm", "aten::_scaled_dot_product_attention_math", "aten::scaled_dot_product_attention"]
     ) == ("attention")
     assert category(["aten::mm", "aten::linear"]) == "matmul"
+    assert category(["aten::bmm", "aten::matmul", "short_causal_attention"]) == "attention"
 
 
 def test_matmuls_inside_the_fused_loss_count_as_matmul_the_rest_as_loss() -> None:

@@ -94,3 +94,61 @@ def test_rms_norm_backward_matches_autograd() -> None:
     ex, ew = torch.autograd.grad(ref64, (x2, w2), g.double())
     torch.testing.assert_close(dx.double(), ex, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(dw.double(), ew, rtol=1e-4, atol=1e-5)
+
+
+def _autocast_reference(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    with torch.autocast("cpu", torch.bfloat16):  # transformers' head under autocast: bf16 logits, fp32 loss
+        return F.cross_entropy((h @ w.T).float(), targets, ignore_index=-100)
+
+
+@pytest.mark.parametrize("chunk_elements", [1 << 23, 40 * 50])  # one chunk; seven with a ragged last one
+def test_linear_cross_entropy_under_autocast_matches_bf16_logits(
+    monkeypatch: pytest.MonkeyPatch, chunk_elements: int
+) -> None:
+    monkeypatch.setattr(loss_mod, "CHUNK_ELEMENTS", chunk_elements)
+    gen = torch.Generator().manual_seed(0)
+    h = torch.randn(300, 32, generator=gen, requires_grad=True)
+    w = (0.3 * torch.randn(50, 32, generator=gen)).requires_grad_()
+    targets = torch.randint(0, 50, (300,), generator=gen)
+    targets[[3, 9]] = -100
+    ref = _autocast_reference(h, w, targets)
+    gh, gw = torch.autograd.grad(ref, (h, w))
+    with torch.autocast("cpu", torch.bfloat16):
+        got = linear_cross_entropy(h, w, targets)
+    fh, fw = torch.autograd.grad(got, (h, w))
+    assert got.dtype == torch.float32 and fh.dtype == h.dtype and fw.dtype == w.dtype
+    torch.testing.assert_close(got, ref, rtol=0, atol=2e-6)  # the same bf16 logits, fp32 softmax
+    # the gradients are rounded to bf16 once (8 bits): within 1% of the largest entry
+    assert float((fh - gh).abs().max()) <= 1e-2 * float(gh.abs().max())
+    assert float((fw - gw).abs().max()) <= 1e-2 * float(gw.abs().max())
+
+
+def test_linear_cross_entropy_under_autocast_multiplies_in_bf16() -> None:
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen: list[torch.dtype] = []
+
+    class Products(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            if func.__name__.startswith(("mm", "addmm")):
+                seen.extend(a.dtype for a in args[:3] if isinstance(a, torch.Tensor))
+            return func(*args, **(kwargs or {}))
+
+    h = torch.randn(16, 8, requires_grad=True)
+    w = torch.randn(12, 8, requires_grad=True)
+    with Products(), torch.autocast("cpu", torch.bfloat16):
+        linear_cross_entropy(h, w, torch.randint(0, 12, (16,))).backward()
+    assert len(seen) >= 6 and set(seen) == {torch.bfloat16}  # logits, dL/dh and dL/dW, each two operands
+
+
+def test_linear_cross_entropy_under_autocast_keeps_an_underflowing_target_finite() -> None:
+    h = torch.zeros(2, 4, requires_grad=True)
+    w = torch.zeros(6, 4)
+    w[0, 0], w[5, 0] = 200.0, -200.0  # row 0: the target's logit sits 400 below the largest one
+    with torch.no_grad():
+        h[:, 0] = 1.0
+    targets = torch.tensor([5, 0])
+    with torch.autocast("cpu", torch.bfloat16):
+        got = linear_cross_entropy(h, w, targets)
+    ref = _autocast_reference(h, w, targets)
+    assert torch.isfinite(got) and abs(float(got.detach()) - float(ref)) < 1e-3 * float(ref)

@@ -58,3 +58,12 @@ def test_auto_is_recorded_and_autocasts_where_bf16(tmp_path: Path) -> None:
         assert losses != FP32_LOSSES and abs(losses[0] - FP32_LOSSES[0]) < 0.05
     else:
         assert losses == FP32_LOSSES
+
+
+def test_bf16_runs_take_the_fused_adamw_kernel_fp32_the_for_loop_one() -> None:
+    from lmbricks.nn import LM, LMConfig
+    from lmbricks.train.setup import make_optimizer
+
+    model = LM(LMConfig(vocab_size=32, hidden_size=16, intermediate_size=24, num_layers=1, num_heads=2))
+    fused = {p: make_optimizer(model, _config(p)).param_groups[0]["fused"] for p in ("bf16", "fp32")}
+    assert fused == {"bf16": True, "fp32": None}

@@ -6,7 +6,8 @@ from ``lmbricks.moe``. The numerics follow Hugging Face Llama exactly (RMSNorm i
 ``rotate_half``), so weights loaded from Llama / Mistral / Qwen2 / Mixtral / Qwen2-MoE give the same
 logits (see ``lmbricks.nn.hf``). q/k/v and gate/up are stored fused (one matmul at inference; in
 training each part is its own matmul, ``lmbricks.nn.split_linear``), attention is
-``F.scaled_dot_product_attention`` with ``is_causal``, and :meth:`LM.loss` fuses the head with the
+``F.scaled_dot_product_attention`` with ``is_causal`` (short bf16 training sequences on CPU:
+``lmbricks.nn.attention``, two batched products, faster there), and :meth:`LM.loss` fuses the head with the
 cross-entropy (``lmbricks.nn.loss``).
 """
 
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lmbricks.nn.attention import short_causal_applies, short_causal_attention
 from lmbricks.nn.config import LMConfig
 from lmbricks.nn.loss import linear_cross_entropy
 from lmbricks.nn.rms_norm import rms_norm
@@ -166,9 +168,12 @@ class Attention(nn.Module):
         q, k = apply_rope(q, inputs.cos, inputs.sin), apply_rope(k, inputs.cos, inputs.sin)
         if inputs.cache is not None:
             k, v = inputs.cache.update(self.layer, k, v)  # (B, nkv, S, hd)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=inputs.mask, is_causal=inputs.is_causal, enable_gqa=self.n_kv != self.n_head
-        )  # (B, nh, T, hd)
+        if short_causal_applies(q, inputs.is_causal, inputs.mask is not None):
+            y = short_causal_attention(q, k, v)  # (B, nh, T, hd)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=inputs.mask, is_causal=inputs.is_causal, enable_gqa=self.n_kv != self.n_head
+            )  # (B, nh, T, hd)
         return self.o(y.transpose(1, 2).reshape(B, T, self.n_head * self.hd))
 
 

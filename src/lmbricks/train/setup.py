@@ -92,14 +92,16 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only (norm gains and biases are not decayed).
 
     With ``task: sft`` the groups are also split by kind (router / expert / non-expert), each with
-    its learning-rate multiplier (``sft.router_lr_scale``, ``sft.expert_lr_scale``).
+    its learning-rate multiplier (``sft.router_lr_scale``, ``sft.expert_lr_scale``). bf16 runs use
+    torch's fused AdamW kernel (:func:`fused_adamw`).
     """
     o = cfg.optim
+    fused = fused_adamw(model, cfg)
     if cfg.task == "sft" and cfg.sft is not None:
         from lmbricks.sft.params import param_groups
 
         groups = param_groups(model, o.lr, o.weight_decay, cfg.sft)
-        return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps)
+        return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps, fused=fused)
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     other = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     return torch.optim.AdamW(
@@ -107,7 +109,26 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
         lr=o.lr,
         betas=o.betas,
         eps=o.eps,
+        fused=fused,
     )
+
+
+def fused_adamw(model: nn.Module, cfg: TrainConfig) -> bool | None:
+    """Whether AdamW runs torch's fused kernel: in bf16 runs on CPU or CUDA (None: the for-loop one).
+
+    The fused kernel updates each tensor in one pass (bench/train_lm.py's 20M parameters, one
+    thread: 14 ms a step against 49 for the for-loop kernel), but rounds differently by an ulp, so
+    fp32 runs keep the for-loop kernel and reproduce their earlier losses bit for bit.
+
+    Args:
+        model: the trainee, already on its device.
+        cfg: the run's config (its ``precision``).
+
+    Returns:
+        True for bf16 on CPU or CUDA, else None (torch's default choice).
+    """
+    device = next(model.parameters()).device
+    return True if device.type in ("cpu", "cuda") and resolve_precision(cfg, device) == "bf16" else None
 
 
 def apply_trainable(model: nn.Module, kinds: Sequence[str]) -> dict[str, int]:
