@@ -13,6 +13,9 @@ def _reference(name: str, h: torch.Tensor) -> torch.Tensor:
     if name == "swiglu":
         g, u = h.chunk(2, dim=1)
         return F.silu(g) * u
+    if name == "reglu":
+        g, u = h.chunk(2, dim=1)
+        return F.relu(g) * u
     return F.gelu(h) if name == "gelu" else F.relu(h)
 
 

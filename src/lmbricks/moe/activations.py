@@ -1,7 +1,8 @@
 """Expert activations as objects: what one expert does between its input and output projections.
 
 An expert computes ``y = act(x W_in) W_out``. The input projection h = x W_in is (S, N): for the
-gated SwiGLU N = 2I (columns [gate | up]) and ``act(h) = silu(gate) * up``; for GELU and ReLU N = I.
+gated SwiGLU N = 2I (columns [gate | up]) and ``act(h) = silu(gate) * up``; the gated ReGLU (a
+ReLU-fied SwiGLU) is ``fatrelu(gate, T) * up``, T = 0 being ReLU; for GELU and ReLU N = I.
 Each activation offers the forms the dispatch paths need: differentiable (the grouped path), in
 place for inference, into preallocated slices (the loop path, one expert's rows while they are in
 cache) and the hand-written backward of the loop path. :data:`ACTIVATIONS` is the registry that
@@ -139,5 +140,63 @@ class ReLU(Activation):
         return torch.ops.aten.threshold_backward(da, a, 0)
 
 
+def fatrelu(g: Tensor, threshold: float) -> Tensor:
+    """FATReLU (ProSparse, arXiv 2402.13516): ``g if g > threshold else 0``; threshold 0 is ReLU.
+
+    Args:
+        g: any shape.
+        threshold: T >= 0.
+
+    Returns:
+        A tensor of g's shape and dtype.
+    """
+    return torch.where(g > threshold, g, torch.zeros((), dtype=g.dtype, device=g.device))
+
+
+class ReGLU(Activation):
+    """fatrelu(gate, T) * up over h = [gate | up] (the gated ReLU of a ReLU-fied SwiGLU FFN).
+
+    s = fatrelu(gate, T) is kept for the backward; T = 0 is ``relu(gate) * up``.
+    """
+
+    name = "reglu"
+    gated = True
+
+    def __init__(self, threshold: float = 0.0) -> None:
+        self.threshold = threshold
+
+    @override
+    def __call__(self, h: Tensor) -> tuple[Tensor, Tensor | None]:
+        i = h.shape[1] // 2
+        s = fatrelu(h[:, :i], self.threshold)
+        return s * h[:, i:], s
+
+    @override
+    def inplace(self, h: Tensor) -> Tensor:
+        i = h.shape[1] // 2
+        return fatrelu(h[:, :i], self.threshold).mul_(h[:, i:])
+
+    @override
+    def into(self, h: Tensor, a: Tensor, s: Tensor | None) -> None:
+        assert s is not None
+        i = a.shape[1]
+        s.copy_(fatrelu(h[:, :i], self.threshold))
+        torch.mul(s, h[:, i:], out=a)
+
+    @override
+    def backward(self, da: Tensor, h: Tensor, a: Tensor, s: Tensor | None) -> Tensor:
+        assert s is not None
+        i = da.shape[1]
+        g, u = h[:, :i], h[:, i:]
+        dh = torch.empty_like(h)
+        torch.mul(da * u, g > self.threshold, out=dh[:, :i])
+        torch.mul(da, s, out=dh[:, i:])
+        return dh
+
+    @override
+    def __repr__(self) -> str:
+        return f"ReGLU(threshold={self.threshold})"
+
+
 #: The activations ``MoEConfig.activation`` and ``Experts`` accept, by name.
-ACTIVATIONS: dict[str, Activation] = {act.name: act for act in (SwiGLU(), GELU(), ReLU())}
+ACTIVATIONS: dict[str, Activation] = {act.name: act for act in (SwiGLU(), GELU(), ReLU(), ReGLU())}
