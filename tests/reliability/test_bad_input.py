@@ -316,9 +316,11 @@ def test_allow_pickle_flag_exists_and_reads_weights_only(models: dict[str, Path]
 @pytest.mark.parametrize(
     "command",
     [
-        ["merge"], ["average"], ["soup"], ["moefy"], ["eval", "ppl"], ["eval", "fewshot"], ["models", "info"],
-        ["trace"], ["analyze", "sparsity"], ["adapters", "train"], ["moe", "upcycle"], ["moe", "assemble"],
-        ["train"], ["reward", "train"], ["proxy", "generate"],
+        ["merge", "run"], ["merge", "multi"], ["merge", "evolve"], ["average"], ["soup"], ["moefy"], ["eval", "ppl"],
+        ["eval", "fewshot"], ["models", "info"], ["trace"], ["analyze", "sparsity"], ["adapters", "train"],
+        ["moe", "upcycle"], ["moe", "assemble"], ["train"], ["reward", "train"], ["proxy", "generate"],
+        ["tokens", "transplant"], ["generate"], ["align", "best-of-n"], ["align", "dpo"], ["align", "rl"],
+        ["plugins", "memory", "eval"],
     ],
 )  # fmt: skip
 def test_commands_that_read_checkpoints_take_allow_pickle(command: list[str]) -> None:
