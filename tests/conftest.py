@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,3 +23,14 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_mixtral(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer random Mixtral (4 experts, top-2) saved as a Hugging Face directory (fp32)."""
     return save_tiny_model(tmp_path_factory.mktemp("tiny_mixtral"), tiny_mixtral_config(), seed=0)
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads() -> Iterator[None]:
+    """A test that sets torch's thread count gets it back afterwards: summation order (and so the last bits
+    of golden values) depends on it, so one test's setting must not reach the tests after it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
