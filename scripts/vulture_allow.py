@@ -41,3 +41,6 @@ profile_case
 # pytest reads these by name.
 pytestmark
 _isolated_home
+
+# An autouse pytest fixture (tests/conftest.py): pytest calls it for every test.
+_restore_torch_threads
