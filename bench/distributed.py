@@ -130,7 +130,14 @@ def _train(procs: int, parallel: Any, steps: int, tmp: Path, name: str) -> float
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs), "-m"]
     cmd = [*launch, "lmbricks.cli.main"] if procs > 1 else [sys.executable, "-m", "lmbricks.cli.main"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    subprocess.run([*cmd, "train", str(path), "-o", str(run), "-q", "--force"], check=True, env=env, timeout=900)
+    # the trainer's summary line goes to standard error: standard output is this script's JSON alone
+    subprocess.run(
+        [*cmd, "train", str(path), "-o", str(run), "-q", "--force"],
+        check=True,
+        env=env,
+        timeout=900,
+        stdout=sys.stderr,
+    )
     rates = [json.loads(line)["tokens_per_s"] for line in (run / "log.jsonl").read_text().splitlines()]
     return statistics.median(rates[2:])
 

@@ -47,3 +47,12 @@ def test_emergent_bricks_quotes_no_best_of_runs_in_bold() -> None:
     text = (DOCS / "emergent-bricks.md").read_text(encoding="utf-8")
     assert "**1.62x**" not in text
     assert "median of the three: 1.32x" in text
+
+
+@pytest.mark.parametrize("path", sorted((DOCS / "bench").glob("*.json")), ids=lambda p: p.name)
+def test_committed_benchmark_json_parses_and_names_no_machine_path(path: Path) -> None:
+    # a benchmark whose child processes print to standard output corrupts its own JSON (it happened)
+    text = path.read_text(encoding="utf-8")
+    json.loads(text)
+    for prefix in ("/tmp/", "/root/", "/home/", "/work/"):
+        assert prefix not in text, f"{path.name} records a machine path under {prefix}"
