@@ -29,7 +29,7 @@ from lmbricks.errors import ConfigError, LmbricksError
 from lmbricks.merge.executor import DEFAULT_MAX_MEMORY, DEFAULT_SHARD, execute
 from lmbricks.merge.graph import GraphRecipe, RecipeGraph, load_graph, recipe_key, resolve
 from lmbricks.merge.inputs import open_input, split_reference
-from lmbricks.merge.plan import _check_param_names, plan_merge
+from lmbricks.merge.plan import check_param_names, plan_merge
 from lmbricks.merge.recipe import Recipe
 from lmbricks.merge.registry import get_method
 
@@ -145,7 +145,7 @@ def _check_recipe(graph: RecipeGraph, node: GraphRecipe, resolved: Recipe, ready
     """Method and parameter names of every recipe; the full plan if ``ready`` (every input exists)."""
     try:
         method = get_method(resolved.merge_method)
-        _check_param_names(resolved, method)
+        check_param_names(resolved, method)
         if ready:
             plan_merge(resolved, allow_pickle=pickle)
     except LmbricksError as exc:

@@ -85,7 +85,12 @@ def _dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
-def _check_param_names(recipe: Recipe, method: MethodInfo) -> None:
+def check_param_names(recipe: Recipe, method: MethodInfo) -> None:
+    """Refuse a parameter name ``method`` does not take, anywhere in ``recipe`` (top level, models, slices).
+
+    Raises:
+        ConfigError: naming the scope (``slices[0].sources[1].parameters``) and the unknown name.
+    """
     known = {p.name for p in method.params}
     scopes: list[tuple[Parameters | None, str]] = [(recipe.parameters, "parameters")]
     for i, m in enumerate(recipe.models or []):
@@ -344,7 +349,7 @@ def plan_merge(
         refs = [p for ref in recipe.referenced_models() for p in reference_paths(ref)]
         check_output(out, [*extra, *refs], force)
     method = get_method(recipe.merge_method)
-    _check_param_names(recipe, method)
+    check_param_names(recipe, method)
     opened = _open_all(recipe, allow_pickle)
     slices = _normalised_slices(recipe, opened)
     ref_key = recipe.base_model or slices[0].sources[0].model
