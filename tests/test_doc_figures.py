@@ -56,3 +56,16 @@ def test_committed_benchmark_json_parses_and_names_no_machine_path(path: Path) -
     json.loads(text)
     for prefix in ("/tmp/", "/root/", "/home/", "/work/"):
         assert prefix not in text, f"{path.name} records a machine path under {prefix}"
+
+
+def test_proxy_tuning_speed_table_equals_its_json() -> None:
+    text = (DOCS / "proxy-tuning.md").read_text(encoding="utf-8")
+    run = json.loads((DOCS / "bench" / "proxy-2026-12-07.json").read_text())
+    qwen = json.loads((DOCS / "bench" / "proxy-qwen-2026-11-23.json").read_text())
+    rows = _table_rows(text, "| key | default model")
+    assert set(rows) == {"vs_estimated_limit", "vs_nocache", "decode_bandwidth_share"}
+    for key, (ours, theirs) in rows.items():
+        assert float(ours.split()[0]) == pytest.approx(run[key], abs=0.005 + 1e-9), (key, ours)
+        if theirs != "-":
+            assert float(theirs.split()[0]) == pytest.approx(qwen[key if key in qwen else "vs_limit"], abs=0.005)
+    assert run["nocache_tokens"] == run["new_tokens"] == 64
