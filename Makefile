@@ -4,6 +4,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test` / `make test-unit` (each gets cores / workers torch threads:
+# tests/conftest.py); tests that share one expensive fixture carry the same xdist_group. 0: one process.
+PYTEST_WORKERS ?= 2
+PYTEST_PARALLEL = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadgroup)
 
 PIP_TOOLS := pip-tools==7.7.0
 COMPILE = .lock-venv/bin/pip-compile -q --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links -c constraints.in
@@ -38,11 +42,11 @@ browser:
 
 ## test: the whole suite (unit + integration on the real default model, agreement with mergekit)
 test: fetch mergekit-venv browser
-	$(BIN)/python -m pytest -q --durations=25 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL) --durations=25 $(PYTEST_ARGS)
 
 ## test-unit: the unit suite only (no downloads)
 test-unit: setup
-	$(BIN)/python -m pytest -q -m "not integration" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL) -m "not integration" $(PYTEST_ARGS)
 
 ## demo: the tour on the default model -> runs/tour/report.html
 demo: fetch

@@ -13,6 +13,18 @@ from lmbricks.testing import save_tiny_model, tiny_llama_config, tiny_mixtral_co
 lmbricks.tune_process()  # the test process keeps large buffers in the heap, as every lmbricks process does
 
 
+def pytest_configure(config: pytest.Config) -> None:  # noqa: ARG001 (pytest's hook signature)
+    """Under pytest-xdist, each worker gets its share of the cores: N workers x the default thread count
+    oversubscribe the CPU, and OpenMP's spinning barriers then ran the integration tests ~10x slower."""
+    import os
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer random Llama saved as a Hugging Face directory (fp32)."""
