@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from lmbricks.errors import ConfigError, LmbricksError
 
@@ -104,7 +104,9 @@ class SectionOutcome:
     Attributes:
         name: the section's name (``--section NAME``).
         status: ``"passed"``, ``"skipped"`` or ``"failed"``.
-        seconds: time spent in it.
+        seconds: wall-clock time spent in it.
+        cpu_seconds: the process's CPU time spent in it (all threads; steadier than the wall time on a
+            shared machine, and above it where a section keeps several cores busy).
         rows: its summary rows (passed sections only).
         error: ``"ExceptionType: message"`` of a failure, or the reason of a skip.
         traceback: a short traceback, for failures by an unexpected exception (not an
@@ -119,9 +121,11 @@ class SectionOutcome:
     error: str | None = None
     traceback: str | None = None
     reproduce: str | None = None
+    cpu_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "status": self.status, "seconds": self.seconds}
+        out: dict[str, Any] = {"name": self.name, "status": self.status, "seconds": self.seconds,
+                               "cpu_seconds": self.cpu_seconds}  # fmt: skip
         if self.status == "failed":
             out.update(error=self.error, reproduce=self.reproduce)
         elif self.status == "skipped":
@@ -234,7 +238,7 @@ def run_section(ctx: TourContext, name: str, section: Section) -> tuple[SectionO
     """
     report = ctx.report
     before = len(report.sections)
-    start = time.perf_counter()
+    start = (time.perf_counter(), time.process_time())
     try:
         rows = list(section(ctx))
         if not rows:  # `return []` is the shape of a silent skip: say what was measured, skip or fail
@@ -243,7 +247,7 @@ def run_section(ctx: TourContext, name: str, section: Section) -> tuple[SectionO
                 "raises SkipSection when it has nothing to do, or fails"
             )
     except SkipSection as exc:
-        outcome = SectionOutcome(name, "skipped", _elapsed(start), error=str(exc) or "no reason given")
+        outcome = SectionOutcome(name, "skipped", **_elapsed(start), error=str(exc) or "no reason given")
         if len(report.sections) == before:
             report.section(f"Section {name}")
         report.skipped(str(outcome.error))
@@ -252,18 +256,27 @@ def run_section(ctx: TourContext, name: str, section: Section) -> tuple[SectionO
     except Exception as exc:  # a failing section must not take the report with it
         tb = None if isinstance(exc, LmbricksError) else _short_traceback(exc)
         command = reproduce_command(name, ctx.out_dir, ctx.quick, ctx.model_ref, ctx.requested_precision)
-        outcome = SectionOutcome(name, "failed", _elapsed(start), error=_error_line(exc), traceback=tb,
+        outcome = SectionOutcome(name, "failed", **_elapsed(start), error=_error_line(exc), traceback=tb,
                                  reproduce=command)  # fmt: skip
         if len(report.sections) == before:
             report.section(f"Section {name}")
         report.failure(str(outcome.error), command, tb)
         ctx.log(f"tour: {name} FAILED: {_first_line(str(outcome.error))}")
         return outcome, exc
-    return SectionOutcome(name, "passed", _elapsed(start), rows=rows), None
+    return SectionOutcome(name, "passed", **_elapsed(start), rows=rows), None
 
 
-def _elapsed(start: float) -> float:
-    return round(time.perf_counter() - start, 2)
+class _Elapsed(TypedDict):
+    seconds: float
+    cpu_seconds: float
+
+
+def _elapsed(start: tuple[float, float]) -> _Elapsed:
+    """``seconds`` (wall) and ``cpu_seconds`` (process CPU) since ``start`` = (perf_counter, process_time)."""
+    return {
+        "seconds": round(time.perf_counter() - start[0], 2),
+        "cpu_seconds": round(time.process_time() - start[1], 2),
+    }
 
 
 def _summary(report: Report, outcomes: Sequence[SectionOutcome]) -> None:
@@ -358,13 +371,15 @@ def _write_outputs(ctx: TourContext, outcomes: Sequence[SectionOutcome]) -> Path
     """The summary and timing tables, report.html and results.json; returns the report's path."""
     report = ctx.report
     _summary(report, outcomes)
-    report.section("Run", "Seconds spent in each section of this tour.")
-    report.table([[o.name, o.status, o.seconds] for o in outcomes], ["section", "status", "seconds"])
+    report.section("Run", "Seconds spent in each section of this tour: wall clock, and the process's CPU time.")
+    report.table([[o.name, o.status, o.seconds, o.cpu_seconds] for o in outcomes],
+                 ["section", "status", "seconds", "CPU seconds"])  # fmt: skip
     path = report.save(ctx.out_dir / "report.html")
     results = {
         **ctx.results,
         "precision": ctx.precision,
         "timings_s": {o.name: o.seconds for o in outcomes},
+        "timings_cpu_s": {o.name: o.cpu_seconds for o in outcomes},
         "sections": [o.to_dict() for o in outcomes],
     }
     # default=str: a failed section may have left something unserialisable; the numbers must still be written
