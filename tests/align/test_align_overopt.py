@@ -76,3 +76,23 @@ def test_bootstrap_interval() -> None:
     assert hi - lo == pytest.approx(2 * 1.96 * float(v.std()) / 20, rel=0.2)  # the normal interval's width
     small_lo, small_hi = bootstrap_mean_ci(v[:25])
     assert small_hi - small_lo > hi - lo
+
+
+def test_alignment_doc_table_equals_the_committed_run() -> None:
+    import json
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    run = json.loads((docs / "bench" / "overoptimisation-2026-12-07.json").read_text())
+    lines = (docs / "alignment.md").read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| n | KL (nats) | single proxy"))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    assert [int(r[0]) for r in rows] == run["ns"]
+    for i, row in enumerate(rows):
+        assert float(row[1]) == pytest.approx(run["curves"]["gold"][i]["kl"], abs=0.005)
+        for cell, name in zip(row[2:], ("single_mean", "warm", "ensemble", "gold"), strict=True):
+            assert float(cell.split()[0]) == pytest.approx(run["curves"][name][i]["gold"], abs=0.005), (i, name)
