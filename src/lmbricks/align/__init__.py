@@ -4,6 +4,8 @@
 - :mod:`.scorer`: rewards of responses: reward-model directories (one, an ensemble, WARM / Baklava)
   or any function of the text.
 - :mod:`.bon`: best-of-n from a table of rewards, and its analytic KL.
+- :mod:`.overopt`: over-optimisation measures: best-of-n's expected gold reward over all n-subsets,
+  bootstrap intervals, head-to-head win rates with a Wilson interval.
 - :mod:`.config`: the typed jobs; prompt specs.
 - :mod:`.logprob`, :mod:`.dpo`: response log-probabilities; the DPO loss, encoded pairs, the reference.
 - :mod:`.rl`: RLOO / GRPO advantages and the KL-penalised policy-gradient loss.
