@@ -4,7 +4,8 @@
 - :mod:`lmbricks.moefy.cluster`: balanced k-means, co-activation and random partitions.
 - :mod:`lmbricks.moefy.routers`: centroid, linear and MLP routers (RouterOutput, as `lmbricks.moe`), oracle mass.
 - :mod:`lmbricks.moefy.selection`: the top-K and dynamic-K selection rules.
-- :class:`MoefiedFFN`: the sparse FFN runtime (gather + per-expert matmuls).
+- :class:`MoefiedFFN`: the sparse FFN runtime (gather + per-expert matmuls; zero-skipping for ReLU gates,
+  :mod:`lmbricks.moefy.zeroskip`).
 - :func:`moefy_model`: convert in memory; :func:`save_moefied`, :func:`load_moefied`, :func:`densify`.
 - :func:`heal`: distil the MoEfied model towards the dense one.
 - :mod:`lmbricks.moefy.evaluate`: perplexity versus experts used, FFN and model timings.

@@ -97,6 +97,7 @@ def set_routing(
     mode: Mode | None = None,
     top_k: int | None = None,
     dynamic_threshold: float | None | str = "keep",
+    skip_zeros: bool | None = None,
 ) -> None:
     """Change how every MoEfied FFN of ``model`` selects experts.
 
@@ -105,6 +106,8 @@ def set_routing(
         mode: ``router``, ``oracle`` or ``dense`` (None: unchanged).
         top_k: experts per token (None: unchanged).
         dynamic_threshold: a mass share for dynamic K, None to switch it off, "keep" to leave it.
+        skip_zeros: zero-skipping of neurons whose gate activation is exactly zero (router mode;
+            None: unchanged, by default on for ReLU-family gates).
     """
     layers = moefied_layers(model)
     if not layers:
@@ -120,6 +123,8 @@ def set_routing(
             layer.top_k = top_k
         if dynamic_threshold != "keep":
             layer.dynamic_threshold = dynamic_threshold  # type: ignore[assignment]
+        if skip_zeros is not None:
+            layer.skip_zeros = skip_zeros
 
 
 def mean_fraction(model: nn.Module) -> float:

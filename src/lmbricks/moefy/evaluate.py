@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from lmbricks.analysis.corpus import perplexities, relative_change
 from lmbricks.moefy.convert import mean_fraction, moefied_layers, set_routing
@@ -211,14 +211,7 @@ def time_model(
         return lambda: model(input_ids=ids)
 
     def decode(model: nn.Module) -> Callable[[], Any]:
-        def run() -> None:
-            out = model(input_ids=prompt, use_cache=True)
-            past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
-            for _ in range(decode_steps):
-                out = model(input_ids=nxt, past_key_values=past, use_cache=True)
-                past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
-
-        return run
+        return greedy_decoder(model, prompt, decode_steps)
 
     def with_k(k: int, fn: Callable[[], Any]) -> Callable[[], Any]:
         def run() -> Any:
@@ -237,3 +230,25 @@ def time_model(
             result[f"{phase}_K={k}_tok_s"] = n_tok / med[f"K={k}"]
             result[f"{phase}_K={k}_speedup"] = med["dense"] / med[f"K={k}"]
     return result
+
+
+def greedy_decoder(model: nn.Module, prompt: Tensor, steps: int) -> Callable[[], None]:
+    """A call that prefills ``prompt`` (1, T) and decodes ``steps`` greedy tokens with the KV cache.
+
+    Args:
+        model: a causal LM.
+        prompt: (1, T) token ids.
+        steps: one-token steps after the prompt.
+
+    Returns:
+        The call (no arguments, no result), for timing.
+    """
+
+    def run() -> None:
+        out = model(input_ids=prompt, use_cache=True)
+        past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        for _ in range(steps):
+            out = model(input_ids=nxt, past_key_values=past, use_cache=True)
+            past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+
+    return run

@@ -25,6 +25,11 @@ the default model's shapes, 1024 tokens, K = 8 of 32, before concurrency: separa
 gate and up blocks 18-19 ms, one fused (2n, H) block with a transposed product 22 ms, one gather of
 all pairs before the loop and one scatter after it 23 ms, and 69 ms at K = 16 where the (S, H) pair
 buffers pass glibc's mmap threshold; the dense FFN 28 ms.)
+Zero-skipping (``skip_zeros``, on by default where the gate activation is of the ReLU family,
+:func:`~lmbricks.moefy.zeroskip.zeroes_nonpositive`): neurons whose gate activation is exactly
+zero skip their up and down work, at decoding the live neurons of the selected experts only,
+at prefill an expert's dead tokens and dead neurons (:mod:`lmbricks.moefy.zeroskip`); the result
+is the same sum without the zero terms.
 For training (healing) the same function is computed densely, each neuron scaled by its expert's
 gate from the router's weights (value 1, gradient of ``sigmoid(score)``: a straight-through gate
 that lets the router learn from the loss).
@@ -41,6 +46,7 @@ from lmbricks.errors import ConfigError
 from lmbricks.moe.types import RouterOutput
 from lmbricks.moefy.routers import MoefiedRouter, expert_output_norms
 from lmbricks.moefy.selection import routed_gates, routed_mask, topk_mask
+from lmbricks.moefy.zeroskip import expert_forward, live_neuron_forward, zeroes_nonpositive
 
 Mode = Literal["router", "oracle", "dense"]
 
@@ -100,6 +106,8 @@ class MoefiedFFN(nn.Module):
             self.use_router(router)
         self.register_buffer("down_norms", w_down.detach().float().norm(dim=-1).reshape(-1), persistent=False)
         self.last_fraction: float = 1.0  # experts used / E in the last forward (traceability)
+        self.skip_zeros: bool = zeroes_nonpositive(act)  # router mode: skip neurons whose gate is 0
+        self._up_rows: tuple[tuple[int, int], Tensor] | None = None  # (I, H) cache for zero-skipping
 
     # ------------------------------------------------------------------ routing settings
     @property
@@ -205,15 +213,32 @@ class MoefiedFFN(nn.Module):
             tok = tokens[start : start + c]  # (c,) distinct tokens of expert e
             start += c
             xe = x.index_select(0, tok)  # (c, H)
-            a = self.act(torch.mm(xe, self.w_gate[e])).mul_(torch.mm(xe, self.w_up[e]))  # (c, n)
-            y.index_add_(0, tok, torch.mm(a, self.w_down[e]))
+            g = self.act(torch.mm(xe, self.w_gate[e]))  # (c, n)
+            if self.skip_zeros:
+                ye, rows = expert_forward(xe, g, self.w_up[e], self.w_down[e])  # (c', H)
+                y.index_add_(0, tok if rows is None else tok[rows], ye)
+                continue
+            y.index_add_(0, tok, torch.mm(g.mul_(torch.mm(xe, self.w_up[e])), self.w_down[e]))
         return y
+
+    def up_rows(self) -> Tensor:
+        """(I, H) the up projection with one contiguous row per neuron (cached until ``w_up`` changes)."""
+        key = (self.w_up.data_ptr(), self.w_up._version)
+        if self._up_rows is None or self._up_rows[0] != key:
+            rows = self.w_up.detach().transpose(1, 2).reshape(-1, self.hidden_size).contiguous()
+            self._up_rows = (key, rows)
+        return self._up_rows[1]
 
     def _few_tokens_forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """Decoding: the experts any token selected, as one batched product (zero for the others)."""
         used = mask.any(0).nonzero().squeeze(1)  # (U,)
         keep = mask[:, used].T.to(x.dtype)[..., None]  # (U, N, 1)
         gate = torch.matmul(x, self.w_gate.index_select(0, used))  # (U, N, n)
+        if self.skip_zeros:
+            n = self.expert_size
+            g = self.act(gate).mul_(keep).transpose(0, 1).reshape(x.shape[0], -1)  # (N, U n)
+            neurons = (used[:, None] * n + torch.arange(n, device=x.device)).reshape(-1)  # (U n,)
+            return live_neuron_forward(x, g, neurons, self.up_rows(), self.w_down.reshape(-1, self.hidden_size))
         up = torch.matmul(x, self.w_up.index_select(0, used))  # (U, N, n)
         a = self.act(gate).mul_(up).mul_(keep)
         return torch.bmm(a, self.w_down.index_select(0, used)).sum(0)  # (N, H)
