@@ -10,7 +10,7 @@ from lmbricks.cli.common import FORCE_HELP, command_line, console, err_console, 
 from lmbricks.cli.options import model_argument, precision_option
 from lmbricks.runtime.precision import RequestedPrecision
 
-app = typer.Typer(help="Plug-in bricks: memory (InfLLM).", no_args_is_help=True)
+app = typer.Typer(help="Plug-in bricks: memory (InfLLM), accelerate (Variator).", no_args_is_help=True)
 memory_app = typer.Typer(help="InfLLM: training-free context memory (arXiv 2402.04617).", no_args_is_help=True)
 app.add_typer(memory_app, name="memory")
 
@@ -64,3 +64,8 @@ def memory_eval(
         console.print(f"{method}: {cells}", highlight=False)
     if out is not None:
         console.print(f"wrote {out}", highlight=False)
+
+
+from lmbricks.cli import plugins_accelerate  # noqa: E402
+
+app.add_typer(plugins_accelerate.app, name="accelerate")
