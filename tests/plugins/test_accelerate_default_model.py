@@ -18,7 +18,7 @@ def test_identity_causality_and_base_untouched_on_the_default_model() -> None:
     torch.set_num_threads(1)
     model, tok = load_model("smollm2-135m-instruct", dtype=torch.bfloat16)
     model.eval()
-    ids = torch.tensor([tok.encode("Emma Woodhouse, handsome, clever, and rich, with a comfortable home " * 3)])
+    ids = torch.tensor([tok.encode("Emma Woodhouse, handsome, clever, and rich, with a comfortable home " * 6)])
     with torch.no_grad():
         plain = model(ids).logits
         same = compressed_logits(model, AcceleratePlugin(576, 1, 6, 64), ids)
