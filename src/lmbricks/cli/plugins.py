@@ -10,7 +10,7 @@ from lmbricks.cli.common import FORCE_HELP, command_line, console, err_console, 
 from lmbricks.cli.options import model_argument, precision_option
 from lmbricks.runtime.precision import RequestedPrecision
 
-app = typer.Typer(help="Plug-in bricks: memory (InfLLM).", no_args_is_help=True)
+app = typer.Typer(help="Plug-in bricks: memory (InfLLM), accelerate (Variator).", no_args_is_help=True)
 memory_app = typer.Typer(help="InfLLM: training-free context memory (arXiv 2402.04617).", no_args_is_help=True)
 app.add_typer(memory_app, name="memory")
 
@@ -64,3 +64,32 @@ def memory_eval(
         console.print(f"{method}: {cells}", highlight=False)
     if out is not None:
         console.print(f"wrote {out}", highlight=False)
+
+
+from lmbricks.cli import plugins_accelerate  # noqa: E402
+
+app.add_typer(plugins_accelerate.app, name="accelerate")
+
+
+@memory_app.command("save")
+@user_errors
+@reads_checkpoints
+def memory_save(
+    model: str = model_argument(),
+    out: Path = typer.Argument(..., help="The brick directory to write."),
+    window: int = typer.Option(4096, "--window", help="InfLLM local window (tokens)."),
+    top_k: int = typer.Option(16, "--top-k", help="Memory blocks retrieved per chunk."),
+    chunk_size: int = typer.Option(512, "--chunk-size", help="Prefill chunk (tokens)."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+) -> None:
+    """Save an InfLLM configuration for MODEL as a memory brick (kind memory, base identity, settings).
+
+    Example: lmbricks plugins memory save smollm2-135m-instruct runs/memory --window 2048
+    """
+    from lmbricks.adapters.base import base_model
+    from lmbricks.plugins.memory.brick import save_memory_brick
+    from lmbricks.plugins.memory.config import InfLLMConfig
+
+    cfg = InfLLMConfig(window=window, top_k=top_k, chunk_size=chunk_size)
+    save_memory_brick(out, cfg, base_model(model), command=command_line(), force=force)
+    console.print(f"wrote {out}", highlight=False)
