@@ -10,6 +10,7 @@ import typer
 from lmbricks.cli.common import command_line, console, reads_checkpoints, stage_progress, user_errors
 from lmbricks.cli.options import force_option, json_option, precision_option
 from lmbricks.hub import DEFAULT_MODEL
+from lmbricks.plugins.knowledge.config import DEFAULT_SECTIONS as SECTIONS
 from lmbricks.runtime.precision import RequestedPrecision
 
 app = typer.Typer(help="Knowledge plug-ins: a document becomes a LoRA brick (arXiv 2305.17660).", no_args_is_help=True)
@@ -87,3 +88,38 @@ def ask(
     result = ask_knowledge(job)
     typer.echo(f"plug-in: {result.plugin or '(none)'}", err=True)
     print(result.answer)
+
+
+@app.command("eval")
+@user_errors
+@reads_checkpoints
+def evaluate(
+    model: str = typer.Argument(DEFAULT_MODEL, help="Base model."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory: plug-ins, items.json, result.json."),
+    sections: str = typer.Option(",".join(SECTIONS), "--sections", help="Debian handbook sections (multilingual/en)."),
+    docs: list[Path] | None = typer.Option(
+        None, "--doc", help="A text file to use instead of the sections (repeatable)."
+    ),
+    steps: int = typer.Option(30, "--steps", help="Optimizer steps per plug-in."),
+    per_document: int = typer.Option(8, "--per-document", help="Cloze items per section (at most)."),
+    precision: RequestedPrecision = precision_option(),
+    force: bool = force_option(),
+) -> None:
+    """Cloze accuracy and compute per question: no document, document in the prompt, plug-in, routed plug-in.
+
+    Example: lmbricks plugins knowledge eval smollm2-135m-instruct --sections dhcp,creating-accounts -o runs/kn
+    """
+    from lmbricks.plugins.knowledge.config import knowledge_config
+    from lmbricks.plugins.knowledge.eval_pipeline import KnowledgeEvalJob, run_knowledge_eval
+
+    names = tuple(s.strip() for s in sections.split(",") if s.strip())
+    job = KnowledgeEvalJob(model, out, knowledge_config(steps=steps, precision=precision), names,
+                           per_document=per_document, precision=precision, force=force,
+                           documents=tuple(str(d) for d in docs or ()))  # fmt: skip
+    with stage_progress("building items") as progress:
+        result = run_knowledge_eval(job, command_line(), progress)
+    for cond, row in result["conditions"].items():
+        console.print(f"{cond}: accuracy {row['accuracy']:.0%}, {row['tokens_per_question']:.0f} tokens and "
+                      f"{row['cpu_s_per_question']:.2f} CPU s per question", highlight=False)  # fmt: skip
+    console.print(f"gain recovered {result['gain_recovered']}, CPU vs prompt {result['plugin_cpu_vs_prompt']:.2f}")
+    console.print(f"wrote {out}", highlight=False)

@@ -20,6 +20,17 @@ KNOWLEDGE_DEFAULTS: dict[str, object] = {
     "save_dtype": "bfloat16",
 }
 
+#: Six short sections of the English Debian Administrator's Handbook (``multilingual/en``, train split),
+#: the default documents of ``plugins knowledge eval``.
+DEFAULT_SECTIONS: tuple[str, ...] = (
+    "asynchronous-task-scheduling-anacron",
+    "dhcp",
+    "creating-accounts",
+    "automatic-upgrades",
+    "after-first-boot",
+    "coexistence-with-other-packaging-systems",
+)
+
 
 def knowledge_config(**fields: object) -> LoraTrainConfig:
     """A :class:`LoraTrainConfig` for a knowledge plug-in: :data:`KNOWLEDGE_DEFAULTS` overridden by ``fields``.
