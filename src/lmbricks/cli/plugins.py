@@ -8,11 +8,13 @@ import typer
 
 from lmbricks.cli.common import FORCE_HELP, command_line, console, err_console, reads_checkpoints, user_errors
 from lmbricks.cli.options import model_argument, precision_option
+from lmbricks.cli.plugins_knowledge import app as knowledge_app
 from lmbricks.runtime.precision import RequestedPrecision
 
 app = typer.Typer(help="Plug-in bricks: memory (InfLLM), accelerate (Variator).", no_args_is_help=True)
 memory_app = typer.Typer(help="InfLLM: training-free context memory (arXiv 2402.04617).", no_args_is_help=True)
 app.add_typer(memory_app, name="memory")
+app.add_typer(knowledge_app, name="knowledge")
 
 
 def _items(option: str, text: str, kind: type) -> tuple:

@@ -1,0 +1,140 @@
+"""The knowledge evaluation run: handbook sections -> training parts + cloze items -> plug-ins -> four conditions."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lmbricks.adapters.base import base_model
+from lmbricks.adapters.config import LoraTrainConfig
+from lmbricks.checkpoint import atomic_directory, check_output, write_provenance
+from lmbricks.errors import ConfigError
+from lmbricks.hub import reference_paths
+from lmbricks.plugins.knowledge.cloze import ClozeItem, build_items
+from lmbricks.plugins.knowledge.config import DEFAULT_SECTIONS
+from lmbricks.plugins.knowledge.evaluate import EvalTallies
+from lmbricks.plugins.knowledge.pipeline import KnowledgeTrainJob, read_documents, train_knowledge
+from lmbricks.runtime import autocast, resolve_precision
+from lmbricks.runtime.precision import RequestedPrecision
+
+Progress = Callable[[str, int | None], None]
+
+
+@dataclass(frozen=True)
+class KnowledgeEvalJob:
+    """Which base, which handbook sections (or text files), how plug-ins are trained, where the run goes."""
+
+    model: str
+    out: Path
+    lora: LoraTrainConfig
+    sections: tuple[str, ...] = DEFAULT_SECTIONS
+    held_every: int = 4
+    per_document: int = 8
+    precision: RequestedPrecision = "auto"
+    force: bool = False
+    documents: tuple[str, ...] = ()  # text files to use instead of the handbook sections
+
+
+def handbook_sections(names: tuple[str, ...]) -> dict[str, str]:
+    """``{name: text}`` of Debian handbook sections (``sect.<name>.html`` or ``<name>.html`` of ``multilingual/en``).
+
+    Raises:
+        ConfigError: a section is not in the corpus (names a few that are).
+    """
+    from lmbricks.data import load_records
+
+    pages = {
+        str(r["id"]).rsplit("/", 1)[-1].removesuffix(".html"): r["text"]
+        for r in load_records("multilingual/en", "train")
+    }
+    docs = {}
+    for name in names:
+        text = pages.get(f"sect.{name}", pages.get(name))
+        if text is None:
+            raise ConfigError(
+                f"--sections: {name!r} is not a section of multilingual/en (e.g. {', '.join(sorted(pages)[:4])})"
+            )
+        docs[name] = text
+    if len(docs) < 2:
+        raise ConfigError("--sections: at least two sections are needed (the distractors come from the others)")
+    return docs
+
+
+def _score_all(
+    job: KnowledgeEvalJob, train: dict[str, str], items: list[ClozeItem], kb: Path, progress: Progress
+) -> EvalTallies:
+    from lmbricks.hub import load_hf_model
+    from lmbricks.plugins.knowledge.pipeline import read_knowledge
+    from lmbricks.plugins.knowledge.plug import plugged
+
+    base = base_model(job.model)
+    model, tok = load_hf_model(base.path)
+    ks = read_knowledge(kb)
+    tallies = EvalTallies()
+    progress("scoring", len(items))
+    with autocast(resolve_precision(job.precision, "cpu"), "cpu"):
+        for item in items:
+            tallies.add("none", item, model, tok)
+            tallies.add("prompt", item, model, tok, train[item.document])
+            found = ks.index.route(item.query(), 1)
+            routed = found[0] if found else None
+            tallies.routed_right += int(routed == item.document)
+            pairs: tuple[tuple[str, str | None], ...] = (("plugin", item.document), ("routed", routed))
+            for cond, name in pairs:
+                if name is None:  # nothing matched: the base alone answers
+                    tallies.add(cond, item, model, tok)
+                    continue
+                with plugged(model, ks.get(name).path, base) as m:
+                    tallies.add(cond, item, m, tok)
+            progress("", 1)
+    return tallies
+
+
+def run_knowledge_eval(job: KnowledgeEvalJob, command: str, progress: Progress) -> dict[str, Any]:
+    """Train a plug-in per section on its training part, then score the cloze items in the four conditions.
+
+    Args:
+        job: the run.
+        command: recorded in ``lmbricks.json``.
+        progress: ``(stage, n)`` / ``("", k)`` progress callback.
+
+    Returns:
+        The result: per-condition accuracy and cost, the target figures, the items.
+    """
+    out = check_output(job.out, reference_paths(job.model), job.force)
+    docs = read_documents(job.documents) if job.documents else handbook_sections(job.sections)
+    train, items = build_items(docs, job.held_every, job.per_document)
+    if not items:
+        raise ConfigError("--sections: no cloze item could be built from these sections")
+    with atomic_directory(out, force=job.force, inputs={"base": base_model(job.model).path}) as tmp:
+        (tmp / "documents").mkdir()
+        for name, text in train.items():
+            (tmp / "documents" / f"{name}.txt").write_text(text, encoding="utf-8")
+        files = tuple(str(tmp / "documents" / f"{n}.txt") for n in train)
+        train_knowledge(KnowledgeTrainJob(job.model, files, tmp / "plugins", job.lora), command, progress)
+        tallies = _score_all(job, train, items, tmp / "plugins", progress)
+        result = summarise(tallies, items)
+        (tmp / "items.json").write_text(json.dumps([vars(i) for i in items], indent=1) + "\n")
+        (tmp / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+        recipe = {
+            "train": job.lora.model_dump(mode="json"),
+            "sections": list(job.sections),
+            "held_every": job.held_every,
+        }
+        write_provenance(tmp, command=command, recipe=recipe, inputs={"base": base_model(job.model).path})
+    return result
+
+
+def summarise(tallies: EvalTallies, items: list[ClozeItem]) -> dict[str, Any]:
+    """Per-condition rows and the issue's two targets (gain recovered, compute ratio)."""
+    rows = {c: t.row() for c, t in tallies.by.items()}
+    gain = rows["prompt"]["accuracy"] - rows["none"]["accuracy"]
+    recovered = (rows["plugin"]["accuracy"] - rows["none"]["accuracy"]) / gain if gain > 0 else None
+    ratio = rows["plugin"]["cpu_s_per_question"] / max(rows["prompt"]["cpu_s_per_question"], 1e-12)
+    tokens = rows["plugin"]["tokens_per_question"] / max(rows["prompt"]["tokens_per_question"], 1)
+    return {"items": len(items), "conditions": rows, "routing_accuracy": tallies.routed_right / max(1, len(items)),
+            "gain_recovered": recovered, "plugin_cpu_vs_prompt": ratio, "plugin_tokens_vs_prompt": tokens,
+            "targets": {"gain_recovered": ">= 0.5", "compute_ratio": "<= 0.4"}}  # fmt: skip
