@@ -195,6 +195,7 @@ def save_factors(
     *,
     base_model: str,
     dtype: str = "float32",
+    full: Mapping[str, torch.Tensor] | None = None,
 ) -> None:
     """Write factors as a PEFT LoRA adapter (``adapter_config.json`` + ``adapter_model.safetensors``).
 
@@ -206,6 +207,8 @@ def save_factors(
         pairs: ``{module_path: LoraPair}``.
         base_model: written as ``base_model_name_or_path``.
         dtype: storage dtype (``float32``, ``float16`` or ``bfloat16``).
+        full: ``{checkpoint key: tensor}`` saved whole as PEFT ``modules_to_save`` (embeddings, norms);
+            such a brick loads in PEFT, while lmbricks' own factor loading refuses it (not a LoRA factor).
     """
     from safetensors.torch import save_file
 
@@ -220,6 +223,8 @@ def save_factors(
     for module, pair in pairs.items():
         tensors[f"base_model.model.{module}.lora_A.weight"] = pair.A.float().to(store).contiguous()
         tensors[f"base_model.model.{module}.lora_B.weight"] = (pair.B.float() * pair.scale).to(store).contiguous()
+    for key, tensor in (full or {}).items():
+        tensors[f"base_model.model.{key}"] = tensor.float().to(store).contiguous()
     save_file(tensors, str(out / ADAPTER_WEIGHTS), metadata={"format": "pt"})
     targets = sorted({m.rsplit(".", 1)[-1] for m in pairs})
     config = {
@@ -235,6 +240,8 @@ def save_factors(
         "use_rslora": False,
         "inference_mode": True,
     }
+    if full:
+        config["modules_to_save"] = sorted({k.rsplit(".", 2)[-2] for k in full})
     with open(out / ADAPTER_CONFIG, "w", encoding="utf-8") as fh:
         json.dump(config, fh, indent=2)
         fh.write("\n")

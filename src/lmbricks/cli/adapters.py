@@ -114,15 +114,20 @@ def extract(
     out: Path = OUT_BRICK,
     base: str = typer.Option(..., "--base", help="the model it was fine-tuned from"),
     rank: int = typer.Option(8, "--rank", "-r", help="LoRA rank"),
+    targets: str = typer.Option(_TARGETS, help="comma-separated module names to factor"),
+    sv_epsilon: float = typer.Option(0.0, help="drop singular values at or below this (per-module ranks)"),
+    save_module: list[str] = typer.Option([], help="module name saved at full rank (modules_to_save); repeatable"),
     force: bool = FORCE,
 ) -> None:
     """Extract a LoRA brick from a full fine-tune by SVD of the weight deltas; reports the error.
 
-    Example: lmbricks adapters extract runs/ft --base smollm2-135m-instruct --rank 16 out/ft-brick
+    Example: lmbricks adapters extract runs/ft out/b --base smollm2-135m-instruct -r 16 --save-module embed_tokens
     """
     from lmbricks.adapters.extract import extract_brick
 
-    info, ext = extract_brick(finetuned, base, rank, out, force=force, command=command_line())
+    names = tuple(t for t in targets.split(",") if t)
+    info, ext = extract_brick(finetuned, base, rank, out, targets=names, sv_epsilon=sv_epsilon,
+                              modules_to_save=tuple(save_module), force=force, command=command_line())  # fmt: skip
     worst = max(ext.module_error, key=lambda m: ext.module_error[m])
     console.print(
         f"{info.path}: rank {rank}, {len(ext.pairs)} modules, relative reconstruction error "
