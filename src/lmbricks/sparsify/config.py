@@ -18,6 +18,8 @@ class RelufyConfig(BaseModel):
         run_dir: the training run directory (checkpoints, logs; resumable); default beside ``out``.
         domains: lmbricks.data corpora trained and evaluated on.
         text_files: local UTF-8 files to train on instead of ``domains`` (the curve reads their start).
+        data_tokens: tokens taken from each domain (or the files) for training; independent of the
+            budget, so a resumed run with a larger ``tokens`` sees the same data.
         tokens: training budget in tokens (steps = tokens // (batch_size * seq_len)); 0: no training.
         minutes: stop training after this many wall-clock minutes (checkpointed; resume continues).
         batch_size: sequences per optimizer step.
@@ -45,6 +47,7 @@ class RelufyConfig(BaseModel):
     run_dir: Path | None = None
     domains: list[str] = Field(default_factory=lambda: ["en_prose", "code", "math", "zh", "dialogue"])
     text_files: list[Path] = Field(default_factory=list)
+    data_tokens: int = Field(500_000, gt=0)
     tokens: int = Field(200_000, ge=0)
     minutes: float | None = Field(None, gt=0)
     batch_size: int = Field(8, gt=0)

@@ -116,9 +116,7 @@ def _validation_texts(cfg: RelufyConfig) -> dict[str, str]:
 def _train_config(cfg: RelufyConfig, init: Path) -> Any:
     from lmbricks.train.config import TrainConfig
 
-    # each domain's share of the budget (and no more: tokenizing a whole corpus would cost more than the run)
-    share = max(cfg.seq_len * cfg.batch_size, 2 * cfg.tokens // max(1, len(cfg.domains)))
-    data: dict[str, Any] = {"seq_len": cfg.seq_len, "max_tokens": share}
+    data: dict[str, Any] = {"seq_len": cfg.seq_len, "max_tokens": cfg.data_tokens}
     data |= {"text_files": [str(p) for p in cfg.text_files]} if cfg.text_files else {"domains": cfg.domains}
     return TrainConfig.model_validate(
         {
