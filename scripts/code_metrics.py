@@ -47,6 +47,7 @@ ROOMS: tuple[str, ...] = (
     "grow",
     "reward",
     "train",
+    "sparsify",
     "trace",
     "align",
     "plugins",

@@ -18,6 +18,7 @@ from lmbricks.cli import moefy as moefy_cli
 from lmbricks.cli import plugins as plugins_cli
 from lmbricks.cli import proxy as proxy_cli
 from lmbricks.cli import reward as reward_cli
+from lmbricks.cli import sparsify as sparsify_cli
 from lmbricks.cli import tokens as tokens_cli
 from lmbricks.cli import tour as tour_cli
 from lmbricks.cli import trace as trace_cli
@@ -47,6 +48,7 @@ app.command(name="plan")(train_cli.plan)
 app.command(name="trace")(trace_cli.trace)
 app.add_typer(analyze_cli.app, name="analyze")
 app.command(name="moefy")(moefy_cli.moefy)
+app.add_typer(sparsify_cli.app, name="sparsify")
 app.add_typer(moe_cli.app, name="moe")
 app.add_typer(reward_cli.app, name="reward")
 app.add_typer(align_cli.app, name="align")

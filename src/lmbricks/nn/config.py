@@ -32,6 +32,14 @@ ARCHITECTURES = {
     "qwen2_moe": "Qwen2MoeForCausalLM",
 }
 
+#: The dense FFN's activations, ``down(act(gate) * up)``: act(g) for each name.
+DENSE_ACTIVATIONS = {
+    "swiglu": "silu(g)",
+    "reglu": "relu(g)",
+    "relu2": "relu(g) ** 2 (the squared-ReLU GLU of 'ReLU^2 Wins')",
+    "fatrelu": "g where g > activation_threshold, else 0 (FATReLU; threshold 0 is reglu)",
+}
+
 
 @dataclass(config=ConfigDict(extra="forbid"))
 class _Fields:
@@ -55,6 +63,10 @@ class _Fields:
     # Mistral: each query sees only the last `sliding_window` keys
     sliding_window: PositiveInt | None = None
     tie_embeddings: bool = False  # lm_head shares the embedding matrix (saves V*H parameters)
+    # dense FFN activation (see DENSE_ACTIVATIONS); MoE experts name theirs in `moe`
+    activation: str = "swiglu"
+    # FATReLU's T: the gate passes only where it exceeds T (>= 0; non-zero only with "fatrelu")
+    activation_threshold: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
     init_std: float = 0.02  # std of the normal init of every matrix (residual outputs are scaled down)
     # MoE: `moe` holds the keyword arguments of lmbricks.moe.MoEConfig (hidden_size is filled in).
     moe: dict[str, Any] | None = None
@@ -71,7 +83,8 @@ class _Fields:
 class LMConfig(_Fields):
     """Shape and options of a decoder-only LM (pre-norm, RMSNorm, RoPE, GQA, SwiGLU).
 
-    The feed-forward block of each layer is a dense SwiGLU, or an MoE layer from ``lmbricks.moe``
+    The feed-forward block of each layer is a dense gated FFN (``activation``: SwiGLU by default,
+    ReGLU, squared-ReLU GLU or FATReLU GLU), or an MoE layer from ``lmbricks.moe``
     when ``moe`` is set and the layer is selected by ``moe_every`` / ``dense_layers``. Built by
     keyword; a wrong type or value raises one ConfigError naming the field (the format of
     :mod:`lmbricks.config`), and the fields' consistency is checked after them.
@@ -111,6 +124,16 @@ class LMConfig(_Fields):
         for i in self.dense_layers:
             if not 0 <= i < self.num_layers:
                 raise ConfigError(f"dense_layers contains {i}, outside 0..{self.num_layers - 1}")
+        if self.activation not in DENSE_ACTIVATIONS:
+            raise ConfigError(
+                f"activation must be one of {', '.join(DENSE_ACTIVATIONS)}, got {self.activation!r}"
+                f"{suggest(self.activation, set(DENSE_ACTIVATIONS))}"
+            )
+        if self.activation_threshold and self.activation != "fatrelu":
+            raise ConfigError(
+                f"activation_threshold ({self.activation_threshold}) is only used with activation 'fatrelu', "
+                f"not {self.activation!r}"
+            )
         if self.family is not None and self.family not in ARCHITECTURES:
             raise ConfigError(f"family must be one of {', '.join(ARCHITECTURES)}, got {self.family!r}")
         if self.moe is not None:

@@ -6,8 +6,10 @@ layout on disk is the classic per-expert one that ``save_pretrained`` writes
 
 Export picks the family that expresses the model exactly: dense -> Llama (Qwen2 with q/k/v biases,
 Mistral with a sliding window); softmax top-k MoE -> Mixtral (renormalised, no shared expert, every
-layer MoE) or Qwen2-MoE (shared expert, no renormalisation, MoE every N layers). Anything else is
-written in the nearest layout, and config.json's ``lmbricks`` section marks it
+layer MoE) or Qwen2-MoE (shared expert, no renormalisation, MoE every N layers). Dense models with a
+ReLU-family FFN export ``hidden_act`` relu (ReGLU) or relu2 (squared-ReLU GLU); a FATReLU threshold
+T > 0 is not expressible there. Anything else is written in the nearest layout, and config.json's
+``lmbricks`` section marks it
 ``"transformers_exact": false``: ``lmbricks.load_model`` reads it exactly, ``from_pretrained`` does not.
 """
 
@@ -22,7 +24,8 @@ from torch import Tensor
 from lmbricks.errors import CheckpointError, ConfigError
 from lmbricks.moe.hf import HF_MOE_KEYS, moe_fields_from_hf
 from lmbricks.nn.config import ARCHITECTURES, LMConfig
-from lmbricks.nn.model import LM, Block, SwiGLU
+from lmbricks.nn.ffn import GatedFFN
+from lmbricks.nn.model import LM, Block
 
 # Where each family keeps the feed-forward block of layer i, and its expert projections' names.
 _FFN_PREFIX = {"mixtral": "block_sparse_moe", "qwen2_moe": "mlp"}
@@ -51,6 +54,7 @@ def config_from_hf(hf: Mapping[str, Any]) -> LMConfig:
         head_dim=hf.get("head_dim") or None,
         intermediate_size=hf["intermediate_size"],
         max_position_embeddings=hf.get("max_position_embeddings", 2048),
+        activation=_ACT_FROM_HF[hf.get("hidden_act", "silu")],
         rope_theta=float(_rope(hf).get("rope_theta", hf.get("rope_theta", 10000.0))),
         rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
         qkv_bias=qkv_bias,
@@ -78,8 +82,10 @@ def _supported_family(hf: Mapping[str, Any]) -> str:
         raise ConfigError(
             f"config.json model_type {family!r} is not supported by lmbricks.nn (supported: {', '.join(ARCHITECTURES)})"
         )
-    if hf.get("hidden_act", "silu") != "silu":
-        raise ConfigError(f"config.json hidden_act {hf.get('hidden_act')!r}: only 'silu' (SwiGLU) is supported")
+    act = hf.get("hidden_act", "silu")
+    allowed = _ACT_FROM_HF if family not in HF_MOE_KEYS else {"silu": "swiglu"}
+    if act not in allowed:
+        raise ConfigError(f"config.json hidden_act {act!r}: {family} is supported with {', '.join(map(repr, allowed))}")
     if hf.get("mlp_bias"):
         raise ConfigError("config.json mlp_bias=true is not supported")
     rope = _rope(hf)
@@ -110,6 +116,11 @@ def _moe_options(hf: Mapping[str, Any], family: str) -> tuple[dict[str, Any] | N
     return moe, hf.get("decoder_sparse_step", 1), tuple(hf.get("mlp_only_layers") or ())
 
 
+# config.json hidden_act <-> LMConfig.activation of a dense model. fatrelu exports as "relu" (what
+# transformers computes: equal when activation_threshold is 0), its threshold in the lmbricks section.
+_ACT_FROM_HF = {"silu": "swiglu", "relu": "reglu", "relu2": "relu2"}
+_ACT_TO_HF = {"swiglu": "silu", "reglu": "relu", "relu2": "relu2", "fatrelu": "relu"}
+
 # HF keys we carry through a round trip untouched (they do not change the maths).
 _KEPT_EXTRA = {"initializer_range", "router_aux_loss_coef", "output_router_logits", "use_cache"}
 
@@ -121,11 +132,14 @@ def export_family(cfg: LMConfig) -> tuple[str, str | None]:
         (family, None) when exact; (nearest family, reason) otherwise.
     """
     if cfg.moe is None:
+        why = None
+        if cfg.activation == "fatrelu" and cfg.activation_threshold > 0:
+            why = f"fatrelu threshold {cfg.activation_threshold} (transformers computes plain relu)"
         if cfg.qkv_bias:
-            return "qwen2", None
+            return "qwen2", why
         if cfg.sliding_window is not None or cfg.family == "mistral":
-            return "mistral", None
-        return "llama", None
+            return "mistral", why
+        return "llama", why
     m = cfg.moe_config()
     shared = getattr(m, "shared_expert_intermediate_size", 0) or 0
     reasons = []
@@ -161,7 +175,7 @@ def config_to_hf(cfg: LMConfig, family: str, dtype: torch.dtype = torch.float32)
         max_position_embeddings=cfg.max_position_embeddings,
         rope_parameters={"rope_theta": cfg.rope_theta, "rope_type": "default"},
         rms_norm_eps=cfg.rms_norm_eps,
-        hidden_act="silu",
+        hidden_act=_ACT_TO_HF[cfg.activation],
         tie_word_embeddings=cfg.tie_embeddings,
         bos_token_id=cfg.bos_token_id,
         eos_token_id=cfg.eos_token_id,
@@ -234,7 +248,7 @@ def load_hf_weights(model: LM, get: Callable[[str], Tensor], keys: set[str], fam
         if model.cfg.qkv_bias:
             sd[q + "attn.qkv.bias"] = torch.cat([take(a + f"{x}_proj.bias") for x in "qkv"])
         sd[q + "attn.o.weight"] = take(a + "o_proj.weight")
-        if isinstance(block.ffn, SwiGLU):
+        if isinstance(block.ffn, GatedFFN):
             m = p + "mlp."
             sd[q + "ffn.gate_up.weight"] = torch.cat([take(m + "gate_proj.weight"), take(m + "up_proj.weight")])
             sd[q + "ffn.down.weight"] = take(m + "down_proj.weight")
@@ -270,7 +284,7 @@ def hf_state_dict(model: LM, family: str) -> dict[str, Tensor]:
             for x, b in zip("qkv", block.attn.qkv.bias.split(sizes), strict=True):
                 out[p + f"self_attn.{x}_proj.bias"] = b
         out[p + "self_attn.o_proj.weight"] = block.attn.o.weight
-        if isinstance(block.ffn, SwiGLU):
+        if isinstance(block.ffn, GatedFFN):
             gate, up = block.ffn.gate_up.weight.chunk(2)
             out[p + "mlp.gate_proj.weight"], out[p + "mlp.up_proj.weight"] = gate, up
             out[p + "mlp.down_proj.weight"] = block.ffn.down.weight

@@ -1,7 +1,7 @@
 """A reference decoder-only LM: RMSNorm, rotary embeddings, grouped-query attention, SwiGLU.
 
 Readable in one sitting (nanoGPT is the model). Each layer is pre-norm:
-``x = x + attn(norm(x)); x = x + ffn(norm(x))``, where ``ffn`` is a dense SwiGLU or an MoE layer
+``x = x + attn(norm(x)); x = x + ffn(norm(x))``, where ``ffn`` is a dense gated FFN (SwiGLU by default) or an MoE layer
 from ``lmbricks.moe``. The numerics follow Hugging Face Llama exactly (RMSNorm in fp32, RoPE with
 ``rotate_half``), so weights loaded from Llama / Mistral / Qwen2 / Mixtral / Qwen2-MoE give the same
 logits (see ``lmbricks.nn.hf``). q/k/v and gate/up are stored fused (one matmul at inference; in
@@ -23,6 +23,8 @@ from torch import Tensor, nn
 
 from lmbricks.nn.attention import short_causal_applies, short_causal_attention
 from lmbricks.nn.config import LMConfig
+from lmbricks.nn.ffn import GatedFFN
+from lmbricks.nn.ffn import SwiGLU as SwiGLU  # the old import path of the dense FFN
 from lmbricks.nn.loss import linear_cross_entropy
 from lmbricks.nn.rms_norm import rms_norm
 from lmbricks.nn.split_linear import split_linear
@@ -178,7 +180,7 @@ class Attention(nn.Module):
 
 
 class FFN(Protocol):
-    """What a layer's feed-forward block offers the model: the dense SwiGLU below, or an MoE layer.
+    """What a layer's feed-forward block offers the model: the dense gated FFN (``lmbricks.nn.ffn``), or an MoE layer.
 
     ``forward`` returns the output and the block's auxiliary outputs (an ``lmbricks.moe.MoEAux`` for
     an MoE layer, None for a dense FFN); ``reset_parameters`` draws the model's initialisation:
@@ -192,26 +194,6 @@ class FFN(Protocol):
     def reset_parameters(self, std: float, out_std: float) -> None:
         """Re-initialise every matrix in place."""
         ...
-
-
-class SwiGLU(nn.Module):
-    """down(silu(gate(x)) * up(x)) with gate and up fused into one matrix (rows: gate then up)."""
-
-    def __init__(self, hidden: int, intermediate: int) -> None:
-        super().__init__()
-        self.gate_up = nn.Linear(hidden, 2 * intermediate, bias=False)
-        self.down = nn.Linear(intermediate, hidden, bias=False)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, None]:
-        """(..., H) -> ((..., H), None): a dense FFN has no auxiliary output."""
-        half = self.gate_up.out_features // 2
-        gate, up = split_linear(self.gate_up, x, (half, half))
-        return self.down(F.silu(gate) * up), None
-
-    def reset_parameters(self, std: float, out_std: float) -> None:
-        """Normal(0, std) gate_up; Normal(0, out_std) down (it writes into the residual)."""
-        nn.init.normal_(self.gate_up.weight, std=std)
-        nn.init.normal_(self.down.weight, std=out_std)
 
 
 class Block(nn.Module):
@@ -368,4 +350,4 @@ def _make_ffn(cfg: LMConfig, layer: int) -> FFN:
         from lmbricks.moe import build_moe
 
         return build_moe(cfg.moe_config())
-    return SwiGLU(cfg.hidden_size, cfg.intermediate_size)
+    return GatedFFN(cfg.hidden_size, cfg.intermediate_size, cfg.activation, cfg.activation_threshold)
