@@ -203,7 +203,7 @@ def analyse_arm(
 
 
 def plot_results(summary: Mapping[str, Any], img: Path) -> list[Path]:
-    """``sparse_pretrain_loss.png`` (validation loss vs tokens) and ``sparse_pretrain_masking.png``.
+    """``sparse_pretrain_loss.png`` (training loss vs tokens) and ``sparse_pretrain_masking.png``.
 
     Returns:
         The written paths.
@@ -214,14 +214,14 @@ def plot_results(summary: Mapping[str, Any], img: Path) -> list[Path]:
     loss, mask = {}, {}
     for arm, r in summary["arms"].items():
         per_step = r["tokens"] / max(r["train_curve"][-1][0], 1)
-        loss[arm] = ([s * per_step / 1e3 for s, _ in r["val_curve"]], [v["mean"] for _, v in r["val_curve"]])
+        loss[arm] = ([s * per_step / 1e3 for s, _ in r["train_curve"]], [v for _, v in r["train_curve"]])
         change = r["analysis"]["masking"]["mean_change"]
         mask[arm] = ([100 * float(k) for k in change], [100 * v for v in change.values()])
     return [
         line_chart(
             img / "sparse_pretrain_loss.png",
             loss,
-            "Validation loss (mean of 5 domains)",
+            "Training loss (every step)",
             "training tokens (thousands)",
             "nats per token",
         ),
