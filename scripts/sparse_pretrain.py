@@ -23,7 +23,7 @@ Usage (one thread; about 8 minutes per arm at 200 steps on a busy CPU)::
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/sparse_pretrain.py --out runs/sparse_pretrain \\
         --json docs/bench/sparse-pretrain-2026-12-07.json --img docs/img
-    .venv/bin/python scripts/sparse_pretrain.py --tiny --out /tmp/sp-smoke   # seconds: the smoke test
+    .venv/bin/python scripts/sparse_pretrain.py --tiny --out /tmp/sp-smoke   # the smoke test (~100 CPU s)
 """
 
 from __future__ import annotations
