@@ -44,7 +44,7 @@ from sparse_pretrain_eval import analyse_arm, plot_results, table_rows  # noqa: 
 
 ACTIVATIONS: tuple[str, ...] = ("swiglu", "reglu", "relu2")
 TOKENIZER = "smollm2-135m-instruct"
-#: ``--tiny``: what the smoke test runs (every piece, in seconds).
+#: ``--tiny``: what the smoke test runs (every piece, tiny models, few tokens).
 TINY: dict[str, Any] = dict(steps=4, evals=2, hidden=64, layers=2, intermediate=128, seq_len=64, batch_size=2,
                             tokens_per_domain=4000, val_blocks=2, moefy_experts=4, analysis_seq=64)  # fmt: skip
 
@@ -160,7 +160,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--skip-moefy", action="store_true")
     ap.add_argument("--fresh", action="store_true", help="redo arms whose results exist")
     ap.add_argument("--at-step", type=int, default=None, help="analyse the checkpoints of this step")
-    ap.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (tiny models, few tokens)")
+    ap.add_argument("--tiny", action="store_true", help="a smoke run (tiny models, few tokens)")
     ap.add_argument("--train-only", action="store_true", help="train the arms, write no analysis")
     args = ap.parse_args(argv)
     if args.tiny:

@@ -1,7 +1,7 @@
 """scripts/sparse_pretrain.py end to end on its --tiny config: every piece, every JSON key.
 
 Marked ``integration``: it reads the cached corpora (the script trains on them). About 100 CPU
-seconds (measured 2026-12-07, most of it outside the models: corpus reading and tokenising); the tiny
+seconds (measured 2026-12-07 on the loaded machine; not profiled); the tiny
 tokenizer keeps the models and the run small.
 """
 
