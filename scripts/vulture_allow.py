@@ -44,3 +44,6 @@ _isolated_home
 
 # An autouse pytest fixture (tests/conftest.py): pytest calls it for every test.
 _restore_torch_threads
+
+# A pytest hook (tests/conftest.py): pytest calls it when the session is configured.
+pytest_configure
