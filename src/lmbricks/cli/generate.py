@@ -16,7 +16,12 @@ from lmbricks.runtime.precision import RequestedPrecision
 def generate(
     model: str = model_argument(),
     prompt_file: Path = typer.Option(..., "--prompt-file", help="UTF-8 text file with the prompt."),
-    memory: str = typer.Option("infllm", "--memory", help="infllm | sliding (sinks + window) | none (plain model)."),
+    memory: str = typer.Option(
+        "infllm",
+        "--memory",
+        help="infllm | sliding (sinks + window) | none (plain model) | a memory brick directory "
+        "(`lmbricks plugins memory save`: its settings replace --window/--top-k/--chunk-size).",
+    ),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Greedy tokens to generate."),
     window: int = typer.Option(4096, "--window", help="InfLLM local window (tokens)."),
     top_k: int = typer.Option(16, "--top-k", help="InfLLM memory blocks retrieved per chunk."),
@@ -36,10 +41,13 @@ def generate(
     from lmbricks.plugins.memory.config import InfLLMConfig
     from lmbricks.plugins.memory.pipeline import GenerateJob, run_generate
 
+    brick = None
     if memory not in ("infllm", "sliding", "none"):
-        raise ConfigError(f"--memory: {memory!r} is not one of infllm, sliding, none")
+        if not Path(memory).expanduser().is_dir():
+            raise ConfigError(f"--memory: {memory!r} is not one of infllm, sliding, none, nor a memory brick directory")
+        brick, memory = Path(memory).expanduser(), "infllm"
     infllm = InfLLMConfig(window=window, top_k=top_k, chunk_size=chunk_size)
-    job = GenerateJob(model, prompt_file, memory, max_new_tokens, precision, infllm)  # type: ignore[arg-type]
+    job = GenerateJob(model, prompt_file, memory, max_new_tokens, precision, infllm, brick)  # type: ignore[arg-type]
     with progress_bar(transient=True) as bar:
         task = bar.add_task("prefill", total=None)
         result = run_generate(job, lambda done, total: bar.update(task, completed=done, total=total))

@@ -31,6 +31,8 @@ class GenerateJob:
         max_new_tokens: greedy tokens to generate (stops at the end-of-sequence token).
         precision: "auto", "bf16" or "fp32" weights (see ``lmbricks.runtime``).
         infllm: the memory settings.
+        memory_brick: a directory from ``lmbricks plugins memory save``; its settings replace
+            ``infllm``, and it is refused for another base than ``model``.
     """
 
     model: str
@@ -39,6 +41,7 @@ class GenerateJob:
     max_new_tokens: int = Field(default=64, ge=1)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     infllm: InfLLMConfig = field(default_factory=InfLLMConfig)
+    memory_brick: Path | None = None
 
 
 @dataclass
@@ -81,6 +84,21 @@ def memory_settings(memory: Memory, infllm: InfLLMConfig) -> InfLLMConfig | None
     return None if memory == "none" else infllm if memory == "infllm" else sliding_window(infllm)
 
 
+def job_memory(job: GenerateJob) -> InfLLMConfig | None:
+    """The memory settings of ``job``: its brick's (checked against its model) or its own ``infllm``.
+
+    Raises:
+        CheckpointError: ``memory_brick`` is not a memory brick.
+        ConfigError: the brick was saved for another base.
+    """
+    if job.memory_brick is None:
+        return memory_settings(job.memory, job.infllm)
+    from lmbricks.adapters.base import base_model
+    from lmbricks.plugins.memory.brick import load_memory_brick
+
+    return memory_settings(job.memory, load_memory_brick(job.memory_brick, base_model(job.model)))
+
+
 def run_generate(job: GenerateJob, progress: Progress | None = None) -> TextGeneration:
     """Read the prompt, load the model, generate greedily with the chosen memory.
 
@@ -92,17 +110,17 @@ def run_generate(job: GenerateJob, progress: Progress | None = None) -> TextGene
         A :class:`TextGeneration`.
 
     Raises:
-        ConfigError: a bad prompt file (checked before the model loads), a window that does not fit
-            the model, a model whose attention cannot be wrapped.
+        ConfigError: a bad prompt file or a memory brick of another base (checked before the model
+            loads), a window that does not fit the model, a model whose attention cannot be wrapped.
+        CheckpointError: ``memory_brick`` is not a memory brick.
     """
     text = read_prompt(job.prompt_file)
+    memory = job_memory(job)
     model, tokenizer, resolved = _load(job.model, job.precision)
     import torch
 
     ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
-    out = generate(
-        model, ids, memory_settings(job.memory, job.infllm), job.max_new_tokens, tokenizer.eos_token_id, progress
-    )
+    out = generate(model, ids, memory, job.max_new_tokens, tokenizer.eos_token_id, progress)
     return TextGeneration(tokenizer.decode(out.tokens, skip_special_tokens=True), out, resolved)
 
 
