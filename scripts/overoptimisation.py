@@ -53,7 +53,7 @@ def train_rms(args: argparse.Namespace, rm: Any, tok: Any, start: int) -> tuple[
     """Gold, members, WARM: {name: top state}, and their accuracies on held-out pairs."""
     from lmbricks.reward import RewardTrainConfig, load_pairs
     from lmbricks.reward.train import train_on_features
-    from lmbricks.reward.warm import _top_keys, average_states, pair_features, scores_of
+    from lmbricks.reward.warm import average_states, pair_features, scores_of, trained_keys
     from lmbricks.runtime import autocast, resolve_precision
 
     pairs = load_pairs("builtin:dialogue", "train")[: args.gold_pairs]
@@ -63,7 +63,7 @@ def train_rms(args: argparse.Namespace, rm: Any, tok: Any, start: int) -> tuple[
     with autocast(resolve_precision("bf16", cpu), cpu):  # the frozen trunk's features, computed once
         feats, _ = pair_features(rm, tok, {"train": pairs, "test": test}, base)
     feats = {k: ([t.float() for t in c], [t.float() for t in r]) for k, (c, r) in feats.items()}
-    keys = _top_keys(rm, start)
+    keys = trained_keys(rm, start)
     init = {k: v.clone() for k, v in rm.state_dict().items() if k in keys}
     tops: dict[str, dict[str, Any]] = {}
 

@@ -96,8 +96,16 @@ def train_reward_model(
     return rm, tokenizer, history, skipped["train"]
 
 
-def _top_keys(rm: RewardModel, start: int) -> list[str]:
-    """State-dict keys of the trained part: layers from ``start``, the final norm, the head."""
+def trained_keys(rm: RewardModel, start: int) -> list[str]:
+    """State-dict keys of the trained part: layers from ``start``, the final norm, the head.
+
+    Args:
+        rm: the reward model.
+        start: the first trained decoder layer.
+
+    Returns:
+        The keys, in state-dict order.
+    """
     tops = tuple(f"backbone.layers.{i}." for i in range(start, rm.num_layers))
     return [k for k in rm.state_dict() if k.startswith(tops) or k.startswith(("backbone.norm.", "head."))]
 
@@ -121,7 +129,7 @@ def baklava_top_state(rm: RewardModel, ckpt: str | Path, start: int) -> dict[str
 
     lm, _ = load_model(str(ckpt), dtype=torch.float32, hf_fallback=False)
     other = RewardModel(lm).state_dict()
-    top = set(_top_keys(rm, start))
+    top = set(trained_keys(rm, start))
     for k, v in rm.state_dict().items():
         if k in top:
             continue
