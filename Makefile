@@ -5,9 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 # pytest-xdist workers for `make test` / `make test-unit` (each gets cores / workers torch threads:
-# tests/conftest.py); tests that share one expensive fixture carry the same xdist_group. 0: one process.
+# tests/conftest.py; the quick tour runs once per run: tests/tour/conftest.py). 0: one process.
 PYTEST_WORKERS ?= 2
-PYTEST_PARALLEL = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadgroup)
+PYTEST_PARALLEL = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS))
 
 PIP_TOOLS := pip-tools==7.7.0
 COMPILE = .lock-venv/bin/pip-compile -q --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links -c constraints.in

@@ -78,6 +78,10 @@ def bpb(path: Path, adapter: Path | None, texts: dict[str, str]) -> dict[str, fl
 
 
 def main() -> None:
+    """Run both extractions at each rank and print the JSON."""
+    import lmbricks
+
+    lmbricks.tune_process()  # large buffers stay in the heap, as in every lmbricks process
     ap = argparse.ArgumentParser()
     ap.add_argument("out", type=Path)
     ap.add_argument("--ranks", default="8,16,32")

@@ -60,6 +60,9 @@ def _rotated(arms: dict[str, Any], rounds: int, reps: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark and print its JSON."""
+    import lmbricks
+
+    lmbricks.tune_process()  # large buffers stay in the heap, as in every lmbricks process
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--rounds", type=int, default=5)

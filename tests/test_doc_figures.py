@@ -69,3 +69,18 @@ def test_proxy_tuning_speed_table_equals_its_json() -> None:
         if theirs != "-":
             assert float(theirs.split()[0]) == pytest.approx(qwen[key if key in qwen else "vs_limit"], abs=0.005)
     assert run["nocache_tokens"] == run["new_tokens"] == 64
+
+
+def test_relufy_table_equals_its_json() -> None:
+    text = (DOCS / "emergent-bricks.md").read_text(encoding="utf-8")
+    run = json.loads((DOCS / "bench" / "relufy-2026-12-07.json").read_text())
+    rows = _table_rows(text, "| domain | SwiGLU source bpb | ReGLU swap (step 0) |")
+    last = run["training"]["curve"][-1]
+    assert last["step"] == run["training"]["steps"] and last["tokens"] == run["training"]["tokens"]
+    for domain, (source, swap, trained, _zeros) in rows.items():
+        if domain == "mean":
+            assert float(trained) == pytest.approx(last["mean_bpb"], abs=5e-4)
+            continue
+        assert float(source) == pytest.approx(run["source_swiglu"]["bpb"][domain], abs=5e-4)
+        assert float(swap) == pytest.approx(run["swapped_reglu_step0"]["bpb"][domain], abs=5e-4)
+        assert float(trained) == pytest.approx(last["bpb"][domain], abs=5e-4), domain

@@ -98,7 +98,6 @@ def test_broken_image_and_blank_page_are_detected(chromium: str, tmp_path: Path)
     assert (empty.images_total, empty.sections) == (0, [])
 
 
-@pytest.mark.xdist_group("quick_tour")  # one worker runs the quick tour once for both of its tests
 @pytest.mark.integration
 def test_quick_tour_of_default_model_renders_in_chromium(chromium: str, quick_tour: QuickTour, tmp_path: Path) -> None:
     assert quick_tour.exit_code == 0, quick_tour.output

@@ -22,7 +22,6 @@ def test_inventory_section_on_tiny_model(tiny_llama: Path, tmp_path: Path) -> No
     assert "inventory" in results["timings_s"]
 
 
-@pytest.mark.xdist_group("quick_tour")  # one worker runs the quick tour once for both of its tests
 @pytest.mark.integration
 def test_tour_quick_on_default_model(quick_tour: QuickTour) -> None:
     assert quick_tour.exit_code == 0, quick_tour.output
