@@ -27,6 +27,23 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+class Progress:
+    """A transplant's ``progress(stage, n)`` callback that logs each stage and every tenth of its items."""
+
+    def __init__(self) -> None:
+        self.total = self.done = self.next = 0
+
+    def __call__(self, stage: str, n: int) -> None:
+        if stage:
+            self.total, self.done, self.next = n, 0, max(n // 10, 1)
+            log(f"  {stage}")
+            return
+        self.done += n
+        if self.done >= self.next:
+            log(f"    {self.done}/{self.total}")
+            self.next += max(self.total // 10, 1)
+
+
 def score(ref: str | Path, texts: dict[str, str]) -> dict[str, dict[str, float]]:
     """Bits per byte (and tokens, bytes) of one model on each text, bf16 weights, one window per pass."""
     import torch
@@ -66,20 +83,21 @@ def main(argv: list[str]) -> int:
     texts = held_out_texts(args.domains or list(DEFAULT_DOMAINS), "test", args.bytes)
     result: dict[str, Any] = {"model": args.model, "donor": args.donor, "bytes": args.bytes, "k": args.k}
     result["transplants"] = {}
+    paths: dict[str, Path] = {}
     for method in args.methods:
-        out = args.runs / f"{Path(args.model).name}--{Path(args.donor).name}--{method}"
+        out = paths[method] = args.runs / f"{Path(args.model).name}--{Path(args.donor).name}--{method}"
         if not (out / "lmbricks.json").is_file():
             log(f"transplant {method} -> {out}")
             cpu0 = time.process_time()
-            r = transplant(args.model, args.donor, out, TransplantConfig(method=method, k=args.k))
+            r = transplant(args.model, args.donor, out, TransplantConfig(method=method, k=args.k), progress=Progress())
             stats = {"rows": r.rows, "copied": r.copied, "new": r.new, "padding": r.padding, "anchors": r.anchors}
             stats |= {"wall_s": round(r.seconds, 1), "cpu_s": round(time.process_time() - cpu0, 1)}
             result["transplants"][method] = stats
             log(f"  {stats}")
-        result["transplants"].setdefault(method, {})["path"] = str(out)
+        result["transplants"].setdefault(method, {})["output"] = out.name  # a name: records carry no machine paths
     result["bpb"] = {"model": score(args.model, texts)}
     for method in args.methods:
-        result["bpb"][method] = score(result["transplants"][method]["path"], texts)
+        result["bpb"][method] = score(paths[method], texts)
     if args.score_donor:
         result["bpb"]["donor"] = score(args.donor, texts)
     text = json.dumps(result, indent=2)

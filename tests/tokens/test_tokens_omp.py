@@ -65,3 +65,31 @@ def test_mean_and_zero_baselines() -> None:
     rows = torch.tensor([[1.0, 2.0], [3.0, 6.0]], dtype=torch.bfloat16)
     assert baseline_rows("mean", rows, 3).tolist() == [[2.0, 4.0]] * 3
     assert baseline_rows("zero", rows, 2).tolist() == [[0.0, 0.0]] * 2
+
+
+def test_the_bf16_screen_picks_what_exact_scoring_picks() -> None:
+    """fp32 OMP ranks atoms by a bf16 product and re-scores the top ``screen`` exactly: same atoms, same fit."""
+    torch.manual_seed(4)
+    atoms = torch.randn(300, 48)
+    targets = torch.randn(16, 48)
+    fast_idx, fast_coef = omp(targets, atoms, 12, screen=8)
+    exact_idx, exact_coef = omp(targets, atoms, 12, screen=0)
+    assert torch.equal(fast_idx, exact_idx)
+    torch.testing.assert_close(fast_coef, exact_coef, rtol=0, atol=1e-5)
+    # a screen of one whose only candidate was chosen before falls back to scoring every atom: an
+    # exact combination of two atoms is found with both, and no atom twice
+    pair = (2.0 * atoms[5] - 1.0 * atoms[9])[None]
+    one_idx, one_coef = omp(pair, atoms, 4, screen=1)
+    assert len(set(one_idx[0].tolist())) == 4
+    torch.testing.assert_close(_rebuild(one_idx, one_coef, atoms), pair, rtol=0, atol=1e-4)
+
+
+def test_a_screen_whose_candidates_were_all_chosen_scores_every_atom() -> None:
+    from lmbricks.tokens.omp import _screened_pick
+
+    atoms = torch.tensor([[1.0, 0.0, 0.0], [0.6, 0.8, 0.0], [0.0, 0.0, 1.0]])
+    residual = torch.tensor([[1.0, 0.1, 0.0]])  # most like atom 0, which is already chosen
+    used = torch.tensor([[True, False, False]])
+    scale = 1.0 / atoms.norm(dim=1)
+    pick = _screened_pick(residual, atoms, scale, used, (atoms * scale[:, None]).bfloat16(), screen=1)
+    assert pick.tolist() == [1]  # the best unused atom, not atom 0 again
