@@ -164,3 +164,17 @@ def test_non_finite_weights_are_refused(model_dir: Path, donor_dir: Path, tmp_pa
     with pytest.raises(CheckpointError, match=r"'model.layers.0.mlp.up_proj.weight' holds NaN"):
         transplant(model_dir, donor_dir, tmp_path / "out", TransplantConfig(method="zero"))
     assert not (tmp_path / "out").exists()
+
+
+def test_sample_new_rows_are_the_donor_rows_of_new_tokens_and_the_anchors(model_dir: Path, donor_model: Path) -> None:
+    from lmbricks.tokens.pipeline import sample_new_rows
+
+    index = _shared(model_dir, donor_model)
+    embed = _tensors(donor_model)[EMBED].float()
+    new = set((index < 0).nonzero().squeeze(1).tolist())
+    targets, anchors = sample_new_rows(model_dir, donor_model, 5, seed=1)
+    assert torch.equal(anchors, embed[(index >= 0).nonzero().squeeze(1)])
+    assert targets.shape == (5, embed.shape[1])
+    for row in targets:  # each sampled row is the donor row of a token the model lacks
+        assert any(torch.equal(row, embed[t]) for t in new)
+    assert torch.equal(sample_new_rows(model_dir, donor_model, 5, seed=1)[0], targets)  # seeded

@@ -261,3 +261,32 @@ def _counts(result: TransplantResult) -> dict[str, int]:
         "padding": result.padding,
         "anchors": result.anchors,
     }
+
+
+def sample_new_rows(
+    model: str | Path, donor: str | Path, count: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded sample of the rows OMP would fit for ``transplant(model, donor, ...)``, and its anchors.
+
+    For measuring OMP on real embeddings (scripts/omp_screen.py) without running a whole transplant.
+
+    Args:
+        model: the model reference.
+        donor: the donor model reference (its embeddings are the space OMP works in).
+        count: new tokens to sample (all of them if fewer).
+        seed: the sample's seed.
+
+    Returns:
+        ``targets`` ``(count, Dd)``: sampled new tokens' rows of the donor's embedding matrix, and
+        ``anchors`` ``(M, Dd)``: the shared tokens' rows, both fp32.
+    """
+    model_dir, donor_dir = resolve_model(model), resolve_donor(donor)
+    embed, _head, size = _donor_matrices(donor_dir, True)
+    if embed is None:  # a tokenizer-only donor: _donor_matrices(..., need=True) has refused it already
+        raise ConfigError(f"{donor_dir}: no embeddings to sample OMP's rows from")
+    with CheckpointReader(model_dir) as reader:
+        rows = reader.info(EMBED).shape[0]
+    plan = _plan(read_tokenizer(model_dir, "the model"), read_tokenizer(donor_dir, "the donor tokenizer"), rows, size)
+    new = plan.new[plan.new < embed.shape[0]]
+    pick = new[torch.randperm(new.numel(), generator=torch.Generator().manual_seed(seed))[:count]]
+    return embed[pick], embed[plan.anchors[plan.anchors < embed.shape[0]]]
