@@ -1,4 +1,4 @@
-"""``lmbricks sparsify``: activation sparsity by training (ReLU-fication, ProSparse)."""
+"""``lmbricks sparsify``: activation sparsity by training (ReLU-fication, ProSparse) and training-free (GRIFFIN)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ from typing import Any
 
 import typer
 
-from lmbricks.cli.common import FORCE_HELP, console, reads_checkpoints, training_progress, user_errors
+from lmbricks.cli.common import FORCE_HELP, console, progress_bar, reads_checkpoints, training_progress, user_errors
 
-app = typer.Typer(help="Make dense models activation-sparse by training (ReLU-fication).", no_args_is_help=True)
+app = typer.Typer(
+    help="Activation sparsity: ReLU-fication by training; training-free GRIFFIN, measured.", no_args_is_help=True
+)
 
 
 @app.command()
@@ -78,3 +80,51 @@ def relufy(
     f = result.final
     console.print(f"threshold {result.threshold:.4g}  bpb {f['mean_bpb']:.3f}  zeros {f['mean_zero_fraction']:.1%}")
     console.print(f"output: {result.out}")
+
+
+@app.command()
+@user_errors
+@reads_checkpoints
+def griffin(
+    model: str = typer.Argument(..., help="Model (registry name or HF directory) loading as lmbricks' LM."),
+    out: Path = typer.Argument(..., help="Output directory (results.json)."),
+    keep: list[float] | None = typer.Option(None, "--keep", help="Fraction of FFN neurons kept (repeat; 0.5 0.25)."),
+    domains: str = typer.Option("en_prose,code,math,zh,dialogue", "--domains", help="Comma-separated corpora."),
+    text_file: list[Path] | None = typer.Option(None, "--text-file", help="Read the windows from this file instead."),
+    split: str = typer.Option("test", "--split", help="Corpus split of the windows."),
+    sequences: int = typer.Option(4, "--sequences", help="Windows (prompt + continuation) per domain."),
+    prompt_tokens: int = typer.Option(512, "--prompt-tokens", help="Prompt tokens (dense; the selection reads them)."),
+    continuation_tokens: int = typer.Option(128, "--continuation-tokens", help="Held-out tokens scored after it."),
+    decode_tokens: int = typer.Option(32, "--decode-tokens", help="Greedy tokens per arm and round timed (0: none)."),
+    rounds: int = typer.Option(3, "--rounds", help="Timing rounds (arm order rotates)."),
+    precision: str = typer.Option("auto", "--precision", help="auto | bf16 | fp32 weights."),
+    threads: int = typer.Option(1, "--threads", help="torch intra-op threads while measuring."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+) -> None:
+    """GRIFFIN (arXiv 2404.01365): per-prompt FFN neuron selection, measured against dense.
+
+    Each prompt runs dense; every FFN then keeps its top neurons by the prompt's statistic and the
+    held-out continuation is scored through them. Prints the perplexity change per domain and the
+    decoding speed (CPU time); writes OUT/results.json. See docs/emergent-bricks.md.
+
+    Example: lmbricks sparsify griffin smollm2-135m-instruct runs/griffin --keep 0.5 --keep 0.25
+    """
+    from lmbricks.config import validate
+    from lmbricks.sparsify.griffin_eval import GriffinEvalConfig, run_griffin_eval
+
+    fields: dict[str, Any] = dict(
+        model=model, out=out, keep=keep, domains=[d for d in domains.split(",") if d], text_files=text_file,
+        split=split, sequences=sequences, prompt_tokens=prompt_tokens, continuation_tokens=continuation_tokens,
+        decode_tokens=decode_tokens, rounds=rounds, precision=precision, threads=threads, force=force,
+    )  # fmt: skip
+    cfg = validate(GriffinEvalConfig, {k: v for k, v in fields.items() if v is not None}, "sparsify griffin options")
+    with progress_bar(transient=True) as bar:
+        task = bar.add_task("griffin", total=None)
+        result = run_griffin_eval(cfg, lambda done, total: bar.update(task, completed=done, total=total))
+    for arm, change in result.ppl_change.items():
+        per = "  ".join(f"{d} {v:+.1%}" for d, v in change.items() if d != "mean")
+        console.print(f"{arm}: perplexity {change['mean']:+.1%} (mean)  {per}", highlight=False)
+    for arm, tok_s in result.decode_tok_s.items():
+        ffn = result.ffn_decode_ms[arm]
+        console.print(f"{arm}: decode {tok_s:.1f} tokens/s, FFN {ffn:.3f} ms/token (CPU time)", highlight=False)
+    console.print(f"output: {cfg.out}")
