@@ -1,4 +1,4 @@
-"""``lmbricks sparsify``: activation sparsity by training (ReLU-fication, ProSparse) and training-free (GRIFFIN)."""
+"""``lmbricks sparsify``: activation sparsity by training (ReLU-fication) and training-free (GRIFFIN, CATS)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import typer
 from lmbricks.cli.common import FORCE_HELP, console, progress_bar, reads_checkpoints, training_progress, user_errors
 
 app = typer.Typer(
-    help="Activation sparsity: ReLU-fication by training; training-free GRIFFIN, measured.", no_args_is_help=True
+    help="Activation sparsity: ReLU-fication by training; training-free GRIFFIN and CATS, measured.",
+    no_args_is_help=True,
 )
 
 
@@ -85,42 +86,44 @@ def relufy(
 @app.command()
 @user_errors
 @reads_checkpoints
-def griffin(
+def evaluate(
     model: str = typer.Argument(..., help="Model (registry name or HF directory) loading as lmbricks' LM."),
     out: Path = typer.Argument(..., help="Output directory (results.json)."),
+    method: str = typer.Option("griffin", "--method", help="griffin (per-prompt neurons) | cats (gate threshold)."),
     keep: list[float] | None = typer.Option(None, "--keep", help="Fraction of FFN neurons kept (repeat; 0.5 0.25)."),
     domains: str = typer.Option("en_prose,code,math,zh,dialogue", "--domains", help="Comma-separated corpora."),
     text_file: list[Path] | None = typer.Option(None, "--text-file", help="Read the windows from this file instead."),
-    split: str = typer.Option("test", "--split", help="Corpus split of the windows."),
     sequences: int = typer.Option(4, "--sequences", help="Windows (prompt + continuation) per domain."),
-    prompt_tokens: int = typer.Option(512, "--prompt-tokens", help="Prompt tokens (dense; the selection reads them)."),
+    prompt_tokens: int = typer.Option(512, "--prompt-tokens", help="Prompt tokens per window."),
     continuation_tokens: int = typer.Option(128, "--continuation-tokens", help="Held-out tokens scored after it."),
+    calibration_tokens: int = typer.Option(2048, "--calibration-tokens", help="CATS: train tokens per domain."),
     decode_tokens: int = typer.Option(32, "--decode-tokens", help="Greedy tokens per arm and round timed (0: none)."),
     rounds: int = typer.Option(3, "--rounds", help="Timing rounds (arm order rotates)."),
     precision: str = typer.Option("auto", "--precision", help="auto | bf16 | fp32 weights."),
     threads: int = typer.Option(1, "--threads", help="torch intra-op threads while measuring."),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
-    """GRIFFIN (arXiv 2404.01365): per-prompt FFN neuron selection, measured against dense.
+    """Training-free FFN sparsity, measured against dense: GRIFFIN (arXiv 2404.01365) or CATS (2404.08763).
 
-    Each prompt runs dense; every FFN then keeps its top neurons by the prompt's statistic and the
-    held-out continuation is scored through them. Prints the perplexity change per domain and the
-    decoding speed (CPU time); writes OUT/results.json. See docs/emergent-bricks.md.
+    Each window is a prompt and its held-out continuation; prints the continuation's perplexity
+    change per domain and the decoding speed (CPU time); writes OUT/results.json. See
+    docs/emergent-bricks.md.
 
-    Example: lmbricks sparsify griffin smollm2-135m-instruct runs/griffin --keep 0.5 --keep 0.25
+    Example: lmbricks sparsify evaluate smollm2-135m-instruct runs/griffin --method griffin --keep 0.5 --keep 0.25
     """
     from lmbricks.config import validate
-    from lmbricks.sparsify.griffin_eval import GriffinEvalConfig, run_griffin_eval
+    from lmbricks.sparsify.evaluate import SparsifyEvalConfig, run_sparsify_eval
 
     fields: dict[str, Any] = dict(
-        model=model, out=out, keep=keep, domains=[d for d in domains.split(",") if d], text_files=text_file,
-        split=split, sequences=sequences, prompt_tokens=prompt_tokens, continuation_tokens=continuation_tokens,
-        decode_tokens=decode_tokens, rounds=rounds, precision=precision, threads=threads, force=force,
+        model=model, out=out, method=method, keep=keep, domains=[d for d in domains.split(",") if d],
+        text_files=text_file, sequences=sequences, prompt_tokens=prompt_tokens, calibration_tokens=calibration_tokens,
+        continuation_tokens=continuation_tokens, decode_tokens=decode_tokens, rounds=rounds, precision=precision,
+        threads=threads, force=force,
     )  # fmt: skip
-    cfg = validate(GriffinEvalConfig, {k: v for k, v in fields.items() if v is not None}, "sparsify griffin options")
+    cfg = validate(SparsifyEvalConfig, {k: v for k, v in fields.items() if v is not None}, "sparsify evaluate options")
     with progress_bar(transient=True) as bar:
-        task = bar.add_task("griffin", total=None)
-        result = run_griffin_eval(cfg, lambda done, total: bar.update(task, completed=done, total=total))
+        task = bar.add_task(cfg.method, total=None)
+        result = run_sparsify_eval(cfg, lambda done, total: bar.update(task, completed=done, total=total))
     for arm, change in result.ppl_change.items():
         per = "  ".join(f"{d} {v:+.1%}" for d, v in change.items() if d != "mean")
         console.print(f"{arm}: perplexity {change['mean']:+.1%} (mean)  {per}", highlight=False)
