@@ -107,3 +107,17 @@ def test_cats_arm_nll_and_thresholds(tiny_llama: Path, tmp_path: Path, text_file
     assert len(result.thresholds["keep=0.5"]) == 2 and all(t > 0 for t in result.thresholds["keep=0.5"])
     assert result.ppl_change["keep=0.5"]["held"] != 0.0
     assert json.loads((tmp_path / "c" / "results.json").read_text())["settings"]["method"] == "cats"
+
+
+def test_cmoe_arm_all_experts_is_dense(tiny_llama: Path, tmp_path: Path, text_file: Path) -> None:
+    cfg = SparsifyEvalConfig(
+        model=str(tiny_llama), out=tmp_path / "m", method="cmoe", keep=[1.0, 0.25], text_files=[text_file],
+        sequences=1, prompt_tokens=16, continuation_tokens=8, calibration_tokens=64, experts=8, shared_experts=1,
+        precision="fp32",
+    )  # fmt: skip
+    result = run_sparsify_eval(cfg)
+    assert abs(result.ppl_change["keep=1"]["held"]) < 1e-6  # all 8 experts: the dense FFN
+    assert result.ppl_change["keep=0.25"]["held"] != 0.0
+    assert result.decode_tok_s == {}  # a masked computation is not timed
+    with pytest.raises(ConfigError, match="shared"):
+        SparsifyEvalConfig.model_validate({**cfg.model_dump(), "keep": [0.05]})

@@ -89,25 +89,27 @@ def relufy(
 def evaluate(
     model: str = typer.Argument(..., help="Model (registry name or HF directory) loading as lmbricks' LM."),
     out: Path = typer.Argument(..., help="Output directory (results.json)."),
-    method: str = typer.Option("griffin", "--method", help="griffin (per-prompt neurons) | cats (gate threshold)."),
+    method: str = typer.Option("griffin", "--method", help="griffin | cats (gate threshold) | cmoe (carved MoE)."),
     keep: list[float] | None = typer.Option(None, "--keep", help="Fraction of FFN neurons kept (repeat; 0.5 0.25)."),
     domains: str = typer.Option("en_prose,code,math,zh,dialogue", "--domains", help="Comma-separated corpora."),
     text_file: list[Path] | None = typer.Option(None, "--text-file", help="Read the windows from this file instead."),
     sequences: int = typer.Option(4, "--sequences", help="Windows (prompt + continuation) per domain."),
     prompt_tokens: int = typer.Option(512, "--prompt-tokens", help="Prompt tokens per window."),
     continuation_tokens: int = typer.Option(128, "--continuation-tokens", help="Held-out tokens scored after it."),
-    calibration_tokens: int = typer.Option(2048, "--calibration-tokens", help="CATS: train tokens per domain."),
+    calibration_tokens: int = typer.Option(2048, "--calibration-tokens", help="CATS, CMoE: train tokens per domain."),
+    experts: int = typer.Option(32, "--experts", help="CMoE: experts per FFN."),
+    shared_experts: int = typer.Option(4, "--shared-experts", help="CMoE: shared (always on) experts."),
     decode_tokens: int = typer.Option(32, "--decode-tokens", help="Greedy tokens per arm and round timed (0: none)."),
     rounds: int = typer.Option(3, "--rounds", help="Timing rounds (arm order rotates)."),
     precision: str = typer.Option("auto", "--precision", help="auto | bf16 | fp32 weights."),
     threads: int = typer.Option(1, "--threads", help="torch intra-op threads while measuring."),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
-    """Training-free FFN sparsity, measured against dense: GRIFFIN (arXiv 2404.01365) or CATS (2404.08763).
+    """Training-free FFN sparsity against dense: GRIFFIN (arXiv 2404.01365), CATS (2404.08763), CMoE (2502.04416).
 
     Each window is a prompt and its held-out continuation; prints the continuation's perplexity
-    change per domain and the decoding speed (CPU time); writes OUT/results.json. See
-    docs/emergent-bricks.md.
+    change per domain and the decoding speed (CPU time; not for CMoE, applied as a mask); writes
+    OUT/results.json. See docs/emergent-bricks.md.
 
     Example: lmbricks sparsify evaluate smollm2-135m-instruct runs/griffin --method griffin --keep 0.5 --keep 0.25
     """
@@ -118,7 +120,7 @@ def evaluate(
         model=model, out=out, method=method, keep=keep, domains=[d for d in domains.split(",") if d],
         text_files=text_file, sequences=sequences, prompt_tokens=prompt_tokens, calibration_tokens=calibration_tokens,
         continuation_tokens=continuation_tokens, decode_tokens=decode_tokens, rounds=rounds, precision=precision,
-        threads=threads, force=force,
+        threads=threads, force=force, experts=experts, shared_experts=shared_experts,
     )  # fmt: skip
     cfg = validate(SparsifyEvalConfig, {k: v for k, v in fields.items() if v is not None}, "sparsify evaluate options")
     with progress_bar(transient=True) as bar:

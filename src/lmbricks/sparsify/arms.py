@@ -20,11 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lmbricks.moefy.cmoe import CMoELayer, cmoe_applied
 from lmbricks.nn.model import LM, KVCache
 from lmbricks.sparsify.cats import Cats
 from lmbricks.sparsify.griffin import Griffin, ffn_sites
 
-MethodName = Literal["griffin", "cats"]
+MethodName = Literal["griffin", "cats", "cmoe"]
 
 
 def arm_name(keep: float | None) -> str:
@@ -37,12 +38,24 @@ class Method:
     """A training-free method and what it was calibrated with.
 
     Attributes:
-        name: "griffin" (per-prompt neuron selection) or "cats" (thresholded gate activation).
+        name: "griffin" (per-prompt neuron selection), "cats" (thresholded gate activation) or
+            "cmoe" (carved experts, applied as a mask: quality only).
         thresholds: CATS only: kept fraction -> per-FFN thresholds (for sparsity 1 - kept).
+        carved: CMoE only: the carved FFNs and their routers.
+        experts: CMoE only: experts per FFN, ``shared`` of them always on; a kept fraction f
+            routes ``round(f * experts) - shared`` experts per token.
     """
 
     name: MethodName
     thresholds: dict[float, list[float]] = field(default_factory=dict)
+    carved: list[CMoELayer] = field(default_factory=list)
+    experts: int = 0
+    shared: int = 0
+
+    @property
+    def timed(self) -> bool:
+        """Whether decoding speed means something (CMoE here is a masked dense computation)."""
+        return self.name != "cmoe"
 
     @contextmanager
     def session(self, model: nn.Module, keep: float | None) -> Iterator[Callable[[], None]]:
@@ -56,8 +69,11 @@ class Method:
                     g.prune()
 
                 yield prune
-        else:
+        elif self.name == "cats":
             with Cats(model, self.thresholds[keep]):
+                yield lambda: None
+        else:
+            with cmoe_applied(model, self.carved, round(keep * self.experts) - self.shared):
                 yield lambda: None
 
 
@@ -81,14 +97,14 @@ def continuation_nll(
     """Summed NLL of the window's continuation after its prompt, per arm.
 
     The dense arm and GRIFFIN's arms share one dense prompt (GRIFFIN runs the prompt dense); a
-    CATS arm runs the whole window thresholded.
+    CATS or CMoE arm runs the whole window through its method.
 
     Args:
         model: lmbricks' LM.
         window: (P + C,) token ids; the first ``prompt_tokens`` are the prompt.
         prompt_tokens: P.
         keeps: the kept fractions (the dense arm is always scored).
-        method: GRIFFIN or CATS (with its thresholds).
+        method: GRIFFIN, CATS (with its thresholds) or CMoE (with its carving).
 
     Returns:
         arm -> sum over the C continuation tokens of -log p(token | everything before it).
@@ -103,7 +119,7 @@ def continuation_nll(
             g.prune(keep)
             out[arm_name(keep)] = _nll(last, model(cont[:, :-1], cache=_forked(cache)).logits, cont)
             g.restore()
-    for keep in keeps if method.name == "cats" else []:
+    for keep in keeps if method.name != "griffin" else []:
         with method.session(model, keep) as after_prompt:
             cache = KVCache(model.cfg.num_layers)
             last = model(prompt, cache=cache).logits[:, -1:]
@@ -157,10 +173,11 @@ def speed(
     milliseconds, and the milliseconds of the switch after the prompt (GRIFFIN's selection and restriction).
 
     Returns:
-        ``{"decode_tok_s": {arm: v}, "ffn_decode_ms": {...}, "prune_ms": {...}}``; empty dicts when ``steps`` is 0.
+        ``{"decode_tok_s": {arm: v}, "ffn_decode_ms": {...}, "prune_ms": {...}}``; empty dicts when
+        ``steps`` is 0 or the method is not timed (CMoE).
     """
     keys = ("decode_tok_s", "ffn_decode_ms", "prune_ms")
-    if steps == 0:
+    if steps == 0 or not method.timed:
         return {k: {} for k in keys}
     arms: list[float | None] = [None, *keeps]
     times: dict[str, dict[str, list[float]]] = {k: {arm_name(a): [] for a in arms} for k in keys}

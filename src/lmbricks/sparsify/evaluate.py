@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import Tensor
 
 from lmbricks.errors import ConfigError
@@ -45,8 +45,12 @@ class SparsifyEvalConfig(BaseModel):
         method: "griffin" (per-prompt FFN neuron selection) or "cats" (thresholded gate activation).
         keep: fractions of each FFN's neurons kept (GRIFFIN) or of gate activations not zeroed
             (CATS: sparsity 1 - keep), each in (0, 1].
-        calibration_tokens: CATS: train-split tokens per domain (or from the start of each text
-            file) the thresholds are chosen on.
+        calibration_tokens: CATS and CMoE: train-split tokens per domain (or from the start of
+            each text file) the thresholds or the carving are chosen on.
+        experts: CMoE: experts per FFN (must divide its width).
+        shared_experts: CMoE: how many of them are shared (always on); a kept fraction f routes
+            ``round(f * experts) - shared_experts`` experts per token.
+        markers: CMoE: neurons each calibration token marks (default: an eighth of the width).
         domains: lmbricks.data corpora whose ``split`` gives the windows.
         text_files: UTF-8 files to read the windows from instead of ``domains`` (named by their stem).
         split: the corpus split read.
@@ -66,6 +70,9 @@ class SparsifyEvalConfig(BaseModel):
     out: Path
     method: MethodName = "griffin"
     calibration_tokens: int = Field(2048, gt=0)
+    experts: int = Field(32, gt=1)
+    shared_experts: int = Field(4, ge=0)
+    markers: int | None = Field(None, gt=0)
     keep: list[float] = Field(default_factory=lambda: [0.5, 0.25], min_length=1)
     domains: list[str] = Field(default_factory=lambda: ["en_prose", "code", "math", "zh", "dialogue"], min_length=1)
     text_files: list[Path] = Field(default_factory=list)
@@ -85,6 +92,18 @@ class SparsifyEvalConfig(BaseModel):
         for k in keep:
             griffin_select(torch.ones(1), k)  # ConfigError naming keep
         return keep
+
+    @model_validator(mode="after")
+    def _cmoe_counts(self) -> SparsifyEvalConfig:
+        if self.method == "cmoe":
+            if self.shared_experts >= self.experts:
+                raise ConfigError(f"shared_experts: fewer than experts ({self.experts}), got {self.shared_experts}")
+            for k in self.keep:
+                if round(k * self.experts) < self.shared_experts:
+                    raise ConfigError(
+                        f"keep: {k} of {self.experts} experts is fewer than the {self.shared_experts} shared ones"
+                    )
+        return self
 
 
 @dataclass
@@ -208,9 +227,21 @@ def _threads(threads: int | None) -> Iterator[None]:
 
 
 def _method(cfg: SparsifyEvalConfig, model: LM, tok: Any) -> Method:
-    """The method; for CATS, thresholds per kept fraction calibrated on train text (or the text files)."""
+    """The method: CATS' thresholds per kept fraction or CMoE's carving, calibrated on train text."""
     if cfg.method == "griffin":
         return Method("griffin")
+    blocks = _calibration_blocks(cfg, tok)
+    if cfg.method == "cats":
+        return Method("cats", {k: calibrate(model, blocks, 1.0 - k) for k in cfg.keep})
+    from lmbricks.moefy.cmoe import carve_model
+
+    width = model.cfg.intermediate_size
+    carved = carve_model(model, blocks, cfg.experts, cfg.shared_experts, cfg.markers or max(1, width // 8))
+    return Method("cmoe", carved=carved, experts=cfg.experts, shared=cfg.shared_experts)
+
+
+def _calibration_blocks(cfg: SparsifyEvalConfig, tok: Any) -> Tensor:
+    """(B, T) calibration token ids: ``calibration_tokens`` of each domain's train split (or text file)."""
     from lmbricks.data.corpus import domain_text
 
     n = cfg.calibration_tokens
@@ -220,8 +251,7 @@ def _method(cfg: SparsifyEvalConfig, model: LM, tok: Any) -> Method:
         texts = [domain_text(d, "train", max_bytes=8 * n) for d in cfg.domains]
     seq = min(512, n)
     rows = [ids[: len(ids) // seq * seq].view(-1, seq) for ids in (torch.tensor(tok.encode(t)[:n]) for t in texts)]
-    blocks = torch.cat([r for r in rows if r.numel()])  # (B, seq)
-    return Method("cats", {k: calibrate(model, blocks, 1.0 - k) for k in cfg.keep})
+    return torch.cat([r for r in rows if r.numel()])  # (B, seq)
 
 
 def _quality(
