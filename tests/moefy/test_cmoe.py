@@ -16,7 +16,7 @@ H, GROUPS, N = 48, 7, 8  # hidden size, planted routed experts, neurons per expe
 WIDTH = (GROUPS + 1) * N  # one shared expert
 
 
-def _planted(tokens_per_group: int = 40, seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _planted(tokens_per_group: int = 40, seed: int = 0, token_seed: int = 1) -> tuple[Tensor, ...]:
     """Gate/up weights where routed expert g's neurons read direction d_g and the shared ones read every
     token's common direction c; tokens are c + d_g + noise. Returns (w_gate, w_up, x, group of x, planted)."""
     gen = torch.Generator().manual_seed(seed)
@@ -24,7 +24,8 @@ def _planted(tokens_per_group: int = 40, seed: int = 0) -> tuple[Tensor, Tensor,
     owner = torch.randperm(WIDTH, generator=gen) // N  # neuron -> 0 (shared) or 1 + group
     w = dirs[owner] + 0.05 * torch.randn(WIDTH, H, generator=gen)  # (I, H)
     group = torch.arange(GROUPS).repeat_interleave(tokens_per_group)
-    x = 0.5 * dirs[0] + dirs[1 + group] + 0.1 * torch.randn(group.numel(), H, generator=gen)  # (T, H)
+    noise = torch.randn(group.numel(), H, generator=torch.Generator().manual_seed(token_seed))
+    x = 0.5 * dirs[0] + dirs[1 + group] + 0.1 * noise  # (T, H)
     return w, w.clone(), x, group, owner
 
 
@@ -51,7 +52,7 @@ def test_analytic_router_routes_tokens_to_their_planted_expert() -> None:
     a = F.silu(x @ w_gate.T) * (x @ w_up.T)
     c = carve(activation_markers(a, 2 * N), experts=GROUPS + 1, shared=1)
     router = CMoERouter(w_gate, w_up, c.representatives, F.silu)
-    held_w, _, held_x, held_group, _ = _planted(tokens_per_group=10, seed=0)  # same weights, same tokens law
+    held_w, _, held_x, held_group, _ = _planted(tokens_per_group=10, token_seed=2)  # same weights, new tokens
     assert torch.equal(held_w, w_gate)
     best = router.scores(held_x).argmax(dim=1)  # (T,) routed expert index
     planted_of_expert = torch.tensor([int(owner[row[0]]) - 1 for row in c.experts])
