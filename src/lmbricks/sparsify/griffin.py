@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
-from lmbricks.analysis.ffn import find_ffns
+from lmbricks.analysis.ffn import FFNBlock, find_ffns
 from lmbricks.analysis.masking import keep_count
 from lmbricks.errors import ConfigError
 from lmbricks.nn.ffn import GatedFFN
@@ -73,12 +73,13 @@ def griffin_select(scores: Tensor, keep: float) -> Tensor:
 class RestrictedMLP(nn.Module):
     """A Hugging Face gated MLP restricted to some neurons: ``down(act(gate x) * up x)`` as in LlamaMLP."""
 
-    def __init__(self, mlp: nn.Module, keep: Tensor) -> None:
+    def __init__(self, block: FFNBlock, keep: Tensor) -> None:
         super().__init__()
-        self.gate_proj = _rows(mlp.gate_proj, keep)
-        self.up_proj = _rows(mlp.up_proj, keep)
-        self.down_proj = _columns(mlp.down_proj, keep)
-        self.act_fn = mlp.act_fn
+        assert block.gate is not None
+        self.gate_proj = _rows(block.gate, keep)
+        self.up_proj = _rows(block.up, keep)
+        self.down_proj = _columns(block.down, keep)
+        self.act_fn = block.act
 
     def forward(self, x: Tensor) -> Tensor:
         """(..., H) -> (..., H)."""
@@ -123,12 +124,14 @@ def restrict_gated_ffn(ffn: GatedFFN, keep: Tensor) -> GatedFFN:
 
 @dataclass
 class FFNSite:
-    """Where one FFN lives: ``getattr(parent, attr) is module``; ``down`` reads its intermediate activation."""
+    """Where one FFN lives: ``getattr(parent, attr) is module``; ``down`` reads its intermediate activation;
+    ``block`` is its Hugging Face parts (None for lmbricks' GatedFFN)."""
 
     parent: nn.Module
     attr: str
     module: nn.Module
     down: nn.Linear
+    block: FFNBlock | None = None
 
     @property
     def width(self) -> int:
@@ -139,7 +142,8 @@ class FFNSite:
         """The FFN restricted to the neurons ``keep``."""
         if isinstance(self.module, GatedFFN):
             return restrict_gated_ffn(self.module, keep)
-        return RestrictedMLP(self.module, keep)
+        assert self.block is not None
+        return RestrictedMLP(self.block, keep)
 
 
 def ffn_sites(model: nn.Module) -> list[FFNSite]:
@@ -152,19 +156,21 @@ def ffn_sites(model: nn.Module) -> list[FFNSite]:
     sites: list[FFNSite] = []
     for name, module in named.items():
         if isinstance(module, GatedFFN):
-            sites.append(_site(named, name, module, module.down))
+            sites.append(_site(named, name, module, module.down, None))
     if sites:
         return sites
     for block in find_ffns(model):
         if block.kind != "glu" or block.up.bias is not None or block.gate is None:
             raise ConfigError(f"FFN block {block.name!r}: GRIFFIN needs a bias-free gated FFN (gate/up/down)")
-        sites.append(_site(named, block.name, block.module, block.down))
+        sites.append(_site(named, block.name, block.module, block.down, block))
     return sites
 
 
-def _site(named: dict[str, nn.Module], name: str, module: nn.Module, down: nn.Linear) -> FFNSite:
+def _site(
+    named: dict[str, nn.Module], name: str, module: nn.Module, down: nn.Linear, block: FFNBlock | None
+) -> FFNSite:
     parent, _, attr = name.rpartition(".")
-    return FFNSite(named[parent], attr, module, down)
+    return FFNSite(named[parent], attr, module, down, block)
 
 
 class Griffin:
