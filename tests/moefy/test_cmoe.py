@@ -94,7 +94,10 @@ def test_applied_to_a_model_all_experts_is_dense_and_mask_matches(tiny_llama: Pa
         with cmoe_applied(model, layers, top_k=1):
             sparse = model(ids[:1]).logits
         after = model(ids[:1]).logits
+        with cmoe_applied(model, layers, top_k=6, oracle=True):
+            oracle_full = model(ids[:1]).logits
     torch.testing.assert_close(full, dense, rtol=0, atol=1e-12)
+    torch.testing.assert_close(oracle_full, dense, rtol=0, atol=1e-12)
     assert not torch.allclose(sparse, dense) and torch.equal(after, dense)  # the hooks are gone
     with pytest.raises(ConfigError, match="layers"), cmoe_applied(model, layers[:1], top_k=1):
         pass

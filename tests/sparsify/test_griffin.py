@@ -148,10 +148,10 @@ def test_hf_llama_keeping_everything_equals_dense_bit_for_bit(tiny_llama: Path) 
     def step(keep: float | None) -> torch.Tensor:
         cache = DynamicCache()
         with torch.no_grad(), Griffin(model, keep or 1.0) as g:
-            model(input_ids=prompt, past_key_values=cache, use_cache=True)
+            model(input_ids=prompt, cache=cache)  # transformers 5: `cache`
             if keep is not None:
                 g.prune()
-            return model(input_ids=nxt, past_key_values=cache, use_cache=True).logits
+            return model(input_ids=nxt, cache=cache).logits
 
     dense = step(None)
     assert torch.equal(step(1.0), dense)

@@ -99,6 +99,7 @@ def evaluate(
     calibration_tokens: int = typer.Option(2048, "--calibration-tokens", help="CATS, CMoE: train tokens per domain."),
     experts: int = typer.Option(32, "--experts", help="CMoE: experts per FFN."),
     shared_experts: int = typer.Option(4, "--shared-experts", help="CMoE: shared (always on) experts."),
+    oracle: bool = typer.Option(False, "--oracle", help="CMoE: route by true expert mass (a bound)."),
     decode_tokens: int = typer.Option(32, "--decode-tokens", help="Greedy tokens per arm and round timed (0: none)."),
     rounds: int = typer.Option(3, "--rounds", help="Timing rounds (arm order rotates)."),
     precision: str = typer.Option("auto", "--precision", help="auto | bf16 | fp32 weights."),
@@ -120,7 +121,7 @@ def evaluate(
         model=model, out=out, method=method, keep=keep, domains=[d for d in domains.split(",") if d],
         text_files=text_file, sequences=sequences, prompt_tokens=prompt_tokens, calibration_tokens=calibration_tokens,
         continuation_tokens=continuation_tokens, decode_tokens=decode_tokens, rounds=rounds, precision=precision,
-        threads=threads, force=force, experts=experts, shared_experts=shared_experts,
+        threads=threads, force=force, experts=experts, shared_experts=shared_experts, oracle=oracle,
     )  # fmt: skip
     cfg = validate(SparsifyEvalConfig, {k: v for k, v in fields.items() if v is not None}, "sparsify evaluate options")
     with progress_bar(transient=True) as bar:

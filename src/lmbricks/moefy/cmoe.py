@@ -206,8 +206,11 @@ def carve_model(model: nn.Module, blocks: Tensor, experts: int, shared: int, k: 
 
 
 @contextmanager
-def cmoe_applied(model: nn.Module, layers: list[CMoELayer], top_k: int) -> Iterator[None]:
+def cmoe_applied(model: nn.Module, layers: list[CMoELayer], top_k: int, oracle: bool = False) -> Iterator[None]:
     """Inside the block every dense FFN keeps only its shared and its top-``top_k`` routed experts per token.
+
+    With ``oracle`` the routed experts are chosen by their true mass ``sum |a_i|`` over their
+    neurons instead of the analytic router (an evaluation bound on the carving, never faster).
 
     Raises:
         ConfigError: ``layers`` does not match the model's FFNs, or a bad ``top_k``.
@@ -225,8 +228,12 @@ def cmoe_applied(model: nn.Module, layers: list[CMoELayer], top_k: int) -> Itera
         def mask(_mod: nn.Module, args: tuple[Tensor, ...], i: int = i, layer: CMoELayer = layer) -> tuple[Tensor]:
             x = inputs[i]
             assert x is not None
-            flat = x.reshape(-1, x.shape[-1])  # (T, H)
-            m = cmoe_mask(layer.carving, layer.router.scores(flat), top_k).to(args[0].dtype)  # (T, I)
+            if oracle:
+                a = args[0].detach().float().reshape(-1, args[0].shape[-1]).abs()  # (T, I)
+                scores = a[:, layer.carving.experts].sum(-1)  # (T, E - S): each routed expert's true mass
+            else:
+                scores = layer.router.scores(x.reshape(-1, x.shape[-1]))  # (T, E - S)
+            m = cmoe_mask(layer.carving, scores, top_k).to(args[0].dtype)  # (T, I)
             return (args[0] * m.reshape(args[0].shape),)
 
         handles += [ffn.register_forward_pre_hook(keep_input), ffn.down.register_forward_pre_hook(mask)]

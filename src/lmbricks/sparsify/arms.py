@@ -43,7 +43,8 @@ class Method:
         thresholds: CATS only: kept fraction -> per-FFN thresholds (for sparsity 1 - kept).
         carved: CMoE only: the carved FFNs and their routers.
         experts: CMoE only: experts per FFN, ``shared`` of them always on; a kept fraction f
-            routes ``round(f * experts) - shared`` experts per token.
+            routes ``round(f * experts) - shared`` experts per token; ``oracle`` routes by the
+            experts' true mass instead of the analytic router.
     """
 
     name: MethodName
@@ -51,6 +52,7 @@ class Method:
     carved: list[CMoELayer] = field(default_factory=list)
     experts: int = 0
     shared: int = 0
+    oracle: bool = False
 
     @property
     def timed(self) -> bool:
@@ -73,7 +75,7 @@ class Method:
             with Cats(model, self.thresholds[keep]):
                 yield lambda: None
         else:
-            with cmoe_applied(model, self.carved, round(keep * self.experts) - self.shared):
+            with cmoe_applied(model, self.carved, round(keep * self.experts) - self.shared, self.oracle):
                 yield lambda: None
 
 
