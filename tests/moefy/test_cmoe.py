@@ -101,3 +101,23 @@ def test_applied_to_a_model_all_experts_is_dense_and_mask_matches(tiny_llama: Pa
     assert not torch.allclose(sparse, dense) and torch.equal(after, dense)  # the hooks are gone
     with pytest.raises(ConfigError, match="layers"), cmoe_applied(model, layers[:1], top_k=1):
         pass
+
+
+def test_linear_router_variant_fits_and_all_experts_is_dense(tiny_llama: Path) -> None:
+    from lmbricks.nn.load import load_model
+
+    model, _ = load_model(tiny_llama, hf_fallback=False)
+    model = model.double()
+    ids = torch.randint(3, 384, (2, 16), generator=torch.Generator().manual_seed(0))
+    layers = carve_model(model, ids, experts=8, shared=2, k=16, router="linear")
+    analytic = carve_model(model, ids, experts=8, shared=2, k=16)
+    assert torch.equal(layers[0].carving.experts, analytic[0].carving.experts)  # same carving, other router
+    x = torch.randn(5, 32, dtype=torch.float64)
+    assert layers[0].router.scores(x).shape == (5, 6)
+    with torch.no_grad():
+        dense = model(ids[:1]).logits
+        with cmoe_applied(model, layers, top_k=6):
+            full = model(ids[:1]).logits
+    torch.testing.assert_close(full, dense, rtol=0, atol=1e-12)
+    with pytest.raises(ConfigError, match="router"):
+        carve_model(model, ids, experts=8, shared=2, k=16, router="mlp")

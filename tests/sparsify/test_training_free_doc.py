@@ -40,28 +40,25 @@ def test_training_free_table_equals_its_json() -> None:
     assert "(bench/training-free-2026-12-07.json)" in text
     run = json.loads(RUN.read_text())
     rows = _rows(text)
-    assert set(rows) == {
-        "griffin",
-        "cats",
-        "cmoe",
-        "cmoe, oracle routing",
-        "coactivation moefy, healed 8 min (baseline)",
+    arms = {
+        "griffin": "griffin",
+        "cats": "cats",
+        "cmoe": "cmoe",
+        "cmoe_linear": "cmoe, linear router",
+        "cmoe_oracle": "cmoe, oracle routing",
     }
-    for key, row in (
-        ("griffin", "griffin"),
-        ("cats", "cats"),
-        ("cmoe", "cmoe"),
-        ("cmoe_oracle", "cmoe, oracle routing"),
-    ):
+    assert set(rows) == {*arms.values(), "coactivation moefy, healed 8 min (baseline)"}
+    for key, row in arms.items():
         res, cells, method = run[key], rows[row], row.split(",")[0]
         assert res["settings"]["method"] == method and res["settings"]["oracle"] == ("oracle" in row)
+        assert res["settings"]["router"] == ("linear" if "linear" in row else "analytic")
         for cell, keep in ((cells[1], "keep=0.5"), (cells[2], "keep=0.25")):
             # percentages are quoted to whole percent: within 0.005
             assert _percent(cell) == pytest.approx(res["ppl_change"][keep]["mean"], abs=0.005 + 1e-9), (method, cell)
-        arms = ("dense", "keep=0.5", "keep=0.25")
+        names = ("dense", "keep=0.5", "keep=0.25")
         if res["decode_tok_s"]:
-            assert _numbers(cells[3]) == pytest.approx([res["decode_tok_s"][a] for a in arms], abs=0.05 + 1e-9)
-            assert _numbers(cells[4]) == pytest.approx([res["ffn_decode_ms"][a] for a in arms], abs=0.0005 + 1e-9)
+            assert _numbers(cells[3]) == pytest.approx([res["decode_tok_s"][a] for a in names], abs=0.05 + 1e-9)
+            assert _numbers(cells[4]) == pytest.approx([res["ffn_decode_ms"][a] for a in names], abs=0.0005 + 1e-9)
         else:
             assert cells[3] == cells[4] == "-"
     base = json.loads((DOCS / "bench" / "moefy-session4-2026-11-23.json").read_text())

@@ -149,10 +149,10 @@ def cmoe_mask(carving: Carving, scores: Tensor, top_k: int) -> Tensor:
 
 @dataclass
 class CMoELayer:
-    """One carved FFN and its analytic router."""
+    """One carved FFN and its router (analytic, or ``moefy``'s fitted linear one)."""
 
     carving: Carving
-    router: CMoERouter
+    router: CMoERouter | FittedRouter
 
 
 def _dense_ffns(model: nn.Module) -> list[GatedFFN]:
@@ -168,8 +168,23 @@ def _router(ffn: GatedFFN, reps: Tensor) -> CMoERouter:
     return CMoERouter(w[:half], w[half:], reps, lambda g: gate_activation(g, ffn.activation, ffn.threshold))
 
 
+class FittedRouter:
+    """``moefy``'s ridge-fitted linear router on a carving's routed experts (the alternative to the analytic one)."""
+
+    def __init__(self, x: Tensor, mass: Tensor) -> None:
+        from lmbricks.moefy.routers import fit_linear_router
+
+        self.linear = fit_linear_router(x.float(), mass)
+
+    def scores(self, x: Tensor) -> Tensor:
+        """(T, H) -> (T, E - S) predicted log expert masses."""
+        return self.linear.logits(x.float())
+
+
 @torch.no_grad()
-def carve_model(model: nn.Module, blocks: Tensor, experts: int, shared: int, k: int, seed: int = 0) -> list[CMoELayer]:
+def carve_model(
+    model: nn.Module, blocks: Tensor, experts: int, shared: int, k: int, seed: int = 0, router: str = "analytic"
+) -> list[CMoELayer]:
     """Carve every dense FFN of ``model`` from the dense activations on calibration ``blocks`` (B, T).
 
     Args:
@@ -177,13 +192,36 @@ def carve_model(model: nn.Module, blocks: Tensor, experts: int, shared: int, k: 
         blocks: calibration token ids, run one row at a time.
         experts: E per FFN; shared: S of them; k: neurons marked per token.
         seed: k-means initialisation.
+        router: "analytic" (:class:`CMoERouter`) or "linear" (:class:`FittedRouter`, fitted on the
+            calibration FFN inputs against each routed expert's output mass ``sum |a_i| ||W_down[:, i]||``).
 
     Returns:
         One :class:`CMoELayer` per FFN, in layer order.
     """
+    if router not in ("analytic", "linear"):
+        raise ConfigError(f"router: 'analytic' or 'linear', got {router!r}")
     ffns = _dense_ffns(model)
     check_shape(ffns[0].down.in_features, experts, shared)
+    marks, seen = _collect(model, ffns, blocks, k, with_inputs=router == "linear")
+    out = []
+    for i, (ffn, m) in enumerate(zip(ffns, marks, strict=True)):
+        c = carve(torch.cat(m), experts, shared, seed)
+        if router == "analytic":
+            out.append(CMoELayer(c, _router(ffn, c.representatives)))
+            continue
+        x = torch.cat([p[0] for p in seen[i]]).float()
+        a = torch.cat([p[1] for p in seen[i]]).float().abs() * ffn.down.weight.detach().float().norm(dim=0)
+        out.append(CMoELayer(c, FittedRouter(x, a[:, c.experts].sum(-1))))
+        seen[i] = []
+    return out
+
+
+def _collect(
+    model: nn.Module, ffns: list[GatedFFN], blocks: Tensor, k: int, with_inputs: bool
+) -> tuple[list[list[Tensor]], list[list[tuple[Tensor, Tensor]]]]:
+    """Per FFN, the activation markers of every calibration forward, and (with_inputs) its (x, a) in bf16."""
     marks: list[list[Tensor]] = [[] for _ in ffns]
+    seen: list[list[tuple[Tensor, Tensor]]] = [[] for _ in ffns]
 
     def keeper(i: int) -> Any:
         def hook(_mod: nn.Module, args: tuple[Tensor, ...]) -> None:
@@ -191,18 +229,29 @@ def carve_model(model: nn.Module, blocks: Tensor, experts: int, shared: int, k: 
 
         return hook
 
+    def inputs(i: int) -> Any:
+        def hook(_mod: nn.Module, args: tuple[Tensor, ...]) -> None:
+            x = args[0].reshape(-1, args[0].shape[-1])  # (T, H)
+            seen[i].append((x.bfloat16(), _intermediate(ffns[i], x).bfloat16()))
+
+        return hook
+
     handles = [f.down.register_forward_pre_hook(keeper(i)) for i, f in enumerate(ffns)]
+    if with_inputs:
+        handles += [f.register_forward_pre_hook(inputs(i)) for i, f in enumerate(ffns)]
     try:
         for row in blocks:
             model(row[None])
     finally:
         for h in handles:
             h.remove()
-    out = []
-    for ffn, m in zip(ffns, marks, strict=True):
-        c = carve(torch.cat(m), experts, shared, seed)
-        out.append(CMoELayer(c, _router(ffn, c.representatives)))
-    return out
+    return marks, seen
+
+
+def _intermediate(ffn: GatedFFN, x: Tensor) -> Tensor:
+    half = ffn.gate_up.out_features // 2
+    g, u = x @ ffn.gate_up.weight[:half].t(), x @ ffn.gate_up.weight[half:].t()
+    return gate_activation(g, ffn.activation, ffn.threshold) * u  # (T, I)
 
 
 @contextmanager

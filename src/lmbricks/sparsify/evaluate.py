@@ -52,6 +52,7 @@ class SparsifyEvalConfig(BaseModel):
             ``round(f * experts) - shared_experts`` experts per token.
         markers: CMoE: neurons each calibration token marks (default: an eighth of the width).
         oracle: CMoE: route by the experts' true mass (a bound on the carving) instead of the router.
+        router: CMoE: "analytic" (the representative neurons) or "linear" (``moefy``'s ridge fit).
         domains: lmbricks.data corpora whose ``split`` gives the windows.
         text_files: UTF-8 files to read the windows from instead of ``domains`` (named by their stem).
         split: the corpus split read.
@@ -75,6 +76,7 @@ class SparsifyEvalConfig(BaseModel):
     shared_experts: int = Field(4, ge=0)
     markers: int | None = Field(None, gt=0)
     oracle: bool = False
+    router: str = Field("analytic", pattern="^(analytic|linear)$")
     keep: list[float] = Field(default_factory=lambda: [0.5, 0.25], min_length=1)
     domains: list[str] = Field(default_factory=lambda: ["en_prose", "code", "math", "zh", "dialogue"], min_length=1)
     text_files: list[Path] = Field(default_factory=list)
@@ -238,7 +240,8 @@ def _method(cfg: SparsifyEvalConfig, model: LM, tok: Any) -> Method:
     from lmbricks.moefy.cmoe import carve_model
 
     width = model.cfg.intermediate_size
-    carved = carve_model(model, blocks, cfg.experts, cfg.shared_experts, cfg.markers or max(1, width // 8))
+    k = cfg.markers or max(1, width // 8)
+    carved = carve_model(model, blocks, cfg.experts, cfg.shared_experts, k, router=cfg.router)
     return Method("cmoe", carved=carved, experts=cfg.experts, shared=cfg.shared_experts, oracle=cfg.oracle)
 
 
