@@ -1,4 +1,4 @@
-"""``lmbricks sparsify``: activation sparsity by training (ReLU-fication, ProSparse)."""
+"""``lmbricks sparsify``: activation sparsity by training (ReLU-fication) and training-free (GRIFFIN, CATS)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ from typing import Any
 
 import typer
 
-from lmbricks.cli.common import FORCE_HELP, console, reads_checkpoints, training_progress, user_errors
+from lmbricks.cli.common import FORCE_HELP, console, progress_bar, reads_checkpoints, training_progress, user_errors
 
-app = typer.Typer(help="Make dense models activation-sparse by training (ReLU-fication).", no_args_is_help=True)
+app = typer.Typer(
+    help="Activation sparsity: ReLU-fication by training; training-free GRIFFIN and CATS, measured.",
+    no_args_is_help=True,
+)
 
 
 @app.command()
@@ -78,3 +81,58 @@ def relufy(
     f = result.final
     console.print(f"threshold {result.threshold:.4g}  bpb {f['mean_bpb']:.3f}  zeros {f['mean_zero_fraction']:.1%}")
     console.print(f"output: {result.out}")
+
+
+@app.command()
+@user_errors
+@reads_checkpoints
+def evaluate(
+    model: str = typer.Argument(..., help="Model (registry name or HF directory) loading as lmbricks' LM."),
+    out: Path = typer.Argument(..., help="Output directory (results.json)."),
+    method: str = typer.Option("griffin", "--method", help="griffin | cats (gate threshold) | cmoe (carved MoE)."),
+    keep: list[float] | None = typer.Option(None, "--keep", help="Fraction of FFN neurons kept (repeat; 0.5 0.25)."),
+    domains: str = typer.Option("en_prose,code,math,zh,dialogue", "--domains", help="Comma-separated corpora."),
+    text_file: list[Path] | None = typer.Option(None, "--text-file", help="Read the windows from this file instead."),
+    sequences: int = typer.Option(4, "--sequences", help="Windows (prompt + continuation) per domain."),
+    prompt_tokens: int = typer.Option(512, "--prompt-tokens", help="Prompt tokens per window."),
+    continuation_tokens: int = typer.Option(128, "--continuation-tokens", help="Held-out tokens scored after it."),
+    calibration_tokens: int = typer.Option(2048, "--calibration-tokens", help="CATS, CMoE: train tokens per domain."),
+    experts: int = typer.Option(32, "--experts", help="CMoE: experts per FFN."),
+    shared_experts: int = typer.Option(4, "--shared-experts", help="CMoE: shared (always on) experts."),
+    oracle: bool = typer.Option(False, "--oracle", help="CMoE: route by true expert mass (a bound)."),
+    router: str = typer.Option("analytic", "--router", help="CMoE: analytic | linear (moefy's ridge fit)."),
+    decode_tokens: int = typer.Option(32, "--decode-tokens", help="Greedy tokens per arm and round timed (0: none)."),
+    rounds: int = typer.Option(3, "--rounds", help="Timing rounds (arm order rotates)."),
+    precision: str = typer.Option("auto", "--precision", help="auto | bf16 | fp32 weights."),
+    threads: int = typer.Option(1, "--threads", help="torch intra-op threads while measuring."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+) -> None:
+    """Training-free FFN sparsity against dense: GRIFFIN (arXiv 2404.01365), CATS (2404.08763), CMoE (2502.04416).
+
+    Each window is a prompt and its held-out continuation; prints the continuation's perplexity
+    change per domain and the decoding speed (CPU time; not for CMoE, applied as a mask); writes
+    OUT/results.json. See docs/emergent-bricks.md.
+
+    Example: lmbricks sparsify evaluate smollm2-135m-instruct runs/griffin --method griffin --keep 0.5 --keep 0.25
+    """
+    from lmbricks.config import validate
+    from lmbricks.sparsify.evaluate import SparsifyEvalConfig, run_sparsify_eval
+
+    fields: dict[str, Any] = dict(
+        model=model, out=out, method=method, keep=keep, domains=[d for d in domains.split(",") if d],
+        text_files=text_file, sequences=sequences, prompt_tokens=prompt_tokens, calibration_tokens=calibration_tokens,
+        continuation_tokens=continuation_tokens, decode_tokens=decode_tokens, rounds=rounds, precision=precision,
+        threads=threads, force=force, experts=experts, shared_experts=shared_experts, oracle=oracle,
+        router=router,
+    )  # fmt: skip
+    cfg = validate(SparsifyEvalConfig, {k: v for k, v in fields.items() if v is not None}, "sparsify evaluate options")
+    with progress_bar(transient=True) as bar:
+        task = bar.add_task(cfg.method, total=None)
+        result = run_sparsify_eval(cfg, lambda done, total: bar.update(task, completed=done, total=total))
+    for arm, change in result.ppl_change.items():
+        per = "  ".join(f"{d} {v:+.1%}" for d, v in change.items() if d != "mean")
+        console.print(f"{arm}: perplexity {change['mean']:+.1%} (mean)  {per}", highlight=False)
+    for arm, tok_s in result.decode_tok_s.items():
+        ffn = result.ffn_decode_ms[arm]
+        console.print(f"{arm}: decode {tok_s:.1f} tokens/s, FFN {ffn:.3f} ms/token (CPU time)", highlight=False)
+    console.print(f"output: {cfg.out}")
