@@ -10,6 +10,7 @@ given the prefix; the highest wins. Compute: tokens through the model and CPU se
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -143,15 +144,30 @@ class EvalTallies:
         self.by[condition].count(*self.by[source].last)
 
 
-def paired(a: Tally, b: Tally) -> dict[str, int]:
-    """Items ``a`` answers and ``b`` does not (``gained``), and the reverse (``lost``): the discordant pairs.
+def sign_test(gained: int, lost: int) -> float:
+    """Two-sided exact sign test of ``gained`` against ``lost`` discordant pairs (ties dropped): the p-value.
+
+    Args:
+        gained: items the compared condition answers and the reference does not.
+        lost: the reverse.
+
+    Returns:
+        ``P(|X - n/2| >= |gained - n/2|)`` for ``X ~ Binomial(n, 1/2)``, ``n = gained + lost``; 1 when n = 0.
+    """
+    n, k = gained + lost, max(gained, lost)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k, n + 1)) / 2**n) if n else 1.0
+
+
+def paired(a: Tally, b: Tally) -> dict[str, Any]:
+    """Items ``a`` answers and ``b`` does not (``gained``), the reverse (``lost``), and their sign test.
 
     Args:
         a: the condition compared (e.g. the plug-in).
         b: the reference (e.g. no document), scored on the same items in the same order.
 
     Returns:
-        ``{"gained": int, "lost": int}``; a sign test on these two counts is the paired comparison.
+        ``{"gained": int, "lost": int, "p_sign": float}`` (:func:`sign_test` of the two counts).
     """
     pairs = list(zip(a.outcomes, b.outcomes, strict=True))
-    return {"gained": sum(x and not y for x, y in pairs), "lost": sum(y and not x for x, y in pairs)}
+    gained, lost = sum(x and not y for x, y in pairs), sum(y and not x for x, y in pairs)
+    return {"gained": gained, "lost": lost, "p_sign": sign_test(gained, lost)}
