@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from lmbricks.cli.main import app
 from lmbricks.plugins.knowledge.cloze import ClozeItem, build_items, split_sentences
-from lmbricks.plugins.knowledge.evaluate import score_item
+from lmbricks.plugins.knowledge.evaluate import EvalTallies, score_item
 from lmbricks.testing import save_tiny_model, tiny_llama_config
 
 runner = CliRunner()
@@ -81,3 +81,31 @@ def test_eval_cli_end_to_end(tmp_path: Path) -> None:
     bad = runner.invoke(app, ["plugins", "knowledge", "eval", str(base), "-o", str(tmp_path / "r2"),
                               "--sections", "no-such-section"])  # fmt: skip
     assert bad.exit_code != 0 and "no-such-section" in bad.output and "Traceback" not in bad.output
+    # the same run on the plug-ins just trained gives the same answers; plug-ins of other text are refused
+    trained = str(tmp_path / "run" / "plugins")
+    again = runner.invoke(app, ["plugins", "knowledge", "eval", str(base), "-o", str(tmp_path / "run2"), *files,
+                                "--per-document", "2", "--precision", "fp32", "--trained", trained])  # fmt: skip
+    assert again.exit_code == 0, again.output
+    second = json.loads((tmp_path / "run2" / "result.json").read_text())
+    assert second["outcomes"] == result["outcomes"] and not (tmp_path / "run2" / "plugins").exists()
+    (tmp_path / "cron.txt").write_text(DOCS["cron"] + " One more sentence about the crontab file.")
+    other = runner.invoke(app, ["plugins", "knowledge", "eval", str(base), "-o", str(tmp_path / "run3"), *files,
+                                "--trained", trained])  # fmt: skip
+    assert other.exit_code != 0 and "'cron'" in other.output and "Traceback" not in other.output
+
+
+def test_a_shared_context_is_charged_to_every_question(tiny_llama: Path) -> None:
+    """Encoding the document once for consecutive questions changes neither the answers nor the tokens counted."""
+    from lmbricks.hub import load_hf_model
+
+    model, tok = load_hf_model(tiny_llama)
+    train, items = build_items(DOCS, held_every=4, per_document=3)
+    tallies = EvalTallies()
+    for item in items:
+        tallies.add("prompt", item, model, tok, train[item.document])
+        tallies.repeat("prompt", "routed")
+    direct = [score_item(model, tok, i, train[i.document]) for i in items]  # each re-reads its document
+    assert tallies.by["prompt"].outcomes == [chosen == i.answer for (chosen, _), i in zip(direct, items, strict=True)]
+    assert tallies.by["prompt"].tokens == sum(t for _, t in direct)
+    assert tallies.by["routed"].outcomes == tallies.by["prompt"].outcomes  # a repeat counts the same item again
+    assert tallies.by["routed"].cpu_s == tallies.by["prompt"].cpu_s

@@ -102,6 +102,9 @@ def evaluate(
     ),
     steps: int = typer.Option(30, "--steps", help="Optimizer steps per plug-in."),
     per_document: int = typer.Option(8, "--per-document", help="Cloze items per section (at most)."),
+    trained: Path | None = typer.Option(
+        None, "--trained", help="Plug-ins already trained on these training parts (a run's plugins/): not retrained."
+    ),
     precision: RequestedPrecision = precision_option(),
     force: bool = force_option(),
 ) -> None:
@@ -115,7 +118,7 @@ def evaluate(
     names = tuple(s.strip() for s in sections.split(",") if s.strip())
     job = KnowledgeEvalJob(model, out, knowledge_config(steps=steps, precision=precision), names,
                            per_document=per_document, precision=precision, force=force,
-                           documents=tuple(str(d) for d in docs or ()))  # fmt: skip
+                           documents=tuple(str(d) for d in docs or ()), trained=trained)  # fmt: skip
     with stage_progress("building items") as progress:
         result = run_knowledge_eval(job, command_line(), progress)
     for cond, row in result["conditions"].items():

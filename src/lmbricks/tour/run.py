@@ -86,6 +86,7 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 #: The sections of :func:`default_sections`, in report order (``lmbricks tour --section NAME``).
 SECTION_NAMES = (
     "inventory", "domains", "sparsity", "moefy", "bricks", "merge", "grow", "trace", "moe", "proxy", "tuning",
+    "plugins",
 )  # fmt: skip
 
 
@@ -161,6 +162,7 @@ def default_sections() -> list[tuple[str, Section]]:
     from lmbricks.tour.merge import merge_section
     from lmbricks.tour.moe import moe_section
     from lmbricks.tour.moefy import moefy_section
+    from lmbricks.tour.plugins import plugins_section
     from lmbricks.tour.proxy import proxy_section
     from lmbricks.tour.sections import domains_section, inventory_section
     from lmbricks.tour.sparsity import sparsity_section
@@ -179,6 +181,7 @@ def default_sections() -> list[tuple[str, Section]]:
         moe_section,
         proxy_section,
         tuning_section,
+        plugins_section,
     ]
     return list(zip(SECTION_NAMES, functions, strict=True))
 

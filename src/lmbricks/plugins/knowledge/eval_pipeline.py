@@ -15,7 +15,7 @@ from lmbricks.errors import ConfigError
 from lmbricks.hub import reference_paths
 from lmbricks.plugins.knowledge.cloze import ClozeItem, build_items
 from lmbricks.plugins.knowledge.config import DEFAULT_SECTIONS
-from lmbricks.plugins.knowledge.evaluate import EvalTallies
+from lmbricks.plugins.knowledge.evaluate import EvalTallies, paired
 from lmbricks.plugins.knowledge.pipeline import KnowledgeTrainJob, read_documents, train_knowledge
 from lmbricks.runtime import autocast, resolve_precision
 from lmbricks.runtime.precision import RequestedPrecision
@@ -36,6 +36,7 @@ class KnowledgeEvalJob:
     precision: RequestedPrecision = "auto"
     force: bool = False
     documents: tuple[str, ...] = ()  # text files to use instead of the handbook sections
+    trained: Path | None = None  # plug-ins an earlier run trained on these training parts: not trained again
 
 
 def handbook_sections(names: tuple[str, ...]) -> dict[str, str]:
@@ -82,15 +83,38 @@ def _score_all(
             found = ks.index.route(item.query(), 1)
             routed = found[0] if found else None
             tallies.routed_right += int(routed == item.document)
-            pairs: tuple[tuple[str, str | None], ...] = (("plugin", item.document), ("routed", routed))
-            for cond, name in pairs:
-                if name is None:  # nothing matched: the base alone answers
-                    tallies.add(cond, item, model, tok)
-                    continue
-                with plugged(model, ks.get(name).path, base) as m:
-                    tallies.add(cond, item, m, tok)
+            with plugged(model, ks.get(item.document).path, base) as m:
+                tallies.add("plugin", item, m, tok)
+            if routed == item.document:  # the same plug-in on the same item: the same answer and cost
+                tallies.repeat("plugin", "routed")
+            elif routed is None:  # nothing matched: the base alone answers
+                tallies.add("routed", item, model, tok)
+            else:
+                with plugged(model, ks.get(routed).path, base) as m:
+                    tallies.add("routed", item, m, tok)
             progress("", 1)
     return tallies
+
+
+def _check_trained(path: Path, train: dict[str, str]) -> Path:
+    """``path`` if its plug-ins are exactly one per training part, each trained on that text (sha256).
+
+    Raises:
+        ConfigError: a plug-in missing or extra, or one trained on other text (names it).
+    """
+    import hashlib
+
+    from lmbricks.plugins.knowledge.pipeline import read_knowledge
+
+    ks = read_knowledge(path)
+    if sorted(ks.names()) != sorted(train):
+        raise ConfigError(
+            f"--trained {path}: plug-ins {', '.join(ks.names())}, but the sections are {', '.join(train)}"
+        )
+    for name, text in train.items():
+        if ks.get(name).sha256 != hashlib.sha256(text.encode("utf-8")).hexdigest():
+            raise ConfigError(f"--trained {path}: plug-in {name!r} was trained on other text than its training part")
+    return path
 
 
 def run_knowledge_eval(job: KnowledgeEvalJob, command: str, progress: Progress) -> dict[str, Any]:
@@ -114,8 +138,10 @@ def run_knowledge_eval(job: KnowledgeEvalJob, command: str, progress: Progress) 
         for name, text in train.items():
             (tmp / "documents" / f"{name}.txt").write_text(text, encoding="utf-8")
         files = tuple(str(tmp / "documents" / f"{n}.txt") for n in train)
-        train_knowledge(KnowledgeTrainJob(job.model, files, tmp / "plugins", job.lora), command, progress)
-        tallies = _score_all(job, train, items, tmp / "plugins", progress)
+        if job.trained is None:
+            train_knowledge(KnowledgeTrainJob(job.model, files, tmp / "plugins", job.lora), command, progress)
+        kb = tmp / "plugins" if job.trained is None else _check_trained(job.trained, train)
+        tallies = _score_all(job, train, items, kb, progress)
         result = summarise(tallies, items)
         (tmp / "items.json").write_text(json.dumps([vars(i) for i in items], indent=1) + "\n")
         (tmp / "result.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -123,6 +149,7 @@ def run_knowledge_eval(job: KnowledgeEvalJob, command: str, progress: Progress) 
             "train": job.lora.model_dump(mode="json"),
             "sections": list(job.sections),
             "held_every": job.held_every,
+            "trained": str(job.trained) if job.trained is not None else None,
         }
         write_provenance(tmp, command=command, recipe=recipe, inputs={"base": base_model(job.model).path})
     return result
@@ -135,6 +162,37 @@ def summarise(tallies: EvalTallies, items: list[ClozeItem]) -> dict[str, Any]:
     recovered = (rows["plugin"]["accuracy"] - rows["none"]["accuracy"]) / gain if gain > 0 else None
     ratio = rows["plugin"]["cpu_s_per_question"] / max(rows["prompt"]["cpu_s_per_question"], 1e-12)
     tokens = rows["plugin"]["tokens_per_question"] / max(rows["prompt"]["tokens_per_question"], 1)
+    by = tallies.by
+    versus = {
+        f"{a}_vs_{b}": paired(by[a], by[b]) for a, b in (("prompt", "none"), ("plugin", "none"), ("routed", "none"))
+    }
     return {"items": len(items), "conditions": rows, "routing_accuracy": tallies.routed_right / max(1, len(items)),
             "gain_recovered": recovered, "plugin_cpu_vs_prompt": ratio, "plugin_tokens_vs_prompt": tokens,
+            "paired": versus, "outcomes": {c: t.outcomes for c, t in by.items()},
             "targets": {"gain_recovered": ">= 0.5", "compute_ratio": "<= 0.4"}}  # fmt: skip
+
+
+#: The four conditions as docs/plugins.md's table names them.
+CONDITION_NAMES = {"none": "no document", "prompt": "document in the prompt", "plugin": "the document's plug-in",
+                   "routed": "the plug-in chosen by BM25"}  # fmt: skip
+
+
+def markdown_table(result: dict[str, Any]) -> list[str]:
+    """docs/plugins.md's table of a knowledge evaluation: one row per condition, from ``result.json``.
+
+    Args:
+        result: what :func:`run_knowledge_eval` returns (or its ``result.json``).
+
+    Returns:
+        The Markdown lines: header, rule, then accuracy (right / items), its Wilson 95% interval,
+        tokens and CPU seconds per question.
+    """
+    lines = ["| condition | right | accuracy | Wilson 95% interval | tokens / question | CPU s / question |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for cond, row in result["conditions"].items():
+        lo, hi = row["ci95"]
+        lines.append(
+            f"| {CONDITION_NAMES[cond]} | {row['correct']}/{row['items']} | {row['accuracy']:.0%} | "
+            f"{lo:.0%} - {hi:.0%} | {row['tokens_per_question']:.0f} | {row['cpu_s_per_question']:.2f} |"
+        )
+    return lines

@@ -187,5 +187,6 @@ def accuracy_heatmap(result: PasskeyResult, method: str, path: Any) -> Any:
 
     job = result.job
     matrix = [[result.accuracy(method, n, d) for d in job.depths] for n in job.lengths]
-    rows, cols = [f"{n // 1024}k" for n in job.lengths], [f"{d:.0%}" for d in job.depths]
+    rows = [f"{n // 1024}k" if n % 1024 == 0 else str(n) for n in job.lengths]  # 768 stays 768, not "0k"
+    cols = [f"{d:.0%}" for d in job.depths]
     return heatmap(path, matrix, rows, cols, f"{method}: passkey accuracy ({job.filler})", "{:.0%}")
