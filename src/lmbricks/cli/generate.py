@@ -26,6 +26,12 @@ def generate(
     window: int = typer.Option(4096, "--window", help="InfLLM local window (tokens)."),
     top_k: int = typer.Option(16, "--top-k", help="InfLLM memory blocks retrieved per chunk."),
     chunk_size: int = typer.Option(512, "--chunk-size", help="Prefill chunk (tokens)."),
+    griffin: float | None = typer.Option(
+        None,
+        "--griffin",
+        help="With --memory none: keep this fraction of each FFN's neurons while generating, chosen once "
+        "from the prompt (GRIFFIN, arXiv 2404.01365; docs/emergent-bricks.md).",
+    ),
     precision: RequestedPrecision = precision_option(),
     as_json: bool = typer.Option(False, "--json", help="Print the completion and timings as JSON."),
 ) -> None:
@@ -36,6 +42,8 @@ def generate(
     past its trained window. See docs/plugins.md.
 
     Example: lmbricks generate smollm2-135m-instruct --memory infllm --prompt-file long.txt --max-new-tokens 32
+
+    Example: lmbricks generate smollm2-135m-instruct --memory none --griffin 0.5 --prompt-file prompt.txt
     """
     from lmbricks.errors import ConfigError
     from lmbricks.plugins.memory.config import InfLLMConfig
@@ -47,7 +55,7 @@ def generate(
             raise ConfigError(f"--memory: {memory!r} is not one of infllm, sliding, none, nor a memory brick directory")
         brick, memory = Path(memory).expanduser(), "infllm"
     infllm = InfLLMConfig(window=window, top_k=top_k, chunk_size=chunk_size)
-    job = GenerateJob(model, prompt_file, memory, max_new_tokens, precision, infllm, brick)  # type: ignore[arg-type]
+    job = GenerateJob(model, prompt_file, memory, max_new_tokens, precision, infllm, brick, griffin)  # type: ignore[arg-type]
     with progress_bar(transient=True) as bar:
         task = bar.add_task("prefill", total=None)
         result = run_generate(job, lambda done, total: bar.update(task, completed=done, total=total))

@@ -7,6 +7,7 @@ cache, as the base model would run it.
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import time
 from collections.abc import Callable
@@ -73,6 +74,7 @@ def generate(
     max_new_tokens: int = 32,
     eos_token_id: int | None = None,
     progress: Progress | None = None,
+    griffin: float | None = None,
 ) -> Generation:
     """Greedy continuation of one prompt, with InfLLM memory or plain.
 
@@ -83,19 +85,24 @@ def generate(
         max_new_tokens: tokens to generate (stops early at ``eos_token_id``).
         eos_token_id: the end-of-sequence id, or None.
         progress: called after each prefill chunk.
+        griffin: with the plain model only, the fraction of each FFN's neurons kept while
+            generating, chosen once from the prompt (GRIFFIN, arXiv 2404.01365; see
+            ``lmbricks.sparsify.griffin``); None keeps the dense FFNs.
 
     Returns:
         A :class:`Generation` (tokens, timings, peak memory).
 
     Raises:
         ConfigError: an empty prompt, a batch of several prompts, a non-attention model, a window
-            larger than the model's.
+            larger than the model's, ``griffin`` with a memory or outside (0, 1].
     """
     ids = input_ids.reshape(1, -1) if input_ids.dim() == 1 else input_ids
     if ids.shape[0] != 1 or ids.shape[1] == 0:
         raise ConfigError(f"input_ids: one non-empty prompt expected, got shape {tuple(input_ids.shape)}")
+    if griffin is not None and memory is not None:
+        raise ConfigError("griffin: GRIFFIN's neuron selection runs with the plain model only (memory none)")
     if memory is None:
-        return _plain(model, ids, max_new_tokens, eos_token_id, progress)
+        return _plain(model, ids, max_new_tokens, eos_token_id, progress, griffin)
     plug = MemoryPlug(model, memory)
     with plug:
         t0, c0, T = time.perf_counter(), time.process_time(), ids.shape[1]
@@ -110,14 +117,23 @@ def generate(
     return out
 
 
-def _plain(model: nn.Module, ids: Tensor, max_new: int, eos: int | None, progress: Progress | None) -> Generation:
+def _plain(
+    model: nn.Module, ids: Tensor, max_new: int, eos: int | None, progress: Progress | None, griffin: float | None
+) -> Generation:
+    """The plain model's greedy continuation; with ``griffin``, FFNs restricted after the prefill."""
+    from lmbricks.sparsify.griffin import Griffin
+
     t0, c0 = time.perf_counter(), time.process_time()
     cache: Any = KVCache(model.cfg.num_layers) if isinstance(model, LM) else _hf_cache()
-    logits = _last_logits(model, ids, cache)
-    if progress is not None:
-        progress(ids.shape[1], ids.shape[1])
-    out = Generation([], ids.shape[1], time.perf_counter() - t0, 0.0, prefill_cpu_s=time.process_time() - c0)
-    _decode(out, logits, lambda nxt: _last_logits(model, nxt, cache), max_new, eos)
+    with contextlib.ExitStack() as stack:
+        selection = None if griffin is None else stack.enter_context(Griffin(model, griffin))  # validates keep
+        logits = _last_logits(model, ids, cache)
+        if selection is not None:
+            selection.prune()  # the prompt's statistic picks each FFN's neurons, counted in the prefill
+        if progress is not None:
+            progress(ids.shape[1], ids.shape[1])
+        out = Generation([], ids.shape[1], time.perf_counter() - t0, 0.0, prefill_cpu_s=time.process_time() - c0)
+        _decode(out, logits, lambda nxt: _last_logits(model, nxt, cache), max_new, eos)
     out.peak_rss_mb = _peak_mb()
     if isinstance(cache, KVCache):
         out.memory_mb = sum(t.numel() * t.element_size() for t in [*cache.keys, *cache.values] if t is not None) / 2**20

@@ -33,6 +33,8 @@ class GenerateJob:
         infllm: the memory settings.
         memory_brick: a directory from ``lmbricks plugins memory save``; its settings replace
             ``infllm``, and it is refused for another base than ``model``.
+        griffin: with ``memory`` "none" only, the fraction of FFN neurons kept while generating,
+            chosen once from the prompt (GRIFFIN); None keeps the dense FFNs.
     """
 
     model: str
@@ -42,6 +44,7 @@ class GenerateJob:
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     infllm: InfLLMConfig = field(default_factory=InfLLMConfig)
     memory_brick: Path | None = None
+    griffin: float | None = Field(default=None, gt=0.0, le=1.0)
 
 
 @dataclass
@@ -116,11 +119,13 @@ def run_generate(job: GenerateJob, progress: Progress | None = None) -> TextGene
     """
     text = read_prompt(job.prompt_file)
     memory = job_memory(job)
+    if job.griffin is not None and memory is not None:
+        raise ConfigError("--griffin runs with the plain model only: give --memory none")
     model, tokenizer, resolved = _load(job.model, job.precision)
     import torch
 
     ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
-    out = generate(model, ids, memory, job.max_new_tokens, tokenizer.eos_token_id, progress)
+    out = generate(model, ids, memory, job.max_new_tokens, tokenizer.eos_token_id, progress, job.griffin)
     return TextGeneration(tokenizer.decode(out.tokens, skip_special_tokens=True), out, resolved)
 
 
