@@ -258,6 +258,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         from moefy_relufied import relufied_only
 
         out = relufied_only(args, cfg, ks, clock, rounds, settings)
+        out["command"] = "python bench/moefy.py " + " ".join(sys.argv[1:] if argv is None else argv)
         print(json.dumps(out, indent=2))
         return out
     clock.start("machine limits")
@@ -291,6 +292,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         relufied = relufied_arm(args, cfg, ks, evals, before.dense_ppl, clock, rounds, settings)
     clock.stop()
     out = _report(args, info, before, healed, speeds, ks, eval_chunks, machine, clock, rounds, heal_minutes)
+    out["command"] = "python bench/moefy.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if relufied:
         out = {**relufied.pop("keys"), **out, **relufied}
     print(json.dumps(out, indent=2))
