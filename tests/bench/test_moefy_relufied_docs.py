@@ -55,7 +55,6 @@ def test_relufied_per_k_table_equals_its_json() -> None:
             assert relu == pytest.approx(vs_relu[f"{mode}_{k}"], abs=5e-4), (name, mode)
 
 
-@pytest.mark.skipif(not MASKING_RUN.exists(), reason="the run's JSON is not committed")
 def test_masking_table_equals_its_json() -> None:
     run = json.loads(MASKING_RUN.read_text())
     rows = _rows("| model | exact zeros | masked 50% |")
