@@ -34,7 +34,7 @@ Prints JSON with ``heal_tokens`` (tokens seen while healing), ``ffn_speedup_25pc
 stage of this process, since the 2 cores may be shared).
 
 ``--relufied DIR`` (a ReLU-fied ``--model``, ``lmbricks sparsify relufy``'s output) adds the same
-MoEfication of that model (bench/moefy_relufied.py): ``relufied_sparsity``, ``relufied_ppl_change``,
+MoEfication of that model (bench/moefy_relufied_workers.py): ``relufied_sparsity``, ``relufied_ppl_change``,
 ``ppl_change_50pct_healed_relufied``, ``ppl_change_25pct_healed_relufied`` (against the source
 SwiGLU model), ``ffn_speedup_25pct_relufied`` (zero-skipping where it pays), ``heal_tokens_relufied``
 and ``details_relufied``; ``--relufied-only`` skips the source's conversion (its keys are then null).
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     settings = {"minutes": heal_minutes, "lr": args.heal_lr, "k25": k25, "k50": k50, "eval_chunks": eval_chunks,
                 "eval_seq_len": args.eval_seq_len, "precision": args.heal_precision}  # fmt: skip
     if args.relufied_only:
-        from moefy_relufied import relufied_only
+        from moefy_relufied_workers import relufied_only
 
         out = relufied_only(args, cfg, ks, clock, rounds, settings)
         out["command"] = "python bench/moefy.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         healed = heal_run(directory, args.model, settings, args.threads)
     relufied: dict[str, Any] = {}
     if args.relufied:
-        from moefy_relufied import relufied_arm
+        from moefy_relufied_workers import relufied_arm
 
         relufied = relufied_arm(args, cfg, ks, evals, before.dense_ppl, clock, rounds, settings)
     clock.stop()

@@ -89,6 +89,9 @@ def curve(ref: str, sparsities: list[float], chunks: int, seq_len: int) -> dict[
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    import lmbricks
+
+    lmbricks.tune_process()
     args = _parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     out: dict[str, Any] = {

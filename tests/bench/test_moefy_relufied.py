@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from moefy_relufied import relufied_speeds, zero_fraction
+from moefy_relufied_workers import relufied_speeds, zero_fraction
 from moefy_workers import FATReLU, _fused_forward, activation_threshold, arm_k, load_dense, set_threshold
 
 from lmbricks.hub import load_hf_model

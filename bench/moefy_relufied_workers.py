@@ -1,5 +1,8 @@
 """bench/moefy.py's ReLU-fied arm (``--relufied DIR``): the same MoEfication of a ReLU-fied ``--model``.
 
+A helper of bench/moefy.py, never a script of its own (named ``*_workers`` so that ``make bench``
+skips it, as it skips the harness's workers); its own timed workloads are moefy_workers.py's.
+
 The ReLU-fied model (``lmbricks sparsify relufy``'s output; FATReLU's threshold restored from its
 ``lmbricks`` section, ``moefy_workers.load_dense``) is converted with the source's settings, on the
 same calibration and test blocks, and measured like the source:
