@@ -33,10 +33,18 @@ Prints JSON with ``heal_tokens`` (tokens seen while healing), ``ffn_speedup_25pc
 (changes as fractions, 0.10 = +10%), plus the details (including the wall and CPU seconds of every
 stage of this process, since the 2 cores may be shared).
 
+``--relufied DIR`` (a ReLU-fied ``--model``, ``lmbricks sparsify relufy``'s output) adds the same
+MoEfication of that model (bench/moefy_relufied_workers.py): ``relufied_sparsity``, ``relufied_ppl_change``,
+``ppl_change_50pct_healed_relufied``, ``ppl_change_25pct_healed_relufied`` (against the source
+SwiGLU model), ``ffn_speedup_25pct_relufied`` (zero-skipping where it pays), ``heal_tokens_relufied``
+and ``details_relufied``; ``--relufied-only`` skips the source's conversion (its keys are then null).
+``--heal-precision bf16`` heals under bf16 autocast (more tokens in the same minutes).
+
 Usage:
     python bench/moefy.py                    # 4 x 256 eval tokens/domain, 8 min healing
     python bench/moefy.py --heal-minutes 30  # the issue's healing budget
     python bench/moefy.py --quick            # 2 x 256 eval tokens/domain, 2 min healing, 2 rounds
+    python bench/moefy.py --relufied runs/smol-relu --clock cpu --threads 1   # both arms
 """
 
 from __future__ import annotations
@@ -93,6 +101,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--heal-minutes", type=float, default=None, help="healing budget (default 8, quick 2)")
     parser.add_argument("--heal-lr", type=float, default=1e-4, help="learning rate of the experts")
+    parser.add_argument("--heal-precision", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast")
+    parser.add_argument("--relufied", default=None, help="also cut this ReLU-fied model of --model (relufy's output)")
+    parser.add_argument(
+        "--relufied-only", action="store_true", help="with --relufied: the source gives its dense perplexity only"
+    )
+    parser.add_argument(
+        "--relufied-phases", nargs="+", default=["ffn_prefill", "ffn_decode", "model_decode"],
+        choices=["ffn_prefill", "ffn_decode", "model_decode"], help="the ReLU-fied arm's timed phases",
+    )  # fmt: skip
     parser.add_argument("--calib-chunks", type=int, default=None, help="calibration blocks per domain")
     parser.add_argument("--calib-seq-len", type=int, default=512, help="tokens per calibration block")
     parser.add_argument("--eval-chunks", type=int, default=None, help="eval blocks per domain (override)")
@@ -115,6 +132,7 @@ def timings(
     clock: str = "wall",
     quick: bool = False,
     phases: tuple[str, ...] = PHASES,
+    zero_skip: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Every timed (phase, arm) in its own fresh process per round (bench/harness.py), medians.
 
@@ -127,14 +145,15 @@ def timings(
         clock: ``"wall"`` or ``"cpu"``.
         quick: fewer repetitions of the whole-model workloads.
         phases: a subset of :data:`PHASES` (the reproducibility test times the FFN's prefill).
+        zero_skip: also time every K with zero-skipping on (arms ``K=k+zs``; ``K=k`` has it off).
 
     Returns:
-        ``{phase: {arm: median seconds by the clock}}``; arms ``dense``, ``dense_fused`` (FFN only)
-        and ``K=k``.
+        ``{phase: {arm: median seconds by the clock}}``; arms ``dense``, ``dense_fused`` (FFN only),
+        ``K=k`` and, with ``zero_skip``, ``K=k+zs``.
     """
     from harness import CLOCKS, Workload, alternate, medians
 
-    k_arms = [f"K={k}" for k in ks]
+    k_arms = [f"K={k}{zs}" for k in ks for zs in (("", "+zs") if zero_skip else ("",))]
     common = {"directory": directory, "threads": threads}
     ffn_phases = {"ffn_prefill": (PREFILL[0] * PREFILL[1], 15), "ffn_decode": (1, 50)}
     work: dict[str, Workload] = {}
@@ -186,12 +205,25 @@ def _speeds(t: dict[str, dict[str, float]], ks: list[int], cfg: Any, machine: di
     return {"ffn": ffn, "model": whole}
 
 
-def _change(ppl: dict[str, float] | None, dense: dict[str, float]) -> float | None:
+def mean_change(ppl: dict[str, float] | None, dense: dict[str, float]) -> float | None:
+    """The mean over domains of ``ppl / dense - 1`` (None without ``ppl``)."""
     return None if ppl is None else sum(ppl[d] / dense[d] - 1.0 for d in ppl) / len(ppl)
 
 
-def _per_domain(ppl: dict[str, float] | None, dense: dict[str, float]) -> dict[str, float] | None:
+def per_domain_change(ppl: dict[str, float] | None, dense: dict[str, float]) -> dict[str, float] | None:
+    """``{domain: ppl / dense - 1}`` (None without ``ppl``)."""
     return None if ppl is None else {d: ppl[d] / dense[d] - 1.0 for d in ppl}
+
+
+def heal_run(directory: str, model: str, settings: dict[str, Any], threads: int | None) -> dict[str, Any]:
+    """Heal the saved MoEfied model in a fresh process (``moefy_workers.heal_case``); {} at 0 minutes."""
+    from harness import Workload, alternate
+
+    if settings["minutes"] <= 0:
+        return {}
+    work = Workload(WORKERS, "heal_case", {"directory": directory, "model": model, "settings": settings,
+                                             "threads": threads})  # fmt: skip
+    return dict(alternate({"heal": work}, 1)["heal"][0])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -201,7 +233,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = _parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from harness import Workload, alternate
     from machine import measure_machine
 
     from lmbricks.analysis import find_ffns
@@ -219,21 +250,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     calib_chunks = args.calib_chunks or (2 if args.quick else 4)
     eval_chunks = args.eval_chunks or (2 if args.quick else 4)
     rounds = args.rounds or (2 if args.quick else 3)
+    cfg = make_config(experts=e, top_k=k50, split=args.split, router=args.router, calib_chunks=calib_chunks,
+                      calib_seq_len=args.calib_seq_len, router_steps=150 if args.quick else 300)  # fmt: skip
+    settings = {"minutes": heal_minutes, "lr": args.heal_lr, "k25": k25, "k50": k50, "eval_chunks": eval_chunks,
+                "eval_seq_len": args.eval_seq_len, "precision": args.heal_precision}  # fmt: skip
+    if args.relufied_only:
+        from moefy_relufied_workers import relufied_only
+
+        out = relufied_only(args, cfg, ks, clock, rounds, settings)
+        out["command"] = "python bench/moefy.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        print(json.dumps(out, indent=2))
+        return out
     clock.start("machine limits")
     machine = measure_machine(((4 * 256, 576, 2 * 1536),), min_seconds=0.2, clock=args.clock)
 
     clock.start("load")
     dense, tokenizer = load_hf_model(args.model)
     model, _ = load_hf_model(args.model)
-    cfg = make_config(
-        experts=e,
-        top_k=k50,
-        split=args.split,
-        router=args.router,
-        calib_chunks=calib_chunks,
-        calib_seq_len=args.calib_seq_len,
-        router_steps=150 if args.quick else 300,
-    )
     clock.start("convert")
     info = moefy_model(model, tokenizer, cfg)
     evals = domain_chunks(tokenizer, DOMAINS, "test", eval_chunks, args.eval_seq_len)
@@ -250,16 +283,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         clock.start("timing (fresh processes)")
         t = timings(directory, args.model, ks, rounds, args.threads, args.clock, args.quick)
         speeds = _speeds(t, ks, hf_config, machine, e)
-        healed: dict[str, Any] = {}
-        if heal_minutes > 0:
-            clock.start("healing (a fresh process)")
-            settings = {"minutes": heal_minutes, "lr": args.heal_lr, "k25": k25, "k50": k50,
-                        "eval_chunks": eval_chunks, "eval_seq_len": args.eval_seq_len}  # fmt: skip
-            work = Workload(WORKERS, "heal_case", {"directory": directory, "model": args.model,
-                                                     "settings": settings, "threads": args.threads})  # fmt: skip
-            healed = alternate({"heal": work}, 1)["heal"][0]
+        clock.start("healing (a fresh process)")
+        healed = heal_run(directory, args.model, settings, args.threads)
+    relufied: dict[str, Any] = {}
+    if args.relufied:
+        from moefy_relufied_workers import relufied_arm
+
+        relufied = relufied_arm(args, cfg, ks, evals, before.dense_ppl, clock, rounds, settings)
     clock.stop()
     out = _report(args, info, before, healed, speeds, ks, eval_chunks, machine, clock, rounds, heal_minutes)
+    out["command"] = "python bench/moefy.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if relufied:
+        out = {**relufied.pop("keys"), **out, **relufied}
     print(json.dumps(out, indent=2))
     return out
 
@@ -280,7 +315,7 @@ def _report(
 
     def per_domain(mode: str, k: int) -> dict[str, float] | None:
         point = before.find(mode, k)
-        return None if point is None else _per_domain(point.ppl, dense_ppl)
+        return None if point is None else per_domain_change(point.ppl, dense_ppl)
 
     healing = healed.get("healing", {})
     return {
@@ -292,8 +327,8 @@ def _report(
         "model_speedup_25pct": whole[f"prefill_K={k25}_speedup"],
         "ppl_change_50pct_oracle": change("oracle", k50),
         "ppl_change_50pct_router": change("router", k50),
-        "ppl_change_50pct_healed": _change(after.get(str(k50)), dense_ppl),
-        "ppl_change_25pct_healed": _change(after.get(str(k25)), dense_ppl),
+        "ppl_change_50pct_healed": mean_change(after.get(str(k50)), dense_ppl),
+        "ppl_change_25pct_healed": mean_change(after.get(str(k25)), dense_ppl),
         "ffn_prefill_mfu": ffn["ffn_prefill_mfu"],
         "model_prefill_mfu": {k[8:-4]: v for k, v in whole.items() if k.startswith("prefill_") and k.endswith("_mfu")},
         "model_decode_bandwidth_share": {
@@ -319,7 +354,7 @@ def _report(
             "per_domain_50pct": {
                 "oracle": per_domain("oracle", k50),
                 "router": per_domain("router", k50),
-                "healed": _per_domain(after.get(str(k50)), dense_ppl),
+                "healed": per_domain_change(after.get(str(k50)), dense_ppl),
             },
             "ffn_prefill": ffn["ffn_prefill"],
             "ffn_decode": ffn["ffn_decode"],

@@ -19,6 +19,57 @@ FFN_FILE = "bench_ffn.pt"  # one layer's dense and MoEfied FFN modules, for the 
 PREFILL, DECODE_STEPS = (4, 256), 16
 
 
+class FATReLU(torch.nn.Module):
+    """FATReLU (``g if g > T else 0``) as a Hugging Face FFN's ``act_fn`` or a MoEfied FFN's ``act``.
+
+    A ReLU-fied directory says ``hidden_act: relu`` (transformers computes plain relu) and keeps
+    FATReLU's T in its ``lmbricks`` section; :func:`set_threshold` puts it back.
+    """
+
+    def __init__(self, threshold: float) -> None:
+        super().__init__()
+        self.threshold = threshold
+
+    def forward(self, g: torch.Tensor) -> torch.Tensor:
+        from lmbricks.moe.activations import fatrelu
+
+        return fatrelu(g, self.threshold)
+
+
+def activation_threshold(ref: str | Path) -> float:
+    """FATReLU's T of a model reference (config.json's ``lmbricks`` section; 0.0 for any other model)."""
+    import json
+
+    from lmbricks.hub import resolve_model
+
+    hf = json.loads((resolve_model(ref) / "config.json").read_text())
+    section = hf.get("lmbricks", {}).get("config", {}) if isinstance(hf.get("lmbricks"), dict) else {}
+    return float(section.get("activation_threshold") or 0.0) if section.get("activation") == "fatrelu" else 0.0
+
+
+def set_threshold(model: torch.nn.Module, threshold: float) -> None:
+    """Give every FFN of ``model`` (MoEfied FFNs, else the dense blocks) FATReLU with ``threshold`` (0: unchanged)."""
+    from lmbricks.analysis import find_ffns
+    from lmbricks.moefy import moefied_layers
+
+    if threshold <= 0:
+        return
+    layers = moefied_layers(model)
+    for layer in layers:
+        layer.act = FATReLU(threshold)
+    for block in [] if layers else find_ffns(model):
+        block.module.act_fn = FATReLU(threshold)
+
+
+def load_dense(ref: str | Path) -> tuple[Any, Any]:
+    """``load_hf_model(ref)`` with a ReLU-fied model's FATReLU threshold restored (fp32, eval)."""
+    from lmbricks.hub import load_hf_model
+
+    model, tokenizer = load_hf_model(ref)
+    set_threshold(model, activation_threshold(ref))
+    return model, tokenizer
+
+
 def active_params(config: Any, fraction: float) -> dict[str, int]:
     """Matmul parameters one token runs through with ``fraction`` of each FFN's experts active.
 
@@ -50,10 +101,11 @@ def save_ffn(directory: str | Path, dense: torch.nn.Module, moefied: torch.nn.Mo
 
 
 def ffn_case(arm: str, tokens: int, directory: str, reps: int, threads: int | None) -> dict[str, float]:
-    """Time one FFN arm in this (fresh) process: ``dense``, ``dense_fused`` or ``K=k`` (router mode).
+    """Time one FFN arm in this (fresh) process: ``dense``, ``dense_fused``, ``K=k`` or ``K=k+zs`` (router mode).
 
     Args:
-        arm: the arm.
+        arm: the arm (``+zs``: zero-skipping on, else off; ``dense_fused`` takes the dense FFN's gate
+            activation, SiLU or a ReLU-fied model's FATReLU).
         tokens: N, the rows of the (N, H) input (1 for decoding).
         directory: where the parent saved the layer's modules (:data:`FFN_FILE`).
         reps: timed calls (after two warm-up calls).
@@ -75,18 +127,40 @@ def ffn_case(arm: str, tokens: int, directory: str, reps: int, threads: int | No
         module: Any = dense
     elif arm == "dense_fused":
         module = FusedSwiGLU.of(dense.gate_proj.weight, dense.up_proj.weight, dense.down_proj.weight).eval()
+        if not isinstance(dense.act_fn, torch.nn.SiLU):  # a ReLU-fied FFN: the same fused layout, its gate
+            module.forward = _fused_forward(module, dense.act_fn)
     else:
-        moefied.mode, moefied.top_k, moefied.dynamic_threshold = "router", int(arm.split("=")[1]), None
+        k, zero_skip = arm_k(arm)
+        moefied.mode, moefied.top_k, moefied.dynamic_threshold = "router", k, None
+        moefied.skip_zeros = zero_skip
         module = moefied
     with torch.no_grad():
         return time_calls(lambda: module(x), reps, warmup=2)
 
 
+def arm_k(arm: str) -> tuple[int, bool]:
+    """``"K=8"`` -> (8, False), ``"K=8+zs"`` -> (8, True): experts per token and zero-skipping."""
+    k, _, zs = arm.split("=")[1].partition("+")
+    return int(k), zs == "zs"
+
+
+def _fused_forward(fused: Any, act: Any) -> Any:
+    """bench/moe.py's fused gate_up forward with the gate activation ``act`` instead of SiLU."""
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        g, u = fused.gate_up(x).chunk(2, dim=-1)  # (N, I) each
+        return fused.down(act(g) * u)  # (N, H)
+
+    return forward
+
+
 def model_case(arm: str, phase: str, directory: str, model: str, reps: int, threads: int | None) -> dict[str, float]:
     """Time the whole model in this (fresh) process: the dense model (``dense``) or the MoEfied one at ``K=k``.
 
+    A ReLU-fied ``model`` runs with its FATReLU threshold, dense and MoEfied (:func:`set_threshold`).
+
     Args:
-        arm: ``dense`` or ``K=k``.
+        arm: ``dense``, ``K=k`` or ``K=k+zs`` (zero-skipping on; off without ``+zs``).
         phase: ``prefill`` (one forward of :data:`PREFILL` random tokens) or ``decode``
             (:data:`DECODE_STEPS` cached one-token steps after a 32-token prompt, batch 1; the
             prompt's prefill untimed).
@@ -103,17 +177,18 @@ def model_case(arm: str, phase: str, directory: str, model: str, reps: int, thre
 
     from harness import time_calls
 
-    from lmbricks.hub import load_hf_model
     from lmbricks.moefy import set_routing
     from lmbricks.moefy.io import load_moefied
 
     if threads:
         torch.set_num_threads(threads)
     if arm == "dense":
-        net = load_hf_model(model)[0].eval()
+        net = load_dense(model)[0].eval()
     else:
         net = load_moefied(directory)[0]
-        set_routing(net, mode="router", top_k=int(arm.split("=")[1]), dynamic_threshold=None)
+        set_threshold(net, activation_threshold(model))
+        k, zero_skip = arm_k(arm)
+        set_routing(net, mode="router", top_k=k, dynamic_threshold=None, skip_zeros=zero_skip)
     ids = torch.randint(0, int(net.config.vocab_size), PREFILL, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         if phase == "prefill":
@@ -140,10 +215,13 @@ def _decode_once(net: Any, prompt: torch.Tensor) -> dict[str, float]:
 def heal_case(directory: str, model: str, settings: dict[str, Any], threads: int | None) -> dict[str, Any]:
     """Heal the saved MoEfied model in this (fresh) process and measure its perplexity after.
 
+    The teacher is ``model`` (a ReLU-fied one with its FATReLU threshold, the student too).
+
     Args:
         directory: the saved MoEfied model.
         model: the dense teacher's reference.
-        settings: ``minutes``, ``lr``, ``k25``, ``k50``, ``eval_chunks``, ``eval_seq_len``.
+        settings: ``minutes``, ``lr``, ``k25``, ``k50``, ``eval_chunks``, ``eval_seq_len`` and
+            optionally ``precision`` (``fp32``, the default, or ``bf16`` autocast).
         threads: torch threads (None: torch's choice).
 
     Returns:
@@ -151,7 +229,6 @@ def heal_case(directory: str, model: str, settings: dict[str, Any], threads: int
         "after": {"K": {domain: ppl}}, "dense_ppl": {domain: ppl}}``.
     """
     from lmbricks.analysis.corpus import domain_chunks
-    from lmbricks.hub import load_hf_model
     from lmbricks.moefy import set_routing
     from lmbricks.moefy.evaluate import ppl_curve
     from lmbricks.moefy.heal import HealConfig, heal
@@ -159,12 +236,16 @@ def heal_case(directory: str, model: str, settings: dict[str, Any], threads: int
 
     if threads:
         torch.set_num_threads(threads)
-    dense, tokenizer = load_hf_model(model)
+    dense, tokenizer = load_dense(model)
     student = load_moefied(directory)[0]
+    set_threshold(student, activation_threshold(model))
     train = torch.cat(list(domain_chunks(tokenizer, DEFAULT_DOMAINS, "train", 16, 256).values()))
     train = train[torch.randperm(train.shape[0], generator=torch.Generator().manual_seed(0))]
     set_routing(student, mode="router", top_k=settings["k50"])
-    stats = heal(student, dense, train, HealConfig(max_minutes=settings["minutes"], lr=settings["lr"]))
+    precision = settings.get("precision", "fp32")
+    stats = heal(
+        student, dense, train, HealConfig(max_minutes=settings["minutes"], lr=settings["lr"], precision=precision)
+    )
     evals = domain_chunks(tokenizer, DEFAULT_DOMAINS, "test", settings["eval_chunks"], settings["eval_seq_len"])
     after = ppl_curve(student, evals, [settings["k25"], settings["k50"]], ("router",))
     minutes = stats.seconds / 60
@@ -177,6 +258,7 @@ def heal_case(directory: str, model: str, settings: dict[str, Any], threads: int
             "kl_first": stats.kl[0] if stats.kl else None,
             "kl_last_10_mean": sum(stats.kl[-10:]) / max(len(stats.kl[-10:]), 1) if stats.kl else None,
             "lr_experts": settings["lr"],
+            "precision": precision,
         },
         "after": {str(p.top_k): p.ppl for p in after.points},
         "dense_ppl": after.dense_ppl,

@@ -15,6 +15,8 @@ from lmbricks.cli.main import app
 from lmbricks.errors import ConfigError
 from lmbricks.nn import load_model
 from lmbricks.sparsify import RelufyConfig, relufy
+from lmbricks.sparsify.measure import measure
+from lmbricks.sparsify.pipeline import swap_activation
 from lmbricks.sparsify.schedule import l1_factor, threshold_for_sparsity
 
 TEXT = "the quick brown fox jumps over the lazy dog while the cat watches. " * 300
@@ -85,6 +87,24 @@ def test_training_lowers_the_gate_magnitude_and_threshold_hits_target(
     assert model.cfg.activation == "fatrelu" and model.cfg.activation_threshold == pytest.approx(r.threshold)
     prov = json.loads((r.out / "lmbricks.json").read_text())
     assert "sparsify relufy" in json.dumps(prov)
+
+
+def test_output_records_its_final_measurement(tiny_llama: Path, tmp_path: Path, text_file: Path) -> None:
+    """lmbricks.json holds the output's bits per byte and zeros, re-measured here from the saved model."""
+    r = relufy(_cfg(tiny_llama, tmp_path / "out", text_file, tokens=4 * 32 * 2, target_sparsity=0.75))
+    rec = json.loads((r.out / "lmbricks.json").read_text())["recipe"]["final_measurement"]
+    assert rec["steps"] == 2 and rec["tokens"] == 2 * 4 * 32 and rec["eval_tokens"] == 64 and rec["seq_len"] == 32
+    assert rec["texts"] == [str(text_file)]
+    model, tok = load_model(r.out)
+    again = measure(model, tok, {text_file.stem: TEXT[: 8 * 64]}, 64, 32)  # the saved model, measured anew
+    assert rec["bpb"].keys() == again["bpb"].keys() == {text_file.stem}
+    for key in ("bpb", "zero_fraction"):
+        assert rec[key][text_file.stem] == pytest.approx(again[key][text_file.stem], rel=1e-5, abs=1e-7)
+    assert rec["mean_zero_fraction"] == pytest.approx(again["mean_zero_fraction"], rel=1e-5)
+    assert rec["mean_zero_fraction"] > 0.7  # after the threshold, not before (ReLU alone gives about half)
+    before = measure(swap_activation(model, "reglu"), tok, {text_file.stem: TEXT[: 8 * 64]}, 64, 32)
+    assert before["mean_zero_fraction"] < rec["mean_zero_fraction"] - 0.1
+    assert rec["mean_bpb"] == pytest.approx(r.final["mean_bpb"])
 
 
 def test_resume_is_bit_identical(tiny_llama: Path, tmp_path: Path, text_file: Path) -> None:

@@ -3,7 +3,9 @@
 After ProSparse (arXiv 2402.13516). The steps are ``lmbricks train``'s (:func:`lmbricks.train.loop.train_step`:
 bf16 autocast, AdamW, checkpoints with exact resume); this module only sets the L1 factor of each
 step (:func:`~lmbricks.sparsify.schedule.l1_factor`), records the recovery curve (per-domain bits
-per byte and exact-zero fraction, ``curve.jsonl`` in the run directory) and writes the result.
+per byte and exact-zero fraction, ``curve.jsonl`` in the run directory) and writes the result, whose
+``lmbricks.json`` recipe holds the output's own measurement after the threshold
+(``final_measurement``: per-domain bits per byte and exact-zero fraction, :func:`final_record`).
 """
 
 from __future__ import annotations
@@ -96,12 +98,30 @@ def relufy(
         threshold = threshold_for_sparsity(calibration_gates(relu, ids.reshape(1, -1)), cfg.target_sparsity)
     final = swap_activation(relu, "fatrelu" if threshold > 0 else "reglu", threshold)
     measured = measure(final, tok, texts, cfg.eval_tokens, cfg.seq_len)
-    provenance = {
-        "command": "sparsify relufy",
-        "recipe": {"source": str(src), **json.loads(cfg.model_dump_json()), "threshold_applied": threshold},
-    }
+    recipe = {"source": str(src), **json.loads(cfg.model_dump_json()), "threshold_applied": threshold}
+    recipe["final_measurement"] = final_record(measured, cfg, steps, tokens)
+    provenance = {"command": "sparsify relufy", "recipe": recipe}
     out = save_model(final.float(), cfg.out, tokenizer=tok, force=cfg.force, provenance=provenance)
     return RelufyResult(out, steps, tokens, threshold, curve, measured)
+
+
+def final_record(measured: dict[str, Any], cfg: RelufyConfig, steps: int, tokens: int) -> dict[str, Any]:
+    """The output's measurement for lmbricks.json: :func:`measure`'s figures and how they were taken.
+
+    Args:
+        measured: :func:`~lmbricks.sparsify.measure.measure` of the output (after the threshold).
+        cfg: the configuration (the texts, ``eval_tokens`` and ``seq_len`` of the measurement).
+        steps: optimizer steps done.
+        tokens: training tokens seen.
+
+    Returns:
+        ``{"bpb", "zero_fraction", "mean_bpb", "mean_zero_fraction"}`` plus ``texts`` (the
+        validation split of the domains, or the text files), ``eval_tokens``, ``seq_len``,
+        ``steps`` and ``tokens``.
+    """
+    texts = [str(p) for p in cfg.text_files] if cfg.text_files else f"validation split of {', '.join(cfg.domains)}"
+    where = {"texts": texts, "eval_tokens": cfg.eval_tokens, "seq_len": cfg.seq_len}
+    return {**measured, **where, "steps": steps, "tokens": tokens}
 
 
 def _validation_texts(cfg: RelufyConfig) -> dict[str, str]:
@@ -205,4 +225,4 @@ def _write_curve(path: Path, curve: list[dict[str, Any]]) -> None:
     tmp.replace(path)
 
 
-__all__ = ["RelufyResult", "relufy", "swap_activation"]
+__all__ = ["RelufyResult", "final_record", "relufy", "swap_activation"]
