@@ -149,7 +149,7 @@ def run_knowledge_eval(job: KnowledgeEvalJob, command: str, progress: Progress) 
             "train": job.lora.model_dump(mode="json"),
             "sections": list(job.sections),
             "held_every": job.held_every,
-            "trained": str(job.trained) if job.trained is not None else None,
+            "trained": Path(job.trained).name if job.trained is not None else None,  # a name, not a machine path
         }
         write_provenance(tmp, command=command, recipe=recipe, inputs={"base": base_model(job.model).path})
     return result
