@@ -14,37 +14,18 @@ from typing import Any
 import torch
 
 from lmbricks.data.registry import DEFAULT_DOMAINS
+from lmbricks.hub.threshold import FATReLU
 
 FFN_FILE = "bench_ffn.pt"  # one layer's dense and MoEfied FFN modules, for the FFN workers
 PREFILL, DECODE_STEPS = (4, 256), 16
 
 
-class FATReLU(torch.nn.Module):
-    """FATReLU (``g if g > T else 0``) as a Hugging Face FFN's ``act_fn`` or a MoEfied FFN's ``act``.
-
-    A ReLU-fied directory says ``hidden_act: relu`` (transformers computes plain relu) and keeps
-    FATReLU's T in its ``lmbricks`` section; :func:`set_threshold` puts it back.
-    """
-
-    def __init__(self, threshold: float) -> None:
-        super().__init__()
-        self.threshold = threshold
-
-    def forward(self, g: torch.Tensor) -> torch.Tensor:
-        from lmbricks.moe.activations import fatrelu
-
-        return fatrelu(g, self.threshold)
-
-
 def activation_threshold(ref: str | Path) -> float:
     """FATReLU's T of a model reference (config.json's ``lmbricks`` section; 0.0 for any other model)."""
-    import json
-
     from lmbricks.hub import resolve_model
+    from lmbricks.hub.threshold import activation_threshold as recorded
 
-    hf = json.loads((resolve_model(ref) / "config.json").read_text())
-    section = hf.get("lmbricks", {}).get("config", {}) if isinstance(hf.get("lmbricks"), dict) else {}
-    return float(section.get("activation_threshold") or 0.0) if section.get("activation") == "fatrelu" else 0.0
+    return recorded(resolve_model(ref))
 
 
 def set_threshold(model: torch.nn.Module, threshold: float) -> None:
@@ -62,7 +43,7 @@ def set_threshold(model: torch.nn.Module, threshold: float) -> None:
 
 
 def load_dense(ref: str | Path) -> tuple[Any, Any]:
-    """``load_hf_model(ref)`` with a ReLU-fied model's FATReLU threshold restored (fp32, eval)."""
+    """``load_hf_model(ref)`` (which restores a ReLU-fied model's FATReLU threshold), fp32, eval."""
     from lmbricks.hub import load_hf_model
 
     model, tokenizer = load_hf_model(ref)

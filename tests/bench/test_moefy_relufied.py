@@ -30,16 +30,20 @@ def _ids() -> torch.Tensor:
 
 
 def test_load_dense_restores_the_threshold(relufied: Path, tiny_llama: Path) -> None:
-    """transformers alone computes plain relu; load_dense's logits equal lmbricks' exact FATReLU LM."""
+    """load_hf_model restores FATReLU (transformers alone computes plain relu): logits equal lmbricks' exact LM."""
     t = activation_threshold(relufied)
     assert t > 0 and activation_threshold(tiny_llama) == 0.0
     exact, _ = load_model(relufied)
     assert exact.cfg.activation == "fatrelu" and exact.cfg.activation_threshold == pytest.approx(t)
-    ours, plain = load_dense(relufied)[0], load_hf_model(relufied)[0]
+    ours, hf = load_dense(relufied)[0], load_hf_model(relufied)[0]
+    plain = load_hf_model(relufied)[0]
+    for mlp in plain.model.layers:  # what from_pretrained alone computes
+        mlp.mlp.act_fn = torch.nn.ReLU()
     with torch.no_grad():
         want = exact(_ids()).logits
-        got, relu = ours(input_ids=_ids()).logits, plain(input_ids=_ids()).logits
+        got, by_hub, relu = (m(input_ids=_ids()).logits for m in (ours, hf, plain))
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(by_hub, want, rtol=1e-4, atol=1e-4)
     assert (relu - want).abs().max() > 1e-3  # the threshold matters: plain relu is another model
 
 

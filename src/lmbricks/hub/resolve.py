@@ -9,6 +9,7 @@ import lmbricks.paths as paths
 from lmbricks.errors import ConfigError
 from lmbricks.hub.fetch import Progress, _quiet, convert_gguf, fetch_model, sha256_file
 from lmbricks.hub.registry import REGISTRY, get_spec
+from lmbricks.hub.threshold import activation_threshold, restore_threshold
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -98,6 +99,8 @@ def load_hf_model(
     The weights are checked by lmbricks' reader first (:func:`lmbricks.checkpoint.verify_checkpoint`):
     a truncated file or a pickle without ``allow_pickle`` (None: :func:`~lmbricks.checkpoint.allow_pickles`)
     is a :class:`~lmbricks.errors.CheckpointError` naming the file, not a traceback from transformers.
+    A ReLU-fied model (``lmbricks sparsify relufy``) gets its FATReLU threshold back
+    (:mod:`lmbricks.hub.threshold`): transformers alone would compute plain ReLU.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -107,5 +110,6 @@ def load_hf_model(
     path = resolve_model(ref)
     verify_checkpoint(path, allow_pickle)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, weights_only=True)
+    restore_threshold(model, activation_threshold(path))  # a ReLU-fied model's FATReLU, not plain relu
     model.eval()
     return model, AutoTokenizer.from_pretrained(path)
