@@ -12,6 +12,7 @@ from lmbricks.errors import ConfigError
 from lmbricks.moe.activations import ACTIVATIONS
 from lmbricks.moe.dispatch import DispatchImpl, DispatchPlan, choose_impl, plan_dispatch
 from lmbricks.moe.expert_ffn import expert_ffn_grouped, expert_ffn_loop, expert_ffn_loop_combined
+from lmbricks.moe.packed import packed_experts, packing_available
 from lmbricks.moe.rows import combine_rows, gather_rows
 
 
@@ -30,7 +31,13 @@ class Experts(nn.Module):
         intermediate_size: I.
         activation: a name in :data:`~lmbricks.moe.activations.ACTIVATIONS` ("swiglu", "gelu", "relu").
         impl: dispatch implementation, "auto" (by device, dtype and token count), "loop" or "grouped".
+
+    Inference in bf16 on CPU multiplies by a copy of the weights packed once in oneDNN's layout
+    (:mod:`lmbricks.moe.packed`: same values, less CPU time, one more bf16 copy of the expert
+    weights in memory, rebuilt when they change); set ``pack_inference = False`` to go without it.
     """
+
+    pack_inference: bool = True
 
     def __init__(
         self,
@@ -111,7 +118,10 @@ class Experts(nn.Module):
         impl = choose_impl(self.impl, x, plan.num_routed)
         trains = torch.is_grad_enabled() and (x.requires_grad or weights.requires_grad or w_in.requires_grad)
         if impl == "loop" and not trains:
-            return expert_ffn_loop_combined(x, weights, plan, w_in, w_out, self.activation)
+            packed = None
+            if self.pack_inference and packing_available(x):  # bf16 on CPU: weights packed once
+                packed = packed_experts(self, self.w_in, self.down, x.dtype)
+            return expert_ffn_loop_combined(x, weights, plan, w_in, w_out, self.activation, packed)
         xs = gather_rows(x, plan)  # (S, H) sorted by expert
         if impl == "grouped":
             ys = expert_ffn_grouped(xs, w_in, w_out, plan.tokens_per_expert, self.activation)
