@@ -210,22 +210,7 @@ def bench_layer(
         med[phase] = medians(runs, key)
         touched = runs["ours"][0]["touched_experts"]
 
-    def anchor(phase: str, pair: tuple[str, str]) -> tuple[str, float]:
-        name = min(pair, key=lambda m: med[phase][m])
-        return name, med[phase][name]
-
-    out: dict[str, Any] = {}
-    for phase in med:
-        dense_name, dense_ms = anchor(phase, ("dense", "dense_fused"))
-        hf_name, hf_ms = anchor(phase, ("hf_grouped_mm", "hf_eager"))
-        ours = med[phase]["ours"]
-        out |= {
-            f"{phase}_vs_dense": ours / dense_ms,
-            f"{phase}_vs_hf": ours / hf_ms,
-            f"{phase}_vs_hf_grouped": ours / med[phase]["hf_grouped_mm"],
-            f"{phase}_anchors": {"dense": dense_name, "hf": hf_name},
-        }
-    out |= _utilisation(med, touched, precision, machine)
+    out = anchor_ratios(med) | _utilisation(med, touched, precision, machine)
     layer_rounds = {"processes_per_case": n_rounds, "calls_per_process": reps}
     return out | {
         "median_ms": {p: {n: round(v, 3) for n, v in d.items()} for p, d in med.items()},
@@ -233,6 +218,30 @@ def bench_layer(
         "layer_rounds": layer_rounds,
         "rounds": layer_rounds,  # the old key: the layer's rounds (the training benchmark's are train_rounds)
     }
+
+
+def anchor_ratios(med: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """Ours over each anchor, per phase: like with like, the faster implementation of each side.
+
+    Args:
+        med: ``{phase: {module: median ms}}`` over :data:`MODULES`.
+
+    Returns:
+        ``{phase}_vs_dense`` (the faster of LlamaMLP and the fused FFN), ``{phase}_vs_hf`` (the
+        faster of transformers' ``grouped_mm`` and ``eager``), ``{phase}_vs_hf_grouped``
+        (``grouped_mm`` alone, the old key) and ``{phase}_anchors`` naming the winners.
+    """
+    out: dict[str, Any] = {}
+    for phase, ms in med.items():
+        dense = min(("dense", "dense_fused"), key=lambda m: ms[m])
+        hf = min(("hf_grouped_mm", "hf_eager"), key=lambda m: ms[m])
+        out |= {
+            f"{phase}_vs_dense": ms["ours"] / ms[dense],
+            f"{phase}_vs_hf": ms["ours"] / ms[hf],
+            f"{phase}_vs_hf_grouped": ms["ours"] / ms["hf_grouped_mm"],
+            f"{phase}_anchors": {"dense": dense, "hf": hf},
+        }
+    return out
 
 
 def _utilisation(
@@ -324,13 +333,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result["max_abs_diff_vs_hf"] = check_agreement(models, torch.randn(BATCH, SEQ, H))
     del models
     result.update(bench_layer(args.quick, args.rounds, precision, machine, args.threads, args.clock))
-    train = bench_train(args.quick, args.precision, args.threads, args.clock)
-    train["train_rounds"] = train.pop("rounds")  # distinct keys: the layer's stay under "rounds"
-    train["train_machine_limits"] = train.pop("machine_limits")  # measured at the training model's shapes
-    train["train_clock"] = train.pop("clock")
-    result.update({k: v for k, v in train.items() if k != "precision"})
+    result = merge_train(result, bench_train(args.quick, args.precision, args.threads, args.clock))
     print(json.dumps(result, indent=1))
     return result
+
+
+def merge_train(result: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
+    """The layer's result with bench/train_lm.py's keys, none of the layer's overwritten.
+
+    The training benchmark's ``rounds``, ``machine_limits`` and ``clock`` become ``train_rounds``,
+    ``train_machine_limits`` and ``train_clock`` (the layer's stay under ``rounds`` /
+    ``layer_rounds``, ``machine_limits`` and ``clock``); its ``precision`` is the run's, already there.
+    """
+    renamed = {"rounds": "train_rounds", "machine_limits": "train_machine_limits", "clock": "train_clock"}
+    train = {renamed.get(k, k): v for k, v in train.items() if k != "precision"}
+    clash = sorted(set(train) & set(result))
+    if clash:
+        raise KeyError(f"bench/train_lm.py's keys {clash} would overwrite the layer's")
+    return result | train
 
 
 if __name__ == "__main__":
