@@ -18,10 +18,11 @@ forward, three times that with backward), ``decode_vs_floor``: decode time over 
 the touched experts' weights at the measured bandwidth. ``--clock cpu`` times by each process's
 CPU time (one thread on a loaded machine), the limits too. ``train_vs_hf`` and its keys come from
 bench/train_lm.py (its rounds under ``train_rounds``, the layer's under ``layer_rounds`` and
-``rounds``; its limits under ``train_machine_limits``; ``--no-train`` leaves it out). Prints one JSON object.
+``rounds``; its limits under ``train_machine_limits``; ``--no-train`` leaves it out; ``--phases`` times
+a subset of the layer's phases). Prints one JSON object.
 
 Usage: python bench/moe.py [--quick] [--rounds N] [--precision auto|bf16|fp32] [--threads N] [--clock wall|cpu]
-       [--no-train]
+       [--no-train] [--phases fwd fwdbwd decode]
 """
 
 from __future__ import annotations
@@ -306,6 +307,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--clock", default="wall", choices=["wall", "cpu"], help="cpu: for a loaded machine, 1 thread")
     ap.add_argument("--no-train", action="store_true", help="the layer only (no bench/train_lm.py comparison)")
+    ap.add_argument("--phases", nargs="+", default=list(PHASES), choices=PHASES, help="the layer's phases to time")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -334,7 +336,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     models = build()
     result["max_abs_diff_vs_hf"] = check_agreement(models, torch.randn(BATCH, SEQ, H))
     del models
-    result.update(bench_layer(args.quick, args.rounds, precision, machine, args.threads, args.clock))
+    result.update(
+        bench_layer(args.quick, args.rounds, precision, machine, args.threads, args.clock, tuple(args.phases))
+    )
     if not args.no_train:
         result = merge_train(result, bench_train(args.quick, args.precision, args.threads, args.clock))
     print(json.dumps(result, indent=1))
