@@ -4,10 +4,10 @@ oneDNN's bf16 matmul with a plain weight (either (K, N) row-major or the (N, K) 
 reorders it into its blocked layout on every call; with few rows that reorder is most of the
 cost. A weight reordered once (``torch.ops.mkldnn._reorder_linear_weight``, what torch's
 inductor does for frozen CPU models) and multiplied with ``torch.ops.mkldnn._linear_pointwise``
-gives the same values (bit-identical in the measurements) at a fraction of the CPU time. One
-thread, thread CPU time, 8 experts' weights in turn (bench/moe.py's shapes; docs/moe.md has the table):
-gate_up (1, 512) x (512, 3584): 270-290 us packed against 430-480 us plain; down (1, 1792) x
-(1792, 512): 70-100 us against 200-250 us; at 520 rows (the forward) about 10% less.
+gives the same values (bit-identical in the measurements) at a fraction of the CPU time:
+bench/moe_layouts.py measures each projection of bench/moe.py's layer at 1, 2 and 8 rows in every
+layout (docs/moe.md, "Experts and dispatch", has the table: packed took 44-85% of the best plain
+layouts' CPU time in bf16; in fp32 MKL's packed GEMM did not help, so fp32 is left as it was).
 
 The copy is built on the first bf16 inference call and kept until the parameters change (their
 in-place version counter, storage or dtype): it costs one more bf16 copy of the expert weights
