@@ -51,3 +51,16 @@ def test_moe_layout_table_equals_its_json() -> None:
             assert [float(v) for v in cell.split(" / ")] == run[dtype][projection][layout], (label, layout)
     packed, plain = run["bf16"]["gate_up"]["packed"], run["bf16"]["gate_up"]["kn_mm"]
     assert all(p < q for p, q in zip(packed, plain, strict=True))  # what the doc's choice rests on
+
+
+def test_moe_forward_table_equals_its_json() -> None:
+    text = (DOCS / "moe.md").read_text(encoding="utf-8")
+    before = json.loads((DOCS / "bench" / "moe-fwd-before-2026-12-07.json").read_text())
+    after = json.loads((DOCS / "bench" / "moe-fwd-2026-12-07.json").read_text())
+    rows = _rows(text, "| key | before | packed | target (#15) |")
+    assert set(rows) == {"fwd_vs_dense", "fwd_vs_hf", "fwd_mfu"}
+    for key, (old, new, _target) in rows.items():
+        assert float(old) == pytest.approx(before[key], abs=0.005 + 1e-9), (key, old)
+        assert float(new) == pytest.approx(after[key], abs=0.005 + 1e-9), (key, new)
+    old_ms, new_ms = before["median_ms"]["fwd"]["ours"], after["median_ms"]["fwd"]["ours"]
+    assert f"ours {old_ms:.1f} -> {new_ms:.1f} CPU ms" in text

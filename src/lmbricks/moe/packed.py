@@ -6,8 +6,8 @@ cost. A weight reordered once (``torch.ops.mkldnn._reorder_linear_weight``, what
 inductor does for frozen CPU models) and multiplied with ``torch.ops.mkldnn._linear_pointwise``
 gives the same values (bit-identical in the measurements) at a fraction of the CPU time:
 bench/moe_layouts.py measures each projection of bench/moe.py's layer at 1, 2 and 8 rows in every
-layout (docs/moe.md, "Experts and dispatch", has the table: packed took 44-85% of the best plain
-layouts' CPU time in bf16; in fp32 MKL's packed GEMM did not help, so fp32 is left as it was).
+layout (docs/moe.md, "Experts and dispatch", has the table: packed took 69-80% of the best plain
+layout's CPU time in bf16; in fp32 MKL's packed GEMM did not help, so fp32 is left as it was).
 
 The copy is built on the first bf16 inference call and kept until the parameters change (their
 in-place version counter, storage or dtype): it costs one more bf16 copy of the expert weights
