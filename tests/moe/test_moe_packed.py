@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import copy
 import io
+from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from lmbricks.moe import Experts, MoEConfig, MoELayer, build_moe
 from lmbricks.moe.packed import _CACHE, packing_available
@@ -114,3 +116,37 @@ def test_one_expert_packed_moe_equals_dense_ffn() -> None:
     x = torch.randn(5, H).bfloat16()
     dense = (F.silu(x.float() @ gate.float().T) * (x.float() @ up.float().T)) @ down.float().T  # (5, H)
     assert _close_to_bf16_rounding(_run(layer, x, True), dense, 2**-6)
+
+
+def test_autocast_inference_over_fp32_weights_uses_the_packed_copy() -> None:
+    layer = _layer().float()  # fp32 master weights, as in training
+    x = torch.randn(8, H, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        layer.experts.pack_inference = False
+        plain, _ = layer(x)
+        layer.experts.pack_inference = True
+        packed, _ = layer(x)
+    assert layer.experts in _CACHE  # built from the fp32 parameters, cast once
+    assert packed.dtype == plain.dtype == torch.float32
+    assert _close_to_bf16_rounding(packed, plain, 2**-7)
+    for pack, cast in ((True, False), (False, True)):  # (the probe does see the plain path's cast)
+        layer.experts.pack_inference = pack
+        probe = _Casts()
+        with probe, torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            layer(x)
+        assert (tuple(layer.experts.gate_up.shape) in probe.shapes) == cast, pack  # no per-call weight cast
+
+
+class _Casts(TorchDispatchMode):
+    """Records the shapes of the tensors that dtype casts (``_to_copy``) read, while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: set[tuple[int, ...]] = set()
+
+    def __torch_dispatch__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        if func is torch.ops.aten._to_copy.default:
+            self.shapes.add(tuple(args[0].shape))
+        return func(*args, **(kwargs or {}))
