@@ -18,9 +18,11 @@ forward, three times that with backward), ``decode_vs_floor``: decode time over 
 the touched experts' weights at the measured bandwidth. ``--clock cpu`` times by each process's
 CPU time (one thread on a loaded machine), the limits too. ``train_vs_hf`` and its keys come from
 bench/train_lm.py (its rounds under ``train_rounds``, the layer's under ``layer_rounds`` and
-``rounds``; its limits under ``train_machine_limits``). Prints one JSON object.
+``rounds``; its limits under ``train_machine_limits``; ``--no-train`` leaves it out; ``--phases`` times
+a subset of the layer's phases). Prints one JSON object.
 
 Usage: python bench/moe.py [--quick] [--rounds N] [--precision auto|bf16|fp32] [--threads N] [--clock wall|cpu]
+       [--no-train] [--phases fwd fwdbwd decode]
 """
 
 from __future__ import annotations
@@ -210,22 +212,7 @@ def bench_layer(
         med[phase] = medians(runs, key)
         touched = runs["ours"][0]["touched_experts"]
 
-    def anchor(phase: str, pair: tuple[str, str]) -> tuple[str, float]:
-        name = min(pair, key=lambda m: med[phase][m])
-        return name, med[phase][name]
-
-    out: dict[str, Any] = {}
-    for phase in med:
-        dense_name, dense_ms = anchor(phase, ("dense", "dense_fused"))
-        hf_name, hf_ms = anchor(phase, ("hf_grouped_mm", "hf_eager"))
-        ours = med[phase]["ours"]
-        out |= {
-            f"{phase}_vs_dense": ours / dense_ms,
-            f"{phase}_vs_hf": ours / hf_ms,
-            f"{phase}_vs_hf_grouped": ours / med[phase]["hf_grouped_mm"],
-            f"{phase}_anchors": {"dense": dense_name, "hf": hf_name},
-        }
-    out |= _utilisation(med, touched, precision, machine)
+    out = anchor_ratios(med) | _utilisation(med, touched, precision, machine)
     layer_rounds = {"processes_per_case": n_rounds, "calls_per_process": reps}
     return out | {
         "median_ms": {p: {n: round(v, 3) for n, v in d.items()} for p, d in med.items()},
@@ -233,6 +220,30 @@ def bench_layer(
         "layer_rounds": layer_rounds,
         "rounds": layer_rounds,  # the old key: the layer's rounds (the training benchmark's are train_rounds)
     }
+
+
+def anchor_ratios(med: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """Ours over each anchor, per phase: like with like, the faster implementation of each side.
+
+    Args:
+        med: ``{phase: {module: median ms}}`` over :data:`MODULES`.
+
+    Returns:
+        ``{phase}_vs_dense`` (the faster of LlamaMLP and the fused FFN), ``{phase}_vs_hf`` (the
+        faster of transformers' ``grouped_mm`` and ``eager``), ``{phase}_vs_hf_grouped``
+        (``grouped_mm`` alone, the old key) and ``{phase}_anchors`` naming the winners.
+    """
+    out: dict[str, Any] = {}
+    for phase, ms in med.items():
+        dense = min(("dense", "dense_fused"), key=lambda m: ms[m])
+        hf = min(("hf_grouped_mm", "hf_eager"), key=lambda m: ms[m])
+        out |= {
+            f"{phase}_vs_dense": ms["ours"] / ms[dense],
+            f"{phase}_vs_hf": ms["ours"] / ms[hf],
+            f"{phase}_vs_hf_grouped": ms["ours"] / ms["hf_grouped_mm"],
+            f"{phase}_anchors": {"dense": dense, "hf": hf},
+        }
+    return out
 
 
 def _utilisation(
@@ -295,6 +306,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--clock", default="wall", choices=["wall", "cpu"], help="cpu: for a loaded machine, 1 thread")
+    ap.add_argument("--no-train", action="store_true", help="the layer only (no bench/train_lm.py comparison)")
+    ap.add_argument("--phases", nargs="+", default=list(PHASES), choices=PHASES, help="the layer's phases to time")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -323,14 +336,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     models = build()
     result["max_abs_diff_vs_hf"] = check_agreement(models, torch.randn(BATCH, SEQ, H))
     del models
-    result.update(bench_layer(args.quick, args.rounds, precision, machine, args.threads, args.clock))
-    train = bench_train(args.quick, args.precision, args.threads, args.clock)
-    train["train_rounds"] = train.pop("rounds")  # distinct keys: the layer's stay under "rounds"
-    train["train_machine_limits"] = train.pop("machine_limits")  # measured at the training model's shapes
-    train["train_clock"] = train.pop("clock")
-    result.update({k: v for k, v in train.items() if k != "precision"})
+    result.update(
+        bench_layer(args.quick, args.rounds, precision, machine, args.threads, args.clock, tuple(args.phases))
+    )
+    if not args.no_train:
+        result = merge_train(result, bench_train(args.quick, args.precision, args.threads, args.clock))
     print(json.dumps(result, indent=1))
     return result
+
+
+def merge_train(result: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
+    """The layer's result with bench/train_lm.py's keys, none of the layer's overwritten.
+
+    The training benchmark's ``rounds``, ``machine_limits`` and ``clock`` become ``train_rounds``,
+    ``train_machine_limits`` and ``train_clock`` (the layer's stay under ``rounds`` /
+    ``layer_rounds``, ``machine_limits`` and ``clock``); its ``precision`` is the run's, already there.
+    """
+    renamed = {"rounds": "train_rounds", "machine_limits": "train_machine_limits", "clock": "train_clock"}
+    train = {renamed.get(k, k): v for k, v in train.items() if k != "precision"}
+    clash = sorted(set(train) & set(result))
+    if clash:
+        raise KeyError(f"bench/train_lm.py's keys {clash} would overwrite the layer's")
+    return result | train
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from lmbricks.errors import ConfigError
 from lmbricks.moe.activations import ACTIVATIONS
 from lmbricks.moe.dispatch import DispatchImpl, DispatchPlan, choose_impl, plan_dispatch
 from lmbricks.moe.expert_ffn import expert_ffn_grouped, expert_ffn_loop, expert_ffn_loop_combined
+from lmbricks.moe.packed import PackedExperts, packed_experts, packing_available
 from lmbricks.moe.rows import combine_rows, gather_rows
 
 
@@ -30,7 +31,13 @@ class Experts(nn.Module):
         intermediate_size: I.
         activation: a name in :data:`~lmbricks.moe.activations.ACTIVATIONS` ("swiglu", "gelu", "relu").
         impl: dispatch implementation, "auto" (by device, dtype and token count), "loop" or "grouped".
+
+    Inference in bf16 on CPU multiplies by a copy of the weights packed once in oneDNN's layout
+    (:mod:`lmbricks.moe.packed`: same values, less CPU time, one more bf16 copy of the expert
+    weights in memory, rebuilt when they change); set ``pack_inference = False`` to go without it.
     """
+
+    pack_inference: bool = True
 
     def __init__(
         self,
@@ -102,16 +109,30 @@ class Experts(nn.Module):
             # master weights get their gradients) and run the kernels with autocast off.
             dtype = torch.get_autocast_dtype(device)
             with torch.autocast(device, enabled=False):
-                y = self._combine(x.to(dtype), weights.to(dtype), plan, self.w_in.to(dtype), self.down.to(dtype))
+                xc, wc = x.to(dtype), weights.to(dtype)
+                packed = self._packed(xc, wc, plan) if type(self)._combine is Experts._combine else None
+                if packed is not None:  # inference: the packed copy, no per-call cast of the weights
+                    y = expert_ffn_loop_combined(xc, wc, plan, self.w_in, self.down, self.activation, packed)
+                else:
+                    y = self._combine(xc, wc, plan, self.w_in.to(dtype), self.down.to(dtype))
             return y.to(x.dtype)
         return self._combine(x, weights, plan, self.w_in, self.down)
+
+    def _packed(self, x: Tensor, weights: Tensor, plan: DispatchPlan) -> PackedExperts | None:
+        """The packed weights where inference takes them (loop path, no gradient, bf16 on CPU), else None."""
+        if choose_impl(self.impl, x, plan.num_routed) != "loop" or not self.pack_inference:
+            return None
+        if torch.is_grad_enabled() and (x.requires_grad or weights.requires_grad or self.w_in.requires_grad):
+            return None
+        return packed_experts(self, self.w_in, self.down, x.dtype) if packing_available(x) else None
 
     def _combine(self, x: Tensor, weights: Tensor, plan: DispatchPlan, w_in: Tensor, w_out: Tensor) -> Tensor:
         """(T, H) weighted sum over the plan's pairs, all operands in one dtype."""
         impl = choose_impl(self.impl, x, plan.num_routed)
         trains = torch.is_grad_enabled() and (x.requires_grad or weights.requires_grad or w_in.requires_grad)
         if impl == "loop" and not trains:
-            return expert_ffn_loop_combined(x, weights, plan, w_in, w_out, self.activation)
+            packed = self._packed(x, weights, plan)  # bf16 on CPU: weights packed once
+            return expert_ffn_loop_combined(x, weights, plan, w_in, w_out, self.activation, packed)
         xs = gather_rows(x, plan)  # (S, H) sorted by expert
         if impl == "grouped":
             ys = expert_ffn_grouped(xs, w_in, w_out, plan.tokens_per_expert, self.activation)
