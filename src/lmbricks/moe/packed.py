@@ -18,6 +18,7 @@ before. ``Experts.pack_inference = False`` turns it off (no extra memory, the pl
 
 from __future__ import annotations
 
+import functools
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -29,14 +30,32 @@ from lmbricks.runtime import native_bf16
 
 
 def packing_available(x: Tensor) -> bool:
-    """Whether ``x``'s products can use packed weights: bf16 on a CPU with native bf16 and oneDNN."""
+    """Whether ``x``'s products can use packed weights: bf16 on a CPU with native bf16 and oneDNN.
+
+    The ops are torch's private ones: :func:`_packing_works` runs them once on a small product and
+    compares with ``F.linear``, so a torch whose ops changed falls back to the plain path.
+    """
     return (
         x.device.type == "cpu"
         and x.dtype == torch.bfloat16
         and torch.backends.mkldnn.is_available()
-        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
         and native_bf16("cpu")
+        and _packing_works()
     )
+
+
+@functools.cache
+def _packing_works() -> bool:
+    """One probe of the private packing ops: present, callable with this signature, and right."""
+    if not hasattr(torch.ops.mkldnn, "_reorder_linear_weight") or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        return False
+    w = torch.linspace(-1, 1, 24 * 16).reshape(24, 16).bfloat16()  # (N, K)
+    x = torch.linspace(-2, 2, 3 * 16).reshape(3, 16).bfloat16()  # (M, K)
+    try:
+        got = packed_linear(x, pack_linear_weight(w))
+    except (RuntimeError, TypeError):
+        return False
+    return bool(torch.allclose(got.float(), torch.nn.functional.linear(x, w).float(), rtol=1e-2, atol=1e-2))
 
 
 def pack_linear_weight(w: Tensor) -> Tensor:
