@@ -246,7 +246,7 @@ def expected_tensors(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
 
 
 def _attention_tensors(arch: str, config: Mapping[str, Any], a: str, H: int) -> dict[str, tuple[int, ...]]:
-    """One layer's attention projections (grouped KV heads, ``head_dim``), their biases, Gemma 3's / Qwen3's q/k norms."""
+    """One layer's attention projections (grouped KV heads, ``head_dim``), biases, Gemma 3's / Qwen3's q/k norms."""
     nh = _field(config, "num_attention_heads")
     nkv = config.get("num_key_value_heads") or nh
     hd = config.get("head_dim") or H // nh
