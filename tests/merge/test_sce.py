@@ -44,3 +44,20 @@ def test_sce_chunked_equals_the_formula() -> None:
     ]
     assert len(blocks) > 1
     torch.testing.assert_close(torch.cat(blocks), expected, rtol=0, atol=1e-6)
+
+
+def test_benchmark_row_equals_the_committed_run() -> None:
+    """docs/merging.md's sce row is docs/bench/merge-sce-2026-12-07.json, figure for figure."""
+    import json
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    run = json.loads((root / "docs" / "bench" / "merge-sce-2026-12-07.json").read_text())["sce"]
+    doc = (root / "docs" / "merging.md").read_text(encoding="utf-8")
+    row = next(line for line in doc.splitlines() if line.startswith("| sce, select_topk 0.5 |"))
+    shown = [float(x) for x in re.findall(r"\d+(?:\.\d+)?", re.sub(r"\(target[^)]*\)|select_topk 0\.5", "", row))]
+    keys = ["lmbricks_s", "mergekit_s", "floor_s", "vs_mergekit", "vs_floor"]
+    keys += ["lmbricks_anon_gb", "mergekit_anon_gb", "lmbricks_cpu_s", "mergekit_cpu_s"]
+    assert shown == [run[k] for k in keys]
+    assert run["vs_mergekit"] <= 0.5 and run["lmbricks_anon_gb"] <= 1.5

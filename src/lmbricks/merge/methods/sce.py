@@ -44,8 +44,12 @@ class SceState:
 
 
 def _deltas(base: torch.Tensor, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``(k, *block)`` fp32 task vectors of one block."""
-    return torch.stack([t.float() for t in tensors]) - base.float()
+    """``(k, *block)`` fp32 task vectors of one block (each input converted straight into its row)."""
+    b = base.float()
+    out = torch.empty((len(tensors), *base.shape), dtype=torch.float32)
+    for row, t in zip(out, tensors, strict=True):
+        row.copy_(t).sub_(b)
+    return out
 
 
 def _variance(deltas: torch.Tensor) -> torch.Tensor:
@@ -59,10 +63,10 @@ def _variance(deltas: torch.Tensor) -> torch.Tensor:
 
 
 def _selected(deltas: torch.Tensor, window: RankWindow | None, offset: int) -> torch.Tensor:
-    """The task vectors with the unselected entries zeroed (``deltas`` itself when all are kept)."""
+    """``deltas`` with the unselected entries zeroed, in place (``deltas`` unchanged when all are kept)."""
     if window is None:
         return deltas
-    return deltas * window.mask(_variance(deltas), offset)
+    return deltas.mul_(window.mask(_variance(deltas), offset))
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
@@ -93,7 +97,7 @@ def sce_prepare(base: torch.Tensor, tensors: Sequence[torch.Tensor], **given: An
     per_row = max(1, b[0].numel()) if b.dim() > 1 else 1
     for r0, r1 in row_blocks(b.shape):
         d = _selected(_deltas(b[r0:r1], [x[r0:r1] for x in xs]), window, r0 * per_row)
-        squares += d.square().reshape(k, -1).sum(1, dtype=torch.float64)
+        squares += d.square_().reshape(k, -1).sum(1, dtype=torch.float64)
     total = float(squares.sum())
     weights = [1.0 / k] * k if total == 0 else [float(s) / total for s in squares]
     return SceState(window, tuple(weights))
