@@ -309,3 +309,23 @@ def test_qwen3_moe_average_non_experts_and_dtype(qwen3_models: tuple[Path, list[
             out.get("model.layers.0.mlp.experts.1.up_proj.weight"),
             b.get("model.layers.0.mlp.up_proj.weight").to(torch.bfloat16),
         )
+
+
+def _qwen3_recipe(base: Path, experts: list[Path], **extra: object) -> dict:
+    prompts = ["The lady walked", "def f(x): return", "12 + 7 = 19"]
+    experts_list = [{"source_model": str(e), "positive_prompts": [p]} for e, p in zip(experts, prompts, strict=False)]
+    return {"base_model": str(base), "gate_mode": "cheap_embed", "experts": experts_list, **extra}
+
+
+def test_qwen3_moe_refusals(qwen3_models: tuple[Path, list[Path]], tiny_llama: Path, tmp_path: Path) -> None:
+    base, tunes = qwen3_models
+    shared = [{"source_model": str(base), "positive_prompts": ["x"]}]
+    with pytest.raises(ConfigError, match="shared_experts: Qwen3-MoE has no shared expert"):
+        assemble(_qwen3_recipe(base, tunes, shared_experts=shared), tmp_path / "a")
+    with pytest.raises(ConfigError, match="needs a Qwen3 base_model"):
+        assemble(_qwen3_recipe(tiny_llama, tunes, architecture="qwen3"), tmp_path / "b")
+    with pytest.raises(ConfigError, match="experts\\[0\\].source_model.*model_type"):
+        assemble(_qwen3_recipe(base, [tiny_llama, tunes[0]]), tmp_path / "c")
+    with pytest.raises(ConfigError, match="remote code on the Hugging Face Hub"):
+        assemble(_qwen3_recipe(tiny_llama, tunes, architecture="deepseek"), tmp_path / "d")
+    assert not any(tmp_path.iterdir())
