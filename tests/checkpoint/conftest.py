@@ -33,6 +33,10 @@ def _config(variant: str) -> Any:
         return tf.MistralConfig(**_COMMON, head_dim=16)  # head_dim != hidden / heads
     if variant == "qwen2":
         return tf.Qwen2Config(**_COMMON, tie_word_embeddings=True)
+    if variant == "qwen3":  # q/k norms, head_dim != hidden / heads
+        return tf.Qwen3Config(**_COMMON, head_dim=16)
+    if variant == "qwen3_bias":  # attention_bias: q/k/v and o biases
+        return tf.Qwen3Config(**_COMMON, attention_bias=True, tie_word_embeddings=True)
     if variant == "gemma3":
         return tf.Gemma3TextConfig(**_COMMON, head_dim=8)
     if variant == "mixtral":

@@ -29,6 +29,8 @@ ARCH_OF_VARIANT = {
     "llama_bias_tied": "llama",
     "mistral": "mistral",
     "qwen2": "qwen2",
+    "qwen3": "qwen3",
+    "qwen3_bias": "qwen3",
     "gemma3": "gemma3",
     "mixtral": "mixtral",
     "qwen2_moe": "qwen2_moe",

@@ -13,7 +13,7 @@ import torch
 from lmbricks.adapters.base import base_model
 from lmbricks.adapters.brick import LoraPair, brick_record, save_factors
 from lmbricks.checkpoint import CheckpointReader, atomic_directory, write_provenance
-from lmbricks.testing import save_tiny_model, tiny_llama_config
+from lmbricks.testing import _TINY_TRUNK, save_tiny_model, tiny_llama_config
 
 #: The cache root before a test isolates it (integration tests need the real default model and data).
 REAL_HOME = os.environ.get("LMBRICKS_HOME", str(Path.home() / ".cache" / "lmbricks"))
@@ -131,3 +131,21 @@ def bricks(tiny_llama: Path, tmp_path: Path, domains: list[str]) -> list[Path]:
 def foreign_brick(finetunes: list[Path], tmp_path: Path) -> Path:
     """A brick recorded as trained on a fine-tune, not on the tiny base (same shapes, other hash)."""
     return make_brick(finetunes[0], tmp_path / "foreign", seed=3)
+
+
+@pytest.fixture(scope="session")
+def qwen3_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    """A tiny dense Qwen3 (q/k norms, head_dim 16 != hidden / heads) and three fine-tunes of it."""
+    from transformers import AutoModelForCausalLM, Qwen3Config
+
+    root = tmp_path_factory.mktemp("qwen3")
+    config = Qwen3Config(**{**_TINY_TRUNK, "head_dim": 16})
+    base = save_tiny_model(root / "base", config, seed=3)
+    with torch.no_grad():  # random init leaves the q/k norms at one: make them matter
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        for name, p in model.named_parameters():
+            if "_norm" in name:
+                p.add_(torch.randn(p.shape) * 0.3)
+        model.save_pretrained(base)
+    tunes = [save_tiny_model(root / f"ft{i}", config, seed=40 + i, perturb_from=base, noise=0.02) for i in range(3)]
+    return base, tunes

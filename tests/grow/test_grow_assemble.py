@@ -266,3 +266,66 @@ def test_a_loaded_base_is_reused_and_never_aliased(tiny_llama: Path, finetunes: 
         for k, v in base.state_dict().items():
             torch.testing.assert_close(v, before[k], atol=0, rtol=0)
         assert moe.lm_head.weight is moe.embed.weight or not moe.cfg.tie_embeddings
+
+
+def test_qwen3_moe_of_identical_experts_computes_the_dense_qwen3(
+    qwen3_models: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    """Renormalised top-k gates sum to 1, so experts that are all the base FFN give the base's logits."""
+    base, _tunes = qwen3_models
+    experts = [{"source_model": str(base)}] * 3
+    with pytest.warns(GrowWarning):  # identical contents
+        assemble({"base_model": str(base), "gate_mode": "random", "experts": experts}, tmp_path / "moe")
+    ids = torch.arange(1, 30).reshape(1, -1)
+    with torch.no_grad():
+        dense = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()(ids).logits
+        moe_model = AutoModelForCausalLM.from_pretrained(tmp_path / "moe", dtype=torch.float32).eval()
+        moe = moe_model(ids).logits
+    assert moe_model.config.model_type == "qwen3_moe"
+    torch.testing.assert_close(moe, dense, rtol=0, atol=1e-5)
+    record = json.loads((tmp_path / "moe" / "lmbricks.json").read_text())
+    assert record["bricks"]["family"] == "qwen3_moe" and record["bricks"]["routers"]["layers"] == [0, 1]
+
+
+def test_qwen3_moe_average_non_experts_and_dtype(qwen3_models: tuple[Path, list[Path]], tmp_path: Path) -> None:
+    """non_experts: average writes the experts' mean attention; dtype is the storage dtype of every tensor."""
+    from lmbricks.checkpoint import CheckpointReader
+
+    base, tunes = qwen3_models
+    recipe = {
+        "base_model": str(base),
+        "gate_mode": "hidden_avg",
+        "non_experts": "average",
+        "dtype": "bfloat16",
+        "experts": [{"source_model": str(t), "positive_prompts": [f"p{i} text"]} for i, t in enumerate(tunes[:2])],
+    }
+    assemble(recipe, tmp_path / "moe")
+    name = "model.layers.1.self_attn.q_norm.weight"
+    with CheckpointReader(tmp_path / "moe") as out, CheckpointReader(tunes[0]) as a, CheckpointReader(tunes[1]) as b:
+        assert {out.get(n).dtype for n in out} == {torch.bfloat16}
+        mean = ((a.get(name) + b.get(name)) / 2).to(torch.bfloat16)
+        assert torch.equal(out.get(name), mean)
+        assert torch.equal(
+            out.get("model.layers.0.mlp.experts.1.up_proj.weight"),
+            b.get("model.layers.0.mlp.up_proj.weight").to(torch.bfloat16),
+        )
+
+
+def _qwen3_recipe(base: Path, experts: list[Path], **extra: object) -> dict:
+    prompts = ["The lady walked", "def f(x): return", "12 + 7 = 19"]
+    experts_list = [{"source_model": str(e), "positive_prompts": [p]} for e, p in zip(experts, prompts, strict=False)]
+    return {"base_model": str(base), "gate_mode": "cheap_embed", "experts": experts_list, **extra}
+
+
+def test_qwen3_moe_refusals(qwen3_models: tuple[Path, list[Path]], tiny_llama: Path, tmp_path: Path) -> None:
+    base, tunes = qwen3_models
+    shared = [{"source_model": str(base), "positive_prompts": ["x"]}]
+    with pytest.raises(ConfigError, match="shared_experts: Qwen3-MoE has no shared expert"):
+        assemble(_qwen3_recipe(base, tunes, shared_experts=shared), tmp_path / "a")
+    with pytest.raises(ConfigError, match="needs a Qwen3 base_model"):
+        assemble(_qwen3_recipe(tiny_llama, tunes, architecture="qwen3"), tmp_path / "b")
+    with pytest.raises(ConfigError, match="experts\\[0\\].source_model.*model_type"):
+        assemble(_qwen3_recipe(base, [tiny_llama, tunes[0]]), tmp_path / "c")
+    with pytest.raises(ConfigError, match="remote code on the Hugging Face Hub"):
+        assemble(_qwen3_recipe(tiny_llama, tunes, architecture="deepseek"), tmp_path / "d")
+    assert not any(tmp_path.iterdir())

@@ -6,6 +6,8 @@ embeddings and norms exactly, and the router rows exactly for ``cheap_embed``. `
 purpose (docs/grow.md: lmbricks reads the router's input ``post_attention_layernorm(x)``, one prompt at
 a time after BOS; mergekit the residual stream before the layer, right-padded batches): asserted different.
 ``random`` rows come from different generators, so everything but the router is compared.
+Qwen3-MoE (a tiny Qwen3 base and fine-tunes of it, mergekit's ``qwen3`` architecture) is compared the
+same way; mergekit's ``deepseek`` output has no transformers model type and is refused by lmbricks.
 Needs mergekit in its own virtual environment (``.bench-venvs/mergekit``); skipped otherwise.
 """
 
@@ -86,3 +88,16 @@ def test_qwen2_moe_with_shared_expert_matches_mergekit_moe(
     extra = {k for k in set(mk) - set(lb) if k.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias"))}
     assert extra and all(float(mk.pop(k).abs().max()) == 0.0 for k in extra)
     _compare(lb, mk, gates=True)
+
+
+@pytest.mark.parametrize("gate_mode", ["cheap_embed", "hidden"])
+def test_qwen3_moe_matches_mergekit_moe(qwen3_models: tuple[Path, list[Path]], tmp_path: Path, gate_mode: str) -> None:
+    base, tunes = qwen3_models
+    lb, mk = _both(_recipe(base, tunes, gate_mode, PROMPTS, architecture="qwen3"), tmp_path)
+    cfg = AutoModelForCausalLM.from_pretrained(tmp_path / "lb").config
+    assert cfg.model_type == "qwen3_moe" and cfg.num_experts == 3 and cfg.norm_topk_prob
+    assert any("q_norm" in k for k in lb) and any(".experts." in k for k in lb)
+    _compare(lb, mk, gates=gate_mode == "cheap_embed")
+    if gate_mode == "hidden":  # the same documented difference as Mixtral's
+        gates = [k for k in lb if k.endswith("mlp.gate.weight")]
+        assert gates and all(float((lb[k] - mk[k]).abs().max()) > 1e-3 for k in gates)

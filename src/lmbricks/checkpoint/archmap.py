@@ -39,6 +39,7 @@ SUPPORTED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "llama": (("llama",), ("LlamaForCausalLM",)),
     "mistral": (("mistral",), ("MistralForCausalLM",)),
     "qwen2": (("qwen2",), ("Qwen2ForCausalLM",)),
+    "qwen3": (("qwen3",), ("Qwen3ForCausalLM",)),
     "gemma3": (("gemma3_text",), ("Gemma3ForCausalLM",)),
     "mixtral": (("mixtral",), ("MixtralForCausalLM",)),
     "qwen2_moe": (("qwen2_moe",), ("Qwen2MoeForCausalLM",)),
@@ -120,7 +121,7 @@ def architecture_of(config: Mapping[str, Any]) -> str:
     """The lmbricks architecture name for a Hugging Face config (dict from config.json).
 
     Returns:
-        One of ``llama mistral qwen2 gemma3 mixtral qwen2_moe``.
+        One of ``llama mistral qwen2 qwen3 gemma3 mixtral qwen2_moe``.
 
     Raises:
         CheckpointError: any other model type, listing the supported ones.
@@ -219,7 +220,7 @@ def expected_tensors(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
 
     Respects ``tie_word_embeddings`` (no ``lm_head.weight`` when tied), ``head_dim``, grouped KV
     heads, Llama's ``attention_bias``/``mlp_bias``, Qwen2's q/k/v biases (Qwen2-MoE: ``qkv_bias``),
-    Gemma 3's q/k norms and four norms per layer, Mixtral's per-expert ``w1/w2/w3`` and
+    Gemma 3's and Qwen3's q/k norms, Gemma 3's four norms per layer, Mixtral's per-expert ``w1/w2/w3`` and
     Qwen2-MoE's shared expert, ``mlp_only_layers`` and ``decoder_sparse_step``.
 
     Raises:
@@ -245,7 +246,7 @@ def expected_tensors(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
 
 
 def _attention_tensors(arch: str, config: Mapping[str, Any], a: str, H: int) -> dict[str, tuple[int, ...]]:
-    """One layer's attention projections (grouped KV heads, ``head_dim``), their biases, Gemma 3's q/k norms."""
+    """One layer's attention projections (grouped KV heads, ``head_dim``), biases, Gemma 3's / Qwen3's q/k norms."""
     nh = _field(config, "num_attention_heads")
     nkv = config.get("num_key_value_heads") or nh
     hd = config.get("head_dim") or H // nh
@@ -258,6 +259,7 @@ def _attention_tensors(arch: str, config: Mapping[str, Any], a: str, H: int) -> 
     qkv_bias = {
         "llama": bool(config.get("attention_bias", False)),
         "gemma3": bool(config.get("attention_bias", False)),
+        "qwen3": bool(config.get("attention_bias", False)),
         "qwen2": True,
         "qwen2_moe": bool(config.get("qkv_bias", True)),
     }.get(arch, False)
@@ -265,9 +267,9 @@ def _attention_tensors(arch: str, config: Mapping[str, Any], a: str, H: int) -> 
         out[f"{a}.q_proj.bias"] = (nh * hd,)
         out[f"{a}.k_proj.bias"] = (nkv * hd,)
         out[f"{a}.v_proj.bias"] = (nkv * hd,)
-    if arch in ("llama", "gemma3") and bool(config.get("attention_bias", False)):
+    if arch in ("llama", "gemma3", "qwen3") and bool(config.get("attention_bias", False)):
         out[f"{a}.o_proj.bias"] = (H,)
-    if arch == "gemma3":
+    if arch in ("gemma3", "qwen3"):
         out[f"{a}.q_norm.weight"] = (hd,)
         out[f"{a}.k_norm.weight"] = (hd,)
     return out

@@ -87,6 +87,8 @@ def assemble(
 ) -> None:
     """Assemble an MoE from fine-tunes and bricks of one base (mergekit-moe, Branch-Train-MiX).
 
+    Writes Mixtral, Qwen2-MoE (with a shared expert) or, over a Qwen3 base, Qwen3-MoE.
+
     Example: lmbricks moe assemble docs/grow/four-bricks.yaml runs/smol-4-bricks
     """
     from lmbricks.grow import assemble as run

@@ -5,7 +5,7 @@
 - :func:`assemble`: a mergekit-moe recipe (plus lmbricks' ``brick`` and ``domain`` fields) -> a
   Mixtral / Qwen2-MoE directory whose experts are fine-tunes' FFNs or the base FFN with a LoRA brick
   merged in; routers from prompts, embeddings, domains or at random (``pipeline.py`` over
-  ``assemble.py`` and ``gates.py``).
+  ``assemble.py`` and ``gates.py``); a Qwen3 base gives a Qwen3-MoE directory (``qwen3.py``).
 - :func:`grow`: add one expert to an existing MoE, every other weight kept (``pipeline.py`` over
   ``add_expert.py``; config :class:`GrowConfig`).
 - :func:`evaluate_routed`: per-domain perplexity with the routing histogram (``routing.py``).

@@ -10,6 +10,9 @@ Three stages, so that every check happens before anything is written:
    mode (:mod:`lmbricks.grow.gates`), optional shared expert.
 3. :func:`lmbricks.grow.pipeline.assemble` writes it atomically (Mixtral, or Qwen2-MoE with a shared expert) with
    ``lmbricks.json`` naming every expert, its source, brick and domain.
+
+A Qwen3 base skips stage 2 (lmbricks.nn does not compute Qwen3): :mod:`lmbricks.grow.qwen3` copies its
+tensors by name into a Qwen3-MoE, with the router rows of :func:`routing`.
 """
 
 from __future__ import annotations
@@ -21,15 +24,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from lmbricks.errors import ConfigError
 from lmbricks.grow import gates as G
 from lmbricks.grow.build import build_moe_lm, moe_lm_config
-from lmbricks.grow.hidden import cheap_embedding, domain_blocks, mean_router_inputs, prompt_router_inputs
-from lmbricks.grow.recipe import ExpertSpec, MoERecipe
-from lmbricks.grow.save import check_destination, stored_dtype, torch_dtype
-from lmbricks.grow.sources import DENSE_FAMILIES, ExpertFFN, ExpertSource, open_source
+from lmbricks.grow.hidden import (
+    cheap_embedding,
+    domain_blocks,
+    input_embedding,
+    mean_router_inputs,
+    prompt_router_inputs,
+)
+from lmbricks.grow.recipe import QWEN3_FAMILIES, ExpertSpec, MoERecipe, check_qwen3_plan
+from lmbricks.grow.save import check_destination, inventory, stored_dtype, torch_dtype
+from lmbricks.grow.sources import EXPERT_FAMILIES, ExpertFFN, ExpertSource, open_source
 from lmbricks.nn.model import LM
 
 Log = Callable[[str], None]
@@ -156,11 +165,13 @@ def plan_assembly(
         check_destination(out, force, [*inputs, *refs])
     base_path = resolve_model(recipe.base_model)
     base_config = read_config(base_path)
-    if base_config.get("model_type") not in DENSE_FAMILIES:
+    base_type = base_config.get("model_type")
+    if base_type not in EXPERT_FAMILIES:
         raise ConfigError(
-            f"base_model: {recipe.base_model} is a {base_config.get('model_type')!r} model; "
-            f"the base must be dense ({', '.join(DENSE_FAMILIES)})"
+            f"base_model: {recipe.base_model} is a {base_type!r} model; "
+            f"the base must be dense ({', '.join(EXPERT_FAMILIES)})"
         )
+    check_qwen3_plan(recipe, base_type)
     for group, specs in _groups(recipe):
         for i, e in enumerate(specs):
             if e.domain:
@@ -189,6 +200,11 @@ def _non_expert_model(plan: AssemblyPlan, log: Log, base: tuple[LM, Any] | None 
     from lmbricks.nn.hf import hf_state_dict, load_hf_weights
     from lmbricks.nn.load import load_model
 
+    if plan.base_config.get("model_type") in QWEN3_FAMILIES:
+        raise ConfigError(
+            "base_model: a Qwen3 base is assembled by tensor name (lmbricks.grow.qwen3.write_qwen3_moe, "
+            "which lmbricks.grow.assemble calls), not as an lmbricks.nn model"
+        )
     if base is not None:
         model, tokenizer = base
         if not isinstance(model, LM) or model.cfg.hidden_size != plan.base_config.get("hidden_size"):
@@ -214,7 +230,9 @@ def _non_expert_model(plan: AssemblyPlan, log: Log, base: tuple[LM, Any] | None 
     return model, tokenizer
 
 
-def _domain_means(plan: AssemblyPlan, model: LM, tokenizer: Any, layers: list[int], log: Log) -> dict[str, Tensor]:
+def _domain_means(
+    plan: AssemblyPlan, model: nn.Module, tokenizer: Any, layers: list[int], log: Log
+) -> dict[str, Tensor]:
     """Mean router input per MoE layer for each distinct domain of the recipe: {domain: (L_moe, H)}."""
     from lmbricks.data import load_texts
 
@@ -231,23 +249,27 @@ def _domain_means(plan: AssemblyPlan, model: LM, tokenizer: Any, layers: list[in
     return out
 
 
-def _prompt_stat(plan: AssemblyPlan, model: LM, tokenizer: Any, prompts: list[str], layers: list[int]) -> Tensor:
+def _prompt_stat(plan: AssemblyPlan, model: nn.Module, tokenizer: Any, prompts: list[str], layers: list[int]) -> Tensor:
     """(L_moe, H) statistic of some prompts under the recipe's prompt gate mode."""
     mode = plan.recipe.gate_mode
     if mode == "cheap_embed":
-        v = cheap_embedding(model.embed.weight.detach(), tokenizer, prompts)
+        v = cheap_embedding(input_embedding(model), tokenizer, prompts)
         return v.expand(len(layers), -1)
     return prompt_router_inputs(model, tokenizer, prompts, average=mode == "hidden_avg")[layers]
 
 
-def gate_rows(plan: AssemblyPlan, model: LM, tokenizer: Any, layers: list[int], log: Log) -> tuple[Tensor, Tensor]:
+def gate_rows(
+    plan: AssemblyPlan, model: nn.Module, tokenizer: Any, layers: list[int], log: Log
+) -> tuple[Tensor, Tensor]:
     """Router rows (L_moe, E, H) of the experts and the shared-expert gate rows (L_moe, 1, H).
 
-    The shared expert's sigmoid gate gets a row only when the gate mode has what it needs (prompts,
-    a domain, or a random mode); otherwise it is zero, i.e. a constant gate of 0.5.
+    ``model`` is the LM whose non-expert weights are written (or a transformers model of it, for
+    bases lmbricks.nn does not compute). The shared expert's sigmoid gate gets a row only when the
+    gate mode has what it needs (prompts, a domain, or a random mode); otherwise it is zero, i.e. a
+    constant gate of 0.5.
     """
     r = plan.recipe
-    e, h, n = len(r.experts), model.cfg.hidden_size, len(layers)
+    e, h, n = len(r.experts), int(input_embedding(model).shape[1]), len(layers)
     gen = torch.Generator().manual_seed(r.seed)
     shared_spec = r.shared_experts[0] if r.shared_experts else None
     shared_row = torch.zeros(n, 1, h)
@@ -281,6 +303,28 @@ def gate_rows(plan: AssemblyPlan, model: LM, tokenizer: Any, layers: list[int], 
     return rows, shared_row
 
 
+def routing(
+    plan: AssemblyPlan, model: nn.Module, tokenizer: Any, layers: list[int], log: Log, collinear_threshold: float
+) -> tuple[Tensor, Tensor, list[float], list[str]]:
+    """Router rows by the gate mode, with the collinearity check.
+
+    Returns:
+        (rows (L_moe, E, H), shared-expert gate rows (L_moe, 1, H), the largest cosine between two
+        rows per MoE layer, the warnings issued).
+    """
+    n_experts = len(plan.recipe.experts)
+    rows, shared_rows = gate_rows(plan, model, tokenizer, layers, log)
+    found = G.collinear_pairs(rows, layers, collinear_threshold)
+    issued = []
+    if found:
+        msg = G.describe_collinearity(found, plan.labels, len(layers))
+        warnings.warn(msg, GrowWarning, stacklevel=3)
+        issued.append(msg)
+    cos = G.row_cosines(rows).masked_fill(torch.eye(n_experts, dtype=torch.bool), -1.0)
+    max_cos = [float(c.max()) if n_experts > 1 else 0.0 for c in cos]
+    return rows, shared_rows, max_cos, issued
+
+
 def assemble_model(
     plan: AssemblyPlan,
     log: Log | None = None,
@@ -303,24 +347,13 @@ def assemble_model(
     base_lm, tokenizer = _non_expert_model(plan, say, base)
     cfg = moe_lm_config(base_lm.cfg, len(r.experts), r.experts_per_token, shared_expert=plan.shared is not None)
     layers = [i for i in range(cfg.num_layers) if cfg.is_moe_layer(i)]
-    rows, shared_rows = gate_rows(plan, base_lm, tokenizer, layers, say)
-    found = G.collinear_pairs(rows, layers, collinear_threshold)
-    issued = []
-    if found:
-        msg = G.describe_collinearity(found, plan.labels, len(layers))
-        warnings.warn(msg, GrowWarning, stacklevel=2)
-        issued.append(msg)
-    cos = G.row_cosines(rows).masked_fill(torch.eye(len(r.experts), dtype=torch.bool), -1.0)
-    max_cos = [float(c.max()) if len(r.experts) > 1 else 0.0 for c in cos]
+    rows, shared_rows, max_cos, issued = routing(plan, base_lm, tokenizer, layers, say, collinear_threshold)
     say(f"reading {len(r.experts)} experts x {len(layers)} layers")
     gen = torch.Generator().manual_seed(r.seed + 1)
     experts: dict[int, list[ExpertFFN]] = {}
     shared: dict[int, tuple[ExpertFFN, Tensor]] = {}
     for li, i in enumerate(layers):
-        experts[i] = [
-            src.ffn(i).scaled(spec.residual_scale).noisy(spec.noise_scale, gen)
-            for src, spec in zip(plan.experts, r.experts, strict=True)
-        ]
+        experts[i] = layer_experts(plan, i, gen)
         if plan.shared is not None and r.shared_experts:
             spec = r.shared_experts[0]
             shared[i] = (plan.shared.ffn(i).scaled(spec.residual_scale).noisy(spec.noise_scale, gen), shared_rows[li])
@@ -329,30 +362,12 @@ def assemble_model(
     return Assembly(model, rows, layers, max_cos, issued)
 
 
-def inventory(plan: AssemblyPlan, assembly: Assembly, out: str | Path) -> dict[str, Any]:
-    """The lmbricks.json inventory: each expert's source, brick and domain; the routers (paths relative to ``out``)."""
-    from lmbricks.checkpoint.provenance import reference_name
-
-    r = plan.recipe
-    experts = []
-    for e, (spec, src) in enumerate(zip(r.experts, plan.experts, strict=True)):
-        experts.append({"index": e, "label": spec.label(), "domain": spec.domain, **src.describe(out)})
-    shared = None
-    if plan.shared is not None and r.shared_experts:
-        first = r.shared_experts[0]
-        shared = {"label": first.label(), "domain": first.domain, **plan.shared.describe(out)}
-    return {
-        "base_model": reference_name(plan.base_path, out),
-        "experts": experts,
-        "shared_expert": shared,
-        "non_experts": r.non_experts,
-        "routers": {
-            "gate_mode": r.gate_mode,
-            "top_k": r.experts_per_token,
-            "layers": assembly.layers,
-            "max_row_cosine": [round(c, 4) for c in assembly.max_cosine],
-        },
-    }
+def layer_experts(plan: AssemblyPlan, layer: int, gen: torch.Generator) -> list[ExpertFFN]:
+    """The routed experts' FFNs of one layer, each scaled and noised as its recipe entry says (fp32)."""
+    return [
+        src.ffn(layer).scaled(spec.residual_scale).noisy(spec.noise_scale, gen)
+        for src, spec in zip(plan.experts, plan.recipe.experts, strict=True)
+    ]
 
 
 __all__ = [
@@ -363,5 +378,7 @@ __all__ = [
     "check_domain",
     "gate_rows",
     "inventory",
+    "layer_experts",
     "plan_assembly",
+    "routing",
 ]

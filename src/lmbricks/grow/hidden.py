@@ -2,7 +2,8 @@
 
 The router of layer i reads the FFN input, ``ffn_norm(x)`` (Hugging Face's
 ``post_attention_layernorm`` output), so these functions hook that norm on every layer of an
-:class:`lmbricks.nn.LM` (dense or MoE) and reduce its output over tokens. mergekit-moe reads the
+:class:`lmbricks.nn.LM` (dense or MoE), or of a transformers causal LM (the Qwen3 bases lmbricks.nn
+does not compute), and reduce its output over tokens. mergekit-moe reads the
 residual stream before each layer instead; the router never sees that vector, so lmbricks uses the
 normalised FFN input (documented in docs/grow.md).
 """
@@ -14,22 +15,43 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from lmbricks.errors import ConfigError
 from lmbricks.nn.model import LM, Block
 
 
-class _NormTap:
-    """Forward hooks on every layer's ffn_norm; ``reduce`` turns (B, T, H) into (H,) per call."""
+def router_norms(model: nn.Module) -> list[nn.Module]:
+    """Each layer's FFN-input norm: ``Block.ffn_norm`` of an LM, ``post_attention_layernorm`` of an HF model."""
+    if isinstance(model, LM):
+        norms: list[nn.Module] = []
+        for block in model.layers:
+            assert isinstance(block, Block)
+            norms.append(block.ffn_norm)
+        return norms
+    layers = model.get_submodule("model.layers")
+    return [layer.get_submodule("post_attention_layernorm") for layer in layers.children()]
 
-    def __init__(self, model: LM, reduce: Callable[[Tensor], Tensor]) -> None:
-        self.sums: list[Tensor | None] = [None] * len(model.layers)
+
+def input_embedding(model: nn.Module) -> Tensor:
+    """The (V, H) token embedding matrix of an LM or a transformers model (detached)."""
+    if isinstance(model, LM):
+        return model.embed.weight.detach()
+    embed = model.get_submodule("model.embed_tokens")
+    assert isinstance(embed, nn.Embedding)
+    return embed.weight.detach()
+
+
+class _NormTap:
+    """Forward hooks on every layer's FFN-input norm; ``reduce`` turns (B, T, H) into (H,) per call."""
+
+    def __init__(self, model: nn.Module, reduce: Callable[[Tensor], Tensor]) -> None:
+        norms = router_norms(model)
+        self.sums: list[Tensor | None] = [None] * len(norms)
         self.reduce = reduce
         self.handles = []
-        for i, block in enumerate(model.layers):
-            assert isinstance(block, Block)
-            self.handles.append(block.ffn_norm.register_forward_hook(self._hook(i)))
+        for i, norm in enumerate(norms):
+            self.handles.append(norm.register_forward_hook(self._hook(i)))
 
     def _hook(self, i: int) -> Callable[..., None]:
         def hook(_module: Any, _inputs: Any, output: Tensor) -> None:
@@ -51,11 +73,11 @@ class _NormTap:
 
 
 @torch.no_grad()
-def mean_router_inputs(model: LM, blocks: Tensor, batch_size: int = 4) -> Tensor:
+def mean_router_inputs(model: nn.Module, blocks: Tensor, batch_size: int = 4) -> Tensor:
     """Mean router input per layer over every token of ``blocks``.
 
     Args:
-        model: the LM (eval mode).
+        model: the LM or transformers causal LM (eval mode).
         blocks: (N, T) token ids.
         batch_size: blocks per forward pass.
 
@@ -83,14 +105,14 @@ def prompt_ids(tokenizer: Any, prompt: str) -> Tensor:
 
 
 @torch.no_grad()
-def prompt_router_inputs(model: LM, tokenizer: Any, prompts: Sequence[str], average: bool = False) -> Tensor:
+def prompt_router_inputs(model: nn.Module, tokenizer: Any, prompts: Sequence[str], average: bool = False) -> Tensor:
     """Router input per layer for prompts, averaged over the prompts.
 
     Each prompt runs alone (no padding: mergekit pads a batch on the right and then reads the last
     position, which for shorter prompts is a padding token).
 
     Args:
-        model: the LM (eval mode).
+        model: the LM or transformers causal LM (eval mode).
         tokenizer: its tokenizer.
         prompts: the texts.
         average: mean over the prompt's tokens (mergekit's ``hidden_avg``) instead of the last token.

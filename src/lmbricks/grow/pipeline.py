@@ -3,7 +3,8 @@
 - :func:`assemble`: a recipe (:class:`~lmbricks.grow.recipe.MoERecipe`, validated) ->
   :func:`~lmbricks.grow.assemble.plan_assembly` (every check, no tensor read) ->
   :func:`~lmbricks.grow.assemble.assemble_model` (the MoE in memory) -> an atomic write with the
-  ``lmbricks.json`` inventory.
+  ``lmbricks.json`` inventory; a Qwen3 base goes to :func:`~lmbricks.grow.qwen3.write_qwen3_moe`
+  instead (tensors by name, Qwen3-MoE output).
 - :func:`grow`: :class:`GrowConfig` -> the new expert's source and the MoE's recorded inventory ->
   its router rows from the domain (:func:`~lmbricks.grow.add_expert.new_router_rows`) ->
   :func:`~lmbricks.grow.add_expert.grow_model` -> an atomic write.
@@ -32,7 +33,8 @@ from lmbricks.grow.assemble import (
     inventory,
     plan_assembly,
 )
-from lmbricks.grow.recipe import GrowConfig, MoERecipe, load_moe_recipe, parse_moe_recipe
+from lmbricks.grow.qwen3 import write_qwen3_moe
+from lmbricks.grow.recipe import QWEN3_FAMILIES, GrowConfig, MoERecipe, load_moe_recipe, parse_moe_recipe
 from lmbricks.grow.save import check_destination, save_grown, stored_dtype, torch_dtype
 from lmbricks.nn.config import LMConfig
 from lmbricks.nn.model import LM
@@ -88,6 +90,17 @@ def assemble(
     r, files = as_moe_recipe(recipe)
     plan = plan_assembly(r, out, force, inputs=files)
     try:
+        if plan.base_config.get("model_type") in QWEN3_FAMILIES:
+            if base is not None:
+                raise ConfigError("base: a Qwen3 base is read by tensor name; pass base=None")
+            return write_qwen3_moe(
+                plan,
+                Path(out).expanduser(),
+                force=force,
+                log=log or _quiet,
+                command=command or " ".join(sys.argv),
+                inputs=_assembly_inputs(plan),
+            )
         built = assemble_model(plan, log, base=base)
         (log or _quiet)(f"writing {out}")
         return save_grown(
@@ -98,7 +111,7 @@ def assemble(
             command=command or " ".join(sys.argv),
             recipe=r.to_dict(),
             inputs=_assembly_inputs(plan),
-            bricks=inventory(plan, built, out),
+            bricks=inventory(plan, built.layers, built.max_cosine, out),
             force=force,
         )
     finally:

@@ -13,8 +13,9 @@ Accepted (as mergekit-moe users write it)::
         noise_scale: 0.01                 # optional: Gaussian noise added to the expert's weights
         residual_scale: 0.5               # optional: scales the expert's down projection
     shared_experts:                       # optional, at most one: Qwen2-MoE output
+    # a Qwen3 base gives a Qwen3-MoE output (no shared expert); ``deepseek`` is refused (see DEEPSEEK_REFUSAL)
       - source_model: path/to/base
-    architecture: mixtral                 # optional: mixtral | qwen (checked against the layout)
+    architecture: mixtral                 # optional: mixtral | qwen | qwen3 (checked against the layout)
 
 lmbricks' extensions (documented as such in docs/grow.md):
 
@@ -53,7 +54,52 @@ GATE_MODES: tuple[str, ...] = (
 )
 #: Gate modes that read each expert's prompts.
 PROMPT_MODES: tuple[str, ...] = ("hidden", "hidden_last", "hidden_avg", "cheap_embed")
-ARCHITECTURES = {"mixtral": "mixtral", "qwen": "qwen2_moe", "qwen2_moe": "qwen2_moe"}
+ARCHITECTURES = {
+    "mixtral": "mixtral",
+    "qwen": "qwen2_moe",
+    "qwen2_moe": "qwen2_moe",
+    "qwen3": "qwen3_moe",
+    "qwen3_moe": "qwen3_moe",
+}
+#: Why ``architecture: deepseek`` is refused (docs/grow.md, "Parity with mergekit-moe").
+DEEPSEEK_REFUSAL = (
+    "mergekit-moe's DeepSeek output is model_type 'deepseek' (DeepSeek-MoE 16B), whose modelling code "
+    "exists only as remote code on the Hugging Face Hub (trust_remote_code); transformers has no such "
+    "model type, and its deepseek_v2/v3 use multi-head latent attention, which a Llama attention cannot "
+    "be written as. For routed experts plus a shared expert use architecture: qwen (Qwen2-MoE)"
+)
+#: Base model types whose MoE output is Qwen3-MoE.
+QWEN3_FAMILIES = ("qwen3",)
+#: ``architecture:`` values that ask for it.
+QWEN3_NAMES = ("qwen3", "qwen3_moe")
+
+
+def check_qwen3_plan(recipe: MoERecipe, base_type: str | None) -> None:
+    """Refuse a recipe that cannot give the Qwen3-MoE output its base or ``architecture`` implies.
+
+    Raises:
+        ConfigError: ``architecture: qwen3`` over a non-Qwen3 base (its attention has no q/k norms to
+            write), another architecture over a Qwen3 base, or a shared expert with a Qwen3 base.
+    """
+    wants = recipe.architecture in QWEN3_NAMES
+    if wants and base_type not in QWEN3_FAMILIES:
+        raise ConfigError(
+            f"architecture: {recipe.architecture!r} needs a Qwen3 base_model; {recipe.base_model} is a "
+            f"{base_type!r} model (Qwen3-MoE's attention normalises queries and keys per head, which "
+            "a Llama / Mistral / Qwen2 attention does not)"
+        )
+    if base_type not in QWEN3_FAMILIES:
+        return
+    if recipe.architecture is not None and not wants:
+        raise ConfigError(
+            f"architecture: {recipe.architecture!r} cannot hold a Qwen3 base's attention (q/k norms); "
+            "a Qwen3 base gives Qwen3-MoE (architecture: qwen3)"
+        )
+    if recipe.shared_experts:
+        raise ConfigError(
+            "shared_experts: Qwen3-MoE has no shared expert (transformers' Qwen3MoeSparseMoeBlock); "
+            "drop it, or use a Qwen2 base for a Qwen2-MoE output with a shared expert"
+        )
 
 
 class _Strict(BaseModel):
@@ -127,9 +173,13 @@ def check_recipe(r: MoERecipe) -> None:
     if r.dtype is not None and r.dtype not in DTYPES:
         raise ConfigError(f"dtype: unknown dtype {r.dtype!r} (choose from {', '.join(DTYPES)})")
     if r.architecture is not None:
+        if r.architecture.lower().startswith("deepseek"):
+            raise ConfigError(f"architecture: {r.architecture!r}: {DEEPSEEK_REFUSAL}")
         if r.architecture not in ARCHITECTURES:
-            raise ConfigError(f"architecture: {r.architecture!r} is not an output lmbricks writes (mixtral, qwen)")
-        if ARCHITECTURES[r.architecture] != r.output_family:
+            raise ConfigError(
+                f"architecture: {r.architecture!r} is not an output lmbricks writes (mixtral, qwen, qwen3)"
+            )
+        if r.architecture not in QWEN3_NAMES and ARCHITECTURES[r.architecture] != r.output_family:
             raise ConfigError(
                 f"architecture: {r.architecture!r} does not match the recipe: "
                 + ("a shared expert needs qwen" if r.shared_experts else "qwen needs exactly one shared expert")

