@@ -47,3 +47,6 @@ _restore_torch_threads
 
 # A pytest hook (tests/conftest.py): pytest calls it when the session is configured.
 pytest_configure
+
+# A pytest hook (tests/conftest.py): pytest calls it to order the collected tests.
+pytest_collection_modifyitems

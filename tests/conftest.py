@@ -25,6 +25,32 @@ def pytest_configure(config: pytest.Config) -> None:  # noqa: ARG001 (pytest's h
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
+#: Fixtures computed once per test run (tests/once.py) that take minutes: the quick tour, the fp32 scores.
+ONCE_PER_RUN = ("quick_tour", "fp32_scores")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the first test of each once-per-run fixture first and its other tests last.
+
+    Under pytest-xdist a worker that needs the result while another computes it waits on the lock
+    (the browser test waited 300 s): the first test starts the computation at once on one worker while
+    the other runs the rest of the suite, and the tests that only read the result come at the end.
+    """
+    first: set[str] = set()
+
+    def rank(item: pytest.Item) -> int:
+        used = [f for f in ONCE_PER_RUN if f in getattr(item, "fixturenames", ())]
+        if not used:
+            return 1
+        if used[0] not in first:
+            first.add(used[0])
+            return 0
+        return 2
+
+    ranks = {id(item): rank(item) for item in items}
+    items.sort(key=lambda item: ranks[id(item)])  # stable: the order within each group is kept
+
+
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer random Llama saved as a Hugging Face directory (fp32)."""
