@@ -51,6 +51,33 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: ranks[id(item)])  # stable: the order within each group is kept
 
 
+#: Process CPU seconds of each test (setup to teardown), written when LMBRICKS_TEST_CPU_JSON names a file.
+_CPU_SECONDS: dict[str, float] = {}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+    """Time each test on the process's CPU clock (steadier than the wall clock on a shared machine)."""
+    import time
+
+    start = time.process_time()
+    yield
+    _CPU_SECONDS[item.nodeid] = round(time.process_time() - start, 2)
+
+
+def pytest_sessionfinish() -> None:
+    """Write ``{nodeid: CPU seconds}`` to $LMBRICKS_TEST_CPU_JSON (one file per xdist worker: ``.gw0`` ...)."""
+    import json
+    import os
+
+    path = os.environ.get("LMBRICKS_TEST_CPU_JSON")
+    if path and _CPU_SECONDS:
+        worker = os.environ.get("PYTEST_XDIST_WORKER")
+        target = Path(f"{path}.{worker}" if worker else path)
+        ranked = dict(sorted(_CPU_SECONDS.items(), key=lambda kv: -kv[1]))
+        target.write_text(json.dumps({"total_cpu_s": round(sum(ranked.values()), 1), "tests": ranked}, indent=1))
+
+
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer random Llama saved as a Hugging Face directory (fp32)."""
