@@ -47,3 +47,10 @@ _restore_torch_threads
 
 # A pytest hook (tests/conftest.py): pytest calls it when the session is configured.
 pytest_configure
+
+# A pytest hook (tests/conftest.py): pytest calls it to order the collected tests.
+pytest_collection_modifyitems
+
+# pytest hooks (tests/conftest.py): each test timed on the CPU clock, the times written at the end.
+pytest_runtest_protocol
+pytest_sessionfinish

@@ -25,6 +25,59 @@ def pytest_configure(config: pytest.Config) -> None:  # noqa: ARG001 (pytest's h
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
+#: Fixtures computed once per test run (tests/once.py) that take minutes: the quick tour, the fp32 scores.
+ONCE_PER_RUN = ("quick_tour", "fp32_scores")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the first test of each once-per-run fixture first and its other tests last.
+
+    Under pytest-xdist a worker that needs the result while another computes it waits on the lock
+    (the browser test waited 300 s): the first test starts the computation at once on one worker while
+    the other runs the rest of the suite, and the tests that only read the result come at the end.
+    """
+    first: set[str] = set()
+
+    def rank(item: pytest.Item) -> int:
+        used = [f for f in ONCE_PER_RUN if f in getattr(item, "fixturenames", ())]
+        if not used:
+            return 1
+        if used[0] not in first:
+            first.add(used[0])
+            return 0
+        return 2
+
+    ranks = {id(item): rank(item) for item in items}
+    items.sort(key=lambda item: ranks[id(item)])  # stable: the order within each group is kept
+
+
+#: Process CPU seconds of each test (setup to teardown), written when LMBRICKS_TEST_CPU_JSON names a file.
+_CPU_SECONDS: dict[str, float] = {}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+    """Time each test on the process's CPU clock (steadier than the wall clock on a shared machine)."""
+    import time
+
+    start = time.process_time()
+    yield
+    _CPU_SECONDS[item.nodeid] = round(time.process_time() - start, 2)
+
+
+def pytest_sessionfinish() -> None:
+    """Write ``{nodeid: CPU seconds}`` to $LMBRICKS_TEST_CPU_JSON (one file per xdist worker: ``.gw0`` ...)."""
+    import json
+    import os
+
+    path = os.environ.get("LMBRICKS_TEST_CPU_JSON")
+    if path and _CPU_SECONDS:
+        worker = os.environ.get("PYTEST_XDIST_WORKER")
+        target = Path(f"{path}.{worker}" if worker else path)
+        ranked = dict(sorted(_CPU_SECONDS.items(), key=lambda kv: -kv[1]))
+        target.write_text(json.dumps({"total_cpu_s": round(sum(ranked.values()), 1), "tests": ranked}, indent=1))
+
+
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer random Llama saved as a Hugging Face directory (fp32)."""

@@ -8,6 +8,8 @@ import warnings
 import pytest
 import torch
 
+from lmbricks.eval.perplexity import PplResult
+
 pytestmark = pytest.mark.integration
 
 # Bits per byte of SmolLM2-135M-Instruct on the first 12 KB of each domain's test split, as measured
@@ -69,12 +71,9 @@ def test_greedy_answer_names_paris(default_model: tuple[object, object]) -> None
     assert "Paris" in answer
 
 
-def test_bits_per_byte_by_domain_near_reference(default_model: tuple[object, object]) -> None:
-    from lmbricks.eval import evaluate_domains
-
-    model, tok = default_model
-    results = evaluate_domains(model, tok, list(MEASURED_BPB), max_bytes=12_000)
-    measured = {d: round(r.bpb, 3) for d, r in results.items()}
+def test_bits_per_byte_by_domain_near_reference(fp32_scores: dict[str, PplResult]) -> None:
+    assert set(fp32_scores) == set(MEASURED_BPB)  # the default domains, first 12 KB of each test split
+    measured = {d: round(r.bpb, 3) for d, r in fp32_scores.items()}
     for domain, ref in MEASURED_BPB.items():
         pinned, used = _built_from_pins(domain)
         if not pinned:
@@ -99,20 +98,22 @@ def test_inventory_of_default_model() -> None:
     assert abs(inv["total_parameters"] - 134_515_008) < 1_000
 
 
-def test_bits_per_byte_equal_an_independent_cross_entropy(default_model: tuple[object, object]) -> None:
-    """The evaluator's bits per byte against cross-entropy computed here from the model's logits on
-    the same bytes: each window of 1,023 tokens after the start token, one forward pass per window."""
+def test_bits_per_byte_equal_an_independent_cross_entropy(
+    default_model: tuple[object, object], fp32_scores: dict[str, PplResult]
+) -> None:
+    """The evaluator's bits per byte (``evaluate_domains`` on the same fp32 model, shared with the other
+    tests) against cross-entropy computed here from the model's logits on the same bytes: each window of
+    1,023 tokens after the start token, one forward pass per window."""
     import math
 
     import torch.nn.functional as F
 
-    from lmbricks.eval import evaluate_domains
     from lmbricks.eval.domains import held_out_texts
 
     model, tok = default_model
     domains = ["dialogue", "zh"]
-    texts = held_out_texts(domains, "test", 12_000, None, None)
-    results = evaluate_domains(model, tok, domains, max_bytes=12_000, texts=texts)
+    texts = held_out_texts(domains, "test", 12_000, None, None)  # the bytes fp32_scores scored
+    results = fp32_scores
     start = tok.bos_token_id  # type: ignore[attr-defined]
     assert start is not None
     for domain in domains:
@@ -127,16 +128,19 @@ def test_bits_per_byte_equal_an_independent_cross_entropy(default_model: tuple[o
         assert abs(results[domain].bpb - bpb) < 1e-4, (domain, results[domain].bpb, bpb)
 
 
-def test_a_shipped_brick_rescored_matches_its_recorded_figure() -> None:
+def test_a_shipped_brick_rescored_matches_its_recorded_figure(fp32_scores: dict[str, PplResult]) -> None:
     """Re-measure the dialogue brick's held-out perplexity (base and base + brick, first 12 KB of the
-    test split) and compare with what its lmbricks.json records: the >= 5% claim is re-measured."""
+    test split) and compare with what its lmbricks.json records: the >= 5% claim is re-measured.
+
+    The base's figure is the shared fp32 score of the same bytes when the brick recorded the default
+    12 KB (the same transformers model, the same evaluator); only the base + brick is scored here."""
     from pathlib import Path
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lmbricks.adapters import read_brick
-    from lmbricks.eval import evaluate_domains
+    from lmbricks.eval import DEFAULT_BYTES, evaluate_domains
     from lmbricks.hub import resolve_model
 
     brick = Path(__file__).resolve().parents[2] / "bricks" / "smollm2-135m-instruct" / "dialogue"
@@ -145,7 +149,10 @@ def test_a_shipped_brick_rescored_matches_its_recorded_figure() -> None:
     path = resolve_model("smollm2-135m-instruct", fetch=False)
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
-    before = evaluate_domains(model, tok, ["dialogue"], max_bytes=effect["eval_bytes"])["dialogue"].ppl
+    if effect["eval_bytes"] == DEFAULT_BYTES:
+        before = fp32_scores["dialogue"].ppl
+    else:
+        before = evaluate_domains(model, tok, ["dialogue"], max_bytes=effect["eval_bytes"])["dialogue"].ppl
     tuned = PeftModel.from_pretrained(model, str(brick)).eval()
     after = evaluate_domains(tuned, tok, ["dialogue"], max_bytes=effect["eval_bytes"])["dialogue"].ppl
     assert before == pytest.approx(effect["ppl_before"], rel=2e-3), (before, effect)

@@ -11,9 +11,11 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from tests.once import once_per_run
 
 pytestmark = pytest.mark.integration
 
@@ -24,13 +26,18 @@ if str(SCRIPTS) not in sys.path:
 
 @pytest.fixture(scope="module")
 def summary(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    import sparse_pretrain
+    """The --tiny run's summary, run once per test run (under pytest-xdist this module's tests land on
+    both workers, and each worker's own module fixture ran the script again)."""
 
-    out = tmp_path_factory.mktemp("sp")
-    argv = ["--tiny", "--tokenizer", "lmbricks-tiny", "--out", str(out / "run"), "--img", str(out / "img")]
-    result = sparse_pretrain.main(argv + ["--json", str(out / "results.json")])
-    result["_out"] = str(out)
-    return result
+    def run(out: Path) -> dict[str, Any]:
+        import sparse_pretrain
+
+        argv = ["--tiny", "--tokenizer", "lmbricks-tiny", "--out", str(out / "run"), "--img", str(out / "img")]
+        result = sparse_pretrain.main(argv + ["--json", str(out / "results.json")])
+        result["_out"] = str(out)
+        return result
+
+    return once_per_run(tmp_path_factory, "sparse_pretrain_tiny", run)
 
 
 def test_three_activations_train_with_equal_tokens_and_parameters(summary: dict) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from tests.tour.brick_world import ALPHABETS, make_brick_world
+from tests.tour.quick_tour import QuickTour
 
 from lmbricks.tour import TourFailed, run_tour
 from lmbricks.tour.bricks import bricks_section
@@ -74,9 +75,8 @@ def test_refused_bricks_fail_the_section(tiny_llama: Path, tmp_path: Path, monke
 
 
 @pytest.mark.integration
-def test_bricks_section_on_default_model(tmp_path: Path) -> None:
-    report = run_tour(tmp_path, quick=True, sections=[("bricks", bricks_section)])
-    res = json.loads((tmp_path / "results.json").read_text())["bricks"]
+def test_bricks_section_on_default_model(quick_tour: QuickTour) -> None:
+    res = quick_tour.results()["bricks"]
     bricks = {"code", "dialogue", "math", "zh"}
     _check_results(res, bricks)
     eff = res["effects"]["ppl"]
@@ -85,5 +85,4 @@ def test_bricks_section_on_default_model(tmp_path: Path) -> None:
     for d in bricks:
         assert eff[d][d] < eff["base"][d], d
     assert res["routing"]["all"]["accuracy"] >= 0.5
-    page = report.read_text()
-    assert "Customized bricks" in page and page.count("data:image/png;base64") == 3
+    assert quick_tour.section_page("Customized bricks").count("data:image/png;base64") == 3

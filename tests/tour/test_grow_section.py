@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.tour.quick_tour import QuickTour
 
 from lmbricks.tour import run_tour
 from lmbricks.tour.grow import CACHE_NAME, grow_section
@@ -66,13 +67,12 @@ def test_grow_section_on_tiny_model(tiny_llama: Path, tmp_path: Path, monkeypatc
 
 
 @pytest.mark.integration
-def test_grow_section_on_default_model(tmp_path: Path) -> None:
+def test_grow_section_on_default_model(quick_tour: QuickTour) -> None:
     from lmbricks.eval import DEFAULT_DOMAINS
 
-    report = run_tour(tmp_path, quick=True, sections=[("grow", grow_section)])
-    page = report.read_text()
-    assert "Grow: a mixture of experts from bricks" in page and page.count("data:image/png;base64") >= 2
-    results = json.loads((tmp_path / "results.json").read_text())
+    page = quick_tour.section_page("Grow: a mixture of experts from bricks")
+    assert page.count("data:image/png;base64") >= 2
+    results = quick_tour.results()
     assert Path(results["routed_model"]).is_dir()
     grow = results["grow"]
     assert set(grow["experts"]) == {"code", "math", "zh", "dialogue"}

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
+from tests.tour.quick_tour import QuickTour
 
 from lmbricks.moefy import is_moefied
 from lmbricks.report import Report
-from lmbricks.tour import run_tour
-from lmbricks.tour.moefy import moefication_section, moefy_section
+from lmbricks.tour.moefy import moefication_section
 from lmbricks.tour.run import TourContext
 
 DOMAINS = {"en_prose", "code", "math", "zh", "dialogue"}
@@ -37,15 +36,13 @@ def test_moefication_section_on_tiny_model_builds_then_reuses(tiny_llama: Path, 
 
 
 @pytest.mark.integration
-def test_moefy_section_quick_on_default_model(tmp_path: Path) -> None:
-    run_tour(tmp_path, quick=True, sections=[("moefy", moefy_section)])
-    results = json.loads((tmp_path / "results.json").read_text())
+def test_moefy_section_quick_on_default_model(quick_tour: QuickTour) -> None:
+    results = quick_tour.results()
     measured = results["moefy"]
     assert set(measured["router_mean_change"]) == {"8", "16"}
     assert set(measured["router_ppl_change"]["16"]) == DOMAINS
     # fewer experts cost more perplexity and run faster
     assert measured["router_mean_change"]["8"] > measured["router_mean_change"]["16"] > 0
     assert measured["ffn_speedup"]["8"] > measured["ffn_speedup"]["32"]
-    page = (tmp_path / "report.html").read_text()
-    assert "MoEfication" in page and "data:image/png;base64" in page
-    assert is_moefied(tmp_path / "cache" / "moefied") and "moefy" in results["timings_s"]
+    assert "data:image/png;base64" in quick_tour.section_page("MoEfication")
+    assert is_moefied(quick_tour.out / "cache" / "moefied") and "moefy" in results["timings_s"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from tests.tour.brick_world import make_brick_world
+from tests.tour.quick_tour import QuickTour
 
 from lmbricks.tour import run_tour
 from lmbricks.tour.proxy import ALPHAS, FETCH, proxy_section
@@ -40,9 +41,8 @@ def test_proxy_section_on_tiny_model(tiny_llama: Path, tmp_path: Path, monkeypat
 
 
 @pytest.mark.integration
-def test_proxy_section_on_default_model(tmp_path: Path) -> None:
-    report = run_tour(tmp_path, quick=True, sections=[("proxy", proxy_section)])
-    res = json.loads((tmp_path / "results.json").read_text())["proxy"]
+def test_proxy_section_on_default_model(quick_tour: QuickTour) -> None:
+    res = quick_tour.results()["proxy"]
     demo = res["demo"]
     if res["optional_models"] and demo["models"] == "qwen":
         assert demo["ppl"]["proxy"]["0.0"] == pytest.approx(demo["ppl"]["base"], rel=1e-6)
@@ -50,4 +50,4 @@ def test_proxy_section_on_default_model(tmp_path: Path) -> None:
         _check_demo(demo)
         # The shipped brick lowers its domain's perplexity, so alpha 1 beats the base.
         assert demo["ppl"]["proxy"]["1.0"] < demo["ppl"]["base"]
-    assert "Proxy-tuning" in report.read_text()
+    assert quick_tour.section_page("Proxy-tuning")

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.tour.quick_tour import QuickTour
 
 from lmbricks.report import Report
-from lmbricks.tour import run_tour
 from lmbricks.tour.run import TourContext
-from lmbricks.tour.sparsity import QUICK_SPARSITIES, masking_section, sparsity_section
+from lmbricks.tour.sparsity import QUICK_SPARSITIES, masking_section
 
 DOMAINS = {"en_prose", "code", "math", "zh", "dialogue"}
 
@@ -38,14 +37,12 @@ def test_masking_section_on_tiny_model(tiny_llama: Path, tmp_path: Path) -> None
 
 
 @pytest.mark.integration
-def test_sparsity_section_quick_on_default_model(tmp_path: Path) -> None:
-    run_tour(tmp_path, quick=True, sections=[("sparsity", sparsity_section)])
-    results = json.loads((tmp_path / "results.json").read_text())
+def test_sparsity_section_quick_on_default_model(quick_tour: QuickTour) -> None:
+    results = quick_tour.results()
     measured = results["sparsity"]
     assert set(measured["mean_change"]) == {f"{r:g}" for r in QUICK_SPARSITIES}
     assert set(measured["ppl_change"]["0.5"]) == DOMAINS
     # masking more neurons per token costs more perplexity on average
     assert 0.0 < measured["mean_change"]["0.5"] < measured["mean_change"]["0.8"]
-    page = (tmp_path / "report.html").read_text()
-    assert "Activation sparsity" in page and "data:image/png;base64" in page
+    assert "data:image/png;base64" in quick_tour.section_page("Activation sparsity")
     assert "sparsity" in results["timings_s"]

@@ -8,6 +8,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+from tests.tour.quick_tour import QuickTour
 
 from lmbricks.moefy import is_moefied
 from lmbricks.tour import TourContext, run_tour
@@ -76,13 +77,11 @@ def test_traces_the_grow_sections_model(tiny_llama: Path, tiny_mixtral: Path, tm
 
 
 @pytest.mark.integration
-def test_trace_section_quick_on_default_model(tmp_path: Path) -> None:
-    report = run_tour(tmp_path, quick=True, sections=[("trace", trace_section)])
-    results = json.loads((tmp_path / "results.json").read_text())
+def test_trace_section_quick_on_default_model(quick_tour: QuickTour) -> None:
+    results = quick_tour.results()
     trace = results["trace"]
     assert set(trace["heatmap"]) == {"en_prose", "code", "math", "zh", "dialogue"}
     assert len(trace["layers"]) == 30 and trace["documents"] == 5 * TraceBudget.for_mode(True).docs_per_domain
     assert {r["features"] for r in trace["topic"]} >= {"majority class", "bag of words", "all layers"}
     assert "trace" in results["timings_s"]
-    page = report.read_text()
-    assert "Routing trace" in page and page.count("data:image/png;base64") == 3
+    assert quick_tour.section_page("Routing trace").count("data:image/png;base64") == 3

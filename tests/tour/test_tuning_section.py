@@ -7,14 +7,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.tour.quick_tour import QuickTour
 
 from lmbricks.reward.probe import train_linear_head
 from lmbricks.tour import run_tour
 from lmbricks.tour.tuning import tuning_section
 
 
-def _check(tmp_path: Path, shots: list[int]) -> dict:
-    page = (tmp_path / "report.html").read_text()
+def _check(tmp_path: Path, shots: list[int], page: str | None = None) -> dict:
+    """The section's results in the tour folder ``tmp_path``; ``page``: its part of the report (the whole
+    report when None, which must then be a report of this section alone)."""
+    page = (tmp_path / "report.html").read_text() if page is None else page
     assert "Prompting and reward models" in page and page.count("data:image/png;base64") >= 2
     results = json.loads((tmp_path / "results.json").read_text())
     tuning = results["tuning"]
@@ -46,9 +49,8 @@ def test_tuning_section_on_tiny_model(tiny_llama: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_tuning_section_quick_on_default_model(tmp_path: Path) -> None:
-    run_tour(tmp_path, quick=True, sections=[("tuning", tuning_section)], log=lambda _: None)
-    tuning = _check(tmp_path, [0, 1, 4])
+def test_tuning_section_quick_on_default_model(quick_tour: QuickTour) -> None:
+    tuning = _check(quick_tour.out, [0, 1, 4], quick_tour.section_page("Prompting and reward models"))
     # the default model does learn the reward direction on its training pairs
     first, last = tuning["reward"]["train_loss_first_last"]
     assert last < first

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import torch
 from test_ddp import MOE
+from tests.once import once_per_run
 from train_helpers import CLI, cli_env, losses, write_config
 
 from lmbricks.nn import load_model
@@ -70,16 +71,23 @@ def _assert_same_run(got: Path, want: Path) -> None:
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory: pytest.TempPathFactory, corpus: Path) -> dict[str, Path]:
-    """The one-process reference runs: dropless softmax top-2, and capacity + aux-loss-free sigmoid."""
-    tmp = tmp_path_factory.mktemp("single")
-    runs = {}
-    for kind, model in (("dropless", DROPLESS), ("capacity", CAPACITY)):
-        _train(_config(tmp, corpus, model, None), tmp / kind, 1)
-        runs[kind] = tmp / kind
-    for kind, micro in (("one_micro_batch", 8), ("two_micro_batches", 4)):  # a strong Switch loss
-        _train(_config(tmp, corpus, DROPLESS, None, micro_batch_size=micro, moe_loss=STRONG), tmp / kind, 1)
-        runs[kind] = tmp / kind
-    return runs
+    """The one-process reference runs: dropless softmax top-2, and capacity + aux-loss-free sigmoid.
+
+    Trained once per test run: under pytest-xdist this module's tests land on both workers, and each
+    worker's own module fixture trained the four runs again (every worker's corpus is the same text).
+    """
+
+    def train_all(tmp: Path) -> dict[str, str]:
+        runs = {}
+        for kind, model in (("dropless", DROPLESS), ("capacity", CAPACITY)):
+            _train(_config(tmp, corpus, model, None), tmp / kind, 1)
+            runs[kind] = str(tmp / kind)
+        for kind, micro in (("one_micro_batch", 8), ("two_micro_batches", 4)):  # a strong Switch loss
+            _train(_config(tmp, corpus, DROPLESS, None, micro_batch_size=micro, moe_loss=STRONG), tmp / kind, 1)
+            runs[kind] = str(tmp / kind)
+        return runs
+
+    return {kind: Path(run) for kind, run in once_per_run(tmp_path_factory, "distributed_single", train_all).items()}
 
 
 @pytest.mark.slow
