@@ -6,15 +6,17 @@ import json
 from pathlib import Path
 
 import pytest
+from tests.tour.quick_tour import QuickTour
 
 from lmbricks.tour import run_tour
 from lmbricks.tour.plugins import QUICK, plugins_section
 
+TITLE = "Plug-ins: knowledge, memory, acceleration"
 
-def _check(tmp_path: Path) -> dict:
-    page = (tmp_path / "report.html").read_text()
-    assert "Plug-ins: knowledge, memory, acceleration" in page and "data:image/png;base64" in page
-    results = json.loads((tmp_path / "results.json").read_text())
+
+def _check(results: dict, page: str) -> dict:
+    """Checks on the section's figures (``results.json``) and its part of the report (``page``)."""
+    assert TITLE in page and "data:image/png;base64" in page
     plugins = results["plugins"]
     k = plugins["knowledge"]
     assert k["questions"] >= 1 and 0 <= k["none"] <= k["questions"] and 0 <= k["plugin"] <= k["questions"]
@@ -37,13 +39,13 @@ def test_plugins_section_on_tiny_model(tiny_llama: Path, tmp_path: Path) -> None
     run_tour(
         tmp_path, quick=True, model_ref=str(tiny_llama), sections=[("plugins", plugins_section)], log=lambda _: None
     )
-    _check(tmp_path)
+    _check(json.loads((tmp_path / "results.json").read_text()), (tmp_path / "report.html").read_text())
 
 
 @pytest.mark.integration
-def test_plugins_section_quick_on_default_model(tmp_path: Path) -> None:
-    run_tour(tmp_path, quick=True, sections=[("plugins", plugins_section)], log=lambda _: None)
-    plugins = _check(tmp_path)
+def test_plugins_section_quick_on_default_model(quick_tour: QuickTour) -> None:
+    """The section's part of the shared quick tour (``lmbricks tour --quick`` runs it)."""
+    plugins = _check(quick_tour.results(), quick_tour.section_page(TITLE))
     assert plugins["memory"]["window"] == 256
     assert plugins["memory"]["accuracy"] == {"sliding": 0.0, "infllm": 1.0}  # the window forgot, the memory kept
     assert plugins["accelerate"]["prefill_flops_saved"] > 0.3  # 24 of 30 layers on half the sequence
