@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,16 @@ def test_rl_refuses_bad_inputs_before_work(tiny_llama: Path, tiny_rms: list[Path
     with pytest.raises(ConfigError, match="no such file"):
         run_rl(_job(tiny_llama, tiny_rms, tmp_path / "missing.txt"), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_rl_trains_against_a_python_scorer_in_place_of_reward_dirs(tiny_llama: Path, tmp_path: Path) -> None:
+    from lmbricks.align.scorer import text_scorer
+
+    scorer = text_scorer(lambda _p, r: float(len(r)))  # a reward of the text alone, no reward-model directory
+    res = run_rl(_job(tiny_llama, [], _prompts(tmp_path), steps=2), tmp_path / "run", scorer=scorer)
+    assert len(res.records) == 2 and res.records[1]["kl"] > 0
+    prov = json.loads((res.policy / "lmbricks.json").read_text())
+    assert "python" in json.dumps(prov) and "reward_model_0" not in json.dumps(prov)
+    with pytest.raises(ConfigError, match="no reward model"):
+        run_rl(_job(tiny_llama, [], _prompts(tmp_path)), tmp_path / "none")
+    assert not (tmp_path / "none").exists()
