@@ -46,6 +46,12 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--out", type=Path, required=True, help="run directory (samples.json)")
     ap.add_argument("--json", type=Path, required=True)
     ap.add_argument("--plot", type=Path, default=None)
+    ap.add_argument(
+        "--reuse-samples",
+        type=Path,
+        default=None,
+        help="an earlier run directory with the same prompts, n-max, new tokens and seed: its samples",
+    )
     ap.add_argument("--rl-steps", type=int, default=0, help="RL steps per policy (0: best-of-n only)")
     ap.add_argument("--rl-targets", default="m0,warm", help="proxies RL optimises (m<i>, warm, ensemble)")
     ap.add_argument("--rl-prompts-per-step", type=int, default=8)
@@ -127,6 +133,20 @@ def sample(args: argparse.Namespace) -> tuple[list[str], Any, float]:
     cfg = SamplingConfig(max_new_tokens=args.max_new_tokens, batch_size=64)
     s = sample_responses(model.eval(), tok, ids, args.n_max, cfg, seed=args.seed)
     return prompts, s, time.process_time() - t0
+
+
+def reused_samples(args: argparse.Namespace) -> tuple[list[str], list[list[str]], int, float]:
+    """The samples of an earlier run (``samples.json`` and its ``overoptimisation.json``), checked to be
+    drawn as this run would draw them; their token count and sampling CPU time are the earlier run's."""
+    from lmbricks.errors import ConfigError
+
+    d = args.reuse_samples
+    old = json.loads((d / "overoptimisation.json").read_text())
+    for key in ("model", "prompts", "n_max", "max_new_tokens", "seed"):
+        if old["setup"][key] != getattr(args, key):
+            raise ConfigError(f"{d}: drawn with {key} = {old['setup'][key]!r}, this run asks {getattr(args, key)!r}")
+    saved = json.loads((d / "samples.json").read_text())
+    return saved["prompts"], saved["texts"], int(old["sampled_tokens"]), float(old["cpu_seconds"]["sampling"])
 
 
 def score_all(rm: Any, tok: Any, start: int, tops: dict, prompts: list[str], texts: list[list[str]]) -> dict:
@@ -336,10 +356,14 @@ def main() -> None:
     start = rm.num_layers - args.trainable_layers
     tops, info = cached_rms(args, rm, tok, start)
     c1 = time.process_time()
-    prompts, s, sample_cpu = sample(args)
-    (args.out / "samples.json").write_text(json.dumps({"prompts": prompts, "texts": s.texts}, indent=1))
+    if args.reuse_samples is not None:
+        prompts, texts, tokens, sample_cpu = reused_samples(args)
+    else:
+        prompts, s, sample_cpu = sample(args)
+        texts, tokens = s.texts, s.tokens
+    (args.out / "samples.json").write_text(json.dumps({"prompts": prompts, "texts": texts}, indent=1))
     c2 = time.process_time()
-    scores = score_all(rm, tok, start, tops, prompts, s.texts)
+    scores = score_all(rm, tok, start, tops, prompts, texts)
     c3 = time.process_time()
     rl = None
     if args.rl_steps > 0:
@@ -348,10 +372,11 @@ def main() -> None:
         policies: dict[str, str | None] = {"initial": None, **{t: v["policy"] for t, v in trained.items()}}
         rl = analyse_rl(args, trained, held_out(args, rm, tok, start, tops, prompts, policies))
         rl["cpu_seconds"] = {"training": c4 - c3, "held_out": time.process_time() - c4}
-    res = {"command": "scripts/overoptimisation.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
+    res = {"samples_reused_from": str(args.reuse_samples) if args.reuse_samples else None,
+           "command": "scripts/overoptimisation.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
                                                               vars(args).items() if v is not None),  # fmt: skip
            "model": args.model, "setup": {**{k: v for k, v in vars(args).items() if k not in ("out", "json", "plot")},
-           **info}, "prompts": len(prompts), "sampled_tokens": s.tokens,  # fmt: skip
+           **info}, "prompts": len(prompts), "sampled_tokens": tokens,  # fmt: skip
            **analyse(scores, args.members, args.n_max), **({"rl": rl} if rl else {}),
            "cpu_seconds": {"reward_models": c1 - c0, "sampling": sample_cpu, "scoring": c3 - c2},
            "wall_seconds": time.time() - t0, "threads": args.threads,

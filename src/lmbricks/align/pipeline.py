@@ -185,6 +185,21 @@ def sampling_copy(t: Any, precision: str) -> Any:
     return m.to(inference_dtype(precision)).eval()  # type: ignore[arg-type]
 
 
+def reference_copy(model: Any, precision: str) -> Any:
+    """The frozen KL reference: a copy of the initial policy in the inference dtype, without gradients.
+
+    bf16 weights under bf16 precision: its log-probabilities are computed under autocast anyway, which
+    re-cast fp32 weights at every micro-batch, and half the memory; the loss moves by bf16 rounding only
+    (tested against an fp32 reference).
+    """
+    import copy
+
+    from lmbricks.runtime import inference_dtype
+
+    ref = copy.deepcopy(model).eval().requires_grad_(False)
+    return ref.to(inference_dtype(precision))  # type: ignore[arg-type]
+
+
 def rl_step(t: Any, reference: Any, scorer: Scorer, prompts: list[str], ids: list[list[int]], job: RLJob,
             step: int, precision: str) -> dict[str, float]:  # fmt: skip
     """One RL step: sample k responses for each of the step's prompts, score them, one policy-gradient update.
@@ -245,7 +260,6 @@ def run_rl(
         ConfigError: no prompts, no or unknown reward models, a vocabulary mismatch, a bad run directory
             (all before any sampling).
     """
-    import copy
 
     from lmbricks.align.trainee import make_trainee, prepare_run_dir, save_policy
     from lmbricks.hub import reference_paths
@@ -261,7 +275,7 @@ def run_rl(
     if scorer is None:
         scorer = load_reward_ensemble(paths, tok, torch.bfloat16 if precision == "bf16" else torch.float32)
     ids = encode_policy_prompts(tok, prompts, job.sampling.chat)
-    reference = copy.deepcopy(model).eval().requires_grad_(False)
+    reference = reference_copy(model, precision)
     t = make_trainee(model, tok, job.policy, job.lora, job.optim.lr, job.optim.weight_decay, job.seed, run_dir,
                      resume_from)  # fmt: skip
     score = scorer
