@@ -5,11 +5,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
 
+@pytest.mark.slow
 def test_quick_bench_reports_the_step_and_its_parts(tmp_path: Path) -> None:
     from align import main  # bench/align.py
 
