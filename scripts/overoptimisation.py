@@ -12,6 +12,14 @@ every reward model; best-of-n for each proxy and n = 1, 2, 4, ... is judged by t
 (expectation over all n-subsets), against KL = log n - (n - 1) / n. At n = n-max, WARM's pick and
 the ensemble's pick play each member's pick head to head under the gold reward.
 
+With ``--rl-steps N``, ``lmbricks align rl``'s ``run_rl`` (RLOO, LoRA rank 8) trains one policy against
+each of ``--rl-targets`` (a member ``m<i>``, ``warm`` or ``ensemble``) through a shared-trunk scorer; every
+step's samples are also judged by the gold model (never optimised), giving gold reward against the
+sequence KL to the initial policy along each run. The final policies then sample ``--rl-samples``
+responses for each held-out prompt (same seed): gold reward, KL, and the gold head to head of each
+later target's policy over the first's (Wilson interval). ``--reuse-samples DIR`` scores an earlier
+run's best-of-n samples instead of drawing them again (same prompts, n-max, new tokens, seed).
+
     OMP_NUM_THREADS=1 .venv/bin/python scripts/overoptimisation.py --out /work/runs/warm-exp \
         --json docs/bench/overoptimisation-2026-12-07.json --plot docs/img/overoptimisation.png
 """
