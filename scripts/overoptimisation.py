@@ -16,9 +16,8 @@ With ``--rl-steps N``, ``lmbricks align rl``'s ``run_rl`` (RLOO, LoRA rank 8) tr
 each of ``--rl-targets`` (a member ``m<i>``, ``warm`` or ``ensemble``) through a shared-trunk scorer; every
 step's samples are also judged by the gold model (never optimised), giving gold reward against the
 sequence KL to the initial policy along each run. The final policies then sample ``--rl-samples``
-responses for each held-out prompt (same seed): gold reward, KL, and the gold head to head of each
-later target's policy over the first's (Wilson interval). ``--reuse-samples DIR`` scores an earlier
-run's best-of-n samples instead of drawing them again (same prompts, n-max, new tokens, seed).
+responses for each held-out prompt: gold reward, KL, and the gold head to head of each later target's
+policy over the first's (Wilson interval). ``--reuse-samples DIR``: score an earlier run's samples.
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/overoptimisation.py --out /work/runs/warm-exp \
         --json docs/bench/overoptimisation-2026-12-07.json --plot docs/img/overoptimisation.png
@@ -317,12 +316,8 @@ def plot(res: dict, path: Path) -> None:
     rl = res.get("rl")
     fig, axes = plt.subplots(1, 2 if rl else 1, figsize=(11 if rl else 6.4, 4.2), squeeze=False, sharey=True)
     ax = axes[0][0]
-    styles = {
-        "warm": ("C0", "WARM (weight average)"),
-        "ensemble": ("C2", "prediction ensemble"),
-        "single_mean": ("C3", "single proxy (mean of members)"),
-        "gold": ("k", "gold itself (oracle)"),
-    }
+    styles = {"warm": ("C0", "WARM (weight average)"), "ensemble": ("C2", "prediction ensemble"),
+              "single_mean": ("C3", "single proxy (mean of members)"), "gold": ("k", "gold (oracle)")}  # fmt: skip
     for name, c in res["curves"].items():
         kl = [e["kl"] for e in c]
         g = [e["gold"] for e in c]
@@ -343,7 +338,11 @@ def plot(res: dict, path: Path) -> None:
             kl = [e["kl"] for e in c]
             ax.plot(kl, [e["gold"] for e in c], color=col, marker="s", ms=3, label=f"RL vs {label}")
             ax.fill_between(kl, [e["ci95"][0] for e in c], [e["ci95"][1] for e in c], color=col, alpha=0.12)
-        ax.set_xlabel("KL(RL policy || initial), nats per response (k3, training samples)")
+            h = rl["held_out"][name]  # the final policy on the held-out prompts
+            ax.errorbar([h["kl"]], [h["gold"]], yerr=[[h["gold"] - h["ci95"][0]], [h["ci95"][1] - h["gold"]]],
+                        color=col, marker="*", ms=10, capsize=3)  # fmt: skip
+        ax.plot([0.0], [rl["held_out"]["initial"]["gold"]], "k*", ms=10, label="initial policy (held out)")
+        ax.set_xlabel("KL(RL policy || initial), nats per response (stars: held-out prompts)")
         ax.set_title(f"RLOO + LoRA, {rl['job']['steps']} steps, points of {res['setup']['rl_bin']} steps", fontsize=9)
         ax.legend(fontsize=8)
     fig.suptitle("gold reward against KL, 95% bootstrap bands", fontsize=10)
