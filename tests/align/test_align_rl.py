@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,45 @@ def test_rl_refuses_bad_inputs_before_work(tiny_llama: Path, tiny_rms: list[Path
     with pytest.raises(ConfigError, match="no such file"):
         run_rl(_job(tiny_llama, tiny_rms, tmp_path / "missing.txt"), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_rl_trains_against_a_python_scorer_in_place_of_reward_dirs(tiny_llama: Path, tmp_path: Path) -> None:
+    from lmbricks.align.scorer import text_scorer
+
+    scorer = text_scorer(lambda _p, r: float(len(r)))  # a reward of the text alone, no reward-model directory
+    res = run_rl(_job(tiny_llama, [], _prompts(tmp_path), steps=2), tmp_path / "run", scorer=scorer)
+    assert len(res.records) == 2 and res.records[1]["kl"] > 0
+    prov = json.loads((res.policy / "lmbricks.json").read_text())
+    assert "python" in json.dumps(prov) and "reward_model_0" not in json.dumps(prov)
+    with pytest.raises(ConfigError, match="no reward model"):
+        run_rl(_job(tiny_llama, [], _prompts(tmp_path)), tmp_path / "none")
+    assert not (tmp_path / "none").exists()
+
+
+def test_bf16_reference_leaves_the_loss_unchanged_to_rounding(tiny_llama: Path) -> None:
+    """The bf16 reference copy gives the loss and KL of the fp32 reference under bf16 autocast, to bf16 rounding."""
+    import copy
+
+    from lmbricks.align.pipeline import reference_copy
+    from lmbricks.runtime import autocast
+
+    model, tok = load_model(tiny_llama, hf_fallback=False)
+    ref32 = copy.deepcopy(model).eval().requires_grad_(False)
+    ref16 = reference_copy(model, "bf16")
+    assert next(ref16.parameters()).dtype == torch.bfloat16 and not next(ref16.parameters()).requires_grad
+    with torch.no_grad():  # the policy moved away from the reference, so the KL term is not 0
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    ids = encode_policy_prompts(tok, ["Hello", "The quick brown fox"], chat=False)
+    s = sample_responses(model, tok, ids, 2, SamplingConfig(max_new_tokens=6), seed=0)
+    rows, resp = [p for p in s.prompt_ids for _ in range(2)], [r for rs in s.responses for r in rs]
+    adv = torch.tensor([1.0, -1.0, 0.5, -0.5])
+    out = {}
+    for name, ref in (("fp32", ref32), ("bf16", ref16)):
+        with autocast("bf16", "cpu"), torch.no_grad():
+            r, _ = token_logprobs(ref, rows, resp)
+            logp, mask = token_logprobs(model, rows, resp)
+        out[name] = policy_gradient_loss(logp, r, mask, adv, kl_coef=1.0)
+    assert float(out["fp32"][1]) > 0.01  # a KL term well above rounding
+    torch.testing.assert_close(out["bf16"][0], out["fp32"][0], atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(out["bf16"][1], out["fp32"][1], atol=5e-3, rtol=5e-2)

@@ -154,7 +154,9 @@ class RLJob(_Strict):
     """
 
     policy: str = Field(description="the initial policy (also the KL reference)")
-    reward_models: list[str] = Field(min_length=1, description="reward-model directories")
+    reward_models: list[str] = Field(
+        default_factory=list, description="reward-model directories; several: the mean of their predictions"
+    )
     prompts: str = Field(description="prompt spec (pairs spec, JSONL with 'prompt', or one prompt per line)")
     limit: int | None = Field(None, ge=0, description="use the first N prompts (0 or None: all)")
     algorithm: Literal["rloo", "grpo"] = Field("rloo", description="advantage estimator")

@@ -185,6 +185,21 @@ def sampling_copy(t: Any, precision: str) -> Any:
     return m.to(inference_dtype(precision)).eval()  # type: ignore[arg-type]
 
 
+def reference_copy(model: Any, precision: str) -> Any:
+    """The frozen KL reference: a copy of the initial policy in the inference dtype, without gradients.
+
+    bf16 weights under bf16 precision: its log-probabilities are computed under autocast anyway, which
+    re-cast fp32 weights at every micro-batch, and half the memory; the loss moves by bf16 rounding only
+    (tested against an fp32 reference).
+    """
+    import copy
+
+    from lmbricks.runtime import inference_dtype
+
+    ref = copy.deepcopy(model).eval().requires_grad_(False)
+    return ref.to(inference_dtype(precision))  # type: ignore[arg-type]
+
+
 def rl_step(t: Any, reference: Any, scorer: Scorer, prompts: list[str], ids: list[list[int]], job: RLJob,
             step: int, precision: str) -> dict[str, float]:  # fmt: skip
     """One RL step: sample k responses for each of the step's prompts, score them, one policy-gradient update.
@@ -227,6 +242,7 @@ def rl_step(t: Any, reference: Any, scorer: Scorer, prompts: list[str], ids: lis
 def run_rl(
     job: RLJob, run_dir: str | Path, resume: bool = False, force: bool = False,
     on_step: Callable[[dict[str, float]], None] | None = None, inputs: Sequence[str | Path] = (),
+    scorer: Scorer | None = None,
 ) -> AlignRunResult:  # fmt: skip
     """GRPO or RLOO of ``job.policy`` against ``job.reward_models``, KL-penalised to the initial policy.
 
@@ -237,12 +253,13 @@ def run_rl(
         force: start afresh over an earlier run.
         on_step: called with each step's record.
         inputs: more paths the run directory must keep apart from (the config file).
+        scorer: rewards from Python (``(prompts, responses) -> (N,)``) in place of ``job.reward_models``
+            (how ``scripts/overoptimisation.py`` trains against its proxies); recorded as ``python``.
 
     Raises:
-        ConfigError: no prompts, unknown reward models, a vocabulary mismatch, a bad run directory
+        ConfigError: no prompts, no or unknown reward models, a vocabulary mismatch, a bad run directory
             (all before any sampling).
     """
-    import copy
 
     from lmbricks.align.trainee import make_trainee, prepare_run_dir, save_policy
     from lmbricks.hub import reference_paths
@@ -250,18 +267,21 @@ def run_rl(
 
     run_dir = Path(run_dir)
     prompts = load_prompts(job.prompts, job.limit, split="train")
-    paths = check_reward_dirs(job.reward_models)
+    paths = check_reward_dirs(job.reward_models) if scorer is None else []
     files = [*reference_paths(job.policy), *paths, *inputs]
     resume_from = prepare_run_dir(run_dir, files, resume, force, job.model_dump(mode="json"))
     precision = resolve_precision(job.precision, "cpu")
     model, tok = load_policy(job.policy, torch.float32)
-    scorer = load_reward_ensemble(paths, tok, torch.bfloat16 if precision == "bf16" else torch.float32)
+    if scorer is None:
+        scorer = load_reward_ensemble(paths, tok, torch.bfloat16 if precision == "bf16" else torch.float32)
     ids = encode_policy_prompts(tok, prompts, job.sampling.chat)
-    reference = copy.deepcopy(model).eval().requires_grad_(False)
+    reference = reference_copy(model, precision)
     t = make_trainee(model, tok, job.policy, job.lora, job.optim.lr, job.optim.weight_decay, job.seed, run_dir,
                      resume_from)  # fmt: skip
-    records = run_steps(t, job, lambda step: rl_step(t, reference, scorer, prompts, ids, job, step, precision),
+    score = scorer
+    records = run_steps(t, job, lambda step: rl_step(t, reference, score, prompts, ids, job, step, precision),
                         on_step, "lmbricks align rl")  # fmt: skip
     inputs_rec: dict[str, str | Path] = {"policy": job.policy, **{f"reward_model_{i}": p for i, p in enumerate(paths)}}
-    policy = save_policy(t, "lmbricks align rl", job.model_dump(mode="json"), inputs_rec)
+    recipe = {**job.model_dump(mode="json"), **({} if paths else {"reward": "python"})}
+    policy = save_policy(t, "lmbricks align rl", recipe, inputs_rec)
     return AlignRunResult(run_dir, policy, run_dir / "adapter" if job.lora else None, records)

@@ -142,3 +142,50 @@ def load_reward_ensemble(
         members.append(rm.to(dtype).eval())
         tok = tok or tok_p
     return RewardEnsemble(members, tok, reward_format(paths[0]), names=[str(p) for p in paths])
+
+
+class SharedTrunkScorer:
+    """Several reward models that differ only above a frozen trunk, scored with one trunk pass.
+
+    The reward models of ``scripts/overoptimisation.py`` (gold, proxies, their WARM average) all train
+    the layers from ``start`` of one base :class:`RewardModel`; their states are ``tops`` (state-dict
+    entries of those layers, the final norm and the head). A call computes each text's trunk features
+    once, scores them under every top, keeps every table in :attr:`last`, and returns the mean over
+    the ``target`` names (one name: that model; several: their prediction ensemble).
+
+    Args:
+        rm: the base reward model (its trunk weights are shared; its top is overwritten per call).
+        tokenizer: its tokenizer.
+        start: the first layer the tops hold.
+        tops: ``{name: state dict of the top}``.
+        target: the names whose mean score is the reward.
+        max_len: texts are cut to this many tokens.
+        precision: the trunk's autocast (``bf16``, as the experiment's features; ``fp32``: none).
+    """
+
+    def __init__(self, rm: RewardModel, tokenizer: Any, start: int, tops: dict[str, dict[str, Tensor]],
+                 target: Sequence[str], max_len: int = 160, precision: str = "bf16") -> None:  # fmt: skip
+        unknown = [t for t in target if t not in tops]
+        if not target or unknown:
+            raise ConfigError(f"reward target {list(target)}: {unknown or 'none'} not among {sorted(tops)}")
+        self.rm, self.tokenizer, self.start, self.tops = rm, tokenizer, start, tops
+        self.target, self.max_len, self.precision = list(target), max_len, precision
+        self.last: dict[str, Tensor] = {}
+
+    @torch.no_grad()
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> Tensor:
+        """The target's scores (N,) fp32; :attr:`last` holds ``{name: (N,)}`` for every top."""
+        from lmbricks.reward.train import precompute, render_pair_text, score_features
+        from lmbricks.runtime import autocast, resolve_precision
+
+        texts = [render_pair_text(self.tokenizer, p, r, "plain") for p, r in zip(prompts, responses, strict=True)]
+        seqs = [torch.tensor((self.tokenizer(t, add_special_tokens=False)["input_ids"] or [0])[: self.max_len])
+                for t in texts]  # fmt: skip
+        cpu = torch.device("cpu")
+        with autocast(resolve_precision(self.precision, cpu), cpu):  # the frozen trunk, once
+            feats = [f.float() for f in precompute(self.rm, seqs, self.start, batch_size=16)]
+        self.last = {}
+        for name, state in self.tops.items():
+            self.rm.load_state_dict(state, strict=False)
+            self.last[name] = score_features(self.rm, feats, self.start).float()  # (N,)
+        return torch.stack([self.last[t] for t in self.target]).mean(0)

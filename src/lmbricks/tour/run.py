@@ -86,7 +86,7 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 #: The sections of :func:`default_sections`, in report order (``lmbricks tour --section NAME``).
 SECTION_NAMES = (
     "inventory", "domains", "sparsity", "moefy", "bricks", "merge", "grow", "trace", "moe", "proxy", "tuning",
-    "plugins",
+    "plugins", "align",
 )  # fmt: skip
 
 
@@ -157,6 +157,7 @@ class TourFailed(LmbricksError):
 
 def default_sections() -> list[tuple[str, Section]]:
     """The sections in report order (each module is one idea; see its docstring)."""
+    from lmbricks.tour.align import align_section
     from lmbricks.tour.bricks import bricks_section
     from lmbricks.tour.grow import grow_section
     from lmbricks.tour.merge import merge_section
@@ -182,6 +183,7 @@ def default_sections() -> list[tuple[str, Section]]:
         proxy_section,
         tuning_section,
         plugins_section,
+        align_section,
     ]
     return list(zip(SECTION_NAMES, functions, strict=True))
 
