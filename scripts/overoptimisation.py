@@ -351,6 +351,16 @@ def plot(res: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _portable(value: object) -> object:
+    """A path as the record keeps it: relative to the working directory, or its name when outside it."""
+    if not isinstance(value, Path) or not value.is_absolute():
+        return value
+    try:
+        return str(value.relative_to(Path.cwd()))
+    except ValueError:
+        return value.name
+
+
 def main() -> None:
     args = parse()
     torch.set_num_threads(args.threads)
@@ -379,10 +389,11 @@ def main() -> None:
         policies: dict[str, str | None] = {"initial": None, **{t: v["policy"] for t, v in trained.items()}}
         rl = analyse_rl(args, trained, held_out(args, rm, tok, start, tops, prompts, policies))
         rl["cpu_seconds"] = {"training": c4 - c3, "held_out": time.process_time() - c4}
-    res = {"samples_reused_from": str(args.reuse_samples) if args.reuse_samples else None,
+    given = {k: _portable(v) for k, v in vars(args).items()}  # records carry no machine paths
+    res = {"samples_reused_from": given["reuse_samples"],
            "command": "scripts/overoptimisation.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
-                                                              vars(args).items() if v is not None),  # fmt: skip
-           "model": args.model, "setup": {**{k: v for k, v in vars(args).items() if k not in ("out", "json", "plot")},
+                                                              given.items() if v is not None),  # fmt: skip
+           "model": args.model, "setup": {**{k: v for k, v in given.items() if k not in ("out", "json", "plot")},
            **info}, "prompts": len(prompts), "sampled_tokens": tokens,  # fmt: skip
            **analyse(scores, args.members, args.n_max), **({"rl": rl} if rl else {}),
            "cpu_seconds": {"reward_models": c1 - c0, "sampling": sample_cpu, "scoring": c3 - c2},
