@@ -6,15 +6,18 @@ import json
 from pathlib import Path
 
 import pytest
+from tests.tour.quick_tour import QuickTour
 
 from lmbricks.align.bon import bon_kl
 from lmbricks.tour import run_tour
 from lmbricks.tour.align import QUICK, align_section
 
+TITLE = "Alignment: best-of-n and RL against a reward model"
 
-def _check(tmp_path: Path) -> dict:
-    page = (tmp_path / "report.html").read_text()
-    assert "Alignment: best-of-n and RL" in page and page.count("data:image/png;base64") >= 1
+
+def _check(tmp_path: Path, page: str) -> dict:
+    """Checks on a tour directory's figures and files, and on the section's part of its report (``page``)."""
+    assert TITLE in page and page.count("data:image/png;base64") >= 1
     results = json.loads((tmp_path / "results.json").read_text())
     al = results["align"]
     per_n = al["best_of_n"]
@@ -32,12 +35,13 @@ def _check(tmp_path: Path) -> dict:
 
 def test_align_section_on_tiny_model(tiny_llama: Path, tmp_path: Path) -> None:
     run_tour(tmp_path, quick=True, model_ref=str(tiny_llama), sections=[("align", align_section)], log=lambda _: None)
-    _check(tmp_path)
+    _check(tmp_path, (tmp_path / "report.html").read_text())
 
 
 @pytest.mark.integration
-def test_align_section_quick_on_default_model(tmp_path: Path) -> None:
-    run_tour(tmp_path, quick=True, sections=[("align", align_section)], log=lambda _: None)
-    al = _check(tmp_path)
+def test_align_section_quick_on_default_model(quick_tour: QuickTour) -> None:
+    """The section's part of the shared quick tour (``lmbricks tour --quick`` runs it)."""
+    quick_tour.results()  # the tour succeeded
+    al = _check(quick_tour.out, quick_tour.section_page(TITLE))
     first, last = al["reward_model"]["train_loss_first_last"]
     assert last < first  # the reward model learns on its training pairs
