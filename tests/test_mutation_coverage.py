@@ -26,7 +26,7 @@ def test_every_listed_mutant_applies_exactly_once(mc: ModuleType) -> None:
     mutants = mc.load_mutants()
     assert set(mutants) == set(mc.AREAS)
     for area, rows in mutants.items():
-        assert len(rows) >= 20, area
+        assert len(rows) >= (20 if area in ("proxy", "moe") else 3), area
         assert mc.check_mutants(rows) == [], area
 
 

@@ -135,7 +135,7 @@ def test_eos_ends_a_sequence_and_later_steps_write_padding(trio: dict[str, Membe
     free = _greedy_rows(trio, DecodeConfig(max_new_tokens=10, stop_at_eos=False)).generated.tolist()
     eos = free[0][2]
     tok = copy.deepcopy(trio["base"].tokenizer)
-    tok.eos_token = tok.convert_ids_to_tokens(eos)
+    tok.add_special_tokens({"eos_token": tok.convert_ids_to_tokens(eos)})  # an existing token: no new id
     assert tok.eos_token_id == eos
     base = Member(trio["base"].model, tok)
     d = _greedy_rows(trio, DecodeConfig(max_new_tokens=10, stop_at_eos=True), base=base)
