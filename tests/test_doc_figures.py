@@ -127,3 +127,64 @@ def test_moe_forward_table_equals_its_json() -> None:
         assert float(new) == pytest.approx(after[key], abs=0.005 + 1e-9), (key, new)
     old_ms, new_ms = before["median_ms"]["fwd"]["ours"], after["median_ms"]["fwd"]["ours"]
     assert f"ours {old_ms:.1f} -> {new_ms:.1f} CPU ms" in text
+
+
+def _cell_value(cells: list[str], col: int, sep: str = " / ", which: int = -1) -> float:
+    """The number of one run in a cell such as ``173.1 / **138.2**`` (``which``: the run's place)."""
+    return float(cells[col].split(sep)[which].strip("* "))
+
+
+def test_moe_quiet_machine_tables_equal_the_last_runs_json() -> None:
+    """docs/moe.md's "Quiet machine" tables: run 3 (the cell's second figure) is bench/moe-2026-11-23.json."""
+    text = (DOCS / "moe.md").read_text(encoding="utf-8")
+    run = json.loads((DOCS / "bench" / "moe-2026-11-23.json").read_text())
+    med = run["median_ms"]
+    times = _table_rows(text, "| ms (run 1 / run 3) |")
+    phases = {"forward": "fwd", "forward + backward": "fwdbwd", "decode, 8 tokens": "decode"}
+    assert set(times) == set(phases)
+    for row, phase in phases.items():
+        m = med[phase]
+        want = [m["ours"], m["hf_grouped_mm"], m["hf_eager"], min(m["dense"], m["dense_fused"])]
+        for col, value in enumerate(want):
+            shown = times[row][col].split(" / ")[-1].strip("* ")
+            digits = len(shown.split(".")[1])
+            assert float(shown) == pytest.approx(value, abs=10**-digits / 2 + 1e-9), (row, col, value)
+    ratios = _table_rows(text, "| ratio (run 1 / run 3) |")
+    for key in ("fwd_vs_dense", "fwdbwd_vs_dense", "fwdbwd_vs_hf_grouped", "decode_vs_hf_grouped", "train_vs_hf"):
+        assert _cell_value(ratios[key], 0) == pytest.approx(run[key], abs=0.005 + 1e-9), key
+
+
+def test_moe_session4_runs_table_equals_their_jsons() -> None:
+    """Runs 1-3 of the session-4 table are bench/moe-session4-run{1,2,3}-2026-11-23.json, key for key."""
+    text = (DOCS / "moe.md").read_text(encoding="utf-8")
+    header = (
+        "| run | `fwd_vs_dense` | `fwdbwd_vs_dense` | `fwdbwd_vs_hf_grouped` | `decode_vs_hf_grouped` | `train_vs_hf` |"
+    )
+    keys = [c.strip(" `") for c in header.strip("|").split("|")][1:]
+    rows = _table_rows(text, header)
+    by_run = {name.split(":")[0]: cells for name, cells in rows.items()}
+    for n in (1, 2, 3):
+        run = json.loads((DOCS / "bench" / f"moe-session4-run{n}-2026-11-23.json").read_text())
+        for key, cell in zip(keys, by_run[str(n)], strict=True):
+            assert float(cell.strip("* ")) == pytest.approx(run[key], abs=0.005 + 1e-9), (n, key, cell)
+
+
+def test_moe_cpu_time_table_equals_its_json() -> None:
+    """docs/moe.md's one-thread CPU-time table is bench/moe-cpu1-2026-12-07.json; the old-vs-new
+    dispatch tables it replaces (no JSON, the old dispatch gone) are not quoted any more."""
+    text = (DOCS / "moe.md").read_text(encoding="utf-8")
+    assert "(bench/moe-cpu1-2026-12-07.json)" in text
+    assert "| thread CPU ms, 1 thread | new | old |" not in text
+    assert "| decode tokens | expert slices | path |" not in text
+    run = json.loads((DOCS / "bench" / "moe-cpu1-2026-12-07.json").read_text())
+    assert (run["clock"], run["threads"], run["precision"]) == ("cpu", 1, "fp32")
+    rows = _table_rows(text, "| CPU ms, 1 thread | ours | dense anchor |")
+    phases = {"forward": "fwd", "forward + backward": "fwdbwd", "decode, 8 tokens": "decode"}
+    assert set(rows) == set(phases)
+    for row, phase in phases.items():
+        m = run["median_ms"][phase]
+        want = [m["ours"], min(m["dense"], m["dense_fused"]), m["hf_grouped_mm"], m["hf_eager"]]
+        want += [run[f"{phase}_vs_dense"], run[f"{phase}_vs_hf"]]
+        for cell, value in zip(rows[row], want, strict=True):
+            digits = len(cell.split(".")[1])
+            assert float(cell) == pytest.approx(value, abs=10**-digits / 2 + 1e-9), (row, cell, value)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -106,3 +108,73 @@ def test_proxy_logits_equal_base_plus_expert_minus_anti(trio: dict[str, Member],
         assert chosen == int(want.argmax())
         ids = torch.cat([ids, torch.tensor([[chosen]], dtype=ids.dtype)], dim=1)
         d.step()
+
+
+def _greedy_rows(trio: dict[str, Member], cfg: DecodeConfig, base: Member | None = None) -> ProxyDecoder:
+    """A decoder over PROMPTS, run to its end (the caller reads ``generated`` and ``output()``)."""
+    d = ProxyDecoder(base or trio["base"], trio["expert"], trio["anti"], cfg)
+    d.start(PROMPTS)
+    for _ in range(cfg.max_new_tokens - 1):
+        if d.finished:
+            break
+        d.step()
+    return d
+
+
+def test_generates_exactly_max_new_tokens(trio: dict[str, Member]) -> None:
+    out = proxy_generate(
+        trio["base"], PROMPTS, DecodeConfig(max_new_tokens=7, stop_at_eos=False), trio["expert"], trio["anti"]
+    )
+    assert [len(row) for row in out.tokens] == [7] * len(PROMPTS)
+
+
+def test_eos_ends_a_sequence_and_later_steps_write_padding(trio: dict[str, Member]) -> None:
+    """Make the third token greedy decoding picks for prompt 0 the EOS token: that row is cut after
+    it (EOS kept), the decoder writes padding after it, and the other rows are cut at their own first
+    occurrence of it (or run to the end)."""
+    free = _greedy_rows(trio, DecodeConfig(max_new_tokens=10, stop_at_eos=False)).generated.tolist()
+    eos = free[0][2]
+    tok = copy.deepcopy(trio["base"].tokenizer)
+    tok.add_special_tokens({"eos_token": tok.convert_ids_to_tokens(eos)})  # an existing token: no new id
+    assert tok.eos_token_id == eos
+    base = Member(trio["base"].model, tok)
+    d = _greedy_rows(trio, DecodeConfig(max_new_tokens=10, stop_at_eos=True), base=base)
+    want = [row[: row.index(eos) + 1] if eos in row else row for row in free]
+    assert d.output().tokens == want
+    assert d.output().tokens[0] == free[0][:3]  # EOS included, nothing after it
+    pad = tok.pad_token_id
+    for i, row in enumerate(d.generated.tolist()):
+        end = len(want[i])
+        assert row[:end] == want[i] and all(t == pad for t in row[end:]), i
+
+
+def test_sampling_settings_that_leave_one_token_equal_greedy(trio: dict[str, Member]) -> None:
+    """top_k = 1, a tiny top_p, or a temperature near 0 leave only the argmax: sampling is greedy then,
+    where sampling at temperature 1 from the full distribution is not."""
+    greedy = _tokens(trio["base"], trio["expert"], trio["anti"])
+    for kw in ({"top_k": 1}, {"top_p": 1e-6}, {"temperature": 1e-4}):
+        settings = {"temperature": 1.0, "seed": 5, **kw}
+        assert _tokens(trio["base"], trio["expert"], trio["anti"], **settings) == greedy, kw
+    assert _tokens(trio["base"], trio["expert"], trio["anti"], temperature=1.0, seed=5) != greedy
+
+
+def test_repetition_penalty_against_a_hand_written_one(trio: dict[str, Member]) -> None:
+    """CTRL's penalty on every token already in the base's sequence (prompt included): a positive
+    logit divided by the penalty, a negative one multiplied; greedy takes the argmax of the result.
+    A penalty below 1 favours the seen tokens, which changes choices of these near-uniform tiny models."""
+    penalty = 0.25
+    d = ProxyDecoder(
+        trio["base"], trio["expert"], trio["anti"], DecodeConfig(repetition_penalty=penalty, stop_at_eos=False)
+    )
+    d.start(PROMPTS)
+    changed = 0
+    for _ in range(10):
+        ids = d.streams["base"].ids[:, :-1]  # (B, L): the sequence the last choice was made on
+        z = d.last_logits
+        assert z is not None
+        seen = torch.zeros_like(z, dtype=torch.bool).scatter_(1, ids, True)  # (B, V)
+        want = torch.where(seen, torch.where(z > 0, z / penalty, z * penalty), z).argmax(-1)
+        assert torch.equal(d.generated[:, -1], want)
+        changed += int((want != z.argmax(-1)).sum())
+        d.step()
+    assert changed > 0  # not vacuous: the penalty changed some choices

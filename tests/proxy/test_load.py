@@ -34,3 +34,9 @@ def test_trio_passes_the_dtype_to_every_member(tiny_llama: Path, brick: Path) ->
     b, e, a = load_trio(tiny_llama, None, tiny_llama, expert_brick=brick, dtype=torch.bfloat16)
     assert e is not None and a is not None
     assert {m.model.get_input_embeddings().weight.dtype for m in (b, e, a)} == {torch.bfloat16}
+    # the expert is the anti-expert plus the brick; the base and the anti-expert stay the plain model
+    plain = load_member(tiny_llama, dtype=torch.bfloat16).model.state_dict()
+    merged = load_member(tiny_llama, brick=brick, dtype=torch.bfloat16).model.state_dict()
+    for member, want in ((b, plain), (a, plain), (e, merged)):
+        got = member.model.state_dict()
+        assert all(torch.equal(got[k], want[k]) for k in want)

@@ -62,3 +62,16 @@ def test_windows_cover_every_token_and_nll_formula(trio: dict[str, Member]) -> N
     torch.testing.assert_close(proxy_nll(b, e, a, t, 0.5), want)
     with pytest.raises(ConfigError, match="finite"):
         proxy_perplexity(m, m, m, TEXT, alphas=(float("nan"),))
+
+
+def test_max_tokens_scores_the_first_tokens_only(trio: dict[str, Member]) -> None:
+    b, e, a = trio["base"], trio["expert"], trio["anti"]
+    s = proxy_perplexity(b, e, a, TEXT, alphas=(1.0,), seq_len=16, max_tokens=20)
+    assert s.tokens == 20
+    ids = torch.tensor(b.tokenizer(TEXT, add_special_tokens=False)["input_ids"])[:20]
+    start = b.tokenizer.bos_token_id
+    z = {k: text_logits(trio[k].model, ids, start, seq_len=16) for k in ("base", "expert", "anti")}  # (20, V)
+    nll = proxy_nll(z["base"], z["expert"], z["anti"], ids, 1.0)  # (20,)
+    assert s.proxy[1.0] == pytest.approx(math.exp(float(nll.double().mean())), rel=1e-6)
+    base_nll = -torch.log_softmax(z["base"], -1).gather(-1, ids[:, None])
+    assert s.base == pytest.approx(math.exp(float(base_nll.double().mean())), rel=1e-6)

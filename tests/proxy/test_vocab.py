@@ -20,6 +20,8 @@ def test_first_differing_token_is_named() -> None:
         check_shared_vocab(["<s>", "a", "b", "x"], ["<s>", "a", "c", "y"], "anti-expert")
     with pytest.raises(ConfigError, match=r"lacks token id 3 \('ab'\)"):
         check_shared_vocab(["<s>", "a", "b", "ab"], ["<s>", "a", "b"], "expert")
+    with pytest.raises(ConfigError, match=r"token id 0 is '<s>' in the base but '</s>'"):
+        check_shared_vocab(["<s>", "a"], ["</s>", "a"], "expert")  # the first id is compared too
 
 
 def test_real_tokenizers() -> None:
@@ -34,3 +36,7 @@ def test_real_tokenizers() -> None:
         shared_vocab_size(base, {"expert": other}, {"base": len(base), "expert": len(other)})
     with pytest.raises(ConfigError, match="outputs 10 logits"):
         shared_vocab_size(base, {}, {"base": 10})
+    n = len(base)
+    with pytest.raises(ConfigError, match=f"outputs {n - 1} logits, fewer than the {n} tokens"):
+        shared_vocab_size(base, {}, {"base": n, "expert": n - 1})  # one logit short is refused
+    assert shared_vocab_size(base, {}, {"base": n, "expert": n}) == n  # exactly the vocabulary is fine

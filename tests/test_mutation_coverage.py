@@ -1,0 +1,67 @@
+"""scripts/mutation_coverage.py: its mutant list applies to the tree, and it reads pytest's outcomes right."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "mutation_coverage.py"
+
+
+@pytest.fixture(scope="module")
+def mc() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("mutation_coverage", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["mutation_coverage"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_listed_mutant_applies_exactly_once(mc: ModuleType) -> None:
+    mutants = mc.load_mutants()
+    assert set(mutants) == set(mc.AREAS)
+    for area, rows in mutants.items():
+        assert len(rows) >= (20 if area in ("proxy", "moe") else 3), area
+        assert mc.check_mutants(rows) == [], area
+
+
+def test_a_mutant_that_no_longer_applies_is_named(mc: ModuleType, tmp_path: Path) -> None:
+    (tmp_path / "m.py").write_text("x = a + b\ny = a + b\nz = c\n", encoding="utf-8")
+    rows = [
+        mc.Mutant("twice", "m.py", "a + b", "a - b"),
+        mc.Mutant("gone", "m.py", "d * e", "d / e"),
+        mc.Mutant("ok", "m.py", "z = c", "z = -c"),
+        mc.Mutant("ok", "n.py", "q", "r"),
+    ]
+    problems = mc.check_mutants(rows, src=tmp_path)
+    assert problems == [
+        "twice: 'a + b' occurs 2 times in m.py (want exactly once)",
+        "gone: 'd * e' occurs 0 times in m.py (want exactly once)",
+        "ok: the name is used twice",
+        "ok: no file n.py",
+    ]
+
+
+def test_junit_outcomes_fold_parametrised_cases_into_their_function(mc: ModuleType, tmp_path: Path) -> None:
+    junit = tmp_path / "r.xml"
+    junit.write_text(
+        """<testsuites><testsuite>
+        <testcase classname="tests.proxy.test_decode" name="test_a[1.0]"/>
+        <testcase classname="tests.proxy.test_decode" name="test_a[1.5]"><failure message="x"/></testcase>
+        <testcase classname="tests.proxy.test_decode" name="test_b"/>
+        <testcase classname="tests.moe.test_layer" name="test_c"><error message="y"/></testcase>
+        <testcase classname="tests.moe.test_layer" name="test_d"><skipped message="z"/></testcase>
+        </testsuite></testsuites>""",
+        encoding="utf-8",
+    )
+    assert mc._outcomes(junit) == {
+        "tests/proxy/test_decode.py::test_a": True,
+        "tests/proxy/test_decode.py::test_b": False,
+        "tests/moe/test_layer.py::test_c": True,
+        "tests/moe/test_layer.py::test_d": False,
+    }
