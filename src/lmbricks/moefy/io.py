@@ -32,6 +32,7 @@ from lmbricks.checkpoint import (
     write_provenance,
 )
 from lmbricks.errors import CheckpointError
+from lmbricks.hub.threshold import FATReLU, restore_threshold
 from lmbricks.moefy.config import MoefyConfig
 from lmbricks.moefy.convert import _parent, moefied_layers
 from lmbricks.moefy.routers import MOEFY_ROUTERS
@@ -128,6 +129,8 @@ def _section(model: nn.Module, layers: list[MoefiedFFN], config: MoefyConfig) ->
         "top_k": layers[0].top_k,
         "router": config.router,
         "dynamic_threshold": layers[0].dynamic_threshold,
+        # a ReLU-fied source's FATReLU T (0: none): from_pretrained alone would compute plain relu
+        "activation_threshold": float(layers[0].act.threshold) if isinstance(layers[0].act, FATReLU) else 0.0,
         "layers": _names(model),
         "moefy": config.model_dump(),
     }
@@ -186,6 +189,7 @@ def load_moefied(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[
     if kind is None:
         raise CheckpointError(f"{path}: unknown router {section['router']!r} (known: {', '.join(MOEFY_ROUTERS)})")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
+    restore_threshold(model, float(section.get("activation_threshold") or 0.0))  # before the FFNs are read
     extra = load_file(str(path / ROUTER_FILE))
     blocks = find_ffns(model)
     if len(blocks) != len(section["layers"]):

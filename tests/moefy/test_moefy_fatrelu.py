@@ -1,0 +1,46 @@
+"""A ReLU-fied model MoEfied and saved keeps its FATReLU threshold when it is loaded again."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmbricks.hub import load_hf_model
+from lmbricks.hub.threshold import FATReLU
+from lmbricks.moefy import load_moefied, make_config, moefy_model, save_moefied
+from lmbricks.sparsify.config import RelufyConfig
+from lmbricks.sparsify.pipeline import relufy
+
+
+@pytest.fixture(scope="module")
+def relufied(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama ReLU-fied without training, FATReLU's T chosen for 70% zeros."""
+    d = tmp_path_factory.mktemp("relufied")
+    text = d / "t.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog while the cat watches. " * 200)
+    cfg = {"model": str(tiny_llama), "out": d / "out", "text_files": [text], "tokens": 0}
+    cfg |= {"seq_len": 32, "eval_tokens": 64, "target_sparsity": 0.7}
+    return relufy(RelufyConfig.model_validate(cfg)).out
+
+
+def test_moefied_relufied_model_round_trips_with_its_threshold(relufied: Path, tmp_path: Path) -> None:
+    model, tok = load_hf_model(relufied)  # FATReLU restored on every MLP
+    threshold = model.model.layers[0].mlp.act_fn.threshold
+    assert threshold > 0
+    cfg = make_config(experts=4, top_k=4, split="random", router="centroid")  # every expert: the dense FFN
+    info = moefy_model(model, tok, cfg)
+    ids = torch.randint(0, 200, (2, 24), generator=torch.Generator().manual_seed(0))  # (B, T)
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+    out = save_moefied(model, tmp_path / "moe", cfg, info.permutations, source=relufied)
+    section = json.loads((out / "config.json").read_text())["lmbricks"]
+    assert section["activation_threshold"] == pytest.approx(threshold)
+    loaded, _ = load_moefied(out)
+    act = loaded.model.layers[0].mlp.act
+    assert isinstance(act, FATReLU) and act.threshold == pytest.approx(threshold)
+    with torch.no_grad():
+        got = loaded(input_ids=ids).logits
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
