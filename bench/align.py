@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -43,14 +44,25 @@ def _shape(quick: bool) -> dict[str, int]:
 
 
 def policy_ref(quick: bool) -> str:
-    """The model both sides run: the default model, or (quick) a tiny random Llama saved once per machine."""
+    """The model both sides run: the default model, or (quick) a tiny random Llama saved once per LMBRICKS_HOME.
+
+    The tiny model is written to a temporary directory beside its place and renamed when complete, so
+    the benchmark's worker processes never read a half-written one.
+    """
     if not quick:
         return "smollm2-135m-instruct"
+    from lmbricks.paths import home
     from lmbricks.testing import save_tiny_model, tiny_llama_config
 
-    out = Path(tempfile.gettempdir()) / "lmbricks-bench-align-tiny"
+    out = home() / "bench" / "align-tiny-llama"
     if not (out / "config.json").exists():
-        save_tiny_model(out, tiny_llama_config(), seed=0)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".align-tiny-", dir=out.parent))
+        save_tiny_model(tmp, tiny_llama_config(), seed=0)
+        try:
+            tmp.rename(out)
+        except OSError:  # another process renamed its copy first: the same seeded model
+            shutil.rmtree(tmp, ignore_errors=True)
     return str(out)
 
 
