@@ -8,6 +8,8 @@ from typing import Any
 import typer
 
 from lmbricks.cli.common import FORCE_HELP, console, progress_bar, reads_checkpoints, training_progress, user_errors
+from lmbricks.cli.options import precision_option
+from lmbricks.runtime.precision import RequestedPrecision
 
 app = typer.Typer(
     help="Activation sparsity: ReLU-fication by training; training-free GRIFFIN and CATS, measured.",
@@ -103,7 +105,7 @@ def evaluate(
     router: str = typer.Option("analytic", "--router", help="CMoE: analytic | linear (moefy's ridge fit)."),
     decode_tokens: int = typer.Option(32, "--decode-tokens", help="Greedy tokens per arm and round timed (0: none)."),
     rounds: int = typer.Option(3, "--rounds", help="Timing rounds (arm order rotates)."),
-    precision: str = typer.Option("auto", "--precision", help="auto | bf16 | fp32 weights."),
+    precision: RequestedPrecision = precision_option(),
     threads: int = typer.Option(1, "--threads", help="torch intra-op threads while measuring."),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
