@@ -85,6 +85,20 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_relufied(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama ReLU-fied without training (``lmbricks sparsify relufy``), FATReLU's T chosen for 70% zeros."""
+    from lmbricks.sparsify.config import RelufyConfig
+    from lmbricks.sparsify.pipeline import relufy
+
+    d = tmp_path_factory.mktemp("relufied")
+    text = d / "t.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog while the cat watches. " * 200)
+    cfg = {"model": str(tiny_llama), "out": d / "out", "text_files": [text], "tokens": 0}
+    cfg |= {"seq_len": 32, "eval_tokens": 64, "target_sparsity": 0.7}
+    return relufy(RelufyConfig.model_validate(cfg)).out
+
+
+@pytest.fixture(scope="session")
 def tiny_mixtral(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer random Mixtral (4 experts, top-2) saved as a Hugging Face directory (fp32)."""
     return save_tiny_model(tmp_path_factory.mktemp("tiny_mixtral"), tiny_mixtral_config(), seed=0)

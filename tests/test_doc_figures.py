@@ -7,21 +7,9 @@ import re
 from pathlib import Path
 
 import pytest
+from tests.doc_tables import table_rows as _table_rows
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-
-
-def _table_rows(text: str, header: str) -> dict[str, list[str]]:
-    """``{first cell: other cells}`` of the Markdown table whose header row starts with ``header``."""
-    lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(header))
-    rows = {}
-    for line in lines[start + 2 :]:
-        if not line.startswith("|"):
-            break
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        rows[cells[0].strip("`")] = cells[1:]
-    return rows
 
 
 def _figure(cell: str) -> float:

@@ -11,18 +11,12 @@ from moefy_workers import FATReLU, _fused_forward, activation_threshold, arm_k, 
 
 from lmbricks.hub import load_hf_model
 from lmbricks.nn import load_model
-from lmbricks.sparsify import RelufyConfig, relufy
 
 
 @pytest.fixture(scope="module")
-def relufied(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny Llama ReLU-fied without training, FATReLU's T chosen for 70% zeros."""
-    d = tmp_path_factory.mktemp("relufied")
-    text = d / "t.txt"
-    text.write_text("the quick brown fox jumps over the lazy dog while the cat watches. " * 200)
-    cfg = {"model": str(tiny_llama), "out": d / "out", "text_files": [text], "tokens": 0}
-    cfg |= {"seq_len": 32, "eval_tokens": 64, "target_sparsity": 0.7}
-    return relufy(RelufyConfig.model_validate(cfg)).out
+def relufied(tiny_relufied: Path) -> Path:
+    """The tiny Llama ReLU-fied without training (tests/conftest.py)."""
+    return tiny_relufied
 
 
 def _ids() -> torch.Tensor:

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from tests.doc_tables import table_rows
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 RUN = DOCS / "bench" / "training-free-2026-12-07.json"
@@ -14,15 +15,7 @@ HEADER = "| method | paper's figure | perplexity, 50% kept |"
 
 
 def _rows(text: str) -> dict[str, list[str]]:
-    lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(HEADER))
-    rows = {}
-    for line in lines[start + 2 :]:
-        if not line.startswith("|"):
-            break
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        rows[cells[0].strip("*`")] = cells[1:]
-    return rows
+    return table_rows(text, HEADER, strip="*`")
 
 
 def _percent(cell: str) -> float:
