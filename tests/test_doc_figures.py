@@ -176,3 +176,16 @@ def test_moe_cpu_time_table_equals_its_json() -> None:
         for cell, value in zip(rows[row], want, strict=True):
             digits = len(cell.split(".")[1])
             assert float(cell) == pytest.approx(value, abs=10**-digits / 2 + 1e-9), (row, cell, value)
+
+
+def test_readme_tour_time_equals_its_json() -> None:
+    """README's tour time and largest section are the committed run's (docs/bench/tour-2026-12-07.json)."""
+    run = json.loads((DOCS / "bench" / "tour-2026-12-07.json").read_text())
+    readme = (DOCS.parent / "README.md").read_text(encoding="utf-8")
+    minutes, seconds = divmod(round(run["wall_s_total_by_time"]), 60)
+    assert f"It took **{minutes} min {seconds} s** on 2 CPU cores" in readme
+    assert f"{run['process_cpu_s'] / 60:.1f} CPU-minutes" in readme
+    largest = max(run["timings_s"], key=run["timings_s"].get)
+    assert (
+        largest == "plugins" and f"the plug-ins section the largest at {round(run['timings_s'][largest])} s" in readme
+    )
