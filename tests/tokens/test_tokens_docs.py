@@ -22,3 +22,20 @@ def test_omp_screen_table_equals_its_json() -> None:
     )
     assert "100% (every step, every token)" in doc
     assert min(run["same_pick_by_step"]) == 1.0 and run["shared_atoms"] == 1.0
+
+
+def test_transplant_bits_per_byte_table_equals_its_json() -> None:
+    run = json.loads((ROOT / "docs/bench/tokens-mean-zero-2026-12-07.json").read_text())
+    doc = (ROOT / "docs/tokenizers.md").read_text()
+    labels = {"SmolLM2, its own tokenizer": "model", "+ Qwen2.5's tokenizer, `mean`": "mean"}
+    labels["+ Qwen2.5's tokenizer, `zero`"] = "zero"
+    domains = ("en_prose", "code", "math", "zh", "dialogue")
+    for label, key in labels.items():
+        line = next(row for row in doc.splitlines() if row.startswith(f"| {label} |"))
+        cells = [c.strip() for c in line.strip("|").split("|")][1:]
+        for domain, cell in zip(domains, cells, strict=True):
+            bpb, tokens = re.fullmatch(r"([\d.]+) \((\d+)\)", cell).groups()  # type: ignore[union-attr]
+            assert float(bpb) == round(run["bpb"][key][domain]["bpb"], 3), (label, domain)
+            assert int(tokens) == run["bpb"][key][domain]["tokens"], (label, domain)
+    cpu = run["transplants"]
+    assert f"Transplant time: {cpu['mean']['cpu_s']} / {cpu['zero']['cpu_s']} s CPU (mean / zero)." in doc
