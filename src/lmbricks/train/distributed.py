@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -51,9 +52,24 @@ def init_distributed(device: str = "auto") -> DistInfo:
     return DistInfo(rank=rank, world=world, device=dev)
 
 
-def shutdown(info: DistInfo) -> None:
-    if info.distributed and dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown(info: DistInfo, finished: bool = True) -> None:
+    """Leave the process group in an order that cannot abort the process at exit.
+
+    The DDP/FSDP wrappers hold the group's pending work objects and sit in reference cycles, so
+    they are collected first, while the group and the interpreter are alive; a finished run then
+    waits for every rank, so no rank tears its connections down while another still uses them.
+    After a failure the barrier is skipped: a rank that raised must not wait for one that hangs.
+
+    Args:
+        info: from :func:`init_distributed`.
+        finished: the run ended normally on this rank.
+    """
+    if not (info.distributed and dist.is_initialized()):
+        return
+    gc.collect()
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:

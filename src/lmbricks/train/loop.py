@@ -91,10 +91,13 @@ def train(
     """
     check_run_dir(cfg, Path(run_dir), inputs)  # before any work, on every process
     info = init_distributed(cfg.device)
+    finished = False
     try:
-        return run(setup(cfg, Path(run_dir), resume, force, chunks, tokenizer, info), on_step, report)
+        result = run(setup(cfg, Path(run_dir), resume, force, chunks, tokenizer, info), on_step, report)
+        finished = True
+        return result
     finally:
-        shutdown(info)
+        shutdown(info, finished)
 
 
 def check_run_dir(cfg: TrainConfig, run_dir: Path, inputs: Sequence[str | Path] = ()) -> None:
