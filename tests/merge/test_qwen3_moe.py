@@ -214,3 +214,23 @@ def test_docs_architecture_table_lists_the_architecture_map() -> None:
     rows = {line.split("|")[1].strip(" `"): line.split("|")[2].strip(" `") for line in section.splitlines()
             if line.startswith("| `")}  # fmt: skip
     assert rows == {name: types[0] for name, (types, _classes) in SUPPORTED.items()}
+
+
+def test_merge_architectures_lists_the_map_with_qwen3_moe() -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from lmbricks.checkpoint import SUPPORTED
+    from lmbricks.cli.main import app
+
+    res = CliRunner().invoke(app, ["merge", "architectures", "--json"])
+    assert res.exit_code == 0, res.output
+    found = {a["name"]: a for a in json.loads(res.output)}
+    assert list(found) == list(SUPPORTED)
+    assert found["qwen3_moe"] == {"name": "qwen3_moe", "model_types": ["qwen3_moe"],
+                                  "architectures": ["Qwen3MoeForCausalLM"], "moe": True, "shared_expert": False,
+                                  "qk_norm": True}  # fmt: skip
+    assert found["qwen2_moe"]["shared_expert"] and not found["llama"]["moe"]
+    res = CliRunner().invoke(app, ["merge", "architectures"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0 and "Qwen3MoeForCausalLM" in res.output

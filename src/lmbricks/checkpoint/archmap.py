@@ -25,16 +25,7 @@ from typing import Any, Literal
 from lmbricks.errors import CheckpointError
 
 RoleKind = Literal["embedding", "attention", "ffn", "router", "shared_expert_gate", "norm", "head", "other"]
-ROLE_KINDS: tuple[str, ...] = (
-    "embedding",
-    "attention",
-    "ffn",
-    "router",
-    "shared_expert_gate",
-    "norm",
-    "head",
-    "other",
-)
+ROLE_KINDS: tuple[str, ...] = ("embedding", "attention", "ffn", "router", "shared_expert_gate", "norm", "head", "other")
 
 #: Supported architectures: lmbricks name -> (model_type values, ``architectures`` class names).
 SUPPORTED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -48,6 +39,8 @@ SUPPORTED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "qwen3_moe": (("qwen3_moe",), ("Qwen3MoeForCausalLM",)),
 }
 MOE_ARCHS = ("mixtral", "qwen2_moe", "qwen3_moe")
+# Architectures whose attention normalises queries and keys per head.
+_QK_NORM = ("gemma3", "qwen3", "qwen3_moe")
 # Architectures whose sparse layers are Qwen-style (``mlp.gate`` + ``mlp.experts.{e}``), dense ones allowed.
 _QWEN_MOE = ("qwen2_moe", "qwen3_moe")
 
@@ -146,6 +139,20 @@ def architecture_of(config: Mapping[str, Any]) -> str:
     raise CheckpointError(
         f"config.json: model_type {model_type!r} / architectures {archs} not supported{hint}; supported: {supported}"
     )
+
+
+def coverage() -> list[dict[str, Any]]:
+    """What the map covers, as ``lmbricks merge architectures`` lists it.
+
+    Returns:
+        One dict per supported architecture: ``name``, ``model_types``, ``architectures`` (class
+        names), ``moe`` (routed experts), ``shared_expert`` (Qwen2-MoE's), ``qk_norm`` (per-head q/k norms).
+    """
+    return [
+        {"name": n, "model_types": list(t), "architectures": list(c), "moe": n in MOE_ARCHS,
+         "shared_expert": n == "qwen2_moe", "qk_norm": n in _QK_NORM}
+        for n, (t, c) in SUPPORTED.items()
+    ]  # fmt: skip
 
 
 def _check_arch(arch: str) -> None:
@@ -280,7 +287,7 @@ def _attention_tensors(arch: str, config: Mapping[str, Any], a: str, H: int) -> 
         out[f"{a}.v_proj.bias"] = (nkv * hd,)
     if arch in ("llama", "gemma3", "qwen3", "qwen3_moe") and bool(config.get("attention_bias", False)):
         out[f"{a}.o_proj.bias"] = (H,)
-    if arch in ("gemma3", "qwen3", "qwen3_moe"):
+    if arch in _QK_NORM:
         out[f"{a}.q_norm.weight"] = (hd,)
         out[f"{a}.k_norm.weight"] = (hd,)
     return out
