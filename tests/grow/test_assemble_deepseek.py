@@ -127,3 +127,47 @@ def test_deepseek_over_a_qwen3_base_is_refused(qwen3_models: tuple[Path, list[Pa
     base, tunes = qwen3_models
     with pytest.raises(ConfigError, match="architecture: 'deepseek' cannot hold a Qwen3 base"):
         assemble(_recipe(base, [*tunes, tunes[0]][:3]), tmp_path / "moe")
+
+
+MERGEKIT_MOE = Path(__file__).resolve().parents[2] / ".bench-venvs" / "mergekit" / "bin" / "mergekit-moe"
+
+
+@pytest.mark.skipif(not MERGEKIT_MOE.exists(), reason=f"mergekit venv absent ({MERGEKIT_MOE})")
+def test_deepseek_layout_matches_mergekit_moe_deepseek_output(
+    tiny_llama: Path, finetunes: list[Path], tmp_path: Path
+) -> None:
+    """mergekit-moe's DeepSeek output (remote-code model type, read here tensor by tensor) holds the same
+    experts, router rows (``cheap_embed``) and non-expert weights; its ungated shared expert is ours
+    with the down projection halved, bit for bit."""
+    import subprocess
+
+    import yaml
+
+    prompts = [{"positive_prompts": ["The lady walked"]}, {"positive_prompts": ["def f(x): return"]}]
+    recipe = _recipe(tiny_llama, finetunes, gate_mode="cheap_embed", dtype="float32")
+    recipe["experts"] = [{**e, **p} for e, p in zip(recipe["experts"], prompts, strict=True)]
+    # the base as shared expert: mergekit 0.1.5's DeepSeek writer opens no loader for a shared expert
+    # that is neither the base nor a routed expert (AttributeError: 'NoneType' ... 'get_tensor')
+    recipe["shared_experts"] = [{"source_model": str(tiny_llama)}]
+    mk_recipe = {k: v for k, v in recipe.items() if k not in ("deepseek_as", "seed")}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(mk_recipe))
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    cmd = [str(MERGEKIT_MOE), str(tmp_path / "recipe.yaml"), str(tmp_path / "mk")]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    mk_cfg = json.loads((tmp_path / "mk" / "config.json").read_text())
+    assert mk_cfg["model_type"] == "deepseek" and mk_cfg["n_shared_experts"] == 1 and mk_cfg["norm_topk_prob"]
+    out = assemble(recipe, tmp_path / "lb")
+    with CheckpointReader(out) as lb, CheckpointReader(tmp_path / "mk") as mk:
+        shared = {k for k in mk if ".shared_experts." in k}
+        assert len(shared) == 3 * 2  # gate, up, down per layer
+        for k in mk:
+            if k in shared:
+                ours = lb.get(k.replace(".shared_experts.", ".shared_expert."))
+                want = mk.get(k) * (2 if "down_proj" in k else 1)
+                assert torch.equal(ours, want), k
+            else:
+                assert torch.equal(lb.get(k), mk.get(k)), k
+        assert set(lb) - set(mk) == {k.replace(".shared_experts.", ".shared_expert.") for k in shared} | {
+            f"model.layers.{i}.mlp.shared_expert_gate.weight" for i in range(2)
+        }
