@@ -232,5 +232,7 @@ def test_merge_architectures_lists_the_map_with_qwen3_moe() -> None:
                                   "architectures": ["Qwen3MoeForCausalLM"], "moe": True, "shared_expert": False,
                                   "qk_norm": True}  # fmt: skip
     assert found["qwen2_moe"]["shared_expert"] and not found["llama"]["moe"]
-    res = CliRunner().invoke(app, ["merge", "architectures"], env={"COLUMNS": "200"})
-    assert res.exit_code == 0 and "Qwen3MoeForCausalLM" in res.output
+    narrow = CliRunner().invoke(app, ["merge", "architectures"], env={"COLUMNS": "40"})  # piped and narrow
+    assert narrow.exit_code == 0 and "…" not in narrow.stdout, narrow.output
+    for a in found.values():
+        assert a["name"] in narrow.stdout and a["architectures"][0] in narrow.stdout, a["name"]
