@@ -35,14 +35,15 @@ def _recipe(base: Path, tunes: list[Path], **over: Any) -> dict[str, Any]:
 
 
 class _DeepSeekMoE(nn.Module):
-    """Routed experts (transformers' Mixtral block) plus an ungated shared expert (a Llama MLP)."""
+    """Routed experts (transformers' Mixtral block) times ``routed_scaling_factor`` plus an ungated
+    shared expert (a Llama MLP)."""
 
-    def __init__(self, routed: nn.Module, shared: nn.Module) -> None:
+    def __init__(self, routed: nn.Module, shared: nn.Module, scale: float) -> None:
         super().__init__()
-        self.routed, self.shared = routed, shared
+        self.routed, self.shared, self.scale = routed, shared, scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.routed(x) + self.shared(x)
+        return self.scale * self.routed(x) + self.shared(x)
 
 
 def _ffn(path: Path, layer: int) -> dict[str, torch.Tensor]:
@@ -50,7 +51,7 @@ def _ffn(path: Path, layer: int) -> dict[str, torch.Tensor]:
         return {p: r.get(f"model.layers.{layer}.mlp.{p}_proj.weight").float() for p in ("gate", "up", "down")}
 
 
-def _source_moe(base: Path, tunes: list[Path], out: Path) -> nn.Module:
+def _source_moe(base: Path, tunes: list[Path], out: Path, scale: float) -> nn.Module:
     """The DeepSeek-MoE the recipe describes: the base Llama with each FFN replaced by the block above."""
     from transformers import AutoModelForCausalLM, MixtralConfig
     from transformers.models.llama.modeling_llama import LlamaMLP
@@ -69,16 +70,17 @@ def _source_moe(base: Path, tunes: list[Path], out: Path) -> nn.Module:
             routed.experts.down_proj.copy_(torch.stack([e["down"] for e in experts]))
             for p, w in _ffn(tunes[2], i).items():
                 getattr(shared, f"{p}_proj").weight.copy_(w)
-            layer.mlp = _DeepSeekMoE(routed, shared)
+            layer.mlp = _DeepSeekMoE(routed, shared, scale)
     return model.eval()
 
 
+@pytest.mark.parametrize("scale", [None, 2.0])
 def test_deepseek_layout_as_qwen2_moe_computes_the_deepseek_moe(
-    tiny_llama: Path, finetunes: list[Path], tmp_path: Path
+    tiny_llama: Path, finetunes: list[Path], tmp_path: Path, scale: float | None
 ) -> None:
     from transformers import AutoModelForCausalLM
 
-    out = assemble(_recipe(tiny_llama, finetunes), tmp_path / "moe")
+    out = assemble(_recipe(tiny_llama, finetunes, routed_scaling_factor=scale), tmp_path / "moe")
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model_type"] == "qwen2_moe" and cfg["norm_topk_prob"] is True
     shared = _ffn(finetunes[2], 1)
@@ -86,8 +88,10 @@ def test_deepseek_layout_as_qwen2_moe_computes_the_deepseek_moe(
         assert not r.get("model.layers.1.mlp.shared_expert_gate.weight").any()
         assert torch.equal(r.get("model.layers.1.mlp.shared_expert.down_proj.weight").float(), 2 * shared["down"])
         assert torch.equal(r.get("model.layers.1.mlp.shared_expert.up_proj.weight").float(), shared["up"])
+        routed = _ffn(finetunes[1], 1)["down"] * (scale or 1.0)  # r folded into the routed experts, exactly
+        assert torch.equal(r.get("model.layers.1.mlp.experts.1.down_proj.weight").float(), routed)
     moe = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-    ref = _source_moe(tiny_llama, finetunes, out)
+    ref = _source_moe(tiny_llama, finetunes, out, scale or 1.0)
     ids = torch.tensor([[1, 7, 42, 99, 3, 250, 17, 64, 128, 11, 300, 5]])
     with torch.no_grad():
         got, want = moe(ids).logits, ref(ids).logits
@@ -106,6 +110,9 @@ def test_deepseek_layout_as_qwen2_moe_computes_the_deepseek_moe(
         ({"shared_experts": None}, "shared_experts: the DeepSeek layout has a shared expert"),
         ({"gate_mode": "cheap_embed"}, "shared_experts\\[0\\].positive_prompts: DeepSeek's shared expert is ungated"),
         ({"gate_mode": "domain"}, "shared_experts\\[0\\].domain: DeepSeek's shared expert is ungated"),
+        ({"scoring_func": "sigmoid"}, "scoring_func: 'sigmoid' \\(DeepSeek-V3\\)"),
+        ({"routed_scaling_factor": 2.5}, "routed_scaling_factor: 2.5 is not a power of two"),
+        ({"architecture": "qwen", "deepseek_as": None, "routed_scaling_factor": 2.0}, "routed_scaling_factor: only"),
     ],
 )
 def test_deepseek_refusals_name_the_field(

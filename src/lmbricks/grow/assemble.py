@@ -367,10 +367,12 @@ def assemble_model(
 
 
 def layer_experts(plan: AssemblyPlan, layer: int, gen: torch.Generator) -> list[ExpertFFN]:
-    """The routed experts' FFNs of one layer, each scaled and noised as its recipe entry says (fp32)."""
+    """The routed experts' FFNs of one layer, each scaled and noised as its recipe entry says (fp32),
+    times DeepSeek's ``routed_scaling_factor`` (1 unless ``deepseek_as``)."""
+    r = plan.recipe
     return [
-        src.ffn(layer).scaled(spec.residual_scale).noisy(spec.noise_scale, gen)
-        for src, spec in zip(plan.experts, plan.recipe.experts, strict=True)
+        src.ffn(layer).scaled(spec.residual_scale).noisy(spec.noise_scale, gen).scaled(r.routed_scaling_factor)
+        for src, spec in zip(plan.experts, r.experts, strict=True)
     ]
 
 

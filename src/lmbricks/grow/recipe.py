@@ -35,6 +35,7 @@ written; an error names the field (``experts[2].positive_prompts``).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -77,24 +78,42 @@ QWEN3_FAMILIES = ("qwen3",)
 QWEN3_NAMES = ("qwen3", "qwen3_moe")
 
 
+#: The DeepSeek-only recipe fields (refused, when set, without architecture: deepseek).
+_DEEPSEEK_FIELDS = ("deepseek_as", "routed_scaling_factor", "scoring_func")
+
+
 def check_deepseek(r: MoERecipe) -> None:
     """Refuse what the DeepSeek-MoE layout written as Qwen2-MoE (``deepseek_as``) cannot give exactly.
 
     DeepSeek-MoE adds its shared expert ungated, ``y = sum_k g_k E_k(x) + S(x)``; Qwen2-MoE gates it,
     ``sigmoid(w . x) S(x)``. With ``w = 0`` and ``S``'s down projection doubled the gate is exactly
     ``sigmoid(0) = 0.5`` and ``0.5 (2 S(x)) = S(x)`` bit for bit (powers of two), so the layout is exact
-    whenever the shared expert has no gate of its own to learn from prompts or a domain.
+    whenever the shared expert has no gate of its own to learn from prompts or a domain. DeepSeek's
+    ``routed_scaling_factor`` r is folded into the routed experts' down projections, bit for bit when
+    r is a power of two (``r g E(x)`` either way).
 
     Raises:
-        ConfigError: ``deepseek_as`` without ``architecture: deepseek``, ``architecture: deepseek``
-            without ``deepseek_as``, no shared expert, or a shared expert with prompts or a domain
-            (each naming the field).
+        ConfigError: a DeepSeek field without ``architecture: deepseek``, ``architecture: deepseek``
+            without ``deepseek_as``, sigmoid scores, a scaling factor that is not a power of two, no
+            shared expert, or a shared expert with prompts or a domain (each naming the field).
     """
     wants = r.architecture is not None and r.architecture.lower().startswith("deepseek")
-    if r.deepseek_as is not None and not wants:
-        raise ConfigError(f"deepseek_as: only with architecture: deepseek, got architecture: {r.architecture!r}")
+    given = [k for k in _DEEPSEEK_FIELDS if getattr(r, k) is not None]
+    if given and not wants:
+        raise ConfigError(f"{given[0]}: only with architecture: deepseek, got architecture: {r.architecture!r}")
     if not wants:
         return
+    if r.scoring_func not in (None, "softmax"):
+        raise ConfigError(
+            f"scoring_func: {r.scoring_func!r} (DeepSeek-V3) gates by sigmoid affinities renormalised over the "
+            "selected experts, which Qwen2-MoE's softmax router cannot give; only softmax is exact"
+        )
+    if r.routed_scaling_factor is not None and math.frexp(r.routed_scaling_factor)[0] != 0.5:
+        raise ConfigError(
+            f"routed_scaling_factor: {r.routed_scaling_factor} is not a power of two: folded into the routed "
+            "experts' down projections it would round every weight, so the output would not compute the "
+            "DeepSeek model exactly; use 1 or another power of two"
+        )
     if r.deepseek_as is None:
         raise ConfigError(f"architecture: {r.architecture!r}: {DEEPSEEK_REFUSAL}")
     if not r.shared_experts:
@@ -172,6 +191,8 @@ class MoERecipe(_Strict):
     deepseek_as: Literal["qwen2_moe"] | None = Field(
         None, description="with architecture deepseek: write its layout as Qwen2-MoE (exact)"
     )
+    routed_scaling_factor: float | None = Field(None, gt=0, description="deepseek: routed gates times this (2^k)")
+    scoring_func: Literal["softmax", "sigmoid"] | None = Field(None, description="deepseek: router scores (softmax)")
     non_experts: Literal["base", "average"] = "base"
     domain_tokens: int = Field(4096, gt=0, description="tokens of each domain's train split read")
     domain_center: bool = True
