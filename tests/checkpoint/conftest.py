@@ -59,6 +59,18 @@ def _config(variant: str) -> Any:
             mlp_only_layers=[1],
             qkv_bias=False,
         )
+    if variant == "qwen3_moe":  # q/k norms, routed experts only, head_dim != hidden / heads
+        return tf.Qwen3MoeConfig(**_COMMON, head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16)
+    if variant == "qwen3_moe_mixed":  # layer 1 dense, attention_bias, tied
+        return tf.Qwen3MoeConfig(
+            **{**_COMMON, "num_hidden_layers": 3},
+            num_experts=3,
+            num_experts_per_tok=1,
+            moe_intermediate_size=8,
+            mlp_only_layers=[1],
+            attention_bias=True,
+            tie_word_embeddings=True,
+        )
     raise KeyError(variant)
 
 

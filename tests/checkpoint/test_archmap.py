@@ -35,6 +35,8 @@ ARCH_OF_VARIANT = {
     "mixtral": "mixtral",
     "qwen2_moe": "qwen2_moe",
     "qwen2_moe_mixed": "qwen2_moe",
+    "qwen3_moe": "qwen3_moe",
+    "qwen3_moe_mixed": "qwen3_moe",
 }
 VARIANTS = list(ARCH_OF_VARIANT)
 
@@ -106,6 +108,13 @@ def test_inventory_layout_of_moe_models(arch_model: ArchModel) -> None:
     assert inv["ffn_neurons"] == [3 * 8 + 24, 64, 3 * 8 + 24]
     assert inv["shared_expert_gate"] == 2 * 32
 
+    with CheckpointReader(arch_model("qwen3_moe_mixed")) as r:
+        inv = inventory(r.config, r.shapes())
+    # layers 0 and 2 sparse (3 experts of 8, no shared expert), layer 1 dense (64)
+    assert inv["experts"] == [3, 0, 3] and inv["expert_neurons"] == [8, 0, 8]
+    assert inv["shared_expert_neurons"] == [0, 0, 0] and inv["ffn_neurons"] == [24, 64, 24]
+    assert inv["router"] == 2 * 3 * 32 and inv["shared_expert_gate"] == 0 and inv["experts_per_token"] == 1
+
     with CheckpointReader(arch_model("llama")) as r:
         inv = inventory(r.config, r.shapes())
     assert inv["experts"] == [0, 0] and inv["ffn_neurons"] == [64, 64] and inv["experts_per_token"] is None
@@ -171,6 +180,9 @@ def test_conftest_tiny_mixtral_fixture_matches(tiny_mixtral: Path) -> None:
             "model.layers.2.mlp.shared_expert_gate.weight",
             TensorRole("shared_expert_gate", 2, None, "shared_expert_gate", "weight"),
         ),
+        ("qwen3_moe", "model.layers.1.mlp.experts.3.down_proj.weight", TensorRole("ffn", 1, 3, "down", "weight")),
+        ("qwen3_moe", "model.layers.1.mlp.gate.weight", TensorRole("router", 1, None, "router", "weight")),
+        ("qwen3_moe", "model.layers.1.self_attn.k_norm.weight", TensorRole("norm", 1, None, "k_norm", "weight")),
         (
             "llama",
             "model.layers.4.self_attn.rotary_emb.inv_freq",
@@ -186,6 +198,7 @@ def test_tensor_role_examples(arch: str, name: str, role: TensorRole) -> None:
 def test_architecture_of() -> None:
     assert architecture_of({"model_type": "gemma3_text"}) == "gemma3"
     assert architecture_of({"architectures": ["Qwen2MoeForCausalLM"]}) == "qwen2_moe"
+    assert architecture_of({"model_type": "qwen3_moe"}) == "qwen3_moe"
     with pytest.raises(CheckpointError, match="supported: llama"):
         architecture_of({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]})
     with pytest.raises(CheckpointError, match="multimodal"):

@@ -7,7 +7,8 @@ purpose (docs/grow.md: lmbricks reads the router's input ``post_attention_layern
 a time after BOS; mergekit the residual stream before the layer, right-padded batches): asserted different.
 ``random`` rows come from different generators, so everything but the router is compared.
 Qwen3-MoE (a tiny Qwen3 base and fine-tunes of it, mergekit's ``qwen3`` architecture) is compared the
-same way; mergekit's ``deepseek`` output has no transformers model type and is refused by lmbricks.
+same way; mergekit's ``deepseek`` output has no transformers model type (lmbricks writes its layout as
+Qwen2-MoE with ``deepseek_as``, compared in tests/grow/test_assemble_deepseek.py).
 Needs mergekit in its own virtual environment (``.bench-venvs/mergekit``); skipped otherwise.
 """
 

@@ -7,7 +7,9 @@ per expert even though transformers 5 fuses them in memory:
 * Mixtral: ``model.layers.{i}.block_sparse_moe.gate.weight`` (router, (E, H)) and
   ``model.layers.{i}.block_sparse_moe.experts.{e}.w1|w3.weight`` (gate/up, (I, H)), ``w2`` (down, (H, I));
 * Qwen2-MoE: ``model.layers.{i}.mlp.gate.weight`` (router), ``mlp.experts.{e}.{gate,up,down}_proj.weight``,
-  ``mlp.shared_expert.{gate,up,down}_proj.weight`` and ``mlp.shared_expert_gate.weight`` ((1, H)).
+  ``mlp.shared_expert.{gate,up,down}_proj.weight`` and ``mlp.shared_expert_gate.weight`` ((1, H));
+* Qwen3-MoE: Qwen2-MoE's router and experts without the shared expert, Qwen3's q/k norms, no q/k/v
+  biases (``attention_bias``); ``config.json`` names the expert count ``num_local_experts``.
 
 :func:`tensor_role` also understands the fused in-memory names (``mlp.experts.gate_up_proj``,
 ``mlp.experts.down_proj``) in case a checkpoint stores them.
@@ -23,16 +25,7 @@ from typing import Any, Literal
 from lmbricks.errors import CheckpointError
 
 RoleKind = Literal["embedding", "attention", "ffn", "router", "shared_expert_gate", "norm", "head", "other"]
-ROLE_KINDS: tuple[str, ...] = (
-    "embedding",
-    "attention",
-    "ffn",
-    "router",
-    "shared_expert_gate",
-    "norm",
-    "head",
-    "other",
-)
+ROLE_KINDS: tuple[str, ...] = ("embedding", "attention", "ffn", "router", "shared_expert_gate", "norm", "head", "other")
 
 #: Supported architectures: lmbricks name -> (model_type values, ``architectures`` class names).
 SUPPORTED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -43,8 +36,13 @@ SUPPORTED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "gemma3": (("gemma3_text",), ("Gemma3ForCausalLM",)),
     "mixtral": (("mixtral",), ("MixtralForCausalLM",)),
     "qwen2_moe": (("qwen2_moe",), ("Qwen2MoeForCausalLM",)),
+    "qwen3_moe": (("qwen3_moe",), ("Qwen3MoeForCausalLM",)),
 }
-MOE_ARCHS = ("mixtral", "qwen2_moe")
+MOE_ARCHS = ("mixtral", "qwen2_moe", "qwen3_moe")
+# Architectures whose attention normalises queries and keys per head.
+_QK_NORM = ("gemma3", "qwen3", "qwen3_moe")
+# Architectures whose sparse layers are Qwen-style (``mlp.gate`` + ``mlp.experts.{e}``), dense ones allowed.
+_QWEN_MOE = ("qwen2_moe", "qwen3_moe")
 
 # Names checkpoints may carry that transformers ignores on load (old non-persistent buffers).
 IGNORABLE = re.compile(r"^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$")
@@ -121,7 +119,7 @@ def architecture_of(config: Mapping[str, Any]) -> str:
     """The lmbricks architecture name for a Hugging Face config (dict from config.json).
 
     Returns:
-        One of ``llama mistral qwen2 qwen3 gemma3 mixtral qwen2_moe``.
+        One of ``llama mistral qwen2 qwen3 gemma3 mixtral qwen2_moe qwen3_moe``.
 
     Raises:
         CheckpointError: any other model type, listing the supported ones.
@@ -141,6 +139,20 @@ def architecture_of(config: Mapping[str, Any]) -> str:
     raise CheckpointError(
         f"config.json: model_type {model_type!r} / architectures {archs} not supported{hint}; supported: {supported}"
     )
+
+
+def coverage() -> list[dict[str, Any]]:
+    """What the map covers, as ``lmbricks merge architectures`` lists it.
+
+    Returns:
+        One dict per supported architecture: ``name``, ``model_types``, ``architectures`` (class
+        names), ``moe`` (routed experts), ``shared_expert`` (Qwen2-MoE's), ``qk_norm`` (per-head q/k norms).
+    """
+    return [
+        {"name": n, "model_types": list(t), "architectures": list(c), "moe": n in MOE_ARCHS,
+         "shared_expert": n == "qwen2_moe", "qk_norm": n in _QK_NORM}
+        for n, (t, c) in SUPPORTED.items()
+    ]  # fmt: skip
 
 
 def _check_arch(arch: str) -> None:
@@ -201,18 +213,23 @@ def _tied(arch: str, config: Mapping[str, Any]) -> bool:
 
 
 def is_moe_layer(config: Mapping[str, Any], layer: int) -> bool:
-    """Whether decoder layer ``layer`` has routed experts (Qwen2-MoE can mix dense and sparse layers)."""
+    """Whether decoder layer ``layer`` has routed experts (Qwen2/3-MoE can mix dense and sparse layers)."""
     arch = architecture_of(config)
     if arch == "mixtral":
         return True
-    if arch != "qwen2_moe":
+    if arch not in _QWEN_MOE:
         return False
     step = config.get("decoder_sparse_step", 1) or 1
     return (
         layer not in (config.get("mlp_only_layers") or [])
-        and int(config.get("num_experts", 60)) > 0
+        and int(config.get(_experts_key(config), 60)) > 0
         and (layer + 1) % step == 0
     )
+
+
+def _experts_key(config: Mapping[str, Any]) -> str:
+    """The config field holding the routed expert count (transformers 5 saves Qwen3-MoE's as num_local_experts)."""
+    return "num_experts" if "num_experts" in config or "num_local_experts" not in config else "num_local_experts"
 
 
 def expected_tensors(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
@@ -260,6 +277,7 @@ def _attention_tensors(arch: str, config: Mapping[str, Any], a: str, H: int) -> 
         "llama": bool(config.get("attention_bias", False)),
         "gemma3": bool(config.get("attention_bias", False)),
         "qwen3": bool(config.get("attention_bias", False)),
+        "qwen3_moe": bool(config.get("attention_bias", False)),
         "qwen2": True,
         "qwen2_moe": bool(config.get("qkv_bias", True)),
     }.get(arch, False)
@@ -267,9 +285,9 @@ def _attention_tensors(arch: str, config: Mapping[str, Any], a: str, H: int) -> 
         out[f"{a}.q_proj.bias"] = (nh * hd,)
         out[f"{a}.k_proj.bias"] = (nkv * hd,)
         out[f"{a}.v_proj.bias"] = (nkv * hd,)
-    if arch in ("llama", "gemma3", "qwen3") and bool(config.get("attention_bias", False)):
+    if arch in ("llama", "gemma3", "qwen3", "qwen3_moe") and bool(config.get("attention_bias", False)):
         out[f"{a}.o_proj.bias"] = (H,)
-    if arch in ("gemma3", "qwen3"):
+    if arch in _QK_NORM:
         out[f"{a}.q_norm.weight"] = (hd,)
         out[f"{a}.k_norm.weight"] = (hd,)
     return out
@@ -279,7 +297,7 @@ _HF_FFN = ("gate_proj", "up_proj", "down_proj")
 
 
 def _ffn_tensors(arch: str, config: Mapping[str, Any], p: str, layer: int, H: int) -> dict[str, tuple[int, ...]]:
-    """One layer's FFN: dense (Llama's ``mlp_bias``), Mixtral's experts, or Qwen2-MoE's experts and shared expert."""
+    """One layer's FFN: dense (Llama's ``mlp_bias``), Mixtral's experts, or Qwen2/3-MoE's (Qwen2: and shared expert)."""
     out: dict[str, tuple[int, ...]] = {}
     I = _field(config, "intermediate_size")  # noqa: E741 - the standard symbol
     if arch == "mixtral":
@@ -287,13 +305,13 @@ def _ffn_tensors(arch: str, config: Mapping[str, Any], p: str, layer: int, H: in
         out[f"{p}.block_sparse_moe.gate.weight"] = (E, H)
         for e in range(E):
             out.update(_glu(f"{p}.block_sparse_moe.experts.{e}", H, I, ("w1", "w3", "w2")))
-    elif arch == "qwen2_moe" and is_moe_layer(config, layer):
-        E = _field(config, "num_experts")
+    elif arch in _QWEN_MOE and is_moe_layer(config, layer):
+        E = _field(config, _experts_key(config))
         moe_i = _field(config, "moe_intermediate_size")
         out[f"{p}.mlp.gate.weight"] = (E, H)
         for e in range(E):
             out.update(_glu(f"{p}.mlp.experts.{e}", H, moe_i, _HF_FFN))
-        shared_i = config.get("shared_expert_intermediate_size", 5632)
+        shared_i = config.get("shared_expert_intermediate_size", 5632) if arch == "qwen2_moe" else 0
         if shared_i:
             out.update(_glu(f"{p}.mlp.shared_expert", H, shared_i, _HF_FFN))
             out[f"{p}.mlp.shared_expert_gate.weight"] = (1, H)

@@ -103,11 +103,30 @@ def methods(as_json: bool = json_option()) -> None:
     print_list("merge methods", ("method", "base", "parameters", "formula", "reference"), rows, key="method")
 
 
+def architectures(as_json: bool = json_option()) -> None:
+    """List the architectures merge reads (its architecture map): model types, MoE layout, q/k norms.
+
+    Example: lmbricks merge architectures --json
+    """
+    from lmbricks.checkpoint.archmap import coverage
+
+    found = coverage()
+    if as_json:
+        print_json(found)
+        return
+    yes = {True: "yes", False: "no"}
+    rows = [(a["name"], ", ".join(a["model_types"]), ", ".join(a["architectures"]), yes[a["moe"]],
+             yes[a["shared_expert"]], yes[a["qk_norm"]]) for a in found]  # fmt: skip
+    cols = ("architecture", "model_type", "class", "moe", "shared expert", "q/k norm")
+    print_list("merge architectures", cols, rows, key="architecture")
+
+
 #: ``lmbricks merge NAME``: the registration point of every subcommand, in help order. The search
 #: command of the merge-evolve branch (``lmbricks.cli.merge_evolve.evolve``) joins as ``"evolve"``.
 SUBCOMMANDS: dict[str, Callable[..., None]] = {
     DEFAULT_COMMAND: run,
     "methods": methods,
+    "architectures": architectures,
     "multi": merge_multi.multi,
     "evolve": merge_evolve.evolve,
 }

@@ -87,7 +87,9 @@ def assemble(
 ) -> None:
     """Assemble an MoE from fine-tunes and bricks of one base (mergekit-moe, Branch-Train-MiX).
 
-    Writes Mixtral, Qwen2-MoE (with a shared expert) or, over a Qwen3 base, Qwen3-MoE.
+    Writes Mixtral, Qwen2-MoE (with a shared expert) or, over a Qwen3 base, Qwen3-MoE; with
+    `architecture: deepseek` and `deepseek_as: qwen2_moe`, DeepSeek-MoE's layout (one ungated shared
+    expert) exactly as Qwen2-MoE.
 
     Example: lmbricks moe assemble docs/grow/four-bricks.yaml runs/smol-4-bricks
     """

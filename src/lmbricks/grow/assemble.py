@@ -8,7 +8,8 @@ Three stages, so that every check happens before anything is written:
 2. :func:`assemble_model` builds the sparse model in memory: non-expert weights from the base or
    averaged across the experts' sources (BTX), expert FFNs from the sources, router rows by the gate
    mode (:mod:`lmbricks.grow.gates`), optional shared expert.
-3. :func:`lmbricks.grow.pipeline.assemble` writes it atomically (Mixtral, or Qwen2-MoE with a shared expert) with
+3. :func:`lmbricks.grow.pipeline.assemble` writes it atomically (Mixtral, or Qwen2-MoE with a shared expert,
+   DeepSeek's ungated one included: ``deepseek_as``) with
    ``lmbricks.json`` naming every expert, its source, brick and domain.
 
 A Qwen3 base skips stage 2 (lmbricks.nn does not compute Qwen3): :mod:`lmbricks.grow.qwen3` copies its
@@ -356,17 +357,22 @@ def assemble_model(
         experts[i] = layer_experts(plan, i, gen)
         if plan.shared is not None and r.shared_experts:
             spec = r.shared_experts[0]
-            shared[i] = (plan.shared.ffn(i).scaled(spec.residual_scale).noisy(spec.noise_scale, gen), shared_rows[li])
+            ffn = plan.shared.ffn(i).scaled(spec.residual_scale).noisy(spec.noise_scale, gen)
+            if r.ungated_shared:  # DeepSeek's ungated S(x) = sigmoid(0) * 2 S(x), exactly (recipe.check_deepseek)
+                ffn, shared_rows[li] = ffn.scaled(2.0), 0.0
+            shared[i] = (ffn, shared_rows[li])
     state = base_lm.state_dict()
     model = build_moe_lm(cfg, state, experts, {i: rows[li] for li, i in enumerate(layers)}, shared or None)
     return Assembly(model, rows, layers, max_cos, issued)
 
 
 def layer_experts(plan: AssemblyPlan, layer: int, gen: torch.Generator) -> list[ExpertFFN]:
-    """The routed experts' FFNs of one layer, each scaled and noised as its recipe entry says (fp32)."""
+    """The routed experts' FFNs of one layer, each scaled and noised as its recipe entry says (fp32),
+    times DeepSeek's ``routed_scaling_factor`` (1 unless ``deepseek_as``)."""
+    r = plan.recipe
     return [
-        src.ffn(layer).scaled(spec.residual_scale).noisy(spec.noise_scale, gen)
-        for src, spec in zip(plan.experts, plan.recipe.experts, strict=True)
+        src.ffn(layer).scaled(spec.residual_scale).noisy(spec.noise_scale, gen).scaled(r.routed_scaling_factor)
+        for src, spec in zip(plan.experts, r.experts, strict=True)
     ]
 
 

@@ -13,9 +13,9 @@ Accepted (as mergekit-moe users write it)::
         noise_scale: 0.01                 # optional: Gaussian noise added to the expert's weights
         residual_scale: 0.5               # optional: scales the expert's down projection
     shared_experts:                       # optional, at most one: Qwen2-MoE output
-    # a Qwen3 base gives a Qwen3-MoE output (no shared expert); ``deepseek`` is refused (see DEEPSEEK_REFUSAL)
+    # a Qwen3 base gives a Qwen3-MoE output (no shared expert)
       - source_model: path/to/base
-    architecture: mixtral                 # optional: mixtral | qwen | qwen3 (checked against the layout)
+    architecture: mixtral                 # optional: mixtral | qwen | qwen3 | deepseek (with deepseek_as)
 
 lmbricks' extensions (documented as such in docs/grow.md):
 
@@ -25,7 +25,9 @@ lmbricks' extensions (documented as such in docs/grow.md):
   base over that domain's training text (centred on the experts' mean when ``domain_center``);
 * ``non_experts: base | average`` -- attention, embeddings and norms from the base (mergekit) or
   averaged over the experts' sources (Branch-Train-MiX);
-* ``domain_tokens``, ``domain_center``, ``seed``.
+* ``domain_tokens``, ``domain_center``, ``seed``;
+* ``deepseek_as: qwen2_moe`` with ``architecture: deepseek`` -- mergekit-moe's DeepSeek-MoE layout (routed
+  experts plus one ungated shared expert) written exactly as Qwen2-MoE (see :func:`check_deepseek`).
 
 Everything is checked here or in :func:`lmbricks.grow.assemble.plan_assembly` before any output is
 written; an error names the field (``experts[2].positive_prompts``).
@@ -33,6 +35,7 @@ written; an error names the field (``experts[2].positive_prompts``).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -66,12 +69,64 @@ DEEPSEEK_REFUSAL = (
     "mergekit-moe's DeepSeek output is model_type 'deepseek' (DeepSeek-MoE 16B), whose modelling code "
     "exists only as remote code on the Hugging Face Hub (trust_remote_code); transformers has no such "
     "model type, and its deepseek_v2/v3 use multi-head latent attention, which a Llama attention cannot "
-    "be written as. For routed experts plus a shared expert use architecture: qwen (Qwen2-MoE)"
+    "be written as. Set deepseek_as: qwen2_moe to write the DeepSeek layout (routed experts plus one "
+    "ungated shared expert) exactly as Qwen2-MoE"
 )
 #: Base model types whose MoE output is Qwen3-MoE.
 QWEN3_FAMILIES = ("qwen3",)
 #: ``architecture:`` values that ask for it.
 QWEN3_NAMES = ("qwen3", "qwen3_moe")
+
+
+#: The DeepSeek-only recipe fields (refused, when set, without architecture: deepseek).
+_DEEPSEEK_FIELDS = ("deepseek_as", "routed_scaling_factor", "scoring_func")
+
+
+def check_deepseek(r: MoERecipe) -> None:
+    """Refuse what the DeepSeek-MoE layout written as Qwen2-MoE (``deepseek_as``) cannot give exactly.
+
+    DeepSeek-MoE adds its shared expert ungated, ``y = sum_k g_k E_k(x) + S(x)``; Qwen2-MoE gates it,
+    ``sigmoid(w . x) S(x)``. With ``w = 0`` and ``S``'s down projection doubled the gate is exactly
+    ``sigmoid(0) = 0.5`` and ``0.5 (2 S(x)) = S(x)`` bit for bit (powers of two), so the layout is exact
+    whenever the shared expert has no gate of its own to learn from prompts or a domain. DeepSeek's
+    ``routed_scaling_factor`` r is folded into the routed experts' down projections, bit for bit when
+    r is a power of two (``r g E(x)`` either way).
+
+    Raises:
+        ConfigError: a DeepSeek field without ``architecture: deepseek``, ``architecture: deepseek``
+            without ``deepseek_as``, sigmoid scores, a scaling factor that is not a power of two, no
+            shared expert, or a shared expert with prompts or a domain (each naming the field).
+    """
+    wants = r.architecture is not None and r.architecture.lower().startswith("deepseek")
+    given = [k for k in _DEEPSEEK_FIELDS if getattr(r, k) is not None]
+    if given and not wants:
+        raise ConfigError(f"{given[0]}: only with architecture: deepseek, got architecture: {r.architecture!r}")
+    if not wants:
+        return
+    if r.scoring_func not in (None, "softmax"):
+        raise ConfigError(
+            f"scoring_func: {r.scoring_func!r} (DeepSeek-V3) gates by sigmoid affinities renormalised over the "
+            "selected experts, which Qwen2-MoE's softmax router cannot give; only softmax is exact"
+        )
+    if r.routed_scaling_factor is not None and math.frexp(r.routed_scaling_factor)[0] != 0.5:
+        raise ConfigError(
+            f"routed_scaling_factor: {r.routed_scaling_factor} is not a power of two: folded into the routed "
+            "experts' down projections it would round every weight, so the output would not compute the "
+            "DeepSeek model exactly; use 1 or another power of two"
+        )
+    if r.deepseek_as is None:
+        raise ConfigError(f"architecture: {r.architecture!r}: {DEEPSEEK_REFUSAL}")
+    if not r.shared_experts:
+        raise ConfigError(
+            "shared_experts: the DeepSeek layout has a shared expert; give one, or use architecture: mixtral"
+        )
+    spec = r.shared_experts[0]
+    for key in ("positive_prompts", "negative_prompts", "domain"):
+        if getattr(spec, key):
+            raise ConfigError(
+                f"shared_experts[0].{key}: DeepSeek's shared expert is ungated (added with weight 1), so it "
+                "has no gate to set; drop it, or use architecture: qwen for a gated shared expert"
+            )
 
 
 def check_qwen3_plan(recipe: MoERecipe, base_type: str | None) -> None:
@@ -133,6 +188,11 @@ class MoERecipe(_Strict):
     shared_experts: list[ExpertSpec] | None = None
     architecture: str | None = None
     # lmbricks extensions
+    deepseek_as: Literal["qwen2_moe"] | None = Field(
+        None, description="with architecture deepseek: write its layout as Qwen2-MoE (exact)"
+    )
+    routed_scaling_factor: float | None = Field(None, gt=0, description="deepseek: routed gates times this (2^k)")
+    scoring_func: Literal["softmax", "sigmoid"] | None = Field(None, description="deepseek: router scores (softmax)")
     non_experts: Literal["base", "average"] = "base"
     domain_tokens: int = Field(4096, gt=0, description="tokens of each domain's train split read")
     domain_center: bool = True
@@ -145,6 +205,11 @@ class MoERecipe(_Strict):
     def output_family(self) -> str:
         """``qwen2_moe`` with a shared expert, else ``mixtral`` (the base may still force Qwen2-MoE)."""
         return "qwen2_moe" if self.shared_experts else "mixtral"
+
+    @property
+    def ungated_shared(self) -> bool:
+        """The shared expert is DeepSeek's (ungated): written with a zero gate and a doubled down projection."""
+        return self.deepseek_as is not None
 
 
 class GrowConfig(_Strict):
@@ -172,12 +237,12 @@ def check_recipe(r: MoERecipe) -> None:
         raise ConfigError(f"gate_mode: unknown gate mode {r.gate_mode!r} (choose from {', '.join(GATE_MODES)})")
     if r.dtype is not None and r.dtype not in DTYPES:
         raise ConfigError(f"dtype: unknown dtype {r.dtype!r} (choose from {', '.join(DTYPES)})")
-    if r.architecture is not None:
-        if r.architecture.lower().startswith("deepseek"):
-            raise ConfigError(f"architecture: {r.architecture!r}: {DEEPSEEK_REFUSAL}")
+    check_deepseek(r)
+    if r.architecture is not None and r.deepseek_as is None:
         if r.architecture not in ARCHITECTURES:
             raise ConfigError(
-                f"architecture: {r.architecture!r} is not an output lmbricks writes (mixtral, qwen, qwen3)"
+                f"architecture: {r.architecture!r} is not an output lmbricks writes (mixtral, qwen, qwen3, "
+                "deepseek with deepseek_as)"
             )
         if r.architecture not in QWEN3_NAMES and ARCHITECTURES[r.architecture] != r.output_family:
             raise ConfigError(
