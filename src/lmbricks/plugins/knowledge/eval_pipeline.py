@@ -37,6 +37,7 @@ class KnowledgeEvalJob:
     force: bool = False
     documents: tuple[str, ...] = ()  # text files to use instead of the handbook sections
     trained: Path | None = None  # plug-ins an earlier run trained on these training parts: not trained again
+    shuffled: int = 0  # sentence-shuffled copies of each training part added to its plug-in's training text
 
 
 def handbook_sections(names: tuple[str, ...]) -> dict[str, str]:
@@ -139,7 +140,8 @@ def run_knowledge_eval(job: KnowledgeEvalJob, command: str, progress: Progress) 
             (tmp / "documents" / f"{name}.txt").write_text(text, encoding="utf-8")
         files = tuple(str(tmp / "documents" / f"{n}.txt") for n in train)
         if job.trained is None:
-            train_knowledge(KnowledgeTrainJob(job.model, files, tmp / "plugins", job.lora), command, progress)
+            train_job = KnowledgeTrainJob(job.model, files, tmp / "plugins", job.lora, shuffled=job.shuffled)
+            train_knowledge(train_job, command, progress)
         kb = tmp / "plugins" if job.trained is None else _check_trained(job.trained, train)
         tallies = _score_all(job, train, items, kb, progress)
         result = summarise(tallies, items)
@@ -149,6 +151,7 @@ def run_knowledge_eval(job: KnowledgeEvalJob, command: str, progress: Progress) 
             "train": job.lora.model_dump(mode="json"),
             "sections": list(job.sections),
             "held_every": job.held_every,
+            "shuffled": job.shuffled,
             "trained": Path(job.trained).name if job.trained is not None else None,  # a name, not a machine path
         }
         write_provenance(tmp, command=command, recipe=recipe, inputs={"base": base_model(job.model).path})
