@@ -12,14 +12,16 @@ KNOWLEDGE_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
 #: (``plugins knowledge train`` and ``eval``): optimizer steps per plug-in, LoRA rank, tokens per
 #: block, peak learning rate, and sentence-shuffled copies of the document added to its training
 #: text (:func:`lmbricks.plugins.knowledge.pipeline.training_texts`).
-DEFAULT_STEPS: int = 40
+#: 20 steps with 12 copies is the best measured recipe (docs/plugins.md, 66 cloze items: 67% of the
+#: in-prompt gain, against 22% for 20 steps on the document alone), and it costs what 20 plain steps cost.
+DEFAULT_STEPS: int = 20
 DEFAULT_RANK: int = 8
 DEFAULT_SEQ_LEN: int = 128
 DEFAULT_LR: float = 3e-3
-DEFAULT_SHUFFLED: int = 0
+DEFAULT_SHUFFLED: int = 12
 
 #: Defaults that differ from a task brick's: no domain to measure (``eval_bytes`` 0), short blocks
-#: (a handbook section is a few thousand tokens), more steps over the same small text.
+#: (a handbook section is a few thousand tokens), and the rank, steps and learning rate above.
 KNOWLEDGE_DEFAULTS: dict[str, object] = {
     "targets": KNOWLEDGE_TARGETS,
     "rank": DEFAULT_RANK,

@@ -25,6 +25,7 @@ from lmbricks.checkpoint import PROVENANCE_FILE, atomic_directory, check_output,
 from lmbricks.errors import CheckpointError, ConfigError
 from lmbricks.hub import reference_paths
 from lmbricks.plugins.knowledge.cloze import sentences
+from lmbricks.plugins.knowledge.config import DEFAULT_SHUFFLED
 from lmbricks.plugins.knowledge.index import BM25Index
 
 Progress = Callable[[str, int | None], None]
@@ -114,7 +115,7 @@ class KnowledgeTrainJob:
     out: Path
     lora: LoraTrainConfig
     force: bool = False
-    shuffled: int = 0  # sentence-shuffled copies of each document added to its training text
+    shuffled: int = DEFAULT_SHUFFLED  # sentence-shuffled copies of each document added to its training text
 
 
 def training_texts(text: str, shuffled: int, seed: int) -> list[str]:
