@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from lmbricks.plugins.knowledge.eval_pipeline import markdown_table
+from lmbricks.plugins.knowledge.eval_pipeline import markdown_table, variants_table
 from lmbricks.plugins.knowledge.evaluate import Tally, paired, sign_test
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,6 +29,18 @@ def test_docs_table_equals_the_json() -> None:
     assert result["items"] >= 60  # enough items to separate the conditions (issue 17, second round)
     for cond, row in result["conditions"].items():  # the counts are the per-item outcomes'
         assert row["correct"] == sum(result["outcomes"][cond]) and row["items"] == len(result["outcomes"][cond])
+
+
+def test_variants_table_equals_the_jsons() -> None:
+    text = (ROOT / "docs" / "plugins.md").read_text()
+    header = variants_table({})[0]
+    rows = text[text.index(header) :].splitlines()
+    names = re.findall(r"^\| `(docs/bench/knowledge[^`]*\.json)` \|", "\n".join(rows[2:]), flags=re.M)
+    results = {n: json.loads((ROOT / n).read_text()) for n in names}
+    assert len(results) >= 2  # at least two training recipes on the same items
+    assert len({json.dumps(r["outcomes"]["none"]) for r in results.values()}) == 1  # the same items, one base
+    lines = variants_table(results)
+    assert rows[: len(lines)] == lines  # every row, character for character
 
 
 def test_tally_interval_and_paired_counts() -> None:

@@ -10,9 +10,11 @@ import typer
 from lmbricks.cli.common import command_line, console, reads_checkpoints, stage_progress, user_errors
 from lmbricks.cli.options import force_option, json_option, precision_option
 from lmbricks.hub import DEFAULT_MODEL
-from lmbricks.plugins.knowledge.config import DEFAULT_SECTIONS as SECTIONS
+from lmbricks.plugins.knowledge import config as kc
 from lmbricks.runtime.precision import RequestedPrecision
 
+SECTIONS = ",".join(kc.DEFAULT_SECTIONS)
+SHUFFLED_HELP = "Sentence-shuffled copies of each document added to its training text."
 app = typer.Typer(help="Knowledge plug-ins: a document becomes a LoRA brick (arXiv 2305.17660).", no_args_is_help=True)
 
 
@@ -23,10 +25,11 @@ def train(
     docs: list[Path] = typer.Argument(..., help="UTF-8 text files, one plug-in each (named by file stem)."),
     out: Path = typer.Argument(..., help="The plug-in directory to write (bricks + index.json)."),
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Base model (frozen)."),
-    rank: int = typer.Option(8, "--rank", help="LoRA rank."),
-    steps: int = typer.Option(40, "--steps", help="Optimizer steps per document."),
-    seq_len: int = typer.Option(128, "--seq-len", help="Tokens per training block."),
-    lr: float = typer.Option(3e-3, "--lr", help="Peak learning rate."),
+    rank: int = typer.Option(kc.DEFAULT_RANK, "--rank", help="LoRA rank."),
+    steps: int = typer.Option(kc.DEFAULT_STEPS, "--steps", help="Optimizer steps per document."),
+    seq_len: int = typer.Option(kc.DEFAULT_SEQ_LEN, "--seq-len", help="Tokens per training block."),
+    lr: float = typer.Option(kc.DEFAULT_LR, "--lr", help="Peak learning rate."),
+    shuffled: int = typer.Option(kc.DEFAULT_SHUFFLED, "--shuffled", min=0, help=SHUFFLED_HELP),
     precision: RequestedPrecision = precision_option(),
     force: bool = force_option(),
 ) -> None:
@@ -34,11 +37,10 @@ def train(
 
     Example: lmbricks plugins knowledge train apt.txt dpkg.txt kb/debian --steps 40
     """
-    from lmbricks.plugins.knowledge.config import knowledge_config
     from lmbricks.plugins.knowledge.pipeline import KnowledgeTrainJob, train_knowledge
 
-    cfg = knowledge_config(rank=rank, steps=steps, seq_len=seq_len, lr=lr, precision=precision)
-    job = KnowledgeTrainJob(model, tuple(str(d) for d in docs), out, cfg, force)
+    cfg = kc.knowledge_config(rank=rank, steps=steps, seq_len=seq_len, lr=lr, precision=precision)
+    job = KnowledgeTrainJob(model, tuple(str(d) for d in docs), out, cfg, force, shuffled)
     with stage_progress("reading documents") as progress:
         ks = train_knowledge(job, command_line(), progress)
     for p in ks.plugins:
@@ -96,11 +98,14 @@ def ask(
 def evaluate(
     model: str = typer.Argument(DEFAULT_MODEL, help="Base model."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory: plug-ins, items.json, result.json."),
-    sections: str = typer.Option(",".join(SECTIONS), "--sections", help="Debian handbook sections (multilingual/en)."),
+    sections: str = typer.Option(SECTIONS, "--sections", help="Debian handbook sections (multilingual/en)."),
     docs: list[Path] | None = typer.Option(
         None, "--doc", help="A text file to use instead of the sections (repeatable)."
     ),
-    steps: int = typer.Option(30, "--steps", help="Optimizer steps per plug-in."),
+    steps: int = typer.Option(kc.DEFAULT_STEPS, "--steps", help="Optimizer steps per plug-in."),
+    rank: int = typer.Option(kc.DEFAULT_RANK, "--rank", help="LoRA rank."),
+    lr: float = typer.Option(kc.DEFAULT_LR, "--lr", help="Peak learning rate."),
+    shuffled: int = typer.Option(kc.DEFAULT_SHUFFLED, "--shuffled", min=0, help=SHUFFLED_HELP),
     per_document: int = typer.Option(8, "--per-document", help="Cloze items per section (at most)."),
     trained: Path | None = typer.Option(
         None, "--trained", help="Plug-ins already trained on these training parts (a run's plugins/): not retrained."
@@ -112,13 +117,12 @@ def evaluate(
 
     Example: lmbricks plugins knowledge eval smollm2-135m-instruct --sections dhcp,creating-accounts -o runs/kn
     """
-    from lmbricks.plugins.knowledge.config import knowledge_config
     from lmbricks.plugins.knowledge.eval_pipeline import KnowledgeEvalJob, run_knowledge_eval
 
     names = tuple(s.strip() for s in sections.split(",") if s.strip())
-    job = KnowledgeEvalJob(model, out, knowledge_config(steps=steps, precision=precision), names,
-                           per_document=per_document, precision=precision, force=force,
-                           documents=tuple(str(d) for d in docs or ()), trained=trained)  # fmt: skip
+    cfg = kc.knowledge_config(steps=steps, rank=rank, lr=lr, precision=precision)
+    job = KnowledgeEvalJob(model, out, cfg, names, per_document=per_document, precision=precision, force=force,
+                           documents=tuple(str(d) for d in docs or ()), trained=trained, shuffled=shuffled)  # fmt: skip
     with stage_progress("building items") as progress:
         result = run_knowledge_eval(job, command_line(), progress)
     for cond, row in result["conditions"].items():

@@ -71,11 +71,16 @@ class ClozeItem:
         return f"{self.prefix}___{self.suffix}"
 
 
+def sentences(text: str) -> list[str]:
+    """The non-empty sentences of ``text`` (split after ``.!?`` and at line ends), stripped, in order."""
+    return [x.strip() for x in _SENT.split(text) if x.strip()]
+
+
 def split_sentences(text: str, held_every: int) -> tuple[list[str], list[str]]:
     """``(train, held)`` sentences of ``text``: every ``held_every``-th sentence of 40+ characters is held out."""
     train: list[str] = []
     held: list[str] = []
-    for i, s in enumerate(x.strip() for x in _SENT.split(text) if x.strip()):
+    for i, s in enumerate(sentences(text)):
         (held if len(s) >= 40 and i % held_every == held_every - 1 else train).append(s)
     return train, held
 

@@ -14,7 +14,7 @@ from lmbricks.checkpoint import atomic_directory, check_output, write_provenance
 from lmbricks.errors import ConfigError
 from lmbricks.hub import reference_paths
 from lmbricks.plugins.knowledge.cloze import ClozeItem, build_items
-from lmbricks.plugins.knowledge.config import DEFAULT_SECTIONS
+from lmbricks.plugins.knowledge.config import DEFAULT_SECTIONS, DEFAULT_SHUFFLED
 from lmbricks.plugins.knowledge.evaluate import EvalTallies, paired
 from lmbricks.plugins.knowledge.pipeline import KnowledgeTrainJob, read_documents, train_knowledge
 from lmbricks.runtime import autocast, resolve_precision
@@ -37,6 +37,9 @@ class KnowledgeEvalJob:
     force: bool = False
     documents: tuple[str, ...] = ()  # text files to use instead of the handbook sections
     trained: Path | None = None  # plug-ins an earlier run trained on these training parts: not trained again
+    shuffled: int = (
+        DEFAULT_SHUFFLED  # sentence-shuffled copies of each training part added to its plug-in's training text
+    )
 
 
 def handbook_sections(names: tuple[str, ...]) -> dict[str, str]:
@@ -139,7 +142,8 @@ def run_knowledge_eval(job: KnowledgeEvalJob, command: str, progress: Progress) 
             (tmp / "documents" / f"{name}.txt").write_text(text, encoding="utf-8")
         files = tuple(str(tmp / "documents" / f"{n}.txt") for n in train)
         if job.trained is None:
-            train_knowledge(KnowledgeTrainJob(job.model, files, tmp / "plugins", job.lora), command, progress)
+            train_job = KnowledgeTrainJob(job.model, files, tmp / "plugins", job.lora, shuffled=job.shuffled)
+            train_knowledge(train_job, command, progress)
         kb = tmp / "plugins" if job.trained is None else _check_trained(job.trained, train)
         tallies = _score_all(job, train, items, kb, progress)
         result = summarise(tallies, items)
@@ -149,6 +153,7 @@ def run_knowledge_eval(job: KnowledgeEvalJob, command: str, progress: Progress) 
             "train": job.lora.model_dump(mode="json"),
             "sections": list(job.sections),
             "held_every": job.held_every,
+            "shuffled": job.shuffled,
             "trained": Path(job.trained).name if job.trained is not None else None,  # a name, not a machine path
         }
         write_provenance(tmp, command=command, recipe=recipe, inputs={"base": base_model(job.model).path})
@@ -194,5 +199,30 @@ def markdown_table(result: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {CONDITION_NAMES[cond]} | {row['correct']}/{row['items']} | {row['accuracy']:.0%} | "
             f"{lo:.0%} - {hi:.0%} | {row['tokens_per_question']:.0f} | {row['cpu_s_per_question']:.2f} |"
+        )
+    return lines
+
+
+def variants_table(results: dict[str, dict[str, Any]]) -> list[str]:
+    """docs/plugins.md's table of training variants scored on the same items: one row per run.
+
+    Args:
+        results: ``{name: result}``, each a committed run's JSON (:func:`run_knowledge_eval`'s result
+            with its ``recipe``), in row order.
+
+    Returns:
+        The Markdown lines: steps and sentence-shuffled copies of each run's plug-ins, the plug-in's
+        right answers, the share of the in-prompt gain it recovers, and its paired counts and sign
+        test against no document.
+    """
+    lines = ["| run | steps | shuffled copies | plug-in right | gain recovered | gained / lost vs none | sign test p |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, result in results.items():
+        recipe, row, pair = result["recipe"], result["conditions"]["plugin"], result["paired"]["plugin_vs_none"]
+        recovered, steps, shuffled = result["gain_recovered"], recipe["train"]["steps"], recipe.get("shuffled", 0)
+        lines.append(
+            f"| `{name}` | {steps} | {shuffled} | {row['correct']}/{row['items']} | "
+            f"{'-' if recovered is None else f'{recovered:.0%}'} | {pair['gained']} / {pair['lost']} | "
+            f"{pair['p_sign']:.2f} |"
         )
     return lines

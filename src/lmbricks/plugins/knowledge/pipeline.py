@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ from lmbricks.adapters.train import train_brick
 from lmbricks.checkpoint import PROVENANCE_FILE, atomic_directory, check_output, write_provenance
 from lmbricks.errors import CheckpointError, ConfigError
 from lmbricks.hub import reference_paths
+from lmbricks.plugins.knowledge.cloze import sentences
+from lmbricks.plugins.knowledge.config import DEFAULT_SHUFFLED
 from lmbricks.plugins.knowledge.index import BM25Index
 
 Progress = Callable[[str, int | None], None]
@@ -112,6 +115,32 @@ class KnowledgeTrainJob:
     out: Path
     lora: LoraTrainConfig
     force: bool = False
+    shuffled: int = DEFAULT_SHUFFLED  # sentence-shuffled copies of each document added to its training text
+
+
+def training_texts(text: str, shuffled: int, seed: int) -> list[str]:
+    """A plug-in's training texts: the document, then ``shuffled`` copies with its sentences reordered.
+
+    Each copy holds every sentence of the document once, in an order drawn with ``seed``, so a fact
+    is read after different sentences (the cloze question reads it after none). This is the
+    cheap augmentation of knowledge-injection work (the same facts in varied contexts), with no
+    generated text.
+
+    Args:
+        text: the document.
+        shuffled: copies to add (0: the document alone).
+        seed: the orders' seed.
+
+    Returns:
+        ``1 + shuffled`` texts; the first is ``text`` itself.
+    """
+    parts = sentences(text)
+    rng = random.Random(seed)
+    copies = []
+    for _ in range(shuffled):
+        rng.shuffle(parts)
+        copies.append(" ".join(parts))
+    return [text, *copies]
 
 
 def _train_all(
@@ -120,7 +149,8 @@ def _train_all(
     plugins = []
     for name, text in docs.items():
         progress(f"plug-in {name}", job.lora.steps)
-        info = train_brick(job.model, tmp / name, job.lora, texts=[text], name=name, command=command,
+        texts = training_texts(text, job.shuffled, job.lora.seed)
+        info = train_brick(job.model, tmp / name, job.lora, texts=texts, name=name, command=command,
                            on_step=lambda _s, _l: progress("", 1))  # fmt: skip
         rec = info.record["bricks"]["adapter"]
         rec["kind"] = KIND  # the brick's own lmbricks.json says what it is (still in the temp dir)
@@ -141,6 +171,8 @@ def train_knowledge(job: KnowledgeTrainJob, command: str, progress: Progress = _
     Returns:
         The written :class:`KnowledgeSet`.
     """
+    if job.shuffled < 0:
+        raise ConfigError(f"--shuffled: {job.shuffled} copies; give 0 or more")
     docs = read_documents(job.documents)
     doc_inputs: dict[str, str | Path | None] = {
         f"doc:{n}": Path(p).expanduser() for n, p in zip(docs, job.documents, strict=True)
@@ -153,7 +185,10 @@ def train_knowledge(job: KnowledgeTrainJob, command: str, progress: Progress = _
         BM25Index.build(docs).save(tmp)
         record = {"kind": KIND, "base_model": base.name, "base_sha256": base.sha256, "base_identity": base.identity,
                   "index": "bm25", "plugins": [p.row() for p in plugins]}  # fmt: skip
-        recipe = {"train": job.lora.model_dump(mode="json"), "objective": "next-token loss on the document text"}
+        objective = "next-token loss on the document text" + (
+            f" and {job.shuffled} sentence-shuffled copies of it" if job.shuffled else ""
+        )
+        recipe = {"train": job.lora.model_dump(mode="json"), "objective": objective, "shuffled": job.shuffled}
         write_provenance(tmp, command=command, recipe=recipe, inputs={"base": base.path}, bricks={KIND: record})
     return read_knowledge(out)
 
