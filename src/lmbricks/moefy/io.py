@@ -31,7 +31,7 @@ from lmbricks.checkpoint import (
     copy_tokenizer,
     write_provenance,
 )
-from lmbricks.errors import CheckpointError
+from lmbricks.errors import CheckpointError, ConfigError
 from lmbricks.hub.threshold import FATReLU, restore_threshold
 from lmbricks.moefy.config import MoefyConfig
 from lmbricks.moefy.convert import _parent, moefied_layers
@@ -242,6 +242,9 @@ def densify(src: str | Path, out: str | Path, force: bool = False) -> Path:
     inverse = {name: torch.argsort(extra[f"layers.{i}.perm"]) for i, name in enumerate(section["layers"])}
     hf = json.loads((src / "config.json").read_text())
     hf.pop(SECTION, None)
+    threshold = float(section.get("activation_threshold") or 0.0)
+    if threshold > 0:
+        hf[SECTION] = fatrelu_section(hf, threshold, where=str(src / "config.json"))
     with atomic_directory(out, force=force, inputs=[src]) as tmp, CheckpointReader(src) as reader:
         writer = ShardedWriter(tmp)
         names = list(reader.keys())
@@ -258,3 +261,31 @@ def densify(src: str | Path, out: str | Path, force: bool = False) -> Path:
         copy_tokenizer(src, tmp)
         write_provenance(tmp, command="lmbricks moefy --densify", recipe=None, inputs={"moefied": src})
     return Path(out).expanduser().absolute()
+
+
+def fatrelu_section(hf: dict[str, Any], threshold: float, where: str = "config.json") -> dict[str, Any]:
+    """The ``lmbricks`` section of a dense FATReLU model: its LMConfig with ``activation: fatrelu`` and T.
+
+    The layout :func:`lmbricks.nn.hf.config_to_hf` writes (what ``lmbricks sparsify relufy``
+    saves), read back by :func:`lmbricks.hub.threshold.activation_threshold` and
+    :func:`lmbricks.nn.load.lm_config_of`.
+
+    Args:
+        hf: the dense model's config.json dictionary (``hidden_act: relu``, no ``lmbricks`` section).
+        threshold: FATReLU's T (> 0).
+        where: the file named in errors.
+
+    Returns:
+        ``{"config": LMConfig dict, "transformers_exact": False, "inexact_because": ...}``.
+    """
+    from lmbricks.nn.config import LMConfig
+    from lmbricks.nn.hf import config_from_hf, export_family
+
+    try:
+        fields = {**config_from_hf(hf).to_dict(), "activation": "fatrelu", "activation_threshold": threshold}
+        cfg = LMConfig.from_dict(fields)
+    except (ConfigError, ValueError) as exc:
+        why = f"cannot record the FATReLU threshold {threshold} for this architecture ({exc})"
+        raise CheckpointError(f"{where}: {why}") from None
+    _, reason = export_family(cfg)
+    return {"config": cfg.to_dict(), "transformers_exact": reason is None, "inexact_because": reason}
