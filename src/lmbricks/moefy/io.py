@@ -3,7 +3,8 @@
 Directory layout (what Hugging Face cannot express is in lmbricks' own files):
 
 * ``config.json``: the source model's config plus an ``lmbricks`` section
-  ``{"kind": "moefied", "experts": E, "top_k": K, "router": ..., "moefy": {the MoefyConfig}}``;
+  ``{"kind": "moefied", "experts": E, "shared_experts": S, "top_k": K, "router": ..., "moefy": {the MoefyConfig}}``
+  (the S shared experts are experts ``0 .. S-1``; their neurons are the first ``S n`` of ``perm``);
 * ``model.safetensors`` (or shards): the source model's tensors with every FFN's gate rows, up rows
   and down columns in expert order. ``transformers`` loads this as the dense model (the reordering
   leaves the function unchanged); :func:`load_moefied` loads it as a MoEfied model;
@@ -126,6 +127,7 @@ def _section(model: nn.Module, layers: list[MoefiedFFN], config: MoefyConfig) ->
         "kind": KIND,
         "experts": layers[0].num_experts,
         "expert_size": layers[0].expert_size,
+        "shared_experts": layers[0].shared_experts,
         "top_k": layers[0].top_k,
         "router": config.router,
         "dynamic_threshold": layers[0].dynamic_threshold,
@@ -197,9 +199,10 @@ def load_moefied(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[
     for i, block in enumerate(blocks):
         assert block.gate is not None
         experts = int(section["experts"])
+        shared = int(section.get("shared_experts") or 0)  # absent in directories written before shared experts
         prefix = f"layers.{i}.router."
         state = {k[len(prefix) :]: v for k, v in extra.items() if k.startswith(prefix)}
-        router = kind.from_state(state, block.hidden, experts)
+        router = kind.from_state(state, block.hidden, experts - shared)
         ffn = MoefiedFFN.from_dense(
             block.gate.weight.detach(),
             block.up.weight.detach(),
@@ -209,6 +212,7 @@ def load_moefied(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[
             router,
             int(section["top_k"]),
             section.get("dynamic_threshold"),
+            shared,
         )
         parent, attr = _parent(model, block.name)
         setattr(parent, attr, ffn.to(dtype))
