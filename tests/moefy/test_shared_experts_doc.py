@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
-from tests.doc_tables import table_rows
+from tests.doc_tables import signed_percent, table_rows
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 RUN = DOCS / "bench" / "moefy-shared-2026-12-07.json"
 HEADER = "| MoEfication of the ReLU-fied model | oracle, 16 of 32 active |"
-
-
-def _percent(cell: str) -> float:
-    m = re.fullmatch(r"([+-]\d+(?:\.\d+)?)%", cell)
-    assert m, cell
-    return float(m.group(1)) / 100
 
 
 def test_shared_experts_table_equals_its_json() -> None:
@@ -31,4 +24,4 @@ def test_shared_experts_table_equals_its_json() -> None:
     for name, arm in zip(rows, ("no_shared", "shared"), strict=True):
         points = run["details"][arm]
         want = [points[f"{mode}_{a}"]["change"] for a in (16, 8) for mode in ("oracle", "router")]
-        assert [_percent(c) for c in rows[name]] == pytest.approx(want, abs=5e-4), name
+        assert [signed_percent(c) for c in rows[name]] == pytest.approx(want, abs=5e-4), name

@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
-from tests.doc_tables import table_rows
+from tests.doc_tables import signed_percent, table_rows
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 RUN = DOCS / "bench" / "teal-2026-12-07.json"
 HEADER = "| TEAL sparsity | perplexity change, mean |"
 DOMAINS = ("en_prose", "code", "math", "zh", "dialogue")
-
-
-def _percent(cell: str) -> float:
-    m = re.fullmatch(r"\**([+-]\d+(?:\.\d+)?)%\**", cell)
-    assert m, cell
-    return float(m.group(1)) / 100
 
 
 def test_teal_table_equals_its_json() -> None:
@@ -31,4 +24,4 @@ def test_teal_table_equals_its_json() -> None:
     for name, keep in zip(rows, ("keep=0.75", "keep=0.6", "keep=0.5"), strict=True):
         change = res["ppl_change"][keep]
         want = [change["mean"], *(change[d] for d in DOMAINS)]
-        assert [_percent(c) for c in rows[name]] == pytest.approx(want, abs=5e-4 + 1e-9), name
+        assert [signed_percent(c) for c in rows[name]] == pytest.approx(want, abs=5e-4 + 1e-9), name
