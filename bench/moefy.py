@@ -40,11 +40,17 @@ SwiGLU model), ``ffn_speedup_25pct_relufied`` (zero-skipping where it pays), ``h
 and ``details_relufied``; ``--relufied-only`` skips the source's conversion (its keys are then null).
 ``--heal-precision bf16`` heals under bf16 autocast (more tokens in the same minutes).
 
+``--shared-experts S [--active A]`` runs only the shared-experts comparison (bench/moefy_shared.py):
+the model cut with no shared expert at K = A and with S shared experts at K = A - S, router and
+oracle perplexity change at the same A active experts per token (``ppl_change_router_shared``,
+``ppl_change_router_no_shared``, ``ppl_change_oracle_*``); no timing, no healing.
+
 Usage:
     python bench/moefy.py                    # 4 x 256 eval tokens/domain, 8 min healing
     python bench/moefy.py --heal-minutes 30  # the issue's healing budget
     python bench/moefy.py --quick            # 2 x 256 eval tokens/domain, 2 min healing, 2 rounds
     python bench/moefy.py --relufied runs/smol-relu --clock cpu --threads 1   # both arms
+    python bench/moefy.py --model runs/smol-relu --shared-experts 4 --active 16 --threads 1
 """
 
 from __future__ import annotations
@@ -117,6 +123,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=None, help="fresh processes per timed arm (default 3, quick 2)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--clock", default="wall", choices=["wall", "cpu"], help="cpu: for a loaded machine, 1 thread")
+    parser.add_argument("--shared-experts", type=int, default=0, help="S > 0: only the shared-experts comparison")
+    parser.add_argument("--active", type=int, default=16, help="with --shared-experts: experts active per token")
     return parser
 
 
@@ -243,6 +251,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from lmbricks.moefy.io import save_moefied
 
     clock = Clock()
+    if args.shared_experts:
+        from moefy_shared import shared_run
+
+        return _emit(shared_run(args, clock), argv)
     e = args.experts
     k25, k50 = e // 4, e // 2
     ks = [k25, k50, e]
@@ -257,10 +269,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.relufied_only:
         from moefy_relufied_workers import relufied_only
 
-        out = relufied_only(args, cfg, ks, clock, rounds, settings)
-        out["command"] = "python bench/moefy.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        print(json.dumps(out, indent=2))
-        return out
+        return _emit(relufied_only(args, cfg, ks, clock, rounds, settings), argv)
     clock.start("machine limits")
     machine = measure_machine(((4 * 256, 576, 2 * 1536),), min_seconds=0.2, clock=args.clock)
 
@@ -292,9 +301,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         relufied = relufied_arm(args, cfg, ks, evals, before.dense_ppl, clock, rounds, settings)
     clock.stop()
     out = _report(args, info, before, healed, speeds, ks, eval_chunks, machine, clock, rounds, heal_minutes)
-    out["command"] = "python bench/moefy.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if relufied:
         out = {**relufied.pop("keys"), **out, **relufied}
+    return _emit(out, argv)
+
+
+def _emit(out: dict[str, Any], argv: list[str] | None) -> dict[str, Any]:
+    """``out`` with the command line that produced it, printed as JSON."""
+    out["command"] = "python bench/moefy.py " + " ".join(sys.argv[1:] if argv is None else argv)
     print(json.dumps(out, indent=2))
     return out
 

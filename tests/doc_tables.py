@@ -20,3 +20,12 @@ def table_rows(text: str, header: str, strip: str = "`") -> dict[str, list[str]]
         cells = [c.strip() for c in line.strip("|").split("|")]
         rows[cells[0].strip(strip)] = cells[1:]
     return rows
+
+
+def signed_percent(cell: str) -> float:
+    """A cell that is exactly one signed percentage, ``+12.3%`` or ``**-1.1%**``, as a fraction (0.123)."""
+    import re
+
+    m = re.fullmatch(r"\**([+-]\d+(?:\.\d+)?)%\**", cell)
+    assert m, cell
+    return float(m.group(1)) / 100

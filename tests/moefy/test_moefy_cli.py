@@ -16,6 +16,8 @@ def test_moefy_bad_arguments(tiny_llama: Path, tiny_mixtral: Path, tmp_path: Pat
         ([str(tiny_llama), str(tmp_path / "b"), "-e", "4", "-k", "8"], "top_k"),
         ([str(tiny_mixtral), str(tmp_path / "c"), "-e", "4", "-k", "2"], "not supported"),
         ([str(tiny_llama), str(tmp_path / "d"), "--split", "metis"], "split"),
+        ([str(tiny_llama), str(tmp_path / "e"), "-e", "4", "-k", "2", "--shared-experts", "3"], "top_k"),
+        ([str(tiny_llama), str(tmp_path / "f"), "-e", "4", "-k", "1", "--shared-experts", "4"], "shared_experts"),
     ]
     for args, message in cases:
         result = runner.invoke(app, ["moefy", *args])

@@ -89,7 +89,7 @@ def test_bad_inputs_are_refused_before_work(tiny_llama: Path, tmp_path: Path, te
     assert not (tmp_path / "o").exists()
     res = CliRunner().invoke(app, ["sparsify", "evaluate", str(tiny_llama), str(tmp_path / "o"), "--keep", "2"])
     assert res.exit_code == 2 and "keep" in res.output and "Traceback" not in res.output
-    res = CliRunner().invoke(app, ["sparsify", "evaluate", str(tiny_llama), str(tmp_path / "o"), "--method", "teal"])
+    res = CliRunner().invoke(app, ["sparsify", "evaluate", str(tiny_llama), str(tmp_path / "o"), "--method", "dejavu"])
     assert res.exit_code == 2 and "method" in res.output and "Traceback" not in res.output
 
 

@@ -22,7 +22,8 @@ def moefy(
     model: str = typer.Argument(..., help="Dense model (registry name or directory); with --densify a MoEfied dir."),
     out: Path = typer.Argument(..., help="Output directory."),
     experts: int = typer.Option(32, "--experts", "-e", help="Experts per FFN (must divide its width)."),
-    top_k: int = typer.Option(16, "--top-k", "-k", help="Experts used per token."),
+    top_k: int = typer.Option(16, "--top-k", "-k", help="Routed experts used per token."),
+    shared_experts: int = typer.Option(0, "--shared-experts", help="Always-on experts of the most activated neurons."),
     split: str = typer.Option("coactivation", "--split", help="kmeans, coactivation or random."),
     router: str = typer.Option(
         "linear", "--router", help="centroid (no training), linear (least squares) or mlp (trained)."
@@ -47,8 +48,9 @@ def moefy(
     """
     from lmbricks.moefy.pipeline import MoefyRun, run_moefy
 
-    settings = dict(experts=experts, top_k=top_k, split=split, router=router, dynamic_threshold=dynamic_threshold,
-                    router_steps=router_steps, calib_chunks=calib_chunks, calib_seq_len=calib_seq_len)  # fmt: skip
+    settings = dict(experts=experts, top_k=top_k, shared_experts=shared_experts, split=split, router=router,
+                    dynamic_threshold=dynamic_threshold, router_steps=router_steps, calib_chunks=calib_chunks,
+                    calib_seq_len=calib_seq_len)  # fmt: skip
     run = MoefyRun.of(
         model=model,
         out=out,

@@ -91,7 +91,9 @@ def relufy(
 def evaluate(
     model: str = typer.Argument(..., help="Model (registry name or HF directory) loading as lmbricks' LM."),
     out: Path = typer.Argument(..., help="Output directory (results.json)."),
-    method: str = typer.Option("griffin", "--method", help="griffin | cats (gate threshold) | cmoe (carved MoE)."),
+    method: str = typer.Option(
+        "griffin", "--method", help="griffin | cats (gate threshold) | cmoe (carved MoE) | teal (input thresholds)."
+    ),
     keep: list[float] | None = typer.Option(None, "--keep", help="Fraction of FFN neurons kept (repeat; 0.5 0.25)."),
     domains: str = typer.Option("en_prose,code,math,zh,dialogue", "--domains", help="Comma-separated corpora."),
     text_file: list[Path] | None = typer.Option(None, "--text-file", help="Read the windows from this file instead."),

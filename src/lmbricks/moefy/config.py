@@ -20,8 +20,13 @@ class MoefyConfig(BaseModel):
     """How a dense model is cut into experts.
 
     Attributes:
-        experts: experts per FFN (E); must divide the intermediate width.
-        top_k: experts used per token (K <= E); the router's default.
+        experts: experts per FFN (E, shared ones included); must divide the intermediate width.
+        top_k: routed experts used per token (K <= E - S); the router's default. A token uses
+            ``(S + K) * n`` neurons (n = I / E).
+        shared_experts: S experts always on (after CMoE, arXiv 2502.04416): the ``S * n`` neurons
+            most often among a token's ``(S + K) * n`` largest ``|activation|`` on the calibration
+            tokens; the other neurons are split and routed as ``E - S`` experts. 0: none (every
+            expert routed, the behaviour before this field).
         split: ``kmeans`` (balanced k-means on L2-normalised gate rows), ``coactivation`` (balanced
             k-means on the neurons' activation patterns over the calibration corpus) or ``random``.
         router: a name in :data:`~lmbricks.moefy.routers.MOEFY_ROUTERS`: ``centroid`` (no
@@ -47,6 +52,7 @@ class MoefyConfig(BaseModel):
 
     experts: int = Field(32, ge=1)
     top_k: int = Field(16, ge=1)
+    shared_experts: int = Field(0, ge=0)
     split: Split = "coactivation"
     router: str = "linear"
     router_hidden: int = Field(256, ge=1)
@@ -72,11 +78,21 @@ class MoefyConfig(BaseModel):
 
     @model_validator(mode="after")
     def _k_le_e(self) -> MoefyConfig:
-        if self.top_k > self.experts:
-            raise ValueError(f"top_k ({self.top_k}) must be <= experts ({self.experts})")
-        if self.label_k is not None and self.label_k > self.experts:
-            raise ValueError(f"label_k ({self.label_k}) must be <= experts ({self.experts})")
+        if self.shared_experts >= self.experts:
+            raise ValueError(f"shared_experts ({self.shared_experts}) must be < experts ({self.experts})")
+        routed = self.experts - self.shared_experts
+        what = f"the routed experts ({routed} = experts - shared_experts)" if self.shared_experts else "experts"
+        if self.top_k > routed:
+            raise ValueError(f"top_k ({self.top_k}) must be <= {what} ({routed})")
+        if self.label_k is not None and self.label_k > routed:
+            raise ValueError(f"label_k ({self.label_k}) must be <= {what} ({routed})")
         return self
+
+    def routed(self) -> MoefyConfig:
+        """The settings of the routed part alone: ``E - S`` experts, none shared (what its router is fitted with)."""
+        if not self.shared_experts:
+            return self
+        return self.model_copy(update={"experts": self.experts - self.shared_experts, "shared_experts": 0})
 
     def check_width(self, width: int, where: str = "the FFN") -> int:
         """Neurons per expert for an FFN of ``width`` neurons (ConfigError if E does not divide it)."""

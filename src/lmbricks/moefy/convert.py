@@ -6,6 +6,9 @@ neurons ``[e n, (e + 1) n)``; (3) build its router; (4) swap the block for a
 :class:`~lmbricks.moefy.runtime.MoefiedFFN`. The calibration corpus (train split) gives the FFN
 inputs that the co-activation split and the MLP router learn from; layers are converted in order
 during one forward pass, so each learns from the inputs its MoEfied predecessors produce.
+With ``shared_experts`` S > 0, step (1) first takes the ``S n`` most activated neurons
+(:func:`shared_neurons`) as experts ``0 .. S-1`` and partitions only the others into ``E - S``
+routed experts, whose router is fitted as for a model of ``E - S`` experts.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from lmbricks.moefy.cluster import (
     random_partition,
     refine_partition,
 )
+from lmbricks.moefy.cmoe import activation_markers
 from lmbricks.moefy.config import DENSE_GLU_TYPES, MoefyConfig
 from lmbricks.moefy.routers import MOEFY_ROUTERS, RouterFit, expert_mass
 from lmbricks.moefy.runtime import Mode, MoefiedFFN
@@ -118,8 +122,8 @@ def set_routing(
                 raise ConfigError("this MoEfied model has no router; use mode 'oracle' or 'dense'")
             layer.mode = mode
         if top_k is not None:
-            if not 1 <= top_k <= layer.num_experts:
-                raise ConfigError(f"top_k must be in [1, {layer.num_experts}], got {top_k}")
+            if not 1 <= top_k <= layer.routed_experts:
+                raise ConfigError(f"top_k must be in [1, {layer.routed_experts}] (routed experts), got {top_k}")
             layer.top_k = top_k
         if dynamic_threshold != "keep":
             layer.dynamic_threshold = dynamic_threshold  # type: ignore[assignment]
@@ -133,22 +137,29 @@ def mean_fraction(model: nn.Module) -> float:
     return sum(m.last_fraction for m in layers) / len(layers)
 
 
-def partition_layer(block: FFNBlock, a: Tensor | None, config: MoefyConfig, seed: int) -> Tensor:
-    """(I,) expert labels of one layer's neurons for ``config.split``.
+def partition_layer(
+    block: FFNBlock, a: Tensor | None, config: MoefyConfig, seed: int, neurons: Tensor | None = None
+) -> Tensor:
+    """(I,) expert labels of one layer's neurons for ``config.split`` (``config.experts`` groups).
 
     Args:
         block: the dense FFN.
         a: (N, I) its intermediate activations on calibration tokens (needed by ``coactivation``).
         config: the settings.
         seed: k-means initialisation / random split seed.
+        neurons: (R,) only these neurons are partitioned (labels (R,)); None: all of them.
     """
+    width = block.width if neurons is None else neurons.numel()
     if config.split == "random":
-        return random_partition(block.width, config.experts, seed)
+        return random_partition(width, config.experts, seed)
     if config.split == "kmeans":
-        return balanced_kmeans(gate_features(block.routing_rows()), config.experts, config.kmeans_iters, seed)
+        rows = block.routing_rows() if neurons is None else block.routing_rows()[neurons]
+        return balanced_kmeans(gate_features(rows), config.experts, config.kmeans_iters, seed)
     if a is None:
         raise ConfigError("the co-activation split needs calibration activations")
     mass = a.abs() * block.down_norms()  # (N, I)
+    if neurons is not None:
+        mass = mass[:, neurons]  # (N, R)
     step = max(1, mass.shape[0] // _MAX_CLUSTER_ROWS)
     labels = balanced_kmeans(coactivation_features(mass[::step]), config.experts, config.kmeans_iters, seed)
     if config.refine_iters:
@@ -157,32 +168,60 @@ def partition_layer(block: FFNBlock, a: Tensor | None, config: MoefyConfig, seed
     return labels
 
 
+def shared_neurons(a: Tensor, config: MoefyConfig) -> Tensor:
+    """(S n,) sorted: the neurons most often among a token's ``(S + K) n`` largest ``|a|`` (CMoE's rate).
+
+    Args:
+        a: (N, I) calibration activations (the down projection's input).
+        config: experts E, shared_experts S and top_k K.
+    """
+    n = a.shape[1] // config.experts
+    rate = activation_markers(a, (config.shared_experts + config.top_k) * n).float().mean(0)  # (I,)
+    return torch.argsort(rate, descending=True, stable=True)[: config.shared_experts * n].sort().values
+
+
+def layer_permutation(block: FFNBlock, a: Tensor | None, config: MoefyConfig, seed: int) -> Tensor:
+    """(I,) neuron order of one layer: the shared experts' neurons first, then each routed expert's."""
+    if not config.shared_experts:
+        return partition_permutation(partition_layer(block, a, config, seed), config.experts)
+    if a is None:
+        raise ConfigError("shared_experts: choosing the shared neurons needs calibration activations")
+    shared = shared_neurons(a, config)
+    rest = torch.ones(block.width, dtype=torch.bool)
+    rest[shared] = False
+    routed = rest.nonzero().squeeze(1)  # (R,)
+    labels = partition_layer(block, a, config.routed(), seed, routed)
+    return torch.cat([shared, routed[partition_permutation(labels, config.experts - config.shared_experts)]])
+
+
 def _convert_block(block: FFNBlock, x: Tensor | None, config: MoefyConfig, info: MoefyInfo) -> MoefiedFFN:
     """Partition, permute and route one dense FFN; ``x`` (N, H) are its calibration inputs or None."""
     seed = config.seed + block.layer
     with torch.no_grad():
         a = block.intermediate(x).float() if x is not None else None  # (N, I)
-    labels = partition_layer(block, a, config, seed)
-    perm = partition_permutation(labels, config.experts)
+    perm = layer_permutation(block, a, config, seed)
     info.permutations.append(perm)
+    s, routed = config.shared_experts, config.routed()
     assert block.gate is not None
     with torch.no_grad():
         gate = block.gate.weight.detach()[perm]
         up = block.up.weight.detach()[perm]
         down = block.down.weight.detach()[:, perm]
-    ffn = MoefiedFFN.from_dense(gate, up, down, config.experts, block.act, None, config.top_k, config.dynamic_threshold)
+    ffn = MoefiedFFN.from_dense(
+        gate, up, down, config.experts, block.act, None, config.top_k, config.dynamic_threshold, s
+    )
     target = None
     if x is not None and a is not None:
         a = a[:, perm]
         with torch.no_grad():
-            mass = expert_mass(a, ffn.down_norms, config.experts)  # (N, E)
-            target = ffn.oracle_scores(a)  # (N, E) what the oracle ranks by
-        info.oracle_share.append(captured_share(mass, torch.arange(config.experts), config.experts, config.top_k))
-    router = MOEFY_ROUTERS[config.router].fit(RouterFit(gate, x, target, config, seed))
+            mass = expert_mass(a, ffn.down_norms, config.experts)[:, s:]  # (N, E - S) the routed experts
+            target = ffn.oracle_scores(a)[:, s:]  # (N, E - S) what the oracle ranks by
+        info.oracle_share.append(captured_share(mass, torch.arange(routed.experts), routed.experts, config.top_k))
+    router = MOEFY_ROUTERS[config.router].fit(RouterFit(gate[s * ffn.expert_size :], x, target, routed, seed))
     if x is not None and target is not None:
         router.top_k = config.top_k  # recall of the top-K, also with dynamic K
         with torch.no_grad():
-            chosen = routed_mask(router(x.float()), config.experts)
+            chosen = routed_mask(router(x.float()), routed.experts)
             best = topk_mask(target, config.top_k)
         info.router_recall.append(float((chosen & best).sum() / best.sum()))
     ffn.use_router(router)
@@ -230,7 +269,7 @@ def moefy_model(
         setattr(parent, attr, ffn)
         return ffn
 
-    if config.split != "coactivation" and not MOEFY_ROUTERS[config.router].needs_data:
+    if config.split != "coactivation" and not MOEFY_ROUTERS[config.router].needs_data and not config.shared_experts:
         for block in blocks:
             convert(block, None)
         return info

@@ -76,7 +76,7 @@ def ppl_curve(
     step = on_step or (lambda _m: None)
     layers = moefied_layers(model)
     saved = [(m.mode, m.top_k, m.dynamic_threshold) for m in layers]
-    num_experts = layers[0].num_experts
+    num_experts, shared = layers[0].num_experts, layers[0].shared_experts
     try:
         step("dense baseline")
         set_routing(model, mode="dense")
@@ -85,7 +85,7 @@ def ppl_curve(
             for k in ks:
                 step(f"{mode} K={k}")
                 set_routing(model, mode=mode, top_k=k, dynamic_threshold=None)  # type: ignore[arg-type]
-                result.points.append(CurvePoint(mode, k, k / num_experts, perplexities(model, chunks)))
+                result.points.append(CurvePoint(mode, k, (k + shared) / num_experts, perplexities(model, chunks)))
         for threshold in dynamic:
             step(f"dynamic K, mass {threshold}")
             set_routing(model, mode="router", dynamic_threshold=threshold)

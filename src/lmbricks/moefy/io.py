@@ -3,7 +3,8 @@
 Directory layout (what Hugging Face cannot express is in lmbricks' own files):
 
 * ``config.json``: the source model's config plus an ``lmbricks`` section
-  ``{"kind": "moefied", "experts": E, "top_k": K, "router": ..., "moefy": {the MoefyConfig}}``;
+  ``{"kind": "moefied", "experts": E, "shared_experts": S, "top_k": K, "router": ..., "moefy": {the MoefyConfig}}``
+  (the S shared experts are experts ``0 .. S-1``; their neurons are the first ``S n`` of ``perm``);
 * ``model.safetensors`` (or shards): the source model's tensors with every FFN's gate rows, up rows
   and down columns in expert order. ``transformers`` loads this as the dense model (the reordering
   leaves the function unchanged); :func:`load_moefied` loads it as a MoEfied model;
@@ -31,7 +32,7 @@ from lmbricks.checkpoint import (
     copy_tokenizer,
     write_provenance,
 )
-from lmbricks.errors import CheckpointError
+from lmbricks.errors import CheckpointError, ConfigError
 from lmbricks.hub.threshold import FATReLU, restore_threshold
 from lmbricks.moefy.config import MoefyConfig
 from lmbricks.moefy.convert import _parent, moefied_layers
@@ -126,6 +127,7 @@ def _section(model: nn.Module, layers: list[MoefiedFFN], config: MoefyConfig) ->
         "kind": KIND,
         "experts": layers[0].num_experts,
         "expert_size": layers[0].expert_size,
+        "shared_experts": layers[0].shared_experts,
         "top_k": layers[0].top_k,
         "router": config.router,
         "dynamic_threshold": layers[0].dynamic_threshold,
@@ -197,9 +199,10 @@ def load_moefied(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[
     for i, block in enumerate(blocks):
         assert block.gate is not None
         experts = int(section["experts"])
+        shared = int(section.get("shared_experts") or 0)  # absent in directories written before shared experts
         prefix = f"layers.{i}.router."
         state = {k[len(prefix) :]: v for k, v in extra.items() if k.startswith(prefix)}
-        router = kind.from_state(state, block.hidden, experts)
+        router = kind.from_state(state, block.hidden, experts - shared)
         ffn = MoefiedFFN.from_dense(
             block.gate.weight.detach(),
             block.up.weight.detach(),
@@ -209,6 +212,7 @@ def load_moefied(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[
             router,
             int(section["top_k"]),
             section.get("dynamic_threshold"),
+            shared,
         )
         parent, attr = _parent(model, block.name)
         setattr(parent, attr, ffn.to(dtype))
@@ -242,6 +246,9 @@ def densify(src: str | Path, out: str | Path, force: bool = False) -> Path:
     inverse = {name: torch.argsort(extra[f"layers.{i}.perm"]) for i, name in enumerate(section["layers"])}
     hf = json.loads((src / "config.json").read_text())
     hf.pop(SECTION, None)
+    threshold = float(section.get("activation_threshold") or 0.0)
+    if threshold > 0:
+        hf[SECTION] = fatrelu_section(hf, threshold, where=str(src / "config.json"))
     with atomic_directory(out, force=force, inputs=[src]) as tmp, CheckpointReader(src) as reader:
         writer = ShardedWriter(tmp)
         names = list(reader.keys())
@@ -258,3 +265,31 @@ def densify(src: str | Path, out: str | Path, force: bool = False) -> Path:
         copy_tokenizer(src, tmp)
         write_provenance(tmp, command="lmbricks moefy --densify", recipe=None, inputs={"moefied": src})
     return Path(out).expanduser().absolute()
+
+
+def fatrelu_section(hf: dict[str, Any], threshold: float, where: str = "config.json") -> dict[str, Any]:
+    """The ``lmbricks`` section of a dense FATReLU model: its LMConfig with ``activation: fatrelu`` and T.
+
+    The layout :func:`lmbricks.nn.hf.config_to_hf` writes (what ``lmbricks sparsify relufy``
+    saves), read back by :func:`lmbricks.hub.threshold.activation_threshold` and
+    :func:`lmbricks.nn.load.lm_config_of`.
+
+    Args:
+        hf: the dense model's config.json dictionary (``hidden_act: relu``, no ``lmbricks`` section).
+        threshold: FATReLU's T (> 0).
+        where: the file named in errors.
+
+    Returns:
+        ``{"config": LMConfig dict, "transformers_exact": False, "inexact_because": ...}``.
+    """
+    from lmbricks.nn.config import LMConfig
+    from lmbricks.nn.hf import config_from_hf, export_family
+
+    try:
+        fields = {**config_from_hf(hf).to_dict(), "activation": "fatrelu", "activation_threshold": threshold}
+        cfg = LMConfig.from_dict(fields)
+    except (ConfigError, ValueError) as exc:
+        why = f"cannot record the FATReLU threshold {threshold} for this architecture ({exc})"
+        raise CheckpointError(f"{where}: {why}") from None
+    _, reason = export_family(cfg)
+    return {"config": cfg.to_dict(), "transformers_exact": reason is None, "inexact_because": reason}

@@ -171,7 +171,7 @@ def run_moefy(
     outcome = MoefyOutcome(path, info, healed)
     if run.evaluate:
         outcome.evaluation = evaluate_moefied(lm, src, tokenizer, run.moefy, run.quick, step, texts_of)
-        settings = {k: getattr(run.moefy, k) for k in ("experts", "top_k", "split", "router")}
+        settings = {k: getattr(run.moefy, k) for k in ("experts", "shared_experts", "top_k", "split", "router")}
         outcome.report = write_moefy_report(outcome.evaluation, run.report_dir, f"MoEfication of {run.model}",
                                             settings, force=run.force, inputs=[src, run.out])  # fmt: skip
     return outcome
@@ -199,8 +199,11 @@ def _heal(
 
 
 def curve_ks(config: MoefyConfig) -> list[int]:
-    """The K of the evaluation curve: E/8, E/4, E/2, 3E/4 and top-K, below E (K = E is the dense baseline)."""
-    e = config.experts
+    """The K of the evaluation curve: E/8, E/4, E/2, 3E/4 and top-K, below E (K = E is the dense baseline).
+
+    With S shared experts E is the routed count ``E - S`` (a token then runs ``S + K`` experts).
+    """
+    e = config.experts - config.shared_experts
     ks = sorted({k for k in (e // 8, e // 4, e // 2, 3 * e // 4, config.top_k) if 0 < k < e})
     return ks or [e]
 
@@ -237,7 +240,7 @@ def evaluate_moefied(
     dense, _ = load_hf_model(src)
     block = find_ffns(dense)[0]
     ffn = moefied_layers(lm)[0]
-    e = config.experts
+    e = config.experts - config.shared_experts  # routed experts
     timing_ks = sorted({max(1, e // 4), max(1, e // 2), e})
     for tokens, name in ((1024, "ffn_prefill"), (1, "ffn_decode")):
         for key, value in time_ffn(block.module, ffn, block.hidden, timing_ks, tokens).items():
@@ -270,7 +273,7 @@ def cached_moefied(
     Returns:
         ``(model, tokenizer, built)``: ``built`` is False when the cached model was loaded.
     """
-    if is_moefied(cache) and read_section(cache).get("moefy") == config.model_dump():
+    if is_moefied(cache) and _stored_settings(cache) == config:
         model, tokenizer = load_moefied(cache)
         return model, tokenizer, False
     model, tokenizer = load_hf_model(model_path)
@@ -355,3 +358,11 @@ def measure_moefied(
         neurons=ffn.num_experts * ffn.expert_size,
         expert_size=ffn.expert_size,
     )
+
+
+def _stored_settings(cache: Path) -> MoefyConfig | None:
+    """The MoefyConfig a MoEfied directory was made with (fields added since take their defaults); None if invalid."""
+    try:
+        return MoefyConfig(**read_section(cache).get("moefy", {}))
+    except (TypeError, ValueError):
+        return None

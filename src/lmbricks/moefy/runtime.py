@@ -11,6 +11,12 @@ Selection (``mode``):
   evaluation bound, not a speedup);
 * ``dense``: all experts.
 
+Shared experts (``shared_experts`` S > 0, :attr:`~lmbricks.moefy.config.MoefyConfig.shared_experts`):
+experts ``0 .. S-1`` are always on; the router (or the oracle) chooses K of the other ``E - S``, so
+a token runs ``S + K`` experts, and the selection mask is the routed one with S columns of ones in
+front (:meth:`MoefiedFFN.full_mask`). With S = 0 nothing is prepended: the code path is the one
+before shared experts.
+
 Sparse compute (router mode, no gradient): pairs (token, expert) come from the (E, N) mask of the
 router's slots (:func:`~lmbricks.moefy.selection.routed_mask`), its
 nonzeros, already grouped by expert. Expert by expert, the expert's tokens are gathered, multiplied
@@ -70,6 +76,8 @@ class MoefiedFFN(nn.Module):
         dynamic_threshold: if set (router mode), the fewest experts whose predicted mass share
             (the softmax of the router's scores) reaches it; ``top_k`` is then ignored. Stored in
             the router.
+        shared_experts: S, the first S experts always on; the router has ``E - S`` experts and
+            ``top_k`` counts routed experts only.
     """
 
     down_norms: Tensor
@@ -83,9 +91,12 @@ class MoefiedFFN(nn.Module):
         router: MoefiedRouter | None,
         top_k: int,
         dynamic_threshold: float | None = None,
+        shared_experts: int = 0,
     ) -> None:
         super().__init__()
         e, h, n = w_gate.shape
+        if not 0 <= shared_experts < e:
+            raise ConfigError(f"shared_experts must be in [0, {e - 1}] for {e} experts, got {shared_experts}")
         if w_up.shape != (e, h, n) or w_down.shape != (e, n, h):
             raise ConfigError(
                 f"expert weights disagree: w_gate {tuple(w_gate.shape)}, w_up {tuple(w_up.shape)}, "
@@ -96,6 +107,8 @@ class MoefiedFFN(nn.Module):
         self.w_down = nn.Parameter(w_down.contiguous())
         self.act = act
         self.num_experts = e
+        self.shared_experts = shared_experts
+        self.routed_experts = e - shared_experts
         self.expert_size = n
         self.hidden_size = h
         self._top_k = top_k  # the layer's settings, handed to its router (and the oracle's K)
@@ -134,8 +147,8 @@ class MoefiedFFN(nn.Module):
 
     def use_router(self, router: MoefiedRouter) -> None:
         """Route with ``router`` from now on (mode ``router``), giving it this layer's K and threshold."""
-        if router.num_experts != self.num_experts:
-            raise ConfigError(f"router has {router.num_experts} experts, the FFN {self.num_experts}")
+        if router.num_experts != self.routed_experts:
+            raise ConfigError(f"router has {router.num_experts} experts, the FFN {self.routed_experts} routed ones")
         router.top_k, router.dynamic_threshold = self.top_k, self.dynamic_threshold
         self.router = router
         self.mode = "router"
@@ -160,8 +173,9 @@ class MoefiedFFN(nn.Module):
         router: MoefiedRouter | None = None,
         top_k: int = 1,
         dynamic_threshold: float | None = None,
+        shared_experts: int = 0,
     ) -> MoefiedFFN:
-        """Build from HF-layout weights already in expert order (gate, up (I, H); down (H, I))."""
+        """Build from HF-layout weights already in expert order (gate, up (I, H); down (H, I)), shared experts first."""
         i, h = gate.shape
         if i % num_experts:
             raise ConfigError(f"experts={num_experts} does not divide the FFN width {i}")
@@ -169,13 +183,20 @@ class MoefiedFFN(nn.Module):
         w_gate = gate.reshape(num_experts, n, h).transpose(1, 2)
         w_up = up.reshape(num_experts, n, h).transpose(1, 2)
         w_down = down.T.reshape(num_experts, n, h)
-        return cls(w_gate, w_up, w_down, act, router, top_k, dynamic_threshold)
+        return cls(w_gate, w_up, w_down, act, router, top_k, dynamic_threshold, shared_experts)
 
     # ------------------------------------------------------------------ selection
     def _route(self, x: Tensor) -> RouterOutput:
         if self.router is None:
             raise ConfigError("this MoEfied FFN has no router; use mode 'oracle' or 'dense'")
         return self.router(x)
+
+    def full_mask(self, routed: Tensor) -> Tensor:
+        """(N, E - S) selection of the routed experts -> (N, E) with the S shared experts on (S = 0: itself)."""
+        if not self.shared_experts:
+            return routed
+        on = torch.ones(routed.shape[0], self.shared_experts, dtype=routed.dtype, device=routed.device)
+        return torch.cat([on, routed], dim=1)
 
     def oracle_scores(self, a: Tensor) -> Tensor:
         """(N, I) activations in expert order -> (N, E) norms of the experts' outputs."""
@@ -252,7 +273,7 @@ class MoefiedFFN(nn.Module):
             return self._down(self._dense_a(flat)).view(shape)
         if self.mode == "oracle":
             a = self._dense_a(flat)
-            mask = topk_mask(self.oracle_scores(a), self.top_k)
+            mask = self.full_mask(topk_mask(self.oracle_scores(a)[:, self.shared_experts :], self.top_k))
             self.last_fraction = float(mask.float().mean())
             keep = mask.repeat_interleave(self.expert_size, dim=1).to(a.dtype)
             return self._down(a * keep).view(shape)
@@ -260,7 +281,7 @@ class MoefiedFFN(nn.Module):
             raise ConfigError(f"mode must be 'router', 'oracle' or 'dense', got {self.mode!r}")
         if self.training and torch.is_grad_enabled():
             return self._train_forward(flat).view(shape)
-        mask = routed_mask(self._route(flat), self.num_experts)  # (N, E)
+        mask = self.full_mask(routed_mask(self._route(flat), self.routed_experts))  # (N, E)
         self.last_fraction = float(mask.float().mean())
         return self.sparse_forward(flat, mask).view(shape)
 
@@ -271,7 +292,7 @@ class MoefiedFFN(nn.Module):
         router receives the gradient of ``sigmoid(score)`` as if each expert's output were scaled by it.
         """
         out = self._route(x)
-        gate = routed_gates(out, self.num_experts).to(x.dtype)  # (N, E): 1 where selected, else 0
-        self.last_fraction = float(routed_mask(out, self.num_experts).float().mean())
+        gate = self.full_mask(routed_gates(out, self.routed_experts).to(x.dtype))  # (N, E): 1 where used, else 0
+        self.last_fraction = float(self.full_mask(routed_mask(out, self.routed_experts)).float().mean())
         a = self._dense_a(x) * gate.repeat_interleave(self.expert_size, dim=1)
         return self._down(a)

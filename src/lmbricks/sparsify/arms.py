@@ -1,10 +1,11 @@
-"""The arms a training-free sparsity measurement compares: dense, GRIFFIN or CATS at a kept fraction.
+"""The arms a training-free sparsity measurement compares: dense, GRIFFIN, CATS, CMoE or TEAL at a kept fraction.
 
 An arm is a session on the model: inside ``with method.session(model, keep) as after_prompt``
 the prompt runs (dense for GRIFFIN, thresholded for CATS), ``after_prompt()`` switches to what
 decoding uses (GRIFFIN's restricted FFNs; nothing for CATS, whose kernel serves short inputs),
-and leaving the block restores the dense model. Quality (:func:`continuation_nll`) and speed
-(:func:`speed`, process CPU time) are measured through the same sessions.
+and leaving the block restores the dense model (TEAL, like CATS and CMoE, masks the whole window).
+Quality (:func:`continuation_nll`) and speed (:func:`speed`, process CPU time) are measured through
+the same sessions.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from lmbricks.moefy.cmoe import CMoELayer, cmoe_applied
 from lmbricks.nn.model import LM, KVCache
 from lmbricks.sparsify.cats import Cats
 from lmbricks.sparsify.griffin import Griffin, ffn_sites
+from lmbricks.sparsify.teal import Teal
 
-MethodName = Literal["griffin", "cats", "cmoe"]
+MethodName = Literal["griffin", "cats", "cmoe", "teal"]
 
 
 def arm_name(keep: float | None) -> str:
@@ -38,9 +40,11 @@ class Method:
     """A training-free method and what it was calibrated with.
 
     Attributes:
-        name: "griffin" (per-prompt neuron selection), "cats" (thresholded gate activation) or
-            "cmoe" (carved experts, applied as a mask: quality only).
-        thresholds: CATS only: kept fraction -> per-FFN thresholds (for sparsity 1 - kept).
+        name: "griffin" (per-prompt neuron selection), "cats" (thresholded gate activation),
+            "cmoe" (carved experts, applied as a mask: quality only) or "teal" (thresholded inputs
+            of every block's projections, applied as a mask: quality only).
+        thresholds: CATS: kept fraction -> per-FFN thresholds (for sparsity 1 - kept); TEAL: kept
+            fraction -> the per-site thresholds of :func:`lmbricks.sparsify.teal.teal_sites`.
         carved: CMoE only: the carved FFNs and their routers.
         experts: CMoE only: experts per FFN, ``shared`` of them always on; a kept fraction f
             routes ``round(f * experts) - shared`` experts per token; ``oracle`` routes by the
@@ -56,8 +60,8 @@ class Method:
 
     @property
     def timed(self) -> bool:
-        """Whether decoding speed means something (CMoE here is a masked dense computation)."""
-        return self.name != "cmoe"
+        """Whether decoding speed means something (CMoE and TEAL here are masked dense computations)."""
+        return self.name not in ("cmoe", "teal")
 
     @contextmanager
     def session(self, model: nn.Module, keep: float | None) -> Iterator[Callable[[], None]]:
@@ -73,6 +77,9 @@ class Method:
                 yield prune
         elif self.name == "cats":
             with Cats(model, self.thresholds[keep]):
+                yield lambda: None
+        elif self.name == "teal":
+            with Teal(model, self.thresholds[keep]):
                 yield lambda: None
         else:
             with cmoe_applied(model, self.carved, round(keep * self.experts) - self.shared, self.oracle):

@@ -16,6 +16,7 @@ for longer inputs; with ``t = 0`` the masked dense computation is the dense FFN 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -171,23 +172,52 @@ def calibrate(model: nn.Module, blocks: Tensor, sparsity: float, per_layer: int 
         One threshold per FFN, in layer order.
     """
     quantile_threshold(torch.ones(1), sparsity)  # validates before the forward
-    sites = _gated_sites(model)
+
+    def magnitudes(mod: nn.Module, x: Tensor) -> Tensor:
+        assert isinstance(mod, GatedFFN)
+        half = mod.gate_up.out_features // 2
+        return gate_activation(x @ mod.gate_up.weight[:half].t(), mod.activation, mod.threshold).abs()  # (..., I)
+
+    sites = [s.module for s in _gated_sites(model)]
+    return site_quantiles(model, blocks, sites, magnitudes, sparsity, per_layer)
+
+
+@torch.no_grad()
+def site_quantiles(
+    model: nn.Module,
+    blocks: Tensor,
+    sites: list[nn.Module],
+    magnitudes: Callable[[nn.Module, Tensor], Tensor],
+    sparsity: float,
+    per_site: int = 1_000_000,
+) -> list[float]:
+    """Per site, the threshold zeroing ``sparsity`` of ``magnitudes(site, its input)`` over calibration ``blocks``.
+
+    Args:
+        model: lmbricks' LM (or any causal LM taking (1, T) ids), run one sequence at a time.
+        blocks: (B, T) calibration token ids.
+        sites: modules whose first input is read (a forward pre-hook on each).
+        magnitudes: (module, input) -> the magnitudes a threshold will be compared with (any shape).
+        sparsity: the target fraction, in [0, 1).
+        per_site: at most this many magnitudes per site are kept for the quantile (a random subsample:
+            a strided one would align with the width).
+
+    Returns:
+        One threshold per site, in order.
+    """
     samples: list[list[Tensor]] = [[] for _ in sites]
     gen = torch.Generator().manual_seed(0)
 
     def keeper(i: int) -> Any:
         def hook(mod: nn.Module, args: tuple[Tensor, ...]) -> None:
-            assert isinstance(mod, GatedFFN)
-            half = mod.gate_up.out_features // 2
-            g = args[0] @ mod.gate_up.weight[:half].t()  # (..., I)
-            flat = gate_activation(g, mod.activation, mod.threshold).abs().float().flatten()
-            if flat.numel() > per_layer:  # a random subsample (a strided one would align with the width)
-                flat = flat[torch.randint(flat.numel(), (per_layer,), generator=gen)]
+            flat = magnitudes(mod, args[0].detach()).float().flatten()
+            if flat.numel() > per_site:
+                flat = flat[torch.randint(flat.numel(), (per_site,), generator=gen)]
             samples[i].append(flat)
 
         return hook
 
-    handles = [s.module.register_forward_pre_hook(keeper(i)) for i, s in enumerate(sites)]
+    handles = [m.register_forward_pre_hook(keeper(i)) for i, m in enumerate(sites)]
     try:
         for row in blocks:  # one sequence at a time: no (B, T, V) logits
             model.hidden_states(row[None]) if isinstance(model, LM) else model(row[None])

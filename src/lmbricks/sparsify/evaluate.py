@@ -31,6 +31,7 @@ from lmbricks.nn.model import LM
 from lmbricks.sparsify.arms import Method, MethodName, arm_name, continuation_nll, speed
 from lmbricks.sparsify.cats import calibrate
 from lmbricks.sparsify.griffin import griffin_select
+from lmbricks.sparsify.teal import calibrate_teal
 
 #: progress(windows done, windows in all).
 Progress = Callable[[int, int], None]
@@ -42,11 +43,13 @@ class SparsifyEvalConfig(BaseModel):
     Attributes:
         model: lmbricks' LM directory or registry name (Llama, Mistral, Qwen2 families).
         out: the output directory (``results.json``, ``lmbricks.json``).
-        method: "griffin" (per-prompt FFN neuron selection) or "cats" (thresholded gate activation).
-        keep: fractions of each FFN's neurons kept (GRIFFIN) or of gate activations not zeroed
-            (CATS: sparsity 1 - keep), each in (0, 1].
-        calibration_tokens: CATS and CMoE: train-split tokens per domain (or from the start of
-            each text file) the thresholds or the carving are chosen on.
+        method: "griffin" (per-prompt FFN neuron selection), "cats" (thresholded gate activation),
+            "cmoe" (carved experts) or "teal" (thresholded inputs of every projection, arXiv 2408.14690).
+        keep: fractions of each FFN's neurons kept (GRIFFIN), of gate activations not zeroed
+            (CATS: sparsity 1 - keep), of experts used (CMoE) or of each projection's input entries
+            not zeroed (TEAL: sparsity 1 - keep), each in (0, 1].
+        calibration_tokens: CATS, CMoE and TEAL: train-split tokens per domain (or from the start
+            of each text file) the thresholds or the carving are chosen on.
         experts: CMoE: experts per FFN (must divide its width).
         shared_experts: CMoE: how many of them are shared (always on); a kept fraction f routes
             ``round(f * experts) - shared_experts`` experts per token.
@@ -123,7 +126,8 @@ class SparsifyEval:
         ffn_decode_ms: arm -> one FFN (the middle layer) on one token, CPU milliseconds (median).
         prune_ms: arm -> CPU milliseconds of the selection and restriction, once per sequence
             (GRIFFIN; next to nothing for CATS and dense).
-        thresholds: CATS: arm -> the per-FFN thresholds (empty for GRIFFIN).
+        thresholds: CATS: arm -> the per-FFN thresholds; TEAL: arm -> the per-site thresholds (4 per
+            block: attention input, ``o`` input, FFN input, ``down`` input); empty for GRIFFIN and CMoE.
         cpu_s: process CPU seconds of the whole measurement.
     """
 
@@ -185,7 +189,7 @@ def _windows(cfg: SparsifyEvalConfig, texts: dict[str, str], tok: Any) -> dict[s
 
 
 def run_sparsify_eval(cfg: SparsifyEvalConfig, progress: Progress | None = None) -> SparsifyEval:
-    """Measure GRIFFIN or CATS on ``cfg.model`` (quality per domain, decoding speed) and write ``cfg.out``.
+    """Measure GRIFFIN, CATS, CMoE or TEAL on ``cfg.model`` (quality per domain, decoding speed) and write ``cfg.out``.
 
     Args:
         cfg: the validated settings.
@@ -231,12 +235,14 @@ def _threads(threads: int | None) -> Iterator[None]:
 
 
 def _method(cfg: SparsifyEvalConfig, model: LM, tok: Any) -> Method:
-    """The method: CATS' thresholds per kept fraction or CMoE's carving, calibrated on train text."""
+    """The method: CATS' or TEAL's thresholds per kept fraction or CMoE's carving, calibrated on train text."""
     if cfg.method == "griffin":
         return Method("griffin")
     blocks = _calibration_blocks(cfg, tok)
     if cfg.method == "cats":
         return Method("cats", {k: calibrate(model, blocks, 1.0 - k) for k in cfg.keep})
+    if cfg.method == "teal":
+        return Method("teal", {k: calibrate_teal(model, blocks, 1.0 - k) for k in cfg.keep})
     from lmbricks.moefy.cmoe import carve_model
 
     width = model.cfg.intermediate_size
