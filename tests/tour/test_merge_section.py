@@ -17,6 +17,8 @@ def test_merge_section_on_default_model(quick_tour: QuickTour, tmp_path: Path) -
     assert "data:image/png;base64" in quick_tour.section_page("Merging bricks")
     bpb = quick_tour.results()["merge"]["bits_per_byte"]
     assert set(bpb) == {"base", "+zh", "+math", "ties(+zh, +math)"}
+    # scored in the tour's inference precision (the merges are stored in bf16)
+    assert quick_tour.results()["merge"]["precision"] == quick_tour.results()["precision"]
     # each brick helps its own domain, and the merge keeps part of both gains
     assert bpb["+zh"]["zh"] < bpb["base"]["zh"] and bpb["+math"]["math"] < bpb["base"]["math"]
     merged = bpb["ties(+zh, +math)"]

@@ -2,7 +2,8 @@
 
 The variants are ``MODEL+bricks/<model>/zh`` and ``MODEL+bricks/<model>/math`` (each LoRA brick
 applied on the fly by the merge executor, nothing materialised but the outputs), merged with TIES
-against the base model. Every model is scored on the same held-out bytes of every domain.
+against the base model. Every model is scored on the same held-out bytes of every domain, in the
+tour's inference precision (bf16 weights where the CPU has native bf16; the merges are stored in bf16).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def merge_section(ctx: TourContext) -> list[SummaryRow]:
     """Two brick variants, their TIES merge, and the base, scored per domain."""
     from lmbricks import load_model
     from lmbricks.adapters.catalogue import shipped_root
+    from lmbricks.runtime import inference_dtype
 
     root = shipped_root()
     bricks = {name: (root / ctx.model_path.name / name) if root else Path(name) for name in VARIANTS}
@@ -65,14 +67,17 @@ def merge_section(ctx: TourContext) -> list[SummaryRow]:
         )
     built["ties(+zh, +math)"], seconds["ties"] = _build(_recipe(ctx.model_path, bricks, "ties"), cache / "ties")
 
-    model, tokenizer = ctx.model_and_tokenizer()
+    # The merges are written in bf16: under bf16 precision they are scored on those very weights (and the
+    # base on its bf16 copy), as the other inference-only sections are; fp32 upcasts them, as before.
+    model, tokenizer = ctx.inference_model()
     scores = {"base": evaluate_domains(model, tokenizer, DEFAULT_DOMAINS, max_bytes=ctx.eval_bytes)}
     for name, path in built.items():
-        other, _tok = load_model(path)
+        other, _tok = load_model(path, dtype=inference_dtype(ctx.precision))
         scores[name] = evaluate_domains(other, tokenizer, DEFAULT_DOMAINS, max_bytes=ctx.eval_bytes)
         del other
     bpb = {name: {d: r.bpb for d, r in res.items()} for name, res in scores.items()}
-    ctx.results["merge"] = {"bits_per_byte": bpb, "merge_seconds": seconds, "eval_bytes": ctx.eval_bytes}
+    ctx.results["merge"] = {"bits_per_byte": bpb, "merge_seconds": seconds, "eval_bytes": ctx.eval_bytes,
+                            "precision": ctx.precision}  # fmt: skip
 
     ctx.report.table(
         [[name] + [f"{v[d]:.3f}" for d in DEFAULT_DOMAINS] for name, v in bpb.items()],
