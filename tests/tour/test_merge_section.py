@@ -8,8 +8,25 @@ from pathlib import Path
 import pytest
 from tests.tour.quick_tour import QuickTour
 
+from lmbricks.report import Report
 from lmbricks.tour import run_tour
-from lmbricks.tour.merge import merge_section
+from lmbricks.tour.merge import _scores, merge_section
+from lmbricks.tour.run import TourContext
+
+
+def test_scores_are_read_back_only_for_the_same_merges_and_settings(tiny_llama: Path, tmp_path: Path) -> None:
+    def ctx(quick: bool) -> TourContext:
+        return TourContext(str(tiny_llama), tiny_llama, tmp_path, quick, Report("t", "t"), precision="bf16")
+
+    built, path = {"+a": tiny_llama}, tmp_path / "scores.json"
+    first, measured = _scores(ctx(True), built, path, rebuilt=False)
+    assert measured and set(first) == {"base", "+a"} and first["+a"] == first["base"]  # the same weights
+    assert _scores(ctx(True), built, path, rebuilt=False) == (first, False)  # read back, same figures
+    assert _scores(ctx(True), built, path, rebuilt=True)[1] is True  # a merge built in this run: measured
+    path.write_text(json.dumps({"key": {}, "bits_per_byte": {"base": {}}}))  # another run's record
+    assert _scores(ctx(True), built, path, rebuilt=False) == (first, True)
+    bigger, measured = _scores(ctx(False), built, path, rebuilt=False)  # more bytes: measured again
+    assert measured and bigger != first
 
 
 @pytest.mark.integration
@@ -25,4 +42,8 @@ def test_merge_section_on_default_model(quick_tour: QuickTour, tmp_path: Path) -
     assert merged["zh"] < bpb["base"]["zh"] and merged["math"] < bpb["base"]["math"]
     # a second run (the section alone, on a copy of the tour's cache) reuses the cached merges
     run_tour(quick_tour.copy_cache(tmp_path, "merge"), quick=True, sections=[("merge", merge_section)])
-    assert json.loads((tmp_path / "results.json").read_text())["merge"]["merge_seconds"]["ties"] == 0.0
+    again = json.loads((tmp_path / "results.json").read_text())["merge"]
+    assert again["merge_seconds"]["ties"] == 0.0
+    # ... and their scores: the same figures, read rather than measured again
+    assert again["scores_cached"] is True and quick_tour.results()["merge"]["scores_cached"] is False
+    assert again["bits_per_byte"] == bpb
