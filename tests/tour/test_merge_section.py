@@ -47,3 +47,18 @@ def test_merge_section_on_default_model(quick_tour: QuickTour, tmp_path: Path) -
     # ... and their scores: the same figures, read rather than measured again
     assert again["scores_cached"] is True and quick_tour.results()["merge"]["scores_cached"] is False
     assert again["bits_per_byte"] == bpb
+
+
+def test_merge_precision_figures_in_the_docs_are_the_json() -> None:
+    """docs/performance.md's bf16-against-fp32 figures of the merge section are its committed run's."""
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    run = json.loads((docs / "bench" / "tour-merge-2026-12-07.json").read_text())
+    fp32, bf16 = run["runs"]["fp32"]["bits_per_byte"], run["runs"]["auto"]["bits_per_byte"]
+    worst = max(abs(bf16[m][d] / fp32[m][d] - 1) for m in fp32 for d in fp32[m])
+    assert worst == pytest.approx(run["bpb_change_bf16_vs_fp32_max_abs"], abs=1e-5) and worst <= 0.003
+    text = " ".join((docs / "performance.md").read_text().split())
+    assert f"at most {100 * worst:.2f}% against fp32" in text
+    assert f"from {run['runs']['fp32']['cpu_s']:.0f} s" in text and f"to {run['runs']['auto']['cpu_s']:.0f} s" in text
+    for v in ("zh", "math"):
+        kept = (1 - bf16["ties(+zh, +math)"][v] / bf16["base"][v]) / (1 - bf16[f"+{v}"][v] / bf16["base"][v])
+        assert kept == pytest.approx(run["gain_kept"]["bf16"][v], abs=5e-4)
