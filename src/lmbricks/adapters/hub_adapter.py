@@ -31,10 +31,13 @@ class AdapterSlot:
     def __init__(self, model: Any, rank: int, modules: Sequence[str]) -> None:
         from peft import LoraConfig, get_peft_model
 
+        from lmbricks.hub.hf_compat import peft_wrapping
+
         if not modules:
             raise ConfigError("an adapter slot needs at least one target module")
         cfg = LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0, target_modules=list(modules), bias="none")
-        self.model = get_peft_model(model, cfg, adapter_name=SLOT)
+        with peft_wrapping():
+            self.model = get_peft_model(model, cfg, adapter_name=SLOT)
         self.model.eval()
         self.rank = rank
         self.layers: dict[str, Any] = {}

@@ -9,6 +9,7 @@ quadratic in the weights).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -92,7 +93,11 @@ def lorahub_search(
             on_eval(len(history), value)
         return value
 
-    recommendation = optimizer.minimize(objective)
+    with warnings.catch_warnings():
+        # nevergrad's COBYLA calls scipy.optimize.minimize with tol=0, which scipy rejects with a warning and
+        # replaces by 1e-6: the library's noise, not a setting of ours (the evaluation budget ends the search first).
+        warnings.filterwarnings("ignore", message=r"COBYLA: Invalid RHOEND", category=UserWarning)
+        recommendation = optimizer.minimize(objective)
     best = [float(x) for x in recommendation.value]
     slot.set(lorahub_factors(bricks, best))
     loss = mean_nll(slot.model, batches)

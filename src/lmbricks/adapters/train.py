@@ -249,12 +249,15 @@ def train_brick(
     """
     from peft import get_peft_model
 
+    from lmbricks.hub.hf_compat import peft_wrapping
+
     out = check_output(out, reference_paths(model_ref), force)  # before any fetch or training
     run = _Run(base_model(model_ref), cfg, domain, out, command, on_step, on_status or _quiet)
     model, tokenizer, chunks = run.data(texts)
     before = run.measure(model, tokenizer, "of the base")
     torch.manual_seed(cfg.seed)
-    peft_model = get_peft_model(model, _lora_config(cfg))
+    with peft_wrapping():
+        peft_model = get_peft_model(model, _lora_config(cfg))
     losses = run.fit(peft_model, chunks)
     after = run.measure(peft_model, tokenizer, "with the brick")
     effect = _effect(domain, before, after, cfg)
@@ -292,6 +295,8 @@ def update_brick(
     """
     from peft import PeftModel
 
+    from lmbricks.hub.hf_compat import peft_wrapping
+
     out = check_output(out, [Path(brick), *reference_paths(model_ref)], force)
     info = read_brick(brick)
     ref = model_ref if model_ref is not None else recorded_base(info)
@@ -300,7 +305,8 @@ def update_brick(
     check_brick_base(info.name, info.base_sha256, info.base_model, base, info.base_identity)
     run = _Run(base, cfg, domain or info.domain, out, command, on_step, on_status or _quiet)
     model, tokenizer, chunks = run.data(texts)
-    peft_model = PeftModel.from_pretrained(model, str(info.path), is_trainable=True)
+    with peft_wrapping():
+        peft_model = PeftModel.from_pretrained(model, str(info.path), is_trainable=True)
     peft_model.eval()
     before = run.measure(peft_model, tokenizer, "with the brick before the update")
     losses = run.fit(peft_model, chunks)

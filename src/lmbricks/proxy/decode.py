@@ -103,6 +103,8 @@ class _Stream:
         if use_cache:
             from transformers import DynamicCache
 
+            from lmbricks.hub.hf_compat import output_cache, with_cache
+
             if self.cache is None:
                 self.cache = DynamicCache()
             n = self.fresh
@@ -110,10 +112,10 @@ class _Stream:
                 input_ids=self.ids[:, -n:],
                 attention_mask=self.mask,
                 position_ids=pos[:, -n:],
-                past_key_values=self.cache,
                 use_cache=True,
+                **with_cache(self.cache),
             )
-            self.cache = out.past_key_values
+            self.cache = output_cache(out)
         else:
             out = self.member.model(input_ids=self.ids, attention_mask=self.mask, position_ids=pos, use_cache=False)
         self.fresh = 0

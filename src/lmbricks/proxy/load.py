@@ -34,11 +34,13 @@ def load_member(
         from lmbricks.adapters.base import base_model, check_brick_base
         from lmbricks.adapters.brick import read_brick
         from lmbricks.adapters.catalogue import find_brick
+        from lmbricks.hub.hf_compat import peft_wrapping
 
         path = find_brick(brick, ref)
         info = read_brick(path)
         check_brick_base(info.name, info.base_sha256, info.base_model, base_model(ref), info.base_identity)
-        model = PeftModel.from_pretrained(model, str(path)).merge_and_unload().eval()
+        with peft_wrapping():
+            model = PeftModel.from_pretrained(model, str(path)).merge_and_unload().eval()
     return Member(model.to(dtype), tokenizer, chat)
 
 

@@ -2,11 +2,14 @@
 
 The variants are ``MODEL+bricks/<model>/zh`` and ``MODEL+bricks/<model>/math`` (each LoRA brick
 applied on the fly by the merge executor, nothing materialised but the outputs), merged with TIES
-against the base model. Every model is scored on the same held-out bytes of every domain.
+against the base model. Every model is scored on the same held-out bytes of every domain, in the
+tour's inference precision (bf16 weights where the CPU has native bf16; the merges are stored in bf16);
+a later run on the same cache reads the scores of merges it did not rebuild.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -40,7 +43,6 @@ def _build(recipe: dict[str, Any], out: Path) -> tuple[Path, float]:
 
 def merge_section(ctx: TourContext) -> list[SummaryRow]:
     """Two brick variants, their TIES merge, and the base, scored per domain."""
-    from lmbricks import load_model
     from lmbricks.adapters.catalogue import shipped_root
 
     root = shipped_root()
@@ -65,14 +67,9 @@ def merge_section(ctx: TourContext) -> list[SummaryRow]:
         )
     built["ties(+zh, +math)"], seconds["ties"] = _build(_recipe(ctx.model_path, bricks, "ties"), cache / "ties")
 
-    model, tokenizer = ctx.model_and_tokenizer()
-    scores = {"base": evaluate_domains(model, tokenizer, DEFAULT_DOMAINS, max_bytes=ctx.eval_bytes)}
-    for name, path in built.items():
-        other, _tok = load_model(path)
-        scores[name] = evaluate_domains(other, tokenizer, DEFAULT_DOMAINS, max_bytes=ctx.eval_bytes)
-        del other
-    bpb = {name: {d: r.bpb for d, r in res.items()} for name, res in scores.items()}
-    ctx.results["merge"] = {"bits_per_byte": bpb, "merge_seconds": seconds, "eval_bytes": ctx.eval_bytes}
+    bpb, rescored = _scores(ctx, built, cache / "scores.json", rebuilt=any(seconds.values()))
+    ctx.results["merge"] = {"bits_per_byte": bpb, "merge_seconds": seconds, "eval_bytes": ctx.eval_bytes,
+                            "precision": ctx.precision, "scores_cached": not rescored}  # fmt: skip
 
     ctx.report.table(
         [[name] + [f"{v[d]:.3f}" for d in DEFAULT_DOMAINS] for name, v in bpb.items()],
@@ -90,6 +87,39 @@ def merge_section(ctx: TourContext) -> list[SummaryRow]:
         ("merge", "zh gain kept", f"{kept['zh']:.0%}"),
         ("merge", "math gain kept", f"{kept['math']:.0%}"),
     ]
+
+
+def _scores(ctx: TourContext, built: dict[str, Path], path: Path, rebuilt: bool) -> tuple[dict[str, Any], bool]:
+    """Bits per byte per model and domain: read from ``path`` when it scored these very merges, else measured.
+
+    The merges are written in bf16: under bf16 precision they are scored on those very weights (and the
+    base on its bf16 copy), as the other inference-only sections are; fp32 upcasts them. The record at
+    ``path`` holds the settings it was measured with; any other setting, or a merge built in this run,
+    scores everything again.
+
+    Returns:
+        ``({model: {domain: bpb}}, whether it was measured now)``.
+    """
+    from lmbricks import load_model
+    from lmbricks.runtime import inference_dtype
+
+    key = {"model": str(ctx.model_path), "eval_bytes": ctx.eval_bytes, "precision": ctx.precision,
+           "domains": list(DEFAULT_DOMAINS), "models": sorted(built)}  # fmt: skip
+    if path.exists() and not rebuilt:
+        record = json.loads(path.read_text())
+        if record.get("key") == key:
+            return record["bits_per_byte"], False
+    model, tokenizer = ctx.inference_model()
+    scores = {"base": evaluate_domains(model, tokenizer, DEFAULT_DOMAINS, max_bytes=ctx.eval_bytes)}
+    for name, merged in built.items():
+        other, _tok = load_model(merged, dtype=inference_dtype(ctx.precision))
+        scores[name] = evaluate_domains(other, tokenizer, DEFAULT_DOMAINS, max_bytes=ctx.eval_bytes)
+        del other
+    bpb = {name: {d: r.bpb for d, r in res.items()} for name, res in scores.items()}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": key, "bits_per_byte": bpb}))
+    tmp.replace(path)  # complete or absent
+    return bpb, True
 
 
 def _findings(bpb: dict[str, dict[str, float]], kept: dict[str, float], seconds: float) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from lmbricks.eval.fewshot.scoring import wilson_interval
+from lmbricks.hub.hf_compat import output_cache, with_cache
 from lmbricks.plugins.knowledge.cloze import ClozeItem
 
 CONDITIONS = ("none", "prompt", "plugin", "routed")
@@ -65,7 +66,7 @@ def encode_context(model: Any, tokenizer: Any, context: str) -> ContextStates:
     """Run ``context`` (and a blank line) through the model once, timed: its cache for the questions after it."""
     cpu, wall = time.process_time(), time.perf_counter()
     ids = tokenizer.encode(context + "\n\n", add_special_tokens=False)
-    past = model(input_ids=torch.tensor([ids]), use_cache=True).past_key_values
+    past = output_cache(model(input_ids=torch.tensor([ids]), use_cache=True))
     return ContextStates(past, len(ids), time.process_time() - cpu, time.perf_counter() - wall)
 
 
@@ -91,7 +92,7 @@ def score_item(model: Any, tokenizer: Any, item: ClozeItem, context: str | Conte
         ids = tokenizer.encode(item.prefix + cand + item.suffix, add_special_tokens=False)  # (T,)
         cut = max(1, _common(prefix, ids))
         run = torch.tensor([ids])
-        logits = model(input_ids=run, past_key_values=copy.deepcopy(past), use_cache=past is not None).logits[0]
+        logits = model(input_ids=run, use_cache=past is not None, **with_cache(copy.deepcopy(past))).logits[0]
         tokens += len(ids)
         logp = torch.log_softmax(logits[:-1].float(), dim=-1)  # (T-1, V): position t predicts token t+1
         target = run[0, 1:]

@@ -33,9 +33,12 @@ def plugged(model: Any, brick: Path, base: BaseModel) -> Iterator[Any]:
     """
     from peft import PeftModel
 
+    from lmbricks.hub.hf_compat import peft_wrapping
+
     info = read_brick(brick)
     check_brick_base(info.name, info.base_sha256, info.base_model, base, info.base_identity)
-    wrapped = PeftModel.from_pretrained(model, str(brick))
+    with peft_wrapping():
+        wrapped = PeftModel.from_pretrained(model, str(brick))
     wrapped.eval()
     try:
         yield wrapped
