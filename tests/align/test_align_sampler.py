@@ -55,3 +55,46 @@ def test_refreshed_sampler_equals_a_fresh_copy(tiny_llama: Path, tmp_path: Path,
         samples = sample_responses(sampler, tok, ids, 3, cfg, seed=4).responses
         assert samples == sample_responses(fresh, tok, ids, 3, cfg, seed=4).responses
     assert samples != before  # not vacuous: the trained weights changed what is sampled
+
+
+def _grads_and_saved_bytes(tiny_llama: Path, recompute: bool) -> tuple[dict[str, torch.Tensor], int, torch.Tensor]:
+    """One LoRA policy-gradient backward on fixed samples: the gradients, the bytes autograd kept for the
+    backward pass during the forward, and the log-probabilities."""
+    from lmbricks.align.logprob import token_logprobs
+    from lmbricks.align.rl import policy_gradient_loss
+    from lmbricks.train.lora import attach_lora
+
+    model, tok = load_model(tiny_llama, hf_fallback=False)
+    attach_lora(model, LoraSection(rank=4, alpha=8), 0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:  # LoRA's B starts at 0: move it so every factor gets a gradient
+                p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    ids = encode_policy_prompts(tok, PROMPTS, chat=False)
+    resp = [[5, 9, 11, 3], [7, 7, 2], [13, 1, 4, 8, 6]]
+    saved = [0]
+
+    def keep(t: torch.Tensor) -> torch.Tensor:
+        saved[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        logp, mask = token_logprobs(model, ids, resp, recompute=recompute)
+        ref = logp.detach() - 0.1
+    loss, _ = policy_gradient_loss(logp, ref, mask, torch.tensor([1.0, -0.5, 0.25]), kl_coef=0.1)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert not any(".block." in n for n in grads)  # the blocks were put back: names as before
+    return grads, saved[0], logp.detach()
+
+
+def test_recompute_gives_the_same_gradients_and_keeps_less(tiny_llama: Path) -> None:
+    """Recomputing the blocks in the backward pass changes no gradient bit and no log-probability, and
+    autograd keeps less during the forward (the blocks' inner activations are dropped)."""
+    g0, kept0, lp0 = _grads_and_saved_bytes(tiny_llama, recompute=False)
+    g1, kept1, lp1 = _grads_and_saved_bytes(tiny_llama, recompute=True)
+    assert torch.equal(lp0, lp1)
+    assert g0.keys() == g1.keys() and len(g0) > 0
+    for k in g0:
+        assert torch.equal(g0[k], g1[k]), k
+    assert kept1 < kept0 / 2, (kept1, kept0)

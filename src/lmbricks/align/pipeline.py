@@ -224,7 +224,7 @@ def rl_step(t: Any, reference: Any, scorer: Scorer, prompts: list[str], ids: lis
         with autocast(precision, "cpu"):  # type: ignore[arg-type]
             with torch.no_grad():
                 ref, _ = token_logprobs(reference, rows[b : b + mb], resp[b : b + mb])
-            logp, mask = token_logprobs(t.model, rows[b : b + mb], resp[b : b + mb])
+            logp, mask = token_logprobs(t.model, rows[b : b + mb], resp[b : b + mb], job.recompute)
         loss, kl = policy_gradient_loss(logp, ref, mask, adv[b : b + mb], job.kl_coef, len(rows), n_tokens)
         loss.backward()
         kl_sum, loss_sum = kl_sum + float(kl), loss_sum + float(loss.detach())
