@@ -12,7 +12,10 @@ Two workloads, each in its own fresh process per round (bench/harness.py), the o
   repeated ``--samples`` times, left-padded) in one batch, up to the same number of new tokens.
 
 ``sampling_vs_generate`` is RL sampling's CPU seconds per sampled token over generate's (> 1: the RL
-sampler is slower; the issue's target is <= 1.3). The clock is each process's CPU time
+sampler is slower; the issue's target is <= 1.3). ``rl_peak_rss_gb`` is the ``rl`` process's peak
+resident memory (``VmHWM``, the forked child's, the zygote's imports included); ``--no-recompute``
+keeps every block's activations for the update's backward pass (``RLJob.recompute: false``, the
+behaviour before recompute; the same gradients), for the memory comparison. The clock is each process's CPU time
 (``time.process_time``): run with ``--threads 1`` on a shared machine. The machine's GEMM limits
 (bench/machine.py, the same clock) are recorded as the other benchmarks record them.
 
@@ -20,7 +23,7 @@ Default: the default model (smollm2-135m-instruct), 16 ``builtin:dialogue`` trai
 x 64 new tokens, LoRA rank 8, RLOO, as docs/alignment.md measured. ``--quick``: a tiny random
 Llama, 4 prompts x 2 samples x 8 tokens (a smoke test of the script; its figures mean nothing).
 
-Usage: python bench/align.py [--quick] [--rounds N] [--steps N] [--threads N] [--json PATH]
+Usage: python bench/align.py [--quick] [--rounds N] [--steps N] [--threads N] [--no-recompute] [--json PATH]
 """
 
 from __future__ import annotations
@@ -74,8 +77,17 @@ def _prompts(quick: bool, n: int) -> list[str]:
     return load_prompts("builtin:dialogue", n, split="train")
 
 
-def rl(quick: bool, steps: int, threads: int) -> dict[str, Any]:
-    """``steps`` RL steps of the pipeline's own code; the records of all but the first."""
+def peak_rss_gb() -> float:
+    """This process's peak resident memory so far (``VmHWM``), in GB (0 where /proc is not there)."""
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return 0.0
+    return next((int(line.split()[1]) / 1e6 for line in lines if line.startswith("VmHWM:")), 0.0)
+
+
+def rl(quick: bool, steps: int, threads: int, recompute: bool = True) -> dict[str, Any]:
+    """``steps`` RL steps of the pipeline's own code; the records of all but the first, and the peak RSS."""
     import copy
 
     from lmbricks.align.config import RLJob
@@ -91,7 +103,8 @@ def rl(quick: bool, steps: int, threads: int) -> dict[str, Any]:
     prompts = _prompts(quick, s["prompts"])
     job = RLJob.model_validate({"policy": ref, "prompts": "-", "lora": {"rank": 8, "alpha": 16}, "steps": steps,
                                 "prompts_per_step": s["prompts"], "samples_per_prompt": s["samples"],
-                                "sampling": {"max_new_tokens": s["new_tokens"]}, "optim": {"lr": 1e-4}})  # fmt: skip
+                                "sampling": {"max_new_tokens": s["new_tokens"]}, "optim": {"lr": 1e-4},
+                                "recompute": recompute})  # fmt: skip
     precision = resolve_precision(job.precision, "cpu")
     model, tok = load_policy(ref, torch.float32)
     rm_lm, _ = load_policy(ref, torch.float32)
@@ -103,7 +116,7 @@ def rl(quick: bool, steps: int, threads: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as run_dir:  # make_trainee wants one; a step writes nothing
         t = make_trainee(model, tok, ref, job.lora, job.optim.lr, 0.0, 0, Path(run_dir), None)
         records = [rl_step(t, reference, scorer, prompts, ids, job, step, precision) for step in range(steps)]
-    return {"records": records[1:], "precision": precision}
+    return {"records": records[1:], "precision": precision, "peak_rss_gb": round(peak_rss_gb(), 3)}
 
 
 def generate(quick: bool, threads: int) -> dict[str, Any]:
@@ -135,7 +148,9 @@ def generate(quick: bool, threads: int) -> dict[str, Any]:
     return {"cpu_seconds": cpu, "tokens": tokens}
 
 
-def rl_step_bench(quick: bool = False, rounds: int | None = None, steps: int = 2, threads: int = 1) -> dict[str, Any]:
+def rl_step_bench(
+    quick: bool = False, rounds: int | None = None, steps: int = 2, threads: int = 1, recompute: bool = True
+) -> dict[str, Any]:
     """Both workloads, ``rounds`` fresh processes each; medians of the per-step figures.
 
     Returns:
@@ -150,7 +165,7 @@ def rl_step_bench(quick: bool = False, rounds: int | None = None, steps: int = 2
     rounds = rounds or 1
     machine = measure_machine([(256, 576, 1536), (256, 576, 49152)], "cpu", 0.2 if quick else 0.5, "cpu")
     args = {"quick": quick, "threads": threads}
-    runs = alternate({"rl": Workload(__file__, "rl", {**args, "steps": steps}),
+    runs = alternate({"rl": Workload(__file__, "rl", {**args, "steps": steps, "recompute": recompute}),
                       "generate": Workload(__file__, "generate", args)}, rounds)  # fmt: skip
     recs = [r for run in runs["rl"] for r in run["records"]]
 
@@ -169,6 +184,8 @@ def rl_step_bench(quick: bool = False, rounds: int | None = None, steps: int = 2
         "parts_cpu_s": {k: round(v, 2) for k, v in parts.items()},
         "shares": {k: round(v / step, 3) for k, v in parts.items()},
         "sampled_tokens": med("sampled_tokens"),
+        "rl_peak_rss_gb": max(run["peak_rss_gb"] for run in runs["rl"]),
+        "recompute": recompute,
         "shape": _shape(quick) | {"lora_rank": 8, "algorithm": "rloo"},
         "model": policy_ref(quick) if not quick else "tiny random Llama",
         "precision": runs["rl"][0]["precision"],
@@ -191,11 +208,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--rounds", type=int, default=None, help="fresh processes per workload (default 1)")
     ap.add_argument("--steps", type=int, default=2, help="RL steps per process; the first is a warm-up")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: the CPU clock is meaningful)")
+    ap.add_argument("--no-recompute", action="store_true", help="keep the update's activations (memory baseline)")
     ap.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = ap.parse_args(argv)
     if args.steps < 2:
         ap.error("--steps must be at least 2 (the first step is a warm-up)")
-    result = rl_step_bench(args.quick, args.rounds, args.steps, args.threads)
+    result = rl_step_bench(args.quick, args.rounds, args.steps, args.threads, not args.no_recompute)
     text = json.dumps(result, indent=2, default=str)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -24,3 +24,4 @@ def test_quick_bench_reports_the_step_and_its_parts(tmp_path: Path) -> None:
     assert res["generate_tokens_per_cpu_s"] > 0 and res["sampling_vs_generate"] > 0
     assert res["timed_steps_per_process"] == 1 and len(res["runs"]["rl"][0]["records"]) == 1
     assert res["machine_limits"]["clock"] == "cpu" and (tmp_path / "align.json").exists()
+    assert res["recompute"] is True and res["rl_peak_rss_gb"] > 0.1  # a process with torch loaded

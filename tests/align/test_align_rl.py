@@ -92,6 +92,21 @@ def test_rl_steps_and_exact_resume(tiny_llama: Path, tiny_rms: list[Path], tmp_p
         assert torch.equal(x, y), k
 
 
+def test_recompute_leaves_the_run_unchanged(tiny_llama: Path, tiny_rms: list[Path], tmp_path: Path) -> None:
+    """Recomputing activations in the update (the default) against keeping them: the same samples (same
+    rewards, KL and token counts at every step) and the same trained policy, bit for bit."""
+    prompts = _prompts(tmp_path)
+    runs = [
+        run_rl(_job(tiny_llama, tiny_rms, prompts, steps=3, recompute=r), tmp_path / f"r{r}") for r in (True, False)
+    ]
+    figures = [[{k: v for k, v in r.items() if not k.endswith("_cpu_s")} for r in run.records] for run in runs]
+    assert figures[0] == figures[1] and len(figures[0]) == 3 and figures[0][2]["kl"] > 0
+    a, _ = load_model(runs[0].policy, hf_fallback=False)
+    b, _ = load_model(runs[1].policy, hf_fallback=False)
+    for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(x, y), k
+
+
 def test_rl_refuses_bad_inputs_before_work(tiny_llama: Path, tiny_rms: list[Path], tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such directory"):
         run_rl(_job(tiny_llama, [tmp_path / "nope"], _prompts(tmp_path)), tmp_path / "run")

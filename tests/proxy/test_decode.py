@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lmbricks.errors import ConfigError
 from lmbricks.proxy import DecodeConfig, Member, ProxyDecoder, combine_logits, proxy_generate
+from lmbricks.proxy.decode import repetition_penalty
 from lmbricks.testing import save_tiny_model, tiny_llama_config
 
 PROMPTS = ["The quick brown fox", "def main(): return", "Hello"]
@@ -159,7 +160,8 @@ def test_sampling_settings_that_leave_one_token_equal_greedy(trio: dict[str, Mem
 
 
 def test_repetition_penalty_against_a_hand_written_one(trio: dict[str, Member]) -> None:
-    """CTRL's penalty on every token already in the base's sequence (prompt included): a positive
+    """CTRL's penalty on every real token already in the base's sequence (prompt included, left padding
+    not): a positive
     logit divided by the penalty, a negative one multiplied; greedy takes the argmax of the result.
     A penalty below 1 favours the seen tokens, which changes choices of these near-uniform tiny models."""
     penalty = 0.25
@@ -170,11 +172,38 @@ def test_repetition_penalty_against_a_hand_written_one(trio: dict[str, Member]) 
     changed = 0
     for _ in range(10):
         ids = d.streams["base"].ids[:, :-1]  # (B, L): the sequence the last choice was made on
+        real = d.streams["base"].mask[:, :-1].bool()  # (B, L): the left padding is not "seen"
         z = d.last_logits
         assert z is not None
-        seen = torch.zeros_like(z, dtype=torch.bool).scatter_(1, ids, True)  # (B, V)
+        seen = torch.zeros_like(z, dtype=torch.bool)
+        for i in range(len(PROMPTS)):
+            seen[i, ids[i][real[i]]] = True  # (B, V)
         want = torch.where(seen, torch.where(z > 0, z / penalty, z * penalty), z).argmax(-1)
         assert torch.equal(d.generated[:, -1], want)
         changed += int((want != z.argmax(-1)).sum())
         d.step()
     assert changed > 0  # not vacuous: the penalty changed some choices
+
+
+def test_repetition_penalty_batched_equals_alone(trio: dict[str, Member]) -> None:
+    """Greedy with the penalty on: a short prompt decoded next to a longer one (so left padded) gives the
+    tokens it gives alone. A penalty below 1 boosts every seen token, so a decoder that counts the padding
+    as seen would boost the pad id in the padded row only (and pick it)."""
+    short, long = "Hello", "The quick brown fox jumps over the lazy dog again and again"
+    for penalty in (0.05, 1.3):
+        cfg = DecodeConfig(max_new_tokens=10, stop_at_eos=False, repetition_penalty=penalty)
+        batched = proxy_generate(trio["base"], [short, long], cfg, trio["expert"], trio["anti"]).tokens
+        alone = [proxy_generate(trio["base"], [p], cfg, trio["expert"], trio["anti"]).tokens[0] for p in (short, long)]
+        assert batched == alone, penalty
+
+
+def test_repetition_penalty_ignores_the_pad_id_unless_it_is_real() -> None:
+    """The pad id's logit is untouched where it only pads, and penalised like any token where it is
+    also a real token of the row; a real token is penalised once however often it occurs."""
+    pad, penalty = 0, 2.0
+    scores = torch.tensor([[4.0, 2.0, -2.0, 1.0], [4.0, 2.0, -2.0, 1.0]])  # (B=2, V=4)
+    ids = torch.tensor([[pad, pad, 2, 2], [pad, 0, 1, 2]])  # (B, L): row 1 has the pad id as a real token
+    mask = torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1]])
+    got = repetition_penalty(scores, ids, mask, penalty)
+    want = torch.tensor([[4.0, 2.0, -4.0, 1.0], [2.0, 1.0, -4.0, 1.0]])
+    torch.testing.assert_close(got, want, rtol=0, atol=0)

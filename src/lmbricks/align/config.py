@@ -168,6 +168,10 @@ class RLJob(_Strict):
     sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig.model_validate({}))
     optim: OptimSection = Field(default_factory=lambda: OptimSection.model_validate({}))
     precision: Precision = Field("auto", description="auto: bf16 autocast over fp32 weights where native")
+    recompute: bool = Field(
+        True,
+        description="recompute each block's activations in the update's backward pass (same gradients, less memory)",
+    )
     checkpoint_every: int = Field(50, gt=0)
     keep_checkpoints: int = Field(2, ge=1)
     seed: int = 0

@@ -38,6 +38,7 @@ class Trainee:
     lora: LoraSection | None
     policy_ref: str
     start: int = 0  # the step a resumed run continues from
+    sampler: Any = None  # the plain LM the policy samples with (:func:`sampling_model`), built once
 
 
 def step_indices(n: int, batch: int, step: int, seed: int) -> list[int]:
@@ -137,6 +138,56 @@ def plain_model(t: Trainee) -> Any:
     from lmbricks.train.lora import merged_model
 
     return merged_model(t.model)
+
+
+def merged_weights(model: Any) -> dict[str, Tensor]:
+    """The policy's parameters as a plain LM's, by the plain LM's names: a LoRA layer's weight is its base
+    weight plus its update (the value PEFT's ``merge`` writes), every other parameter itself (no copy)."""
+    from lmbricks.train.lora import lora_layers
+
+    layers = lora_layers(model)
+    out: dict[str, Tensor] = {}
+    for name, p in model.named_parameters():
+        if ".lora_" in name:
+            continue
+        owner, _, leaf = name.rpartition(".")
+        owner = owner.removesuffix(".base_layer")
+        if owner in layers and leaf == "weight":
+            out[f"{owner}.weight"] = p.detach() + layers[owner].get_delta_weight("default")
+        else:
+            out[f"{owner}.{leaf}"] = p.detach()
+    return out
+
+
+@torch.no_grad()
+def sampling_model(t: Trainee, precision: str) -> Any:
+    """The policy as it samples: a plain LM (LoRA merged) in the inference dtype, kept on the trainee.
+
+    The first call builds it (a merged copy cast once); later calls write the current weights into it in
+    place, layer by layer, so an RL step allocates no second model (an fp32 copy per step, freed and
+    re-allocated, is what grew the process by gigabytes). Its weights equal a fresh merged copy's
+    bit for bit (the same fp32 sum, the same cast).
+
+    Args:
+        t: the trainee.
+        precision: ``bf16`` or ``fp32`` (:func:`lmbricks.runtime.inference_dtype`).
+
+    Returns:
+        The plain LM (eval mode), the same object at every call of a run.
+    """
+    import copy
+
+    from lmbricks.runtime import inference_dtype
+
+    dtype = inference_dtype(precision)  # type: ignore[arg-type]
+    if t.sampler is None or t.sampler.embed.weight.dtype != dtype:
+        m = plain_model(t)
+        t.sampler = (copy.deepcopy(m) if m is t.model else m).to(dtype).eval()
+        return t.sampler
+    dst = dict(t.sampler.named_parameters())
+    for name, value in merged_weights(t.model).items():
+        dst[name].copy_(value)  # fp32 -> dtype: the rounding of ``.to(dtype)``
+    return t.sampler
 
 
 def save_step(t: Trainee, step: int, keep: int, command: str) -> Path:

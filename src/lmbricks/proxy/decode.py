@@ -127,18 +127,27 @@ class _Stream:
         self.fresh += 1
 
 
+def repetition_penalty(scores: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL's repetition penalty over the real tokens of each row only (left padding is not "seen").
+
+    Args:
+        scores: (B, V) next-token logits.
+        ids: (B, L) the sequences so far, left padded.
+        mask: (B, L) 1 on real tokens, 0 on padding.
+        penalty: a seen token's positive logit is divided by it, a negative one multiplied.
+
+    Returns:
+        (B, V) the penalised logits (a new tensor).
+    """
+    seen = torch.zeros_like(scores, dtype=torch.long).scatter_add_(1, ids, mask.long()) > 0  # (B, V)
+    return torch.where(seen, torch.where(scores > 0, scores / penalty, scores * penalty), scores)
+
+
 def _processors(cfg: DecodeConfig) -> Any:
-    from transformers import (
-        LogitsProcessorList,
-        RepetitionPenaltyLogitsProcessor,
-        TemperatureLogitsWarper,
-        TopKLogitsWarper,
-        TopPLogitsWarper,
-    )
+    """The sampling warpers (temperature, top-k, top-p); the repetition penalty is applied apart."""
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
     procs = LogitsProcessorList()
-    if cfg.repetition_penalty != 1.0:
-        procs.append(RepetitionPenaltyLogitsProcessor(cfg.repetition_penalty))
     if cfg.temperature > 0:
         if cfg.temperature != 1.0:
             procs.append(TemperatureLogitsWarper(cfg.temperature))
@@ -220,8 +229,11 @@ class ProxyDecoder:
     def _choose(self) -> torch.Tensor:
         scores = self.next_logits()
         self.last_logits = scores
+        base = self.streams["base"]
+        if self.cfg.repetition_penalty != 1.0:
+            scores = repetition_penalty(scores, base.ids, base.mask, self.cfg.repetition_penalty)
         if len(self.procs):
-            scores = self.procs(self.streams["base"].ids, scores)
+            scores = self.procs(base.ids, scores)
         if self.cfg.temperature > 0:
             probs = torch.softmax(scores, dim=-1)
             tokens = torch.multinomial(probs, 1, generator=self.gen)[:, 0]
