@@ -189,3 +189,49 @@ def test_readme_tour_time_equals_its_json() -> None:
     assert (
         largest == "plugins" and f"the plug-ins section the largest at {round(run['timings_s'][largest])} s" in readme
     )
+
+
+def test_moe_session4_millisecond_ranges_equal_their_jsons() -> None:
+    """The ranges under the session-4 table are the min-max of runs 1-3's ``median_ms`` (dense: the faster anchor)."""
+    text = (DOCS / "moe.md").read_text(encoding="utf-8")
+    runs = [json.loads((DOCS / "bench" / f"moe-session4-run{n}-2026-11-23.json").read_text()) for n in (1, 2, 3)]
+
+    def span(phase: str, pick: str) -> str:
+        values = [
+            min(r["median_ms"][phase]["dense"], r["median_ms"][phase]["dense_fused"])
+            if pick == "dense"
+            else r["median_ms"][phase][pick]
+            for r in runs
+        ]
+        return f"{round(min(values))}-{round(max(values))} ms"
+
+    sentence = " ".join(text.split("Runs 1-3 (their JSONs' `median_ms`): ")[1].split("\n")[:3])
+    assert f"forward ours {span('fwd', 'ours')} against the dense anchor {span('fwd', 'dense')}" in sentence
+    assert f"forward + backward {span('fwdbwd', 'ours').removesuffix(' ms')}" in sentence
+    assert f"against {span('fwdbwd', 'dense')}; HF grouped_mm {span('fwdbwd', 'hf_grouped_mm')}" in sentence
+
+
+def test_plugins_paired_table_and_targets_equal_the_knowledge_json() -> None:
+    """docs/plugins.md's paired table and the figures against the targets are the measured JSON's."""
+    text = (DOCS / "plugins.md").read_text(encoding="utf-8")
+    heading = re.search(r"### Measured on the default model \(`docs/bench/(knowledge[^`]*\.json)`\)", text)
+    assert heading is not None
+    run = json.loads((DOCS / "bench" / heading.group(1)).read_text())
+    rows = _table_rows(text, "| condition | items it gains |")
+    names = {
+        "document in the prompt": "prompt_vs_none",
+        "the document's plug-in": "plugin_vs_none",
+        "the plug-in chosen by BM25": "routed_vs_none",
+    }
+    assert set(rows) == set(names)
+    for row, key in names.items():
+        got = run["paired"][key]
+        gained, lost, p = rows[row]
+        assert (int(gained), int(lost)) == (got["gained"], got["lost"]), row
+        digits = len(p.split(".")[1])
+        assert float(p) == pytest.approx(got["p_sign"], abs=10**-digits / 2 + 1e-9), row
+    assert f"recovers **{round(100 * run['gain_recovered'])}%** of the in-prompt gain" in text
+    assert f"It costs **{round(100 * run['plugin_cpu_vs_prompt'])}%** of the in-prompt CPU time" in text
+    assert f"and {round(100 * run['plugin_tokens_vs_prompt'])}% of its tokens" in text
+    net = run["paired"]["plugin_vs_none"]["gained"] - run["paired"]["plugin_vs_none"]["lost"]
+    assert f"{net} of the {run['paired']['prompt_vs_none']['gained']}\n  items net" in text
