@@ -235,3 +235,24 @@ def test_plugins_paired_table_and_targets_equal_the_knowledge_json() -> None:
     assert f"and {round(100 * run['plugin_tokens_vs_prompt'])}% of its tokens" in text
     net = run["paired"]["plugin_vs_none"]["gained"] - run["paired"]["plugin_vs_none"]["lost"]
     assert f"{net} of the {run['paired']['prompt_vs_none']['gained']}\n  items net" in text
+
+
+def test_grow_perplexity_table_equals_its_results_json() -> None:
+    """docs/grow.md's perplexity table is docs/grow/results.json: each cell's perplexity, its change
+    against the base and each row's mean bits per byte over the five domains."""
+    text = (DOCS / "grow.md").read_text(encoding="utf-8")
+    models = json.loads((DOCS / "grow" / "results.json").read_text())["models"]
+    domains = ["en_prose", "code", "math", "zh", "dialogue"]
+    rows = _table_rows(text, "| model | en_prose | code | math | zh | dialogue | mean bpb |")
+    names = {"TIES of the four bricks": "ties"}
+    assert len(rows) == len(models)
+    for row, cells in rows.items():
+        got = models[names.get(row, row)]
+        for cell, domain in zip(cells[:5], domains, strict=True):
+            ppl = got[domain]["ppl"]
+            assert float(cell.split(" ")[0]) == pytest.approx(ppl, abs=5e-4 + 1e-9), (row, domain)
+            if row != "base":
+                change = 100 * (ppl / models["base"][domain]["ppl"] - 1)
+                assert float(cell.split("(")[1].rstrip("%)")) == pytest.approx(change, abs=0.05 + 1e-9), (row, domain)
+        mean_bpb = sum(got[d]["bpb"] for d in domains) / len(domains)
+        assert float(cells[5]) == pytest.approx(mean_bpb, abs=5e-5 + 1e-9), row
