@@ -12,7 +12,7 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "test_census.py"
 
-MODULE = '''
+MODULE = """
 import torch
 import torch.multiprocessing as mp
 
@@ -43,7 +43,7 @@ def test_error_path():
 
 def test_length_only():
     assert len(out) == 3
-'''
+"""
 
 
 @pytest.fixture(scope="module")
