@@ -1,7 +1,7 @@
 """Per-test mutation coverage: which test functions catch at least one of a listed set of planted bugs.
 
 Usage: python scripts/mutation_coverage.py AREA [AREA ...] [--full | --kill] [--budget-cpu-s N] [--only NAME ...]
-       [--json OUT] [--check]
+       [--tests PATH ...] [--json OUT] [--check]
 
 Each mutant in ``scripts/mutants.json`` is one textual change to one library file (an operator
 swapped, a term dropped, a slice off by one, a flag ignored), written as the exact source it
@@ -16,13 +16,15 @@ JUnit XML) and restores the file. A test *catches* a mutant when it fails or err
 parametrised test counts once (it catches if any of its cases does). The tree itself is never
 modified.
 
-By default each mutant runs only the tests that have caught nothing yet (the question is "does
-every test catch at least one mutant", and that is far cheaper); ``--full`` runs every test against
-every mutant (the whole matrix); ``--kill`` asks the other question, "does the area's suite kill
-each mutant": every test of the area runs with ``-x`` (the baseline's failures deselected), so a
-killed mutant stops at its first failing test (``caught_by`` names it) and the report's
-``killed`` counts the mutants some test failed on. The CPU time of the test processes is counted (``getrusage`` of the
-children) and no mutant starts once ``--budget-cpu-s`` is spent. Prints (and with ``--json`` writes)
+By default each mutant runs only the tests that have caught nothing yet (the question is "does every
+test catch at least one mutant", and that is far cheaper); ``--full`` runs every test against every
+mutant (the whole matrix); ``--kill`` asks the other question, "does the area's suite kill each
+mutant": every test of the area runs with ``-x`` (the baseline's failures deselected), so a killed
+mutant stops at its first failing test (``caught_by`` names it) and the report's ``killed`` counts
+the mutants some test failed on. ``--tests PATH ...`` runs those test paths instead of the area's
+(with ``--kill --only``: do a branch's new test files kill the mutants that survived?). The CPU time
+of the test processes is counted (``getrusage`` of the children) and no mutant starts once
+``--budget-cpu-s`` is spent. Prints (and with ``--json`` writes)
 ``{"areas": {area: {"tests": {test: [mutants caught]}, "uncaught_tests": [...], "mutants": {name:
 {"caught_by": [...], "cpu_s": ..., "status": ...}}, "cpu_s": ...}}}``.
 """
@@ -151,10 +153,19 @@ def _selection(tests: dict[str, list[str]], full: bool, dirs: tuple[str, ...]) -
 
 
 def run_area(
-    area: str, mutants: list[Mutant], full: bool, budget: float, work: Path, kill: bool = False
+    area: str,
+    mutants: list[Mutant],
+    full: bool,
+    budget: float,
+    work: Path,
+    kill: bool = False,
+    tests_only: tuple[str, ...] | None = None,
 ) -> dict[str, object]:
-    """Baseline, then every mutant of ``area`` (see the module docstring). Returns the area's report."""
-    dirs = AREAS[area]
+    """Baseline, then every mutant of ``area`` (see the module docstring). Returns the area's report.
+
+    ``tests_only`` replaces the area's pytest arguments (e.g. only the test files a branch added).
+    """
+    dirs = tests_only or AREAS[area]
     copy = work / "src"
     if not copy.exists():
         shutil.copytree(ROOT / "src", copy, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
@@ -166,7 +177,7 @@ def run_area(
     report: dict[str, object] = {"baseline_failures": failures}
     report["baseline_cpu_s"] = round(cpu, 1)
     spent, timeout = cpu, max(300.0, 4 * wall)  # wall: the machine is shared, its load moves
-    results: dict[str, object] = {}
+    results: dict[str, dict[str, object]] = {}
     deselect = tuple(failures) if kill else None
     for m in mutants:
         todo = list(dirs) if kill else _selection(tests, full, dirs)
@@ -187,7 +198,7 @@ def run_area(
         results[m.name] = {"caught_by": caught, "tests_run": len(todo), "cpu_s": round(cpu, 1), "status": status}
         # one JSON line per mutant on stderr: a run stopped early still leaves what it found
         print(json.dumps({"area": area, "mutant": m.name, **results[m.name]}), file=sys.stderr, flush=True)
-    ran = [r for r in results.values() if isinstance(r, dict) and "caught_by" in r]
+    ran = [r for r in results.values() if "caught_by" in r]
     report |= {
         "mode": "kill (-x)" if kill else "full" if full else "until each test caught one",
         "killed": sum(bool(r["caught_by"]) for r in ran),
@@ -208,6 +219,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     mode.add_argument("--kill", action="store_true", help="whether the area's suite kills each mutant (pytest -x)")
     ap.add_argument("--budget-cpu-s", type=float, default=900.0, help="no mutant starts past this CPU time, per area")
     ap.add_argument("--only", nargs="*", default=None, help="run only the mutants with these names")
+    ap.add_argument("--tests", nargs="*", default=None, help="run these test paths instead of the area's")
     ap.add_argument("--json", type=Path, default=None, help="also write the report here")
     ap.add_argument("--check", action="store_true", help="only check that every mutant applies to the tree")
     args = ap.parse_args(argv)
@@ -225,7 +237,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="lmbricks-mutants-") as tmp:
         for area in args.areas:
             chosen = [m for m in mutants.get(area, []) if args.only is None or m.name in args.only]
-            areas[area] = run_area(area, chosen, args.full, args.budget_cpu_s, Path(tmp), kill=args.kill)
+            tests_only = tuple(args.tests) if args.tests else None
+            areas[area] = run_area(area, chosen, args.full, args.budget_cpu_s, Path(tmp), args.kill, tests_only)
     report["areas"] = areas
     text = json.dumps(report, indent=1)
     print(text)
