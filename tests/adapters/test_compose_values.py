@@ -1,8 +1,8 @@
 """LoRA composition and extraction maths on hand-computed cases (issue #22; tests/MUTATIONS.md).
 
-Each test names, in its docstring, the planted bug of ``scripts/mutants.json`` (area ``adapters``)
-the older tests let through and this one catches. Factors are built by hand (no files), but for
-the extraction check on the tiny Llama.
+Each test names, in its docstring, the planted bugs of ``scripts/mutants.json`` (area ``adapters``)
+it catches; tests/MUTATIONS.md lists which of them main's tests let through. Factors are built by
+hand (no files), but for the extraction check on the tiny Llama.
 """
 
 from __future__ import annotations

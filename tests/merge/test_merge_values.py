@@ -1,7 +1,7 @@
 """Merge maths on hand-computed cases (issue #22; tests/MUTATIONS.md).
 
-Each test names, in its docstring, the planted bug of ``scripts/mutants.json`` (area ``merge``) the
-older tests let through and this one catches.
+Each test names, in its docstring, the planted bugs of ``scripts/mutants.json`` (area ``merge``)
+it catches; tests/MUTATIONS.md lists which of them main's tests let through.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """MoEfication maths checked against hand-computed cases and identities (issue #22; tests/MUTATIONS.md).
 
-Each test names, in its docstring, the planted bug of ``scripts/mutants.json`` (area ``moefy``) the
-older tests let through and this one catches.
+Each test names, in its docstring, the planted bugs of ``scripts/mutants.json`` (area ``moefy``)
+it catches; tests/MUTATIONS.md lists which of them main's tests let through.
 """
 
 from __future__ import annotations
