@@ -1,13 +1,14 @@
 """Per-test mutation coverage: which test functions catch at least one of a listed set of planted bugs.
 
-Usage: python scripts/mutation_coverage.py AREA [AREA ...] [--full] [--budget-cpu-s N] [--only NAME ...]
-       [--json OUT] [--check]
+Usage: python scripts/mutation_coverage.py AREA [AREA ...] [--full | --kill] [--budget-cpu-s N] [--only NAME ...]
+       [--tests PATH ...] [--json OUT] [--check]
 
 Each mutant in ``scripts/mutants.json`` is one textual change to one library file (an operator
 swapped, a term dropped, a slice off by one, a flag ignored), written as the exact source it
 replaces, so the list breaks loudly (``--check``, and ``tests/test_mutation_coverage.py``) when the
 code moves. For
-an AREA (``proxy``, ``moe``) the script copies ``src/`` once to a temporary directory, runs the
+an AREA (``proxy``, ``moe``, ``merge``, ``moefy``, ``adapters``) the script copies ``src/`` once to
+a temporary directory, runs the
 area's tests there unmodified (the baseline: a test failing there is left out), then for each
 mutant writes the changed file into the copy, runs the tests with ``PYTHONPATH`` pointing at the
 copy (one thread, ``-m "not integration"``, no bytecode cache, per-test outcomes read from pytest's
@@ -15,10 +16,15 @@ JUnit XML) and restores the file. A test *catches* a mutant when it fails or err
 parametrised test counts once (it catches if any of its cases does). The tree itself is never
 modified.
 
-By default each mutant runs only the tests that have caught nothing yet (the question is "does
-every test catch at least one mutant", and that is far cheaper); ``--full`` runs every test against
-every mutant (the whole matrix). The CPU time of the test processes is counted (``getrusage`` of the
-children) and no mutant starts once ``--budget-cpu-s`` is spent. Prints (and with ``--json`` writes)
+By default each mutant runs only the tests that have caught nothing yet (the question is "does every
+test catch at least one mutant", and that is far cheaper); ``--full`` runs every test against every
+mutant (the whole matrix); ``--kill`` asks the other question, "does the area's suite kill each
+mutant": every test of the area runs with ``-x`` (the baseline's failures deselected), so a killed
+mutant stops at its first failing test (``caught_by`` names it) and the report's ``killed`` counts
+the mutants some test failed on. ``--tests PATH ...`` runs those test paths instead of the area's
+(with ``--kill --only``: do a branch's new test files kill the mutants that survived?). The CPU time
+of the test processes is counted (``getrusage`` of the children) and no mutant starts once
+``--budget-cpu-s`` is spent. Prints (and with ``--json`` writes)
 ``{"areas": {area: {"tests": {test: [mutants caught]}, "uncaught_tests": [...], "mutants": {name:
 {"caught_by": [...], "cpu_s": ..., "status": ...}}, "cpu_s": ...}}}``.
 """
@@ -57,6 +63,9 @@ AREAS: dict[str, tuple[str, ...]] = {
     "proxy": ("tests/proxy",),
     "moe": ("tests/moe", "--ignore=tests/moe/test_expert_parallel.py"),
     "moe-parallel": ("tests/moe/test_expert_parallel.py",),
+    "merge": ("tests/merge",),
+    "moefy": ("tests/moefy",),
+    "adapters": ("tests/adapters",),
 }
 MUTANTS_FILE = ROOT / "scripts" / "mutants.json"
 
@@ -111,13 +120,19 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _pytest(copy: Path, tests: list[str], junit: Path, timeout: float) -> tuple[dict[str, bool], float, float, str]:
+def _pytest(
+    copy: Path, tests: list[str], junit: Path, timeout: float, first_failure: tuple[str, ...] | None = None
+) -> tuple[dict[str, bool], float, float, str]:
     """Run ``tests`` against the library in ``copy``: (outcomes, CPU seconds, wall seconds, status).
 
-    A run past ``timeout`` (wall) is killed: status ``timeout``, no outcomes (a hang is no test's catch).
+    With ``first_failure`` (the node ids to deselect: the baseline's failures) pytest stops at the
+    first failing test (``-x``). A run past ``timeout`` (wall) is killed: status ``timeout``, no
+    outcomes (a hang is no test's catch).
     """
     env = dict(os.environ, PYTHONPATH=str(copy), OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not integration"]
+    if first_failure is not None:
+        cmd += ["-x", *(f"--deselect={t}" for t in first_failure)]
     cmd += ["-o", "addopts=", f"--junitxml={junit}", *tests]
     junit.unlink(missing_ok=True)  # never read the previous run's outcomes
     before, start = _children_cpu(), time.monotonic()
@@ -137,9 +152,20 @@ def _selection(tests: dict[str, list[str]], full: bool, dirs: tuple[str, ...]) -
     return sorted(t for t, caught in tests.items() if not caught)
 
 
-def run_area(area: str, mutants: list[Mutant], full: bool, budget: float, work: Path) -> dict[str, object]:
-    """Baseline, then every mutant of ``area`` (see the module docstring). Returns the area's report."""
-    dirs = AREAS[area]
+def run_area(
+    area: str,
+    mutants: list[Mutant],
+    full: bool,
+    budget: float,
+    work: Path,
+    kill: bool = False,
+    tests_only: tuple[str, ...] | None = None,
+) -> dict[str, object]:
+    """Baseline, then every mutant of ``area`` (see the module docstring). Returns the area's report.
+
+    ``tests_only`` replaces the area's pytest arguments (e.g. only the test files a branch added).
+    """
+    dirs = tests_only or AREAS[area]
     copy = work / "src"
     if not copy.exists():
         shutil.copytree(ROOT / "src", copy, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
@@ -147,12 +173,14 @@ def run_area(area: str, mutants: list[Mutant], full: bool, budget: float, work: 
     if status != "ran" or not base:
         raise SystemExit(f"{area}: the baseline did not run ({status})")
     tests: dict[str, list[str]] = {t: [] for t, failed in base.items() if not failed}
-    report: dict[str, object] = {"baseline_failures": sorted(t for t, f in base.items() if f)}
+    failures = sorted(t for t, f in base.items() if f)
+    report: dict[str, object] = {"baseline_failures": failures}
     report["baseline_cpu_s"] = round(cpu, 1)
     spent, timeout = cpu, max(300.0, 4 * wall)  # wall: the machine is shared, its load moves
-    results: dict[str, object] = {}
+    results: dict[str, dict[str, object]] = {}
+    deselect = tuple(failures) if kill else None
     for m in mutants:
-        todo = _selection(tests, full, dirs)
+        todo = list(dirs) if kill else _selection(tests, full, dirs)
         if not todo or spent > budget:
             results[m.name] = {"status": "not run (budget)" if todo else "not run (every test caught one)"}
             continue
@@ -160,7 +188,7 @@ def run_area(area: str, mutants: list[Mutant], full: bool, budget: float, work: 
         original = file.read_text(encoding="utf-8")
         file.write_text(original.replace(m.old, m.new, 1), encoding="utf-8")
         try:
-            out, cpu, _wall, status = _pytest(copy, todo, work / f"{area}-mutant.xml", timeout)
+            out, cpu, _wall, status = _pytest(copy, todo, work / f"{area}-mutant.xml", timeout, deselect)
         finally:
             file.write_text(original, encoding="utf-8")
         caught = sorted(t for t, failed in out.items() if failed and t in tests)
@@ -170,8 +198,11 @@ def run_area(area: str, mutants: list[Mutant], full: bool, budget: float, work: 
         results[m.name] = {"caught_by": caught, "tests_run": len(todo), "cpu_s": round(cpu, 1), "status": status}
         # one JSON line per mutant on stderr: a run stopped early still leaves what it found
         print(json.dumps({"area": area, "mutant": m.name, **results[m.name]}), file=sys.stderr, flush=True)
+    ran = [r for r in results.values() if "caught_by" in r]
     report |= {
-        "mode": "full" if full else "until each test caught one",
+        "mode": "kill (-x)" if kill else "full" if full else "until each test caught one",
+        "killed": sum(bool(r["caught_by"]) for r in ran),
+        "mutants_run": len(ran),
         "tests": tests,
         "uncaught_tests": sorted(t for t, caught in tests.items() if not caught),
         "mutants": results,
@@ -183,9 +214,12 @@ def run_area(area: str, mutants: list[Mutant], full: bool, budget: float, work: 
 def main(argv: list[str] | None = None) -> dict[str, object]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("areas", nargs="+", choices=sorted(AREAS))
-    ap.add_argument("--full", action="store_true", help="every test against every mutant (the whole matrix)")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--full", action="store_true", help="every test against every mutant (the whole matrix)")
+    mode.add_argument("--kill", action="store_true", help="whether the area's suite kills each mutant (pytest -x)")
     ap.add_argument("--budget-cpu-s", type=float, default=900.0, help="no mutant starts past this CPU time, per area")
     ap.add_argument("--only", nargs="*", default=None, help="run only the mutants with these names")
+    ap.add_argument("--tests", nargs="*", default=None, help="run these test paths instead of the area's")
     ap.add_argument("--json", type=Path, default=None, help="also write the report here")
     ap.add_argument("--check", action="store_true", help="only check that every mutant applies to the tree")
     args = ap.parse_args(argv)
@@ -203,7 +237,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="lmbricks-mutants-") as tmp:
         for area in args.areas:
             chosen = [m for m in mutants.get(area, []) if args.only is None or m.name in args.only]
-            areas[area] = run_area(area, chosen, args.full, args.budget_cpu_s, Path(tmp))
+            tests_only = tuple(args.tests) if args.tests else None
+            areas[area] = run_area(area, chosen, args.full, args.budget_cpu_s, Path(tmp), args.kill, tests_only)
     report["areas"] = areas
     text = json.dumps(report, indent=1)
     print(text)

@@ -2,11 +2,13 @@
 
 Usage: python scripts/test_census.py [TESTS_DIR] [--by-dir] [--list smoke|strong|error-path] [--json]
 
-The rule (static, on each ``test_*`` function's AST and on the functions of the same module it calls,
-which count as part of it):
+The rule (static, on each ``test_*`` function's AST and on the functions of the same module it calls
+or hands to a call, which count as part of it: a worker run in other processes by
+``mp.spawn(_worker, ...)``, ``Process(target=_worker)`` or a thread or pool, asserts for the test):
 - **strong**: it compares a value with an expected one: a call to ``assert_close``, ``allclose``,
-  ``isclose``, ``equal`` (``torch.equal``), ``approx``, ``assert_allclose`` or
-  ``assert_array_equal``, or an ``assert`` with ``==``, ``<``, ``<=``, ``>``, ``>=`` or ``!=``
+  ``isclose``, ``equal`` (``torch.equal``), ``approx``, ``assert_allclose``,
+  ``assert_array_equal``, ``gradcheck`` or ``gradgradcheck`` (``torch.autograd``'s comparison of
+  analytic with numerical gradients), or an ``assert`` with ``==``, ``<``, ``<=``, ``>``, ``>=`` or ``!=``
   between two operands of which neither is a bare ``exit_code``/``returncode`` check against 0, a
   ``len(...)``, ``.exists()``, ``isinstance`` or a string/None/bool literal (those state a shape of the
   result, not its value).
@@ -26,7 +28,10 @@ import json
 from collections import Counter
 from pathlib import Path
 
-VALUE_CALLS = {"assert_close", "allclose", "isclose", "equal", "approx", "assert_allclose", "assert_array_equal"}
+VALUE_CALLS = {
+    "assert_close", "allclose", "isclose", "equal", "approx", "assert_allclose", "assert_array_equal", "gradcheck",
+    "gradgradcheck",
+}  # fmt: skip
 ERROR_CALLS = {"raises", "warns"}
 ORDER_OPS = (ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE)
 STATUS_NAMES = {"exit_code", "returncode"}
@@ -64,15 +69,22 @@ def _status_failure(cmp: ast.Compare) -> bool:
 Function = ast.FunctionDef | ast.AsyncFunctionDef
 
 
+def _called(call: ast.Call) -> list[str]:
+    """Names a call runs: its target, and the bare names it is handed (``spawn(_worker)``, ``target=_worker``)."""
+    names = [call.func.id] if isinstance(call.func, ast.Name) else []
+    args = [*call.args, *(k.value for k in call.keywords)]
+    return names + [a.id for a in args if isinstance(a, ast.Name)]
+
+
 def _own(fn: Function, helpers: dict[str, Function]) -> list[Function]:
-    """``fn`` and the module-level functions it calls, transitively."""
+    """``fn`` and the module-level functions it calls or hands to a call (a worker), transitively."""
     seen, todo = {fn.name: fn}, [fn]
     while todo:
         for node in ast.walk(todo.pop()):
-            name = node.func.id if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) else ""
-            if name in helpers and name not in seen:
-                seen[name] = helpers[name]
-                todo.append(helpers[name])
+            for name in _called(node) if isinstance(node, ast.Call) else []:
+                if name in helpers and name not in seen:
+                    seen[name] = helpers[name]
+                    todo.append(helpers[name])
     return list(seen.values())
 
 

@@ -189,3 +189,71 @@ def test_readme_tour_time_equals_its_json() -> None:
     assert (
         largest == "plugins" and f"the plug-ins section the largest at {round(run['timings_s'][largest])} s" in readme
     )
+
+
+def test_moe_session4_millisecond_ranges_equal_their_jsons() -> None:
+    """The ranges under the session-4 table are the min-max of runs 1-3's ``median_ms`` (dense: the faster anchor)."""
+    text = (DOCS / "moe.md").read_text(encoding="utf-8")
+    runs = [json.loads((DOCS / "bench" / f"moe-session4-run{n}-2026-11-23.json").read_text()) for n in (1, 2, 3)]
+
+    def span(phase: str, pick: str) -> list[int]:
+        ms = [r["median_ms"][phase] for r in runs]
+        values = [min(m["dense"], m["dense_fused"]) if pick == "dense" else m[pick] for m in ms]
+        return [round(min(values)), round(max(values))]
+
+    sentence = " ".join(text.split("Runs 1-3 (their JSONs' `median_ms`): ")[1].split("\n")[:3])
+    pattern = (
+        r"forward ours (\d+)-(\d+) ms against the dense anchor (\d+)-(\d+) ms; forward \+ backward (\d+)-(\d+) ms "
+        r"against (\d+)-(\d+) ms; HF grouped_mm (\d+)-(\d+) ms"
+    )
+    found = re.search(pattern, sentence)
+    assert found is not None, sentence
+    want = span("fwd", "ours") + span("fwd", "dense") + span("fwdbwd", "ours") + span("fwdbwd", "dense")
+    assert [int(g) for g in found.groups()] == want + span("fwdbwd", "hf_grouped_mm")
+
+
+def test_plugins_paired_table_and_targets_equal_the_knowledge_json() -> None:
+    """docs/plugins.md's paired table and the figures against the targets are the measured JSON's."""
+    text = (DOCS / "plugins.md").read_text(encoding="utf-8")
+    heading = re.search(r"### Measured on the default model \(`docs/bench/(knowledge[^`]*\.json)`\)", text)
+    assert heading is not None
+    run = json.loads((DOCS / "bench" / heading.group(1)).read_text())
+    rows = _table_rows(text, "| condition | items it gains |")
+    names = {
+        "document in the prompt": "prompt_vs_none",
+        "the document's plug-in": "plugin_vs_none",
+        "the plug-in chosen by BM25": "routed_vs_none",
+    }
+    assert set(rows) == set(names)
+    for row, key in names.items():
+        got = run["paired"][key]
+        gained, lost, p = rows[row]
+        assert (int(gained), int(lost)) == (got["gained"], got["lost"]), row
+        digits = len(p.split(".")[1])
+        assert float(p) == pytest.approx(got["p_sign"], abs=10**-digits / 2 + 1e-9), row
+    assert f"recovers **{round(100 * run['gain_recovered'])}%** of the in-prompt gain" in text
+    assert f"It costs **{round(100 * run['plugin_cpu_vs_prompt'])}%** of the in-prompt CPU time" in text
+    assert f"and {round(100 * run['plugin_tokens_vs_prompt'])}% of its tokens" in text
+    net = run["paired"]["plugin_vs_none"]["gained"] - run["paired"]["plugin_vs_none"]["lost"]
+    assert f"{net} of the {run['paired']['prompt_vs_none']['gained']}\n  items net" in text
+
+
+def test_grow_perplexity_table_equals_its_results_json() -> None:
+    """docs/grow.md's perplexity table is docs/grow/results.json: each cell's perplexity, its change
+    against the base and each row's mean bits per byte over the five domains."""
+    text = (DOCS / "grow.md").read_text(encoding="utf-8")
+    models = json.loads((DOCS / "grow" / "results.json").read_text())["models"]
+    domains = ["en_prose", "code", "math", "zh", "dialogue"]
+    rows = _table_rows(text, "| model | en_prose | code | math | zh | dialogue | mean bpb |")
+    names = {"TIES of the four bricks": "ties"}
+    assert len(rows) == len(models)
+    for row, cells in rows.items():
+        got = models[names.get(row, row)]
+        for cell, domain in zip(cells[:5], domains, strict=True):
+            ppl = got[domain]["ppl"]
+            assert float(cell.split(" ")[0]) == pytest.approx(ppl, abs=5e-4 + 1e-9), (row, domain)
+            if row != "base":
+                change = 100 * (ppl / models["base"][domain]["ppl"] - 1)
+                assert float(cell.split("(")[1].rstrip("%)")) == pytest.approx(change, abs=0.05 + 1e-9), (row, domain)
+        mean_bpb = sum(got[d]["bpb"] for d in domains) / len(domains)
+        assert float(cells[5]) == pytest.approx(mean_bpb, abs=5e-5 + 1e-9), row
