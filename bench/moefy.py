@@ -40,7 +40,7 @@ SwiGLU model), ``ffn_speedup_25pct_relufied`` (zero-skipping where it pays), ``h
 and ``details_relufied``; ``--relufied-only`` skips the source's conversion (its keys are then null).
 ``--heal-precision bf16`` heals under bf16 autocast (more tokens in the same minutes).
 
-``--shared-experts S [--active A]`` runs only the shared-experts comparison (bench/moefy_shared.py):
+``--shared-experts S [--active A]`` runs only the shared-experts comparison (bench/moefy_shared_workers.py):
 the model cut with no shared expert at K = A and with S shared experts at K = A - S, router and
 oracle perplexity change at the same A active experts per token (``ppl_change_router_shared``,
 ``ppl_change_router_no_shared``, ``ppl_change_oracle_*``); no timing, no healing.
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     clock = Clock()
     if args.shared_experts:
-        from moefy_shared import shared_run
+        from moefy_shared_workers import shared_run
 
         return _emit(shared_run(args, clock), argv)
     e = args.experts
