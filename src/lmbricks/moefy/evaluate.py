@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from lmbricks.analysis.corpus import perplexities, relative_change
+from lmbricks.hub.hf_compat import output_cache, with_cache
 from lmbricks.moefy.convert import mean_fraction, moefied_layers, set_routing
 
 
@@ -246,9 +247,9 @@ def greedy_decoder(model: nn.Module, prompt: Tensor, steps: int) -> Callable[[],
 
     def run() -> None:
         out = model(input_ids=prompt, use_cache=True)
-        past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        past, nxt = output_cache(out), out.logits[:, -1:].argmax(-1)
         for _ in range(steps):
-            out = model(input_ids=nxt, past_key_values=past, use_cache=True)
-            past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            out = model(input_ids=nxt, use_cache=True, **with_cache(past))
+            past, nxt = output_cache(out), out.logits[:, -1:].argmax(-1)
 
     return run
