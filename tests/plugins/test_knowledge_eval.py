@@ -88,6 +88,9 @@ def test_eval_cli_end_to_end(tmp_path: Path) -> None:
     assert again.exit_code == 0, again.output
     second = json.loads((tmp_path / "run2" / "result.json").read_text())
     assert second["outcomes"] == result["outcomes"] and not (tmp_path / "run2" / "plugins").exists()
+    # the record names the plug-ins' training (2 steps), not this command line's default steps
+    recipe = json.loads((tmp_path / "run2" / "lmbricks.json").read_text())["recipe"]
+    assert recipe["train"]["steps"] == 2 and recipe["trained"] == "plugins"
     (tmp_path / "cron.txt").write_text(DOCS["cron"] + " One more sentence about the crontab file.")
     other = runner.invoke(app, ["plugins", "knowledge", "eval", str(base), "-o", str(tmp_path / "run3"), *files,
                                 "--trained", trained])  # fmt: skip

@@ -120,6 +120,14 @@ def _check_trained(path: Path, train: dict[str, str]) -> Path:
     return path
 
 
+def _trained_recipe(path: Path) -> dict[str, Any]:
+    """The training recipe (LoRA settings, shuffled copies) recorded by the run that trained ``path``'s plug-ins."""
+    from lmbricks.checkpoint import PROVENANCE_FILE
+
+    recipe = json.loads((path / PROVENANCE_FILE).read_text(encoding="utf-8")).get("recipe") or {}
+    return {"train": recipe.get("train"), "shuffled": recipe.get("shuffled")}
+
+
 def run_knowledge_eval(job: KnowledgeEvalJob, command: str, progress: Progress) -> dict[str, Any]:
     """Train a plug-in per section on its training part, then score the cloze items in the four conditions.
 
@@ -149,11 +157,14 @@ def run_knowledge_eval(job: KnowledgeEvalJob, command: str, progress: Progress) 
         result = summarise(tallies, items)
         (tmp / "items.json").write_text(json.dumps([vars(i) for i in items], indent=1) + "\n")
         (tmp / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+        # with --trained, the plug-ins' own recipe, not this command line's (unused) training flags
+        trained = {"train": job.lora.model_dump(mode="json"), "shuffled": job.shuffled}
+        if job.trained is not None:
+            trained = _trained_recipe(kb)
         recipe = {
-            "train": job.lora.model_dump(mode="json"),
+            **trained,
             "sections": list(job.sections),
             "held_every": job.held_every,
-            "shuffled": job.shuffled,
             "trained": Path(job.trained).name if job.trained is not None else None,  # a name, not a machine path
         }
         write_provenance(tmp, command=command, recipe=recipe, inputs={"base": base_model(job.model).path})
