@@ -51,22 +51,33 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: ranks[id(item)])  # stable: the order within each group is kept
 
 
-#: Process CPU seconds of each test (setup to teardown), written when LMBRICKS_TEST_CPU_JSON names a file.
-_CPU_SECONDS: dict[str, float] = {}
+#: Per test (setup to teardown): its process's CPU seconds, those of the child processes it waited for
+#: (torchrun ranks, CLI and mergekit subprocesses: they load the same cores), and wall seconds. Written
+#: when LMBRICKS_TEST_CPU_JSON names a file.
+_CPU_SECONDS: dict[str, dict[str, float]] = {}
+
+
+def _clocks() -> tuple[float, float, float]:
+    """(own CPU, reaped children's CPU, wall) seconds of this process so far."""
+    import os
+    import time
+
+    t = os.times()
+    return t.user + t.system, t.children_user + t.children_system, time.perf_counter()
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
-    """Time each test on the process's CPU clock (steadier than the wall clock on a shared machine)."""
-    import time
-
-    start = time.process_time()
+    """Time each test on the CPU clocks (steadier than the wall clock on a shared machine) and the wall clock."""
+    start = _clocks()
     yield
-    _CPU_SECONDS[item.nodeid] = round(time.process_time() - start, 2)
+    own, children, wall = (round(b - a, 2) for a, b in zip(start, _clocks(), strict=True))
+    _CPU_SECONDS[item.nodeid] = {"cpu_s": round(own + children, 2), "children_cpu_s": children, "wall_s": wall}
 
 
 def pytest_sessionfinish() -> None:
-    """Write ``{nodeid: CPU seconds}`` to $LMBRICKS_TEST_CPU_JSON (one file per xdist worker: ``.gw0`` ...)."""
+    """Write ``{"tests": {nodeid: {cpu_s, children_cpu_s, wall_s}}}`` to $LMBRICKS_TEST_CPU_JSON, the most costly
+    first (one file per xdist worker: ``.gw0`` ...); ``cpu_s`` counts the test's child processes too."""
     import json
     import os
 
@@ -74,8 +85,9 @@ def pytest_sessionfinish() -> None:
     if path and _CPU_SECONDS:
         worker = os.environ.get("PYTEST_XDIST_WORKER")
         target = Path(f"{path}.{worker}" if worker else path)
-        ranked = dict(sorted(_CPU_SECONDS.items(), key=lambda kv: -kv[1]))
-        target.write_text(json.dumps({"total_cpu_s": round(sum(ranked.values()), 1), "tests": ranked}, indent=1))
+        ranked = dict(sorted(_CPU_SECONDS.items(), key=lambda kv: -kv[1]["cpu_s"]))
+        total = round(sum(v["cpu_s"] for v in ranked.values()), 1)
+        target.write_text(json.dumps({"total_cpu_s": total, "tests": ranked}, indent=1))
 
 
 @pytest.fixture(scope="session")

@@ -88,9 +88,12 @@ def save_tiny_model(
     """
     from transformers import AutoModelForCausalLM
 
+    from lmbricks.hub.hf_compat import quiet_loading
+
     torch.manual_seed(seed)
     if perturb_from is not None:
-        model = AutoModelForCausalLM.from_pretrained(perturb_from, dtype=torch.float32)
+        with quiet_loading():
+            model = AutoModelForCausalLM.from_pretrained(perturb_from, dtype=torch.float32)
     else:
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     if noise:
@@ -101,6 +104,7 @@ def save_tiny_model(
     model = model.to(dtype)  # type: ignore[arg-type]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
+    with quiet_loading():
+        model.save_pretrained(out)
     build_tiny_tokenizer(model.config.vocab_size).save_pretrained(out)
     return out

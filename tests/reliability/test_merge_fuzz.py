@@ -269,6 +269,9 @@ def test_merge_recipes_fuzz(pool: dict[str, Path], tmp_path: Path, monkeypatch: 
     # CPU, a fifth of a recipe here); this test builds it once and gives the same command every time.
     command = typer.main.get_command(app)
     monkeypatch.setattr(typer.testing, "_get_command", lambda _app: command)
+    # Its own hash cache: each merge reads and rewrites $LMBRICKS_HOME/hashes.json whole (the shared one held
+    # 1 MB of other runs' entries), and the fuzz has no business rewriting a user's cache.
+    monkeypatch.setenv("LMBRICKS_HOME", str(tmp_path / "home"))
     work = tmp_path / "work"
     work.mkdir()
     missing = tmp_path / "no-such-model"

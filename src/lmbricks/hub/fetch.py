@@ -19,6 +19,7 @@ import lmbricks.paths as paths
 from lmbricks.checkpoint.atomic import clean_stale_temps
 from lmbricks.checkpoint.identity import file_sha256 as sha256_file  # the one file hasher
 from lmbricks.errors import FetchError
+from lmbricks.hub.hf_compat import quiet_loading
 from lmbricks.hub.registry import ModelSpec, WheelPart
 
 Progress = Callable[[str], None]
@@ -169,7 +170,8 @@ def convert_gguf(
             dtype=torch.bfloat16,
         )
         progress("saving safetensors")
-        model.save_pretrained(tmp)
+        with quiet_loading():  # one shard: a bar among the fetch's own progress lines is noise
+            model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         del model
         progress("checking the converted tensors")

@@ -4,6 +4,7 @@ transformers 5 renamed a model's ``past_key_values`` argument and output to ``ca
 still works, with a FutureWarning and a logged note on every process); older versions know only
 ``past_key_values``. PEFT (0.21) still reads a transformers model's deprecated
 ``is_gradient_checkpointing`` property when it wraps a model: a warning no call of ours can avoid.
+transformers' own progress bars are switched off around our loads and saves (:func:`quiet_loading`).
 """
 
 from __future__ import annotations
@@ -50,3 +51,25 @@ def peft_wrapping() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         yield
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """transformers' progress bars ("Loading weights", "Writing model shards") off for the calls inside.
+
+    A one-second load printed a bar in the middle of a tour's or a command's output; lmbricks shows its own
+    progress where a step takes long. Only the calls inside are silenced: the switch is put back as it was
+    (transformers' and huggingface_hub's alike), so a user's own transformers calls keep their bars.
+    """
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    was_on, hub_was_off = hf_logging.is_progress_bar_enabled(), are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()  # turns huggingface_hub's bars back on too ...
+        if hub_was_off:
+            disable_progress_bars()  # ... unless they were off before

@@ -8,6 +8,7 @@ from typing import Any
 import lmbricks.paths as paths
 from lmbricks.errors import ConfigError
 from lmbricks.hub.fetch import Progress, _quiet, convert_gguf, fetch_model, sha256_file
+from lmbricks.hub.hf_compat import quiet_loading
 from lmbricks.hub.registry import REGISTRY, get_spec
 from lmbricks.hub.threshold import activation_threshold, restore_threshold
 
@@ -109,7 +110,8 @@ def load_hf_model(
 
     path = resolve_model(ref)
     verify_checkpoint(path, allow_pickle)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, weights_only=True)
+    with quiet_loading():
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, weights_only=True)
     restore_threshold(model, activation_threshold(path))  # a ReLU-fied model's FATReLU, not plain relu
     model.eval()
     return model, AutoTokenizer.from_pretrained(path)

@@ -33,6 +33,7 @@ from lmbricks.checkpoint import (
     write_provenance,
 )
 from lmbricks.errors import CheckpointError, ConfigError
+from lmbricks.hub.hf_compat import quiet_loading
 from lmbricks.hub.threshold import FATReLU, restore_threshold
 from lmbricks.moefy.config import MoefyConfig
 from lmbricks.moefy.convert import _parent, moefied_layers
@@ -190,7 +191,8 @@ def load_moefied(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[
     kind = MOEFY_ROUTERS.get(section["router"])
     if kind is None:
         raise CheckpointError(f"{path}: unknown router {section['router']!r} (known: {', '.join(MOEFY_ROUTERS)})")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
+    with quiet_loading():
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
     restore_threshold(model, float(section.get("activation_threshold") or 0.0))  # before the FFNs are read
     extra = load_file(str(path / ROUTER_FILE))
     blocks = find_ffns(model)

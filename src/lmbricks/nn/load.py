@@ -100,9 +100,11 @@ def load_model(
         from transformers import AutoModelForCausalLM
 
         from lmbricks.checkpoint import verify_checkpoint
+        from lmbricks.hub.hf_compat import quiet_loading
 
         verify_checkpoint(path, allow_pickle)
-        hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto", weights_only=True)
+        with quiet_loading():
+            hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto", weights_only=True)
         hf_model = hf_model.to(torch.device(device)).eval()  # type: ignore[arg-type]
         return hf_model, _tokenizer(path)
     cfg = lm_config_of(hf)
