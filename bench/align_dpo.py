@@ -64,8 +64,9 @@ def dpo(recompute: bool, pairs: int, threads: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     import os
 
-    import lmbricks
     from harness import Workload, alternate
+
+    import lmbricks
 
     lmbricks.tune_process()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
