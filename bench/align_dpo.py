@@ -76,8 +76,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = ap.parse_args(argv)
     kw = {"pairs": args.pairs, "threads": args.threads}
-    runs = alternate({"recompute": Workload(__file__, "dpo", {**kw, "recompute": True}),
-                      "keep": Workload(__file__, "dpo", {**kw, "recompute": False})}, args.rounds)  # fmt: skip
+    runs = alternate({"recompute": Workload(__file__, dpo.__name__, {**kw, "recompute": True}),
+                      "keep": Workload(__file__, dpo.__name__, {**kw, "recompute": False})}, args.rounds)  # fmt: skip
     result = {side: {k: max(r[k] for r in rs) for k in ("step_peak_rss_gb", "rss_before_step_gb", "step_cpu_s")}
               for side, rs in runs.items()}  # fmt: skip
     result |= {"runs": runs, "pairs": args.pairs, "threads": args.threads, "lora_rank": 8, "precision": "bf16",
