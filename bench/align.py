@@ -12,12 +12,16 @@ Two workloads, each in its own fresh process per round (bench/harness.py), the o
   repeated ``--samples`` times, left-padded) in one batch, up to the same number of new tokens.
 
 ``sampling_vs_generate`` is RL sampling's CPU seconds per sampled token over generate's (> 1: the RL
-sampler is slower; the issue's target is <= 1.3). ``rl_peak_rss_gb`` is the ``rl`` process's peak
-resident memory (``VmHWM``, the forked child's, the zygote's imports included); ``--no-recompute``
-keeps every block's activations for the update's backward pass (``RLJob.recompute: false``, the
-behaviour before recompute; the same gradients), for the memory comparison. The clock is each process's CPU time
-(``time.process_time``): run with ``--threads 1`` on a shared machine. The machine's GEMM limits
-(bench/machine.py, the same clock) are recorded as the other benchmarks record them.
+sampler is slower; the issue's target is <= 1.3). ``step_main_thread_s`` is the CPU time of the
+thread that runs the step (``time.thread_time``): with ``--threads 2`` it computes its share and spins
+at OpenMP's barriers, so on a quiet machine it is about the step's wall time (on a loaded one an
+estimate: it also spins, up to libgomp's spin limit, while the other thread is descheduled).
+``rl_peak_rss_gb`` is the ``rl`` process's peak resident memory (``VmHWM``, the forked child's, the
+zygote's imports included); ``--no-recompute`` keeps every block's activations for the update's
+backward pass (``RLJob.recompute: false``, the behaviour before recompute; the same gradients), for
+the memory comparison. The clock is each process's CPU time (``time.process_time``): run with
+``--threads 1`` on a shared machine. The machine's GEMM limits (bench/machine.py, the same clock) are
+recorded as the other benchmarks record them.
 
 Default: the default model (smollm2-135m-instruct), 16 ``builtin:dialogue`` train prompts x 4 samples
 x 64 new tokens, LoRA rank 8, RLOO, as docs/alignment.md measured. ``--quick``: a tiny random
@@ -115,7 +119,11 @@ def rl(quick: bool, steps: int, threads: int, recompute: bool = True) -> dict[st
     reference = copy.deepcopy(model).eval().requires_grad_(False)
     with tempfile.TemporaryDirectory() as run_dir:  # make_trainee wants one; a step writes nothing
         t = make_trainee(model, tok, ref, job.lora, job.optim.lr, 0.0, 0, Path(run_dir), None)
-        records = [rl_step(t, reference, scorer, prompts, ids, job, step, precision) for step in range(steps)]
+        records = []
+        for step in range(steps):
+            t0, w0 = time.thread_time(), time.perf_counter()
+            rec = rl_step(t, reference, scorer, prompts, ids, job, step, precision)
+            records.append({**rec, "main_thread_s": time.thread_time() - t0, "wall_s": time.perf_counter() - w0})
     return {"records": records[1:], "precision": precision, "peak_rss_gb": round(peak_rss_gb(), 3)}
 
 
@@ -184,6 +192,8 @@ def rl_step_bench(
         "parts_cpu_s": {k: round(v, 4) for k, v in parts.items()},  # the tiny model scores in ms
         "shares": {k: round(v / step, 3) for k, v in parts.items()},
         "sampled_tokens": med("sampled_tokens"),
+        "step_main_thread_s": round(med("main_thread_s"), 2),  # about the wall time on a quiet machine
+        "step_wall_s": round(med("wall_s"), 2),  # on a loaded machine: not a figure
         "rl_peak_rss_gb": max(run["peak_rss_gb"] for run in runs["rl"]),
         "recompute": recompute,
         "shape": _shape(quick) | {"lora_rank": 8, "algorithm": "rloo"},

@@ -130,6 +130,9 @@ class DPOJob(_Strict):
     max_len: int = Field(512, gt=4, description="pairs longer than this (prompt + response tokens) are skipped")
     chat: bool = Field(True, description="prompts in the policy's chat template (when it has one)")
     precision: Precision = Field("auto", description="auto: bf16 autocast over fp32 weights where native")
+    recompute: bool = Field(
+        True, description="recompute each block's activations in the backward pass (same gradients, less memory)"
+    )
     checkpoint_every: int = Field(50, gt=0)
     keep_checkpoints: int = Field(2, ge=1)
     seed: int = 0

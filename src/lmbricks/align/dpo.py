@@ -84,12 +84,16 @@ def encode_preferences(tok: Any, pairs: Sequence[Pair], chat: bool, max_len: int
     return out
 
 
-def pair_logprobs(model: Any, enc: EncodedPreferences, idx: Sequence[int]) -> tuple[Tensor, Tensor]:
-    """(chosen, rejected) sequence log-probabilities (each (B,)) of pairs ``idx``, in one forward."""
+def pair_logprobs(
+    model: Any, enc: EncodedPreferences, idx: Sequence[int], recompute: bool = False
+) -> tuple[Tensor, Tensor]:
+    """(chosen, rejected) sequence log-probabilities (each (B,)) of pairs ``idx``, in one forward
+    (``recompute``: each block's activations recomputed in the backward pass, the same gradients)."""
     from lmbricks.align.logprob import sequence_logprobs
 
     prompts = [enc.prompts[i] for i in idx]
-    both = sequence_logprobs(model, prompts + prompts, [enc.chosen[i] for i in idx] + [enc.rejected[i] for i in idx])
+    responses = [enc.chosen[i] for i in idx] + [enc.rejected[i] for i in idx]
+    both = sequence_logprobs(model, prompts + prompts, responses, recompute)
     return both[: len(idx)], both[len(idx) :]
 
 

@@ -2,10 +2,12 @@
 
 A sequence is ``prompt + response``; the response token at position t is predicted by the logits at
 t - 1. Sequences are right-padded (causal attention: padding after a sequence cannot change it), and
-only the response positions go through the output head, so a batch never materialises the full
-(B, T, V) logits. With ``recompute``, each transformer block's activations are recomputed in the
-backward pass rather than kept (``torch.utils.checkpoint``): the same gradients bit for bit, about one
-more forward pass of compute, and a micro-batch's activations no longer held at once.
+only the response positions go through the output head, in chunks of rows
+(:mod:`lmbricks.align.head_logprob`), so neither the (B, T, V) nor the (B, R, V) logits are held at
+once or kept for the backward pass. With ``recompute``, each transformer block's activations are
+recomputed in the backward pass rather than kept (``torch.utils.checkpoint``): the same gradients bit
+for bit, about one more forward pass of compute, and a micro-batch's activations no longer held at
+once.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from lmbricks.align.head_logprob import head_logprobs
 
 
 class _Recomputed(nn.Module):
@@ -83,12 +87,19 @@ def token_logprobs(
     else:
         h, _ = model.hidden_states(ids)
     hs = h.gather(1, where[..., None].expand(-1, -1, h.shape[-1]))  # (B, R, H)
-    logits = model.lm_head(hs).float()  # (B, R, V)
-    logp = -F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(mask.shape)
+    head = model.lm_head
+    if type(head) is not nn.Linear or head.bias is not None or head._forward_hooks or head._forward_pre_hooks:
+        logits = head(hs).float()  # (B, R, V): a wrapped head runs as a module
+        logp = -F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(mask.shape)
+    else:  # the (B, R, V) logits one chunk at a time, none kept for the backward
+        logp = head_logprobs(hs.flatten(0, 1), head.weight, targets.flatten()).view(mask.shape)
     return logp * mask, mask
 
 
-def sequence_logprobs(model: Any, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]]) -> Tensor:
-    """log p(response | prompt) summed over the response tokens: (B,) fp32."""
-    logp, _ = token_logprobs(model, prompts, responses)
+def sequence_logprobs(
+    model: Any, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], recompute: bool = False
+) -> Tensor:
+    """log p(response | prompt) summed over the response tokens: (B,) fp32 (``recompute``: as
+    :func:`token_logprobs`)."""
+    logp, _ = token_logprobs(model, prompts, responses, recompute)
     return logp.sum(-1)

@@ -157,7 +157,7 @@ def run_dpo(
     def dpo_step(step: int) -> dict[str, float]:
         idx = step_indices(len(enc.prompts), job.batch_size, step, job.seed)
         with autocast(precision, "cpu"):
-            pc, pr = pair_logprobs(t.model, enc, idx)
+            pc, pr = pair_logprobs(t.model, enc, idx, job.recompute)
         loss, margin = dpo_loss(pc, pr, ref_c[idx], ref_r[idx], job.beta)
         loss.backward()
         norm = clip_and_step(t, job.optim.grad_clip)
