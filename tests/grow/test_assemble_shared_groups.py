@@ -250,3 +250,25 @@ def test_glm4_moe_refuses_shared_prompts_and_sliding_windows(
     with pytest.raises(ConfigError, match="base_model: its attention is sliding-window \\(8 tokens\\)"):
         assemble(_glm4_recipe(mistral, [mistral] * 3), tmp_path / "moe")
     assert not (tmp_path / "moe").exists()
+
+
+@pytest.mark.filterwarnings("ignore:every expert has the same content")
+def test_glm4_moe_of_a_qwen2_base_with_base_experts_is_the_dense_model(tmp_path: Path) -> None:
+    """Every expert the base FFN F: gates renormalised times 1/2 give F/2, two shared experts at 1/4
+    each give F/2, so the output is the dense Qwen2 (q/k/v biases, rope) within fp32 rounding."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    from lmbricks.testing import _TINY_TRUNK, save_tiny_model
+
+    base = save_tiny_model(tmp_path / "qwen2", Qwen2Config(**_TINY_TRUNK), seed=9)
+    with torch.no_grad():  # random init leaves the biases at zero: make them matter
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        for name, p in model.named_parameters():
+            if name.endswith("_proj.bias"):
+                p.add_(torch.randn(p.shape) * 0.5)
+        model.save_pretrained(base)
+    shared = [{"source_model": str(base), "residual_scale": 0.25}] * 2
+    recipe = _glm4_recipe(base, [base] * 3, routed_scaling_factor=0.5, shared_experts=shared)
+    out = assemble(recipe, tmp_path / "moe")
+    assert json.loads((out / "config.json").read_text())["attention_bias"] is True
+    torch.testing.assert_close(_logits(_loaded(out)), _logits(model.eval()), rtol=1e-5, atol=1e-5)
