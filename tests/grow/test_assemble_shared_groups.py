@@ -247,8 +247,11 @@ def test_glm4_moe_refuses_shared_prompts_and_sliding_windows(
     trunk = tiny_llama_config().to_dict()
     keep = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
     mistral = save_tiny_model(tmp_path / "mistral", MistralConfig(**{k: trunk[k] for k in keep}, sliding_window=8))
-    with pytest.raises(ConfigError, match="base_model: its attention is sliding-window \\(8 tokens\\)"):
-        assemble(_glm4_recipe(mistral, [mistral] * 3), tmp_path / "moe")
+    from lmbricks.grow import parse_moe_recipe, plan_assembly
+
+    for run in (assemble, lambda r, out: plan_assembly(parse_moe_recipe(r), out)):  # --validate refuses it too
+        with pytest.raises(ConfigError, match="base_model: its attention is sliding-window \\(8 tokens\\)"):
+            run(_glm4_recipe(mistral, [mistral] * 3), tmp_path / "moe")
     assert not (tmp_path / "moe").exists()
 
 

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from lmbricks.errors import ConfigError
 from lmbricks.grow import gates as G
 from lmbricks.grow.build import build_moe_lm, moe_lm_config
+from lmbricks.grow.deepseek import check_glm4_base
 from lmbricks.grow.hidden import (
     cheap_embedding,
     domain_blocks,
@@ -174,6 +175,8 @@ def plan_assembly(
             f"the base must be dense ({', '.join(EXPERT_FAMILIES)})"
         )
     check_qwen3_plan(recipe, base_type)
+    if recipe.deepseek_as == "glm4_moe":
+        check_glm4_base(base_config)
     for group, specs in _groups(recipe):
         for i, e in enumerate(specs):
             if e.domain:

@@ -23,7 +23,7 @@ Llama attention (:data:`DEEPSEEK_REFUSAL`):
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lmbricks.errors import ConfigError
 
@@ -100,6 +100,27 @@ def _check_glm4_target(r: MoERecipe) -> None:
     check_groups(len(r.experts), r.experts_per_token, r.n_group or 1, r.topk_group or 1)
 
 
+def check_glm4_base(base_config: dict[str, Any]) -> bool:
+    """Whether the base's q/k/v carry biases (Qwen2), refusing attentions Glm4-MoE's cannot be.
+
+    Raises:
+        ConfigError: sliding-window attention, a Llama bias on the output projection or on the FFN.
+    """
+    family = base_config.get("model_type")
+    window = base_config.get("sliding_window")
+    if window and (family == "mistral" or base_config.get("use_sliding_window")):
+        raise ConfigError(
+            f"base_model: its attention is sliding-window ({window} tokens), which Glm4-MoE's attention "
+            "(deepseek_as: glm4_moe) is not; use deepseek_as: qwen2_moe or architecture: mixtral"
+        )
+    if family == "llama" and (base_config.get("attention_bias") or base_config.get("mlp_bias")):
+        raise ConfigError(
+            "base_model: a Llama with attention_bias or mlp_bias has biases on o_proj or the FFN, which "
+            "Glm4-MoE has not (its biases are on q/k/v only)"
+        )
+    return family == "qwen2"
+
+
 def check_deepseek(r: MoERecipe) -> None:
     """Refuse what the chosen DeepSeek-MoE target (``deepseek_as``) cannot give exactly.
 
@@ -134,4 +155,4 @@ def check_deepseek(r: MoERecipe) -> None:
                 )
 
 
-__all__ = ["DEEPSEEK_FIELDS", "DEEPSEEK_REFUSAL", "check_deepseek", "check_groups"]
+__all__ = ["DEEPSEEK_FIELDS", "DEEPSEEK_REFUSAL", "check_deepseek", "check_glm4_base", "check_groups"]

@@ -27,6 +27,7 @@ import torch
 
 from lmbricks.errors import ConfigError
 from lmbricks.grow.assemble import AssemblyPlan, Log, routing
+from lmbricks.grow.deepseek import check_glm4_base
 from lmbricks.grow.layer_ffns import layer_experts, shared_ffn
 from lmbricks.grow.qwen3 import dense_model, non_expert_tensors
 from lmbricks.grow.save import inventory
@@ -40,27 +41,6 @@ _CARRIED = (
 )  # fmt: skip
 
 
-def _attention_bias(base_config: dict[str, Any]) -> bool:
-    """Whether q/k/v carry biases (Qwen2), refusing attentions Glm4-MoE's cannot be.
-
-    Raises:
-        ConfigError: sliding-window attention, a Llama bias on the output projection or on the FFN.
-    """
-    family = base_config.get("model_type")
-    window = base_config.get("sliding_window")
-    if window and (family == "mistral" or base_config.get("use_sliding_window")):
-        raise ConfigError(
-            f"base_model: its attention is sliding-window ({window} tokens), which Glm4-MoE's attention "
-            "(deepseek_as: glm4_moe) is not; use deepseek_as: qwen2_moe or architecture: mixtral"
-        )
-    if family == "llama" and (base_config.get("attention_bias") or base_config.get("mlp_bias")):
-        raise ConfigError(
-            "base_model: a Llama with attention_bias or mlp_bias has biases on o_proj or the FFN, which "
-            "Glm4-MoE has not (its biases are on q/k/v only)"
-        )
-    return family == "qwen2"
-
-
 def glm4_moe_config(plan: AssemblyPlan) -> dict[str, Any]:
     """config.json of the Glm4-MoE output (checked before anything is read or written).
 
@@ -72,7 +52,7 @@ def glm4_moe_config(plan: AssemblyPlan) -> dict[str, Any]:
     from transformers import AutoConfig, Glm4MoeConfig
 
     r, base = plan.recipe, plan.base_config
-    bias = _attention_bias(base)
+    bias = check_glm4_base(base)
     rope = dict(AutoConfig.from_pretrained(plan.base_path).rope_parameters or {})
     fields = {k: base[k] for k in _CARRIED if base.get(k) is not None}
     cfg = Glm4MoeConfig(
