@@ -27,3 +27,23 @@ def test_documents_must_be_positive() -> None:
     with pytest.raises(ConfigError, match="documents"):
         validate(FitnessConfig, {"bpb": {"code": 1.0}, "documents": 0}, "fitness")
     assert validate(FitnessConfig, {"bpb": {"code": 1.0}}, "fitness").documents is None  # the old prefix
+
+
+def test_an_unset_documents_keeps_the_log_hash_of_older_configs() -> None:
+    """A log written before ``documents`` existed still resumes: the field counts only when set."""
+    from lmbricks.merge.evolve.config import EvolveConfig
+    from lmbricks.merge.evolve.log import config_hash
+    from lmbricks.merge.evolve.pipeline import _digest
+    from lmbricks.merge.recipe import parse_recipe
+
+    data = {"merge_method": "linear", "models": [{"model": "a", "parameters": {"weight": 0.5}}]}
+    recipe = parse_recipe(data)
+    cfg = EvolveConfig.model_validate(
+        {"recipe": data, "free": [{"parameter": "weight", "low": 0, "high": 1}], "fitness": {"bpb": {"code": 1.0}}}
+    )
+    old = {"recipe": recipe.to_dict(), "free": [f.model_dump() for f in cfg.free],
+           "fitness": {k: v for k, v in cfg.fitness.model_dump().items() if k != "documents"},
+           "optimizer": cfg.optimizer.model_dump()}  # fmt: skip
+    assert _digest(cfg, recipe) == config_hash(old)
+    spread = cfg.model_copy(update={"fitness": cfg.fitness.model_copy(update={"documents": 6})})
+    assert _digest(spread, recipe) != config_hash(old)
