@@ -92,7 +92,10 @@ def test_lmbricks_extensions_parse() -> None:
         ({"dtype": "float8"}, "dtype"),
         ({"architecture": "deepseek"}, "architecture"),
         ({"architecture": "qwen"}, "architecture"),
-        ({"shared_experts": [{"source_model": "a"}, {"source_model": "b"}]}, "shared_experts"),
+        (
+            {"shared_experts": [{"source_model": "a"}, {"source_model": "b", "positive_prompts": ["x"]}]},
+            "shared_experts[1].positive_prompts: 2 shared experts are written as one",
+        ),
         ({"experts": [{"brick": "a+b", "positive_prompts": ["x"]}]}, "experts[0].brick"),
         ({"domain_tokens": 0}, "domain_tokens"),
         ({"experts": [{"source_model": "m", "positive_prompts": ["x", " "]}]}, "positive_prompts[1]: an empty"),

@@ -87,9 +87,10 @@ def assemble(
 ) -> None:
     """Assemble an MoE from fine-tunes and bricks of one base (mergekit-moe, Branch-Train-MiX).
 
-    Writes Mixtral, Qwen2-MoE (with a shared expert) or, over a Qwen3 base, Qwen3-MoE; with
-    `architecture: deepseek` and `deepseek_as: qwen2_moe`, DeepSeek-MoE's layout (one ungated shared
-    expert) exactly as Qwen2-MoE.
+    Writes Mixtral, Qwen2-MoE (with shared experts) or, over a Qwen3 base, Qwen3-MoE; with
+    `architecture: deepseek`, DeepSeek-MoE's layout (ungated shared experts) exactly as Qwen2-MoE
+    (`deepseek_as: qwen2_moe`) or with DeepSeek-V3's group-limited sigmoid router (`n_group`,
+    `topk_group`) as Glm4-MoE (`deepseek_as: glm4_moe`).
 
     Example: lmbricks moe assemble docs/grow/four-bricks.yaml runs/smol-4-bricks
     """

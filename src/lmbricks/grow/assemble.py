@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from lmbricks.errors import ConfigError
 from lmbricks.grow import gates as G
 from lmbricks.grow.build import build_moe_lm, moe_lm_config
+from lmbricks.grow.deepseek import check_glm4_base
 from lmbricks.grow.hidden import (
     cheap_embedding,
     domain_blocks,
@@ -37,6 +38,7 @@ from lmbricks.grow.hidden import (
     mean_router_inputs,
     prompt_router_inputs,
 )
+from lmbricks.grow.layer_ffns import layer_experts, shared_ffn
 from lmbricks.grow.recipe import QWEN3_FAMILIES, ExpertSpec, MoERecipe, check_qwen3_plan
 from lmbricks.grow.save import check_destination, inventory, stored_dtype, torch_dtype
 from lmbricks.grow.sources import EXPERT_FAMILIES, ExpertFFN, ExpertSource, open_source
@@ -58,7 +60,7 @@ class AssemblyPlan:
         base_path: the base model directory.
         base_config: its config.json.
         experts: the opened expert sources, in recipe order.
-        shared: the opened shared-expert source, if any.
+        shared: the opened shared-expert sources, in recipe order (empty without).
         dtype: the output dtype.
     """
 
@@ -66,7 +68,7 @@ class AssemblyPlan:
     base_path: Path
     base_config: dict[str, Any]
     experts: list[ExpertSource]
-    shared: ExpertSource | None
+    shared: list[ExpertSource]
     dtype: torch.dtype
 
     @property
@@ -74,7 +76,7 @@ class AssemblyPlan:
         return [e.label() for e in self.recipe.experts]
 
     def close(self) -> None:
-        for s in self.experts + ([self.shared] if self.shared else []):
+        for s in self.experts + self.shared:
             s.close()
 
 
@@ -116,7 +118,7 @@ def _groups(recipe: MoERecipe) -> tuple[tuple[str, list[ExpertSpec]], ...]:
 
 
 def _open_sources(recipe: MoERecipe, base_path: Path, base_config: dict[str, Any]) -> list[ExpertSource]:
-    """Open every expert source in recipe order (experts, then the shared expert); all closed if one fails."""
+    """Open every expert source in recipe order (experts, then the shared experts); all closed if one fails."""
     sources: list[ExpertSource] = []
     try:
         for group, specs in _groups(recipe):
@@ -173,6 +175,8 @@ def plan_assembly(
             f"the base must be dense ({', '.join(EXPERT_FAMILIES)})"
         )
     check_qwen3_plan(recipe, base_type)
+    if recipe.deepseek_as == "glm4_moe":
+        check_glm4_base(base_config)
     for group, specs in _groups(recipe):
         for i, e in enumerate(specs):
             if e.domain:
@@ -186,7 +190,7 @@ def plan_assembly(
             stacklevel=2,
         )
     dtype = torch_dtype(recipe.dtype, stored_dtype(base_path))
-    return AssemblyPlan(recipe, base_path, base_config, sources[:n], sources[n] if len(sources) > n else None, dtype)
+    return AssemblyPlan(recipe, base_path, base_config, sources[:n], sources[n:], dtype)
 
 
 # ------------------------------------------------------------------------------------------- build
@@ -346,7 +350,10 @@ def assemble_model(
     say: Log = log or (lambda _m: None)
     r = plan.recipe
     base_lm, tokenizer = _non_expert_model(plan, say, base)
-    cfg = moe_lm_config(base_lm.cfg, len(r.experts), r.experts_per_token, shared_expert=plan.shared is not None)
+    width = len(plan.shared) * int(plan.base_config["intermediate_size"]) or None  # side by side
+    cfg = moe_lm_config(
+        base_lm.cfg, len(r.experts), r.experts_per_token, shared_expert=bool(plan.shared), shared_width=width
+    )
     layers = [i for i in range(cfg.num_layers) if cfg.is_moe_layer(i)]
     rows, shared_rows, max_cos, issued = routing(plan, base_lm, tokenizer, layers, say, collinear_threshold)
     say(f"reading {len(r.experts)} experts x {len(layers)} layers")
@@ -355,25 +362,14 @@ def assemble_model(
     shared: dict[int, tuple[ExpertFFN, Tensor]] = {}
     for li, i in enumerate(layers):
         experts[i] = layer_experts(plan, i, gen)
-        if plan.shared is not None and r.shared_experts:
-            spec = r.shared_experts[0]
-            ffn = plan.shared.ffn(i).scaled(spec.residual_scale).noisy(spec.noise_scale, gen)
-            if r.ungated_shared:  # DeepSeek's ungated S(x) = sigmoid(0) * 2 S(x), exactly (recipe.check_deepseek)
+        ffn = shared_ffn(plan, i, gen)
+        if ffn is not None:
+            if r.ungated_shared:  # DeepSeek's ungated S(x) = sigmoid(0) * 2 S(x), exactly (grow.deepseek)
                 ffn, shared_rows[li] = ffn.scaled(2.0), 0.0
             shared[i] = (ffn, shared_rows[li])
     state = base_lm.state_dict()
     model = build_moe_lm(cfg, state, experts, {i: rows[li] for li, i in enumerate(layers)}, shared or None)
     return Assembly(model, rows, layers, max_cos, issued)
-
-
-def layer_experts(plan: AssemblyPlan, layer: int, gen: torch.Generator) -> list[ExpertFFN]:
-    """The routed experts' FFNs of one layer, each scaled and noised as its recipe entry says (fp32),
-    times DeepSeek's ``routed_scaling_factor`` (1 unless ``deepseek_as``)."""
-    r = plan.recipe
-    return [
-        src.ffn(layer).scaled(spec.residual_scale).noisy(spec.noise_scale, gen).scaled(r.routed_scaling_factor)
-        for src, spec in zip(plan.experts, r.experts, strict=True)
-    ]
 
 
 __all__ = [
@@ -387,4 +383,5 @@ __all__ = [
     "layer_experts",
     "plan_assembly",
     "routing",
+    "shared_ffn",
 ]

@@ -31,6 +31,7 @@ def moe_lm_config(
     every: int = 1,
     shared_expert: bool = False,
     intermediate_size: int | None = None,
+    shared_width: int | None = None,
 ) -> LMConfig:
     """The config of a sparse model with the dense model's shape.
 
@@ -41,6 +42,8 @@ def moe_lm_config(
         every: layer i is MoE iff (i + 1) % every == 0 (Qwen2-MoE's ``decoder_sparse_step``).
         shared_expert: add a Qwen2-MoE shared expert of the dense FFN's width.
         intermediate_size: width of each expert (default: the dense FFN's).
+        shared_width: width of the shared expert (default: an expert's; several shared experts side by
+            side are one wider shared expert).
 
     Returns:
         An LMConfig that ``save_model`` writes as Mixtral (no shared expert, every layer MoE, no q/k/v
@@ -64,7 +67,7 @@ def moe_lm_config(
             intermediate_size=width,
             router="softmax_topk",
             renormalize=True,
-            shared_expert_intermediate_size=width if shared_expert else 0,
+            shared_expert_intermediate_size=(shared_width or width) if shared_expert else 0,
         ),
         moe_every=every,
         dense_layers=[],

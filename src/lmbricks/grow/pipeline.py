@@ -4,7 +4,8 @@
   :func:`~lmbricks.grow.assemble.plan_assembly` (every check, no tensor read) ->
   :func:`~lmbricks.grow.assemble.assemble_model` (the MoE in memory) -> an atomic write with the
   ``lmbricks.json`` inventory; a Qwen3 base goes to :func:`~lmbricks.grow.qwen3.write_qwen3_moe`
-  instead (tensors by name, Qwen3-MoE output).
+  instead (tensors by name, Qwen3-MoE output), ``deepseek_as: glm4_moe`` to
+  :func:`~lmbricks.grow.glm4.write_glm4_moe` (tensors by name, Glm4-MoE output).
 - :func:`grow`: :class:`GrowConfig` -> the new expert's source and the MoE's recorded inventory ->
   its router rows from the domain (:func:`~lmbricks.grow.add_expert.new_router_rows`) ->
   :func:`~lmbricks.grow.add_expert.grow_model` -> an atomic write.
@@ -33,6 +34,7 @@ from lmbricks.grow.assemble import (
     inventory,
     plan_assembly,
 )
+from lmbricks.grow.glm4 import write_glm4_moe
 from lmbricks.grow.qwen3 import write_qwen3_moe
 from lmbricks.grow.recipe import QWEN3_FAMILIES, GrowConfig, MoERecipe, load_moe_recipe, parse_moe_recipe
 from lmbricks.grow.save import check_destination, save_grown, stored_dtype, torch_dtype
@@ -59,8 +61,8 @@ def _assembly_inputs(plan: AssemblyPlan) -> dict[str, Path]:
     inputs: dict[str, Path] = {"base_model": plan.base_path}
     for e, src in enumerate(plan.experts):
         inputs[f"experts[{e}]"] = src.brick_path if src.brick_path is not None else src.path
-    if plan.shared is not None:
-        inputs["shared_experts[0]"] = plan.shared.brick_path or plan.shared.path
+    for s, src in enumerate(plan.shared):
+        inputs[f"shared_experts[{s}]"] = src.brick_path or src.path
     return inputs
 
 
@@ -94,6 +96,17 @@ def assemble(
             if base is not None:
                 raise ConfigError("base: a Qwen3 base is read by tensor name; pass base=None")
             return write_qwen3_moe(
+                plan,
+                Path(out).expanduser(),
+                force=force,
+                log=log or _quiet,
+                command=command or " ".join(sys.argv),
+                inputs=_assembly_inputs(plan),
+            )
+        if r.deepseek_as == "glm4_moe":
+            if base is not None:
+                raise ConfigError("base: the Glm4-MoE output is assembled by tensor name; pass base=None")
+            return write_glm4_moe(
                 plan,
                 Path(out).expanduser(),
                 force=force,

@@ -27,7 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from lmbricks.errors import ConfigError
-from lmbricks.grow.assemble import AssemblyPlan, Log, layer_experts, routing
+from lmbricks.grow.assemble import AssemblyPlan, Log, routing
+from lmbricks.grow.layer_ffns import layer_experts
 from lmbricks.grow.recipe import QWEN3_FAMILIES, QWEN3_NAMES, check_qwen3_plan
 from lmbricks.grow.save import inventory
 
@@ -65,7 +66,7 @@ def qwen3_moe_config(base_config: dict[str, Any], n_experts: int, top_k: int, dt
     return out
 
 
-def _non_expert_tensors(plan: AssemblyPlan, base: Any, log: Log) -> dict[str, Tensor]:
+def non_expert_tensors(plan: AssemblyPlan, base: Any, log: Log) -> dict[str, Tensor]:
     """Every base tensor outside the FFNs, fp32: the base's, or averaged over the experts' sources."""
     names = [n for n in base.reader if ".mlp." not in n]
     if plan.recipe.non_experts == "average":
@@ -74,8 +75,8 @@ def _non_expert_tensors(plan: AssemblyPlan, base: Any, log: Log) -> dict[str, Te
     return {n: base.read(n).to(torch.float32, copy=True) for n in names}
 
 
-def _dense_model(plan: AssemblyPlan, base: Any, non_experts: dict[str, Tensor]) -> nn.Module:
-    """transformers' dense Qwen3 of the written non-expert weights and the base FFNs (fp32, eval)."""
+def dense_model(plan: AssemblyPlan, base: Any, non_experts: dict[str, Tensor]) -> nn.Module:
+    """transformers' dense model of the base (Qwen3 or another) with the written non-expert weights (fp32, eval)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     cfg = AutoConfig.from_pretrained(plan.base_path)
@@ -124,10 +125,10 @@ def write_qwen3_moe(
     layers = list(range(int(plan.base_config["num_hidden_layers"])))
     base = open_input(str(plan.base_path))
     try:
-        non_experts = _non_expert_tensors(plan, base, log)
+        non_experts = non_expert_tensors(plan, base, log)
         log(f"router rows ({r.gate_mode}) from transformers' Qwen3 model of {r.base_model}")
         tokenizer = AutoTokenizer.from_pretrained(plan.base_path)
-        dense = _dense_model(plan, base, non_experts)
+        dense = dense_model(plan, base, non_experts)
         rows, _shared, max_cos, _issued = routing(plan, dense, tokenizer, layers, log, collinear_threshold)
         del dense
     finally:
@@ -153,4 +154,12 @@ def write_qwen3_moe(
     return out
 
 
-__all__ = ["QWEN3_FAMILIES", "QWEN3_NAMES", "check_qwen3_plan", "qwen3_moe_config", "write_qwen3_moe"]
+__all__ = [
+    "QWEN3_FAMILIES",
+    "QWEN3_NAMES",
+    "check_qwen3_plan",
+    "dense_model",
+    "non_expert_tensors",
+    "qwen3_moe_config",
+    "write_qwen3_moe",
+]

@@ -12,7 +12,7 @@ Accepted (as mergekit-moe users write it)::
         negative_prompts: ["Once upon a time"]   # optional
         noise_scale: 0.01                 # optional: Gaussian noise added to the expert's weights
         residual_scale: 0.5               # optional: scales the expert's down projection
-    shared_experts:                       # optional, at most one: Qwen2-MoE output
+    shared_experts:                       # optional: Qwen2-MoE output (several: one wider shared expert)
     # a Qwen3 base gives a Qwen3-MoE output (no shared expert)
       - source_model: path/to/base
     architecture: mixtral                 # optional: mixtral | qwen | qwen3 | deepseek (with deepseek_as)
@@ -26,8 +26,10 @@ lmbricks' extensions (documented as such in docs/grow.md):
 * ``non_experts: base | average`` -- attention, embeddings and norms from the base (mergekit) or
   averaged over the experts' sources (Branch-Train-MiX);
 * ``domain_tokens``, ``domain_center``, ``seed``;
-* ``deepseek_as: qwen2_moe`` with ``architecture: deepseek`` -- mergekit-moe's DeepSeek-MoE layout (routed
-  experts plus one ungated shared expert) written exactly as Qwen2-MoE (see :func:`check_deepseek`).
+* ``deepseek_as: qwen2_moe | glm4_moe`` with ``architecture: deepseek`` -- mergekit-moe's DeepSeek-MoE
+  layout (routed experts plus ungated shared experts) written exactly as Qwen2-MoE, or with
+  DeepSeek-V3's sigmoid, group-limited router (``n_group``, ``topk_group``) as Glm4-MoE
+  (:mod:`lmbricks.grow.deepseek`).
 
 Everything is checked here or in :func:`lmbricks.grow.assemble.plan_assembly` before any output is
 written; an error names the field (``experts[2].positive_prompts``).
@@ -35,7 +37,6 @@ written; an error names the field (``experts[2].positive_prompts``).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lmbricks.config import load_yaml, validate
 from lmbricks.errors import ConfigError
+from lmbricks.grow.deepseek import check_deepseek
 from lmbricks.merge.recipe import DTYPES  # mergekit's dtype names and aliases, as merge recipes take them
 
 #: Router initialisations. mergekit-moe's ``hidden`` is the last prompt token (``hidden_last`` alias).
@@ -64,69 +66,10 @@ ARCHITECTURES = {
     "qwen3": "qwen3_moe",
     "qwen3_moe": "qwen3_moe",
 }
-#: Why ``architecture: deepseek`` is refused (docs/grow.md, "Parity with mergekit-moe").
-DEEPSEEK_REFUSAL = (
-    "mergekit-moe's DeepSeek output is model_type 'deepseek' (DeepSeek-MoE 16B), whose modelling code "
-    "exists only as remote code on the Hugging Face Hub (trust_remote_code); transformers has no such "
-    "model type, and its deepseek_v2/v3 use multi-head latent attention, which a Llama attention cannot "
-    "be written as. Set deepseek_as: qwen2_moe to write the DeepSeek layout (routed experts plus one "
-    "ungated shared expert) exactly as Qwen2-MoE"
-)
 #: Base model types whose MoE output is Qwen3-MoE.
 QWEN3_FAMILIES = ("qwen3",)
 #: ``architecture:`` values that ask for it.
 QWEN3_NAMES = ("qwen3", "qwen3_moe")
-
-
-#: The DeepSeek-only recipe fields (refused, when set, without architecture: deepseek).
-_DEEPSEEK_FIELDS = ("deepseek_as", "routed_scaling_factor", "scoring_func")
-
-
-def check_deepseek(r: MoERecipe) -> None:
-    """Refuse what the DeepSeek-MoE layout written as Qwen2-MoE (``deepseek_as``) cannot give exactly.
-
-    DeepSeek-MoE adds its shared expert ungated, ``y = sum_k g_k E_k(x) + S(x)``; Qwen2-MoE gates it,
-    ``sigmoid(w . x) S(x)``. With ``w = 0`` and ``S``'s down projection doubled the gate is exactly
-    ``sigmoid(0) = 0.5`` and ``0.5 (2 S(x)) = S(x)`` bit for bit (powers of two), so the layout is exact
-    whenever the shared expert has no gate of its own to learn from prompts or a domain. DeepSeek's
-    ``routed_scaling_factor`` r is folded into the routed experts' down projections, bit for bit when
-    r is a power of two (``r g E(x)`` either way).
-
-    Raises:
-        ConfigError: a DeepSeek field without ``architecture: deepseek``, ``architecture: deepseek``
-            without ``deepseek_as``, sigmoid scores, a scaling factor that is not a power of two, no
-            shared expert, or a shared expert with prompts or a domain (each naming the field).
-    """
-    wants = r.architecture is not None and r.architecture.lower().startswith("deepseek")
-    given = [k for k in _DEEPSEEK_FIELDS if getattr(r, k) is not None]
-    if given and not wants:
-        raise ConfigError(f"{given[0]}: only with architecture: deepseek, got architecture: {r.architecture!r}")
-    if not wants:
-        return
-    if r.scoring_func not in (None, "softmax"):
-        raise ConfigError(
-            f"scoring_func: {r.scoring_func!r} (DeepSeek-V3) gates by sigmoid affinities renormalised over the "
-            "selected experts, which Qwen2-MoE's softmax router cannot give; only softmax is exact"
-        )
-    if r.routed_scaling_factor is not None and math.frexp(r.routed_scaling_factor)[0] != 0.5:
-        raise ConfigError(
-            f"routed_scaling_factor: {r.routed_scaling_factor} is not a power of two: folded into the routed "
-            "experts' down projections it would round every weight, so the output would not compute the "
-            "DeepSeek model exactly; use 1 or another power of two"
-        )
-    if r.deepseek_as is None:
-        raise ConfigError(f"architecture: {r.architecture!r}: {DEEPSEEK_REFUSAL}")
-    if not r.shared_experts:
-        raise ConfigError(
-            "shared_experts: the DeepSeek layout has a shared expert; give one, or use architecture: mixtral"
-        )
-    spec = r.shared_experts[0]
-    for key in ("positive_prompts", "negative_prompts", "domain"):
-        if getattr(spec, key):
-            raise ConfigError(
-                f"shared_experts[0].{key}: DeepSeek's shared expert is ungated (added with weight 1), so it "
-                "has no gate to set; drop it, or use architecture: qwen for a gated shared expert"
-            )
 
 
 def check_qwen3_plan(recipe: MoERecipe, base_type: str | None) -> None:
@@ -188,11 +131,13 @@ class MoERecipe(_Strict):
     shared_experts: list[ExpertSpec] | None = None
     architecture: str | None = None
     # lmbricks extensions
-    deepseek_as: Literal["qwen2_moe"] | None = Field(
-        None, description="with architecture deepseek: write its layout as Qwen2-MoE (exact)"
+    deepseek_as: Literal["qwen2_moe", "glm4_moe"] | None = Field(
+        None, description="with architecture deepseek: write its layout as Qwen2-MoE or Glm4-MoE (exact)"
     )
-    routed_scaling_factor: float | None = Field(None, gt=0, description="deepseek: routed gates times this (2^k)")
-    scoring_func: Literal["softmax", "sigmoid"] | None = Field(None, description="deepseek: router scores (softmax)")
+    routed_scaling_factor: float | None = Field(None, gt=0, description="deepseek: routed gates times this")
+    scoring_func: Literal["softmax", "sigmoid"] | None = Field(None, description="deepseek: router scores")
+    n_group: int | None = Field(None, ge=1, description="deepseek (glm4_moe): expert groups of the router")
+    topk_group: int | None = Field(None, ge=1, description="deepseek (glm4_moe): groups each token may use")
     non_experts: Literal["base", "average"] = "base"
     domain_tokens: int = Field(4096, gt=0, description="tokens of each domain's train split read")
     domain_center: bool = True
@@ -203,13 +148,20 @@ class MoERecipe(_Strict):
 
     @property
     def output_family(self) -> str:
-        """``qwen2_moe`` with a shared expert, else ``mixtral`` (the base may still force Qwen2-MoE)."""
+        """``glm4_moe`` for it, ``qwen2_moe`` with a shared expert, else ``mixtral`` (a base may force Qwen2-MoE)."""
+        if self.deepseek_as == "glm4_moe":
+            return "glm4_moe"
         return "qwen2_moe" if self.shared_experts else "mixtral"
 
     @property
     def ungated_shared(self) -> bool:
         """The shared expert is DeepSeek's (ungated): written with a zero gate and a doubled down projection."""
         return self.deepseek_as is not None
+
+    @property
+    def folded_scale(self) -> float | None:
+        """``routed_scaling_factor`` when it is folded into the routed experts (Qwen2-MoE has no such field)."""
+        return self.routed_scaling_factor if self.deepseek_as == "qwen2_moe" else None
 
 
 class GrowConfig(_Strict):
@@ -230,8 +182,8 @@ def check_recipe(r: MoERecipe) -> None:
     Raises:
         ConfigError: unknown gate mode, dtype or architecture; an expert count below
             ``experts_per_token``; an expert with both or neither of ``source_model``/``brick``; missing
-            prompts for a prompt-based gate mode; a missing ``domain`` for ``gate_mode: domain``; more
-            than one shared expert.
+            prompts for a prompt-based gate mode; a missing ``domain`` for ``gate_mode: domain``;
+            prompts or a domain on one of several gated shared experts.
     """
     if r.gate_mode not in GATE_MODES:
         raise ConfigError(f"gate_mode: unknown gate mode {r.gate_mode!r} (choose from {', '.join(GATE_MODES)})")
@@ -247,7 +199,7 @@ def check_recipe(r: MoERecipe) -> None:
         if r.architecture not in QWEN3_NAMES and ARCHITECTURES[r.architecture] != r.output_family:
             raise ConfigError(
                 f"architecture: {r.architecture!r} does not match the recipe: "
-                + ("a shared expert needs qwen" if r.shared_experts else "qwen needs exactly one shared expert")
+                + ("a shared expert needs qwen" if r.shared_experts else "qwen needs a shared expert")
             )
     if not r.experts:
         raise ConfigError("experts: at least one expert is needed")
@@ -257,8 +209,7 @@ def check_recipe(r: MoERecipe) -> None:
         raise ConfigError(
             f"experts: {len(r.experts)} expert(s) is fewer than experts_per_token ({r.experts_per_token})"
         )
-    if r.shared_experts is not None and len(r.shared_experts) > 1:
-        raise ConfigError(f"shared_experts: at most one shared expert (Qwen2-MoE), got {len(r.shared_experts)}")
+    _check_several_shared(r)
     groups = [("experts", r.experts), ("shared_experts", r.shared_experts or [])]
     for group, specs in groups:
         for i, e in enumerate(specs):
@@ -283,6 +234,20 @@ def check_recipe(r: MoERecipe) -> None:
         first = (tuple(r.experts[0].positive_prompts or ()), tuple(r.experts[0].negative_prompts or ()))
         if all((tuple(e.positive_prompts or ()), tuple(e.negative_prompts or ())) == first for e in r.experts[1:]):
             raise ConfigError("experts: every expert has the same prompts, so the router cannot tell them apart")
+
+
+def _check_several_shared(r: MoERecipe) -> None:
+    """Several gated shared experts are written as one Qwen2-MoE shared expert: one gate, set by no prompt."""
+    if r.ungated_shared or not r.shared_experts or len(r.shared_experts) < 2:
+        return
+    for i, e in enumerate(r.shared_experts):
+        for key in ("positive_prompts", "negative_prompts", "domain"):
+            if getattr(e, key):
+                raise ConfigError(
+                    f"shared_experts[{i}].{key}: {len(r.shared_experts)} shared experts are written as one "
+                    "Qwen2-MoE shared expert (their FFNs side by side) behind one gate, which no single "
+                    "expert's prompts or domain can set; drop it, or give one shared expert"
+                )
 
 
 def parse_moe_recipe(data: Any, source: str = "recipe") -> MoERecipe:

@@ -114,7 +114,8 @@ def inventory(plan: AssemblyPlan, layers: list[int], max_cosine: list[float], ou
         out: the output directory.
 
     Returns:
-        Each expert's source, brick and domain; the shared expert; the routers (mode, top-k, layers).
+        Each expert's source, brick and domain; the shared experts (``shared_expert``: the first, as
+        before several were allowed); the routers (mode, top-k, layers).
     """
     from lmbricks.checkpoint.provenance import reference_name
 
@@ -122,14 +123,15 @@ def inventory(plan: AssemblyPlan, layers: list[int], max_cosine: list[float], ou
     experts = []
     for e, (spec, src) in enumerate(zip(r.experts, plan.experts, strict=True)):
         experts.append({"index": e, "label": spec.label(), "domain": spec.domain, **src.describe(out)})
-    shared = None
-    if plan.shared is not None and r.shared_experts:
-        first = r.shared_experts[0]
-        shared = {"label": first.label(), "domain": first.domain, **plan.shared.describe(out)}
+    shared = [
+        {"label": spec.label(), "domain": spec.domain, **src.describe(out)}
+        for spec, src in zip(r.shared_experts or [], plan.shared, strict=True)
+    ]
     return {
         "base_model": reference_name(plan.base_path, out),
         "experts": experts,
-        "shared_expert": shared,
+        "shared_expert": shared[0] if shared else None,
+        "shared_experts": shared,
         "non_experts": r.non_experts,
         "routers": {
             "gate_mode": r.gate_mode,

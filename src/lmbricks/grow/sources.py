@@ -63,6 +63,21 @@ class ExpertFFN:
         return int(i), int(h)
 
 
+def side_by_side(ffns: list[ExpertFFN]) -> ExpertFFN:
+    """Several SwiGLU FFNs of one width as one wider FFN computing their sum (DeepSeek's shared experts).
+
+    A SwiGLU is a sum over its neurons, so stacking the gate and up rows (I, H) -> (S I, H) and the down
+    columns (H, I) -> (H, S I) gives ``sum_s F_s(x)``.
+    """
+    if not ffns:
+        raise ValueError("side_by_side needs at least one FFN")
+    if len(ffns) == 1:
+        return ffns[0]
+    return ExpertFFN(
+        torch.cat([f.gate for f in ffns]), torch.cat([f.up for f in ffns]), torch.cat([f.down for f in ffns], dim=1)
+    )
+
+
 def ffn_names(layer: int) -> tuple[str, str, str]:
     """HF names of the dense FFN of ``layer``: gate, up, down."""
     p = f"model.layers.{layer}.mlp."

@@ -13,7 +13,7 @@ RUN = ROOT / "docs" / "bench" / "evolve-2026-12-07.json"
 
 def _rows() -> dict[str, list[str]]:
     text = DOC.read_text(encoding="utf-8")
-    section = text[text.index("### Measured on the default model") :]
+    section = text[text.index("### Measured on the default model") : text.index("### Spreading the fitness text")]
     lines = [line for line in section.splitlines() if line.startswith("| ")][1:]
     rows = {}
     for line in lines:
@@ -47,3 +47,26 @@ def test_the_table_is_the_run() -> None:
     assert [float(x) for x in weights.groups()] == [
         round(best[k], 3) for k in ("models[0].weight", "models[1].weight", "models[0].density", "models[1].density")
     ]
+
+
+def test_the_documents_table_is_its_run() -> None:
+    """docs/merging.md's "Spreading the fitness text" table equals docs/bench/evolve-documents-2026-12-07.json."""
+    run = json.loads((ROOT / "docs" / "bench" / "evolve-documents-2026-12-07.json").read_text(encoding="utf-8"))
+    text = DOC.read_text(encoding="utf-8")
+    section = text[text.index("### Spreading the fitness text") :]
+    section = section[: section.index("\n## ")]
+    rows = {}
+    for line in [line for line in section.splitlines() if line.startswith("| ")][1:]:
+        cells = [c.replace("*", "").strip() for c in line.strip("|").split("|")]
+        rows[cells[0].split(" (")[0]] = cells[1:]
+    names = {"base model, no brick": "base model", "w=1/2 d=0.7": "start", "evolved": "evolved",
+             "w=1/2 d=0.5": "w=1/2 d=0.5", "w=1/2 d=0.9": "w=1/2 d=0.9", "w=1 d=0.7": "w=1 d=0.7"}  # fmt: skip
+    for row, key in names.items():
+        cells = rows[row]
+        assert float(cells[0]) == round(run["validation"][key]["loss"], 5), row
+        assert float(cells[1]) == round(run["test"][key]["loss"], 5), row
+        assert float(cells[2]) == round(run["test"][key]["bpb"]["code"], 4), row
+        assert float(cells[3]) == round(run["test"][key]["bpb"]["math"], 4), row
+    assert run["config"]["fitness"]["documents"] == 6 and f"{run['evaluations']} candidates" in section
+    assert f"{run['timings']['evaluations_per_hour']:.0f} evaluations per hour" in section
+    assert f"{100 * run['timings']['merge_share']:.0f}% of a\ncandidate's time merging" in section

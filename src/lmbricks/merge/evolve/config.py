@@ -88,6 +88,8 @@ class FitnessConfig(_Strict):
         bpb: ``{domain: weight}``; bits per byte on each domain's *validation* split (the search
             never reads the test split; the final comparison does).
         bytes: bytes of text per domain (a deterministic prefix of the split).
+        documents: spread ``bytes`` over the split's first ``documents`` documents, an equal share
+            (prefix) of each, instead of one prefix of the joined split (which may be one document).
         tokens: optional cap on the scored tokens per domain.
         seq_len: window length of the scoring passes.
         fewshot: an optional few-shot accuracy term.
@@ -95,6 +97,7 @@ class FitnessConfig(_Strict):
 
     bpb: dict[str, float] = Field(default_factory=dict)
     bytes: int = Field(4000, ge=1)
+    documents: int | None = Field(None, ge=1, description="equal shares of this many documents")
     tokens: int | None = Field(None, ge=1)
     seq_len: int = Field(512, ge=2)
     fewshot: FewshotTerm | None = None

@@ -69,9 +69,24 @@ def fewshot_task(term: FewshotTerm, split: str) -> Task:
     return dataclasses.replace(task, items=items)
 
 
+def document_shares(documents: list[str], max_bytes: int, k: int) -> str:
+    """``max_bytes`` spread over the first ``k`` documents: a prefix of ``max_bytes // k`` UTF-8 bytes of
+    each (cut at a character boundary), joined with blank lines; a shorter document gives what it has."""
+    share = max(1, max_bytes // k)
+    return "\n\n".join(d.encode("utf-8")[:share].decode("utf-8", errors="ignore") for d in documents[:k])
+
+
+def _shares_of(k: int) -> Any:
+    """A ``held_out_texts`` text source taking :func:`document_shares` of ``k`` documents of the split."""
+    from lmbricks.data import load_texts
+
+    return lambda domain, split, max_bytes: document_shares(load_texts(domain, split), max_bytes, k)
+
+
 def prepare(cfg: FitnessConfig, split: str) -> Evaluation:
     """The texts (and few-shot items) of ``split``, checked to be there (see :func:`held_out_texts`)."""
-    texts = held_out_texts(list(cfg.bpb), split, cfg.bytes, cfg.tokens) if cfg.bpb else {}
+    text_of = None if cfg.documents is None else _shares_of(cfg.documents)
+    texts = held_out_texts(list(cfg.bpb), split, cfg.bytes, cfg.tokens, text_of=text_of) if cfg.bpb else {}
     task = fewshot_task(cfg.fewshot, split) if cfg.fewshot is not None else None
     return Evaluation(texts, task)
 

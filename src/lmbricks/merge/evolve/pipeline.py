@@ -108,8 +108,11 @@ def _baseline(recipe: Recipe, dims: list[Dimension], init: list[float], values: 
 
 def _digest(cfg: EvolveConfig, recipe: Recipe) -> str:
     """The hash of what fixes the candidates' sequence (budget, mode and scratch may change on resume)."""
+    fitness = cfg.fitness.model_dump()
+    if fitness["documents"] is None:  # unset: the hash of a log written before the field existed
+        del fitness["documents"]
     parts = {"recipe": recipe.to_dict(), "free": [f.model_dump() for f in cfg.free],
-             "fitness": cfg.fitness.model_dump(), "optimizer": cfg.optimizer.model_dump()}  # fmt: skip
+             "fitness": fitness, "optimizer": cfg.optimizer.model_dump()}  # fmt: skip
     return config_hash(parts)
 
 
