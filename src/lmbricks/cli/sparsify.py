@@ -111,7 +111,7 @@ def evaluate(
     threads: int = typer.Option(1, "--threads", help="torch intra-op threads while measuring."),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
-    """Training-free FFN sparsity against dense: GRIFFIN (arXiv 2404.01365), CATS (2404.08763), CMoE (2502.04416), TEAL (2408.14690).
+    """Training-free sparsity vs dense: GRIFFIN (2404.01365), CATS (2404.08763), CMoE (2502.04416), TEAL (2408.14690).
 
     Each window is a prompt and its held-out continuation; prints the continuation's perplexity
     change per domain and the decoding speed (CPU time; not for CMoE, applied as a mask); writes
