@@ -105,6 +105,7 @@ def evaluate(
     shared_experts: int = typer.Option(4, "--shared-experts", help="CMoE: shared (always on) experts."),
     oracle: bool = typer.Option(False, "--oracle", help="CMoE: route by true expert mass (a bound)."),
     router: str = typer.Option("analytic", "--router", help="CMoE: analytic | linear (moefy's ridge fit)."),
+    allocation: str = typer.Option("uniform", "--allocation", help="TEAL: uniform | greedy (per-block search)."),
     decode_tokens: int = typer.Option(32, "--decode-tokens", help="Greedy tokens per arm and round timed (0: none)."),
     rounds: int = typer.Option(3, "--rounds", help="Timing rounds (arm order rotates)."),
     precision: RequestedPrecision = precision_option(),
@@ -127,7 +128,7 @@ def evaluate(
         text_files=text_file, sequences=sequences, prompt_tokens=prompt_tokens, calibration_tokens=calibration_tokens,
         continuation_tokens=continuation_tokens, decode_tokens=decode_tokens, rounds=rounds, precision=precision,
         threads=threads, force=force, experts=experts, shared_experts=shared_experts, oracle=oracle,
-        router=router,
+        router=router, allocation=allocation,
     )  # fmt: skip
     cfg = validate(SparsifyEvalConfig, {k: v for k, v in fields.items() if v is not None}, "sparsify evaluate options")
     with progress_bar(transient=True) as bar:
