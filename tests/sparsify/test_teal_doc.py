@@ -68,3 +68,19 @@ def test_teal_speed_table_equals_its_json() -> None:
         assert _x(cells[5]) == pytest.approx(bf["vs_floor"], abs=0.005 + 1e-9), name
         paper = speed["paper_speedup"].get(arm)
         assert (cells[6] == "") if paper is None else (_x(cells[6]) == paper), name
+
+
+def test_teal_greedy_table_equals_its_json() -> None:
+    text = _text()
+    assert "(bench/teal-greedy-2026-12-07.json)" in text
+    res = json.loads((DOCS / "bench" / "teal-greedy-2026-12-07.json").read_text())["results"]
+    uniform = json.loads(RUN.read_text())["results"]
+    assert res["settings"]["allocation"] == "greedy" and res["settings"]["keep"] == [0.75, 0.6, 0.5]
+    same = ("sequences", "prompt_tokens", "continuation_tokens", "calibration_tokens", "domains")
+    assert all(res["settings"][k] == uniform["settings"][k] for k in same)
+    rows = table_rows(text, "| TEAL sparsity, greedy | perplexity change, mean |")
+    assert list(rows) == ["25%", "40%", "50%"]
+    for name, keep in zip(rows, KEEPS, strict=True):
+        change = res["ppl_change"][keep]
+        want = [change["mean"], *(change[d] for d in DOMAINS), uniform["ppl_change"][keep]["mean"]]
+        assert [signed_percent(c) for c in rows[name]] == pytest.approx(want, abs=5e-4 + 1e-9), name
