@@ -77,6 +77,28 @@ def test_trace_names_the_experts_that_run(moefied: tuple[Any, Any], dynamic: flo
     assert bool((w > 0).all() and (w < 1).all())
 
 
+@pytest.mark.parametrize("shared", [1, 2])
+def test_shared_experts_are_numbered_as_the_model_runs_them(tiny_llama: Path, shared: int) -> None:
+    """With S shared experts the trace lists experts 0..S-1 for every token and the routed ones as S + choice."""
+    from lmbricks.moefy import make_config, moefied_layers, moefy_model
+
+    model, tok, _ = load_routed_model(tiny_llama)
+    moefy_model(model, tok, make_config(experts=8, top_k=3, split="random", router="centroid", shared_experts=shared))
+    docs, domains = tokenize_domains(tok, TEXTS)
+    trace = capture_routing(model, docs, domains, batch_size=2)
+    assert trace.num_experts == 8 and trace.top_k == 3 + shared
+    assert bool((trace.indices[..., 3:] == torch.arange(shared)).all())  # the shared experts, every token
+    assert bool((trace.indices[..., :3] >= shared).all())  # the routed ones: experts S .. 7
+    assert bool((trace.weights[..., 3:] == 0).all() and (trace.weights[..., :3] > 0).all())
+    assert bool((trace.top1() >= shared).all())  # the first choice is a routed expert
+    doc = torch.tensor([docs[0]])
+    t = len(docs[0])
+    for pos, ((x, y), ffn) in enumerate(zip(_ffn_io(model, doc), moefied_layers(model), strict=True)):
+        mask = torch.zeros(t, 8, dtype=torch.bool).scatter_(1, trace.indices[pos, :t], True)  # (T, E)
+        with torch.no_grad():  # the experts the trace names are exactly those that ran
+            torch.testing.assert_close(ffn.sparse_forward(x, mask), y, rtol=1e-5, atol=1e-6)
+
+
 def test_dense_mode_is_refused_with_a_hint(moefied: tuple[Any, Any]) -> None:
     from lmbricks.errors import ConfigError
     from lmbricks.moefy import set_routing

@@ -105,13 +105,14 @@ def evaluate(
     shared_experts: int = typer.Option(4, "--shared-experts", help="CMoE: shared (always on) experts."),
     oracle: bool = typer.Option(False, "--oracle", help="CMoE: route by true expert mass (a bound)."),
     router: str = typer.Option("analytic", "--router", help="CMoE: analytic | linear (moefy's ridge fit)."),
+    allocation: str = typer.Option("uniform", "--allocation", help="TEAL: uniform | greedy (per-block search)."),
     decode_tokens: int = typer.Option(32, "--decode-tokens", help="Greedy tokens per arm and round timed (0: none)."),
     rounds: int = typer.Option(3, "--rounds", help="Timing rounds (arm order rotates)."),
     precision: RequestedPrecision = precision_option(),
     threads: int = typer.Option(1, "--threads", help="torch intra-op threads while measuring."),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
-    """Training-free FFN sparsity against dense: GRIFFIN (arXiv 2404.01365), CATS (2404.08763), CMoE (2502.04416).
+    """Training-free sparsity vs dense: GRIFFIN (2404.01365), CATS (2404.08763), CMoE (2502.04416), TEAL (2408.14690).
 
     Each window is a prompt and its held-out continuation; prints the continuation's perplexity
     change per domain and the decoding speed (CPU time; not for CMoE, applied as a mask); writes
@@ -127,7 +128,7 @@ def evaluate(
         text_files=text_file, sequences=sequences, prompt_tokens=prompt_tokens, calibration_tokens=calibration_tokens,
         continuation_tokens=continuation_tokens, decode_tokens=decode_tokens, rounds=rounds, precision=precision,
         threads=threads, force=force, experts=experts, shared_experts=shared_experts, oracle=oracle,
-        router=router,
+        router=router, allocation=allocation,
     )  # fmt: skip
     cfg = validate(SparsifyEvalConfig, {k: v for k, v in fields.items() if v is not None}, "sparsify evaluate options")
     with progress_bar(transient=True) as bar:

@@ -3,7 +3,9 @@
 An arm is a session on the model: inside ``with method.session(model, keep) as after_prompt``
 the prompt runs (dense for GRIFFIN, thresholded for CATS), ``after_prompt()`` switches to what
 decoding uses (GRIFFIN's restricted FFNs; nothing for CATS, whose kernel serves short inputs),
-and leaving the block restores the dense model (TEAL, like CATS and CMoE, masks the whole window).
+and leaving the block restores the dense model (TEAL, like CATS and CMoE, thresholds the whole
+window: its masks in front of dense products for the prompt and the scored continuation, its
+one-token kernel, :mod:`lmbricks.sparsify.teal_decode`, for each decoding step).
 Quality (:func:`continuation_nll`) and speed (:func:`speed`, process CPU time) are measured through
 the same sessions.
 """
@@ -25,7 +27,7 @@ from lmbricks.moefy.cmoe import CMoELayer, cmoe_applied
 from lmbricks.nn.model import LM, KVCache
 from lmbricks.sparsify.cats import Cats
 from lmbricks.sparsify.griffin import Griffin, ffn_sites
-from lmbricks.sparsify.teal import Teal
+from lmbricks.sparsify.teal_decode import TealDecode, transposed_weights
 
 MethodName = Literal["griffin", "cats", "cmoe", "teal"]
 
@@ -42,13 +44,15 @@ class Method:
     Attributes:
         name: "griffin" (per-prompt neuron selection), "cats" (thresholded gate activation),
             "cmoe" (carved experts, applied as a mask: quality only) or "teal" (thresholded inputs
-            of every block's projections, applied as a mask: quality only).
+            of every block's projections: masks for many tokens, the sparse kernel for one).
         thresholds: CATS: kept fraction -> per-FFN thresholds (for sparsity 1 - kept); TEAL: kept
             fraction -> the per-site thresholds of :func:`lmbricks.sparsify.teal.teal_sites`.
         carved: CMoE only: the carved FFNs and their routers.
         experts: CMoE only: experts per FFN, ``shared`` of them always on; a kept fraction f
             routes ``round(f * experts) - shared`` experts per token; ``oracle`` routes by the
             experts' true mass instead of the analytic router.
+        transposed: TEAL only: the transposed projection weights its kernel reads, built at the
+            first session and shared by every kept fraction.
     """
 
     name: MethodName
@@ -57,11 +61,12 @@ class Method:
     experts: int = 0
     shared: int = 0
     oracle: bool = False
+    transposed: list[Tensor] = field(default_factory=list)
 
     @property
     def timed(self) -> bool:
-        """Whether decoding speed means something (CMoE and TEAL here are masked dense computations)."""
-        return self.name not in ("cmoe", "teal")
+        """Whether decoding speed means something (CMoE here is a masked dense computation)."""
+        return self.name != "cmoe"
 
     @contextmanager
     def session(self, model: nn.Module, keep: float | None) -> Iterator[Callable[[], None]]:
@@ -79,7 +84,9 @@ class Method:
             with Cats(model, self.thresholds[keep]):
                 yield lambda: None
         elif self.name == "teal":
-            with Teal(model, self.thresholds[keep]):
+            if not self.transposed:
+                self.transposed = transposed_weights(model)
+            with TealDecode(model, self.thresholds[keep], self.transposed):
                 yield lambda: None
         else:
             with cmoe_applied(model, self.carved, round(keep * self.experts) - self.shared, self.oracle):

@@ -205,6 +205,20 @@ def site_quantiles(
     Returns:
         One threshold per site, in order.
     """
+    return [quantile_threshold(s, sparsity) for s in site_samples(model, blocks, sites, magnitudes, per_site)]
+
+
+def site_samples(
+    model: nn.Module,
+    blocks: Tensor,
+    sites: list[nn.Module],
+    magnitudes: Callable[[nn.Module, Tensor], Tensor],
+    per_site: int = 1_000_000,
+) -> list[Tensor]:
+    """Per site, up to ``per_site`` per sequence of ``magnitudes(site, its input)`` over ``blocks`` (1-D fp32 each).
+
+    The arguments are :func:`site_quantiles`' (which takes a quantile of each).
+    """
     samples: list[list[Tensor]] = [[] for _ in sites]
     gen = torch.Generator().manual_seed(0)
 
@@ -224,4 +238,4 @@ def site_quantiles(
     finally:
         for h in handles:
             h.remove()
-    return [quantile_threshold(torch.cat(s), sparsity) for s in samples]
+    return [torch.cat(s) for s in samples]

@@ -56,6 +56,8 @@ class SparsifyEvalConfig(BaseModel):
         markers: CMoE: neurons each calibration token marks (default: an eighth of the width).
         oracle: CMoE: route by the experts' true mass (a bound on the carving) instead of the router.
         router: CMoE: "analytic" (the representative neurons) or "linear" (``moefy``'s ridge fit).
+        allocation: TEAL: "uniform" (the same sparsity at every site) or "greedy" (TEAL's
+            block-wise greedy search, :mod:`lmbricks.sparsify.teal_greedy`, at the same mean sparsity).
         domains: lmbricks.data corpora whose ``split`` gives the windows.
         text_files: UTF-8 files to read the windows from instead of ``domains`` (named by their stem).
         split: the corpus split read.
@@ -80,6 +82,7 @@ class SparsifyEvalConfig(BaseModel):
     markers: int | None = Field(None, gt=0)
     oracle: bool = False
     router: str = Field("analytic", pattern="^(analytic|linear)$")
+    allocation: str = Field("uniform", pattern="^(uniform|greedy)$")
     keep: list[float] = Field(default_factory=lambda: [0.5, 0.25], min_length=1)
     domains: list[str] = Field(default_factory=lambda: ["en_prose", "code", "math", "zh", "dialogue"], min_length=1)
     text_files: list[Path] = Field(default_factory=list)
@@ -241,6 +244,11 @@ def _method(cfg: SparsifyEvalConfig, model: LM, tok: Any) -> Method:
     blocks = _calibration_blocks(cfg, tok)
     if cfg.method == "cats":
         return Method("cats", {k: calibrate(model, blocks, 1.0 - k) for k in cfg.keep})
+    if cfg.method == "teal" and cfg.allocation == "greedy":
+        from lmbricks.sparsify.teal_greedy import greedy_teal
+
+        greedy = greedy_teal(model, blocks, [1.0 - k for k in cfg.keep])
+        return Method("teal", dict(zip(cfg.keep, greedy.thresholds, strict=True)))
     if cfg.method == "teal":
         return Method("teal", {k: calibrate_teal(model, blocks, 1.0 - k) for k in cfg.keep})
     from lmbricks.moefy.cmoe import carve_model

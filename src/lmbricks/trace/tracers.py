@@ -14,7 +14,8 @@ Built in:
 - ``moefied``: MoEfied models (:mod:`lmbricks.moefy`): the router hooks on the router of every
   :class:`lmbricks.moefy.MoefiedFFN`, reading the ``RouterOutput`` it returns (top-K, or dynamic K
   with its unrouted slots -1). MoEfied experts are summed with weight 1; the trace keeps
-  sigmoid(router score) as the weight so that the first choice is the best-scored expert.
+  sigmoid(router score) as the weight so that the first choice is the best-scored expert. Shared
+  experts (always on) are listed after the routed slots with weight 0, numbered as in the model.
 - ``router-hooks``: forward hooks on every sub-module whose class name ends in ``Router`` and whose
   output is either a Hugging Face router tuple ``(logits (T, E), scores (T, k), indices (T, k))``
   (transformers 5 Mixtral, Qwen2-MoE, OLMoE, ...) or an object with ``indices``/``weights``/``logits``
@@ -241,6 +242,12 @@ class MoefiedTracer(RouterHookTracer):
 
     MoEfied experts are summed with weight 1, so the trace's weight of a pair is
     ``sigmoid(router score)`` instead: the first choice is the best-scored expert.
+
+    Experts are numbered as the model numbers them. With S shared experts (``moefy
+    --shared-experts S``: experts ``0 .. S-1``, always on) the router chooses among the other
+    ``E - S``, so its choice j is the model's expert ``S + j``; the S shared experts follow the
+    routed slots with weight 0 (no router chose them), so every expert that ran is in the trace and
+    the first choice is still the best-scored routed one.
     """
 
     name = "moefied"
@@ -263,7 +270,19 @@ class MoefiedTracer(RouterHookTracer):
                     f"MoEfied layer {layer} runs in mode {m.mode!r}, which has no router to trace; "
                     "switch with lmbricks.moefy.set_routing(model, mode='router')"
                 )
-        return super().__call__(model, input_ids)
+        ffns = dict(self.ffns)
+        return [_with_shared(r, ffns[r.layer]) for r in super().__call__(model, input_ids)]
+
+
+def _with_shared(routing: LayerRouting, ffn: MoefiedFFN) -> LayerRouting:
+    """The router's choices among the routed experts as the model's expert numbers, the shared ones after them."""
+    s = ffn.shared_experts
+    if not s:
+        return LayerRouting(routing.layer, routing.indices, routing.weights, ffn.num_experts)
+    idx = torch.where(routing.indices >= 0, routing.indices + s, -1)  # (N, k) routed choice j -> expert S + j
+    shared = torch.arange(s, dtype=idx.dtype).expand(idx.shape[0], s)  # (N, S) always on
+    weights = torch.cat([routing.weights, routing.weights.new_zeros(idx.shape[0], s)], dim=1)
+    return LayerRouting(routing.layer, torch.cat([idx, shared], dim=1), weights, ffn.num_experts)
 
 
 # --------------------------------------------------------------------------- adapter routing
