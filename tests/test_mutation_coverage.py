@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -64,4 +65,46 @@ def test_junit_outcomes_fold_parametrised_cases_into_their_function(mc: ModuleTy
         "tests/proxy/test_decode.py::test_b": False,
         "tests/moe/test_layer.py::test_c": True,
         "tests/moe/test_layer.py::test_d": False,
+    }
+
+
+@pytest.fixture(scope="module")
+def mm() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("mutation_matrix", SCRIPT.with_name("mutation_matrix.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_matrix_joins_a_report_and_the_log_of_a_stopped_run(mm: ModuleType, tmp_path: Path) -> None:
+    report = {
+        "areas": {
+            "proxy": {
+                "baseline_failures": ["p::broken"],
+                "tests": {"p::a": ["m1"], "p::b": [], "p::c": []},
+                "mutants": {"m1": {"caught_by": ["p::a"]}, "m2": {"status": "not run (budget)"}},
+            }
+        }
+    }
+    (tmp_path / "r.json").write_text(json.dumps(report), encoding="utf-8")
+    log = [
+        "some pytest noise",
+        json.dumps(
+            {"area": "proxy", "baseline_tests": ["p::a", "p::b", "p::broken", "p::c", "p::d"], "baseline_failures": []}
+        ),
+        json.dumps({"area": "proxy", "mutant": "m3", "caught_by": ["p::b"], "status": "ran"}),
+        json.dumps({"area": "moe", "baseline_tests": ["q::x"], "baseline_failures": []}),
+        '{"area": "proxy", "mutant": "m4", "caught_by": ["p::c"',  # cut when the run was killed
+    ]
+    (tmp_path / "run.log").write_text("\n".join(log), encoding="utf-8")
+    matrix = mm.join([tmp_path / "r.json", tmp_path / "run.log"])
+    proxy = matrix["areas"]["proxy"]
+    assert proxy["tests"] == {"p::a": ["m1"], "p::b": ["m3"], "p::c": [], "p::d": []}  # p::broken left out
+    assert proxy["uncaught_tests"] == ["p::c", "p::d"] and (proxy["caught"], proxy["test_functions"]) == (2, 4)
+    assert matrix["areas"]["moe"] == {
+        "tests": {"q::x": []},
+        "uncaught_tests": ["q::x"],
+        "caught": 0,
+        "test_functions": 1,
     }
