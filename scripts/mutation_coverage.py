@@ -157,7 +157,9 @@ def _pytest(
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not integration"]
     if first_failure is not None:
         cmd += ["-x", *(f"--deselect={t}" for t in first_failure)]
-    cmd += ["-o", "addopts=", f"--junitxml={junit}", *tests]
+    # pytest's temporary directories inside the work directory: under the default /tmp/pytest-of-USER
+    # runs side by side on one machine delete each other's (pytest keeps the last three)
+    cmd += ["-o", "addopts=", f"--basetemp={junit.with_suffix('.tmp')}", f"--junitxml={junit}", *tests]
     junit.unlink(missing_ok=True)  # never read the previous run's outcomes
     before, start = _children_cpu(), time.monotonic()
     try:
