@@ -9,7 +9,7 @@ with the mutants it failed on (the union over the sources: a test catches if any
 a mutant), the tests that caught none, and the count. Runs in ``--kill`` mode stop at a mutant's
 first failing test, so they show fewer catches than a test has; the matrix is a lower bound.
 Prints (and with ``--json`` writes) ``{"sources": [...], "areas": {area: {"tests": {test:
-[mutants]}, "uncaught_tests": [...], "caught": n, "test_functions": n}}}``.
+[mutants]}, "uncaught_tests": [...], "caught": n, "test_functions": n, "modes": [...]}}}``.
 """
 
 from __future__ import annotations
@@ -31,9 +31,8 @@ def _records(path: Path) -> list[dict[str, Any]]:
     if isinstance(report, dict) and "areas" in report:
         rows: list[dict[str, Any]] = []
         for area, r in report["areas"].items():
-            rows.append(
-                {"area": area, "baseline_tests": sorted(r["tests"]), "baseline_failures": r["baseline_failures"]}
-            )
+            base = {"baseline_tests": sorted(r["tests"]), "baseline_failures": r["baseline_failures"]}
+            rows.append({"area": area, **base, "mode": r.get("mode", "?")})
             rows += [{"area": area, "mutant": m, **v} for m, v in r["mutants"].items() if "caught_by" in v]
         return rows
     rows = []
@@ -50,6 +49,7 @@ def join(sources: list[Path]) -> dict[str, Any]:
     """The joined matrix of ``sources`` (see the module docstring)."""
     tests: dict[str, dict[str, set[str]]] = defaultdict(dict)
     failing: dict[str, set[str]] = defaultdict(set)
+    modes: dict[str, set[str]] = defaultdict(set)
     for src in sources:
         for row in _records(src):
             area = str(row["area"])
@@ -57,6 +57,7 @@ def join(sources: list[Path]) -> dict[str, Any]:
                 for t in row["baseline_tests"]:
                     tests[area].setdefault(t, set())
                 failing[area] |= set(row["baseline_failures"])
+                modes[area].add(row.get("mode", "log of a run"))
             else:
                 for t in row.get("caught_by", []):
                     tests[area].setdefault(t, set()).add(str(row["mutant"]))
@@ -69,6 +70,7 @@ def join(sources: list[Path]) -> dict[str, Any]:
             "uncaught_tests": uncaught,
             "caught": len(found) - len(uncaught),
             "test_functions": len(found),
+            "modes": sorted(modes[area]),  # "kill (-x)": a lower bound (a mutant stops at its first failing test)
         }
     return {"sources": [str(s) for s in sources], "areas": areas}
 

@@ -103,6 +103,7 @@ def test_matrix_joins_a_report_and_the_log_of_a_stopped_run(mm: ModuleType, tmp_
     assert proxy["tests"] == {"p::a": ["m1"], "p::b": ["m3"], "p::c": [], "p::d": []}  # p::broken left out
     assert proxy["uncaught_tests"] == ["p::c", "p::d"] and (proxy["caught"], proxy["test_functions"]) == (2, 4)
     assert matrix["areas"]["moe"] == {
+        "modes": ["log of a run"],
         "tests": {"q::x": []},
         "uncaught_tests": ["q::x"],
         "caught": 0,
