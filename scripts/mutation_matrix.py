@@ -31,8 +31,9 @@ def _records(path: Path) -> list[dict[str, Any]]:
     if isinstance(report, dict) and "areas" in report:
         rows: list[dict[str, Any]] = []
         for area, r in report["areas"].items():
-            base = {"baseline_tests": sorted(r["tests"]), "baseline_failures": r["baseline_failures"]}
-            rows.append({"area": area, **base, "mode": r.get("mode", "?")})
+            if "tests" in r:  # (a report joined by hand may list its mutants only)
+                base = {"baseline_tests": sorted(r["tests"]), "baseline_failures": r.get("baseline_failures", [])}
+                rows.append({"area": area, **base, "mode": r.get("mode", "?")})
             rows += [{"area": area, "mutant": m, **v} for m, v in r["mutants"].items() if "caught_by" in v]
         return rows
     rows = []
