@@ -1,13 +1,14 @@
 """The per-test mutation matrix of several runs of ``scripts/mutation_coverage.py``, joined.
 
-Usage: python scripts/mutation_matrix.py SOURCE [SOURCE ...] [--json OUT]
+Usage: python scripts/mutation_matrix.py SOURCE [SOURCE ...] [--mutants MUTANTS_JSON] [--json OUT]
 
 A SOURCE is either a report that ``mutation_coverage.py --json`` wrote, or the stderr log of a run
 (one JSON line for the baseline's tests, one per mutant): a run stopped before its end still
 counts with what it found. For each area the matrix lists every test function of the baselines
 with the mutants it failed on (the union over the sources: a test catches if any run saw it fail on
-a mutant), the tests that caught none, and the count. Runs in ``--kill`` mode stop at a mutant's
-first failing test, so they show fewer catches than a test has; the matrix is a lower bound.
+a mutant; with ``--mutants``, only on a mutant of that list, e.g. an older ``scripts/mutants.json``),
+the tests that caught none, and the count. Runs in ``--kill`` mode stop at a mutant's first failing
+test, so they show fewer catches than a test has; the matrix is a lower bound.
 Prints (and with ``--json`` writes) ``{"sources": [...], "areas": {area: {"tests": {test:
 [mutants]}, "uncaught_tests": [...], "caught": n, "test_functions": n, "modes": [...]}}}``.
 """
@@ -46,8 +47,8 @@ def _records(path: Path) -> list[dict[str, Any]]:
     return [r for r in rows if "area" in r]
 
 
-def join(sources: list[Path]) -> dict[str, Any]:
-    """The joined matrix of ``sources`` (see the module docstring)."""
+def join(sources: list[Path], mutants: set[str] | None = None) -> dict[str, Any]:
+    """The joined matrix of ``sources`` (see the module docstring); with ``mutants``, only their catches count."""
     tests: dict[str, dict[str, set[str]]] = defaultdict(dict)
     failing: dict[str, set[str]] = defaultdict(set)
     modes: dict[str, set[str]] = defaultdict(set)
@@ -59,7 +60,7 @@ def join(sources: list[Path]) -> dict[str, Any]:
                     tests[area].setdefault(t, set())
                 failing[area] |= set(row["baseline_failures"])
                 modes[area].add(row.get("mode", "log of a run"))
-            else:
+            elif mutants is None or row["mutant"] in mutants:
                 for t in row.get("caught_by", []):
                     tests[area].setdefault(t, set()).add(str(row["mutant"]))
     areas = {}
@@ -80,8 +81,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sources", nargs="+", type=Path)
     ap.add_argument("--json", type=Path, default=None, help="also write the matrix here")
+    ap.add_argument("--mutants", type=Path, default=None, help="count only the mutants of this mutants.json")
     args = ap.parse_args(argv)
-    matrix = join(args.sources)
+    names = None
+    if args.mutants is not None:
+        names = {m["name"] for rows in json.loads(args.mutants.read_text(encoding="utf-8")).values() for m in rows}
+    matrix = join(args.sources, names)
     text = json.dumps(matrix, indent=1)
     print(text)
     for area, r in matrix["areas"].items():

@@ -109,3 +109,5 @@ def test_matrix_joins_a_report_and_the_log_of_a_stopped_run(mm: ModuleType, tmp_
         "caught": 0,
         "test_functions": 1,
     }
+    only_m1 = mm.join([tmp_path / "r.json", tmp_path / "run.log"], mutants={"m1"})["areas"]["proxy"]
+    assert only_m1["uncaught_tests"] == ["p::b", "p::c", "p::d"]  # m3's catch is not counted
