@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.mutants is not None:
         names = {m["name"] for rows in json.loads(args.mutants.read_text(encoding="utf-8")).values() for m in rows}
     matrix = join(args.sources, names)
+    if args.mutants is not None:
+        matrix["mutants"] = str(args.mutants)
     text = json.dumps(matrix, indent=1)
     print(text)
     for area, r in matrix["areas"].items():
