@@ -111,3 +111,35 @@ def test_matrix_joins_a_report_and_the_log_of_a_stopped_run(mm: ModuleType, tmp_
     }
     only_m1 = mm.join([tmp_path / "r.json", tmp_path / "run.log"], mutants={"m1"})["areas"]["proxy"]
     assert only_m1["uncaught_tests"] == ["p::b", "p::c", "p::d"]  # m3's catch is not counted
+
+
+MATRIX = SCRIPT.parents[1] / "docs" / "bench" / "mutation-matrix-2026-12-07.json"
+MATRIX_BEFORE = MATRIX.with_name("mutation-matrix-before-2026-12-07.json")
+
+
+def test_committed_matrices_are_their_sources_joined(mm: ModuleType) -> None:
+    """docs/bench's matrices re-join from the committed runs they list (before: the mutants at the branch's start)."""
+    root = SCRIPT.parents[1]
+    for path in (MATRIX, MATRIX_BEFORE):
+        matrix = json.loads(path.read_text(encoding="utf-8"))
+        names = None
+        if "mutants" in matrix:
+            listed = json.loads((root / matrix["mutants"]).read_text(encoding="utf-8"))
+            names = {m["name"] for rows in listed.values() for m in rows}
+        assert mm.join([root / s for s in matrix["sources"]], names)["areas"] == matrix["areas"], path.name
+
+
+def test_mutations_doc_table_equals_the_matrices() -> None:
+    """tests/MUTATIONS.md's per-area counts are the committed matrices'."""
+    from tests.doc_tables import table_rows
+
+    after = json.loads(MATRIX.read_text(encoding="utf-8"))["areas"]
+    before = json.loads(MATRIX_BEFORE.read_text(encoding="utf-8"))["areas"]
+    text = (SCRIPT.parents[1] / "tests" / "MUTATIONS.md").read_text(encoding="utf-8")
+    rows = table_rows(text, "| area | test functions |")
+    assert set(rows) == set(after)
+    for area, cells in rows.items():
+        want = [after[area]["test_functions"], before.get(area, {}).get("caught", 0), after[area]["caught"]]
+        assert [int(c.strip("*")) for c in cells[:3]] == want, area
+        uncaught = after[area]["uncaught_tests"]
+        assert cells[3] == ("none" if not uncaught else str(len(uncaught))), area
