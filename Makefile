@@ -61,7 +61,7 @@ VULTURE_IGNORE_DECORATORS := @*.command,@*.callback,@field_validator,@model_vali
 lint: $(if $(filter command line,$(origin BIN)),,setup)
 	$(BIN)/ruff check src tests bench scripts
 	$(BIN)/ruff format --check src tests bench scripts
-	$(BIN)/mypy src
+	$(BIN)/mypy src scripts
 	$(BIN)/vulture src tests bench scripts scripts/vulture_allow.py --min-confidence 60 \
 	  --ignore-names '$(VULTURE_IGNORE_NAMES)' --ignore-decorators '$(VULTURE_IGNORE_DECORATORS)'
 

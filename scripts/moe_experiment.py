@@ -138,12 +138,12 @@ def main() -> None:
     final = {ARM_LABELS[a]: {d: v for d, v in r["val_curve"][-1][1].items() if d != "mean"} for a, r in results.items()}
     bar_chart(args.img / "moe_val_loss_by_domain.png", final, "Final validation loss by domain", "nats per token")
     for arm in ("top2", "switch"):
-        matrix, rows, cols = load_heatmap_rows(results[arm]["expert_load"])
+        matrix, load_rows, load_cols = load_heatmap_rows(results[arm]["expert_load"])
         heatmap(
             args.img / f"moe_domain_load_{arm}.png",
             matrix,
-            rows,
-            cols,
+            load_rows,
+            load_cols,
             f"{ARM_LABELS[arm]}: share of each domain's routed pairs",
             annotate=False,
         )

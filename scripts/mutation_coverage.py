@@ -7,7 +7,8 @@ Each mutant in ``scripts/mutants.json`` is one textual change to one library fil
 swapped, a term dropped, a slice off by one, a flag ignored), written as the exact source it
 replaces, so the list breaks loudly (``--check``, and ``tests/test_mutation_coverage.py``) when the
 code moves. For
-an AREA (``proxy``, ``moe``, ``merge``, ``moefy``, ``adapters``) the script copies ``src/`` once to
+an AREA (``proxy``, ``moe``, ``merge``, ``moefy``, ``adapters``; ``moe-parallel`` and ``train-parallel``
+for the multi-process expert-parallel tests) the script copies ``src/`` once to
 a temporary directory, runs the
 area's tests there unmodified (the baseline: a test failing there is left out), then for each
 mutant writes the changed file into the copy, runs the tests with ``PYTHONPATH`` pointing at the
@@ -37,11 +38,13 @@ import os
 import resource
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +66,8 @@ AREAS: dict[str, tuple[str, ...]] = {
     "proxy": ("tests/proxy",),
     "moe": ("tests/moe", "--ignore=tests/moe/test_expert_parallel.py"),
     "moe-parallel": ("tests/moe/test_expert_parallel.py",),
+    # the training loop's expert-parallel layout under torchrun (tests/train: its expert-parallel cases)
+    "train-parallel": ("tests/train/test_distributed_layouts.py", "-k", "experts"),
     "merge": ("tests/merge",),
     "moefy": ("tests/moefy",),
     "adapters": ("tests/adapters",),
@@ -120,28 +125,52 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _cpu_limit(seconds: float | None) -> Callable[[], None] | None:
+    """A ``preexec_fn`` capping the pytest process's CPU time (each spawned worker gets its own cap)."""
+    if seconds is None:
+        return None
+    soft = int(seconds) + 1
+
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, soft + 10))
+
+    return apply
+
+
 def _pytest(
-    copy: Path, tests: list[str], junit: Path, timeout: float, first_failure: tuple[str, ...] | None = None
+    copy: Path,
+    tests: list[str],
+    junit: Path,
+    timeout: float,
+    first_failure: tuple[str, ...] | None = None,
+    cpu_limit: float | None = None,
 ) -> tuple[dict[str, bool], float, float, str]:
     """Run ``tests`` against the library in ``copy``: (outcomes, CPU seconds, wall seconds, status).
 
     With ``first_failure`` (the node ids to deselect: the baseline's failures) pytest stops at the
     first failing test (``-x``). A run past ``timeout`` (wall) is killed: status ``timeout``, no
-    outcomes (a hang is no test's catch).
+    outcomes (a hang is no test's catch). ``cpu_limit`` caps the run's CPU seconds (``RLIMIT_CPU``):
+    on a loaded shared machine wall time says little, so a mutant that spins is stopped by its CPU
+    (status ``cpu limit``, no outcomes) and the wall timeout only catches a run that waits for ever.
     """
     env = dict(os.environ, PYTHONPATH=str(copy), OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not integration"]
     if first_failure is not None:
         cmd += ["-x", *(f"--deselect={t}" for t in first_failure)]
-    cmd += ["-o", "addopts=", f"--junitxml={junit}", *tests]
+    # pytest's temporary directories inside the work directory: under the default /tmp/pytest-of-USER
+    # runs side by side on one machine delete each other's (pytest keeps the last three)
+    cmd += ["-o", "addopts=", f"--basetemp={junit.with_suffix('.tmp')}", f"--junitxml={junit}", *tests]
     junit.unlink(missing_ok=True)  # never read the previous run's outcomes
     before, start = _children_cpu(), time.monotonic()
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-        status = "ran" if proc.returncode in (0, 1) else f"pytest exit {proc.returncode}"
+        proc = subprocess.run(
+            cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, preexec_fn=_cpu_limit(cpu_limit)
+        )
+        killed = proc.returncode in (-signal.SIGXCPU, -signal.SIGKILL)
+        status = "ran" if proc.returncode in (0, 1) else "cpu limit" if killed else f"pytest exit {proc.returncode}"
     except subprocess.TimeoutExpired:
         status = "timeout"
-    outcomes = _outcomes(junit) if status != "timeout" else {}
+    outcomes = _outcomes(junit) if status not in ("timeout", "cpu limit") else {}  # a hang is no catch
     return outcomes, _children_cpu() - before, time.monotonic() - start, status
 
 
@@ -175,8 +204,12 @@ def run_area(
     tests: dict[str, list[str]] = {t: [] for t, failed in base.items() if not failed}
     failures = sorted(t for t, f in base.items() if f)
     report: dict[str, object] = {"baseline_failures": failures}
+    # on stderr, like each mutant's line below: a run stopped early still names every test it had
+    print(json.dumps({"area": area, "baseline_tests": sorted(tests), "baseline_failures": failures}), file=sys.stderr)
     report["baseline_cpu_s"] = round(cpu, 1)
-    spent, timeout = cpu, max(300.0, 4 * wall)  # wall: the machine is shared, its load moves
+    # a mutant's run may spend 3x the baseline's CPU; wall time only catches a run that waits for ever
+    # (the machine is shared and its load moves: 4x the baseline's wall was too short at load 16)
+    spent, timeout, cpu_cap = cpu, max(1800.0, 10 * wall), max(120.0, 3 * cpu)
     results: dict[str, dict[str, object]] = {}
     deselect = tuple(failures) if kill else None
     for m in mutants:
@@ -188,7 +221,7 @@ def run_area(
         original = file.read_text(encoding="utf-8")
         file.write_text(original.replace(m.old, m.new, 1), encoding="utf-8")
         try:
-            out, cpu, _wall, status = _pytest(copy, todo, work / f"{area}-mutant.xml", timeout, deselect)
+            out, cpu, _wall, status = _pytest(copy, todo, work / f"{area}-mutant.xml", timeout, deselect, cpu_cap)
         finally:
             file.write_text(original, encoding="utf-8")
         caught = sorted(t for t, failed in out.items() if failed and t in tests)

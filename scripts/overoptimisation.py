@@ -173,7 +173,7 @@ def analyse(scores: dict, members: int, n_max: int) -> dict[str, Any]:
     gold = scores["gold"]
     scores = {**scores, "ensemble": torch.stack([scores[f"m{m}"] for m in range(members)]).mean(0)}
     ns = [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= n_max]
-    curves: dict[str, list[dict[str, float]]] = {}
+    curves: dict[str, list[dict[str, Any]]] = {}  # n, kl, gold, proxy: floats; ci95: [low, high]
     per_prompt: dict[str, dict[int, torch.Tensor]] = {}
     for name in ["gold", *[f"m{m}" for m in range(members)], "warm", "ensemble"]:
         per_prompt[name] = {n: bon_expected(scores[name], gold, n) for n in ns}

@@ -66,8 +66,8 @@ def main(argv: list[str]) -> int:
         if not out.exists():
             steps = f"{args.train_steps} steps, lr {args.lr:g}"
             log(f"training a brick of {args.small} on {args.domain} ({steps}) -> {out}")
-            cfg = make_config(steps=args.train_steps, lr=args.lr, piece_bytes=2000, balance_sources=True)
-            train_brick(args.small, out, cfg, domain=args.domain, on_status=log)
+            train_cfg = make_config(steps=args.train_steps, lr=args.lr, piece_bytes=2000, balance_sources=True)
+            train_brick(args.small, out, train_cfg, domain=args.domain, on_status=log)
         brick = str(out)
     log("loading M1, M2 and M3")
     m1 = load_member(args.base)

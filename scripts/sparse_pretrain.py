@@ -200,15 +200,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return arms
     for act in args.arms:
         arms[act]["analysis"] = analyse_arm(args, act, tok, val, arms[act]["val_curve"])
+    settings = {
+        k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("out", "json", "img")
+    }
     summary = {
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("out",)},
+        "settings": settings,
         "training_blocks": len(chunks),
         "arms": arms,
         "wall_seconds": round(time.perf_counter() - start, 1),
         "cpu_seconds": round(time.process_time() - cpu0, 1),
     }
-    summary["settings"].pop("json")
-    summary["settings"].pop("img")
     plot_results(summary, args.img)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(summary, indent=1) + "\n")

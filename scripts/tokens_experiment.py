@@ -33,7 +33,8 @@ class Progress:
     def __init__(self) -> None:
         self.total = self.done = self.next = 0
 
-    def __call__(self, stage: str, n: int) -> None:
+    def __call__(self, stage: str, n: int | None) -> None:
+        n = n or 0  # the pipeline's type allows None (a stage of unknown size)
         if stage:
             self.total, self.done, self.next = n, 0, max(n // 10, 1)
             log(f"  {stage}")
@@ -90,7 +91,13 @@ def main(argv: list[str]) -> int:
             log(f"transplant {method} -> {out}")
             cpu0 = time.process_time()
             r = transplant(args.model, args.donor, out, TransplantConfig(method=method, k=args.k), progress=Progress())
-            stats = {"rows": r.rows, "copied": r.copied, "new": r.new, "padding": r.padding, "anchors": r.anchors}
+            stats: dict[str, float] = {
+                "rows": r.rows,
+                "copied": r.copied,
+                "new": r.new,
+                "padding": r.padding,
+                "anchors": r.anchors,
+            }
             stats |= {"wall_s": round(r.seconds, 1), "cpu_s": round(time.process_time() - cpu0, 1)}
             result["transplants"][method] = stats
             log(f"  {stats}")

@@ -93,9 +93,11 @@ def _a2a_worker(rank: int, world: int, port: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        # rank r sends (r + q) rows to rank q, each row tagged (source, destination)
-        send = [rank + q for q in range(world)]
-        recv = [r + rank for r in range(world)]
+        # rank r sends (r + 2q + 1) rows to rank q, each row tagged (source, destination): a rank's
+        # send and receive splits differ (with r + q they were equal, and a backward that forgot to
+        # swap them passed)
+        send = [rank + 2 * q + 1 for q in range(world)]
+        recv = [r + 2 * rank + 1 for r in range(world)]
         rows = torch.cat([torch.tensor([[rank, q]] * n, dtype=torch.bfloat16) for q, n in enumerate(send)])
         x = rows.clone().requires_grad_()
         out = all_to_all_rows(x, recv, send)

@@ -381,7 +381,10 @@ def test_data_add_into_an_empty_home_says_it_fetches_the_default_model_first(tmp
     assert again.exit_code == 0 and "note:" not in again.stderr  # cached: nothing to say
 
 
-@pytest.mark.parametrize("command", [["models", "list"], ["data", "list"], ["adapters", "list"], ["merge", "methods"]])
+@pytest.mark.parametrize(
+    "command",
+    [["models", "list"], ["data", "list"], ["adapters", "list"], ["merge", "methods"], ["merge", "architectures"]],
+)
 @pytest.mark.usefixtures("home")
 def test_list_commands_never_cut_names_and_have_json(command: list[str]) -> None:
     res = runner.invoke(app, [*command, "--json"])

@@ -68,7 +68,10 @@ def write_config(path: Path, corpus: Path, **overrides: Any) -> Path:
 
 def cli_env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2] / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    # this tree's src/ after a PYTHONPATH already set, so that a library the caller points at (the
+    # mutated copy of scripts/mutation_coverage.py) is the one the subprocesses run
+    paths = (env.get("PYTHONPATH", ""), str(Path(__file__).resolve().parents[2] / "src"))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     return env
 
