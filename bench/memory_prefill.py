@@ -52,7 +52,7 @@ def worker(length: int, precision_asked: str) -> dict[str, Any]:
         "prefill_cpu_s": out.prefill_cpu_s, "prefill_wall_s": out.prefill_s,
         "prefill_cpu_s_per_1k": out.prefill_cpu_s / length * 1000,
         "per_token_cpu_ms": sum(out.per_token_cpu_s) / steps * 1000, "peak_rss_mb": out.peak_rss_mb,
-        "lmbricks": str(Path(lmbricks.__file__).parent), "load_avg_1min": os.getloadavg()[0],
+        "load_avg_1min": os.getloadavg()[0],
     }  # fmt: skip
 
 
