@@ -16,14 +16,15 @@ import json
 import os
 import subprocess
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
 
+from lmbricks.eval.fewshot.scoring import wilson_interval
 from lmbricks.nn.load import load_model
 from lmbricks.plugins.memory.config import InfLLMConfig
-from lmbricks.plugins.memory.passkey import PasskeyJob, run_passkey
+from lmbricks.plugins.memory.passkey import PasskeyJob, PasskeyResult, PasskeyTrial, accuracy_heatmap, run_passkey
 from lmbricks.runtime.precision import inference_dtype, resolve_precision
 
 
@@ -37,6 +38,25 @@ def _write(path: Path, record: dict[str, object]) -> None:
     tmp.replace(path)
 
 
+def plot(record_path: Path, png: Path) -> dict[str, object]:
+    """The heat map of a trials JSON (``accuracy_heatmap``) and each method's Wilson 95% interval."""
+    trials = json.loads(record_path.read_text())["trials"]
+    names = {f.name for f in fields(PasskeyTrial)}
+    kept = [PasskeyTrial(**{k: v for k, v in t.items() if k in names}) for t in trials]
+    job = PasskeyJob(
+        lengths=tuple(sorted({t.length for t in kept})),
+        depths=tuple(sorted({t.depth for t in kept})),
+        methods=tuple(sorted({t.method for t in kept})),  # type: ignore[arg-type]
+    )
+    result = PasskeyResult(job, kept)
+    summary: dict[str, object] = {}
+    for method in job.methods:
+        accuracy_heatmap(result, method, png.with_name(png.stem + f"_{method}" + png.suffix))
+        hits = [t.correct for t in kept if t.method == method]
+        summary[method] = {"correct": sum(hits), "trials": len(hits), "wilson95": wilson_interval(sum(hits), len(hits))}
+    return summary
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
@@ -46,7 +66,11 @@ def main() -> None:
     ap.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     ap.add_argument("--seed", type=int, default=17000)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--heatmap", type=Path, default=None, help="only draw --out's trials as PNG heat maps")
     args = ap.parse_args()
+    if args.heatmap is not None:
+        print(json.dumps(plot(args.out, args.heatmap)))
+        return
     precision = resolve_precision(args.precision, "cpu")
     model, tok = load_model(args.model, dtype=inference_dtype(precision))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
