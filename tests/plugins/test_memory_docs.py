@@ -1,0 +1,38 @@
+"""docs/plugins.md's InfLLM cost tables equal the committed JSON of the runs behind them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.doc_tables import table_rows
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def _doc() -> str:
+    return (DOCS / "plugins.md").read_text(encoding="utf-8")
+
+
+def _json(name: str) -> dict:
+    return json.loads((DOCS / "bench" / name).read_text(encoding="utf-8"))
+
+
+def test_attention_variants_table_equals_its_json() -> None:
+    run = _json("memory-attention-2026-12-07.json")["ms_median"]
+    rows = table_rows(_doc(), "| variant | CPU ms per layer and chunk |")
+    keys = {
+        "attention in bf16, boolean mask (the call before this round)": "attention_bf16_bool_mask",
+        "attention in fp32, boolean mask": "attention_fp32_bool_mask",
+        "attention in fp32, additive mask (the call now)": "attention_fp32_additive_mask",
+        "attention in fp32, no mask (a lower bound, not a correct attention)": "attention_fp32_no_mask",
+        "one layer's projections, bf16 weights": "projections_bf16",
+        "one layer's projections, fp32 weights": "projections_fp32",
+    }
+    assert set(rows) == set(keys)
+    for row, key in keys.items():
+        assert int(rows[row][0]) == round(run[key]), row
+    prose = " ".join(_doc().split())
+    ratio = _json("memory-attention-2026-12-07.json")
+    assert f"an additive mask**: {ratio['fp32_additive_vs_bf16_bool']:.2f}x the old call" in prose
+    assert f"make the projections {ratio['projections_fp32_vs_bf16']:.2f}x" in prose
