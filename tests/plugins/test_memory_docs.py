@@ -36,3 +36,17 @@ def test_attention_variants_table_equals_its_json() -> None:
     ratio = _json("memory-attention-2026-12-07.json")
     assert f"an additive mask**: {ratio['fp32_additive_vs_bf16_bool']:.2f}x the old call" in prose
     assert f"make the projections {ratio['projections_fp32_vs_bf16']:.2f}x" in prose
+
+
+def test_prefill_before_after_table_equals_its_json() -> None:
+    run = _json("memory-prefill-2026-12-07.json")["lengths"]
+    rows = table_rows(_doc(), "| tokens | before: CPU s per 1k tokens |")
+    assert set(rows) == set(run)
+    for tokens, cells in rows.items():
+        got = run[tokens]
+        before, after = got["before"], got["after"]
+        assert float(cells[0]) == round(before["prefill_cpu_s_per_1k"], 2), tokens
+        assert float(cells[1]) == round(after["prefill_cpu_s_per_1k"], 2), tokens
+        assert float(cells[2]) == round(got["after_vs_before"], 2), tokens
+        assert cells[3] == ("yes" if got["same_tokens"] else "no"), tokens
+        assert int(cells[4]) == round(before["per_token_cpu_ms"]) and int(cells[5]) == round(after["per_token_cpu_ms"])
