@@ -50,3 +50,14 @@ def test_prefill_before_after_table_equals_its_json() -> None:
         assert float(cells[2]) == round(got["after_vs_before"], 2), tokens
         assert cells[3] == ("yes" if got["same_tokens"] else "no"), tokens
         assert int(cells[4]) == round(before["per_token_cpu_ms"]) and int(cells[5]) == round(after["per_token_cpu_ms"])
+
+
+def test_64k_trials_table_equals_its_json() -> None:
+    run = _json("passkey-64k-2026-12-07.json")["trials"]
+    rows = table_rows(_doc(), "| tokens | depth | key | answer (start) | correct | prefill CPU s |")
+    assert len(rows) == 1 and len(run) >= 1  # the committed JSON's first trial
+    t = run[0]
+    cells = rows[str(t["length"])]
+    assert cells[0] == f"{t['depth']:.0%}" and cells[1] == t["key"]
+    assert cells[3] == ("yes" if t["correct"] else "no")
+    assert int(cells[4]) == round(t["prefill_cpu_s"]) and int(cells[6]) == round(1000 * t["per_token_cpu_s"])
