@@ -172,3 +172,29 @@ def test_generate_on_transformers_llama_matches_its_greedy_decoding() -> None:
     cfg = InfLLMConfig(sinks=4, window=64, block_size=8, representatives=2, top_k=2, chunk_size=16)
     want = model.generate(ids[None], max_new_tokens=6, do_sample=False, attention_mask=torch.ones(1, 40))[0, 40:]
     assert generate(model, ids, cfg, 6).tokens == generate(model, ids, None, 6).tokens == want.tolist()
+
+
+def test_a_bf16_prefill_chunk_attends_in_fp32_on_cpu() -> None:
+    """On a CPU a bf16 chunk's fused attention runs in fp32 (faster there, docs/plugins.md), then rounds."""
+    import torch.nn.functional as F
+
+    from lmbricks.nn.model import apply_rope
+    from lmbricks.plugins.memory.plug import double_rope
+    from lmbricks.plugins.memory.store import LayerMemory, attention_dtype
+
+    torch.manual_seed(0)
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, 16, 2, dtype=torch.float64) / 16))
+    mem = LayerMemory(InfLLMConfig(sinks=0, window=64, chunk_size=24), 4, 2, 16, lambda p: double_rope(p, inv_freq))
+    q, k, v = torch.randn(4, 24, 16).bfloat16(), torch.randn(2, 24, 16).bfloat16(), torch.randn(2, 24, 16).bfloat16()
+    got = mem.attend(q, k, v)
+    cos, sin = double_rope(torch.arange(24), inv_freq)
+    qr, kr = apply_rope(q.float(), cos, sin), apply_rope(k.float(), cos, sin)
+    mask = torch.zeros(24, 24).masked_fill(torch.ones(24, 24, dtype=torch.bool).triu(1), float("-inf"))
+
+    def sdpa(dtype: torch.dtype) -> torch.Tensor:
+        args = (qr.to(dtype)[None], kr.to(dtype)[None], v.to(dtype)[None])
+        return F.scaled_dot_product_attention(*args, attn_mask=mask.to(dtype), enable_gqa=True)[0].bfloat16()
+
+    assert attention_dtype(q) == torch.float32 and got.dtype == torch.bfloat16
+    assert torch.equal(got, sdpa(torch.float32))
+    assert not torch.equal(got, sdpa(torch.bfloat16))  # the test sees the difference

@@ -36,6 +36,15 @@ def _empty(n_kv: int, hd: int, like: Tensor) -> Tensor:
     return like.new_zeros(n_kv, 0, hd)
 
 
+def attention_dtype(q: Tensor) -> torch.dtype:
+    """The dtype of a prefill chunk's fused attention: fp32 on a CPU, the model's dtype elsewhere.
+
+    On the CPUs measured here (AVX512-BF16, no AMX) PyTorch's fused CPU attention is faster in fp32
+    than in bf16, and the chunk's rotated queries and local keys are fp32 already (docs/plugins.md).
+    """
+    return torch.float32 if q.device.type == "cpu" else q.dtype
+
+
 def block_scores(q: Tensor, reps: Tensor) -> Tensor:
     """How well each block answers a chunk: q (nh, c, hd), reps (nkv, nb, hd) -> (nb,) fp32.
 
@@ -122,14 +131,15 @@ class LayerMemory:
         if c == 1 and not exact:
             y = self._glance(torch.cat([q_abs, q_mem], dim=-1), lrk, lv, gk, gv).to(q.dtype)
         else:
+            work = attention_dtype(q)
             k_glob = self._rotate(gk, gpos if exact else torch.full_like(gpos, self.seen - window))
-            keys = torch.cat([k_glob, lrk], dim=1).to(q.dtype)  # (nkv, G + L + c, hd)
-            ones = torch.ones(c, gk.shape[1], dtype=torch.bool, device=q.device)
-            mask = torch.cat([ones, lpos[None] <= pos[:, None]], dim=1)  # (c, G + L + c), causal locally
-            values = torch.cat([gv, lv], dim=1)[None]
+            keys = torch.cat([k_glob, lrk], dim=1).to(work)  # (nkv, G + L + c, hd)
+            mask = keys.new_zeros(c, keys.shape[1])  # (c, G + L + c) additive: causal over the chunk only
+            mask[:, gk.shape[1] + before :].masked_fill_(lpos[None, before:] > pos[:, None], float("-inf"))
+            values = torch.cat([gv, lv], dim=1).to(work)[None]
             y = F.scaled_dot_product_attention(
-                q_abs.to(q.dtype)[None], keys[None], values, attn_mask=mask, enable_gqa=True
-            )[0]
+                q_abs.to(work)[None], keys[None], values, attn_mask=mask, enable_gqa=True
+            )[0].to(q.dtype)
         lscore = torch.cat([p["local_score"], p["local_score"].new_zeros(self.n_kv, c)], dim=1)
         self._slide(lk, lv, lrk, lpos, lscore + self._credit(q_abs, lrk, before))
         self.seen += c
