@@ -46,7 +46,7 @@ def plot(record_path: Path, png: Path) -> dict[str, object]:
     job = PasskeyJob(
         lengths=tuple(sorted({t.length for t in kept})),
         depths=tuple(sorted({t.depth for t in kept})),
-        methods=tuple(sorted({t.method for t in kept})),  # type: ignore[arg-type]
+        methods=tuple(sorted({t.method for t in kept})),  # type: ignore[misc]
     )
     result = PasskeyResult(job, kept)
     summary: dict[str, object] = {}
