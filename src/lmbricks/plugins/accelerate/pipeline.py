@@ -104,7 +104,8 @@ def run_train(job: AccelerateTrainJob, command: str, on_step: StepHook | None = 
     plugin = AcceleratePlugin(model.cfg.hidden_size, job.ratio, layer, job.bottleneck)
     out = distill(model.eval(), plugin, batches, job.keep_last, job.lr, job.prefix_weight, on_step, job.max_cpu_seconds)
     measured = {"first_loss": out.losses[0], "last_loss": out.losses[-1], "steps": len(out.losses),
-                "cpu_seconds": round(out.cpu_seconds, 1), "objective": "KL(base || plug-in) on the logits"}  # fmt: skip
+                "cpu_seconds": round(out.cpu_seconds, 1), "objective": "KL(base || plug-in) on the logits",
+                "prefix_weight": job.prefix_weight}  # fmt: skip
     recipe = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(job).items() if k != "force"}
     recipe["layer"] = layer
     save_accelerate_brick(job.out, plugin, base, command=command, recipe=recipe, measured=measured, force=job.force)
@@ -153,7 +154,9 @@ def run_eval(
         check_plugin(model, brick.plugin)
         row = measure_plugin(model.eval(), tokenizer, brick.plugin, texts, windows=windows, prompt=prompt,
                              on_window=on_window)  # fmt: skip
-        rows.append({"brick": brick.path.name, **row})
+        trained = brick.record.get("measured", {})
+        rows.append({"brick": brick.path.name, "steps": trained.get("steps"),
+                     "prefix_weight": trained.get("prefix_weight"), **row})  # fmt: skip
     return AccelerateEval(base.name, rows)
 
 
