@@ -27,7 +27,7 @@ def train(
     seq_len: int = typer.Option(256, "--seq-len", help="Tokens per sequence."),
     lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate."),
     prefix_weight: float = typer.Option(
-        1.0, "--prefix-weight", help="KL weight of a compressed-prefix position against a tail one (0..1)."
+        0.1, "--prefix-weight", help="KL weight of a compressed-prefix position against a tail one (0..1)."
     ),
     max_cpu_seconds: float | None = typer.Option(None, "--max-cpu-seconds", help="Stop after this CPU time."),
     text: list[Path] = typer.Option(
