@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from lmbricks.plugins.accelerate.tables import bpb_table, curve_table
+from lmbricks.plugins.accelerate.tables import bpb_table, curve_table, fewshot_table
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXT = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
@@ -31,6 +31,17 @@ def test_bpb_and_curve_tables_equal_the_json() -> None:
     _appears(curve_table(result["curves"]))
     for row in result["rows"]:  # the figures are the bricks': their steps and weights come from their records
         assert row["steps"] >= 1 and 0 <= row["prefix_weight"] <= 1
+
+
+def test_fewshot_table_equals_the_json() -> None:
+    result = _json(r"### Few-shot accuracy \(`(docs/bench/accelerate-fewshot[^`]*\.json)`\)")
+    _appears(fewshot_table(result))
+    for run in result["runs"]:
+        plain = [item["plain"]["correct"] for item in run["items"]]
+        for c in run["conditions"]:  # the counts are the items' outcomes
+            got = [item[c["condition"]]["correct"] for item in run["items"]]
+            assert c["correct"] == sum(got) and c["n"] == len(got)
+            assert c["gained_vs_plain"] == sum(g and not p for g, p in zip(got, plain, strict=True))
 
 
 def test_target_rows_quote_the_r2_brick() -> None:

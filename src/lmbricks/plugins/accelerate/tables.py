@@ -48,3 +48,19 @@ def curve_table(curves: dict[str, list[dict[str, Any]]]) -> list[str]:
                      f"{code['plain']:.3f} -> {code['plugin']:.3f}", f"{change:+.1%}"]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def fewshot_table(result: dict[str, Any]) -> list[str]:
+    """The lines of the table of ``plugins accelerate fewshot --json``: accuracy and paired counts per condition."""
+    lines = [
+        "| shots | condition | right | accuracy | Wilson 95% | cost (plain-model tokens) | gained / lost vs plain "
+        "| sign test p |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run in result["runs"]:
+        for i, c in enumerate(run["conditions"]):
+            lo, hi = c["ci95"]
+            lines.append(f"| {run['shots'] if i == 0 else ''} | {c['condition']} | {c['correct']}/{c['n']} "
+                         f"| {c['accuracy']:.0%} | {lo:.0%} - {hi:.0%} | {c['mean_cost_tokens']:.0f} "
+                         f"| {c['gained_vs_plain']} / {c['lost_vs_plain']} | {c['p_sign']:.2f} |")  # fmt: skip
+    return lines
