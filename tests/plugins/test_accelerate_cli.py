@@ -50,6 +50,7 @@ def test_train_writes_a_brick_that_eval_reads(tiny_llama: Path, text: Path, tmp_
     assert res.exit_code == 0, res.output
     row = json.loads((tmp_path / "m.json").read_text())["rows"][0]
     assert row["ratio"] == 2 and row["prefill_flops_saved"] < 0.5  # a 2-layer toy: the plug-in costs more than it saves
+    assert row["steps"] == 3 and row["prefix_weight"] == 0.1  # the brick's training, read from its record
     assert set(row["bpb"]["prose"]) == {"plain", "plugin", "truncated", "plain_all", "plugin_all"}
 
 
@@ -73,3 +74,22 @@ def test_bad_inputs_are_refused_before_work(tiny_llama: Path, text: Path, tmp_pa
     assert res.exit_code != 0 and (tiny_llama / "config.json").is_file()
     res = runner.invoke(app, ["plugins", "accelerate", "eval", str(tiny_llama), "--plugin", str(tmp_path)])
     assert res.exit_code != 0 and "acceleration brick" in res.output
+
+
+def test_fewshot_scores_plain_plugin_and_truncated_prompt(tiny_llama: Path, text: Path, tmp_path: Path) -> None:
+    assert _train(tiny_llama, tmp_path / "r2", text).exit_code == 0  # type: ignore[attr-defined]
+    res = runner.invoke(app, ["plugins", "accelerate", "fewshot", str(tiny_llama), "--plugin", str(tmp_path / "r2"),
+                              "--items", "3", "-k", "0", "-k", "2", "--json", str(tmp_path / "f.json")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    out = json.loads((tmp_path / "f.json").read_text())
+    assert [r["shots"] for r in out["runs"]] == [0, 2] and out["task"] == "langid"
+    for run in out["runs"]:
+        by = {c["condition"]: c for c in run["conditions"]}
+        assert set(by) == {"plain", "r=2", "truncated r=2"} and all(c["n"] == 3 for c in by.values())
+        assert by["plain"]["mean_cost_tokens"] == run["mean_prompt_tokens"]
+        assert by["truncated r=2"]["mean_cost_tokens"] == by["r=2"]["mean_cost_tokens"] < run["mean_prompt_tokens"]
+        assert by["plain"]["gained_vs_plain"] == by["plain"]["lost_vs_plain"] == 0
+        assert all(set(item) >= {"plain", "r=2", "truncated r=2"} for item in run["items"])
+    res = runner.invoke(app, ["plugins", "accelerate", "fewshot", str(tiny_llama), "--plugin", str(tmp_path / "r2"),
+                              "-k", "99"])  # fmt: skip
+    assert res.exit_code != 0 and "demonstrations" in res.output and "Traceback" not in res.output

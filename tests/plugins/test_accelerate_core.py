@@ -118,3 +118,25 @@ def test_bits_per_byte_of_an_identity_plugin_equal_the_plain_model() -> None:
     assert bits["truncated"] == pytest.approx(bits["plain"], rel=1e-5)  # r = 1: the same work reads everything
     lossy = window_bits(model, _random_plugin(2), ids, 8)
     assert lossy["plugin"] != pytest.approx(lossy["plain"], rel=1e-3)
+
+
+def test_weighted_kl_is_the_plain_mean_at_weight_one_and_the_tail_mean_at_zero() -> None:
+    from lmbricks.plugins.accelerate.train import weighted_kl
+
+    kl = torch.tensor([[4.0, 2.0, 1.0, 3.0], [0.0, 2.0, 5.0, 1.0]])  # (B, T): two prefix positions, two tail
+    assert float(weighted_kl(kl, 2, 1.0)) == pytest.approx(18 / 8)
+    assert float(weighted_kl(kl, 2, 0.0)) == pytest.approx(10 / 4)
+    assert float(weighted_kl(kl, 2, 0.5)) == pytest.approx((0.5 * 8 + 10) / (2 * 3))
+
+
+def test_distill_loss_at_weight_one_is_the_mean_kl_of_the_full_compressed_pass() -> None:
+    import torch.nn.functional as F
+
+    model, plugin = _lm(init_std=0.3), _random_plugin(2)
+    ids = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        teacher = model(ids).logits.float().log_softmax(-1)
+        student = compressed_logits(model, plugin, ids, 4).float().log_softmax(-1)
+        kl = F.kl_div(student, teacher, log_target=True, reduction="none").sum(-1)  # (B, T)
+        assert float(distill_loss(model, plugin, ids, 4)) == pytest.approx(float(kl.mean()), rel=1e-5)
+        assert float(distill_loss(model, plugin, ids, 4, 0.0)) == pytest.approx(float(kl[:, 12:].mean()), rel=1e-5)

@@ -26,6 +26,9 @@ def train(
     batch_size: int = typer.Option(4, "--batch-size", help="Sequences per step."),
     seq_len: int = typer.Option(256, "--seq-len", help="Tokens per sequence."),
     lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate."),
+    prefix_weight: float = typer.Option(
+        0.1, "--prefix-weight", help="KL weight of a compressed-prefix position against a tail one (0..1)."
+    ),
     max_cpu_seconds: float | None = typer.Option(None, "--max-cpu-seconds", help="Stop after this CPU time."),
     text: list[Path] = typer.Option(
         [], "--text", help="Distil on this UTF-8 file instead of the corpora (repeatable)."
@@ -40,8 +43,8 @@ def train(
     from lmbricks.plugins.accelerate.pipeline import run_train
 
     job = AccelerateTrainJob(model=model, ratio=ratio, out=out, layer=layer, steps=steps, batch_size=batch_size,
-                             seq_len=seq_len, lr=lr, texts=tuple(text), max_cpu_seconds=max_cpu_seconds,
-                             force=force)  # fmt: skip
+                             seq_len=seq_len, lr=lr, prefix_weight=prefix_weight, texts=tuple(text),
+                             max_cpu_seconds=max_cpu_seconds, force=force)  # fmt: skip
     with training_progress("distilling", steps) as (on_step, _note):
         result = run_train(job, command_line(), on_step)
     console.print(f"wrote {result.out}: {result.steps} steps, KL {result.first_loss:.3f} -> "
@@ -74,3 +77,29 @@ def evaluate(
                       f"plug-in {mean['plugin']:.3f}, truncated {mean['truncated']:.3f}", highlight=False)  # fmt: skip
     if out is not None:
         out.write_text(json.dumps({"model": result.model, "rows": result.rows}, indent=1) + "\n", encoding="utf-8")
+
+
+@app.command("fewshot")
+@user_errors
+@reads_checkpoints
+def fewshot(
+    model: str = model_argument(),
+    plugin: list[Path] = typer.Option(..., "--plugin", help="An acceleration brick (repeatable)."),
+    task: str = typer.Option("langid", "--task", help="Few-shot task (langid or champ)."),
+    shots: list[int] = typer.Option([0, 4], "--shots", "-k", help="Demonstrations (repeatable)."),
+    items: int = typer.Option(28, "--items", help="Evaluation items (the task's first N)."),
+    out: Path | None = typer.Option(None, "--json", help="Also write the results to this JSON file."),
+) -> None:
+    """Few-shot accuracy: plain model, each plug-in, and the prompt truncated to the plug-in's cost.
+
+    Example: lmbricks plugins accelerate fewshot smollm2-135m-instruct --plugin runs/r2 -k 0 -k 4
+    """
+    from lmbricks.plugins.accelerate.pipeline import run_fewshot
+
+    result = run_fewshot(model, tuple(plugin), task, tuple(shots), items)
+    for run in result["runs"]:
+        for c in run["conditions"]:
+            console.print(f"{run['shots']}-shot {c['condition']}: {c['correct']}/{c['n']} ({c['accuracy']:.0%}); "
+                          f"vs plain +{c['gained_vs_plain']} -{c['lost_vs_plain']}", highlight=False)  # fmt: skip
+    if out is not None:
+        out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")

@@ -28,6 +28,8 @@ class AccelerateTrainJob:
         batch_size: sequences per step.
         steps: optimisation steps.
         lr: AdamW learning rate.
+        prefix_weight: weight of a compressed-prefix position's KL against an uncompressed tail
+            position's (1: every position alike; 0: the tail only; 0.1: the measured recipe).
         max_cpu_seconds: stop earlier after this much process CPU time.
         force: replace an existing brick that lmbricks wrote.
     """
@@ -44,5 +46,6 @@ class AccelerateTrainJob:
     batch_size: Annotated[int, Field(ge=1)] = 4
     steps: Annotated[int, Field(ge=1)] = 200
     lr: Annotated[float, Field(gt=0)] = 1e-3
+    prefix_weight: Annotated[float, Field(ge=0, le=1)] = 0.1
     max_cpu_seconds: Annotated[float, Field(gt=0)] | None = None
     force: bool = False

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from lmbricks.errors import ConfigError
-from lmbricks.nn.model import LM, LayerInputs, rope_cos_sin
+from lmbricks.nn.model import LM, KVCache, LayerInputs, rope_cos_sin
 from lmbricks.plugins.accelerate.layers import AcceleratePlugin
 
 
@@ -53,14 +53,61 @@ def check_plugin(model: LM, plugin: AcceleratePlugin) -> None:
         raise ConfigError(f"plug-in layer {plugin.layer} is outside 1..{model.cfg.num_layers - 1} for this model")
 
 
-def _run(model: LM, x: Tensor, positions: Tensor, first: int, last: int) -> Tensor:
-    """Layers ``first..last-1`` on (B, n, H) vectors at ``positions`` (n,), causal."""
+def run_layers(model: LM, x: Tensor, positions: Tensor, first: int, last: int, cache: KVCache | None = None) -> Tensor:
+    """Layers ``first..last-1`` on (B, n, H) vectors at ``positions`` (n,), causal.
+
+    With ``cache``, each layer appends its keys and values to it; n > 1 only on an empty cache (a
+    prefill), n = 1 after it (one decoded token attends to everything cached).
+    """
     assert model.cfg.head_dim is not None
     cos, sin = rope_cos_sin(positions, model.cfg.head_dim, model.cfg.rope_theta, x.dtype)  # (n, hd)
-    inputs = LayerInputs(cos, sin, None, x.shape[1] > 1)
+    inputs = LayerInputs(cos, sin, None, x.shape[1] > 1, cache)
     for block in model.layers[first:last]:
         x, _ = block(x, inputs)
     return x
+
+
+def lower_hidden(model: LM, layer: int, input_ids: Tensor) -> Tensor:
+    """(B, T) ids -> (B, T, H): the first ``layer`` layers on the full sequence (shared by teacher and plug-in)."""
+    return run_layers(
+        model, model.embed(input_ids), torch.arange(input_ids.shape[1], device=input_ids.device), 0, layer
+    )
+
+
+def plain_upper(model: LM, layer: int, lower: Tensor) -> Tensor:
+    """(B, T, H) vectors after ``layer`` layers -> (B, T, H) final-norm hidden states of the plain model."""
+    T = lower.shape[1]
+    return model.norm(run_layers(model, lower, torch.arange(T, device=lower.device), layer, model.cfg.num_layers))
+
+
+def compressed_upper(
+    model: LM, plugin: AcceleratePlugin, lower: Tensor, keep_last: int = 0, prefix_outputs: bool = True
+) -> Tensor:
+    """Compress (B, T, H) vectors after ``plugin.layer`` layers, run the upper layers, restore the prefix.
+
+    Returns:
+        (B, T, H) final-norm hidden states, or (B, T - P, H) for the tail only when ``prefix_outputs``
+        is False (see :func:`compressed_hidden`).
+    """
+    B, T, H = lower.shape
+    device = lower.device
+    r, low = plugin.ratio, plugin.layer
+    P = split_point(T, r, keep_last)
+    G = P // r
+    z = plugin.compress(lower[:, :P].reshape(B, G, r, H))  # (B, G, H)
+    positions = torch.cat([torch.arange(G, device=device) * r + (r - 1), torch.arange(P, T, device=device)])
+    upper = run_layers(
+        model, torch.cat([z, lower[:, P:]], dim=1), positions, low, model.cfg.num_layers
+    )  # (B, G+T-P, H)
+    tail = upper[:, G:]  # (B, T - P, H)
+    if not prefix_outputs:
+        return model.norm(tail)
+    source = source_groups(P, r).to(device)  # (P,)
+    own = lower[:, :P]  # (B, P, H)
+    picked = upper[:, source.clamp(min=0)]  # (B, P, H) the source group's upper output
+    base = torch.where((source >= 0)[None, :, None], picked, own)
+    restored = plugin.decompress(base, own)  # (B, P, H)
+    return model.norm(torch.cat([restored, tail], dim=1))
 
 
 def compressed_hidden(
@@ -79,27 +126,10 @@ def compressed_hidden(
     Returns:
         (B, T, H) hidden states, or (B, T - P, H) for the tail only when ``prefix_outputs`` is False.
     """
-    B, T = input_ids.shape
-    device = input_ids.device
-    x = model.embed(input_ids)  # (B, T, H)
     if plugin is None:
-        return model.norm(_run(model, x, torch.arange(T, device=device), 0, model.cfg.num_layers))
-    r, low = plugin.ratio, plugin.layer
-    x = _run(model, x, torch.arange(T, device=device), 0, low)  # (B, T, H) lower layers, full sequence
-    P = split_point(T, r, keep_last)
-    G = P // r
-    z = plugin.compress(x[:, :P].reshape(B, G, r, x.shape[-1]))  # (B, G, H)
-    positions = torch.cat([torch.arange(G, device=device) * r + (r - 1), torch.arange(P, T, device=device)])
-    upper = _run(model, torch.cat([z, x[:, P:]], dim=1), positions, low, model.cfg.num_layers)  # (B, G + T - P, H)
-    tail = upper[:, G:]  # (B, T - P, H)
-    if not prefix_outputs:
-        return model.norm(tail)
-    source = source_groups(P, r).to(device)  # (P,)
-    lower = x[:, :P]  # (B, P, H)
-    picked = upper[:, source.clamp(min=0)]  # (B, P, H) the source group's upper output
-    base = torch.where((source >= 0)[None, :, None], picked, lower)
-    restored = plugin.decompress(base, lower)  # (B, P, H)
-    return model.norm(torch.cat([restored, tail], dim=1))
+        return plain_upper(model, 0, model.embed(input_ids))
+    lower = lower_hidden(model, plugin.layer, input_ids)  # (B, T, H) lower layers, full sequence
+    return compressed_upper(model, plugin, lower, keep_last, prefix_outputs)
 
 
 def compressed_logits(model: LM, plugin: AcceleratePlugin | None, input_ids: Tensor, keep_last: int = 0) -> Tensor:
@@ -118,9 +148,9 @@ def prefill_logits(model: LM, plugin: AcceleratePlugin | None, input_ids: Tensor
         h = compressed_hidden(model, plugin, input_ids, 0, prefix_outputs=False)
         return model.lm_head(h[:, -1])
     B, T = input_ids.shape
-    x = _run(model, model.embed(input_ids), torch.arange(T), 0, plugin.layer)
+    x = run_layers(model, model.embed(input_ids), torch.arange(T), 0, plugin.layer)
     z = plugin.compress(x.reshape(B, T // plugin.ratio, plugin.ratio, x.shape[-1]))
     positions = torch.arange(T // plugin.ratio) * plugin.ratio + (plugin.ratio - 1)
-    upper = _run(model, z, positions, plugin.layer, model.cfg.num_layers)
+    upper = run_layers(model, z, positions, plugin.layer, model.cfg.num_layers)
     restored = plugin.decompress(upper[:, -1:], x[:, -1:])  # (B, 1, H)
     return model.lm_head(model.norm(restored[:, -1]))

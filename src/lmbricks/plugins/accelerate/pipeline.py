@@ -102,9 +102,10 @@ def run_train(job: AccelerateTrainJob, command: str, on_step: StepHook | None = 
         )
     batches = training_batches(tokenizer, texts, job)
     plugin = AcceleratePlugin(model.cfg.hidden_size, job.ratio, layer, job.bottleneck)
-    out = distill(model.eval(), plugin, batches, job.keep_last, job.lr, on_step, job.max_cpu_seconds)
+    out = distill(model.eval(), plugin, batches, job.keep_last, job.lr, job.prefix_weight, on_step, job.max_cpu_seconds)
     measured = {"first_loss": out.losses[0], "last_loss": out.losses[-1], "steps": len(out.losses),
-                "cpu_seconds": round(out.cpu_seconds, 1), "objective": "KL(base || plug-in) on the logits"}  # fmt: skip
+                "cpu_seconds": round(out.cpu_seconds, 1), "objective": "KL(base || plug-in) on the logits",
+                "prefix_weight": job.prefix_weight}  # fmt: skip
     recipe = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(job).items() if k != "force"}
     recipe["layer"] = layer
     save_accelerate_brick(job.out, plugin, base, command=command, recipe=recipe, measured=measured, force=job.force)
@@ -153,5 +154,46 @@ def run_eval(
         check_plugin(model, brick.plugin)
         row = measure_plugin(model.eval(), tokenizer, brick.plugin, texts, windows=windows, prompt=prompt,
                              on_window=on_window)  # fmt: skip
-        rows.append({"brick": brick.path.name, **row})
+        trained = brick.record.get("measured", {})
+        rows.append({"brick": brick.path.name, "steps": trained.get("steps"),
+                     "prefix_weight": trained.get("prefix_weight"), **row})  # fmt: skip
     return AccelerateEval(base.name, rows)
+
+
+def run_fewshot(
+    model_ref: str, bricks: tuple[Path, ...], task_name: str = "langid", shots: tuple[int, ...] = (0, 4),
+    items: int = 28, on_item: Callable[[int], None] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Few-shot accuracy of the plain model, each brick, and the prompt truncated to each brick's cost.
+
+    Every brick is checked against the base, and the task and shots against its demonstrations,
+    before the model is loaded.
+
+    Raises:
+        ConfigError: no brick, a brick for another base, more shots than the task has demonstrations,
+            fewer than one item.
+        UnknownNameError: an unknown task.
+    """
+    from lmbricks.adapters.base import base_model
+    from lmbricks.eval.fewshot.tasks import get_task
+    from lmbricks.nn.load import load_model
+    from lmbricks.plugins.accelerate.brick import load_accelerate_brick
+    from lmbricks.plugins.accelerate.fewshot import fewshot_conditions
+    from lmbricks.plugins.accelerate.forward import check_plugin
+    from lmbricks.runtime.precision import inference_dtype, resolve_precision
+
+    if not bricks:
+        raise ConfigError("--plugin: give at least one acceleration brick directory")
+    if items < 1:
+        raise ConfigError(f"--items must be at least 1, got {items}")
+    base = base_model(model_ref)
+    loaded = [load_accelerate_brick(b, base) for b in bricks]
+    task = get_task(task_name)
+    if any(not 0 <= k <= len(task.demos) for k in shots):
+        raise ConfigError(f"--shots {shots}: task {task.name} has {len(task.demos)} demonstrations")
+    model, tokenizer = load_model(base.path, dtype=inference_dtype(resolve_precision("auto", "cpu")))
+    for brick in loaded:
+        check_plugin(model, brick.plugin)
+    plugins = [b.plugin for b in loaded]
+    runs = [fewshot_conditions(model.eval(), tokenizer, plugins, task, k, items, on_item) for k in shots]
+    return {"model": base.name, "bricks": [b.path.name for b in loaded], "task": task.name, "runs": runs}

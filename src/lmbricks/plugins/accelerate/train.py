@@ -1,4 +1,4 @@
-"""Distillation of an acceleration plug-in from its frozen base: KL(base || compressed) on the logits."""
+"""Distillation of an acceleration plug-in from its frozen base: KL(base || compressed) per position, weighted."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lmbricks.nn.model import LM
-from lmbricks.plugins.accelerate.forward import check_plugin, compressed_logits
+from lmbricks.plugins.accelerate.forward import (
+    check_plugin,
+    compressed_upper,
+    lower_hidden,
+    plain_upper,
+    split_point,
+)
 from lmbricks.plugins.accelerate.layers import AcceleratePlugin
 
 
@@ -23,12 +29,31 @@ class Distilled:
     cpu_seconds: float
 
 
-def distill_loss(model: LM, plugin: AcceleratePlugin, ids: Tensor, keep_last: int) -> Tensor:
-    """Mean over positions of KL(base logits || compressed logits), fp32: (B, T) ids -> () loss."""
+def weighted_kl(kl: Tensor, prefix: int, prefix_weight: float) -> Tensor:
+    """(B, T) per-position KL -> () weighted mean: the first ``prefix`` positions count ``prefix_weight`` each.
+
+    ``prefix_weight = 1`` is the plain mean over positions; 0 trains on the uncompressed tail only.
+    """
+    weights = torch.ones(kl.shape[1], dtype=kl.dtype, device=kl.device)  # (T,)
+    weights[:prefix] = prefix_weight
+    return (kl * weights).sum() / (weights.sum() * kl.shape[0])
+
+
+def distill_loss(
+    model: LM, plugin: AcceleratePlugin, ids: Tensor, keep_last: int, prefix_weight: float = 1.0
+) -> Tensor:
+    """KL(base logits || compressed logits) per position, fp32, weighted: (B, T) ids -> () loss.
+
+    The lower ``plugin.layer`` layers are run once, without gradient, for both the teacher (the
+    plain model) and the plug-in. ``prefix_weight`` weighs the compressed prefix's positions (their
+    predictions come through decompression) against the uncompressed tail's (see :func:`weighted_kl`).
+    """
     with torch.no_grad():
-        teacher = compressed_logits(model, None, ids).float().log_softmax(-1)  # (B, T, V)
-    student = compressed_logits(model, plugin, ids, keep_last).float().log_softmax(-1)  # (B, T, V)
-    return F.kl_div(student.flatten(0, 1), teacher.flatten(0, 1), log_target=True, reduction="batchmean")
+        lower = lower_hidden(model, plugin.layer, ids)  # (B, T, H)
+        teacher = model.lm_head(plain_upper(model, plugin.layer, lower)).float().log_softmax(-1)  # (B, T, V)
+    student = model.lm_head(compressed_upper(model, plugin, lower, keep_last)).float().log_softmax(-1)
+    kl = F.kl_div(student, teacher, log_target=True, reduction="none").sum(-1)  # (B, T)
+    return weighted_kl(kl, split_point(ids.shape[1], plugin.ratio, keep_last), prefix_weight)
 
 
 def distill(
@@ -37,6 +62,7 @@ def distill(
     batches: Tensor,
     keep_last: int,
     lr: float = 1e-3,
+    prefix_weight: float = 1.0,
     on_step: Callable[[int, float], None] | None = None,
     max_cpu_seconds: float | None = None,
 ) -> Distilled:
@@ -48,6 +74,7 @@ def distill(
         batches: token ids, one (B, T) batch per step.
         keep_last: uncompressed tokens at the end of each sequence (both kinds of output get trained).
         lr: AdamW learning rate (cosine decay to 10%).
+        prefix_weight: weight of a compressed-prefix position's KL against a tail position's.
         on_step: called with (step, loss) after each step.
         max_cpu_seconds: stop early after this much process CPU time.
     """
@@ -63,7 +90,7 @@ def distill(
     start, losses = time.process_time(), []
     try:
         for step in range(steps):
-            loss = distill_loss(model, plugin, batches[step], keep_last)
+            loss = distill_loss(model, plugin, batches[step], keep_last, prefix_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
