@@ -67,3 +67,27 @@ def test_head_rows_are_the_json() -> None:
         row = f"| {label} | {res['cpu_s'][side]:.2f} | {res['kept_mb'][side]:.1f} MB |"
         assert row in lines, row
     assert res["max_logp_diff"] < 1e-4 and res["kept_mb"]["chunked"] < res["kept_mb"]["full"] / 100
+
+
+def test_quiet_two_thread_step_is_the_json() -> None:
+    res = _load("align-2threads-quiet-2026-12-07.json")
+    text = " ".join(" ".join(_lines()).split())  # the prose, whatever its wrapping
+    limits = res["machine_limits"]["gemm_by_shape"]["256x576x1536"]
+    assert res["threads"] == 2 and res["machine_limits"]["load_average"][0] < 2.5
+    share = res["shares"]
+    cpu, wall = res["step_cpu_s"], res["step_wall_s"]
+    figures = [
+        f"**{wall:.1f} s of wall time**",
+        f"({cpu:.1f} CPU-s",
+        f"{cpu:.1f} / (2 x {wall:.1f}) = {cpu / (2 * wall):.2f}",
+        f"sampling {100 * share['sampling']:.1f}%",
+        f"scoring {100 * share['scoring']:.1f}%",
+        f"the update {100 * share['updating']:.1f}%",
+        f"`sampling_vs_generate` {res['sampling_vs_generate']:.3f}",
+        f"peak RSS {res['rl_peak_rss_gb']:.2f} GB",
+        f"bf16 GEMM of {limits['bf16']:.0f} GFLOP/s",
+        f"against {limits['fp32']:.0f} in fp32",
+        f"at {limits['bf16'] / limits['fp32']:.2f}x the fp32 rate",
+    ]
+    for figure in figures:
+        assert figure in text, figure
